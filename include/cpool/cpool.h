@@ -1,0 +1,373 @@
+/* cpool.h -- a thread-safe pool of database connections for one endpoint.
+ *
+ * The pool follows the state machine of MongoDB's Connection Monitoring and
+ * Pooling specification (CMAP): a pool is created *paused*, cpool_ready()
+ * makes it serve, cpool_clear() bumps its generation and pauses it again,
+ * cpool_close() ends it for good. Connections are pending, available, in use
+ * or closed; stale, idle and errored connections are "perished" and closed
+ * with a reason.
+ *
+ * Threads: a cpool may be shared by any number of threads. A cpool_conn is
+ * used by one thread at a time. cpool_destroy() must not race other calls.
+ * Fallible calls return 0 or a negative CPOOL_E* code; the optional `err`
+ * argument (last, may be NULL) receives the details. Nothing in the library
+ * calls abort() or keeps a process-wide "last error".
+ */
+#ifndef CPOOL_H
+#define CPOOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(CPOOL_BUILDING) && defined(__GNUC__)
+#define CPOOL_API __attribute__((visibility("default")))
+#else
+#define CPOOL_API
+#endif
+#if defined(__GNUC__)
+#define CPOOL_NODISCARD __attribute__((warn_unused_result))
+#else
+#define CPOOL_NODISCARD
+#endif
+
+#define CPOOL_VERSION_MAJOR 0
+#define CPOOL_VERSION_MINOR 1
+#define CPOOL_VERSION_PATCH 0
+
+typedef struct cpool cpool;
+typedef struct cpool_conn cpool_conn;
+typedef struct cpool_connector cpool_connector; /* cpool_connector.h */
+
+/* ------------------------------------------------------------------ errors */
+
+/* X(NAME, value, description). Values are never renumbered; a retired code
+ * keeps its slot. */
+#define CPOOL_ERROR_MAP(X)                                                    \
+    X(EINVAL, -1, "invalid argument or option")                               \
+    X(ENOMEM, -2, "out of memory")                                            \
+    X(ETIMEDOUT, -3, "timed out while checking out a connection")             \
+    X(ECLEARED, -4, "connection pool was cleared")                            \
+    X(ECLOSED, -5, "connection pool is closed")                               \
+    X(ECONNECT, -6, "could not establish a connection")                       \
+    X(EFOREIGN, -7, "connection does not belong to this pool")                \
+    X(EDOUBLE, -8, "connection is not checked out (double check-in)")         \
+    X(EINTERRUPTED, -9, "operation was interrupted")                          \
+    X(ESTATE, -10, "operation not allowed in the pool's current state")       \
+    X(EIO, -11, "I/O error on an established connection")                     \
+    X(ESYS, -12, "system call failed")
+
+enum {
+    CPOOL_OK = 0,
+#define CPOOL_X_ENUM(name, value, text) CPOOL_##name = (value),
+    CPOOL_ERROR_MAP(CPOOL_X_ENUM)
+#undef CPOOL_X_ENUM
+};
+
+/* Where an establishment failed. Connectors report it; the core uses it to
+ * decide the backpressure labels. */
+typedef enum cpool_phase {
+    CPOOL_PHASE_NONE = 0,
+    CPOOL_PHASE_DNS,       /* name resolution */
+    CPOOL_PHASE_CONNECT,   /* TCP or unix-socket connect */
+    CPOOL_PHASE_TLS,       /* TLS handshake */
+    CPOOL_PHASE_HANDSHAKE, /* protocol startup / hello */
+    CPOOL_PHASE_AUTH,      /* authentication after the handshake */
+    CPOOL_PHASE_QUERY      /* use of an established connection */
+} cpool_phase;
+
+/* What kind of failure it was. */
+typedef enum cpool_fail_kind {
+    CPOOL_FAIL_OTHER = 0,
+    CPOOL_FAIL_NETWORK,     /* refused, reset, EOF, unreachable */
+    CPOOL_FAIL_TIMEOUT,     /* deadline passed during I/O */
+    CPOOL_FAIL_DNS,         /* unknown host */
+    CPOOL_FAIL_CERTIFICATE, /* TLS verification, hostname mismatch */
+    CPOOL_FAIL_AUTH,        /* bad credentials, not permitted */
+    CPOOL_FAIL_SERVER,      /* the server answered with an error */
+    CPOOL_FAIL_INTERRUPTED  /* cancelled by the pool (clear, close) */
+} cpool_fail_kind;
+
+/* Error labels (bitmask), as in CMAP section "backpressure". */
+#define CPOOL_LABEL_SYSTEM_OVERLOADED 0x1u /* "SystemOverloadedError" */
+#define CPOOL_LABEL_RETRYABLE 0x2u         /* "RetryableError" */
+
+/* Caller-owned error details. Zero-initialise or leave it alone: every
+ * fallible call that fails fills it completely. */
+typedef struct cpool_error {
+    int code;          /* CPOOL_E*, 0 when no error */
+    int native;        /* driver code, errno or mapped SQLSTATE; 0 when none */
+    unsigned labels;   /* CPOOL_LABEL_* */
+    cpool_phase phase; /* where an establishment failed */
+    cpool_fail_kind kind;
+    char message[256]; /* always NUL-terminated; names the operation and peer */
+} cpool_error;
+
+/* Static description of a code ("timed out while ..."); never NULL. */
+CPOOL_API const char *cpool_strerror(int code);
+/* Static symbolic name of a code ("CPOOL_ETIMEDOUT"); never NULL. */
+CPOOL_API const char *cpool_err_name(int code);
+/* Static name of a label bit ("SystemOverloadedError"), NULL if unknown. */
+CPOOL_API const char *cpool_label_name(unsigned label_bit);
+
+/* ------------------------------------------------------------------ clock */
+
+/* An injectable monotonic clock, for tests. now_ns() must never go back.
+ * Timed waits are re-evaluated against it each time they wake; with a fake
+ * clock, call cpool_wake() after advancing it so waiters look again. */
+typedef struct cpool_clock {
+    int64_t (*now_ns)(void *ctx);
+    void *ctx;
+} cpool_clock;
+
+/* ------------------------------------------------------------------ events */
+
+typedef enum cpool_event_type {
+    CPOOL_EV_POOL_CREATED = 0, /* ConnectionPoolCreated */
+    CPOOL_EV_POOL_READY,       /* ConnectionPoolReady */
+    CPOOL_EV_POOL_CLEARED,     /* ConnectionPoolCleared */
+    CPOOL_EV_POOL_CLOSED,      /* ConnectionPoolClosed */
+    CPOOL_EV_CONN_CREATED,     /* ConnectionCreated */
+    CPOOL_EV_CONN_READY,       /* ConnectionReady */
+    CPOOL_EV_CONN_CLOSED,      /* ConnectionClosed */
+    CPOOL_EV_CHECKOUT_STARTED, /* ConnectionCheckOutStarted */
+    CPOOL_EV_CHECKOUT_FAILED,  /* ConnectionCheckOutFailed */
+    CPOOL_EV_CHECKED_OUT,      /* ConnectionCheckedOut */
+    CPOOL_EV_CHECKED_IN,       /* ConnectionCheckedIn */
+    CPOOL_EV_COUNT_
+} cpool_event_type;
+
+/* Why a connection was closed (ConnectionClosed.reason). */
+typedef enum cpool_close_reason {
+    CPOOL_CLOSE_STALE = 0,  /* "stale": generation behind the pool's */
+    CPOOL_CLOSE_IDLE,       /* "idle": available longer than maxIdleTimeMS */
+    CPOOL_CLOSE_ERROR,      /* "error": establishment or use failed */
+    CPOOL_CLOSE_POOL_CLOSED /* "poolClosed" */
+} cpool_close_reason;
+
+/* Why a checkout failed (ConnectionCheckOutFailed.reason). */
+typedef enum cpool_checkout_failure {
+    CPOOL_CHECKOUT_POOL_CLOSED = 0, /* "poolClosed" */
+    CPOOL_CHECKOUT_TIMEOUT,         /* "timeout" */
+    CPOOL_CHECKOUT_CONN_ERROR       /* "connectionError" (also: pool paused) */
+} cpool_checkout_failure;
+
+/* Bits of cpool_event.options_set: options that differ from the defaults. */
+#define CPOOL_OPT_MAX_POOL_SIZE 0x01u
+#define CPOOL_OPT_MIN_POOL_SIZE 0x02u
+#define CPOOL_OPT_MAX_IDLE_TIME_MS 0x04u
+#define CPOOL_OPT_MAX_CONNECTING 0x08u
+#define CPOOL_OPT_WAIT_QUEUE_TIMEOUT_MS 0x10u
+
+typedef struct cpool_options cpool_options;
+
+/* One event. Every pointer in it is borrowed for the callback's duration. */
+typedef struct cpool_event {
+    cpool_event_type type;
+    const char *address;    /* the pool's address; never NULL */
+    uint64_t connection_id; /* connection events; 0 otherwise */
+    int64_t duration_ns;    /* CONN_READY, CHECKED_OUT, CHECKOUT_FAILED; else -1 */
+    int reason;             /* cpool_close_reason or cpool_checkout_failure */
+    const char *service_id; /* POOL_CLEARED in load-balanced mode; else NULL */
+    bool interrupt_in_use;  /* POOL_CLEARED */
+    const cpool_options *options; /* POOL_CREATED: effective options */
+    unsigned options_set;         /* POOL_CREATED: CPOOL_OPT_* bits */
+    const cpool_error *error;     /* CONN_CLOSED(error), CHECKOUT_FAILED; else NULL */
+    int64_t time_ns;              /* pool clock when emitted */
+} cpool_event;
+
+/* Event subscriber. Called from whichever thread changed the state, never
+ * with the pool's lock held, one event at a time and in one global order
+ * consistent with the state changes. It must not call back into the pool
+ * that emitted the event (that deadlocks) and should return quickly. */
+typedef void (*cpool_event_fn)(const cpool_event *ev, void *ctx);
+
+/* "ConnectionCheckedOut" etc. (the CMAP test-format names); never NULL. */
+CPOOL_API const char *cpool_event_name(cpool_event_type type);
+/* "stale", "idle", "error", "poolClosed". */
+CPOOL_API const char *cpool_close_reason_name(int reason);
+/* "poolClosed", "timeout", "connectionError". */
+CPOOL_API const char *cpool_checkout_failure_name(int reason);
+
+/* ------------------------------------------------------------------ logs */
+
+typedef enum cpool_log_level {
+    CPOOL_LOG_ERROR = 0,
+    CPOOL_LOG_WARN,
+    CPOOL_LOG_INFO,
+    CPOOL_LOG_DEBUG
+} cpool_log_level;
+
+typedef enum cpool_log_type {
+    CPOOL_LOG_STR = 0,
+    CPOOL_LOG_INT,
+    CPOOL_LOG_DOUBLE
+} cpool_log_type;
+
+typedef struct cpool_log_field {
+    const char *key;
+    cpool_log_type type;
+    const char *s; /* CPOOL_LOG_STR */
+    int64_t i;     /* CPOOL_LOG_INT */
+    double d;      /* CPOOL_LOG_DOUBLE */
+} cpool_log_field;
+
+/* A structured log record: the CMAP log message (`message`, exact string)
+ * and its fields (serverHost, serverPort, driverConnectionId, ...). Absent
+ * values are left out, never null. Borrowed for the sink call. */
+typedef struct cpool_log_record {
+    cpool_log_level level;
+    const char *component; /* "connection" */
+    const char *message;   /* "Connection checked out" */
+    const cpool_log_field *fields;
+    size_t nfields;
+} cpool_log_record;
+
+/* Log sink. Same threading rules as cpool_event_fn. */
+typedef void (*cpool_log_fn)(const cpool_log_record *rec, void *ctx);
+
+/* A ready-made sink: writes one JSON object per line to the FILE * passed as
+ * ctx and flushes it. Safe to use from several pools (one fputs per record). */
+CPOOL_API void cpool_log_json(const cpool_log_record *rec, void *file);
+/* Formats rec as one JSON object (no newline) into buf; returns the length
+ * it needed, like snprintf. */
+CPOOL_API size_t cpool_log_format_json(const cpool_log_record *rec, char *buf,
+                                       size_t size);
+
+/* ------------------------------------------------------------------ options */
+
+/* Pool options. Fill with cpool_options_init(&o, sizeof o), then set fields.
+ * cpool_create() copies the struct and the strings it points to, so the
+ * caller may discard it at once. Fields are only ever appended. */
+struct cpool_options {
+    size_t struct_size;                /* set by cpool_options_init() */
+    const cpool_connector *connector;  /* required; must outlive the pool */
+    void *connector_ctx;               /* passed to every connector call */
+    const char *target;                /* conninfo, URL or path; copied */
+    const char *address;               /* "host:port" for events and logs;
+                                          copied; NULL = the target */
+    uint32_t max_pool_size;            /* maxPoolSize, default 100; 0 = no limit */
+    uint32_t min_pool_size;            /* minPoolSize, default 0 */
+    int64_t max_idle_time_ms;          /* maxIdleTimeMS, default 0 = no limit */
+    uint32_t max_connecting;           /* maxConnecting, default 2, > 0 */
+    int64_t wait_queue_timeout_ms;     /* waitQueueTimeoutMS, default 0 = no limit */
+    int64_t connect_timeout_ms;        /* per establishment, default 10000; 0 = none */
+    int64_t maintenance_interval_ms;   /* pause between background runs, default
+                                          1000; < 0 = no background thread */
+    bool load_balanced;                /* per-service generations (CMAP LB mode) */
+    bool clear_on_connect_error;       /* an establishment error without the
+                                          SystemOverloadedError label clears the
+                                          pool, as a CMAP driver's SDAM does */
+    cpool_event_fn on_event;           /* NULL = no events */
+    void *event_ctx;
+    cpool_log_fn on_log;               /* NULL = no log records */
+    void *log_ctx;
+    cpool_log_level log_level;         /* records above it are dropped; the
+                                          CMAP messages are DEBUG. Default DEBUG */
+    const cpool_clock *clock;          /* NULL = CLOCK_MONOTONIC; must outlive
+                                          the pool */
+    /* Append new fields here only, each with the version that added it. */
+};
+
+CPOOL_API void cpool_options_init(cpool_options *opts, size_t size);
+
+/* ------------------------------------------------------------------ pool */
+
+typedef enum cpool_state {
+    CPOOL_STATE_PAUSED = 0,
+    CPOOL_STATE_READY,
+    CPOOL_STATE_CLOSED
+} cpool_state;
+
+/* A consistent snapshot of the pool's counters. */
+typedef struct cpool_counts {
+    uint32_t total;     /* pending + available + in use */
+    uint32_t available;
+    uint32_t pending;
+    uint32_t in_use;
+    uint32_t waiting;   /* checkouts in the wait queue */
+    uint64_t generation;
+    cpool_state state;
+} cpool_counts;
+
+/* Creates a paused pool and emits ConnectionPoolCreated. Validates every
+ * option; on failure *out is NULL and err names the option and value. */
+CPOOL_API CPOOL_NODISCARD int cpool_create(const cpool_options *opts,
+                                           cpool **out, cpool_error *err);
+
+/* Paused -> ready; emits ConnectionPoolReady and lets the background thread
+ * populate. No-op on a ready pool. CPOOL_ECLOSED on a closed pool. */
+CPOOL_API int cpool_ready(cpool *pool, cpool_error *err);
+
+#define CPOOL_CLEAR_INTERRUPT_IN_USE 0x1u /* interruptInUseConnections */
+
+/* Bumps the generation (every existing connection becomes stale), pauses the
+ * pool, fails every waiter at once with CPOOL_ECLEARED, and with
+ * CPOOL_CLEAR_INTERRUPT_IN_USE interrupts pending and in-use connections
+ * through the connector without blocking. `cause` (may be NULL) is quoted in
+ * the waiters' errors. Emits ConnectionPoolCleared unless already paused.
+ * CPOOL_EINVAL in load-balanced mode, CPOOL_ECLOSED on a closed pool. */
+CPOOL_API int cpool_clear(cpool *pool, unsigned flags, const cpool_error *cause,
+                          cpool_error *err);
+
+/* Load-balanced mode only: bumps one service's generation, without pausing
+ * the pool or failing waiters; its older connections become stale. */
+CPOOL_API int cpool_clear_service(cpool *pool, const char *service_id,
+                                  unsigned flags, const cpool_error *cause,
+                                  cpool_error *err);
+
+/* Closes the pool for good: closes available connections, fails waiters,
+ * emits ConnectionPoolClosed. Leases still out are closed at check-in.
+ * Idempotent. */
+CPOOL_API void cpool_close(cpool *pool);
+
+/* Closes (if needed), stops the background thread and frees the pool. Call
+ * it once every lease is back; a lease still out is closed and its handle
+ * becomes invalid. NULL is a no-op. */
+CPOOL_API void cpool_destroy(cpool *pool);
+
+/* Leases a connection. timeout_ms < 0: the pool's own limits apply
+ * (waitQueueTimeoutMS for the wait, connect_timeout_ms for establishing);
+ * timeout_ms >= 0: one deadline covers waiting and establishing (0 = do not
+ * wait). Returns 0, CPOOL_ETIMEDOUT, CPOOL_ECLEARED (paused), CPOOL_ECLOSED,
+ * CPOOL_ECONNECT (with labels), CPOOL_ENOMEM. */
+CPOOL_API CPOOL_NODISCARD int cpool_checkout(cpool *pool, int64_t timeout_ms,
+                                             cpool_conn **out, cpool_error *err);
+
+#define CPOOL_CHECKIN_BROKEN 0x1u /* close it: session state unknown or errored */
+
+/* Returns a lease. The connection is reset through the connector, or closed
+ * when perished, broken or the pool is closed. A connection of another pool
+ * gives CPOOL_EFOREIGN and one that is not checked out CPOOL_EDOUBLE; both
+ * leave the pool untouched. */
+CPOOL_API int cpool_checkin(cpool *pool, cpool_conn *conn, unsigned flags,
+                            cpool_error *err);
+
+/* Lease accessors; valid until cpool_checkin(). */
+CPOOL_API uint64_t cpool_conn_id(const cpool_conn *conn);
+CPOOL_API uint64_t cpool_conn_generation(const cpool_conn *conn);
+/* Borrowed; NULL outside load-balanced mode. */
+CPOOL_API const char *cpool_conn_service_id(const cpool_conn *conn);
+/* Borrowed PGconn *, redisContext *, sqlite3 * ...; valid until checkin. */
+CPOOL_API void *cpool_conn_native(const cpool_conn *conn);
+
+/* Runs one maintenance pass now on the calling thread: closes perished
+ * available connections, populates to minPoolSize. For pools without a
+ * background thread and for tests. */
+CPOOL_API int cpool_maintain(cpool *pool, cpool_error *err);
+
+/* Wakes every waiter so it re-reads the clock (after a fake clock moved). */
+CPOOL_API void cpool_wake(cpool *pool);
+
+CPOOL_API void cpool_get_counts(cpool *pool, cpool_counts *out);
+/* The pool's address; borrowed, valid until cpool_destroy(). */
+CPOOL_API const char *cpool_address(const cpool *pool);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* CPOOL_H */

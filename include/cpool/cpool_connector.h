@@ -1,0 +1,97 @@
+/* cpool_connector.h -- the table a connector fills to let the pool open,
+ * check, reset, interrupt and close connections of one kind of database.
+ *
+ * The core calls only through this table and never includes a driver
+ * header. The table is versioned: `abi_version` says which fields exist, and
+ * fields are only appended. Every method receives the `connector_ctx` given
+ * in the pool options. The core never calls two methods on the same native
+ * handle at once, except interrupt(), which may run on another thread while
+ * the handle is in use or being established.
+ */
+#ifndef CPOOL_CONNECTOR_H
+#define CPOOL_CONNECTOR_H
+
+#include "cpool.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CPOOL_CONNECTOR_ABI 1
+#define CPOOL_SERVICE_ID_MAX 64
+
+/* Arguments of one establishment. */
+typedef struct cpool_connect_args {
+    const char *target;   /* the pool's target string */
+    uint64_t conn_id;     /* the connection's id in the pool */
+    int64_t deadline_ns;  /* CLOCK_MONOTONIC (real) time; 0 = none. The
+                             connector must give up by then with
+                             CPOOL_FAIL_TIMEOUT. */
+    int cancel_fd;        /* becomes readable when the pool abandons this
+                             attempt (clear with interrupt, close). Poll it
+                             beside the socket and fail with
+                             CPOOL_FAIL_INTERRUPTED. -1 when not available. */
+    char service_id[CPOOL_SERVICE_ID_MAX]; /* out: the service this connection
+                             reached, for load-balanced mode ("" = none) */
+} cpool_connect_args;
+
+struct cpool_connector {
+    int abi_version;  /* CPOOL_CONNECTOR_ABI */
+    const char *name; /* "pg", "redis", "sqlite", "mem" */
+
+    /* Opens and fully establishes a connection (connect, TLS, handshake,
+     * authentication). On failure returns a negative code (normally
+     * CPOOL_ECONNECT) and fills err: message, native, phase and kind, which
+     * the core uses to set the backpressure labels. Required. */
+    int (*connect)(void *ctx, cpool_connect_args *args, void **native,
+                   cpool_error *err);
+
+    /* Closes politely (may send a terminate message) and frees. Required. */
+    void (*close)(void *ctx, void *native);
+
+    /* Frees without any I/O on the connection's socket: used in a forked
+     * child, where the parent still owns the server session. NULL = the core
+     * leaks the handle rather than speak on a shared socket. */
+    void (*abandon)(void *ctx, void *native);
+
+    /* Cheap liveness check without a round trip (socket hung up, protocol
+     * state broken). 0 = looks alive. NULL = always alive. */
+    int (*check)(void *ctx, void *native, cpool_error *err);
+
+    /* Round trip to the server, bounded by deadline_ns (CLOCK_MONOTONIC).
+     * 0 = alive. NULL = not supported. */
+    int (*ping)(void *ctx, void *native, int64_t deadline_ns, cpool_error *err);
+
+    /* Drops session state at check-in (rolls back an open transaction ...).
+     * Non-zero = the connection cannot be reused and is closed. NULL = none. */
+    int (*reset)(void *ctx, void *native, cpool_error *err);
+
+    /* Interrupts whatever the connection is doing, from any thread, without
+     * blocking for long (cancel request, socket shutdown). The connection is
+     * closed afterwards, never reused. NULL = not supported. */
+    void (*interrupt)(void *ctx, void *native);
+
+    /* Writes the "host:port" (or socket path) the target names into buf.
+     * Returns 0 on success. NULL = the pool uses the target itself. */
+    int (*address)(void *ctx, const char *target, char *buf, size_t size);
+};
+
+/* Sets err to an establishment failure; the helper connectors use. Returns
+ * `code`. */
+CPOOL_API int cpool_error_set(cpool_error *err, int code, cpool_phase phase,
+                              cpool_fail_kind kind, int native,
+                              const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 6, 7)))
+#endif
+    ;
+
+/* True when a failure of this phase and kind may come from an overloaded
+ * server: network errors and timeouts while connecting, in TLS or in the
+ * handshake. DNS, certificate and authentication failures are not. */
+CPOOL_API bool cpool_is_backpressure(cpool_phase phase, cpool_fail_kind kind);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* CPOOL_CONNECTOR_H */

@@ -1,0 +1,77 @@
+/* cpool_mem.h -- an in-memory connector with scriptable behaviour, for the
+ * conformance runner, fault injection and benchmarks. It opens no sockets:
+ * a "connection" is a small struct, and a cpool_mem object plays the server.
+ *
+ * Threads: every function may be called from any thread at any time,
+ * including while pools use the connector.
+ */
+#ifndef CPOOL_MEM_H
+#define CPOOL_MEM_H
+
+#include "cpool_connector.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct cpool_mem cpool_mem;
+
+/* The connector table; pass the cpool_mem as the options' connector_ctx. */
+CPOOL_API const cpool_connector *cpool_mem_connector(void);
+
+CPOOL_API CPOOL_NODISCARD int cpool_mem_create(cpool_mem **out);
+/* Frees the server. Every pool using it must be destroyed first. NULL: no-op. */
+CPOOL_API void cpool_mem_destroy(cpool_mem *mem);
+
+/* A fault injected into handshakes, like MongoDB's failCommand fail point.
+ * It applies to an establishment whose target contains "appName=<app_name>"
+ * (any establishment when app_name is NULL). */
+typedef struct cpool_mem_failpoint {
+    int times;            /* how many handshakes it still applies to; -1 = always */
+    const char *app_name; /* copied; NULL = every target */
+    int64_t block_ms;     /* delay the handshake this long (cancellable) */
+    bool block_until_interrupted; /* hang until cancel_fd or the deadline */
+    bool fail;            /* then fail with the fields below */
+    cpool_phase fail_phase;
+    cpool_fail_kind fail_kind;
+    int fail_native;      /* e.g. a server error code such as 91 */
+} cpool_mem_failpoint;
+
+/* Installs (copies) the fail point, replacing any earlier one; NULL turns it
+ * off. */
+CPOOL_API void cpool_mem_set_failpoint(cpool_mem *mem, const cpool_mem_failpoint *fp);
+
+/* Service ids handed to new connections, round-robin (load-balanced mode).
+ * Copied. n = 0: no service id. */
+CPOOL_API void cpool_mem_set_service_ids(cpool_mem *mem, const char *const *ids,
+                                         size_t n);
+
+/* What the "server" saw. */
+typedef struct cpool_mem_stats {
+    uint64_t connects;   /* establishment attempts */
+    uint64_t failures;   /* attempts that failed */
+    uint64_t open;       /* connections open now (established, not closed) */
+    uint64_t closes;     /* close() calls */
+    uint64_t abandons;   /* abandon() calls */
+    uint64_t interrupts; /* interrupt() calls on established connections */
+    uint64_t resets;     /* reset() calls */
+    uint64_t checks;     /* check() calls */
+} cpool_mem_stats;
+
+CPOOL_API void cpool_mem_get_stats(cpool_mem *mem, cpool_mem_stats *out);
+
+/* Per-connection scripting, on a native handle (cpool_conn_native()). */
+/* Makes check() and reset() fail from now on (a dead socket). */
+CPOOL_API void cpool_mem_conn_break(void *native);
+/* True once interrupt() was called on it. */
+CPOOL_API bool cpool_mem_conn_interrupted(void *native);
+/* The id the pool gave it at establishment. */
+CPOOL_API uint64_t cpool_mem_conn_id(void *native);
+/* Marks it "inside a transaction": reset() clears the mark and counts. */
+CPOOL_API void cpool_mem_conn_begin(void *native);
+CPOOL_API bool cpool_mem_conn_in_txn(void *native);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* CPOOL_MEM_H */

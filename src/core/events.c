@@ -1,0 +1,304 @@
+/* events.c -- event delivery, the CMAP log messages and the JSON sink.
+ *
+ * Each event is delivered to the subscriber and, as a structured record, to
+ * the log sink, in one global order (see pool_int.h on ev_mu). The log
+ * messages and their field names are the CMAP specification's, word for
+ * word, because log consumers match on them. */
+#include "pool_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static const char *const event_names[CPOOL_EV_COUNT_] = {
+    [CPOOL_EV_POOL_CREATED] = "ConnectionPoolCreated",
+    [CPOOL_EV_POOL_READY] = "ConnectionPoolReady",
+    [CPOOL_EV_POOL_CLEARED] = "ConnectionPoolCleared",
+    [CPOOL_EV_POOL_CLOSED] = "ConnectionPoolClosed",
+    [CPOOL_EV_CONN_CREATED] = "ConnectionCreated",
+    [CPOOL_EV_CONN_READY] = "ConnectionReady",
+    [CPOOL_EV_CONN_CLOSED] = "ConnectionClosed",
+    [CPOOL_EV_CHECKOUT_STARTED] = "ConnectionCheckOutStarted",
+    [CPOOL_EV_CHECKOUT_FAILED] = "ConnectionCheckOutFailed",
+    [CPOOL_EV_CHECKED_OUT] = "ConnectionCheckedOut",
+    [CPOOL_EV_CHECKED_IN] = "ConnectionCheckedIn",
+};
+
+const char *cpool_event_name(cpool_event_type type)
+{
+    if ((unsigned)type >= CPOOL_EV_COUNT_)
+        return "Unknown";
+    return event_names[type];
+}
+
+const char *cpool_close_reason_name(int reason)
+{
+    switch (reason) {
+    case CPOOL_CLOSE_STALE: return "stale";
+    case CPOOL_CLOSE_IDLE: return "idle";
+    case CPOOL_CLOSE_ERROR: return "error";
+    case CPOOL_CLOSE_POOL_CLOSED: return "poolClosed";
+    default: return "unknown";
+    }
+}
+
+const char *cpool_checkout_failure_name(int reason)
+{
+    switch (reason) {
+    case CPOOL_CHECKOUT_POOL_CLOSED: return "poolClosed";
+    case CPOOL_CHECKOUT_TIMEOUT: return "timeout";
+    case CPOOL_CHECKOUT_CONN_ERROR: return "connectionError";
+    default: return "unknown";
+    }
+}
+
+/* The "reason" strings of the CMAP log messages. */
+static const char *close_reason_text(int reason)
+{
+    switch (reason) {
+    case CPOOL_CLOSE_STALE: return "Connection became stale because the pool was cleared";
+    case CPOOL_CLOSE_IDLE:
+        return "Connection has been available but unused for longer than the "
+               "configured max idle time";
+    case CPOOL_CLOSE_ERROR: return "An error occurred while using the connection";
+    default: return "Connection pool was closed";
+    }
+}
+
+static const char *checkout_failure_text(int reason)
+{
+    switch (reason) {
+    case CPOOL_CHECKOUT_TIMEOUT:
+        return "Wait queue timeout elapsed without a connection becoming available";
+    case CPOOL_CHECKOUT_CONN_ERROR:
+        return "An error occurred while trying to establish a new connection";
+    default: return "Connection pool was closed";
+    }
+}
+
+static const char *const log_messages[CPOOL_EV_COUNT_] = {
+    [CPOOL_EV_POOL_CREATED] = "Connection pool created",
+    [CPOOL_EV_POOL_READY] = "Connection pool ready",
+    [CPOOL_EV_POOL_CLEARED] = "Connection pool cleared",
+    [CPOOL_EV_POOL_CLOSED] = "Connection pool closed",
+    [CPOOL_EV_CONN_CREATED] = "Connection created",
+    [CPOOL_EV_CONN_READY] = "Connection ready",
+    [CPOOL_EV_CONN_CLOSED] = "Connection closed",
+    [CPOOL_EV_CHECKOUT_STARTED] = "Connection checkout started",
+    [CPOOL_EV_CHECKOUT_FAILED] = "Connection checkout failed",
+    [CPOOL_EV_CHECKED_OUT] = "Connection checked out",
+    [CPOOL_EV_CHECKED_IN] = "Connection checked in",
+};
+
+int64_t cpool__now(const cpool *p)
+{
+    if (p->opts.clock != NULL)
+        return p->opts.clock->now_ns(p->opts.clock->ctx);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+void cpool__event_init(const cpool *p, cpool_event *ev, cpool_event_type type)
+{
+    memset(ev, 0, sizeof *ev);
+    ev->type = type;
+    ev->address = p->address;
+    ev->duration_ns = -1;
+    ev->time_ns = cpool__now(p);
+}
+
+typedef struct field_buf {
+    cpool_log_field f[16];
+    size_t n;
+} field_buf;
+
+static void add_str(field_buf *b, const char *key, const char *s)
+{
+    b->f[b->n++] = (cpool_log_field){.key = key, .type = CPOOL_LOG_STR, .s = s};
+}
+
+static void add_int(field_buf *b, const char *key, int64_t i)
+{
+    b->f[b->n++] = (cpool_log_field){.key = key, .type = CPOOL_LOG_INT, .i = i};
+}
+
+static void add_ms(field_buf *b, int64_t ns)
+{
+    b->f[b->n++] = (cpool_log_field){
+        .key = "durationMS", .type = CPOOL_LOG_DOUBLE, .d = (double)ns / 1e6};
+}
+
+static void log_event(cpool *p, const cpool_event *ev)
+{
+    field_buf b = {.n = 0};
+    const cpool_options *o = &p->opts;
+    add_str(&b, "serverHost", p->host);
+    if (p->port >= 0)
+        add_int(&b, "serverPort", p->port);
+    if (ev->connection_id != 0)
+        add_int(&b, "driverConnectionId", (int64_t)ev->connection_id);
+    switch (ev->type) {
+    case CPOOL_EV_POOL_CREATED:
+        if (p->options_set & CPOOL_OPT_MAX_IDLE_TIME_MS)
+            add_int(&b, "maxIdleTimeMS", o->max_idle_time_ms);
+        if (p->options_set & CPOOL_OPT_MIN_POOL_SIZE)
+            add_int(&b, "minPoolSize", o->min_pool_size);
+        if (p->options_set & CPOOL_OPT_MAX_POOL_SIZE)
+            add_int(&b, "maxPoolSize", o->max_pool_size);
+        if (p->options_set & CPOOL_OPT_MAX_CONNECTING)
+            add_int(&b, "maxConnecting", o->max_connecting);
+        if (p->options_set & CPOOL_OPT_WAIT_QUEUE_TIMEOUT_MS)
+            add_int(&b, "waitQueueTimeoutMS", o->wait_queue_timeout_ms);
+        break;
+    case CPOOL_EV_POOL_CLEARED:
+        if (ev->service_id != NULL)
+            add_str(&b, "serviceId", ev->service_id);
+        break;
+    case CPOOL_EV_CONN_READY:
+    case CPOOL_EV_CHECKED_OUT:
+        add_ms(&b, ev->duration_ns);
+        break;
+    case CPOOL_EV_CONN_CLOSED:
+        add_str(&b, "reason", close_reason_text(ev->reason));
+        if (ev->reason == CPOOL_CLOSE_ERROR && ev->error != NULL)
+            add_str(&b, "error", ev->error->message);
+        break;
+    case CPOOL_EV_CHECKOUT_FAILED:
+        add_str(&b, "reason", checkout_failure_text(ev->reason));
+        if (ev->reason == CPOOL_CHECKOUT_CONN_ERROR && ev->error != NULL)
+            add_str(&b, "error", ev->error->message);
+        add_ms(&b, ev->duration_ns);
+        break;
+    default:
+        break;
+    }
+    cpool_log_record rec = {
+        .level = CPOOL_LOG_DEBUG,
+        .component = "connection",
+        .message = log_messages[ev->type],
+        .fields = b.f,
+        .nfields = b.n,
+    };
+    p->opts.on_log(&rec, p->opts.log_ctx);
+}
+
+void cpool__deliver(cpool *p, const cpool_event *ev)
+{
+    if (p->opts.on_event != NULL)
+        p->opts.on_event(ev, p->opts.event_ctx);
+    if (p->opts.on_log != NULL && p->opts.log_level >= CPOOL_LOG_DEBUG)
+        log_event(p, ev);
+}
+
+void cpool__emit_unlock(cpool *p, const cpool_event *ev)
+{
+    if (!p->observed) {
+        pthread_mutex_unlock(&p->mu);
+        return;
+    }
+    pthread_mutex_lock(&p->ev_mu);
+    pthread_mutex_unlock(&p->mu);
+    cpool__deliver(p, ev);
+    pthread_mutex_unlock(&p->ev_mu);
+}
+
+void cpool__emit_relock(cpool *p, const cpool_event *ev)
+{
+    if (!p->observed)
+        return;
+    cpool__emit_unlock(p, ev);
+    pthread_mutex_lock(&p->mu);
+}
+
+/* ------------------------------------------------------------ JSON sink */
+
+typedef struct out {
+    char *buf;
+    size_t size, len;
+} out;
+
+static void put(out *o, const char *s, size_t n)
+{
+    if (o->len < o->size) {
+        size_t room = o->size - o->len;
+        memcpy(o->buf + o->len, s, n < room ? n : room);
+    }
+    o->len += n;
+}
+
+static void put_str(out *o, const char *s)
+{
+    put(o, "\"", 1);
+    for (; *s != '\0'; s++) {
+        unsigned char c = (unsigned char)*s;
+        char esc[8];
+        if (c == '"' || c == '\\') {
+            esc[0] = '\\';
+            esc[1] = (char)c;
+            put(o, esc, 2);
+        } else if (c < 0x20) {
+            int n = snprintf(esc, sizeof esc, "\\u%04x", c);
+            put(o, esc, (size_t)n);
+        } else {
+            put(o, s, 1);
+        }
+    }
+    put(o, "\"", 1);
+}
+
+size_t cpool_log_format_json(const cpool_log_record *rec, char *buf, size_t size)
+{
+    out o = {.buf = buf, .size = size, .len = 0};
+    static const char *const levels[] = {"error", "warn", "info", "debug"};
+    char num[64];
+    put(&o, "{\"level\":", 9);
+    put_str(&o, levels[(unsigned)rec->level <= CPOOL_LOG_DEBUG ? rec->level : 3]);
+    put(&o, ",\"component\":", 13);
+    put_str(&o, rec->component);
+    put(&o, ",\"message\":", 11);
+    put_str(&o, rec->message);
+    for (size_t i = 0; i < rec->nfields; i++) {
+        const cpool_log_field *f = &rec->fields[i];
+        put(&o, ",", 1);
+        put_str(&o, f->key);
+        put(&o, ":", 1);
+        int n;
+        switch (f->type) {
+        case CPOOL_LOG_STR: put_str(&o, f->s != NULL ? f->s : ""); break;
+        case CPOOL_LOG_INT:
+            n = snprintf(num, sizeof num, "%lld", (long long)f->i);
+            put(&o, num, (size_t)n);
+            break;
+        case CPOOL_LOG_DOUBLE:
+            n = snprintf(num, sizeof num, "%.3f", f->d);
+            put(&o, num, (size_t)n);
+            break;
+        }
+    }
+    put(&o, "}", 1);
+    if (size > 0)
+        buf[o.len < size ? o.len : size - 1] = '\0';
+    return o.len;
+}
+
+void cpool_log_json(const cpool_log_record *rec, void *file)
+{
+    char small[1024];
+    size_t n = cpool_log_format_json(rec, small, sizeof small);
+    FILE *f = file != NULL ? (FILE *)file : stderr;
+    if (n < sizeof small) {
+        small[n] = '\n';
+        fwrite(small, 1, n + 1, f);
+    } else {
+        char *big = malloc(n + 2);
+        if (big == NULL)
+            return; /* a log line is not worth failing the caller for */
+        cpool_log_format_json(rec, big, n + 1);
+        big[n] = '\n';
+        fwrite(big, 1, n + 1, f);
+        free(big);
+    }
+    fflush(f);
+}

@@ -1,0 +1,1359 @@
+/* pool.c -- the CMAP pool state machine for one endpoint.
+ *
+ * What must stay true (asserted by check_counts_locked in debug builds):
+ *   total = pending + available + in use, total <= maxPoolSize (when > 0),
+ *   pending <= maxConnecting, and a waiter is queued only while the pool is
+ *   ready and nothing it could take is available.
+ *
+ * Locking: see pool_int.h. Connector calls and callbacks never run under mu.
+ * Functions named *_locked are called with mu held; those that may release
+ * it on the way (to emit an event or call the connector) say so.
+ */
+#include "pool_int.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NO_DEADLINE INT64_MAX
+
+/* ------------------------------------------------------------------ fork */
+
+/* Bumped in every forked child. This is the library's only process-wide
+ * state: a pool compares it with the value it saw last to notice that it now
+ * runs in a child, where its connections belong to the parent. */
+static atomic_uint g_fork_epoch;
+static pthread_once_t g_atfork_once = PTHREAD_ONCE_INIT;
+
+static void on_fork_child(void)
+{
+    atomic_fetch_add_explicit(&g_fork_epoch, 1, memory_order_relaxed);
+}
+
+static void register_atfork(void)
+{
+    pthread_atfork(NULL, NULL, on_fork_child);
+}
+
+static void after_fork_locked(cpool *p);
+
+static inline void check_fork_locked(cpool *p)
+{
+    if (atomic_load_explicit(&g_fork_epoch, memory_order_relaxed) != p->fork_epoch)
+        after_fork_locked(p);
+}
+
+/* ------------------------------------------------------------------ lists */
+
+static conn_list *list_for(cpool *p, conn_state s)
+{
+    switch (s) {
+    case CONN_PENDING: return &p->pending;
+    case CONN_AVAILABLE: return &p->available;
+    case CONN_IN_USE:
+    case CONN_CHECKING_IN: return &p->in_use;
+    case CONN_ORPHANED: return &p->orphans;
+    default: return &p->free_list;
+    }
+}
+
+static void list_remove(conn_list *l, cpool_conn *c)
+{
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        l->head = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    else
+        l->tail = c->prev;
+    c->prev = c->next = NULL;
+    l->n--;
+}
+
+static void list_push_head(conn_list *l, cpool_conn *c)
+{
+    c->prev = NULL;
+    c->next = l->head;
+    if (l->head != NULL)
+        l->head->prev = c;
+    else
+        l->tail = c;
+    l->head = c;
+    l->n++;
+}
+
+static inline uint32_t total_locked(const cpool *p)
+{
+    return p->pending.n + p->available.n + p->in_use.n;
+}
+
+static void check_counts_locked(const cpool *p)
+{
+#ifndef NDEBUG
+    if (p->opts.max_pool_size > 0)
+        assert(total_locked(p) <= p->opts.max_pool_size);
+    assert(p->pending.n <= p->opts.max_connecting);
+#else
+    (void)p;
+#endif
+}
+
+/* The one place a connection changes state. Available connections are kept
+ * newest first: reusing the most recently returned one lets the others reach
+ * maxIdleTimeMS and close, instead of all of them staying half-warm. */
+static void set_state_locked(cpool *p, cpool_conn *c, conn_state s)
+{
+    conn_list *from = list_for(p, c->state), *to = list_for(p, s);
+    if (from != to) {
+        list_remove(from, c);
+        list_push_head(to, c);
+    }
+    c->state = s;
+    check_counts_locked(p);
+}
+
+/* ------------------------------------------------------------------ time */
+
+static int64_t ms_to_ns(int64_t ms)
+{
+    if (ms > INT64_MAX / 2000000)
+        return NO_DEADLINE / 2;
+    return ms * 1000000;
+}
+
+static int64_t deadline_after(int64_t now, int64_t ms)
+{
+    return now + ms_to_ns(ms);
+}
+
+static int64_t real_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* The connector works in real CLOCK_MONOTONIC time; the pool's clock may be
+ * a test clock, so translate the remaining time. */
+static int64_t real_deadline(const cpool *p, int64_t deadline)
+{
+    if (deadline == NO_DEADLINE)
+        return 0;
+    int64_t left = deadline - cpool__now(p);
+    return real_now_ns() + (left > 0 ? left : 1);
+}
+
+static struct timespec abs_real(int64_t left_ns)
+{
+    int64_t t = real_now_ns() + left_ns;
+    struct timespec ts = {.tv_sec = t / 1000000000, .tv_nsec = t % 1000000000};
+    return ts;
+}
+
+/* ------------------------------------------------------------------ services */
+
+static service *svc_find_locked(cpool *p, const char *id)
+{
+    for (service *s = p->services; s != NULL; s = s->next)
+        if (strcmp(s->id, id) == 0)
+            return s;
+    return NULL;
+}
+
+/* CMAP load-balanced mode: once the handshake names the service, the
+ * connection takes that service's generation and counts toward it. */
+static int svc_attach_locked(cpool *p, cpool_conn *c, const char *id)
+{
+    service *s = svc_find_locked(p, id);
+    if (s == NULL) {
+        s = calloc(1, sizeof *s);
+        if (s == NULL)
+            return CPOOL_ENOMEM;
+        snprintf(s->id, sizeof s->id, "%s", id);
+        s->next = p->services;
+        p->services = s;
+    }
+    s->count++;
+    c->svc = s;
+    c->generation = s->generation;
+    return 0;
+}
+
+/* The entry goes away with its last connection. */
+static void svc_release_locked(cpool *p, cpool_conn *c)
+{
+    service *s = c->svc;
+    if (s == NULL)
+        return;
+    c->svc = NULL;
+    if (--s->count > 0)
+        return;
+    for (service **pp = &p->services; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == s) {
+            *pp = s->next;
+            free(s);
+            return;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ conns */
+
+static bool is_stale_locked(const cpool *p, const cpool_conn *c)
+{
+    if (c->svc != NULL)
+        return c->generation != c->svc->generation;
+    return c->generation != p->generation;
+}
+
+/* Returns the close reason of a perished available connection, or -1. */
+static int perished_locked(const cpool *p, const cpool_conn *c, int64_t now)
+{
+    if (is_stale_locked(p, c))
+        return CPOOL_CLOSE_STALE;
+    if (p->opts.max_idle_time_ms > 0 &&
+        now - c->available_since_ns > ms_to_ns(p->opts.max_idle_time_ms))
+        return CPOOL_CLOSE_IDLE;
+    return -1;
+}
+
+/* Creates a pending connection: no I/O (CMAP), counts toward total and
+ * pending. The caller emits ConnectionCreated. */
+static cpool_conn *conn_new_locked(cpool *p)
+{
+    cpool_conn *c = p->free_list.head;
+    if (c != NULL) {
+        list_remove(&p->free_list, c);
+    } else {
+        c = calloc(1, sizeof *c);
+        if (c == NULL)
+            return NULL;
+        c->magic = CONN_MAGIC;
+        c->pool = p;
+    }
+    c->id = ++p->next_id;
+    c->generation = p->generation;
+    c->svc = NULL;
+    c->native = NULL;
+    c->pins = 0;
+    c->interrupt_requested = c->interrupted = c->close_deferred = false;
+    c->created_ns = cpool__now(p);
+    c->available_since_ns = c->created_ns;
+    /* The eventfd lets clear() and close() abandon an establishment that is
+     * blocked in the connector; without it, interruption is just slower. */
+    c->cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    c->state = CONN_PENDING;
+    list_push_head(&p->pending, c);
+    check_counts_locked(p);
+    return c;
+}
+
+static void cancel_pending(cpool_conn *c)
+{
+    if (c->cancel_fd >= 0) {
+        uint64_t one = 1;
+        ssize_t n = write(c->cancel_fd, &one, sizeof one);
+        (void)n; /* EAGAIN means it was already signalled */
+    }
+}
+
+static void conn_free_locked(cpool *p, cpool_conn *c)
+{
+    if (c->cancel_fd >= 0)
+        close(c->cancel_fd);
+    c->cancel_fd = -1;
+    c->native = NULL;
+    c->state = CONN_FREE;
+    list_push_head(&p->free_list, c);
+}
+
+static void emit_created_relock(cpool *p, const cpool_conn *c)
+{
+    if (!p->observed)
+        return;
+    cpool_event ev;
+    cpool__event_init(p, &ev, CPOOL_EV_CONN_CREATED);
+    ev.connection_id = c->id;
+    cpool__emit_relock(p, &ev);
+}
+
+static void grant_capacity_locked(cpool *p);
+
+/* Closes c: it leaves its list at once (so it counts nowhere), then
+ * ConnectionClosed is emitted and the connector closes it outside mu. If an
+ * interrupt() is in flight on it, the last unpin does the teardown instead.
+ * Releases mu on the way; returns with mu held. Frees capacity, so it hands
+ * it to the wait queue. */
+static void close_conn_locked(cpool *p, cpool_conn *c, int reason,
+                              const cpool_error *cause)
+{
+    list_remove(list_for(p, c->state), c);
+    c->state = CONN_FREE; /* in no list until conn_free_locked */
+    svc_release_locked(p, c);
+    void *native = c->native;
+    bool pinned = c->pins > 0;
+    if (pinned)
+        c->close_deferred = true;
+
+    cpool_event ev;
+    cpool__event_init(p, &ev, CPOOL_EV_CONN_CLOSED);
+    ev.connection_id = c->id;
+    ev.reason = reason;
+    ev.error = reason == CPOOL_CLOSE_ERROR ? cause : NULL;
+    cpool__emit_unlock(p, &ev);
+    if (!pinned && native != NULL)
+        p->cx->close(p->cx_ctx, native);
+    pthread_mutex_lock(&p->mu);
+    if (!pinned)
+        conn_free_locked(p, c);
+    grant_capacity_locked(p);
+}
+
+/* A checked-in or freshly established connection: straight to the oldest
+ * waiter if there is one (direct handoff: no newcomer can barge in between),
+ * otherwise onto the available stack. */
+static void make_available_locked(cpool *p, cpool_conn *c)
+{
+    waiter *w = p->wq_head;
+    if (w != NULL && p->state == CPOOL_STATE_READY) {
+        p->wq_head = w->next;
+        if (p->wq_head != NULL)
+            p->wq_head->prev = NULL;
+        else
+            p->wq_tail = NULL;
+        p->nwaiting--;
+        w->queued = false;
+        w->conn = c;
+        w->establish = false;
+        set_state_locked(p, c, CONN_IN_USE);
+        c->lease_seq++;
+        pthread_cond_signal(&w->cv);
+        return;
+    }
+    c->available_since_ns = cpool__now(p);
+    set_state_locked(p, c, CONN_AVAILABLE);
+}
+
+static bool can_create_locked(const cpool *p)
+{
+    if (p->pending.n >= p->opts.max_connecting)
+        return false;
+    return p->opts.max_pool_size == 0 || total_locked(p) < p->opts.max_pool_size;
+}
+
+static void wq_remove_locked(cpool *p, waiter *w)
+{
+    if (!w->queued)
+        return;
+    if (w->prev != NULL)
+        w->prev->next = w->next;
+    else
+        p->wq_head = w->next;
+    if (w->next != NULL)
+        w->next->prev = w->prev;
+    else
+        p->wq_tail = w->prev;
+    w->prev = w->next = NULL;
+    w->queued = false;
+    p->nwaiting--;
+}
+
+/* Capacity freed (a close, or an establishment ended): the oldest waiter may
+ * now create a connection. The pending connection is created here, in queue
+ * order, and handed to the waiter to establish. May release mu. */
+static void grant_capacity_locked(cpool *p)
+{
+    while (p->wq_head != NULL && p->state == CPOOL_STATE_READY &&
+           can_create_locked(p)) {
+        waiter *w = p->wq_head;
+        wq_remove_locked(p, w);
+        cpool_conn *c = conn_new_locked(p);
+        if (c == NULL) {
+            w->fail = CPOOL_ENOMEM;
+            pthread_cond_signal(&w->cv);
+            continue;
+        }
+        w->conn = c;
+        w->establish = true;
+        pthread_cond_signal(&w->cv);
+        emit_created_relock(p, c);
+    }
+}
+
+static void fail_waiters_locked(cpool *p, int code)
+{
+    while (p->wq_head != NULL) {
+        waiter *w = p->wq_head;
+        wq_remove_locked(p, w);
+        w->fail = code;
+        pthread_cond_signal(&w->cv);
+    }
+}
+
+static void kick_maintenance_locked(cpool *p)
+{
+    p->maint_kick = true;
+    pthread_cond_signal(&p->maint_cv);
+}
+
+/* ------------------------------------------------------------------ clear */
+
+static void cleared_error(const cpool *p, cpool_error *e)
+{
+    if (p->has_clear_cause)
+        cpool__err(e, CPOOL_ECLEARED,
+                   "Connection pool for %s was cleared because another operation "
+                   "failed with: %s",
+                   p->address, p->clear_cause.message);
+    else
+        cpool__err(e, CPOOL_ECLEARED, "Connection pool for %s is paused", p->address);
+    if (e != NULL)
+        e->labels = CPOOL_LABEL_RETRYABLE;
+}
+
+/* Marks the connections a clear with interruptInUseConnections must reach.
+ * Pending ones are cancelled at once through their eventfd (a write, never
+ * blocks); in-use ones are interrupted by interrupt_marked_locked(). */
+static void mark_interrupts_locked(cpool *p, const service *svc, uint64_t upto_gen)
+{
+    for (cpool_conn *c = p->pending.head; c != NULL; c = c->next)
+        if (svc == NULL && c->generation <= upto_gen)
+            cancel_pending(c);
+    for (cpool_conn *c = p->in_use.head; c != NULL; c = c->next)
+        if (c->svc == svc || svc == NULL)
+            if (c->generation <= upto_gen)
+                c->interrupt_requested = true;
+}
+
+/* Calls the connector's interrupt on every marked in-use connection, one at
+ * a time outside mu. The connection is pinned meanwhile so that a concurrent
+ * check-in cannot free it under the connector. May release mu. */
+static void interrupt_marked_locked(cpool *p)
+{
+    for (;;) {
+        cpool_conn *c = p->in_use.head;
+        while (c != NULL && !(c->interrupt_requested && !c->interrupted))
+            c = c->next;
+        if (c == NULL)
+            return;
+        c->interrupted = true;
+        c->pins++;
+        void *native = c->native;
+        pthread_mutex_unlock(&p->mu);
+        if (p->cx->interrupt != NULL && native != NULL)
+            p->cx->interrupt(p->cx_ctx, native);
+        pthread_mutex_lock(&p->mu);
+        if (--c->pins == 0 && c->close_deferred) {
+            pthread_mutex_unlock(&p->mu);
+            if (native != NULL)
+                p->cx->close(p->cx_ctx, native);
+            pthread_mutex_lock(&p->mu);
+            conn_free_locked(p, c);
+        }
+    }
+}
+
+/* Bumps the generation and pauses. A paused pool emits nothing but still
+ * bumps (CMAP: the generation must move on every clear). May release mu. */
+static void clear_locked(cpool *p, unsigned flags, const cpool_error *cause)
+{
+    uint64_t old = p->generation++;
+    bool was_paused = p->state == CPOOL_STATE_PAUSED;
+    p->state = CPOOL_STATE_PAUSED;
+    if (cause != NULL) {
+        p->clear_cause = *cause;
+        p->has_clear_cause = true;
+    }
+    fail_waiters_locked(p, CPOOL_ECLEARED);
+    if (flags & CPOOL_CLEAR_INTERRUPT_IN_USE)
+        mark_interrupts_locked(p, NULL, old);
+    /* Stale available connections should not wait for the next scheduled
+     * run (CMAP: a clear schedules the background thread at once). */
+    kick_maintenance_locked(p);
+    if (!was_paused && p->observed) {
+        cpool_event ev;
+        cpool__event_init(p, &ev, CPOOL_EV_POOL_CLEARED);
+        ev.interrupt_in_use = (flags & CPOOL_CLEAR_INTERRUPT_IN_USE) != 0;
+        cpool__emit_relock(p, &ev);
+    }
+}
+
+/* ------------------------------------------------------------ establishment */
+
+enum { ESTABLISH_RETRY = 1 }; /* internal: the new connection was stale */
+
+/* Establishes pending connection c outside mu. On success c is in use (for a
+ * checkout) or made available (background population) and 0 is returned.
+ * On failure c is closed with reason "error" and the error is returned with
+ * its labels; with clear_on_connect_error an unlabelled failure first clears
+ * the pool, so PoolCleared precedes ConnectionClosed as CMAP's tests expect.
+ * ESTABLISH_RETRY: established, but a clear made it stale meanwhile; it was
+ * closed. Called with mu held; releases it during the connect. */
+static int establish_locked(cpool *p, cpool_conn *c, int64_t deadline,
+                            bool for_checkout, cpool_error *e)
+{
+    cpool_connect_args a;
+    memset(&a, 0, sizeof a);
+    a.target = p->target;
+    a.conn_id = c->id;
+    a.deadline_ns = real_deadline(p, deadline);
+    a.cancel_fd = c->cancel_fd;
+    void *native = NULL;
+    cpool_error ce;
+    memset(&ce, 0, sizeof ce);
+
+    pthread_mutex_unlock(&p->mu);
+    int rc = p->cx->connect(p->cx_ctx, &a, &native, &ce);
+    if (rc == 0 && native == NULL)
+        rc = cpool_error_set(&ce, CPOOL_ECONNECT, CPOOL_PHASE_HANDSHAKE,
+                             CPOOL_FAIL_OTHER, 0,
+                             "connect %s: connector returned no connection",
+                             p->address);
+    pthread_mutex_lock(&p->mu);
+
+    if (rc == 0) {
+        c->native = native;
+        if (p->opts.load_balanced) {
+            if (a.service_id[0] == '\0')
+                rc = cpool_error_set(
+                    &ce, CPOOL_ECONNECT, CPOOL_PHASE_HANDSHAKE, CPOOL_FAIL_SERVER, 0,
+                    "Driver attempted to initialize in load balancing mode, but "
+                    "the server does not support this mode.");
+            else if (svc_attach_locked(p, c, a.service_id) != 0)
+                rc = cpool_error_set(&ce, CPOOL_ENOMEM, CPOOL_PHASE_HANDSHAKE,
+                                     CPOOL_FAIL_OTHER, 0, "out of memory");
+        }
+    }
+    if (rc != 0) {
+        if (ce.code == 0)
+            ce.code = rc;
+        if (ce.message[0] == '\0')
+            snprintf(ce.message, sizeof ce.message, "connect %s: %s", p->address,
+                     cpool_strerror(rc));
+        if (ce.kind == CPOOL_FAIL_INTERRUPTED) {
+            /* The pool abandoned this attempt (clear or close): retryable. */
+            ce.labels |= CPOOL_LABEL_RETRYABLE;
+        } else if (cpool_is_backpressure(ce.phase, ce.kind)) {
+            ce.labels |= CPOOL_LABEL_SYSTEM_OVERLOADED | CPOOL_LABEL_RETRYABLE;
+        } else if (p->opts.clear_on_connect_error && p->state == CPOOL_STATE_READY &&
+                   !is_stale_locked(p, c)) {
+            clear_locked(p, 0, &ce);
+        }
+        close_conn_locked(p, c, CPOOL_CLOSE_ERROR, &ce);
+        if (e != NULL)
+            *e = ce;
+        return ce.code;
+    }
+
+    int64_t now = cpool__now(p);
+    set_state_locked(p, c, CONN_IN_USE); /* pending - 1, in the same step */
+    if (p->observed) {
+        cpool_event ev;
+        cpool__event_init(p, &ev, CPOOL_EV_CONN_READY);
+        ev.connection_id = c->id;
+        ev.duration_ns = now - c->created_ns;
+        cpool__emit_relock(p, &ev);
+    }
+    if (is_stale_locked(p, c) || p->state == CPOOL_STATE_CLOSED) {
+        close_conn_locked(p, c, p->state == CPOOL_STATE_CLOSED ? CPOOL_CLOSE_POOL_CLOSED
+                                                               : CPOOL_CLOSE_STALE,
+                          NULL);
+        return ESTABLISH_RETRY;
+    }
+    if (!for_checkout)
+        make_available_locked(p, c);
+    else
+        c->lease_seq++;
+    grant_capacity_locked(p); /* a maxConnecting slot is free again */
+    return 0;
+}
+
+/* ------------------------------------------------------------------ checkout */
+
+static int fail_checkout(cpool *p, int rc, int reason, int64_t start,
+                         const cpool_error *cause, cpool_error *err)
+{
+    cpool_error e;
+    switch (rc) {
+    case CPOOL_ECLOSED:
+        cpool__err(&e, rc, "Attempted to check out a connection from closed "
+                           "connection pool %s", p->address);
+        break;
+    case CPOOL_ECLEARED: cleared_error(p, &e); break;
+    case CPOOL_ETIMEDOUT:
+        cpool__err(&e, rc,
+                   "Timed out while checking out a connection from connection pool "
+                   "%s (maxPoolSize: %u, in use: %u, available: %u, pending: %u, "
+                   "waiting: %u)",
+                   p->address, p->opts.max_pool_size, p->in_use.n, p->available.n,
+                   p->pending.n, p->nwaiting);
+        break;
+    default:
+        if (cause != NULL)
+            e = *cause;
+        else
+            cpool__err(&e, rc, "checkout from %s: %s", p->address, cpool_strerror(rc));
+        break;
+    }
+    if (p->observed) {
+        cpool_event ev;
+        cpool__event_init(p, &ev, CPOOL_EV_CHECKOUT_FAILED);
+        ev.reason = reason;
+        ev.duration_ns = ev.time_ns - start;
+        ev.error = &e;
+        cpool__emit_unlock(p, &ev);
+    } else {
+        pthread_mutex_unlock(&p->mu);
+    }
+    if (err != NULL)
+        *err = e;
+    return rc;
+}
+
+static int waiter_init(waiter *w)
+{
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    int rc = pthread_cond_init(&w->cv, &attr);
+    pthread_condattr_destroy(&attr);
+    return rc;
+}
+
+/* Waits for w to be served, failed or timed out. Returns with mu held. */
+static void wait_served_locked(cpool *p, waiter *w, int64_t deadline)
+{
+    while (w->queued) {
+        if (deadline == NO_DEADLINE) {
+            pthread_cond_wait(&w->cv, &p->mu);
+            continue;
+        }
+        int64_t left = deadline - cpool__now(p);
+        if (left <= 0)
+            return;
+        /* Sleep in slices of at most one second so that a test clock that
+         * jumps is noticed without cpool_wake(). */
+        struct timespec ts = abs_real(left < 1000000000 ? left : 1000000000);
+        pthread_cond_timedwait(&w->cv, &p->mu, &ts);
+    }
+}
+
+int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *err)
+{
+    if (out != NULL)
+        *out = NULL;
+    if (p == NULL || out == NULL)
+        return cpool__err(err, CPOOL_EINVAL, "checkout: pool and out are required");
+
+    int64_t start = cpool__now(p);
+    int64_t wait_deadline, conn_deadline;
+    if (timeout_ms >= 0) {
+        /* One deadline for everything the caller waits for. */
+        wait_deadline = conn_deadline = deadline_after(start, timeout_ms);
+    } else {
+        wait_deadline = p->opts.wait_queue_timeout_ms > 0
+                            ? deadline_after(start, p->opts.wait_queue_timeout_ms)
+                            : NO_DEADLINE;
+        conn_deadline = NO_DEADLINE;
+    }
+
+    pthread_mutex_lock(&p->mu);
+    check_fork_locked(p);
+    if (p->observed) {
+        cpool_event ev;
+        cpool__event_init(p, &ev, CPOOL_EV_CHECKOUT_STARTED);
+        cpool__emit_relock(p, &ev);
+    }
+
+    waiter w;
+    bool w_ready = false;
+    cpool_conn *c;
+    for (;;) {
+        c = NULL;
+        if (p->state == CPOOL_STATE_CLOSED)
+            return fail_checkout(p, CPOOL_ECLOSED, CPOOL_CHECKOUT_POOL_CLOSED, start,
+                                 NULL, err);
+        if (p->state == CPOOL_STATE_PAUSED)
+            return fail_checkout(p, CPOOL_ECLEARED, CPOOL_CHECKOUT_CONN_ERROR, start,
+                                 NULL, err);
+
+        bool establish = false;
+        if (p->wq_head == NULL) { /* strict FIFO: nobody is ahead of us */
+            c = p->available.head;
+            if (c != NULL) {
+                int reason = perished_locked(p, c, cpool__now(p));
+                if (reason >= 0) {
+                    close_conn_locked(p, c, reason, NULL);
+                    continue;
+                }
+                set_state_locked(p, c, CONN_IN_USE);
+                c->lease_seq++;
+            } else if (can_create_locked(p)) {
+                c = conn_new_locked(p);
+                if (c == NULL)
+                    return fail_checkout(p, CPOOL_ENOMEM, CPOOL_CHECKOUT_CONN_ERROR,
+                                         start, NULL, err);
+                emit_created_relock(p, c);
+                establish = true;
+            }
+        }
+        if (c == NULL) {
+            if (!w_ready) {
+                memset(&w, 0, sizeof w);
+                if (waiter_init(&w) != 0)
+                    return fail_checkout(p, CPOOL_ESYS, CPOOL_CHECKOUT_CONN_ERROR,
+                                         start, NULL, err);
+                w_ready = true;
+            }
+            w.conn = NULL;
+            w.fail = 0;
+            w.establish = false;
+            w.queued = true;
+            w.next = NULL;
+            w.prev = p->wq_tail;
+            if (p->wq_tail != NULL)
+                p->wq_tail->next = &w;
+            else
+                p->wq_head = &w;
+            p->wq_tail = &w;
+            p->nwaiting++;
+            wait_served_locked(p, &w, wait_deadline);
+            if (w.queued) { /* timed out */
+                wq_remove_locked(p, &w);
+                pthread_cond_destroy(&w.cv);
+                return fail_checkout(p, CPOOL_ETIMEDOUT, CPOOL_CHECKOUT_TIMEOUT, start,
+                                     NULL, err);
+            }
+            if (w.fail != 0) {
+                pthread_cond_destroy(&w.cv);
+                int rc = w.fail;
+                return fail_checkout(p, rc,
+                                     rc == CPOOL_ECLOSED ? CPOOL_CHECKOUT_POOL_CLOSED
+                                                         : CPOOL_CHECKOUT_CONN_ERROR,
+                                     start, NULL, err);
+            }
+            c = w.conn;
+            establish = w.establish;
+        }
+        if (establish) {
+            cpool_error ce;
+            int rc = establish_locked(p, c, conn_deadline, true, &ce);
+            if (rc == ESTABLISH_RETRY)
+                continue;
+            if (rc != 0) {
+                if (w_ready)
+                    pthread_cond_destroy(&w.cv);
+                if (ce.kind == CPOOL_FAIL_INTERRUPTED && p->state != CPOOL_STATE_CLOSED)
+                    return fail_checkout(p, CPOOL_ECLEARED, CPOOL_CHECKOUT_CONN_ERROR,
+                                         start, NULL, err);
+                return fail_checkout(p, rc, CPOOL_CHECKOUT_CONN_ERROR, start, &ce, err);
+            }
+        } else if (p->cx->check != NULL) {
+            /* Cheap liveness check (no round trip), outside the lock. */
+            cpool_error ce;
+            memset(&ce, 0, sizeof ce);
+            pthread_mutex_unlock(&p->mu);
+            int rc = p->cx->check(p->cx_ctx, c->native, &ce);
+            pthread_mutex_lock(&p->mu);
+            if (rc != 0) {
+                close_conn_locked(p, c, CPOOL_CLOSE_ERROR, &ce);
+                continue;
+            }
+        }
+        break;
+    }
+    if (w_ready)
+        pthread_cond_destroy(&w.cv);
+    if (p->observed) {
+        cpool_event ev;
+        cpool__event_init(p, &ev, CPOOL_EV_CHECKED_OUT);
+        ev.connection_id = c->id;
+        ev.duration_ns = ev.time_ns - start;
+        cpool__emit_unlock(p, &ev);
+    } else {
+        pthread_mutex_unlock(&p->mu);
+    }
+    *out = c;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ checkin */
+
+int cpool_checkin(cpool *p, cpool_conn *c, unsigned flags, cpool_error *err)
+{
+    if (p == NULL || c == NULL)
+        return cpool__err(err, CPOOL_EINVAL, "checkin: pool and connection are required");
+    if (c->magic != CONN_MAGIC || c->pool != p)
+        return cpool__err(err, CPOOL_EFOREIGN,
+                          "checkin to %s: the connection belongs to another pool",
+                          p->address);
+
+    pthread_mutex_lock(&p->mu);
+    check_fork_locked(p);
+    if (c->state == CONN_ORPHANED) {
+        /* Leased before fork(): the parent owns the server session. */
+        list_remove(&p->orphans, c);
+        void *native = c->native;
+        c->state = CONN_FREE;
+        pthread_mutex_unlock(&p->mu);
+        if (native != NULL && p->cx->abandon != NULL)
+            p->cx->abandon(p->cx_ctx, native);
+        pthread_mutex_lock(&p->mu);
+        conn_free_locked(p, c);
+        pthread_mutex_unlock(&p->mu);
+        return 0;
+    }
+    if (c->state != CONN_IN_USE) {
+        uint64_t id = c->id;
+        pthread_mutex_unlock(&p->mu);
+        return cpool__err(err, CPOOL_EDOUBLE,
+                          "checkin to %s: connection %llu is not checked out",
+                          p->address, (unsigned long long)id);
+    }
+    /* Still counted as in use, but a second checkin now sees EDOUBLE. */
+    c->state = CONN_CHECKING_IN;
+    bool broken = (flags & CPOOL_CHECKIN_BROKEN) != 0 || c->interrupt_requested;
+    if (p->observed) {
+        cpool_event ev;
+        cpool__event_init(p, &ev, CPOOL_EV_CHECKED_IN);
+        ev.connection_id = c->id;
+        cpool__emit_unlock(p, &ev);
+    } else {
+        pthread_mutex_unlock(&p->mu);
+    }
+
+    cpool_error ce;
+    memset(&ce, 0, sizeof ce);
+    if (!broken && p->cx->reset != NULL && p->cx->reset(p->cx_ctx, c->native, &ce) != 0)
+        broken = true;
+
+    pthread_mutex_lock(&p->mu);
+    int reason = -1;
+    if (p->state == CPOOL_STATE_CLOSED)
+        reason = CPOOL_CLOSE_POOL_CLOSED;
+    else if (is_stale_locked(p, c))
+        reason = CPOOL_CLOSE_STALE;
+    else if (broken || c->interrupt_requested)
+        reason = CPOOL_CLOSE_ERROR;
+    if (reason >= 0)
+        close_conn_locked(p, c, reason, ce.code != 0 ? &ce : NULL);
+    else
+        make_available_locked(p, c);
+    pthread_mutex_unlock(&p->mu);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ maintenance */
+
+/* One background run: close perished available connections (oldest first),
+ * then populate up to minPoolSize while the pool is ready and a
+ * maxConnecting slot is free. It never waits for a slot. May release mu. */
+static void maintain_locked(cpool *p)
+{
+    for (;;) {
+        int64_t now = cpool__now(p);
+        cpool_conn *c = p->available.tail;
+        int reason = -1;
+        for (; c != NULL; c = c->prev)
+            if ((reason = perished_locked(p, c, now)) >= 0)
+                break;
+        if (c == NULL)
+            break;
+        close_conn_locked(p, c, reason, NULL);
+    }
+    interrupt_marked_locked(p);
+    while (p->state == CPOOL_STATE_READY && total_locked(p) < p->opts.min_pool_size &&
+           can_create_locked(p)) {
+        cpool_conn *c = conn_new_locked(p);
+        if (c == NULL)
+            break;
+        emit_created_relock(p, c);
+        cpool_error ce;
+        int64_t deadline = p->opts.connect_timeout_ms > 0
+                               ? deadline_after(cpool__now(p), p->opts.connect_timeout_ms)
+                               : NO_DEADLINE;
+        int rc = establish_locked(p, c, deadline, false, &ce);
+        if (rc != 0 && rc != ESTABLISH_RETRY)
+            break; /* try again at the next run */
+    }
+}
+
+static void *maintenance_main(void *arg)
+{
+    cpool *p = arg;
+    pthread_mutex_lock(&p->mu);
+    while (p->state != CPOOL_STATE_CLOSED && p->maint_running) {
+        maintain_locked(p);
+        if (p->state == CPOOL_STATE_CLOSED || !p->maint_running)
+            break;
+        struct timespec ts = abs_real(ms_to_ns(p->opts.maintenance_interval_ms));
+        while (!p->maint_kick && p->state != CPOOL_STATE_CLOSED && p->maint_running) {
+            if (pthread_cond_timedwait(&p->maint_cv, &p->mu, &ts) == ETIMEDOUT)
+                break;
+        }
+        p->maint_kick = false;
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+static int start_maintenance_locked(cpool *p)
+{
+    if (p->opts.maintenance_interval_ms < 0 || p->maint_running)
+        return 0;
+    p->maint_running = true;
+    if (pthread_create(&p->maint, NULL, maintenance_main, p) != 0) {
+        p->maint_running = false;
+        return CPOOL_ESYS;
+    }
+    return 0;
+}
+
+int cpool_maintain(cpool *p, cpool_error *err)
+{
+    if (p == NULL)
+        return cpool__err(err, CPOOL_EINVAL, "maintain: pool is required");
+    pthread_mutex_lock(&p->mu);
+    check_fork_locked(p);
+    if (p->state == CPOOL_STATE_CLOSED) {
+        pthread_mutex_unlock(&p->mu);
+        return cpool__err(err, CPOOL_ECLOSED, "maintain %s: pool is closed", p->address);
+    }
+    maintain_locked(p);
+    pthread_mutex_unlock(&p->mu);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ fork */
+
+/* In a forked child: every connection belongs to the parent's server
+ * sessions. Drop them without I/O (abandon), forget the parent's waiters and
+ * in-flight establishments (their threads do not exist here), bump the
+ * generation and restart the background thread. The pool keeps its state so
+ * the child can go on using it. */
+static void after_fork_locked(cpool *p)
+{
+    p->fork_epoch = atomic_load_explicit(&g_fork_epoch, memory_order_relaxed);
+    /* A parent thread may have held these at fork(); nobody can release them
+     * in the child. */
+    pthread_mutex_init(&p->ev_mu, NULL);
+    pthread_cond_init(&p->maint_cv, NULL);
+    p->maint_running = false;
+    p->wq_head = p->wq_tail = NULL;
+    p->nwaiting = 0;
+    while (p->available.head != NULL) {
+        cpool_conn *c = p->available.head;
+        list_remove(&p->available, c);
+        if (c->native != NULL && p->cx->abandon != NULL)
+            p->cx->abandon(p->cx_ctx, c->native);
+        c->svc = NULL;
+        conn_free_locked(p, c);
+    }
+    while (p->pending.head != NULL) {
+        cpool_conn *c = p->pending.head;
+        list_remove(&p->pending, c);
+        c->svc = NULL;
+        conn_free_locked(p, c);
+    }
+    while (p->in_use.head != NULL) {
+        cpool_conn *c = p->in_use.head;
+        list_remove(&p->in_use, c);
+        c->svc = NULL;
+        c->state = CONN_ORPHANED;
+        list_push_head(&p->orphans, c);
+    }
+    while (p->services != NULL) {
+        service *s = p->services;
+        p->services = s->next;
+        free(s);
+    }
+    p->generation++;
+    if (p->state != CPOOL_STATE_CLOSED)
+        start_maintenance_locked(p);
+    if (p->observed) {
+        cpool_event ev;
+        cpool__event_init(p, &ev, CPOOL_EV_POOL_CLEARED);
+        cpool__emit_relock(p, &ev);
+    }
+}
+
+/* ------------------------------------------------------------------ lifecycle */
+
+void cpool_options_init(cpool_options *o, size_t size)
+{
+    if (o == NULL)
+        return;
+    cpool_options d;
+    memset(&d, 0, sizeof d);
+    d.struct_size = size;
+    d.max_pool_size = 100;
+    d.max_connecting = 2;
+    d.connect_timeout_ms = 10000;
+    d.maintenance_interval_ms = 1000;
+    d.log_level = CPOOL_LOG_DEBUG;
+    memset(o, 0, size);
+    memcpy(o, &d, size < sizeof d ? size : sizeof d);
+}
+
+static unsigned options_set(const cpool_options *o)
+{
+    cpool_options d;
+    cpool_options_init(&d, sizeof d);
+    unsigned m = 0;
+    if (o->max_pool_size != d.max_pool_size) m |= CPOOL_OPT_MAX_POOL_SIZE;
+    if (o->min_pool_size != d.min_pool_size) m |= CPOOL_OPT_MIN_POOL_SIZE;
+    if (o->max_idle_time_ms != d.max_idle_time_ms) m |= CPOOL_OPT_MAX_IDLE_TIME_MS;
+    if (o->max_connecting != d.max_connecting) m |= CPOOL_OPT_MAX_CONNECTING;
+    if (o->wait_queue_timeout_ms != d.wait_queue_timeout_ms)
+        m |= CPOOL_OPT_WAIT_QUEUE_TIMEOUT_MS;
+    return m;
+}
+
+static int validate(const cpool_options *o, cpool_error *err)
+{
+    if (o->connector == NULL)
+        return cpool__err(err, CPOOL_EINVAL, "option connector: required");
+    if (o->connector->abi_version < 1 || o->connector->connect == NULL ||
+        o->connector->close == NULL)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "option connector: abi_version %d without connect/close",
+                          o->connector->abi_version);
+    if (o->max_connecting == 0)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "option maxConnecting = 0: must be greater than 0");
+    if (o->max_pool_size > 0 && o->min_pool_size > o->max_pool_size)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "option minPoolSize = %u: must not exceed maxPoolSize (%u)",
+                          o->min_pool_size, o->max_pool_size);
+    if (o->max_idle_time_ms < 0)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "option maxIdleTimeMS = %lld: must be >= 0 (0 = no limit)",
+                          (long long)o->max_idle_time_ms);
+    if (o->wait_queue_timeout_ms < 0)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "option waitQueueTimeoutMS = %lld: must be >= 0 (0 = no limit)",
+                          (long long)o->wait_queue_timeout_ms);
+    if (o->connect_timeout_ms < 0)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "option connect_timeout_ms = %lld: must be >= 0 (0 = no limit)",
+                          (long long)o->connect_timeout_ms);
+    if (o->maintenance_interval_ms == 0)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "option maintenance_interval_ms = 0: must be > 0, or < 0 "
+                          "for no background thread");
+    if ((unsigned)o->log_level > CPOOL_LOG_DEBUG)
+        return cpool__err(err, CPOOL_EINVAL, "option log_level = %d: out of range",
+                          (int)o->log_level);
+    if (o->clock != NULL && o->clock->now_ns == NULL)
+        return cpool__err(err, CPOOL_EINVAL, "option clock: now_ns is required");
+    return 0;
+}
+
+/* serverHost/serverPort for the log records: "host:port", "[v6]:port", a
+ * unix socket path (no port) or anything else (host only). */
+static int split_address(cpool *p)
+{
+    const char *a = p->address;
+    const char *colon = strrchr(a, ':');
+    p->port = -1;
+    if (a[0] != '/' && colon != NULL && colon[1] != '\0' &&
+        strspn(colon + 1, "0123456789") == strlen(colon + 1) && strlen(colon + 1) <= 5) {
+        size_t hl = (size_t)(colon - a);
+        if (hl >= 2 && a[0] == '[' && a[hl - 1] == ']') {
+            a++;
+            hl -= 2;
+        }
+        p->host = strndup(a, hl);
+        p->port = atoi(colon + 1);
+    } else {
+        p->host = strdup(a);
+    }
+    return p->host == NULL ? CPOOL_ENOMEM : 0;
+}
+
+static void free_pool(cpool *p)
+{
+    while (p->free_list.head != NULL) {
+        cpool_conn *c = p->free_list.head;
+        list_remove(&p->free_list, c);
+        c->magic = 0;
+        free(c);
+    }
+    while (p->services != NULL) {
+        service *s = p->services;
+        p->services = s->next;
+        free(s);
+    }
+    free(p->target);
+    free(p->address);
+    free(p->host);
+    pthread_cond_destroy(&p->maint_cv);
+    pthread_mutex_destroy(&p->ev_mu);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}
+
+int cpool_create(const cpool_options *opts, cpool **out, cpool_error *err)
+{
+    if (out != NULL)
+        *out = NULL;
+    if (opts == NULL || out == NULL)
+        return cpool__err(err, CPOOL_EINVAL, "create: options and out are required");
+    if (opts->struct_size < offsetof(cpool_options, clock) + sizeof opts->clock)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "create: options.struct_size %zu is too small; use "
+                          "cpool_options_init(&o, sizeof o)",
+                          opts->struct_size);
+    cpool_options o;
+    cpool_options_init(&o, sizeof o);
+    memcpy(&o, opts, opts->struct_size < sizeof o ? opts->struct_size : sizeof o);
+    o.struct_size = sizeof o;
+    int rc = validate(&o, err);
+    if (rc != 0)
+        return rc;
+
+    pthread_once(&g_atfork_once, register_atfork);
+    cpool *p = calloc(1, sizeof *p);
+    if (p == NULL)
+        return cpool__err(err, CPOOL_ENOMEM, "create: out of memory");
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_mutex_init(&p->ev_mu, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&p->maint_cv, &attr);
+    pthread_condattr_destroy(&attr);
+
+    p->cx = o.connector;
+    p->cx_ctx = o.connector_ctx;
+    p->target = strdup(o.target != NULL ? o.target : "");
+    char buf[256];
+    const char *address = o.address;
+    if (address == NULL && p->target != NULL && p->cx->address != NULL &&
+        p->cx->address(p->cx_ctx, p->target, buf, sizeof buf) == 0)
+        address = buf;
+    if (address == NULL || address[0] == '\0')
+        address = p->target != NULL && p->target[0] != '\0' ? p->target : p->cx->name;
+    p->address = address != NULL ? strdup(address) : NULL;
+    if (p->target == NULL || p->address == NULL || split_address(p) != 0) {
+        free_pool(p);
+        return cpool__err(err, CPOOL_ENOMEM, "create: out of memory");
+    }
+    o.target = p->target;
+    o.address = p->address;
+    p->opts = o;
+    p->observed = o.on_event != NULL || o.on_log != NULL;
+    p->options_set = options_set(&o);
+    p->state = CPOOL_STATE_PAUSED;
+    p->fork_epoch = atomic_load_explicit(&g_fork_epoch, memory_order_relaxed);
+
+    pthread_mutex_lock(&p->mu);
+    if (start_maintenance_locked(p) != 0) {
+        pthread_mutex_unlock(&p->mu);
+        free_pool(p);
+        return cpool__err(err, CPOOL_ESYS, "create: cannot start the background thread");
+    }
+    cpool_event ev;
+    cpool__event_init(p, &ev, CPOOL_EV_POOL_CREATED);
+    ev.options = &p->opts;
+    ev.options_set = p->options_set;
+    cpool__emit_unlock(p, &ev);
+    *out = p;
+    return 0;
+}
+
+int cpool_ready(cpool *p, cpool_error *err)
+{
+    if (p == NULL)
+        return cpool__err(err, CPOOL_EINVAL, "ready: pool is required");
+    pthread_mutex_lock(&p->mu);
+    check_fork_locked(p);
+    if (p->state == CPOOL_STATE_CLOSED) {
+        pthread_mutex_unlock(&p->mu);
+        return cpool__err(err, CPOOL_ECLOSED, "ready %s: pool is closed", p->address);
+    }
+    if (p->state == CPOOL_STATE_READY) {
+        pthread_mutex_unlock(&p->mu);
+        return 0;
+    }
+    p->state = CPOOL_STATE_READY;
+    /* The background thread takes mu before it creates anything, and its
+     * ConnectionCreated needs ev_mu, which we take before releasing mu: so
+     * no observer sees a creation before ConnectionPoolReady. */
+    kick_maintenance_locked(p);
+    cpool_event ev;
+    cpool__event_init(p, &ev, CPOOL_EV_POOL_READY);
+    cpool__emit_unlock(p, &ev);
+    return 0;
+}
+
+int cpool_clear(cpool *p, unsigned flags, const cpool_error *cause, cpool_error *err)
+{
+    if (p == NULL)
+        return cpool__err(err, CPOOL_EINVAL, "clear: pool is required");
+    pthread_mutex_lock(&p->mu);
+    check_fork_locked(p);
+    if (p->state == CPOOL_STATE_CLOSED) {
+        pthread_mutex_unlock(&p->mu);
+        return cpool__err(err, CPOOL_ECLOSED, "clear %s: pool is closed", p->address);
+    }
+    if (p->opts.load_balanced) {
+        pthread_mutex_unlock(&p->mu);
+        return cpool__err(err, CPOOL_EINVAL,
+                          "clear %s: load-balanced pools are cleared per service "
+                          "(cpool_clear_service)", p->address);
+    }
+    clear_locked(p, flags, cause);
+    if (flags & CPOOL_CLEAR_INTERRUPT_IN_USE)
+        interrupt_marked_locked(p);
+    pthread_mutex_unlock(&p->mu);
+    return 0;
+}
+
+int cpool_clear_service(cpool *p, const char *service_id, unsigned flags,
+                        const cpool_error *cause, cpool_error *err)
+{
+    if (p == NULL || service_id == NULL)
+        return cpool__err(err, CPOOL_EINVAL, "clear_service: pool and service id are required");
+    pthread_mutex_lock(&p->mu);
+    check_fork_locked(p);
+    if (p->state == CPOOL_STATE_CLOSED) {
+        pthread_mutex_unlock(&p->mu);
+        return cpool__err(err, CPOOL_ECLOSED, "clear %s: pool is closed", p->address);
+    }
+    if (!p->opts.load_balanced) {
+        pthread_mutex_unlock(&p->mu);
+        return cpool__err(err, CPOOL_EINVAL,
+                          "clear %s: clearing by service id needs load-balanced mode",
+                          p->address);
+    }
+    (void)cause; /* waiters are not failed in load-balanced mode */
+    /* CMAP load-balanced clear: only this service's generation moves; the
+     * pool is not paused and the wait queue is left alone. */
+    service *s = svc_find_locked(p, service_id);
+    if (s != NULL) {
+        uint64_t old = s->generation++;
+        if (flags & CPOOL_CLEAR_INTERRUPT_IN_USE)
+            mark_interrupts_locked(p, s, old);
+    }
+    kick_maintenance_locked(p);
+    cpool_event ev;
+    cpool__event_init(p, &ev, CPOOL_EV_POOL_CLEARED);
+    ev.service_id = service_id;
+    ev.interrupt_in_use = (flags & CPOOL_CLEAR_INTERRUPT_IN_USE) != 0;
+    cpool__emit_relock(p, &ev);
+    if (flags & CPOOL_CLEAR_INTERRUPT_IN_USE)
+        interrupt_marked_locked(p);
+    pthread_mutex_unlock(&p->mu);
+    return 0;
+}
+
+void cpool_close(cpool *p)
+{
+    if (p == NULL)
+        return;
+    pthread_mutex_lock(&p->mu);
+    check_fork_locked(p);
+    if (p->state == CPOOL_STATE_CLOSED) {
+        pthread_mutex_unlock(&p->mu);
+        return;
+    }
+    p->state = CPOOL_STATE_CLOSED;
+    fail_waiters_locked(p, CPOOL_ECLOSED);
+    for (cpool_conn *c = p->pending.head; c != NULL; c = c->next)
+        cancel_pending(c);
+    pthread_cond_broadcast(&p->maint_cv);
+    /* CMAP: available connections are closed first, then PoolClosed. In-use
+     * ones are closed when they come back. */
+    while (p->available.head != NULL)
+        close_conn_locked(p, p->available.head, CPOOL_CLOSE_POOL_CLOSED, NULL);
+    cpool_event ev;
+    cpool__event_init(p, &ev, CPOOL_EV_POOL_CLOSED);
+    cpool__emit_unlock(p, &ev);
+}
+
+void cpool_destroy(cpool *p)
+{
+    if (p == NULL)
+        return;
+    cpool_close(p);
+    pthread_mutex_lock(&p->mu);
+    bool join = p->maint_running;
+    p->maint_running = false;
+    pthread_cond_broadcast(&p->maint_cv);
+    pthread_mutex_unlock(&p->mu);
+    if (join)
+        pthread_join(p->maint, NULL);
+    /* Leases that never came back: close them so the server sessions end. */
+    pthread_mutex_lock(&p->mu);
+    while (p->in_use.head != NULL)
+        close_conn_locked(p, p->in_use.head, CPOOL_CLOSE_POOL_CLOSED, NULL);
+    while (p->orphans.head != NULL) {
+        cpool_conn *c = p->orphans.head;
+        list_remove(&p->orphans, c);
+        if (c->native != NULL && p->cx->abandon != NULL)
+            p->cx->abandon(p->cx_ctx, c->native);
+        conn_free_locked(p, c);
+    }
+    pthread_mutex_unlock(&p->mu);
+    free_pool(p);
+}
+
+void cpool_wake(cpool *p)
+{
+    if (p == NULL)
+        return;
+    pthread_mutex_lock(&p->mu);
+    for (waiter *w = p->wq_head; w != NULL; w = w->next)
+        pthread_cond_signal(&w->cv);
+    kick_maintenance_locked(p);
+    pthread_mutex_unlock(&p->mu);
+}
+
+void cpool_get_counts(cpool *p, cpool_counts *out)
+{
+    if (p == NULL || out == NULL)
+        return;
+    pthread_mutex_lock(&p->mu);
+    check_fork_locked(p);
+    out->pending = p->pending.n;
+    out->available = p->available.n;
+    out->in_use = p->in_use.n;
+    out->total = total_locked(p);
+    out->waiting = p->nwaiting;
+    out->generation = p->generation;
+    out->state = p->state;
+    pthread_mutex_unlock(&p->mu);
+}
+
+const char *cpool_address(const cpool *p)
+{
+    return p != NULL ? p->address : NULL;
+}
+
+uint64_t cpool_conn_id(const cpool_conn *c)
+{
+    return c != NULL ? c->id : 0;
+}
+
+uint64_t cpool_conn_generation(const cpool_conn *c)
+{
+    return c != NULL ? c->generation : 0;
+}
+
+const char *cpool_conn_service_id(const cpool_conn *c)
+{
+    return c != NULL && c->svc != NULL ? c->svc->id : NULL;
+}
+
+void *cpool_conn_native(const cpool_conn *c)
+{
+    return c != NULL ? c->native : NULL;
+}

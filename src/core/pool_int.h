@@ -1,0 +1,136 @@
+/* pool_int.h -- the pool's internal structures, shared by the core's files.
+ * Never installed.
+ *
+ * Locking: one mutex per pool, `mu`, guards everything marked "mu". A
+ * second mutex, `ev_mu`, serialises event and log delivery; it is only ever
+ * taken while holding `mu`, and `mu` is released right after, so events
+ * reach subscribers in the order of the state changes they describe while
+ * no callback ever runs under `mu`. Lock order: mu, then ev_mu.
+ */
+#ifndef CPOOL_POOL_INT_H
+#define CPOOL_POOL_INT_H
+
+#include "cpool/cpool.h"
+#include "cpool/cpool_connector.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+
+#define CONN_MAGIC 0x63706f6fu /* "cpoo": the struct belongs to some pool */
+
+/* A connection's state is the list it is on. CHECKING_IN is a lease whose
+ * owner has called checkin and whose reset runs outside the lock; it still
+ * counts as in use. ORPHANED is a lease inherited across fork(): it no longer
+ * counts anywhere and is abandoned when (if) it comes back. FREE structs wait
+ * on the free list for reuse, so a stale handle never points at freed memory.
+ */
+typedef enum conn_state {
+    CONN_PENDING = 0,
+    CONN_AVAILABLE,
+    CONN_IN_USE,
+    CONN_CHECKING_IN,
+    CONN_ORPHANED,
+    CONN_FREE
+} conn_state;
+
+typedef struct service service;
+typedef struct cpool_conn cpool_conn;
+
+struct cpool_conn {
+    uint32_t magic;           /* CONN_MAGIC; immutable */
+    cpool *pool;              /* owner; immutable */
+    cpool_conn *prev, *next;  /* links of the list of its state; mu */
+    conn_state state;         /* mu */
+    uint64_t id;              /* mu (set at creation) */
+    uint64_t generation;      /* mu */
+    service *svc;             /* load-balanced mode; mu */
+    void *native;             /* connector handle; owned by the lease holder
+                                 while in use, by the pool otherwise */
+    int64_t created_ns;       /* pool clock */
+    int64_t available_since_ns; /* pool clock; mu */
+    int cancel_fd;            /* pending: eventfd the connector polls; mu */
+    int pins;                 /* interrupt() calls in flight; mu */
+    bool interrupt_requested; /* clear(interrupt) reached it; mu */
+    bool interrupted;         /* interrupt() was called; mu */
+    bool close_deferred;      /* closed while pinned: last unpin frees; mu */
+    uint64_t lease_seq;       /* bumped at every checkout; mu */
+};
+
+typedef struct conn_list {
+    cpool_conn *head, *tail;
+    uint32_t n;
+} conn_list;
+
+/* Load-balanced mode: one entry per service id with live connections. */
+struct service {
+    service *next;
+    char id[CPOOL_SERVICE_ID_MAX];
+    uint64_t generation;
+    uint32_t count; /* connections whose handshake reached this service */
+};
+
+/* A checkout waiting in the FIFO queue. Lives on the waiting thread's stack;
+ * only its own condition variable is signalled, so wake-ups are targeted. */
+typedef struct waiter {
+    struct waiter *prev, *next;
+    pthread_cond_t cv;
+    cpool_conn *conn;  /* handed over: in use (establish = false) or pending */
+    bool establish;    /* conn is pending and this waiter establishes it */
+    int fail;          /* CPOOL_ECLEARED / CPOOL_ECLOSED set by clear/close */
+    bool queued;
+} waiter;
+
+struct cpool {
+    pthread_mutex_t mu;
+    pthread_mutex_t ev_mu; /* see the top of this file */
+
+    /* Immutable after create. */
+    cpool_options opts;    /* copy; strings point at the copies below */
+    char *target;
+    char *address;
+    char *host;            /* serverHost for log records */
+    int port;              /* serverPort; -1 when none (unix socket) */
+    const cpool_connector *cx;
+    void *cx_ctx;
+    bool observed;         /* a subscriber or a log sink is set */
+    unsigned options_set;  /* CPOOL_OPT_* bits for POOL_CREATED */
+
+    /* Guarded by mu. */
+    cpool_state state;
+    uint64_t generation;
+    uint64_t next_id;
+    conn_list pending, available, in_use, orphans, free_list;
+    waiter *wq_head, *wq_tail;
+    uint32_t nwaiting;
+    service *services;
+    cpool_error clear_cause;
+    bool has_clear_cause;
+    unsigned fork_epoch;
+
+    /* Maintenance thread; guarded by mu. */
+    pthread_t maint;
+    pthread_cond_t maint_cv;
+    bool maint_running;
+    bool maint_kick; /* run again at once */
+};
+
+/* error.c */
+int cpool__err(cpool_error *err, int code, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+void cpool__verr(cpool_error *err, int code, const char *fmt, va_list ap);
+
+/* events.c */
+int64_t cpool__now(const cpool *p);
+/* Delivers ev to the subscriber and the log sink. Called with ev_mu held. */
+void cpool__deliver(cpool *p, const cpool_event *ev);
+/* Emits ev, releasing mu: takes ev_mu first so delivery order follows the
+ * order of state changes. Called with mu held; returns with mu released. */
+void cpool__emit_unlock(cpool *p, const cpool_event *ev);
+/* Same, but returns with mu held again. */
+void cpool__emit_relock(cpool *p, const cpool_event *ev);
+void cpool__event_init(const cpool *p, cpool_event *ev, cpool_event_type type);
+
+#endif /* CPOOL_POOL_INT_H */
