@@ -43,9 +43,15 @@ static void register_atfork(void)
 
 static void after_fork_locked(cpool *p);
 
+static inline bool fork_pending(const cpool *p)
+{
+    return atomic_load_explicit(&g_fork_epoch, memory_order_relaxed) !=
+           atomic_load_explicit(&p->fork_epoch, memory_order_relaxed);
+}
+
 static inline void check_fork_locked(cpool *p)
 {
-    if (atomic_load_explicit(&g_fork_epoch, memory_order_relaxed) != p->fork_epoch)
+    if (fork_pending(p))
         after_fork_locked(p);
 }
 
@@ -56,8 +62,7 @@ static conn_list *list_for(cpool *p, conn_state s)
     switch (s) {
     case CONN_PENDING: return &p->pending;
     case CONN_AVAILABLE: return &p->available;
-    case CONN_IN_USE:
-    case CONN_CHECKING_IN: return &p->in_use;
+    case CONN_IN_USE: return &p->in_use;
     case CONN_ORPHANED: return &p->orphans;
     default: return &p->free_list;
     }
@@ -271,6 +276,7 @@ static void conn_free_locked(cpool *p, cpool_conn *c)
     c->cancel_fd = -1;
     c->native = NULL;
     c->state = CONN_FREE;
+    atomic_store_explicit(&c->leased, LEASE_NONE, memory_order_relaxed);
     list_push_head(&p->free_list, c);
 }
 
@@ -333,7 +339,7 @@ static void make_available_locked(cpool *p, cpool_conn *c)
         w->conn = c;
         w->establish = false;
         set_state_locked(p, c, CONN_IN_USE);
-        c->lease_seq++;
+        atomic_store_explicit(&c->leased, 1, memory_order_relaxed);
         pthread_cond_signal(&w->cv);
         return;
     }
@@ -570,14 +576,50 @@ static int establish_locked(cpool *p, cpool_conn *c, int64_t deadline,
     if (!for_checkout)
         make_available_locked(p, c);
     else
-        c->lease_seq++;
+        atomic_store_explicit(&c->leased, 1, memory_order_relaxed);
     grant_capacity_locked(p); /* a maxConnecting slot is free again */
     return 0;
 }
 
 /* ------------------------------------------------------------------ checkout */
 
-static int fail_checkout(cpool *p, int rc, int reason, int64_t start,
+/* The start of a checkout and its deadlines, computed on first use. */
+typedef struct checkout_clock {
+    cpool *p;
+    int64_t timeout_ms;
+    int64_t start;         /* -1 until read */
+    int64_t wait_deadline; /* for the wait queue */
+    int64_t conn_deadline; /* for an establishment */
+} checkout_clock;
+
+static void clock_start(checkout_clock *t)
+{
+    if (t->start >= 0)
+        return;
+    const cpool *p = t->p;
+    t->start = cpool__now(p);
+    if (t->timeout_ms >= 0) {
+        /* One deadline for everything the caller waits for. */
+        t->wait_deadline = t->conn_deadline = deadline_after(t->start, t->timeout_ms);
+    } else {
+        t->wait_deadline = p->opts.wait_queue_timeout_ms > 0
+                               ? deadline_after(t->start, p->opts.wait_queue_timeout_ms)
+                               : NO_DEADLINE;
+        t->conn_deadline = NO_DEADLINE; /* see conn_deadline() */
+    }
+}
+
+/* Without a caller's timeout, each establishment gets connect_timeout_ms
+ * from the moment it starts, however long the wait before it was. */
+static int64_t conn_deadline(checkout_clock *t)
+{
+    clock_start(t);
+    if (t->timeout_ms >= 0 || t->p->opts.connect_timeout_ms == 0)
+        return t->conn_deadline;
+    return deadline_after(cpool__now(t->p), t->p->opts.connect_timeout_ms);
+}
+
+static int fail_checkout(cpool *p, int rc, int reason, checkout_clock *t,
                          const cpool_error *cause, cpool_error *err)
 {
     cpool_error e;
@@ -606,7 +648,8 @@ static int fail_checkout(cpool *p, int rc, int reason, int64_t start,
         cpool_event ev;
         cpool__event_init(p, &ev, CPOOL_EV_CHECKOUT_FAILED);
         ev.reason = reason;
-        ev.duration_ns = ev.time_ns - start;
+        clock_start(t);
+        ev.duration_ns = ev.time_ns - t->start;
         ev.error = &e;
         cpool__emit_unlock(p, &ev);
     } else {
@@ -652,17 +695,12 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
     if (p == NULL || out == NULL)
         return cpool__err(err, CPOOL_EINVAL, "checkout: pool and out are required");
 
-    int64_t start = cpool__now(p);
-    int64_t wait_deadline, conn_deadline;
-    if (timeout_ms >= 0) {
-        /* One deadline for everything the caller waits for. */
-        wait_deadline = conn_deadline = deadline_after(start, timeout_ms);
-    } else {
-        wait_deadline = p->opts.wait_queue_timeout_ms > 0
-                            ? deadline_after(start, p->opts.wait_queue_timeout_ms)
-                            : NO_DEADLINE;
-        conn_deadline = NO_DEADLINE;
-    }
+    /* The clock is read only when something needs it: an event, a deadline.
+     * The uncontended path (an available connection, no subscriber) does
+     * without. */
+    checkout_clock t = {.p = p, .timeout_ms = timeout_ms, .start = -1};
+    if (p->observed)
+        clock_start(&t);
 
     pthread_mutex_lock(&p->mu);
     check_fork_locked(p);
@@ -678,28 +716,29 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
     for (;;) {
         c = NULL;
         if (p->state == CPOOL_STATE_CLOSED)
-            return fail_checkout(p, CPOOL_ECLOSED, CPOOL_CHECKOUT_POOL_CLOSED, start,
+            return fail_checkout(p, CPOOL_ECLOSED, CPOOL_CHECKOUT_POOL_CLOSED, &t,
                                  NULL, err);
         if (p->state == CPOOL_STATE_PAUSED)
-            return fail_checkout(p, CPOOL_ECLEARED, CPOOL_CHECKOUT_CONN_ERROR, start,
+            return fail_checkout(p, CPOOL_ECLEARED, CPOOL_CHECKOUT_CONN_ERROR, &t,
                                  NULL, err);
 
         bool establish = false;
         if (p->wq_head == NULL) { /* strict FIFO: nobody is ahead of us */
             c = p->available.head;
             if (c != NULL) {
-                int reason = perished_locked(p, c, cpool__now(p));
+                int64_t now = p->opts.max_idle_time_ms > 0 ? cpool__now(p) : 0;
+                int reason = perished_locked(p, c, now);
                 if (reason >= 0) {
                     close_conn_locked(p, c, reason, NULL);
                     continue;
                 }
                 set_state_locked(p, c, CONN_IN_USE);
-                c->lease_seq++;
+                atomic_store_explicit(&c->leased, 1, memory_order_relaxed);
             } else if (can_create_locked(p)) {
                 c = conn_new_locked(p);
                 if (c == NULL)
                     return fail_checkout(p, CPOOL_ENOMEM, CPOOL_CHECKOUT_CONN_ERROR,
-                                         start, NULL, err);
+                                         &t, NULL, err);
                 emit_created_relock(p, c);
                 establish = true;
             }
@@ -709,7 +748,7 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
                 memset(&w, 0, sizeof w);
                 if (waiter_init(&w) != 0)
                     return fail_checkout(p, CPOOL_ESYS, CPOOL_CHECKOUT_CONN_ERROR,
-                                         start, NULL, err);
+                                         &t, NULL, err);
                 w_ready = true;
             }
             w.conn = NULL;
@@ -724,11 +763,12 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
                 p->wq_head = &w;
             p->wq_tail = &w;
             p->nwaiting++;
-            wait_served_locked(p, &w, wait_deadline);
+            clock_start(&t);
+            wait_served_locked(p, &w, t.wait_deadline);
             if (w.queued) { /* timed out */
                 wq_remove_locked(p, &w);
                 pthread_cond_destroy(&w.cv);
-                return fail_checkout(p, CPOOL_ETIMEDOUT, CPOOL_CHECKOUT_TIMEOUT, start,
+                return fail_checkout(p, CPOOL_ETIMEDOUT, CPOOL_CHECKOUT_TIMEOUT, &t,
                                      NULL, err);
             }
             if (w.fail != 0) {
@@ -737,14 +777,14 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
                 return fail_checkout(p, rc,
                                      rc == CPOOL_ECLOSED ? CPOOL_CHECKOUT_POOL_CLOSED
                                                          : CPOOL_CHECKOUT_CONN_ERROR,
-                                     start, NULL, err);
+                                     &t, NULL, err);
             }
             c = w.conn;
             establish = w.establish;
         }
         if (establish) {
             cpool_error ce;
-            int rc = establish_locked(p, c, conn_deadline, true, &ce);
+            int rc = establish_locked(p, c, conn_deadline(&t), true, &ce);
             if (rc == ESTABLISH_RETRY)
                 continue;
             if (rc != 0) {
@@ -752,8 +792,8 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
                     pthread_cond_destroy(&w.cv);
                 if (ce.kind == CPOOL_FAIL_INTERRUPTED && p->state != CPOOL_STATE_CLOSED)
                     return fail_checkout(p, CPOOL_ECLEARED, CPOOL_CHECKOUT_CONN_ERROR,
-                                         start, NULL, err);
-                return fail_checkout(p, rc, CPOOL_CHECKOUT_CONN_ERROR, start, &ce, err);
+                                         &t, NULL, err);
+                return fail_checkout(p, rc, CPOOL_CHECKOUT_CONN_ERROR, &t, &ce, err);
             }
         } else if (p->cx->check != NULL) {
             /* Cheap liveness check (no round trip), outside the lock. */
@@ -775,7 +815,7 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
         cpool_event ev;
         cpool__event_init(p, &ev, CPOOL_EV_CHECKED_OUT);
         ev.connection_id = c->id;
-        ev.duration_ns = ev.time_ns - start;
+        ev.duration_ns = ev.time_ns - t.start;
         cpool__emit_unlock(p, &ev);
     } else {
         pthread_mutex_unlock(&p->mu);
@@ -786,6 +826,23 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
 
 /* ------------------------------------------------------------------ checkin */
 
+/* A lease taken before fork() and returned in the child: the parent owns the
+ * server session, so the handle is dropped without any I/O. */
+static int checkin_orphan(cpool *p, cpool_conn *c)
+{
+    pthread_mutex_lock(&p->mu);
+    list_remove(&p->orphans, c);
+    void *native = c->native;
+    c->state = CONN_FREE;
+    pthread_mutex_unlock(&p->mu);
+    if (native != NULL && p->cx->abandon != NULL)
+        p->cx->abandon(p->cx_ctx, native);
+    pthread_mutex_lock(&p->mu);
+    conn_free_locked(p, c);
+    pthread_mutex_unlock(&p->mu);
+    return 0;
+}
+
 int cpool_checkin(cpool *p, cpool_conn *c, unsigned flags, cpool_error *err)
 {
     if (p == NULL || c == NULL)
@@ -795,40 +852,38 @@ int cpool_checkin(cpool *p, cpool_conn *c, unsigned flags, cpool_error *err)
                           "checkin to %s: the connection belongs to another pool",
                           p->address);
 
-    pthread_mutex_lock(&p->mu);
-    check_fork_locked(p);
-    if (c->state == CONN_ORPHANED) {
-        /* Leased before fork(): the parent owns the server session. */
-        list_remove(&p->orphans, c);
-        void *native = c->native;
-        c->state = CONN_FREE;
-        pthread_mutex_unlock(&p->mu);
-        if (native != NULL && p->cx->abandon != NULL)
-            p->cx->abandon(p->cx_ctx, native);
+    if (fork_pending(p)) {
         pthread_mutex_lock(&p->mu);
-        conn_free_locked(p, c);
+        check_fork_locked(p);
         pthread_mutex_unlock(&p->mu);
-        return 0;
     }
-    if (c->state != CONN_IN_USE) {
-        uint64_t id = c->id;
-        pthread_mutex_unlock(&p->mu);
+    /* The lease flag refuses a second check-in of the same lease without the
+     * lock. The memory stays valid: closed connections go to the free list,
+     * not back to malloc, while the pool lives. */
+    unsigned seen = LEASE_HELD;
+    if (!atomic_compare_exchange_strong_explicit(&c->leased, &seen, LEASE_NONE,
+                                                 memory_order_acq_rel,
+                                                 memory_order_relaxed)) {
+        if (seen == LEASE_ORPHAN &&
+            atomic_compare_exchange_strong_explicit(&c->leased, &seen, LEASE_NONE,
+                                                    memory_order_acq_rel,
+                                                    memory_order_relaxed))
+            return checkin_orphan(p, c);
         return cpool__err(err, CPOOL_EDOUBLE,
                           "checkin to %s: connection %llu is not checked out",
-                          p->address, (unsigned long long)id);
+                          p->address, (unsigned long long)c->id);
     }
-    /* Still counted as in use, but a second checkin now sees EDOUBLE. */
-    c->state = CONN_CHECKING_IN;
-    bool broken = (flags & CPOOL_CHECKIN_BROKEN) != 0 || c->interrupt_requested;
+
+    bool broken = (flags & CPOOL_CHECKIN_BROKEN) != 0;
     if (p->observed) {
+        pthread_mutex_lock(&p->mu);
+        check_fork_locked(p);
+        broken = broken || c->interrupt_requested;
         cpool_event ev;
         cpool__event_init(p, &ev, CPOOL_EV_CHECKED_IN);
         ev.connection_id = c->id;
         cpool__emit_unlock(p, &ev);
-    } else {
-        pthread_mutex_unlock(&p->mu);
     }
-
     cpool_error ce;
     memset(&ce, 0, sizeof ce);
     if (!broken && p->cx->reset != NULL && p->cx->reset(p->cx_ctx, c->native, &ce) != 0)
@@ -940,7 +995,9 @@ int cpool_maintain(cpool *p, cpool_error *err)
  * the child can go on using it. */
 static void after_fork_locked(cpool *p)
 {
-    p->fork_epoch = atomic_load_explicit(&g_fork_epoch, memory_order_relaxed);
+    atomic_store_explicit(&p->fork_epoch,
+                          atomic_load_explicit(&g_fork_epoch, memory_order_relaxed),
+                          memory_order_relaxed);
     /* A parent thread may have held these at fork(); nobody can release them
      * in the child. */
     pthread_mutex_init(&p->ev_mu, NULL);
@@ -967,6 +1024,7 @@ static void after_fork_locked(cpool *p)
         list_remove(&p->in_use, c);
         c->svc = NULL;
         c->state = CONN_ORPHANED;
+        atomic_store_explicit(&c->leased, LEASE_ORPHAN, memory_order_relaxed);
         list_push_head(&p->orphans, c);
     }
     while (p->services != NULL) {
@@ -1152,7 +1210,9 @@ int cpool_create(const cpool_options *opts, cpool **out, cpool_error *err)
     p->observed = o.on_event != NULL || o.on_log != NULL;
     p->options_set = options_set(&o);
     p->state = CPOOL_STATE_PAUSED;
-    p->fork_epoch = atomic_load_explicit(&g_fork_epoch, memory_order_relaxed);
+    atomic_store_explicit(&p->fork_epoch,
+                          atomic_load_explicit(&g_fork_epoch, memory_order_relaxed),
+                          memory_order_relaxed);
 
     pthread_mutex_lock(&p->mu);
     if (start_maintenance_locked(p) != 0) {

@@ -15,12 +15,13 @@
 
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 
 #define CONN_MAGIC 0x63706f6fu /* "cpoo": the struct belongs to some pool */
 
-/* A connection's state is the list it is on. CHECKING_IN is a lease whose
- * owner has called checkin and whose reset runs outside the lock; it still
- * counts as in use. ORPHANED is a lease inherited across fork(): it no longer
+/* A connection's state is the list it is on. An IN_USE connection whose
+ * `leased` flag is already clear is being checked in (its reset runs outside
+ * the lock); it still counts as in use. ORPHANED is a lease inherited across fork(): it no longer
  * counts anywhere and is abandoned when (if) it comes back. FREE structs wait
  * on the free list for reuse, so a stale handle never points at freed memory.
  */
@@ -28,10 +29,11 @@ typedef enum conn_state {
     CONN_PENDING = 0,
     CONN_AVAILABLE,
     CONN_IN_USE,
-    CONN_CHECKING_IN,
     CONN_ORPHANED,
     CONN_FREE
 } conn_state;
+
+enum { LEASE_NONE = 0, LEASE_HELD = 1, LEASE_ORPHAN = 2 /* held across fork */ };
 
 typedef struct service service;
 typedef struct cpool_conn cpool_conn;
@@ -53,7 +55,10 @@ struct cpool_conn {
     bool interrupt_requested; /* clear(interrupt) reached it; mu */
     bool interrupted;         /* interrupt() was called; mu */
     bool close_deferred;      /* closed while pinned: last unpin frees; mu */
-    uint64_t lease_seq;       /* bumped at every checkout; mu */
+    atomic_uint leased;       /* LEASE_HELD while a caller holds the lease. Set under
+                                 mu at checkout; checkin clears it with a
+                                 compare-exchange before taking mu, so a
+                                 double check-in is refused without the lock */
 };
 
 typedef struct conn_list {
@@ -105,7 +110,7 @@ struct cpool {
     service *services;
     cpool_error clear_cause;
     bool has_clear_cause;
-    unsigned fork_epoch;
+    atomic_uint fork_epoch; /* written under mu; read without it too */
 
     /* Maintenance thread; guarded by mu. */
     pthread_t maint;
