@@ -558,25 +558,32 @@ static int establish_locked(cpool *p, cpool_conn *c, int64_t deadline,
         return ce.code;
     }
 
-    int64_t now = cpool__now(p);
-    set_state_locked(p, c, CONN_IN_USE); /* pending - 1, in the same step */
+    /* CMAP requirement 41: the connection becomes available (or leased) in
+     * the same critical section that takes it off the pending count, before
+     * anything is emitted, so no thread ever sees a free maxConnecting slot
+     * without the connection that freed it. */
+    bool stale = is_stale_locked(p, c) || p->state == CPOOL_STATE_CLOSED;
+    if (stale) {
+        set_state_locked(p, c, CONN_IN_USE); /* owned by us until closed below */
+    } else if (for_checkout) {
+        set_state_locked(p, c, CONN_IN_USE);
+        atomic_store_explicit(&c->leased, LEASE_HELD, memory_order_relaxed);
+    } else {
+        make_available_locked(p, c); /* possibly straight to a waiter */
+    }
     if (p->observed) {
         cpool_event ev;
         cpool__event_init(p, &ev, CPOOL_EV_CONN_READY);
         ev.connection_id = c->id;
-        ev.duration_ns = now - c->created_ns;
+        ev.duration_ns = ev.time_ns - c->created_ns;
         cpool__emit_relock(p, &ev);
     }
-    if (is_stale_locked(p, c) || p->state == CPOOL_STATE_CLOSED) {
+    if (stale) {
         close_conn_locked(p, c, p->state == CPOOL_STATE_CLOSED ? CPOOL_CLOSE_POOL_CLOSED
                                                                : CPOOL_CLOSE_STALE,
                           NULL);
         return ESTABLISH_RETRY;
     }
-    if (!for_checkout)
-        make_available_locked(p, c);
-    else
-        atomic_store_explicit(&c->leased, 1, memory_order_relaxed);
     grant_capacity_locked(p); /* a maxConnecting slot is free again */
     return 0;
 }
