@@ -1,0 +1,533 @@
+/* mem.c -- the in-memory connector (cpool_mem.h).
+ *
+ * A cpool_mem plays the server: it counts what the pool asks of it and can
+ * delay or fail handshakes through a fail point modelled on MongoDB's
+ * failCommand, which is what the CMAP integration tests configure. A
+ * "connection" is a small heap struct; no sockets are involved.
+ *
+ * Locking: one mutex per cpool_mem guards the fail point, the service ids
+ * and the counters. The per-connection flags that another thread may touch
+ * while the connection is in use (broken, interrupted) are atomics, because
+ * interrupt() is documented to run concurrently with the other methods and
+ * the test code flips `broken` from its own thread.
+ */
+#include "cpool/cpool_mem.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define MEM_SCHEME "mem://"
+
+struct cpool_mem {
+    pthread_mutex_t mu;
+    cpool_mem_failpoint fp; /* fp.app_name points at fp_app (or NULL) */
+    char *fp_app;
+    char **service_ids;
+    size_t n_service_ids;
+    size_t next_service;   /* round-robin cursor */
+    cpool_mem_stats stats;
+};
+
+typedef struct mem_conn {
+    cpool_mem *mem;        /* back pointer for the counters */
+    uint64_t id;
+    atomic_bool broken;
+    atomic_bool interrupted;
+    atomic_bool in_txn;    /* atomic only so that a test thread may read it */
+} mem_conn;
+
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static char *dup_str(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *d = malloc(n);
+    if (d != NULL)
+        memcpy(d, s, n);
+    return d;
+}
+
+/* ------------------------------------------------------------ the server */
+
+int cpool_mem_create(cpool_mem **out)
+{
+    if (out == NULL)
+        return CPOOL_EINVAL;
+    *out = NULL;
+    cpool_mem *mem = calloc(1, sizeof *mem);
+    if (mem == NULL)
+        return CPOOL_ENOMEM;
+    if (pthread_mutex_init(&mem->mu, NULL) != 0) {
+        free(mem);
+        return CPOOL_ESYS;
+    }
+    *out = mem;
+    return 0;
+}
+
+static void free_service_ids(char **ids, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(ids[i]);
+    free(ids);
+}
+
+void cpool_mem_destroy(cpool_mem *mem)
+{
+    if (mem == NULL)
+        return;
+    pthread_mutex_destroy(&mem->mu);
+    free(mem->fp_app);
+    free_service_ids(mem->service_ids, mem->n_service_ids);
+    free(mem);
+}
+
+void cpool_mem_set_failpoint(cpool_mem *mem, const cpool_mem_failpoint *fp)
+{
+    if (mem == NULL)
+        return;
+    /* Copy the name before taking the lock so that no allocation happens
+     * under it. If the copy fails the fail point is turned off: one that
+     * silently matched every target instead of one appName would inject
+     * faults into handshakes the caller meant to leave alone. */
+    char *app = NULL;
+    bool ok = true;
+    if (fp != NULL && fp->app_name != NULL) {
+        app = dup_str(fp->app_name);
+        ok = app != NULL;
+    }
+    pthread_mutex_lock(&mem->mu);
+    char *old = mem->fp_app;
+    if (fp == NULL || !ok) {
+        memset(&mem->fp, 0, sizeof mem->fp);
+        mem->fp_app = NULL;
+    } else {
+        mem->fp = *fp;
+        mem->fp_app = app;
+        mem->fp.app_name = app;
+    }
+    pthread_mutex_unlock(&mem->mu);
+    free(old);
+}
+
+void cpool_mem_set_service_ids(cpool_mem *mem, const char *const *ids, size_t n)
+{
+    if (mem == NULL)
+        return;
+    char **copy = NULL;
+    size_t ncopy = 0;
+    if (ids != NULL && n > 0) {
+        copy = calloc(n, sizeof *copy);
+        if (copy != NULL) {
+            for (ncopy = 0; ncopy < n; ncopy++) {
+                copy[ncopy] = dup_str(ids[ncopy] != NULL ? ids[ncopy] : "");
+                if (copy[ncopy] == NULL)
+                    break;
+            }
+            /* Out of memory: hand out no service id rather than a partial
+             * list, which would skew the round-robin the caller asked for. */
+            if (ncopy < n) {
+                free_service_ids(copy, ncopy);
+                copy = NULL;
+                ncopy = 0;
+            }
+        }
+    }
+    pthread_mutex_lock(&mem->mu);
+    char **old = mem->service_ids;
+    size_t nold = mem->n_service_ids;
+    mem->service_ids = copy;
+    mem->n_service_ids = ncopy;
+    mem->next_service = 0;
+    pthread_mutex_unlock(&mem->mu);
+    free_service_ids(old, nold);
+}
+
+void cpool_mem_get_stats(cpool_mem *mem, cpool_mem_stats *out)
+{
+    if (out == NULL)
+        return;
+    if (mem == NULL) {
+        memset(out, 0, sizeof *out);
+        return;
+    }
+    pthread_mutex_lock(&mem->mu);
+    *out = mem->stats;
+    pthread_mutex_unlock(&mem->mu);
+}
+
+/* ------------------------------------------------------- fail point match */
+
+/* True when the query part of `target` has the key appName with exactly the
+ * value `app` (the value runs to the next '&' or the end). The key must
+ * start the target or follow '?' or '&', so "xappName=a" does not count. */
+static bool target_has_app(const char *target, const char *app)
+{
+    static const char key[] = "appName=";
+    const size_t klen = sizeof key - 1;
+    size_t alen = strlen(app);
+    if (target == NULL)
+        return false;
+    for (const char *p = strstr(target, key); p != NULL; p = strstr(p + 1, key)) {
+        if (p != target && p[-1] != '?' && p[-1] != '&')
+            continue;
+        const char *v = p + klen;
+        size_t vlen = strcspn(v, "&");
+        if (vlen == alen && memcmp(v, app, alen) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Decides, under the lock, whether the fail point applies to this attempt
+ * and consumes one of its `times` if so. The caller gets a copy, so the
+ * blocking and failing happen without the lock held. */
+static bool failpoint_take(cpool_mem *mem, const char *target,
+                           cpool_mem_failpoint *out)
+{
+    bool hit = false;
+    pthread_mutex_lock(&mem->mu);
+    mem->stats.connects++;
+    cpool_mem_failpoint *fp = &mem->fp;
+    if (fp->times != 0 &&
+        (fp->app_name == NULL || target_has_app(target, fp->app_name))) {
+        if (fp->times > 0)
+            fp->times--;
+        *out = *fp;
+        out->app_name = NULL; /* the copy must not outlive the lock */
+        hit = true;
+    }
+    pthread_mutex_unlock(&mem->mu);
+    return hit;
+}
+
+static void count_failure(cpool_mem *mem)
+{
+    pthread_mutex_lock(&mem->mu);
+    mem->stats.failures++;
+    pthread_mutex_unlock(&mem->mu);
+}
+
+/* Blocks as the fail point says. Returns 0 when the delay ran out, or an
+ * error (filled into err) when the pool cancelled the attempt or the
+ * deadline passed first. */
+static int failpoint_block(const cpool_mem_failpoint *fp,
+                           const cpool_connect_args *args, cpool_error *err)
+{
+    const char *target = args->target != NULL ? args->target : "";
+    int64_t start = mono_ns();
+    int64_t block_end = INT64_MAX; /* block_until_interrupted */
+    if (!fp->block_until_interrupted) {
+        int64_t ms = fp->block_ms;
+        /* Clamp so that the addition cannot overflow. */
+        if (ms > (INT64_MAX - start) / 1000000)
+            ms = (INT64_MAX - start) / 1000000;
+        block_end = start + ms * 1000000;
+    }
+    int64_t stop = block_end;
+    bool deadline_first = false;
+    if (args->deadline_ns > 0 && args->deadline_ns < block_end) {
+        stop = args->deadline_ns;
+        deadline_first = true;
+    }
+
+    for (;;) {
+        int64_t now = mono_ns();
+        if (now >= stop)
+            break;
+        int64_t left_ms = (stop - now + 999999) / 1000000;
+        /* poll() takes an int; wake at least once a minute on very long
+         * or unbounded blocks and re-evaluate. */
+        int timeout = left_ms > 60000 ? 60000 : (int)left_ms;
+        struct pollfd pfd = {.fd = args->cancel_fd, .events = POLLIN};
+        int r;
+        if (args->cancel_fd >= 0) {
+            r = poll(&pfd, 1, timeout);
+        } else {
+            r = poll(NULL, 0, timeout);
+        }
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return cpool_error_set(err, CPOOL_ECONNECT, CPOOL_PHASE_HANDSHAKE,
+                                   CPOOL_FAIL_OTHER, errno,
+                                   "connect %s: poll failed: %s", target,
+                                   strerror(errno));
+        }
+        /* POLLNVAL/POLLERR/POLLHUP also end the wait: the pool closed or
+         * broke the descriptor, so nobody is waiting for this attempt any
+         * more, and polling again would spin. */
+        if (r > 0 && pfd.revents != 0)
+            return cpool_error_set(err, CPOOL_ECONNECT, CPOOL_PHASE_HANDSHAKE,
+                                   CPOOL_FAIL_INTERRUPTED, 0,
+                                   "connect %s: interrupted", target);
+    }
+    if (deadline_first) {
+        int64_t waited_ms = (mono_ns() - start) / 1000000;
+        return cpool_error_set(err, CPOOL_ECONNECT, CPOOL_PHASE_HANDSHAKE,
+                               CPOOL_FAIL_TIMEOUT, ETIMEDOUT,
+                               "connect %s: handshake timed out after %lld ms",
+                               target, (long long)waited_ms);
+    }
+    return 0;
+}
+
+static const char *fail_kind_text(cpool_fail_kind kind)
+{
+    switch (kind) {
+    case CPOOL_FAIL_NETWORK: return "connection closed by server";
+    case CPOOL_FAIL_TIMEOUT: return "timed out";
+    case CPOOL_FAIL_DNS: return "host not found";
+    case CPOOL_FAIL_CERTIFICATE: return "certificate verification failed";
+    case CPOOL_FAIL_AUTH: return "authentication failed";
+    case CPOOL_FAIL_SERVER: return "server error";
+    case CPOOL_FAIL_INTERRUPTED: return "interrupted";
+    default: return "failed";
+    }
+}
+
+/* ------------------------------------------------------------ connector */
+
+static int mem_connect(void *ctx, cpool_connect_args *args, void **native,
+                       cpool_error *err)
+{
+    cpool_mem *mem = ctx;
+    *native = NULL;
+    if (mem == NULL)
+        return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_CONNECT,
+                               CPOOL_FAIL_OTHER, 0,
+                               "mem connector used without a cpool_mem");
+    const char *target = args->target != NULL ? args->target : "";
+    args->service_id[0] = '\0';
+
+    cpool_mem_failpoint fp;
+    if (failpoint_take(mem, target, &fp)) {
+        if (fp.block_ms > 0 || fp.block_until_interrupted) {
+            int rc = failpoint_block(&fp, args, err);
+            if (rc != 0) {
+                count_failure(mem);
+                return rc;
+            }
+        }
+        if (fp.fail) {
+            count_failure(mem);
+            if (fp.fail_kind == CPOOL_FAIL_SERVER)
+                return cpool_error_set(err, CPOOL_ECONNECT, fp.fail_phase,
+                                       fp.fail_kind, fp.fail_native,
+                                       "hello to %s failed: server error %d",
+                                       target, fp.fail_native);
+            return cpool_error_set(err, CPOOL_ECONNECT, fp.fail_phase,
+                                   fp.fail_kind, fp.fail_native,
+                                   "hello to %s failed: %s", target,
+                                   fail_kind_text(fp.fail_kind));
+        }
+    }
+
+    mem_conn *c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        count_failure(mem);
+        return cpool_error_set(err, CPOOL_ENOMEM, CPOOL_PHASE_HANDSHAKE,
+                               CPOOL_FAIL_OTHER, ENOMEM,
+                               "connect %s: out of memory", target);
+    }
+    c->mem = mem;
+    c->id = args->conn_id;
+    atomic_init(&c->broken, false);
+    atomic_init(&c->interrupted, false);
+    atomic_init(&c->in_txn, false);
+
+    pthread_mutex_lock(&mem->mu);
+    if (mem->n_service_ids > 0) {
+        const char *sid = mem->service_ids[mem->next_service];
+        mem->next_service = (mem->next_service + 1) % mem->n_service_ids;
+        snprintf(args->service_id, sizeof args->service_id, "%s", sid);
+    }
+    mem->stats.open++;
+    pthread_mutex_unlock(&mem->mu);
+
+    *native = c;
+    return 0;
+}
+
+/* close() and abandon() differ only in which counter they bump: there is no
+ * socket whose peer could tell a polite close from a dropped one. */
+static void mem_release(void *native, bool abandoned)
+{
+    mem_conn *c = native;
+    if (c == NULL)
+        return;
+    cpool_mem *mem = c->mem;
+    pthread_mutex_lock(&mem->mu);
+    if (mem->stats.open > 0)
+        mem->stats.open--;
+    if (abandoned)
+        mem->stats.abandons++;
+    else
+        mem->stats.closes++;
+    pthread_mutex_unlock(&mem->mu);
+    free(c);
+}
+
+static void mem_close(void *ctx, void *native)
+{
+    (void)ctx;
+    mem_release(native, false);
+}
+
+static void mem_abandon(void *ctx, void *native)
+{
+    (void)ctx;
+    mem_release(native, true);
+}
+
+/* 0 when the connection is usable, else fills err. */
+static int conn_alive(mem_conn *c, const char *what, cpool_error *err)
+{
+    if (atomic_load(&c->interrupted))
+        return cpool_error_set(err, CPOOL_EIO, CPOOL_PHASE_QUERY,
+                               CPOOL_FAIL_NETWORK, 0,
+                               "%s on mem connection %llu: interrupted", what,
+                               (unsigned long long)c->id);
+    if (atomic_load(&c->broken))
+        return cpool_error_set(err, CPOOL_EIO, CPOOL_PHASE_QUERY,
+                               CPOOL_FAIL_NETWORK, 0,
+                               "%s on mem connection %llu: connection broken",
+                               what, (unsigned long long)c->id);
+    return 0;
+}
+
+static int mem_check(void *ctx, void *native, cpool_error *err)
+{
+    (void)ctx;
+    mem_conn *c = native;
+    if (c == NULL)
+        return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_QUERY,
+                               CPOOL_FAIL_OTHER, 0, "check: no connection");
+    pthread_mutex_lock(&c->mem->mu);
+    c->mem->stats.checks++;
+    pthread_mutex_unlock(&c->mem->mu);
+    return conn_alive(c, "check", err);
+}
+
+/* No round trip to make; a ping sees what check() sees, and the stats have
+ * no separate counter for it. */
+static int mem_ping(void *ctx, void *native, int64_t deadline_ns,
+                    cpool_error *err)
+{
+    (void)deadline_ns;
+    return mem_check(ctx, native, err);
+}
+
+static int mem_reset(void *ctx, void *native, cpool_error *err)
+{
+    (void)ctx;
+    mem_conn *c = native;
+    if (c == NULL)
+        return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_QUERY,
+                               CPOOL_FAIL_OTHER, 0, "reset: no connection");
+    pthread_mutex_lock(&c->mem->mu);
+    c->mem->stats.resets++;
+    pthread_mutex_unlock(&c->mem->mu);
+    int rc = conn_alive(c, "reset", err);
+    if (rc != 0)
+        return rc;
+    atomic_store(&c->in_txn, false);
+    return 0;
+}
+
+static void mem_interrupt(void *ctx, void *native)
+{
+    (void)ctx;
+    mem_conn *c = native;
+    if (c == NULL)
+        return;
+    atomic_store(&c->interrupted, true);
+    pthread_mutex_lock(&c->mem->mu);
+    c->mem->stats.interrupts++;
+    pthread_mutex_unlock(&c->mem->mu);
+}
+
+/* "mem:<name>" where name is the target without the "mem://" scheme and
+ * without the query, so that pools told apart only by appName share one
+ * address, as pools to one server do. */
+static int mem_address(void *ctx, const char *target, char *buf, size_t size)
+{
+    (void)ctx;
+    if (buf == NULL || size == 0)
+        return CPOOL_EINVAL;
+    if (target == NULL)
+        target = "";
+    if (strncmp(target, MEM_SCHEME, sizeof MEM_SCHEME - 1) == 0)
+        target += sizeof MEM_SCHEME - 1;
+    size_t n = strcspn(target, "?");
+    if (n > INT_MAX)
+        return CPOOL_EINVAL;
+    int w = snprintf(buf, size, "mem:%.*s", (int)n, target);
+    if (w < 0 || (size_t)w >= size)
+        return CPOOL_EINVAL;
+    return 0;
+}
+
+static const cpool_connector mem_connector = {
+    .abi_version = CPOOL_CONNECTOR_ABI,
+    .name = "mem",
+    .connect = mem_connect,
+    .close = mem_close,
+    .abandon = mem_abandon,
+    .check = mem_check,
+    .ping = mem_ping,
+    .reset = mem_reset,
+    .interrupt = mem_interrupt,
+    .address = mem_address,
+};
+
+const cpool_connector *cpool_mem_connector(void)
+{
+    return &mem_connector;
+}
+
+/* ------------------------------------------------- per-connection scripting */
+
+void cpool_mem_conn_break(void *native)
+{
+    mem_conn *c = native;
+    if (c != NULL)
+        atomic_store(&c->broken, true);
+}
+
+bool cpool_mem_conn_interrupted(void *native)
+{
+    mem_conn *c = native;
+    return c != NULL && atomic_load(&c->interrupted);
+}
+
+uint64_t cpool_mem_conn_id(void *native)
+{
+    mem_conn *c = native;
+    return c != NULL ? c->id : 0;
+}
+
+void cpool_mem_conn_begin(void *native)
+{
+    mem_conn *c = native;
+    if (c != NULL)
+        atomic_store(&c->in_txn, true);
+}
+
+bool cpool_mem_conn_in_txn(void *native)
+{
+    mem_conn *c = native;
+    return c != NULL && atomic_load(&c->in_txn);
+}
