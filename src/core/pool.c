@@ -25,20 +25,68 @@
 
 /* ------------------------------------------------------------------ fork */
 
-/* Bumped in every forked child. This is the library's only process-wide
- * state: a pool compares it with the value it saw last to notice that it now
- * runs in a child, where its connections belong to the parent. */
+/* The library's only process-wide state, for fork(): a registry of live
+ * pools, and an epoch counter bumped in every child. Before fork() the
+ * prepare handler takes every pool's locks, so the child never inherits a
+ * lock held by a thread that does not exist there; both sides release them
+ * afterwards. A pool then compares the epoch with the one it saw last to
+ * notice, at its next call, that it runs in a child. Lock order: the
+ * registry mutex, then each pool's mu, then its ev_mu. */
 static atomic_uint g_fork_epoch;
 static pthread_once_t g_atfork_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t g_registry_mu = PTHREAD_MUTEX_INITIALIZER;
+static cpool *g_registry;
+
+static void on_fork_prepare(void)
+{
+    pthread_mutex_lock(&g_registry_mu);
+    for (cpool *p = g_registry; p != NULL; p = p->reg_next) {
+        pthread_mutex_lock(&p->mu);
+        pthread_mutex_lock(&p->ev_mu);
+    }
+}
+
+static void release_all_after_fork(void)
+{
+    for (cpool *p = g_registry; p != NULL; p = p->reg_next) {
+        pthread_mutex_unlock(&p->ev_mu);
+        pthread_mutex_unlock(&p->mu);
+    }
+    pthread_mutex_unlock(&g_registry_mu);
+}
 
 static void on_fork_child(void)
 {
     atomic_fetch_add_explicit(&g_fork_epoch, 1, memory_order_relaxed);
+    release_all_after_fork();
 }
 
 static void register_atfork(void)
 {
-    pthread_atfork(NULL, NULL, on_fork_child);
+    pthread_atfork(on_fork_prepare, release_all_after_fork, on_fork_child);
+}
+
+static void registry_add(cpool *p)
+{
+    pthread_mutex_lock(&g_registry_mu);
+    p->reg_prev = NULL;
+    p->reg_next = g_registry;
+    if (g_registry != NULL)
+        g_registry->reg_prev = p;
+    g_registry = p;
+    pthread_mutex_unlock(&g_registry_mu);
+}
+
+static void registry_remove(cpool *p)
+{
+    pthread_mutex_lock(&g_registry_mu);
+    if (p->reg_prev != NULL)
+        p->reg_prev->reg_next = p->reg_next;
+    else
+        g_registry = p->reg_next;
+    if (p->reg_next != NULL)
+        p->reg_next->reg_prev = p->reg_prev;
+    pthread_mutex_unlock(&g_registry_mu);
 }
 
 static void after_fork_locked(cpool *p);
@@ -339,8 +387,8 @@ static void make_available_locked(cpool *p, cpool_conn *c)
         w->conn = c;
         w->establish = false;
         set_state_locked(p, c, CONN_IN_USE);
-        atomic_store_explicit(&c->leased, 1, memory_order_relaxed);
-        pthread_cond_signal(&w->cv);
+        atomic_store_explicit(&c->leased, LEASE_HELD, memory_order_relaxed);
+        sem_post(&w->sem);
         return;
     }
     c->available_since_ns = cpool__now(p);
@@ -383,12 +431,12 @@ static void grant_capacity_locked(cpool *p)
         cpool_conn *c = conn_new_locked(p);
         if (c == NULL) {
             w->fail = CPOOL_ENOMEM;
-            pthread_cond_signal(&w->cv);
+            sem_post(&w->sem);
             continue;
         }
         w->conn = c;
         w->establish = true;
-        pthread_cond_signal(&w->cv);
+        sem_post(&w->sem);
         emit_created_relock(p, c);
     }
 }
@@ -399,7 +447,7 @@ static void fail_waiters_locked(cpool *p, int code)
         waiter *w = p->wq_head;
         wq_remove_locked(p, w);
         w->fail = code;
-        pthread_cond_signal(&w->cv);
+        sem_post(&w->sem);
     }
 }
 
@@ -548,8 +596,10 @@ static int establish_locked(cpool *p, cpool_conn *c, int64_t deadline,
             ce.labels |= CPOOL_LABEL_RETRYABLE;
         } else if (cpool_is_backpressure(ce.phase, ce.kind)) {
             ce.labels |= CPOOL_LABEL_SYSTEM_OVERLOADED | CPOOL_LABEL_RETRYABLE;
-        } else if (p->opts.clear_on_connect_error && p->state == CPOOL_STATE_READY &&
-                   !is_stale_locked(p, c)) {
+        } else if (p->opts.clear_on_connect_error && !p->opts.load_balanced &&
+                   p->state == CPOOL_STATE_READY && !is_stale_locked(p, c)) {
+            /* Not in load-balanced mode: there an establishment error must
+             * never pause the whole pool (CMAP load-balancer rules). */
             clear_locked(p, 0, &ce);
         }
         close_conn_locked(p, c, CPOOL_CLOSE_ERROR, &ce);
@@ -667,31 +717,24 @@ static int fail_checkout(cpool *p, int rc, int reason, checkout_clock *t,
     return rc;
 }
 
-static int waiter_init(waiter *w)
+/* Waits, without mu, until w is served or failed (returns true) or its
+ * deadline passes (false). Sleeps in slices so that a test clock that jumps
+ * is noticed. */
+static bool wait_served(const cpool *p, waiter *w, int64_t deadline)
 {
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    int rc = pthread_cond_init(&w->cv, &attr);
-    pthread_condattr_destroy(&attr);
-    return rc;
-}
-
-/* Waits for w to be served, failed or timed out. Returns with mu held. */
-static void wait_served_locked(cpool *p, waiter *w, int64_t deadline)
-{
-    while (w->queued) {
+    const int64_t slice = p->opts.clock != NULL ? 5000000 : 1000000000;
+    for (;;) {
         if (deadline == NO_DEADLINE) {
-            pthread_cond_wait(&w->cv, &p->mu);
-            continue;
+            if (sem_wait(&w->sem) == 0)
+                return true;
+            continue; /* EINTR */
         }
         int64_t left = deadline - cpool__now(p);
         if (left <= 0)
-            return;
-        /* Sleep in slices of at most one second so that a test clock that
-         * jumps is noticed without cpool_wake(). */
-        struct timespec ts = abs_real(left < 1000000000 ? left : 1000000000);
-        pthread_cond_timedwait(&w->cv, &p->mu, &ts);
+            return false;
+        struct timespec ts = abs_real(left < slice ? left : slice);
+        if (sem_clockwait(&w->sem, CLOCK_MONOTONIC, &ts) == 0)
+            return true;
     }
 }
 
@@ -740,7 +783,7 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
                     continue;
                 }
                 set_state_locked(p, c, CONN_IN_USE);
-                atomic_store_explicit(&c->leased, 1, memory_order_relaxed);
+                atomic_store_explicit(&c->leased, LEASE_HELD, memory_order_relaxed);
             } else if (can_create_locked(p)) {
                 c = conn_new_locked(p);
                 if (c == NULL)
@@ -752,8 +795,7 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
         }
         if (c == NULL) {
             if (!w_ready) {
-                memset(&w, 0, sizeof w);
-                if (waiter_init(&w) != 0)
+                if (sem_init(&w.sem, 0, 0) != 0)
                     return fail_checkout(p, CPOOL_ESYS, CPOOL_CHECKOUT_CONN_ERROR,
                                          &t, NULL, err);
                 w_ready = true;
@@ -771,15 +813,30 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
             p->wq_tail = &w;
             p->nwaiting++;
             clock_start(&t);
-            wait_served_locked(p, &w, t.wait_deadline);
-            if (w.queued) { /* timed out */
-                wq_remove_locked(p, &w);
-                pthread_cond_destroy(&w.cv);
-                return fail_checkout(p, CPOOL_ETIMEDOUT, CPOOL_CHECKOUT_TIMEOUT, &t,
-                                     NULL, err);
+            pthread_mutex_unlock(&p->mu);
+            bool served = wait_served(p, &w, t.wait_deadline);
+            if (served && !w.establish && w.fail == 0 && !p->observed) {
+                /* Handed a connection that was just checked in (and reset):
+                 * return without touching the pool lock at all. */
+                sem_destroy(&w.sem);
+                *out = w.conn;
+                return 0;
+            }
+            pthread_mutex_lock(&p->mu);
+            if (!served) {
+                if (w.queued) { /* timed out */
+                    wq_remove_locked(p, &w);
+                    sem_destroy(&w.sem);
+                    return fail_checkout(p, CPOOL_ETIMEDOUT, CPOOL_CHECKOUT_TIMEOUT,
+                                         &t, NULL, err);
+                }
+                /* Served while the deadline passed: the post was made under
+                 * mu, so it is there to take. */
+                while (sem_trywait(&w.sem) != 0)
+                    ;
             }
             if (w.fail != 0) {
-                pthread_cond_destroy(&w.cv);
+                sem_destroy(&w.sem);
                 int rc = w.fail;
                 return fail_checkout(p, rc,
                                      rc == CPOOL_ECLOSED ? CPOOL_CHECKOUT_POOL_CLOSED
@@ -788,6 +845,8 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
             }
             c = w.conn;
             establish = w.establish;
+            if (!establish)
+                break; /* handed over at check-in: no liveness check needed */
         }
         if (establish) {
             cpool_error ce;
@@ -796,7 +855,7 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
                 continue;
             if (rc != 0) {
                 if (w_ready)
-                    pthread_cond_destroy(&w.cv);
+                    sem_destroy(&w.sem);
                 if (ce.kind == CPOOL_FAIL_INTERRUPTED && p->state != CPOOL_STATE_CLOSED)
                     return fail_checkout(p, CPOOL_ECLEARED, CPOOL_CHECKOUT_CONN_ERROR,
                                          &t, NULL, err);
@@ -817,7 +876,7 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
         break;
     }
     if (w_ready)
-        pthread_cond_destroy(&w.cv);
+        sem_destroy(&w.sem);
     if (p->observed) {
         cpool_event ev;
         cpool__event_init(p, &ev, CPOOL_EV_CHECKED_OUT);
@@ -1005,9 +1064,8 @@ static void after_fork_locked(cpool *p)
     atomic_store_explicit(&p->fork_epoch,
                           atomic_load_explicit(&g_fork_epoch, memory_order_relaxed),
                           memory_order_relaxed);
-    /* A parent thread may have held these at fork(); nobody can release them
-     * in the child. */
-    pthread_mutex_init(&p->ev_mu, NULL);
+    /* The parent's maintenance thread may have been waiting on this; it does
+     * not exist here, so start from a fresh condition variable. */
     pthread_cond_init(&p->maint_cv, NULL);
     p->maint_running = false;
     p->wq_head = p->wq_tail = NULL;
@@ -1188,7 +1246,13 @@ int cpool_create(const cpool_options *opts, cpool **out, cpool_error *err)
     cpool *p = calloc(1, sizeof *p);
     if (p == NULL)
         return cpool__err(err, CPOOL_ENOMEM, "create: out of memory");
-    pthread_mutex_init(&p->mu, NULL);
+    /* Critical sections are a few list operations: spinning briefly before
+     * sleeping beats a futex round trip when the holder runs on another core. */
+    pthread_mutexattr_t mattr;
+    pthread_mutexattr_init(&mattr);
+    pthread_mutexattr_settype(&mattr, PTHREAD_MUTEX_ADAPTIVE_NP);
+    pthread_mutex_init(&p->mu, &mattr);
+    pthread_mutexattr_destroy(&mattr);
     pthread_mutex_init(&p->ev_mu, NULL);
     pthread_condattr_t attr;
     pthread_condattr_init(&attr);
@@ -1227,6 +1291,7 @@ int cpool_create(const cpool_options *opts, cpool **out, cpool_error *err)
         free_pool(p);
         return cpool__err(err, CPOOL_ESYS, "create: cannot start the background thread");
     }
+    registry_add(p);
     cpool_event ev;
     cpool__event_init(p, &ev, CPOOL_EV_POOL_CREATED);
     ev.options = &p->opts;
@@ -1370,6 +1435,7 @@ void cpool_destroy(cpool *p)
         conn_free_locked(p, c);
     }
     pthread_mutex_unlock(&p->mu);
+    registry_remove(p);
     free_pool(p);
 }
 
@@ -1378,8 +1444,8 @@ void cpool_wake(cpool *p)
     if (p == NULL)
         return;
     pthread_mutex_lock(&p->mu);
-    for (waiter *w = p->wq_head; w != NULL; w = w->next)
-        pthread_cond_signal(&w->cv);
+    /* Waiters under a test clock re-read it every few milliseconds on their
+     * own; the maintenance thread sleeps longer, so it is woken here. */
     kick_maintenance_locked(p);
     pthread_mutex_unlock(&p->mu);
 }

@@ -14,6 +14,7 @@
 #include "cpool/cpool_connector.h"
 
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 
@@ -74,11 +75,13 @@ struct service {
     uint32_t count; /* connections whose handshake reached this service */
 };
 
-/* A checkout waiting in the FIFO queue. Lives on the waiting thread's stack;
- * only its own condition variable is signalled, so wake-ups are targeted. */
+/* A checkout waiting in the FIFO queue. Lives on the waiting thread's stack.
+ * Whoever serves or fails it does so under mu, dequeues it and posts its
+ * semaphore exactly once: the wake-up goes to that one thread, and a waiter
+ * handed a connection returns without taking mu again. */
 typedef struct waiter {
     struct waiter *prev, *next;
-    pthread_cond_t cv;
+    sem_t sem;
     cpool_conn *conn;  /* handed over: in use (establish = false) or pending */
     bool establish;    /* conn is pending and this waiter establishes it */
     int fail;          /* CPOOL_ECLEARED / CPOOL_ECLOSED set by clear/close */
@@ -86,6 +89,7 @@ typedef struct waiter {
 } waiter;
 
 struct cpool {
+    cpool *reg_prev, *reg_next; /* registry of live pools; g_registry_mu */
     pthread_mutex_t mu;
     pthread_mutex_t ev_mu; /* see the top of this file */
 
