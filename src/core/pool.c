@@ -391,7 +391,10 @@ static void make_available_locked(cpool *p, cpool_conn *c)
         sem_post(&w->sem);
         return;
     }
-    c->available_since_ns = cpool__now(p);
+    /* The idle clock matters only with maxIdleTimeMS; skip the clock read
+     * on the hot path otherwise. */
+    if (p->opts.max_idle_time_ms > 0)
+        c->available_since_ns = cpool__now(p);
     set_state_locked(p, c, CONN_AVAILABLE);
 }
 
