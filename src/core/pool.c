@@ -272,7 +272,8 @@ static int perished_locked(const cpool *p, const cpool_conn *c, int64_t now)
     if (is_stale_locked(p, c))
         return CPOOL_CLOSE_STALE;
     if (p->opts.max_idle_time_ms > 0 &&
-        now - c->available_since_ns > ms_to_ns(p->opts.max_idle_time_ms))
+        now - atomic_load_explicit(&c->available_since_ns, memory_order_relaxed) >
+            ms_to_ns(p->opts.max_idle_time_ms))
         return CPOOL_CLOSE_IDLE;
     return -1;
 }
@@ -298,7 +299,7 @@ static cpool_conn *conn_new_locked(cpool *p)
     c->pins = 0;
     c->interrupt_requested = c->interrupted = c->close_deferred = false;
     c->created_ns = cpool__now(p);
-    c->available_since_ns = c->created_ns;
+    atomic_store_explicit(&c->available_since_ns, c->created_ns, memory_order_relaxed);
     /* The eventfd lets clear() and close() abandon an establishment that is
      * blocked in the connector; without it, interruption is just slower. */
     c->cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -370,6 +371,15 @@ static void close_conn_locked(cpool *p, cpool_conn *c, int reason,
     grant_capacity_locked(p);
 }
 
+/* Wakes w once its conn or fail field is set (under mu). The flag carries
+ * the fields to the waiter, which may read them without mu; the semaphore
+ * only wakes it. */
+static void serve_waiter(waiter *w)
+{
+    atomic_store_explicit(&w->done, 1, memory_order_release);
+    sem_post(&w->sem);
+}
+
 /* A checked-in or freshly established connection: straight to the oldest
  * waiter if there is one (direct handoff: no newcomer can barge in between),
  * otherwise onto the available stack. */
@@ -382,19 +392,20 @@ static void make_available_locked(cpool *p, cpool_conn *c)
             p->wq_head->prev = NULL;
         else
             p->wq_tail = NULL;
-        p->nwaiting--;
+        atomic_fetch_sub(&p->nwaiting, 1);
         w->queued = false;
         w->conn = c;
         w->establish = false;
         set_state_locked(p, c, CONN_IN_USE);
         atomic_store_explicit(&c->leased, LEASE_HELD, memory_order_relaxed);
-        sem_post(&w->sem);
+        serve_waiter(w);
         return;
     }
     /* The idle clock matters only with maxIdleTimeMS; skip the clock read
      * on the hot path otherwise. */
     if (p->opts.max_idle_time_ms > 0)
-        c->available_since_ns = cpool__now(p);
+        atomic_store_explicit(&c->available_since_ns, cpool__now(p),
+                              memory_order_relaxed);
     set_state_locked(p, c, CONN_AVAILABLE);
 }
 
@@ -419,7 +430,7 @@ static void wq_remove_locked(cpool *p, waiter *w)
         p->wq_tail = w->prev;
     w->prev = w->next = NULL;
     w->queued = false;
-    p->nwaiting--;
+    atomic_fetch_sub(&p->nwaiting, 1);
 }
 
 /* Capacity freed (a close, or an establishment ended): the oldest waiter may
@@ -434,12 +445,12 @@ static void grant_capacity_locked(cpool *p)
         cpool_conn *c = conn_new_locked(p);
         if (c == NULL) {
             w->fail = CPOOL_ENOMEM;
-            sem_post(&w->sem);
+            serve_waiter(w);
             continue;
         }
         w->conn = c;
         w->establish = true;
-        sem_post(&w->sem);
+        serve_waiter(w);
         emit_created_relock(p, c);
     }
 }
@@ -450,7 +461,7 @@ static void fail_waiters_locked(cpool *p, int code)
         waiter *w = p->wq_head;
         wq_remove_locked(p, w);
         w->fail = code;
-        sem_post(&w->sem);
+        serve_waiter(w);
     }
 }
 
@@ -641,6 +652,112 @@ static int establish_locked(cpool *p, cpool_conn *c, int64_t deadline,
     return 0;
 }
 
+/* ------------------------------------------------------ thread-affine fast path
+ *
+ * With no subscriber and nobody waiting, a check-in *parks* the connection:
+ * it stays on the in-use list, its lease flag goes HELD -> PARKED, and the
+ * returning thread remembers it in a thread-local slot. That thread's next
+ * checkout takes it back with one compare-exchange PARKED -> HELD. Neither
+ * step takes the pool lock or writes a cache line another thread uses, so
+ * threads that each reuse their own connection do not contend at all.
+ *
+ * Anyone else may take a parked connection the same way under mu (a slow
+ * checkout that finds nothing available, close, the maintenance thread), so
+ * a parked connection is always available to the pool, and the winner of the
+ * compare-exchange owns it. Parking must not hide a connection from a waiter,
+ * which is a Dekker-style handshake on sequentially consistent operations: a
+ * check-in stores PARKED and then reads nwaiting; a waiter increments
+ * nwaiting and then scans for PARKED connections. At least one of them sees
+ * the other: either the check-in takes its connection back and hands it to
+ * the waiter, or the waiter takes the parked connection itself.
+ *
+ * The slot names the pool by a process-unique serial, not by pointer, so a
+ * slot left behind by a destroyed pool never matches a new one. */
+static _Thread_local struct {
+    uint64_t serial;
+    cpool_conn *conn;
+} tl_park;
+static atomic_uint_fast64_t g_pool_serial;
+
+static bool fast_usable(const cpool *p, const cpool_conn *c)
+{
+    if (atomic_load(&p->state) != CPOOL_STATE_READY ||
+        c->generation != atomic_load(&p->generation) || fork_pending(p))
+        return false;
+    return p->opts.max_idle_time_ms == 0 ||
+           cpool__now(p) - atomic_load_explicit(&c->available_since_ns,
+                                                 memory_order_relaxed) <=
+               ms_to_ns(p->opts.max_idle_time_ms);
+}
+
+/* Parks c (leased NONE, reset done) in this thread's slot. Returns false
+ * when the caller must finish the check-in under the lock instead. */
+static bool try_park(cpool *p, cpool_conn *c)
+{
+    if (p->opts.max_idle_time_ms > 0)
+        atomic_store_explicit(&c->available_since_ns, cpool__now(p),
+                              memory_order_relaxed);
+    if (!fast_usable(p, c))
+        return false;
+    atomic_store(&c->leased, LEASE_PARKED);
+    if (atomic_load(&p->nwaiting) == 0) {
+        tl_park.serial = p->serial;
+        tl_park.conn = c;
+        return true;
+    }
+    unsigned parked = LEASE_PARKED;
+    if (atomic_compare_exchange_strong(&c->leased, &parked, LEASE_NONE))
+        return false; /* took it back: a waiter gets it by handoff */
+    return true;      /* a waiter took it already */
+}
+
+/* Takes this thread's parked connection, if it is still parked and fit. */
+static cpool_conn *take_parked_fast(cpool *p)
+{
+    cpool_conn *c = tl_park.conn;
+    if (tl_park.serial != p->serial || c == NULL || atomic_load(&p->nwaiting) != 0)
+        return NULL;
+    unsigned parked = LEASE_PARKED;
+    if (!atomic_compare_exchange_strong(&c->leased, &parked, LEASE_HELD))
+        return NULL;
+    if (fast_usable(p, c))
+        return c;
+    /* Ours now, but perished or the pool changed: close it properly. */
+    pthread_mutex_lock(&p->mu);
+    check_fork_locked(p);
+    if (c->state == CONN_IN_USE) {
+        int reason = p->state == CPOOL_STATE_CLOSED ? CPOOL_CLOSE_POOL_CLOSED
+                     : is_stale_locked(p, c)        ? CPOOL_CLOSE_STALE
+                                                    : CPOOL_CLOSE_IDLE;
+        close_conn_locked(p, c, reason, NULL);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+/* Takes a parked connection (any thread's) under mu; it is HELD by the
+ * caller afterwards. `perished_only` takes only perished ones. */
+static cpool_conn *steal_parked_locked(cpool *p, bool perished_only, int *reason)
+{
+    if (!p->can_park)
+        return NULL;
+    int64_t now = p->opts.max_idle_time_ms > 0 ? cpool__now(p) : 0;
+    for (cpool_conn *c = p->in_use.head; c != NULL; c = c->next) {
+        if (atomic_load(&c->leased) != LEASE_PARKED)
+            continue;
+        int why = perished_locked(p, c, now);
+        if (perished_only && why < 0)
+            continue;
+        unsigned parked = LEASE_PARKED;
+        if (!atomic_compare_exchange_strong(&c->leased, &parked, LEASE_HELD))
+            continue;
+        if (reason != NULL)
+            *reason = why;
+        return c;
+    }
+    return NULL;
+}
+
 /* ------------------------------------------------------------------ checkout */
 
 /* The start of a checkout and its deadlines, computed on first use. */
@@ -695,7 +812,7 @@ static int fail_checkout(cpool *p, int rc, int reason, checkout_clock *t,
                    "%s (maxPoolSize: %u, in use: %u, available: %u, pending: %u, "
                    "waiting: %u)",
                    p->address, p->opts.max_pool_size, p->in_use.n, p->available.n,
-                   p->pending.n, p->nwaiting);
+                   p->pending.n, atomic_load(&p->nwaiting));
         break;
     default:
         if (cause != NULL)
@@ -741,12 +858,25 @@ static bool wait_served(const cpool *p, waiter *w, int64_t deadline)
     }
 }
 
+/* After wait_served() returned true: the fields are ready to read. */
+static bool waiter_done(waiter *w)
+{
+    return atomic_load_explicit(&w->done, memory_order_acquire) == 1;
+}
+
 int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *err)
 {
     if (out != NULL)
         *out = NULL;
     if (p == NULL || out == NULL)
         return cpool__err(err, CPOOL_EINVAL, "checkout: pool and out are required");
+    if (p->can_park) {
+        cpool_conn *fast = take_parked_fast(p);
+        if (fast != NULL) {
+            *out = fast;
+            return 0;
+        }
+    }
 
     /* The clock is read only when something needs it: an event, a deadline.
      * The uncontended path (an available connection, no subscriber) does
@@ -778,16 +908,22 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
         bool establish = false;
         if (p->wq_head == NULL) { /* strict FIFO: nobody is ahead of us */
             c = p->available.head;
+            int reason = -1;
             if (c != NULL) {
                 int64_t now = p->opts.max_idle_time_ms > 0 ? cpool__now(p) : 0;
-                int reason = perished_locked(p, c, now);
-                if (reason >= 0) {
-                    close_conn_locked(p, c, reason, NULL);
-                    continue;
+                reason = perished_locked(p, c, now);
+                if (reason < 0) {
+                    set_state_locked(p, c, CONN_IN_USE);
+                    atomic_store_explicit(&c->leased, LEASE_HELD, memory_order_relaxed);
                 }
-                set_state_locked(p, c, CONN_IN_USE);
-                atomic_store_explicit(&c->leased, LEASE_HELD, memory_order_relaxed);
-            } else if (can_create_locked(p)) {
+            } else {
+                c = steal_parked_locked(p, false, &reason);
+            }
+            if (c != NULL && reason >= 0) {
+                close_conn_locked(p, c, reason, NULL);
+                continue;
+            }
+            if (c == NULL && can_create_locked(p)) {
                 c = conn_new_locked(p);
                 if (c == NULL)
                     return fail_checkout(p, CPOOL_ENOMEM, CPOOL_CHECKOUT_CONN_ERROR,
@@ -807,6 +943,7 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
             w.fail = 0;
             w.establish = false;
             w.queued = true;
+            atomic_store_explicit(&w.done, 0, memory_order_relaxed);
             w.next = NULL;
             w.prev = p->wq_tail;
             if (p->wq_tail != NULL)
@@ -814,10 +951,22 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
             else
                 p->wq_head = &w;
             p->wq_tail = &w;
-            p->nwaiting++;
+            atomic_fetch_add(&p->nwaiting, 1);
+            /* The waiter's half of the parking handshake (see above). */
+            int reason = -1;
+            cpool_conn *parked = steal_parked_locked(p, false, &reason);
+            if (parked != NULL) {
+                wq_remove_locked(p, &w);
+                if (reason >= 0) {
+                    close_conn_locked(p, parked, reason, NULL);
+                    continue;
+                }
+                c = parked;
+                break;
+            }
             clock_start(&t);
             pthread_mutex_unlock(&p->mu);
-            bool served = wait_served(p, &w, t.wait_deadline);
+            bool served = wait_served(p, &w, t.wait_deadline) && waiter_done(&w);
             if (served && !w.establish && w.fail == 0 && !p->observed) {
                 /* Handed a connection that was just checked in (and reset):
                  * return without touching the pool lock at all. */
@@ -957,6 +1106,8 @@ int cpool_checkin(cpool *p, cpool_conn *c, unsigned flags, cpool_error *err)
     memset(&ce, 0, sizeof ce);
     if (!broken && p->cx->reset != NULL && p->cx->reset(p->cx_ctx, c->native, &ce) != 0)
         broken = true;
+    if (p->can_park && !broken && try_park(p, c))
+        return 0;
 
     pthread_mutex_lock(&p->mu);
     int reason = -1;
@@ -988,6 +1139,13 @@ static void maintain_locked(cpool *p)
         for (; c != NULL; c = c->prev)
             if ((reason = perished_locked(p, c, now)) >= 0)
                 break;
+        if (c == NULL)
+            break;
+        close_conn_locked(p, c, reason, NULL);
+    }
+    for (;;) {
+        int reason = -1;
+        cpool_conn *c = steal_parked_locked(p, /* perished_only= */ true, &reason);
         if (c == NULL)
             break;
         close_conn_locked(p, c, reason, NULL);
@@ -1072,7 +1230,7 @@ static void after_fork_locked(cpool *p)
     pthread_cond_init(&p->maint_cv, NULL);
     p->maint_running = false;
     p->wq_head = p->wq_tail = NULL;
-    p->nwaiting = 0;
+    atomic_store(&p->nwaiting, 0);
     while (p->available.head != NULL) {
         cpool_conn *c = p->available.head;
         list_remove(&p->available, c);
@@ -1282,19 +1440,23 @@ int cpool_create(const cpool_options *opts, cpool **out, cpool_error *err)
     o.address = p->address;
     p->opts = o;
     p->observed = o.on_event != NULL || o.on_log != NULL;
+    /* Parking skips the events and the per-service generations. */
+    p->can_park = !p->observed && !o.load_balanced;
+    p->serial = atomic_fetch_add(&g_pool_serial, 1) + 1;
     p->options_set = options_set(&o);
     p->state = CPOOL_STATE_PAUSED;
     atomic_store_explicit(&p->fork_epoch,
                           atomic_load_explicit(&g_fork_epoch, memory_order_relaxed),
                           memory_order_relaxed);
 
+    registry_add(p); /* before mu: the registry lock comes first */
     pthread_mutex_lock(&p->mu);
     if (start_maintenance_locked(p) != 0) {
         pthread_mutex_unlock(&p->mu);
+        registry_remove(p);
         free_pool(p);
         return cpool__err(err, CPOOL_ESYS, "create: cannot start the background thread");
     }
-    registry_add(p);
     cpool_event ev;
     cpool__event_init(p, &ev, CPOOL_EV_POOL_CREATED);
     ev.options = &p->opts;
@@ -1409,6 +1571,8 @@ void cpool_close(cpool *p)
      * ones are closed when they come back. */
     while (p->available.head != NULL)
         close_conn_locked(p, p->available.head, CPOOL_CLOSE_POOL_CLOSED, NULL);
+    for (cpool_conn *c; (c = steal_parked_locked(p, false, NULL)) != NULL;)
+        close_conn_locked(p, c, CPOOL_CLOSE_POOL_CLOSED, NULL);
     cpool_event ev;
     cpool__event_init(p, &ev, CPOOL_EV_POOL_CLOSED);
     cpool__emit_unlock(p, &ev);
@@ -1459,11 +1623,15 @@ void cpool_get_counts(cpool *p, cpool_counts *out)
         return;
     pthread_mutex_lock(&p->mu);
     check_fork_locked(p);
+    uint32_t parked = 0;
+    if (p->can_park)
+        for (const cpool_conn *c = p->in_use.head; c != NULL; c = c->next)
+            parked += atomic_load(&c->leased) == LEASE_PARKED;
     out->pending = p->pending.n;
-    out->available = p->available.n;
-    out->in_use = p->in_use.n;
+    out->available = p->available.n + parked;
+    out->in_use = p->in_use.n - parked;
     out->total = total_locked(p);
-    out->waiting = p->nwaiting;
+    out->waiting = atomic_load(&p->nwaiting);
     out->generation = p->generation;
     out->state = p->state;
     pthread_mutex_unlock(&p->mu);

@@ -34,7 +34,16 @@ typedef enum conn_state {
     CONN_FREE
 } conn_state;
 
-enum { LEASE_NONE = 0, LEASE_HELD = 1, LEASE_ORPHAN = 2 /* held across fork */ };
+/* The lease flag of a connection. PARKED: checked in on the fast path and
+ * kept in the returning thread's slot (see "thread-affine fast path" in
+ * pool.c); the connection stays on the in-use list but is available to
+ * anyone who wins a compare-exchange PARKED -> HELD. */
+enum {
+    LEASE_NONE = 0,   /* the pool owns it */
+    LEASE_HELD = 1,   /* a caller holds it */
+    LEASE_ORPHAN = 2, /* held across fork() */
+    LEASE_PARKED = 3  /* available, parked in a thread's slot */
+};
 
 typedef struct service service;
 typedef struct cpool_conn cpool_conn;
@@ -50,7 +59,8 @@ struct cpool_conn {
     void *native;             /* connector handle; owned by the lease holder
                                  while in use, by the pool otherwise */
     int64_t created_ns;       /* pool clock */
-    int64_t available_since_ns; /* pool clock; mu */
+    _Atomic int64_t available_since_ns; /* pool clock; written by whoever
+                                 makes it available, read with relaxed loads */
     int cancel_fd;            /* pending: eventfd the connector polls; mu */
     int pins;                 /* interrupt() calls in flight; mu */
     bool interrupt_requested; /* clear(interrupt) reached it; mu */
@@ -86,6 +96,8 @@ typedef struct waiter {
     bool establish;    /* conn is pending and this waiter establishes it */
     int fail;          /* CPOOL_ECLEARED / CPOOL_ECLOSED set by clear/close */
     bool queued;
+    atomic_int done;   /* 1 once served or failed: published with release
+                          before the post, read with acquire after the wait */
 } waiter;
 
 struct cpool {
@@ -102,15 +114,18 @@ struct cpool {
     const cpool_connector *cx;
     void *cx_ctx;
     bool observed;         /* a subscriber or a log sink is set */
+    bool can_park;         /* the lock-free fast path may be used */
+    uint64_t serial;       /* unique per pool in this process */
     unsigned options_set;  /* CPOOL_OPT_* bits for POOL_CREATED */
 
-    /* Guarded by mu. */
-    cpool_state state;
-    uint64_t generation;
+    /* Guarded by mu; state, generation and nwaiting are also read without
+     * it by the fast path, hence atomic. */
+    _Atomic(cpool_state) state;
+    _Atomic(uint64_t) generation;
     uint64_t next_id;
     conn_list pending, available, in_use, orphans, free_list;
     waiter *wq_head, *wq_tail;
-    uint32_t nwaiting;
+    atomic_uint nwaiting;
     service *services;
     cpool_error clear_cause;
     bool has_clear_cause;
