@@ -1,0 +1,658 @@
+/* test.h -- the small harness every unit test file shares.
+ *
+ * A test executable is one .c file holding a table of cases; CTest runs each
+ * case in its own process (`test_pool foreign_checkin_rejected`), so a crash,
+ * a hang or a leak is charged to one case only. This header gives:
+ *   - assertions that print the expression, file:line and both values, then
+ *     end the process with status 1 (from any thread; see test_fail);
+ *   - the dispatcher (test_main) and the case table macros;
+ *   - real-time helpers (sleep, monotonic now) used only as upper bounds;
+ *   - a fake clock for the pool (cpool_clock);
+ *   - an event recorder that copies every event so a test can count, find
+ *     and wait for them after the pool has moved on;
+ *   - helpers to build a pool on the in-memory connector and to run a
+ *     checkout on another thread.
+ * Everything is static inline so each executable is a single file. */
+#ifndef CPOOL_TEST_H
+#define CPOOL_TEST_H
+
+#include <cpool/cpool.h>
+#include <cpool/cpool_connector.h>
+#include <cpool/cpool_mem.h>
+
+#include <ctype.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------------ failing */
+
+#if defined(__GNUC__)
+#define TEST_PRINTF_(f, a) __attribute__((format(printf, f, a)))
+#else
+#define TEST_PRINTF_(f, a)
+#endif
+
+/* Prints the failure and ends the process at once. _Exit rather than exit:
+ * a failing case may still have threads inside the pool, and running atexit
+ * handlers (or LeakSanitizer) under them would bury the real message. */
+static inline _Noreturn void test_fail(const char *file, int line,
+                                       const char *fmt, ...) TEST_PRINTF_(3, 4);
+static inline _Noreturn void test_fail(const char *file, int line,
+                                       const char *fmt, ...)
+{
+    va_list ap;
+    fflush(stdout);
+    fprintf(stderr, "FAIL %s:%d: ", file, line);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    fflush(stderr);
+    _Exit(1);
+}
+
+#define FAIL(...) test_fail(__FILE__, __LINE__, __VA_ARGS__)
+
+#define ASSERT_TRUE(expr)                                                     \
+    do {                                                                      \
+        if (!(expr))                                                          \
+            FAIL("ASSERT_TRUE(%s): false", #expr);                            \
+    } while (0)
+
+#define ASSERT_FALSE(expr)                                                    \
+    do {                                                                      \
+        if (expr)                                                             \
+            FAIL("ASSERT_FALSE(%s): true", #expr);                            \
+    } while (0)
+
+/* Integer comparisons. Both sides are evaluated once and printed; ids and
+ * generations are uint64_t but small in every test, so long long shows them
+ * faithfully. */
+#define TEST_CMP_(op, a, b)                                                   \
+    do {                                                                      \
+        long long t_lhs_ = (long long)(a);                                    \
+        long long t_rhs_ = (long long)(b);                                    \
+        if (!(t_lhs_ op t_rhs_))                                              \
+            FAIL("expected %s %s %s: %lld vs %lld", #a, #op, #b, t_lhs_,      \
+                 t_rhs_);                                                     \
+    } while (0)
+
+#define ASSERT_EQ(expected, actual) TEST_CMP_(==, expected, actual)
+#define ASSERT_NE(a, b) TEST_CMP_(!=, a, b)
+#define ASSERT_LT(a, b) TEST_CMP_(<, a, b)
+#define ASSERT_LE(a, b) TEST_CMP_(<=, a, b)
+#define ASSERT_GT(a, b) TEST_CMP_(>, a, b)
+#define ASSERT_GE(a, b) TEST_CMP_(>=, a, b)
+
+/* Return codes, printed by name. */
+#define ASSERT_RC(expected, expr)                                             \
+    do {                                                                      \
+        int t_exp_ = (expected);                                              \
+        int t_got_ = (expr);                                                  \
+        if (t_exp_ != t_got_)                                                 \
+            FAIL("%s: expected %s, got %s (%d)", #expr,                       \
+                 cpool_err_name(t_exp_), cpool_err_name(t_got_), t_got_);     \
+    } while (0)
+
+#define ASSERT_OK(expr) ASSERT_RC(CPOOL_OK, expr)
+
+/* Like ASSERT_OK, and also prints the message of the call's cpool_error. */
+#define ASSERT_OK_E(expr, errp)                                               \
+    do {                                                                      \
+        int t_got_ = (expr);                                                  \
+        if (t_got_ != CPOOL_OK)                                               \
+            FAIL("%s: expected CPOOL_OK, got %s (%d): \"%s\"", #expr,         \
+                 cpool_err_name(t_got_), t_got_, (errp)->message);            \
+    } while (0)
+
+#define ASSERT_NULL(ptr)                                                      \
+    do {                                                                      \
+        const void *t_p_ = (const void *)(ptr);                               \
+        if (t_p_ != NULL)                                                     \
+            FAIL("expected %s == NULL, got %p", #ptr, t_p_);                  \
+    } while (0)
+
+#define ASSERT_NOT_NULL(ptr)                                                  \
+    do {                                                                      \
+        if ((const void *)(ptr) == NULL)                                      \
+            FAIL("expected %s != NULL", #ptr);                                \
+    } while (0)
+
+#define ASSERT_STR_EQ(expected, actual)                                       \
+    do {                                                                      \
+        const char *t_se_ = (expected);                                       \
+        const char *t_sa_ = (actual);                                         \
+        if (t_se_ == NULL || t_sa_ == NULL || strcmp(t_se_, t_sa_) != 0)      \
+            FAIL("expected %s == %s: \"%s\" vs \"%s\"", #expected, #actual,   \
+                 t_se_ ? t_se_ : "(null)", t_sa_ ? t_sa_ : "(null)");         \
+    } while (0)
+
+#define ASSERT_STR_CONTAINS(haystack, needle)                                 \
+    do {                                                                      \
+        const char *t_h_ = (haystack);                                        \
+        const char *t_n_ = (needle);                                          \
+        if (t_h_ == NULL || strstr(t_h_, t_n_) == NULL)                       \
+            FAIL("expected %s to contain \"%s\": \"%s\"", #haystack, t_n_,    \
+                 t_h_ ? t_h_ : "(null)");                                     \
+    } while (0)
+
+/* ------------------------------------------------------------------ time */
+
+static inline int64_t test_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static inline int64_t test_now_ms(void) { return test_now_ns() / 1000000; }
+
+static inline void test_sleep_us(int64_t us)
+{
+    struct timespec ts = {(time_t)(us / 1000000), (long)(us % 1000000) * 1000};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+static inline void test_sleep_ms(int64_t ms) { test_sleep_us(ms * 1000); }
+
+/* Polls `cond` every millisecond for at most `timeout_ms` of real time. The
+ * timeout is only an upper bound for something expected to happen soon;
+ * reaching it is the failure. */
+#define WAIT_UNTIL(cond, timeout_ms)                                          \
+    do {                                                                      \
+        int64_t t_deadline_ = test_now_ms() + (timeout_ms);                   \
+        while (!(cond)) {                                                     \
+            if (test_now_ms() > t_deadline_)                                  \
+                FAIL("WAIT_UNTIL(%s): still false after %lld ms", #cond,      \
+                     (long long)(timeout_ms));                                \
+            test_sleep_ms(1);                                                 \
+        }                                                                     \
+    } while (0)
+
+/* ------------------------------------------------------------------ cases */
+
+/* Exit status of a case that cannot run in this build (CTest's
+ * SKIP_RETURN_CODE). */
+#define TEST_SKIP 77
+
+typedef struct test_case {
+    const char *name;
+    void (*fn)(void);
+} test_case;
+
+#define TEST(name) static void name(void)
+#define TEST_ENTRY(name) {#name, name}
+
+/* `prog CASE` runs one case; `prog --list` prints the table; `prog
+ * --registered A B ...` fails unless the names given (the ones CMake
+ * registered) are exactly the table, so a case added to a file but not to
+ * unit_tests.cmake cannot silently never run. */
+static inline int test_main(int argc, char **argv, const test_case *cases,
+                            size_t ncases)
+{
+    if (argc >= 2 && strcmp(argv[1], "--list") == 0) {
+        for (size_t i = 0; i < ncases; i++)
+            printf("%s\n", cases[i].name);
+        return 0;
+    }
+    if (argc >= 2 && strcmp(argv[1], "--registered") == 0) {
+        int bad = 0;
+        for (size_t i = 0; i < ncases; i++) {
+            bool found = false;
+            for (int a = 2; a < argc; a++)
+                found = found || strcmp(argv[a], cases[i].name) == 0;
+            if (!found) {
+                fprintf(stderr, "case %s is not registered in CMake\n",
+                        cases[i].name);
+                bad = 1;
+            }
+        }
+        for (int a = 2; a < argc; a++) {
+            bool found = false;
+            for (size_t i = 0; i < ncases; i++)
+                found = found || strcmp(argv[a], cases[i].name) == 0;
+            if (!found) {
+                fprintf(stderr, "CMake registers %s, which is no case\n",
+                        argv[a]);
+                bad = 1;
+            }
+        }
+        return bad;
+    }
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s CASE | --list | --registered CASE...\n",
+                argv[0]);
+        return 2;
+    }
+    for (size_t i = 0; i < ncases; i++) {
+        if (strcmp(argv[1], cases[i].name) == 0) {
+            cases[i].fn();
+            fprintf(stderr, "ok %s\n", cases[i].name);
+            return 0;
+        }
+    }
+    fprintf(stderr, "no case named %s\n", argv[1]);
+    return 2;
+}
+
+#define TEST_MAIN(table)                                                      \
+    int main(int argc, char **argv)                                           \
+    {                                                                         \
+        return test_main(argc, argv, table, sizeof table / sizeof table[0]);  \
+    }
+
+/* ------------------------------------------------------------------ threads */
+
+#define TEST_THREAD_START(th, fn, arg)                                        \
+    do {                                                                      \
+        int t_trc_ = pthread_create(th, NULL, fn, arg);                       \
+        if (t_trc_ != 0)                                                      \
+            FAIL("pthread_create(%s): %s", #fn, strerror(t_trc_));            \
+    } while (0)
+
+/* ------------------------------------------------------------------ clock */
+
+/* A pool clock that only moves when the test says so. It starts at 1 s, not
+ * 0, so that a core using 0 as "never" cannot be fooled by it. */
+typedef struct test_clock {
+    _Atomic int64_t now_ns;
+    cpool_clock clock; /* give &clk.clock to cpool_options.clock */
+} test_clock;
+
+static inline int64_t test_clock_read_(void *ctx)
+{
+    return atomic_load(&((test_clock *)ctx)->now_ns);
+}
+
+static inline void test_clock_init(test_clock *c)
+{
+    atomic_init(&c->now_ns, (int64_t)1000000000);
+    c->clock.now_ns = test_clock_read_;
+    c->clock.ctx = c;
+}
+
+/* Moves the clock forward and wakes the pool's timed waits, which re-read
+ * the clock only when woken. `pool` may be NULL before the pool exists. */
+static inline void test_clock_advance_ms(test_clock *c, cpool *pool, int64_t ms)
+{
+    atomic_fetch_add(&c->now_ns, ms * 1000000);
+    if (pool != NULL)
+        cpool_wake(pool);
+}
+
+/* ------------------------------------------------------------------ events */
+
+/* A copy of one event: the pool's event only lives for the callback. */
+typedef struct test_event {
+    cpool_event_type type;
+    uint64_t connection_id;
+    int reason;
+    bool has_service_id;
+    char service_id[CPOOL_SERVICE_ID_MAX];
+    bool interrupt_in_use;
+    bool has_error;
+    cpool_error error; /* valid when has_error */
+    int64_t duration_ns;
+    int64_t time_ns;
+} test_event;
+
+/* Records every event of a pool. Waits use CLOCK_MONOTONIC real time: the
+ * recorder is independent of whatever clock the pool was given. */
+typedef struct test_recorder {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    test_event *events; /* guarded by mu */
+    size_t n, cap;      /* guarded by mu */
+    /* Optional, called after each event is recorded and outside mu: lets a
+     * test stall the emitting thread to widen a window (never to call the
+     * pool, which the event contract forbids). */
+    void (*hook)(const cpool_event *ev, void *ctx);
+    void *hook_ctx;
+} test_recorder;
+
+static inline void test_rec_init(test_recorder *r)
+{
+    pthread_condattr_t ca;
+    memset(r, 0, sizeof *r);
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&r->cv, &ca);
+    pthread_condattr_destroy(&ca);
+}
+
+static inline void test_rec_free(test_recorder *r)
+{
+    free(r->events);
+    r->events = NULL;
+    r->n = r->cap = 0;
+    pthread_cond_destroy(&r->cv);
+    pthread_mutex_destroy(&r->mu);
+}
+
+/* The cpool_event_fn; pass the recorder as event_ctx. */
+static inline void test_rec_on_event(const cpool_event *ev, void *ctx)
+{
+    test_recorder *r = ctx;
+    test_event e;
+    memset(&e, 0, sizeof e);
+    e.type = ev->type;
+    e.connection_id = ev->connection_id;
+    e.reason = ev->reason;
+    if (ev->service_id != NULL) {
+        e.has_service_id = true;
+        snprintf(e.service_id, sizeof e.service_id, "%s", ev->service_id);
+    }
+    e.interrupt_in_use = ev->interrupt_in_use;
+    if (ev->error != NULL) {
+        e.has_error = true;
+        e.error = *ev->error;
+    }
+    e.duration_ns = ev->duration_ns;
+    e.time_ns = ev->time_ns;
+
+    pthread_mutex_lock(&r->mu);
+    if (r->n == r->cap) {
+        size_t cap = r->cap ? r->cap * 2 : 64;
+        test_event *grown = realloc(r->events, cap * sizeof *grown);
+        if (grown == NULL)
+            FAIL("out of memory recording events");
+        r->events = grown;
+        r->cap = cap;
+    }
+    r->events[r->n++] = e;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    if (r->hook != NULL)
+        r->hook(ev, r->hook_ctx);
+}
+
+static inline size_t test_rec_count(test_recorder *r, cpool_event_type type)
+{
+    size_t c = 0;
+    pthread_mutex_lock(&r->mu);
+    for (size_t i = 0; i < r->n; i++)
+        c += r->events[i].type == type;
+    pthread_mutex_unlock(&r->mu);
+    return c;
+}
+
+/* Counts ConnectionClosed events with this reason. */
+static inline size_t test_rec_count_closed(test_recorder *r, int reason)
+{
+    size_t c = 0;
+    pthread_mutex_lock(&r->mu);
+    for (size_t i = 0; i < r->n; i++)
+        c += r->events[i].type == CPOOL_EV_CONN_CLOSED &&
+             r->events[i].reason == reason;
+    pthread_mutex_unlock(&r->mu);
+    return c;
+}
+
+/* Index in the global order of the nth (0-based) event of `type`, or -1. */
+static inline long test_rec_index(test_recorder *r, cpool_event_type type,
+                                  size_t nth)
+{
+    long found = -1;
+    pthread_mutex_lock(&r->mu);
+    for (size_t i = 0; i < r->n; i++) {
+        if (r->events[i].type == type && nth-- == 0) {
+            found = (long)i;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    return found;
+}
+
+/* Copies the nth (0-based) event of `type`; false when there is none. */
+static inline bool test_rec_find(test_recorder *r, cpool_event_type type,
+                                 size_t nth, test_event *out)
+{
+    bool found = false;
+    pthread_mutex_lock(&r->mu);
+    for (size_t i = 0; i < r->n; i++) {
+        if (r->events[i].type == type && nth-- == 0) {
+            *out = r->events[i];
+            found = true;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    return found;
+}
+
+/* Copies the ConnectionClosed event of connection `id`; false when none. */
+static inline bool test_rec_find_closed(test_recorder *r, uint64_t id,
+                                        test_event *out)
+{
+    bool found = false;
+    pthread_mutex_lock(&r->mu);
+    for (size_t i = 0; i < r->n; i++) {
+        if (r->events[i].type == CPOOL_EV_CONN_CLOSED &&
+            r->events[i].connection_id == id) {
+            *out = r->events[i];
+            found = true;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    return found;
+}
+
+/* Waits (real time, bounded) until at least `n` events of `type` arrived. */
+static inline bool test_rec_wait(test_recorder *r, cpool_event_type type,
+                                 size_t n, int64_t timeout_ms)
+{
+    int64_t deadline = test_now_ns() + timeout_ms * 1000000;
+    struct timespec ts = {(time_t)(deadline / 1000000000),
+                          (long)(deadline % 1000000000)};
+    bool ok;
+    pthread_mutex_lock(&r->mu);
+    for (;;) {
+        size_t c = 0;
+        for (size_t i = 0; i < r->n; i++)
+            c += r->events[i].type == type;
+        ok = c >= n;
+        if (ok || pthread_cond_timedwait(&r->cv, &r->mu, &ts) == ETIMEDOUT)
+            break;
+    }
+    if (!ok) {
+        size_t c = 0;
+        for (size_t i = 0; i < r->n; i++)
+            c += r->events[i].type == type;
+        ok = c >= n;
+    }
+    pthread_mutex_unlock(&r->mu);
+    return ok;
+}
+
+#define WAIT_EVENTS(rec, type, n, timeout_ms)                                 \
+    do {                                                                      \
+        if (!test_rec_wait(rec, type, n, timeout_ms))                         \
+            FAIL("waited %lld ms for %zu %s events, have %zu",                \
+                 (long long)(timeout_ms), (size_t)(n), cpool_event_name(type),\
+                 test_rec_count(rec, type));                                  \
+    } while (0)
+
+/* ------------------------------------------------------------------ pools */
+
+static inline cpool_mem *test_mem_create(void)
+{
+    cpool_mem *mem = NULL;
+    int rc = cpool_mem_create(&mem);
+    if (rc != CPOOL_OK || mem == NULL)
+        FAIL("cpool_mem_create: %s", cpool_err_name(rc));
+    return mem;
+}
+
+static inline cpool_mem_stats test_mem_stats(cpool_mem *mem)
+{
+    cpool_mem_stats s;
+    memset(&s, 0, sizeof s);
+    cpool_mem_get_stats(mem, &s);
+    return s;
+}
+
+/* Options for a pool on `mem`, recording into `rec` (may be NULL). Without
+ * a background thread: a test that needs one asks for it, the others stay
+ * deterministic and call cpool_maintain() themselves. */
+static inline void test_options(cpool_options *o, cpool_mem *mem,
+                                test_recorder *rec)
+{
+    cpool_options_init(o, sizeof *o);
+    o->connector = cpool_mem_connector();
+    o->connector_ctx = mem;
+    o->target = "mem://unit";
+    o->address = "unit-host:4242";
+    o->maintenance_interval_ms = -1;
+    if (rec != NULL) {
+        o->on_event = test_rec_on_event;
+        o->event_ctx = rec;
+    }
+}
+
+#define test_pool_create(opts) test_pool_create_at_(opts, __FILE__, __LINE__)
+static inline cpool *test_pool_create_at_(const cpool_options *o,
+                                          const char *file, int line)
+{
+    cpool *p = NULL;
+    cpool_error e;
+    memset(&e, 0, sizeof e);
+    int rc = cpool_create(o, &p, &e);
+    if (rc != CPOOL_OK || p == NULL)
+        test_fail(file, line, "cpool_create: %s: \"%s\"", cpool_err_name(rc),
+                  e.message);
+    return p;
+}
+
+#define test_ready(pool) test_ready_at_(pool, __FILE__, __LINE__)
+static inline void test_ready_at_(cpool *p, const char *file, int line)
+{
+    cpool_error e;
+    memset(&e, 0, sizeof e);
+    int rc = cpool_ready(p, &e);
+    if (rc != CPOOL_OK)
+        test_fail(file, line, "cpool_ready: %s: \"%s\"", cpool_err_name(rc),
+                  e.message);
+}
+
+/* A checkout expected to succeed; 5 s bounds it so a hang reports here. */
+#define test_checkout(pool) test_checkout_at_(pool, __FILE__, __LINE__)
+static inline cpool_conn *test_checkout_at_(cpool *p, const char *file, int line)
+{
+    cpool_conn *c = NULL;
+    cpool_error e;
+    memset(&e, 0, sizeof e);
+    int rc = cpool_checkout(p, 5000, &c, &e);
+    if (rc != CPOOL_OK || c == NULL)
+        test_fail(file, line, "cpool_checkout: %s: \"%s\"", cpool_err_name(rc),
+                  e.message);
+    return c;
+}
+
+#define test_checkin(pool, conn, flags)                                       \
+    test_checkin_at_(pool, conn, flags, __FILE__, __LINE__)
+static inline void test_checkin_at_(cpool *p, cpool_conn *c, unsigned flags,
+                                    const char *file, int line)
+{
+    cpool_error e;
+    memset(&e, 0, sizeof e);
+    int rc = cpool_checkin(p, c, flags, &e);
+    if (rc != CPOOL_OK)
+        test_fail(file, line, "cpool_checkin: %s: \"%s\"", cpool_err_name(rc),
+                  e.message);
+}
+
+static inline cpool_counts test_counts(cpool *p)
+{
+    cpool_counts c;
+    memset(&c, 0, sizeof c);
+    cpool_get_counts(p, &c);
+    return c;
+}
+
+/* The counter identity every snapshot must satisfy. */
+#define ASSERT_COUNTS_CONSISTENT(c)                                           \
+    do {                                                                      \
+        cpool_counts t_c_ = (c);                                              \
+        if (t_c_.total != t_c_.pending + t_c_.available + t_c_.in_use)        \
+            FAIL("counts: total %u != pending %u + available %u + in_use %u", \
+                 t_c_.total, t_c_.pending, t_c_.available, t_c_.in_use);      \
+    } while (0)
+
+/* ------------------------------------------------------------------ jobs */
+
+/* A checkout running on its own thread, for waits the main thread observes
+ * or ends (clear, close, a fake-clock advance). */
+typedef struct test_job {
+    cpool *pool;
+    int64_t timeout_ms;
+    pthread_t thread;
+    int rc;
+    cpool_conn *conn;
+    cpool_error err;
+    int64_t start_ns, end_ns; /* real time */
+    atomic_bool done;
+} test_job;
+
+static inline void *test_job_main_(void *arg)
+{
+    test_job *j = arg;
+    j->start_ns = test_now_ns();
+    j->rc = cpool_checkout(j->pool, j->timeout_ms, &j->conn, &j->err);
+    j->end_ns = test_now_ns();
+    atomic_store(&j->done, true);
+    return NULL;
+}
+
+static inline void test_job_start(test_job *j, cpool *p, int64_t timeout_ms)
+{
+    memset(j, 0, sizeof *j);
+    j->pool = p;
+    j->timeout_ms = timeout_ms;
+    atomic_init(&j->done, false);
+    TEST_THREAD_START(&j->thread, test_job_main_, j);
+}
+
+/* Joins the job, failing if it has not finished within `timeout_ms`. */
+#define test_job_join(job, timeout_ms)                                        \
+    test_job_join_at_(job, timeout_ms, __FILE__, __LINE__)
+static inline void test_job_join_at_(test_job *j, int64_t timeout_ms,
+                                     const char *file, int line)
+{
+    int64_t deadline = test_now_ms() + timeout_ms;
+    while (!atomic_load(&j->done)) {
+        if (test_now_ms() > deadline)
+            test_fail(file, line, "checkout thread still blocked after %lld ms",
+                      (long long)timeout_ms);
+        test_sleep_ms(1);
+    }
+    pthread_join(j->thread, NULL);
+}
+
+/* Case-insensitive search that also ignores '_', so "minpoolsize" matches
+ * both "minPoolSize" and "min_pool_size". */
+static inline bool test_mentions(const char *text, const char *word)
+{
+    char norm[512];
+    size_t n = 0;
+    for (const char *s = text; *s != '\0' && n + 1 < sizeof norm; s++) {
+        if (*s != '_')
+            norm[n++] = (char)tolower((unsigned char)*s);
+    }
+    norm[n] = '\0';
+    return strstr(norm, word) != NULL;
+}
+
+#endif /* CPOOL_TEST_H */

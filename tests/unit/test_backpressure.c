@@ -1,0 +1,203 @@
+/* test_backpressure.c -- the CMAP backpressure labels per failure phase and
+ * kind. The official tests check them only against a real server, and the
+ * "no label" cases (DNS, certificate, authentication) not at all. Each case
+ * injects one handshake failure through the in-memory fail point and checks
+ * the labels on the checkout's error and on the events that carry it. */
+#include "test.h"
+
+#define BOTH_LABELS (CPOOL_LABEL_SYSTEM_OVERLOADED | CPOOL_LABEL_RETRYABLE)
+
+typedef struct fixture {
+    cpool_mem *mem;
+    test_recorder rec;
+    cpool_options opts;
+    cpool *pool;
+} fixture;
+
+static void fx_init(fixture *f)
+{
+    f->mem = test_mem_create();
+    test_rec_init(&f->rec);
+    test_options(&f->opts, f->mem, &f->rec);
+    f->opts.clear_on_connect_error = false;
+    f->pool = NULL;
+}
+
+static void fx_start(fixture *f)
+{
+    f->pool = test_pool_create(&f->opts);
+    test_ready(f->pool);
+}
+
+static void fx_free(fixture *f)
+{
+    cpool_destroy(f->pool);
+    cpool_mem_destroy(f->mem);
+    test_rec_free(&f->rec);
+}
+
+static void fail_next_handshake(cpool_mem *mem, cpool_phase phase,
+                                cpool_fail_kind kind)
+{
+    cpool_mem_failpoint fp;
+    memset(&fp, 0, sizeof fp);
+    fp.times = 1;
+    fp.fail = true;
+    fp.fail_phase = phase;
+    fp.fail_kind = kind;
+    fp.fail_native = 91;
+    cpool_mem_set_failpoint(mem, &fp);
+}
+
+/* One failed checkout: its error, the ConnectionClosed(error) and the
+ * ConnectionCheckOutFailed(connectionError) all carry the same labels. */
+static void check_labels(cpool_phase phase, cpool_fail_kind kind,
+                         unsigned expected)
+{
+    fixture f;
+    fx_init(&f);
+    fx_start(&f);
+    fail_next_handshake(f.mem, phase, kind);
+
+    cpool_conn *c = NULL;
+    cpool_error e;
+    memset(&e, 0, sizeof e);
+    ASSERT_RC(CPOOL_ECONNECT, cpool_checkout(f.pool, 5000, &c, &e));
+    ASSERT_NULL(c);
+    ASSERT_RC(CPOOL_ECONNECT, e.code);
+    ASSERT_EQ(expected, e.labels);
+    ASSERT_EQ(phase, e.phase);
+    ASSERT_EQ(kind, e.kind);
+    ASSERT_EQ(91, e.native);
+    ASSERT_TRUE(e.message[0] != '\0');
+    ASSERT_EQ(expected != 0, cpool_is_backpressure(phase, kind));
+
+    test_event ev;
+    ASSERT_TRUE(test_rec_find(&f.rec, CPOOL_EV_CHECKOUT_FAILED, 0, &ev));
+    ASSERT_EQ(CPOOL_CHECKOUT_CONN_ERROR, ev.reason);
+    ASSERT_TRUE(ev.has_error);
+    ASSERT_RC(CPOOL_ECONNECT, ev.error.code);
+    ASSERT_EQ(expected, ev.error.labels);
+    ASSERT_EQ(phase, ev.error.phase);
+    ASSERT_TRUE(test_rec_find(&f.rec, CPOOL_EV_CONN_CLOSED, 0, &ev));
+    ASSERT_EQ(CPOOL_CLOSE_ERROR, ev.reason);
+    ASSERT_TRUE(ev.has_error);
+    ASSERT_EQ(expected, ev.error.labels);
+    ASSERT_EQ(kind, ev.error.kind);
+
+    /* The option is off: nothing cleared, and the fail point is spent. */
+    cpool_counts n = test_counts(f.pool);
+    ASSERT_EQ(CPOOL_STATE_READY, n.state);
+    ASSERT_EQ(0, n.generation);
+    ASSERT_EQ(0, n.total);
+    c = test_checkout(f.pool);
+    test_checkin(f.pool, c, 0);
+    fx_free(&f);
+}
+
+TEST(connect_network) { check_labels(CPOOL_PHASE_CONNECT, CPOOL_FAIL_NETWORK, BOTH_LABELS); }
+TEST(connect_timeout) { check_labels(CPOOL_PHASE_CONNECT, CPOOL_FAIL_TIMEOUT, BOTH_LABELS); }
+TEST(tls_network) { check_labels(CPOOL_PHASE_TLS, CPOOL_FAIL_NETWORK, BOTH_LABELS); }
+TEST(tls_timeout) { check_labels(CPOOL_PHASE_TLS, CPOOL_FAIL_TIMEOUT, BOTH_LABELS); }
+TEST(handshake_network) { check_labels(CPOOL_PHASE_HANDSHAKE, CPOOL_FAIL_NETWORK, BOTH_LABELS); }
+TEST(handshake_timeout) { check_labels(CPOOL_PHASE_HANDSHAKE, CPOOL_FAIL_TIMEOUT, BOTH_LABELS); }
+TEST(dns_unlabelled) { check_labels(CPOOL_PHASE_DNS, CPOOL_FAIL_DNS, 0); }
+TEST(tls_certificate_unlabelled) { check_labels(CPOOL_PHASE_TLS, CPOOL_FAIL_CERTIFICATE, 0); }
+TEST(auth_failure_unlabelled) { check_labels(CPOOL_PHASE_AUTH, CPOOL_FAIL_AUTH, 0); }
+/* Authentication comes after the hello: even a network error there is not
+ * taken as overload, so SDAM still clears the pool. */
+TEST(auth_network_unlabelled) { check_labels(CPOOL_PHASE_AUTH, CPOOL_FAIL_NETWORK, 0); }
+TEST(handshake_server_error_unlabelled) { check_labels(CPOOL_PHASE_HANDSHAKE, CPOOL_FAIL_SERVER, 0); }
+
+TEST(population_error_labelled)
+{
+    fixture f;
+    fx_init(&f);
+    f.opts.min_pool_size = 1;
+    fx_start(&f);
+    fail_next_handshake(f.mem, CPOOL_PHASE_CONNECT, CPOOL_FAIL_NETWORK);
+    /* A background establishment has no caller: the labels travel on the
+     * ConnectionClosed event only. */
+    (void)cpool_maintain(f.pool, NULL);
+    test_event ev;
+    ASSERT_TRUE(test_rec_find(&f.rec, CPOOL_EV_CONN_CLOSED, 0, &ev));
+    ASSERT_EQ(CPOOL_CLOSE_ERROR, ev.reason);
+    ASSERT_TRUE(ev.has_error);
+    ASSERT_EQ(BOTH_LABELS, ev.error.labels);
+    ASSERT_EQ(0, test_rec_count(&f.rec, CPOOL_EV_CHECKOUT_STARTED));
+    for (int i = 0; i < 5 && test_counts(f.pool).available < 1; i++)
+        (void)cpool_maintain(f.pool, NULL);
+    ASSERT_EQ(1, test_counts(f.pool).available);
+    fx_free(&f);
+}
+
+TEST(clear_on_connect_error_clears_unlabelled)
+{
+    fixture f;
+    fx_init(&f);
+    f.opts.clear_on_connect_error = true;
+    fx_start(&f);
+    fail_next_handshake(f.mem, CPOOL_PHASE_AUTH, CPOOL_FAIL_AUTH);
+    cpool_conn *c = NULL;
+    cpool_error e;
+    memset(&e, 0, sizeof e);
+    ASSERT_RC(CPOOL_ECONNECT, cpool_checkout(f.pool, 5000, &c, &e));
+    ASSERT_EQ(0, e.labels);
+    cpool_counts n = test_counts(f.pool);
+    ASSERT_EQ(CPOOL_STATE_PAUSED, n.state);
+    ASSERT_EQ(1, n.generation);
+    /* CMAP order when the pool is cleared by the establishment error:
+     * PoolCleared, then ConnectionClosed(error), then CheckOutFailed. */
+    long cleared = test_rec_index(&f.rec, CPOOL_EV_POOL_CLEARED, 0);
+    long closed = test_rec_index(&f.rec, CPOOL_EV_CONN_CLOSED, 0);
+    long failed = test_rec_index(&f.rec, CPOOL_EV_CHECKOUT_FAILED, 0);
+    ASSERT_GE(cleared, 0);
+    ASSERT_LT(cleared, closed);
+    ASSERT_LT(closed, failed);
+    test_ready(f.pool);
+    c = test_checkout(f.pool);
+    ASSERT_EQ(1, cpool_conn_generation(c));
+    test_checkin(f.pool, c, 0);
+    fx_free(&f);
+}
+
+TEST(clear_on_connect_error_spares_backpressure)
+{
+    fixture f;
+    fx_init(&f);
+    f.opts.clear_on_connect_error = true;
+    fx_start(&f);
+    fail_next_handshake(f.mem, CPOOL_PHASE_CONNECT, CPOOL_FAIL_TIMEOUT);
+    cpool_conn *c = NULL;
+    cpool_error e;
+    memset(&e, 0, sizeof e);
+    ASSERT_RC(CPOOL_ECONNECT, cpool_checkout(f.pool, 5000, &c, &e));
+    ASSERT_EQ(BOTH_LABELS, e.labels);
+    /* An overloaded server is not a dead one: the pool stays ready. */
+    cpool_counts n = test_counts(f.pool);
+    ASSERT_EQ(CPOOL_STATE_READY, n.state);
+    ASSERT_EQ(0, n.generation);
+    ASSERT_EQ(0, test_rec_count(&f.rec, CPOOL_EV_POOL_CLEARED));
+    c = test_checkout(f.pool);
+    test_checkin(f.pool, c, 0);
+    fx_free(&f);
+}
+
+static const test_case cases[] = {
+    TEST_ENTRY(connect_network),
+    TEST_ENTRY(connect_timeout),
+    TEST_ENTRY(tls_network),
+    TEST_ENTRY(tls_timeout),
+    TEST_ENTRY(handshake_network),
+    TEST_ENTRY(handshake_timeout),
+    TEST_ENTRY(dns_unlabelled),
+    TEST_ENTRY(tls_certificate_unlabelled),
+    TEST_ENTRY(auth_failure_unlabelled),
+    TEST_ENTRY(auth_network_unlabelled),
+    TEST_ENTRY(handshake_server_error_unlabelled),
+    TEST_ENTRY(population_error_labelled),
+    TEST_ENTRY(clear_on_connect_error_clears_unlabelled),
+    TEST_ENTRY(clear_on_connect_error_spares_backpressure),
+};
+
+TEST_MAIN(cases)

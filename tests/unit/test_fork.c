@@ -1,0 +1,380 @@
+/* test_fork.c -- a pool used again in a forked child. The child shares the
+ * parent's sockets, so it must drop the inherited connections without any
+ * I/O on them (abandon, never close: a close would send a terminate message
+ * on the parent's session) and open its own. No official test exists. The
+ * in-memory server's state is copied by fork(), so the child's stats count
+ * what the child did, and the parent's what the parent did. */
+#include "test.h"
+
+#include <signal.h>
+#include <sys/wait.h>
+
+/* ThreadSanitizer does not support a multi-threaded process that forks and
+ * starts threads in the child (it dies, or with die_after_fork=0 confuses
+ * the child's new thread with the parent's), which is exactly what a pool
+ * with a maintenance thread does. Those cases are not built under TSan (the
+ * CMake list leaves them out too); they run in the plain and ASan builds. */
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define TEST_TSAN 1
+#endif
+#endif
+#if defined(__SANITIZE_THREAD__)
+#define TEST_TSAN 1
+#endif
+
+typedef struct fixture {
+    cpool_mem *mem;
+    test_recorder rec;
+    cpool_options opts;
+    cpool *pool;
+    uint64_t ids[4]; /* the parent's connections, all available at fork */
+    size_t nids;
+    cpool_mem_stats at_fork;
+} fixture;
+
+static void fx_free(fixture *f)
+{
+    cpool_destroy(f->pool);
+    cpool_mem_destroy(f->mem);
+    test_rec_free(&f->rec);
+}
+
+static bool is_parents(const fixture *f, uint64_t id)
+{
+    for (size_t i = 0; i < f->nids; i++)
+        if (f->ids[i] == id)
+            return true;
+    return false;
+}
+
+/* In the child: one checkout, which must be a fresh connection, after
+ * which every inherited connection was abandoned and none closed. */
+static void child_checks(fixture *f)
+{
+    /* With a background thread the child may (or may not) restart one and
+     * populate minPoolSize, so exact counts are only checked without. */
+    bool exact = f->opts.maintenance_interval_ms < 0;
+    cpool_conn *c = test_checkout(f->pool);
+    uint64_t id = cpool_conn_id(c);
+    if (is_parents(f, id))
+        FAIL("child reused the parent's connection %llu",
+             (unsigned long long)id);
+    ASSERT_EQ(id, cpool_mem_conn_id(cpool_conn_native(c)));
+    cpool_mem_stats s = test_mem_stats(f->mem);
+    ASSERT_GE(s.abandons, f->at_fork.abandons + f->nids);
+    ASSERT_EQ(f->at_fork.closes, s.closes);
+    ASSERT_GT(s.connects, f->at_fork.connects);
+    cpool_counts n = test_counts(f->pool);
+    ASSERT_EQ(1, n.in_use);
+    ASSERT_EQ(CPOOL_STATE_READY, n.state);
+    if (exact) {
+        ASSERT_EQ(f->at_fork.connects + 1, s.connects);
+        ASSERT_EQ(0, n.available); /* the inherited ones are gone */
+        ASSERT_EQ(1, n.total);
+    }
+    test_checkin(f->pool, c, 0);
+
+    /* Tearing the child's pool down closes exactly what the child opened,
+     * and none of the inherited connections. */
+    cpool_destroy(f->pool);
+    f->pool = NULL;
+    s = test_mem_stats(f->mem);
+    ASSERT_EQ(s.connects - f->at_fork.connects - (s.failures - f->at_fork.failures),
+              s.closes - f->at_fork.closes);
+    if (exact)
+        ASSERT_EQ(f->at_fork.closes + 1, s.closes);
+}
+
+/* Runs child_checks in a fork and returns once the child exited 0. The
+ * child has its own alarm and the parent a bounded wait, so a hang on
+ * either side ends as a failure rather than an orphaned process. */
+static void run_child(fixture *f)
+{
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0)
+        FAIL("fork: %s", strerror(errno));
+    if (pid == 0) {
+        alarm(20);
+        child_checks(f);
+        fx_free(f);
+        exit(0); /* a normal exit, so LeakSanitizer checks the child too */
+    }
+    int status = 0;
+    int64_t deadline = test_now_ms() + 25000;
+    for (;;) {
+        pid_t w = waitpid(pid, &status, WNOHANG);
+        if (w == pid)
+            break;
+        if (w < 0 && errno != EINTR)
+            FAIL("waitpid: %s", strerror(errno));
+        if (test_now_ms() > deadline) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            FAIL("child still running after 25 s");
+        }
+        test_sleep_ms(5);
+    }
+    if (WIFSIGNALED(status))
+        FAIL("child killed by signal %d", WTERMSIG(status));
+    ASSERT_TRUE(WIFEXITED(status));
+    ASSERT_EQ(0, WEXITSTATUS(status));
+}
+
+/* After the child: the parent's pool is untouched and still serves its own
+ * connections. */
+static void parent_checks(fixture *f)
+{
+    cpool_mem_stats s = test_mem_stats(f->mem);
+    ASSERT_EQ(0, s.abandons);
+    ASSERT_EQ(f->at_fork.closes, s.closes);
+    cpool_counts n = test_counts(f->pool);
+    ASSERT_EQ(f->nids, n.available);
+    cpool_conn *c = test_checkout(f->pool);
+    ASSERT_TRUE(is_parents(f, cpool_conn_id(c)));
+    ASSERT_EQ(0, cpool_conn_generation(c));
+    test_checkin(f->pool, c, 0);
+    ASSERT_EQ(f->nids, test_counts(f->pool).available);
+}
+
+TEST(child_discards_inherited_connections)
+{
+    fixture f;
+    memset(&f, 0, sizeof f);
+    f.mem = test_mem_create();
+    test_rec_init(&f.rec);
+    test_options(&f.opts, f.mem, &f.rec); /* no background thread */
+    f.pool = test_pool_create(&f.opts);
+    test_ready(f.pool);
+    cpool_conn *c[3];
+    for (size_t i = 0; i < 3; i++) {
+        c[i] = test_checkout(f.pool);
+        f.ids[f.nids++] = cpool_conn_id(c[i]);
+    }
+    for (size_t i = 0; i < 3; i++)
+        test_checkin(f.pool, c[i], 0);
+    f.at_fork = test_mem_stats(f.mem);
+
+    run_child(&f);
+    parent_checks(&f);
+    cpool_destroy(f.pool);
+    f.pool = NULL;
+    ASSERT_EQ(0, test_mem_stats(f.mem).open);
+    ASSERT_EQ(3, test_mem_stats(f.mem).closes);
+    fx_free(&f);
+}
+
+#ifndef TEST_TSAN
+TEST(child_of_pool_with_maintenance_thread)
+{
+    fixture f;
+    memset(&f, 0, sizeof f);
+    f.mem = test_mem_create();
+    test_rec_init(&f.rec);
+    test_options(&f.opts, f.mem, &f.rec);
+    /* The parent's background thread runs every 10 ms. The child has no
+     * such thread: its pool must still serve, and destroying it must not
+     * wait for a thread that does not exist there. */
+    f.opts.maintenance_interval_ms = 10;
+    f.opts.min_pool_size = 2;
+    f.pool = test_pool_create(&f.opts);
+    test_ready(f.pool);
+    WAIT_UNTIL(test_counts(f.pool).available == 2, 2000);
+    cpool_conn *a = test_checkout(f.pool), *b = test_checkout(f.pool);
+    f.ids[f.nids++] = cpool_conn_id(a);
+    f.ids[f.nids++] = cpool_conn_id(b);
+    test_checkin(f.pool, a, 0);
+    test_checkin(f.pool, b, 0);
+    f.at_fork = test_mem_stats(f.mem);
+    ASSERT_EQ(2, f.at_fork.connects);
+
+    run_child(&f);
+    parent_checks(&f);
+    fx_free(&f);
+}
+#endif
+
+
+/* ---- a lease held across fork()
+ *
+ * A connection checked out in the parent and still out at fork() belongs to
+ * the parent's session in the child too: checking it in there must abandon
+ * it (no I/O), never close it or make it available to the child. */
+TEST(child_checkin_of_inherited_lease_abandons)
+{
+    fixture f;
+    memset(&f, 0, sizeof f);
+    f.mem = test_mem_create();
+    test_rec_init(&f.rec);
+    test_options(&f.opts, f.mem, &f.rec);
+    f.pool = test_pool_create(&f.opts);
+    test_ready(f.pool);
+    cpool_conn *held = test_checkout(f.pool);
+    uint64_t held_id = cpool_conn_id(held);
+    cpool_mem_stats at_fork = test_mem_stats(f.mem);
+
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0)
+        FAIL("fork: %s", strerror(errno));
+    if (pid == 0) {
+        alarm(20);
+        ASSERT_OK(cpool_checkin(f.pool, held, 0, NULL));
+        cpool_mem_stats s = test_mem_stats(f.mem);
+        ASSERT_EQ(at_fork.abandons + 1, s.abandons);
+        ASSERT_EQ(at_fork.closes, s.closes);
+        cpool_counts n = test_counts(f.pool);
+        ASSERT_EQ(0, n.total);
+        cpool_conn *c = test_checkout(f.pool);
+        ASSERT_NE(held_id, cpool_conn_id(c));
+        test_checkin(f.pool, c, 0);
+        fx_free(&f);
+        exit(0);
+    }
+    int status = 0;
+    int64_t deadline = test_now_ms() + 25000;
+    while (waitpid(pid, &status, WNOHANG) != pid) {
+        if (test_now_ms() > deadline) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            FAIL("child still running after 25 s");
+        }
+        test_sleep_ms(5);
+    }
+    ASSERT_TRUE(WIFEXITED(status));
+    ASSERT_EQ(0, WEXITSTATUS(status));
+    /* In the parent the lease is as it was. */
+    ASSERT_EQ(1, test_counts(f.pool).in_use);
+    test_checkin(f.pool, held, 0);
+    ASSERT_EQ(1, test_counts(f.pool).available);
+    ASSERT_EQ(0, test_mem_stats(f.mem).abandons);
+    fx_free(&f);
+}
+
+/* ---- fork while other threads use the pool
+ *
+ * fork() copies the pool's mutex in whatever state it has at that instant.
+ * If another thread holds it then, the child inherits a lock nobody will
+ * ever release, and its first pool call hangs -- unless the library takes
+ * its locks around fork() (pthread_atfork prepare/parent/child). Two
+ * threads keep taking and returning leases and the maintenance thread runs
+ * every millisecond, so across 50 forks the lock is often held at the
+ * moment of a fork. The connector is the in-memory one minus check() and
+ * reset(), so the busy threads never take the connector's own lock: a hang
+ * can only come from the pool. */
+
+#ifndef TEST_TSAN
+static const cpool_connector *core_only_connector(void)
+{
+    static cpool_connector table;
+    table = *cpool_mem_connector();
+    table.check = NULL;
+    table.reset = NULL;
+    return &table;
+}
+
+typedef struct busy {
+    cpool *pool;
+    atomic_bool stop;
+    atomic_ullong leases;
+} busy;
+
+static void *busy_main(void *arg)
+{
+    busy *b = arg;
+    while (!atomic_load(&b->stop)) {
+        cpool_conn *c = NULL;
+        if (cpool_checkout(b->pool, 0, &c, NULL) == CPOOL_OK) {
+            atomic_fetch_add(&b->leases, 1);
+            ASSERT_OK(cpool_checkin(b->pool, c, 0, NULL));
+        }
+    }
+    return NULL;
+}
+
+TEST(fork_while_pool_busy)
+{
+    cpool_mem *mem = test_mem_create();
+    cpool_options o;
+    test_options(&o, mem, NULL);
+    o.connector = core_only_connector();
+    o.max_pool_size = 2;
+    o.maintenance_interval_ms = 1;
+    cpool *pool = test_pool_create(&o);
+    test_ready(pool);
+    /* Establish both connections first: afterwards the busy threads only
+     * move them between available and in use. */
+    cpool_conn *a = test_checkout(pool), *b2 = test_checkout(pool);
+    test_checkin(pool, a, 0);
+    test_checkin(pool, b2, 0);
+
+    busy b = {.pool = pool};
+    atomic_init(&b.stop, false);
+    atomic_init(&b.leases, 0);
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++)
+        TEST_THREAD_START(&th[i], busy_main, &b);
+    WAIT_UNTIL(atomic_load(&b.leases) > 1000, 5000);
+
+    int hung = 0, failed = 0, forks = 0;
+    /* Stops at the first bad child: one is proof enough, and each hang
+     * costs the child's 2 s alarm. */
+    for (; forks < 50 && hung + failed == 0; forks++) {
+        fflush(stdout);
+        fflush(stderr);
+        pid_t pid = fork();
+        if (pid < 0)
+            FAIL("fork: %s", strerror(errno));
+        if (pid == 0) {
+            /* Only async-signal-safe exits here: the child's copy of the
+             * parent's threads' state is not to be trusted for cleanup. */
+            alarm(2);
+            cpool_conn *c = NULL;
+            if (cpool_checkout(pool, 2000, &c, NULL) != CPOOL_OK)
+                _exit(3);
+            if (cpool_checkin(pool, c, 0, NULL) != CPOOL_OK)
+                _exit(4);
+            _exit(0);
+        }
+        int status = 0;
+        int64_t deadline = test_now_ms() + 5000;
+        while (waitpid(pid, &status, WNOHANG) != pid) {
+            if (test_now_ms() > deadline) {
+                kill(pid, SIGKILL);
+                waitpid(pid, &status, 0);
+                break;
+            }
+            test_sleep_ms(1);
+        }
+        if (WIFSIGNALED(status))
+            hung++; /* SIGALRM: the child's checkout never returned */
+        else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+            failed++;
+    }
+    atomic_store(&b.stop, true);
+    for (int i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    cpool_destroy(pool);
+    cpool_mem_destroy(mem);
+    if (hung != 0 || failed != 0)
+        FAIL("forked child %d of 50 %s", forks,
+             hung ? "hung in its first pool call (a lock held at fork?)"
+                  : "could not check out");
+}
+#endif
+
+static const test_case cases[] = {
+    TEST_ENTRY(child_discards_inherited_connections),
+#ifndef TEST_TSAN
+    TEST_ENTRY(child_of_pool_with_maintenance_thread),
+#endif
+    TEST_ENTRY(child_checkin_of_inherited_lease_abandons),
+#ifndef TEST_TSAN
+    TEST_ENTRY(fork_while_pool_busy),
+#endif
+};
+
+TEST_MAIN(cases)

@@ -1,0 +1,416 @@
+/* test_log.c -- the CMAP log records: exact message strings, the reason
+ * strings the official logging tests never reach (stale, idle, timeout,
+ * pool closed), the common fields, the level filter and the JSON sink's
+ * formatter. */
+#include "test.h"
+
+/* A copy of one log record. */
+#define MAX_FIELDS 16
+typedef struct log_field_copy {
+    char key[32];
+    cpool_log_type type;
+    char s[256];
+    int64_t i;
+    double d;
+} log_field_copy;
+
+typedef struct log_copy {
+    cpool_log_level level;
+    char component[32];
+    char message[64];
+    size_t nfields;
+    log_field_copy fields[MAX_FIELDS];
+} log_copy;
+
+typedef struct log_recorder {
+    pthread_mutex_t mu;
+    log_copy *recs; /* guarded by mu */
+    size_t n, cap;  /* guarded by mu */
+} log_recorder;
+
+static void on_log(const cpool_log_record *rec, void *ctx)
+{
+    log_recorder *r = ctx;
+    log_copy c;
+    memset(&c, 0, sizeof c);
+    c.level = rec->level;
+    snprintf(c.component, sizeof c.component, "%s",
+             rec->component ? rec->component : "(null)");
+    snprintf(c.message, sizeof c.message, "%s",
+             rec->message ? rec->message : "(null)");
+    if (rec->nfields > MAX_FIELDS)
+        FAIL("record \"%s\" has %zu fields", c.message, rec->nfields);
+    c.nfields = rec->nfields;
+    for (size_t i = 0; i < rec->nfields; i++) {
+        const cpool_log_field *f = &rec->fields[i];
+        snprintf(c.fields[i].key, sizeof c.fields[i].key, "%s", f->key);
+        c.fields[i].type = f->type;
+        if (f->type == CPOOL_LOG_STR) {
+            if (f->s == NULL) /* absent values are left out, never null */
+                FAIL("record \"%s\": field %s is a NULL string", c.message,
+                     f->key);
+            snprintf(c.fields[i].s, sizeof c.fields[i].s, "%s", f->s);
+        }
+        c.fields[i].i = f->i;
+        c.fields[i].d = f->d;
+    }
+    pthread_mutex_lock(&r->mu);
+    if (r->n == r->cap) {
+        size_t cap = r->cap ? r->cap * 2 : 32;
+        log_copy *grown = realloc(r->recs, cap * sizeof *grown);
+        if (grown == NULL)
+            FAIL("out of memory recording logs");
+        r->recs = grown;
+        r->cap = cap;
+    }
+    r->recs[r->n++] = c;
+    pthread_mutex_unlock(&r->mu);
+}
+
+typedef struct fixture {
+    cpool_mem *mem;
+    log_recorder logs;
+    test_clock clk;
+    cpool_options opts;
+    cpool *pool;
+} fixture;
+
+static void fx_init(fixture *f)
+{
+    f->mem = test_mem_create();
+    memset(&f->logs, 0, sizeof f->logs);
+    pthread_mutex_init(&f->logs.mu, NULL);
+    test_clock_init(&f->clk);
+    test_options(&f->opts, f->mem, NULL);
+    f->opts.address = "db.example:4242";
+    f->opts.on_log = on_log;
+    f->opts.log_ctx = &f->logs;
+    f->pool = NULL;
+}
+
+static void fx_start(fixture *f)
+{
+    f->pool = test_pool_create(&f->opts);
+    test_ready(f->pool);
+}
+
+static void fx_free(fixture *f)
+{
+    cpool_destroy(f->pool);
+    cpool_mem_destroy(f->mem);
+    free(f->logs.recs);
+    pthread_mutex_destroy(&f->logs.mu);
+}
+
+/* Every call below runs on the test's only pool-using thread after the
+ * pool calls returned, and this test starts no background thread, so the
+ * records are read without racing the sink. */
+static const log_copy *nth_message(fixture *f, const char *message, size_t nth)
+{
+    for (size_t i = 0; i < f->logs.n; i++)
+        if (strcmp(f->logs.recs[i].message, message) == 0 && nth-- == 0)
+            return &f->logs.recs[i];
+    return NULL;
+}
+
+#define find_message(f, message, nth)                                         \
+    find_message_at(f, message, nth, __LINE__)
+static const log_copy *find_message_at(fixture *f, const char *message,
+                                       size_t nth, int line)
+{
+    const log_copy *c = nth_message(f, message, nth);
+    if (c == NULL)
+        test_fail(__FILE__, line, "no log record #%zu \"%s\" among %zu", nth,
+                  message, f->logs.n);
+    return c;
+}
+
+static const log_field_copy *field(const log_copy *c, const char *key)
+{
+    for (size_t i = 0; i < c->nfields; i++)
+        if (strcmp(c->fields[i].key, key) == 0)
+            return &c->fields[i];
+    return NULL;
+}
+
+#define field_str(c, key) field_str_at(c, key, __LINE__)
+static const char *field_str_at(const log_copy *c, const char *key, int line)
+{
+    const log_field_copy *f = field(c, key);
+    if (f == NULL || f->type != CPOOL_LOG_STR)
+        test_fail(__FILE__, line, "\"%s\": no string field %s", c->message, key);
+    return f->s;
+}
+
+#define field_int(c, key) field_int_at(c, key, __LINE__)
+static int64_t field_int_at(const log_copy *c, const char *key, int line)
+{
+    const log_field_copy *f = field(c, key);
+    if (f == NULL || f->type != CPOOL_LOG_INT)
+        test_fail(__FILE__, line, "\"%s\": no integer field %s", c->message,
+                  key);
+    return f->i;
+}
+
+/* durationMS may be an integer or a double (CMAP allows both). */
+#define field_duration(c) field_duration_at(c, __LINE__)
+static double field_duration_at(const log_copy *c, int line)
+{
+    const log_field_copy *f = field(c, "durationMS");
+    if (f == NULL || f->type == CPOOL_LOG_STR)
+        test_fail(__FILE__, line, "\"%s\": no numeric durationMS", c->message);
+    return f->type == CPOOL_LOG_INT ? (double)f->i : f->d;
+}
+
+/* The fields every CMAP record carries, and the level/component. */
+static void check_common(fixture *f)
+{
+    ASSERT_GT(f->logs.n, 0);
+    for (size_t i = 0; i < f->logs.n; i++) {
+        const log_copy *c = &f->logs.recs[i];
+        ASSERT_EQ(CPOOL_LOG_DEBUG, c->level);
+        ASSERT_STR_EQ("connection", c->component);
+        ASSERT_STR_EQ("db.example", field_str(c, "serverHost"));
+        ASSERT_EQ(4242, field_int(c, "serverPort"));
+    }
+}
+
+TEST(lifecycle_messages)
+{
+    fixture f;
+    fx_init(&f);
+    f.opts.max_pool_size = 2; /* the only option set */
+    fx_start(&f);
+    ASSERT_STR_EQ("db.example:4242", cpool_address(f.pool));
+    cpool_conn *c = test_checkout(f.pool);
+    uint64_t id = cpool_conn_id(c);
+    test_checkin(f.pool, c, 0);
+    cpool_close(f.pool);
+
+    static const char *const expected[] = {
+        "Connection pool created", "Connection pool ready",
+        "Connection checkout started", "Connection created",
+        "Connection ready", "Connection checked out",
+        "Connection checked in", "Connection closed",
+        "Connection pool closed",
+    };
+    size_t nexp = sizeof expected / sizeof expected[0];
+    for (size_t i = 0; i < f.logs.n && i < nexp; i++)
+        ASSERT_STR_EQ(expected[i], f.logs.recs[i].message);
+    ASSERT_EQ(nexp, f.logs.n);
+    check_common(&f);
+
+    const log_copy *r = find_message(&f, "Connection pool created", 0);
+    ASSERT_EQ(2, field_int(r, "maxPoolSize"));
+    /* Options left at their defaults are not reported. */
+    ASSERT_NULL(field(r, "minPoolSize"));
+    ASSERT_NULL(field(r, "maxIdleTimeMS"));
+    ASSERT_NULL(field(r, "waitQueueTimeoutMS"));
+
+    static const char *const with_id[] = {
+        "Connection created", "Connection ready", "Connection checked out",
+        "Connection checked in", "Connection closed",
+    };
+    for (size_t i = 0; i < sizeof with_id / sizeof with_id[0]; i++) {
+        r = find_message(&f, with_id[i], 0);
+        ASSERT_EQ(id, field_int(r, "driverConnectionId"));
+    }
+    ASSERT_GE(field_duration(find_message(&f, "Connection ready", 0)), 0);
+    ASSERT_GE(field_duration(find_message(&f, "Connection checked out", 0)), 0);
+    ASSERT_NULL(field(find_message(&f, "Connection pool ready", 0),
+                      "driverConnectionId"));
+
+    r = find_message(&f, "Connection closed", 0);
+    ASSERT_STR_EQ("Connection pool was closed", field_str(r, "reason"));
+    ASSERT_NULL(field(r, "error")); /* only for the error reason */
+    fx_free(&f);
+}
+
+TEST(stale_reason)
+{
+    fixture f;
+    fx_init(&f);
+    fx_start(&f);
+    cpool_conn *c = test_checkout(f.pool);
+    test_checkin(f.pool, c, 0);
+    ASSERT_OK(cpool_clear(f.pool, 0, NULL, NULL));
+    const log_copy *r = find_message(&f, "Connection pool cleared", 0);
+    ASSERT_NULL(field(r, "serviceId")); /* LB mode only */
+    test_ready(f.pool);
+    c = test_checkout(f.pool);
+    test_checkin(f.pool, c, 0);
+
+    r = find_message(&f, "Connection closed", 0);
+    ASSERT_EQ(1, field_int(r, "driverConnectionId"));
+    ASSERT_STR_EQ("Connection became stale because the pool was cleared",
+                  field_str(r, "reason"));
+    ASSERT_NULL(field(r, "error"));
+    check_common(&f);
+    fx_free(&f);
+}
+
+TEST(idle_reason)
+{
+    fixture f;
+    fx_init(&f);
+    f.opts.clock = &f.clk.clock;
+    f.opts.max_idle_time_ms = 100;
+    fx_start(&f);
+    cpool_conn *c = test_checkout(f.pool);
+    test_checkin(f.pool, c, 0);
+    test_clock_advance_ms(&f.clk, f.pool, 200);
+    ASSERT_OK(cpool_maintain(f.pool, NULL));
+
+    const log_copy *r = find_message(&f, "Connection closed", 0);
+    ASSERT_STR_EQ("Connection has been available but unused for longer than "
+                  "the configured max idle time",
+                  field_str(r, "reason"));
+    ASSERT_NULL(field(r, "error"));
+    ASSERT_EQ(100, field_int(find_message(&f, "Connection pool created", 0),
+                             "maxIdleTimeMS"));
+    check_common(&f);
+    fx_free(&f);
+}
+
+TEST(connection_error_reasons)
+{
+    fixture f;
+    fx_init(&f);
+    fx_start(&f);
+    cpool_mem_failpoint fp;
+    memset(&fp, 0, sizeof fp);
+    fp.times = 1;
+    fp.fail = true;
+    fp.fail_phase = CPOOL_PHASE_HANDSHAKE;
+    fp.fail_kind = CPOOL_FAIL_NETWORK;
+    cpool_mem_set_failpoint(f.mem, &fp);
+    cpool_conn *c = NULL;
+    ASSERT_RC(CPOOL_ECONNECT, cpool_checkout(f.pool, 5000, &c, NULL));
+
+    const log_copy *r = find_message(&f, "Connection closed", 0);
+    ASSERT_STR_EQ("An error occurred while using the connection",
+                  field_str(r, "reason"));
+    ASSERT_TRUE(field_str(r, "error")[0] != '\0');
+    r = find_message(&f, "Connection checkout failed", 0);
+    ASSERT_STR_EQ("An error occurred while trying to establish a new connection",
+                  field_str(r, "reason"));
+    ASSERT_TRUE(field_str(r, "error")[0] != '\0');
+    ASSERT_GE(field_duration(r), 0);
+    ASSERT_NULL(field(r, "driverConnectionId"));
+    check_common(&f);
+    fx_free(&f);
+}
+
+TEST(timeout_reason)
+{
+    fixture f;
+    fx_init(&f);
+    f.opts.max_pool_size = 1;
+    fx_start(&f);
+    cpool_conn *held = test_checkout(f.pool);
+    cpool_conn *c = NULL;
+    ASSERT_RC(CPOOL_ETIMEDOUT, cpool_checkout(f.pool, 20, &c, NULL));
+    const log_copy *r = find_message(&f, "Connection checkout failed", 0);
+    ASSERT_STR_EQ("Wait queue timeout elapsed without a connection becoming "
+                  "available",
+                  field_str(r, "reason"));
+    ASSERT_NULL(field(r, "error")); /* only for connection errors */
+    ASSERT_GE(field_duration(r), 19.0);
+    test_checkin(f.pool, held, 0);
+    check_common(&f);
+    fx_free(&f);
+}
+
+TEST(pool_closed_checkout_reason)
+{
+    fixture f;
+    fx_init(&f);
+    fx_start(&f);
+    cpool_close(f.pool);
+    cpool_conn *c = NULL;
+    ASSERT_RC(CPOOL_ECLOSED, cpool_checkout(f.pool, 20, &c, NULL));
+    const log_copy *r = find_message(&f, "Connection checkout failed", 0);
+    ASSERT_STR_EQ("Connection pool was closed", field_str(r, "reason"));
+    ASSERT_NULL(field(r, "error"));
+    ASSERT_GE(field_duration(r), 0);
+    check_common(&f);
+    fx_free(&f);
+}
+
+TEST(level_filters_debug_records)
+{
+    fixture f;
+    fx_init(&f);
+    f.opts.log_level = CPOOL_LOG_INFO; /* the CMAP records are DEBUG */
+    fx_start(&f);
+    cpool_conn *c = test_checkout(f.pool);
+    test_checkin(f.pool, c, 0);
+    ASSERT_OK(cpool_clear(f.pool, 0, NULL, NULL));
+    cpool_close(f.pool);
+    for (size_t i = 0; i < f.logs.n; i++)
+        if (f.logs.recs[i].level > CPOOL_LOG_INFO)
+            FAIL("record \"%s\" at level %d passed an INFO filter",
+                 f.logs.recs[i].message, (int)f.logs.recs[i].level);
+    ASSERT_NULL(nth_message(&f, "Connection checked out", 0));
+    fx_free(&f);
+
+    /* Control: the default level lets them through. */
+    fx_init(&f);
+    fx_start(&f);
+    c = test_checkout(f.pool);
+    test_checkin(f.pool, c, 0);
+    ASSERT_NOT_NULL(nth_message(&f, "Connection checked out", 0));
+    fx_free(&f);
+}
+
+TEST(json_format)
+{
+    cpool_log_field fields[3];
+    memset(fields, 0, sizeof fields);
+    fields[0].key = "serverHost";
+    fields[0].type = CPOOL_LOG_STR;
+    fields[0].s = "db\"x";
+    fields[1].key = "serverPort";
+    fields[1].type = CPOOL_LOG_INT;
+    fields[1].i = 4242;
+    fields[2].key = "durationMS";
+    fields[2].type = CPOOL_LOG_DOUBLE;
+    fields[2].d = 1.5;
+    cpool_log_record rec;
+    memset(&rec, 0, sizeof rec);
+    rec.level = CPOOL_LOG_DEBUG;
+    rec.component = "connection";
+    rec.message = "Connection checked out";
+    rec.fields = fields;
+    rec.nfields = 3;
+
+    char buf[512];
+    size_t need = cpool_log_format_json(&rec, buf, sizeof buf);
+    ASSERT_EQ(strlen(buf), need);
+    ASSERT_TRUE(buf[0] == '{' && buf[need - 1] == '}');
+    ASSERT_STR_CONTAINS(buf, "\"message\"");
+    ASSERT_STR_CONTAINS(buf, "\"Connection checked out\"");
+    ASSERT_STR_CONTAINS(buf, "\"serverPort\"");
+    ASSERT_STR_CONTAINS(buf, "4242");
+    ASSERT_STR_CONTAINS(buf, "1.5");
+    ASSERT_STR_CONTAINS(buf, "db\\\"x"); /* the quote is escaped */
+    ASSERT_TRUE(strchr(buf, '\n') == NULL);
+
+    /* Like snprintf: truncated, terminated, and the full length returned. */
+    char small[8];
+    ASSERT_EQ(need, cpool_log_format_json(&rec, small, sizeof small));
+    ASSERT_EQ(sizeof small - 1, strlen(small));
+}
+
+static const test_case cases[] = {
+    TEST_ENTRY(lifecycle_messages),
+    TEST_ENTRY(stale_reason),
+    TEST_ENTRY(idle_reason),
+    TEST_ENTRY(connection_error_reasons),
+    TEST_ENTRY(timeout_reason),
+    TEST_ENTRY(pool_closed_checkout_reason),
+    TEST_ENTRY(level_filters_debug_records),
+    TEST_ENTRY(json_format),
+};
+
+TEST_MAIN(cases)
