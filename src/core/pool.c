@@ -371,6 +371,23 @@ static void close_conn_locked(cpool *p, cpool_conn *c, int reason,
     grant_capacity_locked(p);
 }
 
+static void wq_remove_locked(cpool *p, waiter *w)
+{
+    if (!w->queued)
+        return;
+    if (w->prev != NULL)
+        w->prev->next = w->next;
+    else
+        p->wq_head = w->next;
+    if (w->next != NULL)
+        w->next->prev = w->prev;
+    else
+        p->wq_tail = w->prev;
+    w->prev = w->next = NULL;
+    w->queued = false;
+    atomic_fetch_sub(&p->nwaiting, 1);
+}
+
 /* Wakes w once its conn or fail field is set (under mu). The flag carries
  * the fields to the waiter, which may read them without mu; the semaphore
  * only wakes it. */
@@ -387,13 +404,7 @@ static void make_available_locked(cpool *p, cpool_conn *c)
 {
     waiter *w = p->wq_head;
     if (w != NULL && p->state == CPOOL_STATE_READY) {
-        p->wq_head = w->next;
-        if (p->wq_head != NULL)
-            p->wq_head->prev = NULL;
-        else
-            p->wq_tail = NULL;
-        atomic_fetch_sub(&p->nwaiting, 1);
-        w->queued = false;
+        wq_remove_locked(p, w);
         w->conn = c;
         w->establish = false;
         set_state_locked(p, c, CONN_IN_USE);
@@ -414,23 +425,6 @@ static bool can_create_locked(const cpool *p)
     if (p->pending.n >= p->opts.max_connecting)
         return false;
     return p->opts.max_pool_size == 0 || total_locked(p) < p->opts.max_pool_size;
-}
-
-static void wq_remove_locked(cpool *p, waiter *w)
-{
-    if (!w->queued)
-        return;
-    if (w->prev != NULL)
-        w->prev->next = w->next;
-    else
-        p->wq_head = w->next;
-    if (w->next != NULL)
-        w->next->prev = w->prev;
-    else
-        p->wq_tail = w->prev;
-    w->prev = w->next = NULL;
-    w->queued = false;
-    atomic_fetch_sub(&p->nwaiting, 1);
 }
 
 /* Capacity freed (a close, or an establishment ended): the oldest waiter may
@@ -896,14 +890,16 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
     waiter w;
     bool w_ready = false;
     cpool_conn *c;
+    /* Failure exits set these and leave through `fail`. */
+    int rc = 0, why = CPOOL_CHECKOUT_CONN_ERROR;
+    cpool_error ce;
+    const cpool_error *cause = NULL;
     for (;;) {
         c = NULL;
-        if (p->state == CPOOL_STATE_CLOSED)
-            return fail_checkout(p, CPOOL_ECLOSED, CPOOL_CHECKOUT_POOL_CLOSED, &t,
-                                 NULL, err);
-        if (p->state == CPOOL_STATE_PAUSED)
-            return fail_checkout(p, CPOOL_ECLEARED, CPOOL_CHECKOUT_CONN_ERROR, &t,
-                                 NULL, err);
+        if (p->state != CPOOL_STATE_READY) {
+            rc = p->state == CPOOL_STATE_CLOSED ? CPOOL_ECLOSED : CPOOL_ECLEARED;
+            goto fail;
+        }
 
         bool establish = false;
         if (p->wq_head == NULL) { /* strict FIFO: nobody is ahead of us */
@@ -925,18 +921,20 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
             }
             if (c == NULL && can_create_locked(p)) {
                 c = conn_new_locked(p);
-                if (c == NULL)
-                    return fail_checkout(p, CPOOL_ENOMEM, CPOOL_CHECKOUT_CONN_ERROR,
-                                         &t, NULL, err);
+                if (c == NULL) {
+                    rc = CPOOL_ENOMEM;
+                    goto fail;
+                }
                 emit_created_relock(p, c);
                 establish = true;
             }
         }
         if (c == NULL) {
             if (!w_ready) {
-                if (sem_init(&w.sem, 0, 0) != 0)
-                    return fail_checkout(p, CPOOL_ESYS, CPOOL_CHECKOUT_CONN_ERROR,
-                                         &t, NULL, err);
+                if (sem_init(&w.sem, 0, 0) != 0) {
+                    rc = CPOOL_ESYS;
+                    goto fail;
+                }
                 w_ready = true;
             }
             w.conn = NULL;
@@ -978,9 +976,8 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
             if (!served) {
                 if (w.queued) { /* timed out */
                     wq_remove_locked(p, &w);
-                    sem_destroy(&w.sem);
-                    return fail_checkout(p, CPOOL_ETIMEDOUT, CPOOL_CHECKOUT_TIMEOUT,
-                                         &t, NULL, err);
+                    rc = CPOOL_ETIMEDOUT;
+                    goto fail;
                 }
                 /* Served while the deadline passed: the post was made under
                  * mu, so it is there to take. */
@@ -988,12 +985,8 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
                     ;
             }
             if (w.fail != 0) {
-                sem_destroy(&w.sem);
-                int rc = w.fail;
-                return fail_checkout(p, rc,
-                                     rc == CPOOL_ECLOSED ? CPOOL_CHECKOUT_POOL_CLOSED
-                                                         : CPOOL_CHECKOUT_CONN_ERROR,
-                                     &t, NULL, err);
+                rc = w.fail;
+                goto fail;
             }
             c = w.conn;
             establish = w.establish;
@@ -1001,26 +994,26 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
                 break; /* handed over at check-in: no liveness check needed */
         }
         if (establish) {
-            cpool_error ce;
-            int rc = establish_locked(p, c, conn_deadline(&t), true, &ce);
+            rc = establish_locked(p, c, conn_deadline(&t), true, &ce);
             if (rc == ESTABLISH_RETRY)
                 continue;
             if (rc != 0) {
-                if (w_ready)
-                    sem_destroy(&w.sem);
-                if (ce.kind == CPOOL_FAIL_INTERRUPTED && p->state != CPOOL_STATE_CLOSED)
-                    return fail_checkout(p, CPOOL_ECLEARED, CPOOL_CHECKOUT_CONN_ERROR,
-                                         &t, NULL, err);
-                return fail_checkout(p, rc, CPOOL_CHECKOUT_CONN_ERROR, &t, &ce, err);
+                /* An attempt the pool abandoned fails as the pool's state
+                 * says (cleared: retryable; closed); others carry the
+                 * connector's error and labels. */
+                if (ce.kind == CPOOL_FAIL_INTERRUPTED)
+                    rc = p->state == CPOOL_STATE_CLOSED ? CPOOL_ECLOSED : CPOOL_ECLEARED;
+                else
+                    cause = &ce;
+                goto fail;
             }
         } else if (p->cx->check != NULL) {
             /* Cheap liveness check (no round trip), outside the lock. */
-            cpool_error ce;
             memset(&ce, 0, sizeof ce);
             pthread_mutex_unlock(&p->mu);
-            int rc = p->cx->check(p->cx_ctx, c->native, &ce);
+            int bad = p->cx->check(p->cx_ctx, c->native, &ce);
             pthread_mutex_lock(&p->mu);
-            if (rc != 0) {
+            if (bad != 0) {
                 close_conn_locked(p, c, CPOOL_CLOSE_ERROR, &ce);
                 continue;
             }
@@ -1040,6 +1033,15 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
     }
     *out = c;
     return 0;
+
+fail:
+    if (w_ready)
+        sem_destroy(&w.sem);
+    if (rc == CPOOL_ECLOSED)
+        why = CPOOL_CHECKOUT_POOL_CLOSED;
+    else if (rc == CPOOL_ETIMEDOUT)
+        why = CPOOL_CHECKOUT_TIMEOUT;
+    return fail_checkout(p, rc, why, &t, cause, err);
 }
 
 /* ------------------------------------------------------------------ checkin */
