@@ -112,6 +112,23 @@ static void *work(void *arg)
     return NULL;
 }
 
+/* Appends "  (name n, name n)" for the reasons that occurred, nothing when
+ * none did. */
+static void print_reasons(const atomic_ullong *by_reason, int n,
+                          const char *(*name)(int))
+{
+    const char *sep = "  (";
+    for (int r = 0; r < n; r++) {
+        unsigned long long count = atomic_load(&by_reason[r]);
+        if (count != 0) {
+            printf("%s%s %llu", sep, name(r), count);
+            sep = ", ";
+        }
+    }
+    if (strcmp(sep, ", ") == 0)
+        printf(")");
+}
+
 static void print_counts(const char *when, cpool *pool)
 {
     cpool_counts c;
@@ -232,30 +249,11 @@ int main(int argc, char **argv)
     for (int t = 0; t < CPOOL_EV_COUNT_; t++) {
         printf("  %-28s %10llu", cpool_event_name((cpool_event_type)t),
                atomic_load(&tally.by_type[t]));
-        if (t == CPOOL_EV_CONN_CLOSED) {
-            sep = "  (";
-            for (int r = 0; r < 4; r++) {
-                unsigned long long n = atomic_load(&tally.closed_by_reason[r]);
-                if (n != 0) {
-                    printf("%s%s %llu", sep, cpool_close_reason_name(r), n);
-                    sep = ", ";
-                }
-            }
-            if (strcmp(sep, ", ") == 0)
-                printf(")");
-        }
-        if (t == CPOOL_EV_CHECKOUT_FAILED) {
-            sep = "  (";
-            for (int r = 0; r < 3; r++) {
-                unsigned long long n = atomic_load(&tally.failed_by_reason[r]);
-                if (n != 0) {
-                    printf("%s%s %llu", sep, cpool_checkout_failure_name(r), n);
-                    sep = ", ";
-                }
-            }
-            if (strcmp(sep, ", ") == 0)
-                printf(")");
-        }
+        if (t == CPOOL_EV_CONN_CLOSED)
+            print_reasons(tally.closed_by_reason, 4, cpool_close_reason_name);
+        if (t == CPOOL_EV_CHECKOUT_FAILED)
+            print_reasons(tally.failed_by_reason, 3,
+                          cpool_checkout_failure_name);
         printf("\n");
     }
 

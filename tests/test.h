@@ -10,8 +10,9 @@
  *   - a fake clock for the pool (cpool_clock);
  *   - an event recorder that copies every event so a test can count, find
  *     and wait for them after the pool has moved on;
- *   - helpers to build a pool on the in-memory connector and to run a
- *     checkout on another thread.
+ *   - helpers to build a pool on the in-memory connector, the fixture the
+ *     suites share (server, recorder, fake clock, options, pool), and a
+ *     checkout run on another thread.
  * Everything is static inline so each executable is a single file. */
 #ifndef CPOOL_TEST_H
 #define CPOOL_TEST_H
@@ -580,6 +581,68 @@ static inline cpool_counts test_counts(cpool *p)
     memset(&c, 0, sizeof c);
     cpool_get_counts(p, &c);
     return c;
+}
+
+/* Makes the next establishment on `mem` fail once in `phase` with `kind`.
+ * The native code is 91 (a server error code) so a test can see it was
+ * carried through. */
+static inline void test_fail_next_handshake(cpool_mem *mem, cpool_phase phase,
+                                            cpool_fail_kind kind)
+{
+    cpool_mem_failpoint fp;
+    memset(&fp, 0, sizeof fp);
+    fp.times = 1;
+    fp.fail = true;
+    fp.fail_phase = phase;
+    fp.fail_kind = kind;
+    fp.fail_native = 91;
+    cpool_mem_set_failpoint(mem, &fp);
+}
+
+/* ------------------------------------------------------------------ fixture */
+
+/* A pool on a fresh in-memory server, with its event recorder and a fake
+ * clock, shared by the suites so each case starts from the same defaults
+ * (test_options). A suite's or case's tweaks go into `opts` between
+ * test_fixture_init and test_fixture_start; the pool only uses the fake
+ * clock when given it (opts.clock = &f->clk.clock). The fixture holds
+ * pointers to itself (the clock's ctx, the options' event_ctx), so it is
+ * used in place and never copied. */
+typedef struct test_fixture {
+    cpool_mem *mem;
+    test_recorder rec;
+    test_clock clk;
+    cpool_options opts;
+    cpool *pool; /* NULL until started; set to NULL when destroyed early */
+} test_fixture;
+
+static inline void test_fixture_init(test_fixture *f)
+{
+    memset(f, 0, sizeof *f);
+    f->mem = test_mem_create();
+    test_rec_init(&f->rec);
+    test_clock_init(&f->clk);
+    test_options(&f->opts, f->mem, &f->rec);
+    f->pool = NULL;
+}
+
+/* Creates the pool from f->opts and makes it ready. A macro so that a
+ * failure names the case's line, not this header's. */
+#define test_fixture_start(f) test_fixture_start_at_(f, __FILE__, __LINE__)
+static inline void test_fixture_start_at_(test_fixture *f, const char *file,
+                                          int line)
+{
+    f->pool = test_pool_create_at_(&f->opts, file, line);
+    test_ready_at_(f->pool, file, line);
+}
+
+static inline void test_fixture_free(test_fixture *f)
+{
+    cpool_destroy(f->pool);
+    f->pool = NULL;
+    cpool_mem_destroy(f->mem);
+    f->mem = NULL;
+    test_rec_free(&f->rec);
 }
 
 /* The counter identity every snapshot must satisfy. */

@@ -7,46 +7,24 @@
 
 #define BOTH_LABELS (CPOOL_LABEL_SYSTEM_OVERLOADED | CPOOL_LABEL_RETRYABLE)
 
-typedef struct fixture {
-    cpool_mem *mem;
-    test_recorder rec;
-    cpool_options opts;
-    cpool *pool;
-} fixture;
-
-static void fx_init(fixture *f)
+/* Starts the shared fixture's pool, fails its next establishment in `phase`
+ * with `kind` and returns the error of the checkout that ran into it. With
+ * clear_on_connect_error off the pool stays ready and only the labels are
+ * seen; the cases about the option turn it on. */
+static cpool_error failed_checkout(test_fixture *f, bool clear_on_error,
+                                   cpool_phase phase, cpool_fail_kind kind)
 {
-    f->mem = test_mem_create();
-    test_rec_init(&f->rec);
-    test_options(&f->opts, f->mem, &f->rec);
-    f->opts.clear_on_connect_error = false;
-    f->pool = NULL;
-}
+    test_fixture_init(f);
+    f->opts.clear_on_connect_error = clear_on_error;
+    test_fixture_start(f);
+    test_fail_next_handshake(f->mem, phase, kind);
 
-static void fx_start(fixture *f)
-{
-    f->pool = test_pool_create(&f->opts);
-    test_ready(f->pool);
-}
-
-static void fx_free(fixture *f)
-{
-    cpool_destroy(f->pool);
-    cpool_mem_destroy(f->mem);
-    test_rec_free(&f->rec);
-}
-
-static void fail_next_handshake(cpool_mem *mem, cpool_phase phase,
-                                cpool_fail_kind kind)
-{
-    cpool_mem_failpoint fp;
-    memset(&fp, 0, sizeof fp);
-    fp.times = 1;
-    fp.fail = true;
-    fp.fail_phase = phase;
-    fp.fail_kind = kind;
-    fp.fail_native = 91;
-    cpool_mem_set_failpoint(mem, &fp);
+    cpool_conn *c = NULL;
+    cpool_error e;
+    memset(&e, 0, sizeof e);
+    ASSERT_RC(CPOOL_ECONNECT, cpool_checkout(f->pool, 5000, &c, &e));
+    ASSERT_NULL(c);
+    return e;
 }
 
 /* One failed checkout: its error, the ConnectionClosed(error) and the
@@ -54,16 +32,8 @@ static void fail_next_handshake(cpool_mem *mem, cpool_phase phase,
 static void check_labels(cpool_phase phase, cpool_fail_kind kind,
                          unsigned expected)
 {
-    fixture f;
-    fx_init(&f);
-    fx_start(&f);
-    fail_next_handshake(f.mem, phase, kind);
-
-    cpool_conn *c = NULL;
-    cpool_error e;
-    memset(&e, 0, sizeof e);
-    ASSERT_RC(CPOOL_ECONNECT, cpool_checkout(f.pool, 5000, &c, &e));
-    ASSERT_NULL(c);
+    test_fixture f;
+    cpool_error e = failed_checkout(&f, false, phase, kind);
     ASSERT_RC(CPOOL_ECONNECT, e.code);
     ASSERT_EQ(expected, e.labels);
     ASSERT_EQ(phase, e.phase);
@@ -90,9 +60,9 @@ static void check_labels(cpool_phase phase, cpool_fail_kind kind,
     ASSERT_EQ(CPOOL_STATE_READY, n.state);
     ASSERT_EQ(0, n.generation);
     ASSERT_EQ(0, n.total);
-    c = test_checkout(f.pool);
+    cpool_conn *c = test_checkout(f.pool);
     test_checkin(f.pool, c, 0);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(connect_network) { check_labels(CPOOL_PHASE_CONNECT, CPOOL_FAIL_NETWORK, BOTH_LABELS); }
@@ -111,11 +81,12 @@ TEST(handshake_server_error_unlabelled) { check_labels(CPOOL_PHASE_HANDSHAKE, CP
 
 TEST(population_error_labelled)
 {
-    fixture f;
-    fx_init(&f);
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.clear_on_connect_error = false;
     f.opts.min_pool_size = 1;
-    fx_start(&f);
-    fail_next_handshake(f.mem, CPOOL_PHASE_CONNECT, CPOOL_FAIL_NETWORK);
+    test_fixture_start(&f);
+    test_fail_next_handshake(f.mem, CPOOL_PHASE_CONNECT, CPOOL_FAIL_NETWORK);
     /* A background establishment has no caller: the labels travel on the
      * ConnectionClosed event only. */
     (void)cpool_maintain(f.pool, NULL);
@@ -128,20 +99,13 @@ TEST(population_error_labelled)
     for (int i = 0; i < 5 && test_counts(f.pool).available < 1; i++)
         (void)cpool_maintain(f.pool, NULL);
     ASSERT_EQ(1, test_counts(f.pool).available);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(clear_on_connect_error_clears_unlabelled)
 {
-    fixture f;
-    fx_init(&f);
-    f.opts.clear_on_connect_error = true;
-    fx_start(&f);
-    fail_next_handshake(f.mem, CPOOL_PHASE_AUTH, CPOOL_FAIL_AUTH);
-    cpool_conn *c = NULL;
-    cpool_error e;
-    memset(&e, 0, sizeof e);
-    ASSERT_RC(CPOOL_ECONNECT, cpool_checkout(f.pool, 5000, &c, &e));
+    test_fixture f;
+    cpool_error e = failed_checkout(&f, true, CPOOL_PHASE_AUTH, CPOOL_FAIL_AUTH);
     ASSERT_EQ(0, e.labels);
     cpool_counts n = test_counts(f.pool);
     ASSERT_EQ(CPOOL_STATE_PAUSED, n.state);
@@ -155,32 +119,26 @@ TEST(clear_on_connect_error_clears_unlabelled)
     ASSERT_LT(cleared, closed);
     ASSERT_LT(closed, failed);
     test_ready(f.pool);
-    c = test_checkout(f.pool);
+    cpool_conn *c = test_checkout(f.pool);
     ASSERT_EQ(1, cpool_conn_generation(c));
     test_checkin(f.pool, c, 0);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(clear_on_connect_error_spares_backpressure)
 {
-    fixture f;
-    fx_init(&f);
-    f.opts.clear_on_connect_error = true;
-    fx_start(&f);
-    fail_next_handshake(f.mem, CPOOL_PHASE_CONNECT, CPOOL_FAIL_TIMEOUT);
-    cpool_conn *c = NULL;
-    cpool_error e;
-    memset(&e, 0, sizeof e);
-    ASSERT_RC(CPOOL_ECONNECT, cpool_checkout(f.pool, 5000, &c, &e));
+    test_fixture f;
+    cpool_error e =
+        failed_checkout(&f, true, CPOOL_PHASE_CONNECT, CPOOL_FAIL_TIMEOUT);
     ASSERT_EQ(BOTH_LABELS, e.labels);
     /* An overloaded server is not a dead one: the pool stays ready. */
     cpool_counts n = test_counts(f.pool);
     ASSERT_EQ(CPOOL_STATE_READY, n.state);
     ASSERT_EQ(0, n.generation);
     ASSERT_EQ(0, test_rec_count(&f.rec, CPOOL_EV_POOL_CLEARED));
-    c = test_checkout(f.pool);
+    cpool_conn *c = test_checkout(f.pool);
     test_checkin(f.pool, c, 0);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 static const test_case cases[] = {

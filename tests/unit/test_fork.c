@@ -23,53 +23,91 @@
 #define TEST_TSAN 1
 #endif
 
-typedef struct fixture {
-    cpool_mem *mem;
-    test_recorder rec;
-    cpool_options opts;
-    cpool *pool;
-    uint64_t ids[4]; /* the parent's connections, all available at fork */
+/* The parent's side at fork(): its connections, all available then, and
+ * the server's stats, which both sides compare against afterwards. */
+typedef struct parent_state {
+    uint64_t ids[4];
     size_t nids;
     cpool_mem_stats at_fork;
-} fixture;
+} parent_state;
 
-static void fx_free(fixture *f)
+static bool is_parents(const parent_state *p, uint64_t id)
 {
-    cpool_destroy(f->pool);
-    cpool_mem_destroy(f->mem);
-    test_rec_free(&f->rec);
-}
-
-static bool is_parents(const fixture *f, uint64_t id)
-{
-    for (size_t i = 0; i < f->nids; i++)
-        if (f->ids[i] == id)
+    for (size_t i = 0; i < p->nids; i++)
+        if (p->ids[i] == id)
             return true;
     return false;
 }
 
+/* fork() with both streams flushed first, so that the child does not print
+ * the parent's buffered output a second time. */
+static pid_t fork_or_fail(void)
+{
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0)
+        FAIL("fork: %s", strerror(errno));
+    return pid;
+}
+
+/* Waits for the child, polling every `poll_ms`, for at most `timeout_ms` of
+ * real time; past that it is killed (and reaped) and false returned. The
+ * bound keeps a hung child from outliving the test as an orphan. */
+static bool wait_child(pid_t pid, int64_t timeout_ms, int64_t poll_ms,
+                       int *status)
+{
+    int64_t deadline = test_now_ms() + timeout_ms;
+    for (;;) {
+        pid_t w = waitpid(pid, status, WNOHANG);
+        if (w == pid)
+            return true;
+        if (w < 0 && errno != EINTR)
+            FAIL("waitpid: %s", strerror(errno));
+        if (test_now_ms() > deadline) {
+            kill(pid, SIGKILL);
+            waitpid(pid, status, 0);
+            return false;
+        }
+        test_sleep_ms(poll_ms);
+    }
+}
+
+/* The child has its own alarm and the parent waits at most 25 s, so a hang
+ * on either side ends as a failure. Passes only if the child exited 0. */
+static void expect_child_ok(pid_t pid)
+{
+    int status = 0;
+    if (!wait_child(pid, 25000, 5, &status))
+        FAIL("child still running after 25 s");
+    if (WIFSIGNALED(status))
+        FAIL("child killed by signal %d", WTERMSIG(status));
+    ASSERT_TRUE(WIFEXITED(status));
+    ASSERT_EQ(0, WEXITSTATUS(status));
+}
+
 /* In the child: one checkout, which must be a fresh connection, after
  * which every inherited connection was abandoned and none closed. */
-static void child_checks(fixture *f)
+static void child_checks(test_fixture *f, const parent_state *p)
 {
     /* With a background thread the child may (or may not) restart one and
      * populate minPoolSize, so exact counts are only checked without. */
     bool exact = f->opts.maintenance_interval_ms < 0;
     cpool_conn *c = test_checkout(f->pool);
     uint64_t id = cpool_conn_id(c);
-    if (is_parents(f, id))
+    if (is_parents(p, id))
         FAIL("child reused the parent's connection %llu",
              (unsigned long long)id);
     ASSERT_EQ(id, cpool_mem_conn_id(cpool_conn_native(c)));
     cpool_mem_stats s = test_mem_stats(f->mem);
-    ASSERT_GE(s.abandons, f->at_fork.abandons + f->nids);
-    ASSERT_EQ(f->at_fork.closes, s.closes);
-    ASSERT_GT(s.connects, f->at_fork.connects);
+    ASSERT_GE(s.abandons, p->at_fork.abandons + p->nids);
+    ASSERT_EQ(p->at_fork.closes, s.closes);
+    ASSERT_GT(s.connects, p->at_fork.connects);
     cpool_counts n = test_counts(f->pool);
     ASSERT_EQ(1, n.in_use);
     ASSERT_EQ(CPOOL_STATE_READY, n.state);
     if (exact) {
-        ASSERT_EQ(f->at_fork.connects + 1, s.connects);
+        ASSERT_EQ(p->at_fork.connects + 1, s.connects);
         ASSERT_EQ(0, n.available); /* the inherited ones are gone */
         ASSERT_EQ(1, n.total);
     }
@@ -80,119 +118,89 @@ static void child_checks(fixture *f)
     cpool_destroy(f->pool);
     f->pool = NULL;
     s = test_mem_stats(f->mem);
-    ASSERT_EQ(s.connects - f->at_fork.connects - (s.failures - f->at_fork.failures),
-              s.closes - f->at_fork.closes);
+    ASSERT_EQ(s.connects - p->at_fork.connects - (s.failures - p->at_fork.failures),
+              s.closes - p->at_fork.closes);
     if (exact)
-        ASSERT_EQ(f->at_fork.closes + 1, s.closes);
+        ASSERT_EQ(p->at_fork.closes + 1, s.closes);
 }
 
-/* Runs child_checks in a fork and returns once the child exited 0. The
- * child has its own alarm and the parent a bounded wait, so a hang on
- * either side ends as a failure rather than an orphaned process. */
-static void run_child(fixture *f)
+/* Runs child_checks in a fork and returns once the child exited 0. */
+static void run_child(test_fixture *f, const parent_state *p)
 {
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid < 0)
-        FAIL("fork: %s", strerror(errno));
+    pid_t pid = fork_or_fail();
     if (pid == 0) {
         alarm(20);
-        child_checks(f);
-        fx_free(f);
+        child_checks(f, p);
+        test_fixture_free(f);
         exit(0); /* a normal exit, so LeakSanitizer checks the child too */
     }
-    int status = 0;
-    int64_t deadline = test_now_ms() + 25000;
-    for (;;) {
-        pid_t w = waitpid(pid, &status, WNOHANG);
-        if (w == pid)
-            break;
-        if (w < 0 && errno != EINTR)
-            FAIL("waitpid: %s", strerror(errno));
-        if (test_now_ms() > deadline) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &status, 0);
-            FAIL("child still running after 25 s");
-        }
-        test_sleep_ms(5);
-    }
-    if (WIFSIGNALED(status))
-        FAIL("child killed by signal %d", WTERMSIG(status));
-    ASSERT_TRUE(WIFEXITED(status));
-    ASSERT_EQ(0, WEXITSTATUS(status));
+    expect_child_ok(pid);
 }
 
 /* After the child: the parent's pool is untouched and still serves its own
  * connections. */
-static void parent_checks(fixture *f)
+static void parent_checks(test_fixture *f, const parent_state *p)
 {
     cpool_mem_stats s = test_mem_stats(f->mem);
     ASSERT_EQ(0, s.abandons);
-    ASSERT_EQ(f->at_fork.closes, s.closes);
+    ASSERT_EQ(p->at_fork.closes, s.closes);
     cpool_counts n = test_counts(f->pool);
-    ASSERT_EQ(f->nids, n.available);
+    ASSERT_EQ(p->nids, n.available);
     cpool_conn *c = test_checkout(f->pool);
-    ASSERT_TRUE(is_parents(f, cpool_conn_id(c)));
+    ASSERT_TRUE(is_parents(p, cpool_conn_id(c)));
     ASSERT_EQ(0, cpool_conn_generation(c));
     test_checkin(f->pool, c, 0);
-    ASSERT_EQ(f->nids, test_counts(f->pool).available);
+    ASSERT_EQ(p->nids, test_counts(f->pool).available);
 }
 
 TEST(child_discards_inherited_connections)
 {
-    fixture f;
-    memset(&f, 0, sizeof f);
-    f.mem = test_mem_create();
-    test_rec_init(&f.rec);
-    test_options(&f.opts, f.mem, &f.rec); /* no background thread */
-    f.pool = test_pool_create(&f.opts);
-    test_ready(f.pool);
+    test_fixture f;
+    parent_state p = {.nids = 0};
+    test_fixture_init(&f); /* no background thread */
+    test_fixture_start(&f);
     cpool_conn *c[3];
     for (size_t i = 0; i < 3; i++) {
         c[i] = test_checkout(f.pool);
-        f.ids[f.nids++] = cpool_conn_id(c[i]);
+        p.ids[p.nids++] = cpool_conn_id(c[i]);
     }
     for (size_t i = 0; i < 3; i++)
         test_checkin(f.pool, c[i], 0);
-    f.at_fork = test_mem_stats(f.mem);
+    p.at_fork = test_mem_stats(f.mem);
 
-    run_child(&f);
-    parent_checks(&f);
+    run_child(&f, &p);
+    parent_checks(&f, &p);
     cpool_destroy(f.pool);
     f.pool = NULL;
     ASSERT_EQ(0, test_mem_stats(f.mem).open);
     ASSERT_EQ(3, test_mem_stats(f.mem).closes);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 #ifndef TEST_TSAN
 TEST(child_of_pool_with_maintenance_thread)
 {
-    fixture f;
-    memset(&f, 0, sizeof f);
-    f.mem = test_mem_create();
-    test_rec_init(&f.rec);
-    test_options(&f.opts, f.mem, &f.rec);
+    test_fixture f;
+    parent_state p = {.nids = 0};
+    test_fixture_init(&f);
     /* The parent's background thread runs every 10 ms. The child has no
      * such thread: its pool must still serve, and destroying it must not
      * wait for a thread that does not exist there. */
     f.opts.maintenance_interval_ms = 10;
     f.opts.min_pool_size = 2;
-    f.pool = test_pool_create(&f.opts);
-    test_ready(f.pool);
+    test_fixture_start(&f);
     WAIT_UNTIL(test_counts(f.pool).available == 2, 2000);
     cpool_conn *a = test_checkout(f.pool), *b = test_checkout(f.pool);
-    f.ids[f.nids++] = cpool_conn_id(a);
-    f.ids[f.nids++] = cpool_conn_id(b);
+    p.ids[p.nids++] = cpool_conn_id(a);
+    p.ids[p.nids++] = cpool_conn_id(b);
     test_checkin(f.pool, a, 0);
     test_checkin(f.pool, b, 0);
-    f.at_fork = test_mem_stats(f.mem);
-    ASSERT_EQ(2, f.at_fork.connects);
+    p.at_fork = test_mem_stats(f.mem);
+    ASSERT_EQ(2, p.at_fork.connects);
 
-    run_child(&f);
-    parent_checks(&f);
-    fx_free(&f);
+    run_child(&f, &p);
+    parent_checks(&f, &p);
+    test_fixture_free(&f);
 }
 #endif
 
@@ -204,22 +212,14 @@ TEST(child_of_pool_with_maintenance_thread)
  * it (no I/O), never close it or make it available to the child. */
 TEST(child_checkin_of_inherited_lease_abandons)
 {
-    fixture f;
-    memset(&f, 0, sizeof f);
-    f.mem = test_mem_create();
-    test_rec_init(&f.rec);
-    test_options(&f.opts, f.mem, &f.rec);
-    f.pool = test_pool_create(&f.opts);
-    test_ready(f.pool);
+    test_fixture f;
+    test_fixture_init(&f);
+    test_fixture_start(&f);
     cpool_conn *held = test_checkout(f.pool);
     uint64_t held_id = cpool_conn_id(held);
     cpool_mem_stats at_fork = test_mem_stats(f.mem);
 
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid < 0)
-        FAIL("fork: %s", strerror(errno));
+    pid_t pid = fork_or_fail();
     if (pid == 0) {
         alarm(20);
         ASSERT_OK(cpool_checkin(f.pool, held, 0, NULL));
@@ -231,27 +231,16 @@ TEST(child_checkin_of_inherited_lease_abandons)
         cpool_conn *c = test_checkout(f.pool);
         ASSERT_NE(held_id, cpool_conn_id(c));
         test_checkin(f.pool, c, 0);
-        fx_free(&f);
+        test_fixture_free(&f);
         exit(0);
     }
-    int status = 0;
-    int64_t deadline = test_now_ms() + 25000;
-    while (waitpid(pid, &status, WNOHANG) != pid) {
-        if (test_now_ms() > deadline) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &status, 0);
-            FAIL("child still running after 25 s");
-        }
-        test_sleep_ms(5);
-    }
-    ASSERT_TRUE(WIFEXITED(status));
-    ASSERT_EQ(0, WEXITSTATUS(status));
+    expect_child_ok(pid);
     /* In the parent the lease is as it was. */
     ASSERT_EQ(1, test_counts(f.pool).in_use);
     test_checkin(f.pool, held, 0);
     ASSERT_EQ(1, test_counts(f.pool).available);
     ASSERT_EQ(0, test_mem_stats(f.mem).abandons);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 /* ---- fork while other threads use the pool
@@ -323,11 +312,7 @@ TEST(fork_while_pool_busy)
     /* Stops at the first bad child: one is proof enough, and each hang
      * costs the child's 2 s alarm. */
     for (; forks < 50 && hung + failed == 0; forks++) {
-        fflush(stdout);
-        fflush(stderr);
-        pid_t pid = fork();
-        if (pid < 0)
-            FAIL("fork: %s", strerror(errno));
+        pid_t pid = fork_or_fail();
         if (pid == 0) {
             /* Only async-signal-safe exits here: the child's copy of the
              * parent's threads' state is not to be trusted for cleanup. */
@@ -340,15 +325,7 @@ TEST(fork_while_pool_busy)
             _exit(0);
         }
         int status = 0;
-        int64_t deadline = test_now_ms() + 5000;
-        while (waitpid(pid, &status, WNOHANG) != pid) {
-            if (test_now_ms() > deadline) {
-                kill(pid, SIGKILL);
-                waitpid(pid, &status, 0);
-                break;
-            }
-            test_sleep_ms(1);
-        }
+        (void)wait_child(pid, 5000, 1, &status); /* killed: signalled */
         if (WIFSIGNALED(status))
             hung++; /* SIGALRM: the child's checkout never returned */
         else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)

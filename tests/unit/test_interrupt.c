@@ -5,43 +5,20 @@
  * interrupted, and the blocked checkout's latency is measured. */
 #include "test.h"
 
-typedef struct fixture {
-    cpool_mem *mem;
-    test_recorder rec;
-    cpool_options opts;
-    cpool *pool;
-} fixture;
-
 /* A background thread exists but its regular run is 10 s away: whatever
  * the clear must do "as soon as possible" cannot wait for the schedule. */
-static void fx_init(fixture *f)
+static void interrupt_fixture_init(test_fixture *f)
 {
-    f->mem = test_mem_create();
-    test_rec_init(&f->rec);
-    test_options(&f->opts, f->mem, &f->rec);
+    test_fixture_init(f);
     f->opts.maintenance_interval_ms = 10000;
     f->opts.connect_timeout_ms = 10000;
-    f->pool = NULL;
-}
-
-static void fx_start(fixture *f)
-{
-    f->pool = test_pool_create(&f->opts);
-    test_ready(f->pool);
-}
-
-static void fx_free(fixture *f)
-{
-    cpool_destroy(f->pool);
-    cpool_mem_destroy(f->mem);
-    test_rec_free(&f->rec);
 }
 
 TEST(clear_interrupts_in_use)
 {
-    fixture f;
-    fx_init(&f);
-    fx_start(&f);
+    test_fixture f;
+    interrupt_fixture_init(&f);
+    test_fixture_start(&f);
     cpool_conn *c = test_checkout(f.pool);
     void *native = cpool_conn_native(c);
     uint64_t id = cpool_conn_id(c);
@@ -66,15 +43,15 @@ TEST(clear_interrupts_in_use)
     c = test_checkout(f.pool);
     ASSERT_NE(id, cpool_conn_id(c));
     test_checkin(f.pool, c, 0);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(clear_without_flag_does_not_interrupt)
 {
-    fixture f;
-    fx_init(&f);
+    test_fixture f;
+    interrupt_fixture_init(&f);
     f.opts.maintenance_interval_ms = 10; /* give a wrong interrupt a chance */
-    fx_start(&f);
+    test_fixture_start(&f);
     cpool_conn *c = test_checkout(f.pool);
     void *native = cpool_conn_native(c);
     uint64_t id = cpool_conn_id(c);
@@ -92,15 +69,15 @@ TEST(clear_without_flag_does_not_interrupt)
     test_checkin(f.pool, c, 0);
     ASSERT_TRUE(test_rec_find_closed(&f.rec, id, &ev));
     ASSERT_EQ(CPOOL_CLOSE_STALE, ev.reason);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(clear_interrupt_spares_newer_connections)
 {
-    fixture f;
-    fx_init(&f);
+    test_fixture f;
+    interrupt_fixture_init(&f);
     f.opts.maintenance_interval_ms = 10;
-    fx_start(&f);
+    test_fixture_start(&f);
     cpool_conn *old = test_checkout(f.pool);
     ASSERT_OK(cpool_clear(f.pool, CPOOL_CLEAR_INTERRUPT_IN_USE, NULL, NULL));
     WAIT_UNTIL(cpool_mem_conn_interrupted(cpool_conn_native(old)), 2000);
@@ -118,7 +95,7 @@ TEST(clear_interrupt_spares_newer_connections)
     test_event ev;
     ASSERT_FALSE(test_rec_find_closed(&f.rec, fresh_id, &ev));
     ASSERT_EQ(1, test_counts(f.pool).available);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 /* Makes the next establishment hang until the pool cancels it (or the 10 s
@@ -132,15 +109,22 @@ static void block_next_handshake(cpool_mem *mem)
     cpool_mem_set_failpoint(mem, &fp);
 }
 
+/* Starts the pool and a checkout on another thread whose establishment
+ * hangs, and returns once that establishment is pending. */
+static void start_blocked_checkout(test_fixture *f, test_job *job)
+{
+    interrupt_fixture_init(f);
+    test_fixture_start(f);
+    block_next_handshake(f->mem);
+    test_job_start(job, f->pool, -1);
+    WAIT_UNTIL(test_counts(f->pool).pending == 1, 2000);
+}
+
 TEST(clear_interrupts_pending_establishment)
 {
-    fixture f;
-    fx_init(&f);
-    fx_start(&f);
-    block_next_handshake(f.mem);
+    test_fixture f;
     test_job job;
-    test_job_start(&job, f.pool, -1);
-    WAIT_UNTIL(test_counts(f.pool).pending == 1, 2000);
+    start_blocked_checkout(&f, &job);
     test_sleep_ms(20);
     ASSERT_FALSE(atomic_load(&job.done)); /* really blocked */
 
@@ -161,18 +145,14 @@ TEST(clear_interrupts_pending_establishment)
     ASSERT_EQ(0, n.pending);
     ASSERT_EQ(0, n.total);
     ASSERT_EQ(0, test_mem_stats(f.mem).open);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(clear_without_flag_leaves_pending)
 {
-    fixture f;
-    fx_init(&f);
-    fx_start(&f);
-    block_next_handshake(f.mem);
+    test_fixture f;
     test_job job;
-    test_job_start(&job, f.pool, -1);
-    WAIT_UNTIL(test_counts(f.pool).pending == 1, 2000);
+    start_blocked_checkout(&f, &job);
 
     ASSERT_OK(cpool_clear(f.pool, 0, NULL, NULL));
     test_sleep_ms(200);
@@ -184,18 +164,14 @@ TEST(clear_without_flag_leaves_pending)
     test_job_join(&job, 3000);
     ASSERT_NE(CPOOL_OK, job.rc);
     ASSERT_EQ(0, test_counts(f.pool).total);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(close_interrupts_pending_establishment)
 {
-    fixture f;
-    fx_init(&f);
-    fx_start(&f);
-    block_next_handshake(f.mem);
+    test_fixture f;
     test_job job;
-    test_job_start(&job, f.pool, -1);
-    WAIT_UNTIL(test_counts(f.pool).pending == 1, 2000);
+    start_blocked_checkout(&f, &job);
 
     int64_t closed_at = test_now_ns();
     cpool_close(f.pool);
@@ -206,7 +182,7 @@ TEST(close_interrupts_pending_establishment)
              job.err.message);
     ASSERT_EQ(0, test_counts(f.pool).total);
     ASSERT_EQ(0, test_mem_stats(f.mem).open);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 static const test_case cases[] = {

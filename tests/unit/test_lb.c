@@ -5,37 +5,16 @@
  * service ids round-robin, so connection k (from 0) gets ids[k % n]. */
 #include "test.h"
 
-typedef struct fixture {
-    cpool_mem *mem;
-    test_recorder rec;
-    cpool_options opts;
-    cpool *pool;
-} fixture;
-
 static const char *const AB[] = {"A", "B"};
 static const char *const ONLY_A[] = {"A"};
 
-static void fx_init(fixture *f, const char *const *ids, size_t nids)
+/* The shared fixture in load-balanced mode, on a server that hands out
+ * `ids` (none: a server without LB support). */
+static void lb_fixture_init(test_fixture *f, const char *const *ids, size_t nids)
 {
-    f->mem = test_mem_create();
+    test_fixture_init(f);
     cpool_mem_set_service_ids(f->mem, ids, nids);
-    test_rec_init(&f->rec);
-    test_options(&f->opts, f->mem, &f->rec);
     f->opts.load_balanced = true;
-    f->pool = NULL;
-}
-
-static void fx_start(fixture *f)
-{
-    f->pool = test_pool_create(&f->opts);
-    test_ready(f->pool);
-}
-
-static void fx_free(fixture *f)
-{
-    cpool_destroy(f->pool);
-    cpool_mem_destroy(f->mem);
-    test_rec_free(&f->rec);
 }
 
 static bool is_service(cpool_conn *c, const char *sid)
@@ -44,11 +23,22 @@ static bool is_service(cpool_conn *c, const char *sid)
     return s != NULL && strcmp(s, sid) == 0;
 }
 
+/* Two leases on a server handing out {A, B}: one of each service, in
+ * whichever order the server gave them. */
+static void checkout_a_and_b(test_fixture *f, cpool_conn **a, cpool_conn **b)
+{
+    cpool_conn *x = test_checkout(f->pool), *y = test_checkout(f->pool);
+    *a = is_service(x, "A") ? x : y;
+    *b = *a == x ? y : x;
+    ASSERT_TRUE(is_service(*a, "A"));
+    ASSERT_TRUE(is_service(*b, "B"));
+}
+
 TEST(clear_service_bumps_only_that_service)
 {
-    fixture f;
-    fx_init(&f, AB, 2);
-    fx_start(&f);
+    test_fixture f;
+    lb_fixture_init(&f, AB, 2);
+    test_fixture_start(&f);
     cpool_conn *a[2] = {NULL, NULL}, *b[2] = {NULL, NULL};
     int na = 0, nb = 0;
     for (int i = 0; i < 4; i++) {
@@ -121,20 +111,17 @@ TEST(clear_service_bumps_only_that_service)
     for (int i = 0; i < nfresh; i++)
         test_checkin(f.pool, fresh[i], 0);
     ASSERT_EQ(2, test_rec_count_closed(&f.rec, CPOOL_CLOSE_STALE));
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(clear_service_keeps_waiters)
 {
-    fixture f;
-    fx_init(&f, AB, 2);
+    test_fixture f;
+    lb_fixture_init(&f, AB, 2);
     f.opts.max_pool_size = 2;
-    fx_start(&f);
-    cpool_conn *x = test_checkout(f.pool), *y = test_checkout(f.pool);
-    cpool_conn *a = is_service(x, "A") ? x : y;
-    cpool_conn *b = a == x ? y : x;
-    ASSERT_TRUE(is_service(a, "A"));
-    ASSERT_TRUE(is_service(b, "B"));
+    test_fixture_start(&f);
+    cpool_conn *a, *b;
+    checkout_a_and_b(&f, &a, &b);
 
     test_job job;
     test_job_start(&job, f.pool, 5000);
@@ -154,14 +141,14 @@ TEST(clear_service_keeps_waiters)
     ASSERT_EQ(0, test_rec_count(&f.rec, CPOOL_EV_CHECKOUT_FAILED));
     test_checkin(f.pool, job.conn, 0);
     test_checkin(f.pool, a, 0);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(clear_modes_are_exclusive)
 {
-    fixture f;
-    fx_init(&f, AB, 2);
-    fx_start(&f);
+    test_fixture f;
+    lb_fixture_init(&f, AB, 2);
+    test_fixture_start(&f);
     cpool_error e;
     memset(&e, 0, sizeof e);
     ASSERT_RC(CPOOL_EINVAL, cpool_clear(f.pool, 0, NULL, &e));
@@ -171,13 +158,13 @@ TEST(clear_modes_are_exclusive)
     ASSERT_EQ(CPOOL_STATE_READY, n.state);
     ASSERT_EQ(0, n.generation);
     ASSERT_EQ(0, test_rec_count(&f.rec, CPOOL_EV_POOL_CLEARED));
-    fx_free(&f);
+    test_fixture_free(&f);
 
     /* The same server outside LB mode: no per-service clear, and no
      * service id on the leases even though the server sends one. */
-    fx_init(&f, AB, 2);
+    lb_fixture_init(&f, AB, 2);
     f.opts.load_balanced = false;
-    fx_start(&f);
+    test_fixture_start(&f);
     cpool_conn *c = test_checkout(f.pool);
     ASSERT_NULL(cpool_conn_service_id(c));
     ASSERT_RC(CPOOL_EINVAL, cpool_clear_service(f.pool, "A", 0, NULL, &e));
@@ -188,14 +175,14 @@ TEST(clear_modes_are_exclusive)
     ASSERT_EQ(0, test_rec_count(&f.rec, CPOOL_EV_POOL_CLEARED));
     test_checkin(f.pool, c, 0);
     ASSERT_EQ(1, test_counts(f.pool).available);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(service_generation_dropped_when_unused)
 {
-    fixture f;
-    fx_init(&f, ONLY_A, 1);
-    fx_start(&f);
+    test_fixture f;
+    lb_fixture_init(&f, ONLY_A, 1);
+    test_fixture_start(&f);
     cpool_conn *a1 = test_checkout(f.pool);
     ASSERT_EQ(0, cpool_conn_generation(a1));
     ASSERT_OK(cpool_clear_service(f.pool, "A", 0, NULL, NULL));
@@ -221,14 +208,14 @@ TEST(service_generation_dropped_when_unused)
     ASSERT_EQ(0, cpool_conn_generation(a4));
     test_checkin(f.pool, a4, 0);
     ASSERT_EQ(1, test_counts(f.pool).available); /* generation 0 is current */
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(missing_service_id_fails_establishment)
 {
-    fixture f;
-    fx_init(&f, NULL, 0); /* the server does not support LB mode */
-    fx_start(&f);
+    test_fixture f;
+    lb_fixture_init(&f, NULL, 0); /* the server does not support LB mode */
+    test_fixture_start(&f);
     cpool_conn *c = NULL;
     cpool_error e;
     memset(&e, 0, sizeof e);
@@ -247,20 +234,17 @@ TEST(missing_service_id_fails_establishment)
     c = test_checkout(f.pool);
     ASSERT_TRUE(is_service(c, "A"));
     test_checkin(f.pool, c, 0);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(clear_service_interrupts_only_that_service)
 {
-    fixture f;
-    fx_init(&f, AB, 2);
+    test_fixture f;
+    lb_fixture_init(&f, AB, 2);
     f.opts.maintenance_interval_ms = 10000;
-    fx_start(&f);
-    cpool_conn *x = test_checkout(f.pool), *y = test_checkout(f.pool);
-    cpool_conn *a = is_service(x, "A") ? x : y;
-    cpool_conn *b = a == x ? y : x;
-    ASSERT_TRUE(is_service(a, "A"));
-    ASSERT_TRUE(is_service(b, "B"));
+    test_fixture_start(&f);
+    cpool_conn *a, *b;
+    checkout_a_and_b(&f, &a, &b);
 
     ASSERT_OK(cpool_clear_service(f.pool, "A", CPOOL_CLEAR_INTERRUPT_IN_USE,
                                   NULL, NULL));
@@ -273,7 +257,7 @@ TEST(clear_service_interrupts_only_that_service)
     test_checkin(f.pool, a, 0);
     test_checkin(f.pool, b, 0);
     ASSERT_EQ(1, test_counts(f.pool).available);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 
@@ -284,17 +268,11 @@ TEST(clear_service_interrupts_only_that_service)
  * only that service. Either way the pool must stay ready. */
 static void expect_lb_pool_kept(cpool_phase phase, cpool_fail_kind kind)
 {
-    fixture f;
-    fx_init(&f, AB, 2);
+    test_fixture f;
+    lb_fixture_init(&f, AB, 2);
     f.opts.clear_on_connect_error = true;
-    fx_start(&f);
-    cpool_mem_failpoint fp;
-    memset(&fp, 0, sizeof fp);
-    fp.times = 1;
-    fp.fail = true;
-    fp.fail_phase = phase;
-    fp.fail_kind = kind;
-    cpool_mem_set_failpoint(f.mem, &fp);
+    test_fixture_start(&f);
+    test_fail_next_handshake(f.mem, phase, kind);
     cpool_conn *c = NULL;
     ASSERT_RC(CPOOL_ECONNECT, cpool_checkout(f.pool, 5000, &c, NULL));
     cpool_counts n = test_counts(f.pool);
@@ -308,7 +286,7 @@ static void expect_lb_pool_kept(cpool_phase phase, cpool_fail_kind kind)
         ASSERT_TRUE(ev.has_service_id); /* only a per-service clear */
     c = test_checkout(f.pool);
     test_checkin(f.pool, c, 0);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(connect_error_never_pauses_lb_pool)

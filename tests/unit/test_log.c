@@ -67,61 +67,50 @@ static void on_log(const cpool_log_record *rec, void *ctx)
     pthread_mutex_unlock(&r->mu);
 }
 
-typedef struct fixture {
-    cpool_mem *mem;
-    log_recorder logs;
-    test_clock clk;
-    cpool_options opts;
-    cpool *pool;
-} fixture;
-
-static void fx_init(fixture *f)
+/* The shared fixture with the log sink instead of the event recorder:
+ * without an on_event the pool must still log, so none is given. The
+ * records go to `logs`, kept beside the fixture. */
+static void log_fixture_init(test_fixture *f, log_recorder *logs)
 {
-    f->mem = test_mem_create();
-    memset(&f->logs, 0, sizeof f->logs);
-    pthread_mutex_init(&f->logs.mu, NULL);
-    test_clock_init(&f->clk);
-    test_options(&f->opts, f->mem, NULL);
+    test_fixture_init(f);
+    memset(logs, 0, sizeof *logs);
+    pthread_mutex_init(&logs->mu, NULL);
+    f->opts.on_event = NULL;
+    f->opts.event_ctx = NULL;
     f->opts.address = "db.example:4242";
     f->opts.on_log = on_log;
-    f->opts.log_ctx = &f->logs;
-    f->pool = NULL;
+    f->opts.log_ctx = logs;
 }
 
-static void fx_start(fixture *f)
+static void log_fixture_free(test_fixture *f, log_recorder *logs)
 {
-    f->pool = test_pool_create(&f->opts);
-    test_ready(f->pool);
-}
-
-static void fx_free(fixture *f)
-{
-    cpool_destroy(f->pool);
-    cpool_mem_destroy(f->mem);
-    free(f->logs.recs);
-    pthread_mutex_destroy(&f->logs.mu);
+    test_fixture_free(f);
+    free(logs->recs);
+    pthread_mutex_destroy(&logs->mu);
 }
 
 /* Every call below runs on the test's only pool-using thread after the
  * pool calls returned, and this test starts no background thread, so the
  * records are read without racing the sink. */
-static const log_copy *nth_message(fixture *f, const char *message, size_t nth)
+static const log_copy *nth_message(log_recorder *logs, const char *message,
+                                   size_t nth)
 {
-    for (size_t i = 0; i < f->logs.n; i++)
-        if (strcmp(f->logs.recs[i].message, message) == 0 && nth-- == 0)
-            return &f->logs.recs[i];
+    for (size_t i = 0; i < logs->n; i++)
+        if (strcmp(logs->recs[i].message, message) == 0 && nth-- == 0)
+            return &logs->recs[i];
     return NULL;
 }
 
-#define find_message(f, message, nth)                                         \
-    find_message_at(f, message, nth, __LINE__)
-static const log_copy *find_message_at(fixture *f, const char *message,
-                                       size_t nth, int line)
+#define find_message(logs, message, nth)                                      \
+    find_message_at(logs, message, nth, __LINE__)
+static const log_copy *find_message_at(log_recorder *logs,
+                                       const char *message, size_t nth,
+                                       int line)
 {
-    const log_copy *c = nth_message(f, message, nth);
+    const log_copy *c = nth_message(logs, message, nth);
     if (c == NULL)
         test_fail(__FILE__, line, "no log record #%zu \"%s\" among %zu", nth,
-                  message, f->logs.n);
+                  message, logs->n);
     return c;
 }
 
@@ -163,11 +152,11 @@ static double field_duration_at(const log_copy *c, int line)
 }
 
 /* The fields every CMAP record carries, and the level/component. */
-static void check_common(fixture *f)
+static void check_common(log_recorder *logs)
 {
-    ASSERT_GT(f->logs.n, 0);
-    for (size_t i = 0; i < f->logs.n; i++) {
-        const log_copy *c = &f->logs.recs[i];
+    ASSERT_GT(logs->n, 0);
+    for (size_t i = 0; i < logs->n; i++) {
+        const log_copy *c = &logs->recs[i];
         ASSERT_EQ(CPOOL_LOG_DEBUG, c->level);
         ASSERT_STR_EQ("connection", c->component);
         ASSERT_STR_EQ("db.example", field_str(c, "serverHost"));
@@ -177,10 +166,11 @@ static void check_common(fixture *f)
 
 TEST(lifecycle_messages)
 {
-    fixture f;
-    fx_init(&f);
+    test_fixture f;
+    log_recorder logs;
+    log_fixture_init(&f, &logs);
     f.opts.max_pool_size = 2; /* the only option set */
-    fx_start(&f);
+    test_fixture_start(&f);
     ASSERT_STR_EQ("db.example:4242", cpool_address(f.pool));
     cpool_conn *c = test_checkout(f.pool);
     uint64_t id = cpool_conn_id(c);
@@ -195,12 +185,12 @@ TEST(lifecycle_messages)
         "Connection pool closed",
     };
     size_t nexp = sizeof expected / sizeof expected[0];
-    for (size_t i = 0; i < f.logs.n && i < nexp; i++)
-        ASSERT_STR_EQ(expected[i], f.logs.recs[i].message);
-    ASSERT_EQ(nexp, f.logs.n);
-    check_common(&f);
+    for (size_t i = 0; i < logs.n && i < nexp; i++)
+        ASSERT_STR_EQ(expected[i], logs.recs[i].message);
+    ASSERT_EQ(nexp, logs.n);
+    check_common(&logs);
 
-    const log_copy *r = find_message(&f, "Connection pool created", 0);
+    const log_copy *r = find_message(&logs, "Connection pool created", 0);
     ASSERT_EQ(2, field_int(r, "maxPoolSize"));
     /* Options left at their defaults are not reported. */
     ASSERT_NULL(field(r, "minPoolSize"));
@@ -212,155 +202,155 @@ TEST(lifecycle_messages)
         "Connection checked in", "Connection closed",
     };
     for (size_t i = 0; i < sizeof with_id / sizeof with_id[0]; i++) {
-        r = find_message(&f, with_id[i], 0);
+        r = find_message(&logs, with_id[i], 0);
         ASSERT_EQ(id, field_int(r, "driverConnectionId"));
     }
-    ASSERT_GE(field_duration(find_message(&f, "Connection ready", 0)), 0);
-    ASSERT_GE(field_duration(find_message(&f, "Connection checked out", 0)), 0);
-    ASSERT_NULL(field(find_message(&f, "Connection pool ready", 0),
+    ASSERT_GE(field_duration(find_message(&logs, "Connection ready", 0)), 0);
+    ASSERT_GE(field_duration(find_message(&logs, "Connection checked out", 0)), 0);
+    ASSERT_NULL(field(find_message(&logs, "Connection pool ready", 0),
                       "driverConnectionId"));
 
-    r = find_message(&f, "Connection closed", 0);
+    r = find_message(&logs, "Connection closed", 0);
     ASSERT_STR_EQ("Connection pool was closed", field_str(r, "reason"));
     ASSERT_NULL(field(r, "error")); /* only for the error reason */
-    fx_free(&f);
+    log_fixture_free(&f, &logs);
 }
 
 TEST(stale_reason)
 {
-    fixture f;
-    fx_init(&f);
-    fx_start(&f);
+    test_fixture f;
+    log_recorder logs;
+    log_fixture_init(&f, &logs);
+    test_fixture_start(&f);
     cpool_conn *c = test_checkout(f.pool);
     test_checkin(f.pool, c, 0);
     ASSERT_OK(cpool_clear(f.pool, 0, NULL, NULL));
-    const log_copy *r = find_message(&f, "Connection pool cleared", 0);
+    const log_copy *r = find_message(&logs, "Connection pool cleared", 0);
     ASSERT_NULL(field(r, "serviceId")); /* LB mode only */
     test_ready(f.pool);
     c = test_checkout(f.pool);
     test_checkin(f.pool, c, 0);
 
-    r = find_message(&f, "Connection closed", 0);
+    r = find_message(&logs, "Connection closed", 0);
     ASSERT_EQ(1, field_int(r, "driverConnectionId"));
     ASSERT_STR_EQ("Connection became stale because the pool was cleared",
                   field_str(r, "reason"));
     ASSERT_NULL(field(r, "error"));
-    check_common(&f);
-    fx_free(&f);
+    check_common(&logs);
+    log_fixture_free(&f, &logs);
 }
 
 TEST(idle_reason)
 {
-    fixture f;
-    fx_init(&f);
+    test_fixture f;
+    log_recorder logs;
+    log_fixture_init(&f, &logs);
     f.opts.clock = &f.clk.clock;
     f.opts.max_idle_time_ms = 100;
-    fx_start(&f);
+    test_fixture_start(&f);
     cpool_conn *c = test_checkout(f.pool);
     test_checkin(f.pool, c, 0);
     test_clock_advance_ms(&f.clk, f.pool, 200);
     ASSERT_OK(cpool_maintain(f.pool, NULL));
 
-    const log_copy *r = find_message(&f, "Connection closed", 0);
+    const log_copy *r = find_message(&logs, "Connection closed", 0);
     ASSERT_STR_EQ("Connection has been available but unused for longer than "
                   "the configured max idle time",
                   field_str(r, "reason"));
     ASSERT_NULL(field(r, "error"));
-    ASSERT_EQ(100, field_int(find_message(&f, "Connection pool created", 0),
+    ASSERT_EQ(100, field_int(find_message(&logs, "Connection pool created", 0),
                              "maxIdleTimeMS"));
-    check_common(&f);
-    fx_free(&f);
+    check_common(&logs);
+    log_fixture_free(&f, &logs);
 }
 
 TEST(connection_error_reasons)
 {
-    fixture f;
-    fx_init(&f);
-    fx_start(&f);
-    cpool_mem_failpoint fp;
-    memset(&fp, 0, sizeof fp);
-    fp.times = 1;
-    fp.fail = true;
-    fp.fail_phase = CPOOL_PHASE_HANDSHAKE;
-    fp.fail_kind = CPOOL_FAIL_NETWORK;
-    cpool_mem_set_failpoint(f.mem, &fp);
+    test_fixture f;
+    log_recorder logs;
+    log_fixture_init(&f, &logs);
+    test_fixture_start(&f);
+    test_fail_next_handshake(f.mem, CPOOL_PHASE_HANDSHAKE, CPOOL_FAIL_NETWORK);
     cpool_conn *c = NULL;
     ASSERT_RC(CPOOL_ECONNECT, cpool_checkout(f.pool, 5000, &c, NULL));
 
-    const log_copy *r = find_message(&f, "Connection closed", 0);
+    const log_copy *r = find_message(&logs, "Connection closed", 0);
     ASSERT_STR_EQ("An error occurred while using the connection",
                   field_str(r, "reason"));
     ASSERT_TRUE(field_str(r, "error")[0] != '\0');
-    r = find_message(&f, "Connection checkout failed", 0);
+    r = find_message(&logs, "Connection checkout failed", 0);
     ASSERT_STR_EQ("An error occurred while trying to establish a new connection",
                   field_str(r, "reason"));
     ASSERT_TRUE(field_str(r, "error")[0] != '\0');
     ASSERT_GE(field_duration(r), 0);
     ASSERT_NULL(field(r, "driverConnectionId"));
-    check_common(&f);
-    fx_free(&f);
+    check_common(&logs);
+    log_fixture_free(&f, &logs);
 }
 
 TEST(timeout_reason)
 {
-    fixture f;
-    fx_init(&f);
+    test_fixture f;
+    log_recorder logs;
+    log_fixture_init(&f, &logs);
     f.opts.max_pool_size = 1;
-    fx_start(&f);
+    test_fixture_start(&f);
     cpool_conn *held = test_checkout(f.pool);
     cpool_conn *c = NULL;
     ASSERT_RC(CPOOL_ETIMEDOUT, cpool_checkout(f.pool, 20, &c, NULL));
-    const log_copy *r = find_message(&f, "Connection checkout failed", 0);
+    const log_copy *r = find_message(&logs, "Connection checkout failed", 0);
     ASSERT_STR_EQ("Wait queue timeout elapsed without a connection becoming "
                   "available",
                   field_str(r, "reason"));
     ASSERT_NULL(field(r, "error")); /* only for connection errors */
     ASSERT_GE(field_duration(r), 19.0);
     test_checkin(f.pool, held, 0);
-    check_common(&f);
-    fx_free(&f);
+    check_common(&logs);
+    log_fixture_free(&f, &logs);
 }
 
 TEST(pool_closed_checkout_reason)
 {
-    fixture f;
-    fx_init(&f);
-    fx_start(&f);
+    test_fixture f;
+    log_recorder logs;
+    log_fixture_init(&f, &logs);
+    test_fixture_start(&f);
     cpool_close(f.pool);
     cpool_conn *c = NULL;
     ASSERT_RC(CPOOL_ECLOSED, cpool_checkout(f.pool, 20, &c, NULL));
-    const log_copy *r = find_message(&f, "Connection checkout failed", 0);
+    const log_copy *r = find_message(&logs, "Connection checkout failed", 0);
     ASSERT_STR_EQ("Connection pool was closed", field_str(r, "reason"));
     ASSERT_NULL(field(r, "error"));
     ASSERT_GE(field_duration(r), 0);
-    check_common(&f);
-    fx_free(&f);
+    check_common(&logs);
+    log_fixture_free(&f, &logs);
 }
 
 TEST(level_filters_debug_records)
 {
-    fixture f;
-    fx_init(&f);
+    test_fixture f;
+    log_recorder logs;
+    log_fixture_init(&f, &logs);
     f.opts.log_level = CPOOL_LOG_INFO; /* the CMAP records are DEBUG */
-    fx_start(&f);
+    test_fixture_start(&f);
     cpool_conn *c = test_checkout(f.pool);
     test_checkin(f.pool, c, 0);
     ASSERT_OK(cpool_clear(f.pool, 0, NULL, NULL));
     cpool_close(f.pool);
-    for (size_t i = 0; i < f.logs.n; i++)
-        if (f.logs.recs[i].level > CPOOL_LOG_INFO)
+    for (size_t i = 0; i < logs.n; i++)
+        if (logs.recs[i].level > CPOOL_LOG_INFO)
             FAIL("record \"%s\" at level %d passed an INFO filter",
-                 f.logs.recs[i].message, (int)f.logs.recs[i].level);
-    ASSERT_NULL(nth_message(&f, "Connection checked out", 0));
-    fx_free(&f);
+                 logs.recs[i].message, (int)logs.recs[i].level);
+    ASSERT_NULL(nth_message(&logs, "Connection checked out", 0));
+    log_fixture_free(&f, &logs);
 
     /* Control: the default level lets them through. */
-    fx_init(&f);
-    fx_start(&f);
+    log_fixture_init(&f, &logs);
+    test_fixture_start(&f);
     c = test_checkout(f.pool);
     test_checkin(f.pool, c, 0);
-    ASSERT_NOT_NULL(nth_message(&f, "Connection checked out", 0));
-    fx_free(&f);
+    ASSERT_NOT_NULL(nth_message(&logs, "Connection checked out", 0));
+    log_fixture_free(&f, &logs);
 }
 
 TEST(json_format)

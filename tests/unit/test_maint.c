@@ -5,38 +5,17 @@
  * no later than its pending slot is released. */
 #include "test.h"
 
-typedef struct fixture {
-    cpool_mem *mem;
-    test_recorder rec;
-    test_clock clk;
-    cpool_options opts;
-    cpool *pool;
-} fixture;
-
-static void fx_init(fixture *f)
+/* The shared fixture on its fake clock with a 100 ms maxIdleTimeMS, so a
+ * connection becomes idle only when the test advances the clock. */
+static void idle_fixture_init(test_fixture *f)
 {
-    f->mem = test_mem_create();
-    test_rec_init(&f->rec);
-    test_clock_init(&f->clk);
-    test_options(&f->opts, f->mem, &f->rec);
-    f->pool = NULL;
-}
-
-static void fx_start(fixture *f)
-{
-    f->pool = test_pool_create(&f->opts);
-    test_ready(f->pool);
-}
-
-static void fx_free(fixture *f)
-{
-    cpool_destroy(f->pool);
-    cpool_mem_destroy(f->mem);
-    test_rec_free(&f->rec);
+    test_fixture_init(f);
+    f->opts.clock = &f->clk.clock;
+    f->opts.max_idle_time_ms = 100;
 }
 
 /* Two available connections, idle since the fake clock's current time. */
-static void make_two_available(fixture *f)
+static void make_two_available(test_fixture *f)
 {
     cpool_conn *a = test_checkout(f->pool);
     cpool_conn *b = test_checkout(f->pool);
@@ -47,12 +26,10 @@ static void make_two_available(fixture *f)
 
 TEST(idle_reaped_in_background)
 {
-    fixture f;
-    fx_init(&f);
-    f.opts.clock = &f.clk.clock;
-    f.opts.max_idle_time_ms = 100;
+    test_fixture f;
+    idle_fixture_init(&f);
     f.opts.maintenance_interval_ms = 10;
-    fx_start(&f);
+    test_fixture_start(&f);
     make_two_available(&f);
     size_t started = test_rec_count(&f.rec, CPOOL_EV_CHECKOUT_STARTED);
 
@@ -72,16 +49,14 @@ TEST(idle_reaped_in_background)
     ASSERT_EQ(started, test_rec_count(&f.rec, CPOOL_EV_CHECKOUT_STARTED));
     /* The event may precede the connector's close (teardown may be late). */
     WAIT_UNTIL(test_mem_stats(f.mem).closes == 2, 2000);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(idle_reaped_by_maintain)
 {
-    fixture f;
-    fx_init(&f);
-    f.opts.clock = &f.clk.clock;
-    f.opts.max_idle_time_ms = 100;
-    fx_start(&f); /* no background thread */
+    test_fixture f;
+    idle_fixture_init(&f);
+    test_fixture_start(&f); /* no background thread */
     make_two_available(&f);
 
     test_clock_advance_ms(&f.clk, f.pool, 90);
@@ -91,16 +66,14 @@ TEST(idle_reaped_by_maintain)
     ASSERT_OK(cpool_maintain(f.pool, NULL));
     ASSERT_EQ(2, test_rec_count_closed(&f.rec, CPOOL_CLOSE_IDLE));
     ASSERT_EQ(0, test_counts(f.pool).total);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(idle_clock_restarts_at_checkin)
 {
-    fixture f;
-    fx_init(&f);
-    f.opts.clock = &f.clk.clock;
-    f.opts.max_idle_time_ms = 100;
-    fx_start(&f);
+    test_fixture f;
+    idle_fixture_init(&f);
+    test_fixture_start(&f);
     cpool_conn *c = test_checkout(f.pool);
     uint64_t id = cpool_conn_id(c);
     /* Held for 500 ms: time in use is not idle time. */
@@ -112,13 +85,13 @@ TEST(idle_clock_restarts_at_checkin)
     c = test_checkout(f.pool);
     ASSERT_EQ(id, cpool_conn_id(c));
     test_checkin(f.pool, c, 0);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(min_pool_size_populated_in_background)
 {
-    fixture f;
-    fx_init(&f);
+    test_fixture f;
+    test_fixture_init(&f);
     f.opts.min_pool_size = 3;
     f.opts.max_pool_size = 5;
     f.opts.maintenance_interval_ms = 10;
@@ -145,16 +118,16 @@ TEST(min_pool_size_populated_in_background)
     test_checkin(f.pool, c, CPOOL_CHECKIN_BROKEN);
     WAIT_UNTIL(test_counts(f.pool).available == 3, 2000);
     ASSERT_EQ(4, test_rec_count(&f.rec, CPOOL_EV_CONN_CREATED));
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(no_population_while_paused)
 {
-    fixture f;
-    fx_init(&f);
+    test_fixture f;
+    test_fixture_init(&f);
     f.opts.min_pool_size = 3;
     f.opts.maintenance_interval_ms = 10;
-    fx_start(&f);
+    test_fixture_start(&f);
     WAIT_UNTIL(test_counts(f.pool).available == 3, 2000);
 
     ASSERT_OK(cpool_clear(f.pool, 0, NULL, NULL));
@@ -174,7 +147,7 @@ TEST(no_population_while_paused)
     cpool_conn *c = test_checkout(f.pool);
     ASSERT_EQ(1, cpool_conn_generation(c));
     test_checkin(f.pool, c, 0);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 /* ---- pending -> available without a gap
@@ -246,8 +219,8 @@ static void *poller_main(void *arg)
 
 TEST(populated_connection_available_before_pending_released)
 {
-    fixture f;
-    fx_init(&f);
+    test_fixture f;
+    test_fixture_init(&f);
     f.opts.min_pool_size = 1;
     f.opts.max_pool_size = 1;
     f.opts.maintenance_interval_ms = 10;
@@ -280,7 +253,7 @@ TEST(populated_connection_available_before_pending_released)
     pthread_join(poller, NULL);
     ASSERT_EQ(ROUNDS, test_rec_count(&f.rec, CPOOL_EV_CONN_READY));
     ASSERT_GT(atomic_load(&w.snapshots), (unsigned long long)ROUNDS * 100);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 static const test_case cases[] = {

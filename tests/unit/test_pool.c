@@ -4,35 +4,6 @@
  * of a paused pool, maxPoolSize 0, the wait-queue timeouts). */
 #include "test.h"
 
-/* A pool on a fresh in-memory server, with its recorder. */
-typedef struct fixture {
-    cpool_mem *mem;
-    test_recorder rec;
-    cpool_options opts;
-    cpool *pool;
-} fixture;
-
-static void fx_init(fixture *f)
-{
-    f->mem = test_mem_create();
-    test_rec_init(&f->rec);
-    test_options(&f->opts, f->mem, &f->rec);
-    f->pool = NULL;
-}
-
-static void fx_start(fixture *f)
-{
-    f->pool = test_pool_create(&f->opts);
-    test_ready(f->pool);
-}
-
-static void fx_free(fixture *f)
-{
-    cpool_destroy(f->pool);
-    cpool_mem_destroy(f->mem);
-    test_rec_free(&f->rec);
-}
-
 static bool counts_equal(cpool_counts a, cpool_counts b)
 {
     return a.total == b.total && a.available == b.available &&
@@ -58,9 +29,9 @@ static bool counts_equal(cpool_counts a, cpool_counts b)
 
 TEST(foreign_checkin_rejected)
 {
-    fixture a, b;
-    fx_init(&a);
-    fx_start(&a);
+    test_fixture a, b;
+    test_fixture_init(&a);
+    test_fixture_start(&a);
     /* Pool B shares the server: only pool ownership tells the two apart. */
     test_rec_init(&b.rec);
     b.mem = NULL;
@@ -98,14 +69,14 @@ TEST(foreign_checkin_rejected)
 
     cpool_destroy(b.pool);
     test_rec_free(&b.rec);
-    fx_free(&a);
+    test_fixture_free(&a);
 }
 
 TEST(double_checkin_rejected)
 {
-    fixture f;
-    fx_init(&f);
-    fx_start(&f);
+    test_fixture f;
+    test_fixture_init(&f);
+    test_fixture_start(&f);
     cpool_conn *c = test_checkout(f.pool);
     uint64_t id = cpool_conn_id(c);
     test_checkin(f.pool, c, 0);
@@ -132,14 +103,14 @@ TEST(double_checkin_rejected)
     test_checkin(f.pool, c1, 0);
     test_checkin(f.pool, c2, 0);
     ASSERT_EQ(2, test_counts(f.pool).available);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(double_checkin_after_close_rejected)
 {
-    fixture f;
-    fx_init(&f);
-    fx_start(&f);
+    test_fixture f;
+    test_fixture_init(&f);
+    test_fixture_start(&f);
     cpool_conn *c = test_checkout(f.pool);
     uint64_t id = cpool_conn_id(c);
     test_checkin(f.pool, c, CPOOL_CHECKIN_BROKEN); /* closed at once */
@@ -155,14 +126,14 @@ TEST(double_checkin_after_close_rejected)
     ASSERT_EQ(1, test_rec_count(&f.rec, CPOOL_EV_CHECKED_IN));
     ASSERT_EQ(1, test_rec_count(&f.rec, CPOOL_EV_CONN_CLOSED));
     ASSERT_EQ(1, test_mem_stats(f.mem).closes);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(null_arguments_rejected)
 {
-    fixture f;
-    fx_init(&f);
-    fx_start(&f);
+    test_fixture f;
+    test_fixture_init(&f);
+    test_fixture_start(&f);
     cpool_error e;
     cpool_conn *c = NULL;
     cpool *p = NULL;
@@ -185,14 +156,14 @@ TEST(null_arguments_rejected)
     ASSERT_RC(CPOOL_EINVAL, cpool_checkin(f.pool, NULL, 0, NULL));
     ASSERT_OK(cpool_checkin(f.pool, c, 0, NULL));
     cpool_destroy(NULL); /* documented no-op */
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(checkin_broken_flag_closes)
 {
-    fixture f;
-    fx_init(&f);
-    fx_start(&f);
+    test_fixture f;
+    test_fixture_init(&f);
+    test_fixture_start(&f);
     cpool_conn *c = test_checkout(f.pool);
     uint64_t id = cpool_conn_id(c);
     test_checkin(f.pool, c, CPOOL_CHECKIN_BROKEN);
@@ -204,14 +175,14 @@ TEST(checkin_broken_flag_closes)
     ASSERT_EQ(0, n.available);
     ASSERT_EQ(1, test_mem_stats(f.mem).closes);
     ASSERT_EQ(0, test_mem_stats(f.mem).open);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(checkin_resets_session)
 {
-    fixture f;
-    fx_init(&f);
-    fx_start(&f);
+    test_fixture f;
+    test_fixture_init(&f);
+    test_fixture_start(&f);
     cpool_conn *c = test_checkout(f.pool);
     uint64_t id = cpool_conn_id(c);
     cpool_mem_conn_begin(cpool_conn_native(c));
@@ -221,14 +192,14 @@ TEST(checkin_resets_session)
     ASSERT_EQ(id, cpool_conn_id(c)); /* reset, not replaced */
     ASSERT_FALSE(cpool_mem_conn_in_txn(cpool_conn_native(c)));
     test_checkin(f.pool, c, 0);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(checkin_failed_reset_closes)
 {
-    fixture f;
-    fx_init(&f);
-    fx_start(&f);
+    test_fixture f;
+    test_fixture_init(&f);
+    test_fixture_start(&f);
     cpool_conn *c = test_checkout(f.pool);
     uint64_t id = cpool_conn_id(c);
     cpool_mem_conn_break(cpool_conn_native(c));
@@ -240,14 +211,14 @@ TEST(checkin_failed_reset_closes)
     c = test_checkout(f.pool);
     ASSERT_NE(id, cpool_conn_id(c));
     test_checkin(f.pool, c, 0);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(available_reused_newest_first)
 {
-    fixture f;
-    fx_init(&f);
-    fx_start(&f);
+    test_fixture f;
+    test_fixture_init(&f);
+    test_fixture_start(&f);
     cpool_conn *a = test_checkout(f.pool);
     cpool_conn *b = test_checkout(f.pool);
     uint64_t id_a = cpool_conn_id(a), id_b = cpool_conn_id(b);
@@ -261,14 +232,14 @@ TEST(available_reused_newest_first)
     ASSERT_EQ(id_a, cpool_conn_id(d));
     test_checkin(f.pool, c, 0);
     test_checkin(f.pool, d, 0);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(destroy_closes_outstanding_lease)
 {
-    fixture f;
-    fx_init(&f);
-    fx_start(&f);
+    test_fixture f;
+    test_fixture_init(&f);
+    test_fixture_start(&f);
     cpool_conn *c = test_checkout(f.pool);
     cpool_conn *d = test_checkout(f.pool);
     test_checkin(f.pool, d, 0);
@@ -278,7 +249,7 @@ TEST(destroy_closes_outstanding_lease)
     cpool_mem_stats s = test_mem_stats(f.mem);
     ASSERT_EQ(0, s.open);
     ASSERT_EQ(2, s.closes);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 /* ------------------------------------------------------------------ options */
@@ -309,23 +280,34 @@ static void expect_rejected_at(const cpool_options *o, test_recorder *rec,
         test_fail(__FILE__, line, "ConnectionPoolCreated for a rejected pool");
 }
 
+/* A pool whose options are the defaults but for `field` = `value`, which
+ * cpool_create must refuse as expect_rejected describes. */
+#define expect_option_rejected(field, value, word)                            \
+    do {                                                                      \
+        test_fixture t_f_;                                                    \
+        test_fixture_init(&t_f_);                                             \
+        t_f_.opts.field = (value);                                            \
+        expect_rejected(&t_f_.opts, &t_f_.rec, word);                         \
+        test_fixture_free(&t_f_);                                             \
+    } while (0)
+
 TEST(create_rejects_min_above_max)
 {
-    fixture f;
-    fx_init(&f);
+    test_fixture f;
+    test_fixture_init(&f);
     f.opts.max_pool_size = 2;
     f.opts.min_pool_size = 5;
     expect_rejected(&f.opts, &f.rec, "minpoolsize");
     /* Equal is fine. */
     f.opts.min_pool_size = 2;
     f.pool = test_pool_create(&f.opts);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(create_accepts_min_with_unlimited_max)
 {
-    fixture f;
-    fx_init(&f);
+    test_fixture f;
+    test_fixture_init(&f);
     f.opts.max_pool_size = 0; /* no limit, so no minimum can exceed it */
     f.opts.min_pool_size = 5;
     f.pool = test_pool_create(&f.opts);
@@ -338,60 +320,40 @@ TEST(create_accepts_min_with_unlimited_max)
         (void)cpool_maintain(f.pool, NULL);
     ASSERT_EQ(5, test_counts(f.pool).total);
     ASSERT_EQ(5, test_counts(f.pool).available);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(create_rejects_zero_max_connecting)
 {
-    fixture f;
-    fx_init(&f);
-    f.opts.max_connecting = 0;
-    expect_rejected(&f.opts, &f.rec, "maxconnecting");
-    fx_free(&f);
+    expect_option_rejected(max_connecting, 0, "maxconnecting");
 }
 
 TEST(create_rejects_negative_wait_queue_timeout)
 {
-    fixture f;
-    fx_init(&f);
-    f.opts.wait_queue_timeout_ms = -1;
-    expect_rejected(&f.opts, &f.rec, "waitqueuetimeout");
-    fx_free(&f);
+    expect_option_rejected(wait_queue_timeout_ms, -1, "waitqueuetimeout");
 }
 
 TEST(create_rejects_negative_max_idle_time)
 {
-    fixture f;
-    fx_init(&f);
-    f.opts.max_idle_time_ms = -2;
-    expect_rejected(&f.opts, &f.rec, "maxidletime");
-    fx_free(&f);
+    expect_option_rejected(max_idle_time_ms, -2, "maxidletime");
 }
 
+/* 0 would make the background thread spin; negative (no thread) and
+ * positive values are the only meaningful ones. */
 TEST(create_rejects_zero_maintenance_interval)
 {
-    fixture f;
-    fx_init(&f);
-    /* 0 would make the background thread spin; negative (no thread) and
-     * positive values are the only meaningful ones. */
-    f.opts.maintenance_interval_ms = 0;
-    expect_rejected(&f.opts, &f.rec, "maintenanceinterval");
-    fx_free(&f);
+    expect_option_rejected(maintenance_interval_ms, 0, "maintenanceinterval");
 }
 
 TEST(create_rejects_null_connector)
 {
-    fixture f;
-    fx_init(&f);
-    f.opts.connector = NULL;
-    expect_rejected(&f.opts, &f.rec, "connector");
-    fx_free(&f);
+    expect_option_rejected(connector, NULL, "connector");
 }
 
 TEST(create_rejects_incomplete_connector)
 {
-    fixture f;
-    fx_init(&f);
+    test_fixture f;
+    test_fixture_init(&f);
     cpool_connector broken = *cpool_mem_connector();
     broken.connect = NULL; /* required method missing */
     f.opts.connector = &broken;
@@ -399,29 +361,29 @@ TEST(create_rejects_incomplete_connector)
     broken = *cpool_mem_connector();
     broken.abi_version = 0; /* no table was ever versioned 0 */
     expect_rejected(&f.opts, &f.rec, "connector");
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(create_rejects_small_struct_size)
 {
-    fixture f;
-    fx_init(&f);
+    test_fixture f;
+    test_fixture_init(&f);
     /* A size that does not even cover the connector: the library would
      * read fields the caller never had. */
     f.opts.struct_size = sizeof(size_t);
     expect_rejected(&f.opts, &f.rec, "structsize");
     f.opts.struct_size = 0;
     expect_rejected(&f.opts, &f.rec, "structsize");
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 /* ------------------------------------------------------------------ states */
 
 TEST(ready_after_close_fails)
 {
-    fixture f;
-    fx_init(&f);
-    fx_start(&f);
+    test_fixture f;
+    test_fixture_init(&f);
+    test_fixture_start(&f);
     cpool_close(f.pool);
     ASSERT_EQ(CPOOL_STATE_CLOSED, test_counts(f.pool).state);
     cpool_error e;
@@ -435,14 +397,14 @@ TEST(ready_after_close_fails)
     ASSERT_EQ(0, test_rec_count(&f.rec, CPOOL_EV_POOL_CLEARED));
     cpool_close(f.pool); /* idempotent */
     ASSERT_EQ(1, test_rec_count(&f.rec, CPOOL_EV_POOL_CLOSED));
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(checkout_after_close_fails)
 {
-    fixture f;
-    fx_init(&f);
-    fx_start(&f);
+    test_fixture f;
+    test_fixture_init(&f);
+    test_fixture_start(&f);
     cpool_conn *c = test_checkout(f.pool);
     test_checkin(f.pool, c, 0);
     cpool_close(f.pool);
@@ -456,13 +418,13 @@ TEST(checkout_after_close_fails)
     ASSERT_TRUE(test_rec_find(&f.rec, CPOOL_EV_CHECKOUT_FAILED, 0, &ev));
     ASSERT_EQ(CPOOL_CHECKOUT_POOL_CLOSED, ev.reason);
     ASSERT_EQ(0, test_counts(f.pool).total);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(clear_paused_pool_bumps_generation)
 {
-    fixture f;
-    fx_init(&f);
+    test_fixture f;
+    test_fixture_init(&f);
     f.pool = test_pool_create(&f.opts); /* created paused */
     ASSERT_EQ(0, test_counts(f.pool).generation);
     ASSERT_OK(cpool_clear(f.pool, 0, NULL, NULL));
@@ -485,7 +447,7 @@ TEST(clear_paused_pool_bumps_generation)
     test_event ev;
     ASSERT_TRUE(test_rec_find_closed(&f.rec, id, &ev));
     ASSERT_EQ(CPOOL_CLOSE_STALE, ev.reason);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 /* ------------------------------------------------------------------ limits */
@@ -520,10 +482,10 @@ static void *crowd_main(void *arg)
 
 TEST(unlimited_pool_serves_concurrent_leases)
 {
-    fixture f;
-    fx_init(&f);
+    test_fixture f;
+    test_fixture_init(&f);
     f.opts.max_pool_size = 0;
-    fx_start(&f);
+    test_fixture_start(&f);
     lease_crowd k;
     memset(&k, 0, sizeof k);
     k.pool = f.pool;
@@ -550,16 +512,16 @@ TEST(unlimited_pool_serves_concurrent_leases)
     ASSERT_EQ(UNLIMITED_THREADS, test_counts(f.pool).available);
     pthread_barrier_destroy(&k.all_out);
     pthread_barrier_destroy(&k.release);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(clear_fails_waiters_at_once)
 {
-    fixture f;
-    fx_init(&f);
+    test_fixture f;
+    test_fixture_init(&f);
     f.opts.max_pool_size = 1;
     f.opts.wait_queue_timeout_ms = 30000;
-    fx_start(&f);
+    test_fixture_start(&f);
     cpool_conn *held = test_checkout(f.pool);
     test_job jobs[3];
     for (int i = 0; i < 3; i++)
@@ -588,16 +550,16 @@ TEST(clear_fails_waiters_at_once)
         ASSERT_EQ(CPOOL_CHECKOUT_CONN_ERROR, ev.reason);
     }
     test_checkin(f.pool, held, 0);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(wait_queue_timeout_reports_counts)
 {
     enum { MAX = 13 };
-    fixture f;
-    fx_init(&f);
+    test_fixture f;
+    test_fixture_init(&f);
     f.opts.max_pool_size = MAX;
-    fx_start(&f);
+    test_fixture_start(&f);
     cpool_conn *held[MAX];
     for (int i = 0; i < MAX; i++)
         held[i] = test_checkout(f.pool);
@@ -624,19 +586,17 @@ TEST(wait_queue_timeout_reports_counts)
     ASSERT_EQ(MAX, test_counts(f.pool).total);
     for (int i = 0; i < MAX; i++)
         test_checkin(f.pool, held[i], 0);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(wait_queue_timeout_follows_fake_clock)
 {
-    fixture f;
-    fx_init(&f);
-    test_clock clk;
-    test_clock_init(&clk);
-    f.opts.clock = &clk.clock;
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.clock = &f.clk.clock;
     f.opts.max_pool_size = 1;
     f.opts.wait_queue_timeout_ms = 5000;
-    fx_start(&f);
+    test_fixture_start(&f);
     cpool_conn *held = test_checkout(f.pool);
     test_job job;
     test_job_start(&job, f.pool, -1);
@@ -645,7 +605,7 @@ TEST(wait_queue_timeout_follows_fake_clock)
     /* Real time passes, the pool's clock does not: no timeout. */
     test_sleep_ms(100);
     ASSERT_FALSE(atomic_load(&job.done));
-    test_clock_advance_ms(&clk, f.pool, 4999);
+    test_clock_advance_ms(&f.clk, f.pool, 4999);
     test_sleep_ms(100);
     ASSERT_FALSE(atomic_load(&job.done));
 
@@ -654,7 +614,7 @@ TEST(wait_queue_timeout_follows_fake_clock)
      * one that ignored cpool_wake() would notice only when some timed wait
      * of its own happened to run out. */
     int64_t advanced_at = test_now_ns();
-    test_clock_advance_ms(&clk, f.pool, 2);
+    test_clock_advance_ms(&f.clk, f.pool, 2);
     test_job_join(&job, 2000);
     ASSERT_RC(CPOOL_ETIMEDOUT, job.rc);
     ASSERT_LT(job.end_ns - advanced_at, 300000000LL);
@@ -663,15 +623,15 @@ TEST(wait_queue_timeout_follows_fake_clock)
     ASSERT_EQ(CPOOL_CHECKOUT_TIMEOUT, ev.reason);
     ASSERT_GE(ev.duration_ns, 5000000000LL); /* measured on the fake clock */
     test_checkin(f.pool, held, 0);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(checkout_timeout_zero_does_not_wait)
 {
-    fixture f;
-    fx_init(&f);
+    test_fixture f;
+    test_fixture_init(&f);
     f.opts.max_pool_size = 1; /* waitQueueTimeoutMS stays 0 = no limit */
-    fx_start(&f);
+    test_fixture_start(&f);
     cpool_conn *held = test_checkout(f.pool);
     uint64_t id = cpool_conn_id(held);
     test_job job;
@@ -688,7 +648,7 @@ TEST(checkout_timeout_zero_does_not_wait)
     ASSERT_OK(cpool_checkout(f.pool, 0, &c, NULL));
     ASSERT_EQ(id, cpool_conn_id(c));
     test_checkin(f.pool, c, 0);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 /* ---- pools without an event subscriber
@@ -697,18 +657,18 @@ TEST(checkout_timeout_zero_does_not_wait)
  * paths (no events to order, no clock to read). The same contract must
  * hold there, checked through the counts and the server's statistics. */
 
-static void fx_init_unobserved(fixture *f)
+static void fx_init_unobserved(test_fixture *f)
 {
-    fx_init(f);
+    test_fixture_init(f);
     f->opts.on_event = NULL;
     f->opts.event_ctx = NULL;
 }
 
 TEST(unobserved_checkin_counts_available)
 {
-    fixture f;
+    test_fixture f;
     fx_init_unobserved(&f);
-    fx_start(&f);
+    test_fixture_start(&f);
     cpool_conn *c = test_checkout(f.pool);
     uint64_t id = cpool_conn_id(c);
     test_checkin(f.pool, c, 0);
@@ -726,14 +686,14 @@ TEST(unobserved_checkin_counts_available)
     ASSERT_EQ(id, cpool_conn_id(job.conn));
     ASSERT_EQ(1, test_mem_stats(f.mem).connects);
     test_checkin(f.pool, job.conn, 0);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(unobserved_stale_not_reused)
 {
-    fixture f;
+    test_fixture f;
     fx_init_unobserved(&f);
-    fx_start(&f);
+    test_fixture_start(&f);
     cpool_conn *c = test_checkout(f.pool);
     uint64_t id = cpool_conn_id(c);
     test_checkin(f.pool, c, 0);
@@ -745,36 +705,34 @@ TEST(unobserved_stale_not_reused)
     ASSERT_EQ(1, test_mem_stats(f.mem).closes);
     test_checkin(f.pool, c, 0);
     ASSERT_EQ(1, test_counts(f.pool).total);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(unobserved_idle_reaped)
 {
-    fixture f;
+    test_fixture f;
     fx_init_unobserved(&f);
-    test_clock clk;
-    test_clock_init(&clk);
-    f.opts.clock = &clk.clock;
+    f.opts.clock = &f.clk.clock;
     f.opts.max_idle_time_ms = 100;
-    fx_start(&f);
+    test_fixture_start(&f);
     cpool_conn *c = test_checkout(f.pool);
     uint64_t id = cpool_conn_id(c);
     test_checkin(f.pool, c, 0);
-    test_clock_advance_ms(&clk, f.pool, 200);
+    test_clock_advance_ms(&f.clk, f.pool, 200);
     ASSERT_OK(cpool_maintain(f.pool, NULL));
     ASSERT_EQ(0, test_counts(f.pool).total);
     ASSERT_EQ(1, test_mem_stats(f.mem).closes);
     c = test_checkout(f.pool);
     ASSERT_NE(id, cpool_conn_id(c));
     test_checkin(f.pool, c, 0);
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 TEST(unobserved_close_closes_returned)
 {
-    fixture f;
+    test_fixture f;
     fx_init_unobserved(&f);
-    fx_start(&f);
+    test_fixture_start(&f);
     cpool_conn *a = test_checkout(f.pool);
     cpool_conn *b = test_checkout(f.pool);
     test_checkin(f.pool, a, 0);
@@ -786,7 +744,7 @@ TEST(unobserved_close_closes_returned)
     ASSERT_EQ(0, test_counts(f.pool).total);
     cpool_conn *c = NULL;
     ASSERT_RC(CPOOL_ECLOSED, cpool_checkout(f.pool, 0, &c, NULL));
-    fx_free(&f);
+    test_fixture_free(&f);
 }
 
 static const test_case cases[] = {
