@@ -20,7 +20,9 @@
  *    can wait;
  *  - heap allocations made by the thread (glibc builds; see the allocation
  *    counter below).
- * Run with --help for the flags.
+ * Before the timed window, an untimed warm-up lets every thread complete
+ * one operation (see PHASE_WARMUP). Run with --help for the flags; the
+ * method and a run on the development machine are in docs/benchmarks.md.
  */
 #include "cpool/cpool.h"
 #include "cpool/cpool_mem.h"
@@ -390,6 +392,15 @@ static const pool_impl pool_impls[POOL_COUNT] = {
 
 /* ------------------------------------------------------------------ runs */
 
+/* A run's phases. After the start barrier the threads work but record
+ * nothing (WARMUP) until every one of them has completed an operation:
+ * with many more threads than cores, the threads released together do not
+ * all get a CPU at once, and the first ones to run would otherwise collect
+ * uncontended operations for milliseconds while the others have not begun,
+ * which skews the per-thread counts (fairness) of even a perfectly fair
+ * pool. Then MEASURE for the timed window, then STOP. */
+enum { PHASE_WARMUP, PHASE_MEASURE, PHASE_STOP };
+
 /* Shared by the threads of one measurement. The fields written during the
  * run each get their own cache line so that they do not slow one another. */
 typedef struct run {
@@ -398,9 +409,10 @@ typedef struct run {
     int64_t hold_ns;
     uint64_t fixed_ops; /* > 0: every thread does exactly this many ops */
     bool fifo;          /* measure overtakes */
-    alignas(64) atomic_uint ready;
-    alignas(64) atomic_bool go;
-    alignas(64) atomic_bool stop;
+    alignas(64) atomic_uint ready;  /* threads at the start barrier */
+    alignas(64) atomic_bool go;     /* the barrier opens */
+    alignas(64) atomic_uint warm;   /* threads that completed an operation */
+    alignas(64) atomic_int phase;   /* PHASE_* */
     alignas(64) atomic_uint_fast64_t start_seq;
     alignas(64) atomic_uint_fast64_t done_seq;
 } run;
@@ -446,17 +458,26 @@ static void *worker_main(void *arg)
     uint64_t *hist = w->hist;
     uint64_t ops = 0, overtakers = 0, max_overtakers = 0, max_ns = 0;
 
-    /* Start barrier: the main thread starts the clock once every thread
-     * is here, then lets them go. Yielding, not sleeping, keeps the start
-     * tight while leaving the CPU to threads still being created. */
+    /* Start barrier: the main thread lets the threads go once every one is
+     * here, so thread creation stays out of the run. Yielding, not
+     * sleeping, keeps the start tight while leaving the CPU to threads
+     * still being created. */
     atomic_fetch_add_explicit(&r->ready, 1, memory_order_acq_rel);
     while (!atomic_load_explicit(&r->go, memory_order_acquire))
         sched_yield();
 
-    uint64_t allocs0 = allocs_self();
+    uint64_t allocs0 = 0;
+    bool warm = false, measuring = false;
     for (;;) {
-        if (atomic_load_explicit(&r->stop, memory_order_relaxed))
+        /* An operation belongs to the phase it starts in. */
+        int phase = atomic_load_explicit(&r->phase, memory_order_relaxed);
+        if (phase == PHASE_STOP)
             break;
+        bool rec = phase == PHASE_MEASURE;
+        if (rec && !measuring) {
+            measuring = true;
+            allocs0 = allocs_self();
+        }
         if (fixed && ops >= fixed)
             break;
         uint64_t ticket = 0;
@@ -468,19 +489,25 @@ static void *worker_main(void *arg)
         int64_t t1 = now_ns();
         if (rc != 0) {
             w->error = rc;
-            atomic_store(&r->stop, true);
+            atomic_store(&r->phase, PHASE_STOP);
             break;
         }
         if (fifo) {
+            /* Both sequences run through every phase, so that tickets and
+             * ranks stay comparable; only measured checkouts count. */
             uint64_t n = record_fifo(r, ticket);
-            overtakers += n;
-            if (n > max_overtakers)
-                max_overtakers = n;
+            if (rec) {
+                overtakers += n;
+                if (n > max_overtakers)
+                    max_overtakers = n;
+            }
         }
-        uint64_t lat = (uint64_t)(t1 - t0);
-        hist[hist_index(lat)]++;
-        if (lat > max_ns)
-            max_ns = lat;
+        if (rec) {
+            uint64_t lat = (uint64_t)(t1 - t0);
+            hist[hist_index(lat)]++;
+            if (lat > max_ns)
+                max_ns = lat;
+        }
         if (hold_ns > 0) {
             int64_t end = t1 + hold_ns;
             while (now_ns() < end)
@@ -489,12 +516,17 @@ static void *worker_main(void *arg)
         rc = impl->checkin(pool, lease);
         if (rc != 0) {
             w->error = rc;
-            atomic_store(&r->stop, true);
+            atomic_store(&r->phase, PHASE_STOP);
             break;
         }
-        ops++;
+        if (rec)
+            ops++;
+        if (!warm) {
+            warm = true;
+            atomic_fetch_add_explicit(&r->warm, 1, memory_order_relaxed);
+        }
     }
-    w->allocs = allocs_self() - allocs0;
+    w->allocs = measuring ? allocs_self() - allocs0 : 0;
     w->ops = ops;
     w->overtakers = overtakers;
     w->max_overtakers = max_overtakers;
@@ -514,6 +546,8 @@ typedef struct result {
     double overtakers; /* mean per checkout; < 0 = not measured */
     uint64_t max_overtakers;
     double allocs_op; /* < 0 = not counted */
+    double warmup_ms; /* how long the warm-up took */
+    unsigned cold_threads; /* threads without an operation when it ended */
     int error;
 } result;
 
@@ -542,7 +576,7 @@ static void prefault(void *mem, size_t size)
 }
 
 static int measure(const pool_impl *impl, const config *c, int64_t duration_ns,
-                   uint64_t fixed_ops, bool want_fifo, result *out)
+                   int64_t warmup_ns, uint64_t fixed_ops, bool want_fifo, result *out)
 {
     char msg[300] = "";
     void *pool;
@@ -585,7 +619,10 @@ static int measure(const pool_impl *impl, const config *c, int64_t duration_ns,
     r->fifo = want_fifo && c->threads > c->conns;
     atomic_init(&r->ready, 0);
     atomic_init(&r->go, false);
-    atomic_init(&r->stop, false);
+    atomic_init(&r->warm, 0);
+    /* A fixed number of operations is for counting (allocations under
+     * valgrind, say): every operation is recorded, there is no warm-up. */
+    atomic_init(&r->phase, fixed_ops ? PHASE_MEASURE : PHASE_WARMUP);
     atomic_init(&r->start_seq, 0);
     atomic_init(&r->done_seq, 0);
 
@@ -603,6 +640,20 @@ static int measure(const pool_impl *impl, const config *c, int64_t duration_ns,
     int64_t t0 = now_ns(), t1 = t0;
     atomic_store_explicit(&r->go, true, memory_order_release);
     if (fixed_ops == 0) {
+        /* Warm-up: until every thread has completed one operation, but no
+         * longer than warmup_ns, since an unfair pool may starve a thread
+         * for good. Polled every 100 us: the main thread must not take a
+         * core from the workers. */
+        int64_t warm_end = t0 + warmup_ns;
+        while (atomic_load_explicit(&r->warm, memory_order_relaxed) < c->threads &&
+               now_ns() < warm_end) {
+            struct timespec nap = {0, 100000};
+            nanosleep(&nap, NULL);
+        }
+        out->warmup_ms = (double)(now_ns() - t0) / 1e6;
+        out->cold_threads = c->threads - atomic_load(&r->warm);
+        t0 = now_ns();
+        atomic_store(&r->phase, PHASE_MEASURE);
         struct timespec until;
         int64_t end = t0 + duration_ns;
         until.tv_sec = end / 1000000000;
@@ -610,7 +661,7 @@ static int measure(const pool_impl *impl, const config *c, int64_t duration_ns,
         while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL) == EINTR)
             ;
         t1 = now_ns();
-        atomic_store(&r->stop, true);
+        atomic_store(&r->phase, PHASE_STOP);
     }
     for (unsigned i = 0; i < c->threads; i++)
         pthread_join(ws[i].tid, NULL);
@@ -724,6 +775,9 @@ static void print_row(const config *c, const char *name, const result *res)
            (unsigned long long)res->p50, (unsigned long long)res->p99,
            (unsigned long long)res->p999, (unsigned long long)res->max, res->jain,
            res->minmax, ot, om, al, ce);
+    if (res->cold_threads)
+        printf("  (%u threads had no op after %.0f ms of warm-up)", res->cold_threads,
+               res->warmup_ms);
     if (res->error)
         printf("  ERROR %d", res->error);
     printf("\n");
@@ -735,6 +789,25 @@ static void fmt_ratio(char *buf, size_t len, double a, double b, bool ok)
         snprintf(buf, len, "n/a");
     else
         snprintf(buf, len, "%.2f", a / b);
+}
+
+/* The round whose ops/s is the median for pool j (the upper one of the two
+ * middle rounds when their number is even). Its whole row is reported, so
+ * that every figure in a row comes from one measurement. */
+#define MAX_ROUNDS 9
+
+static unsigned median_round(result (*rr)[POOL_COUNT], unsigned rounds, int j)
+{
+    unsigned idx[MAX_ROUNDS];
+    for (unsigned k = 0; k < rounds; k++)
+        idx[k] = k;
+    for (unsigned a = 1; a < rounds; a++) /* insertion sort by ops/s */
+        for (unsigned b = a; b > 0 && rr[idx[b - 1]][j].ops_s > rr[idx[b]][j].ops_s; b--) {
+            unsigned t = idx[b];
+            idx[b] = idx[b - 1];
+            idx[b - 1] = t;
+        }
+    return idx[rounds / 2];
 }
 
 /* ------------------------------------------------------------------ flags */
@@ -773,6 +846,10 @@ static void usage(FILE *f)
             "  --conns LIST        pool sizes P (default 4,16)\n"
             "  --hold-us LIST      hold times W in microseconds (default 0,20)\n"
             "  --duration-ms N     timed window per configuration and pool (default 1000)\n"
+            "  --warmup-ms N       before it, untimed: until every thread has done one op,\n"
+            "                      at most N ms (default 200; 0 = none)\n"
+            "  --rounds N          measure each configuration N times (1-9, default 1),\n"
+            "                      pools interleaved; report the median round by ops/s\n"
             "  --ops N             instead of a duration: each thread does exactly N ops\n"
             "  --pools LIST        any of cpool,naive,apr (default all three)\n"
             "  --no-overtakes      do not measure overtakes (saves two atomics per op)\n"
@@ -815,6 +892,8 @@ int main(int argc, char **argv)
     ulist holds = {{0, 20}, 2};
     bool use[POOL_COUNT] = {true, true, true};
     int64_t duration_ms = 1000;
+    int64_t warmup_ms = 200;
+    unsigned rounds = 1;
     uint64_t fixed_ops = 0;
     bool want_fifo = true;
 
@@ -841,6 +920,16 @@ int main(int argc, char **argv)
             long long d = strtoll(v, &end, 10);
             bad = *end || d <= 0 || d > 3600000;
             duration_ms = d;
+        } else if (!strcmp(a, "--warmup-ms")) {
+            char *end;
+            long long d = strtoll(v, &end, 10);
+            bad = *end || d < 0 || d > 3600000;
+            warmup_ms = d;
+        } else if (!strcmp(a, "--rounds")) {
+            char *end;
+            unsigned long n = strtoul(v, &end, 10);
+            bad = *end || n < 1 || n > MAX_ROUNDS;
+            rounds = (unsigned)n;
         } else if (!strcmp(a, "--ops")) {
             char *end;
             unsigned long long n = strtoull(v, &end, 10);
@@ -884,7 +973,13 @@ int main(int argc, char **argv)
         printf("# each thread does %llu ops per configuration and pool\n",
                (unsigned long long)fixed_ops);
     else
-        printf("# timed window: %lld ms per configuration and pool\n", (long long)duration_ms);
+        printf("# timed window: %lld ms per configuration and pool, after an untimed warm-up "
+               "until every thread has done one op (at most %lld ms)\n",
+               (long long)duration_ms, (long long)warmup_ms);
+    if (rounds > 1)
+        printf("# %u rounds per configuration, pools interleaved; each row is the pool's "
+               "median round by ops/s\n",
+               rounds);
     printf("# pools: cpool (mem connector, maxPoolSize=P, no subscriber)");
     if (use[POOL_NAIVE])
         printf(", naive (mutex+condvar+stack)");
@@ -914,27 +1009,49 @@ int main(int argc, char **argv)
     size_t nconf = (size_t)threads.n * conns.n * holds.n;
     config *cfgs = xcalloc(nconf, sizeof *cfgs);
     result(*res)[POOL_COUNT] = xcalloc(nconf, sizeof *res);
-    size_t k = 0;
+    size_t filled = 0;
     for (unsigned h = 0; h < holds.n; h++)
         for (unsigned p = 0; p < conns.n; p++)
             for (unsigned t = 0; t < threads.n; t++)
-                cfgs[k++] = (config){threads.v[t], conns.v[p], holds.v[h]};
+                cfgs[filled++] = (config){threads.v[t], conns.v[p], holds.v[h]};
 
     int failures = 0;
     printf("\n");
     print_header();
     for (size_t i = 0; i < nconf; i++) {
         const config *c = &cfgs[i];
+        /* Rounds interleave the pools (cpool, naive, apr, cpool, ...) so
+         * that a burst of load from elsewhere on a shared machine is less
+         * likely to hit one pool only. */
+        result rr[MAX_ROUNDS][POOL_COUNT];
+        memset(rr, 0, sizeof rr);
+        for (unsigned k = 0; k < rounds; k++) {
+            for (int j = 0; j < POOL_COUNT; j++) {
+                if (!use[j])
+                    continue;
+                if (!pool_impls[j].open)
+                    rr[k][j].skipped = true;
+                else if (measure(&pool_impls[j], c, duration_ms * 1000000,
+                                 warmup_ms * 1000000, fixed_ops, want_fifo, &rr[k][j]) != 0)
+                    failures++;
+            }
+        }
         for (int j = 0; j < POOL_COUNT; j++) {
             if (!use[j])
                 continue;
-            if (!pool_impls[j].open) {
-                res[i][j].skipped = true;
-            } else if (measure(&pool_impls[j], c, duration_ms * 1000000, fixed_ops,
-                               want_fifo, &res[i][j]) != 0) {
-                failures++;
-            }
+            res[i][j] = rr[median_round(rr, rounds, j)][j];
             print_row(c, pool_impls[j].name, &res[i][j]);
+        }
+        if (rounds > 1) {
+            printf("%4u %4u %5u  rounds, ops/s:", c->threads, c->conns, c->hold_us);
+            for (int j = 0; j < POOL_COUNT; j++) {
+                if (!use[j] || !pool_impls[j].open)
+                    continue;
+                printf("  %s", pool_impls[j].name);
+                for (unsigned k = 0; k < rounds; k++)
+                    printf(" %.0f", rr[k][j].ops_s);
+            }
+            printf("\n");
         }
         if (c->hold_us > 0)
             printf("%4u %4u %5u  ceiling %.0f ops/s\n", c->threads, c->conns, c->hold_us,
