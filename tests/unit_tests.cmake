@@ -51,6 +51,7 @@ cpool_unit_suite(pool LABEL unit TIMEOUT 30 CASES
   checkout_timeout_zero_does_not_wait
   unobserved_checkin_counts_available
   unobserved_stale_not_reused
+  unobserved_dead_parked_not_reused
   unobserved_idle_reaped
   unobserved_close_closes_returned)
 

@@ -32,11 +32,18 @@ struct cpool_mem {
     char **service_ids;
     size_t n_service_ids;
     size_t next_service;   /* round-robin cursor */
-    cpool_mem_stats stats;
+    cpool_mem_stats stats; /* checks and resets: only of closed connections */
+    struct mem_conn *live; /* open connections, for their counters */
 };
 
+/* check() and reset() run on every checkout and check-in. They count on the
+ * connection itself, which only its user touches, so the connector adds no
+ * shared lock or contended cache line to the pool's hot path; the counts
+ * are summed when asked for and folded into the totals at close. */
 typedef struct mem_conn {
     cpool_mem *mem;        /* back pointer for the counters */
+    struct mem_conn *prev, *next; /* mem->live; guarded by mem->mu */
+    atomic_ulong checks, resets;
     uint64_t id;
     atomic_bool broken;
     atomic_bool interrupted;
@@ -165,6 +172,10 @@ void cpool_mem_get_stats(cpool_mem *mem, cpool_mem_stats *out)
     }
     pthread_mutex_lock(&mem->mu);
     *out = mem->stats;
+    for (const mem_conn *c = mem->live; c != NULL; c = c->next) {
+        out->checks += atomic_load(&c->checks);
+        out->resets += atomic_load(&c->resets);
+    }
     pthread_mutex_unlock(&mem->mu);
 }
 
@@ -347,8 +358,15 @@ static int mem_connect(void *ctx, cpool_connect_args *args, void **native,
     atomic_init(&c->broken, false);
     atomic_init(&c->interrupted, false);
     atomic_init(&c->in_txn, false);
+    atomic_init(&c->checks, 0);
+    atomic_init(&c->resets, 0);
 
     pthread_mutex_lock(&mem->mu);
+    c->prev = NULL;
+    c->next = mem->live;
+    if (mem->live != NULL)
+        mem->live->prev = c;
+    mem->live = c;
     if (mem->n_service_ids > 0) {
         const char *sid = mem->service_ids[mem->next_service];
         mem->next_service = (mem->next_service + 1) % mem->n_service_ids;
@@ -370,6 +388,14 @@ static void mem_release(void *native, bool abandoned)
         return;
     cpool_mem *mem = c->mem;
     pthread_mutex_lock(&mem->mu);
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        mem->live = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    mem->stats.checks += atomic_load(&c->checks);
+    mem->stats.resets += atomic_load(&c->resets);
     if (mem->stats.open > 0)
         mem->stats.open--;
     if (abandoned)
@@ -415,9 +441,7 @@ static int mem_check(void *ctx, void *native, cpool_error *err)
     if (c == NULL)
         return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_QUERY,
                                CPOOL_FAIL_OTHER, 0, "check: no connection");
-    pthread_mutex_lock(&c->mem->mu);
-    c->mem->stats.checks++;
-    pthread_mutex_unlock(&c->mem->mu);
+    atomic_fetch_add_explicit(&c->checks, 1, memory_order_relaxed);
     return conn_alive(c, "check", err);
 }
 
@@ -437,9 +461,7 @@ static int mem_reset(void *ctx, void *native, cpool_error *err)
     if (c == NULL)
         return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_QUERY,
                                CPOOL_FAIL_OTHER, 0, "reset: no connection");
-    pthread_mutex_lock(&c->mem->mu);
-    c->mem->stats.resets++;
-    pthread_mutex_unlock(&c->mem->mu);
+    atomic_fetch_add_explicit(&c->resets, 1, memory_order_relaxed);
     int rc = conn_alive(c, "reset", err);
     if (rc != 0)
         return rc;

@@ -714,16 +714,24 @@ static cpool_conn *take_parked_fast(cpool *p)
     unsigned parked = LEASE_PARKED;
     if (!atomic_compare_exchange_strong(&c->leased, &parked, LEASE_HELD))
         return NULL;
-    if (fast_usable(p, c))
+    /* The same liveness check as the slow path: a parked connection may have
+     * died while it waited. */
+    cpool_error ce;
+    ce.code = 0;
+    bool usable = fast_usable(p, c);
+    bool dead = usable && p->cx->check != NULL &&
+                p->cx->check(p->cx_ctx, c->native, &ce) != 0;
+    if (usable && !dead)
         return c;
-    /* Ours now, but perished or the pool changed: close it properly. */
+    /* Ours now, but perished, dead or the pool changed: close it properly. */
     pthread_mutex_lock(&p->mu);
     check_fork_locked(p);
     if (c->state == CONN_IN_USE) {
         int reason = p->state == CPOOL_STATE_CLOSED ? CPOOL_CLOSE_POOL_CLOSED
                      : is_stale_locked(p, c)        ? CPOOL_CLOSE_STALE
+                     : dead                         ? CPOOL_CLOSE_ERROR
                                                     : CPOOL_CLOSE_IDLE;
-        close_conn_locked(p, c, reason, NULL);
+        close_conn_locked(p, c, reason, dead ? &ce : NULL);
     }
     pthread_mutex_unlock(&p->mu);
     return NULL;
@@ -1105,7 +1113,8 @@ int cpool_checkin(cpool *p, cpool_conn *c, unsigned flags, cpool_error *err)
         cpool__emit_unlock(p, &ev);
     }
     cpool_error ce;
-    memset(&ce, 0, sizeof ce);
+    ce.code = 0; /* a failing reset fills the rest; zeroing all of it costs
+                    more than the rest of an unobserved check-in */
     if (!broken && p->cx->reset != NULL && p->cx->reset(p->cx_ctx, c->native, &ce) != 0)
         broken = true;
     if (p->can_park && !broken && try_park(p, c))

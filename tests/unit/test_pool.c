@@ -708,6 +708,28 @@ TEST(unobserved_stale_not_reused)
     test_fixture_free(&f);
 }
 
+/* A connection parked by the unobserved fast path may die while it waits;
+ * the fast checkout runs the same liveness check as the slow path, so the
+ * dead one is closed (reason error) and a new one is handed out. */
+TEST(unobserved_dead_parked_not_reused)
+{
+    test_fixture f;
+    fx_init_unobserved(&f);
+    test_fixture_start(&f);
+    cpool_conn *c = test_checkout(f.pool);
+    uint64_t id = cpool_conn_id(c);
+    void *native = cpool_conn_native(c);
+    test_checkin(f.pool, c, 0);
+    ASSERT_EQ(1, test_counts(f.pool).available); /* parked counts as available */
+    cpool_mem_conn_break(native);
+    c = test_checkout(f.pool);
+    ASSERT_NE(id, cpool_conn_id(c));
+    ASSERT_EQ(1, test_mem_stats(f.mem).closes);
+    ASSERT_EQ(1, test_counts(f.pool).total);
+    test_checkin(f.pool, c, 0);
+    test_fixture_free(&f);
+}
+
 TEST(unobserved_idle_reaped)
 {
     test_fixture f;
@@ -776,6 +798,7 @@ static const test_case cases[] = {
     TEST_ENTRY(checkout_timeout_zero_does_not_wait),
     TEST_ENTRY(unobserved_checkin_counts_available),
     TEST_ENTRY(unobserved_stale_not_reused),
+    TEST_ENTRY(unobserved_dead_parked_not_reused),
     TEST_ENTRY(unobserved_idle_reaped),
     TEST_ENTRY(unobserved_close_closes_returned),
 };
