@@ -48,6 +48,7 @@ cpool_unit_suite(pool LABEL unit TIMEOUT 30 CASES
   clear_fails_waiters_at_once
   wait_queue_timeout_reports_counts
   wait_queue_timeout_follows_fake_clock
+  connect_timeout_bounds_establishment
   checkout_timeout_zero_does_not_wait
   unobserved_checkin_counts_available
   unobserved_stale_not_reused

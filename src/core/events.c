@@ -130,9 +130,32 @@ static void add_ms(field_buf *b, int64_t ns)
         .key = "durationMS", .type = CPOOL_LOG_DOUBLE, .d = (double)ns / 1e6};
 }
 
+static const char *phase_name(cpool_phase phase)
+{
+    static const char *const names[] = {"none", "dns", "connect", "tls",
+                                        "handshake", "auth", "query"};
+    return (unsigned)phase < sizeof names / sizeof *names ? names[phase] : "unknown";
+}
+
+/* The log's "error" keeps everything the error carries (CMAP: no loss of
+ * information): message, code, native code, phase and labels. */
+static const char *describe_error(const cpool_error *err, char *buf, size_t size)
+{
+    char labels[64] = "";
+    for (unsigned bit = 1; bit <= CPOOL_LABEL_RETRYABLE; bit <<= 1)
+        if ((err->labels & bit) && cpool_label_name(bit) != NULL)
+            snprintf(labels + strlen(labels), sizeof labels - strlen(labels), "%s%s",
+                     labels[0] ? "," : "", cpool_label_name(bit));
+    snprintf(buf, size, "%s (%s, native %d, phase %s%s%s)", err->message,
+             cpool_err_name(err->code), err->native, phase_name(err->phase),
+             labels[0] ? ", labels " : "", labels);
+    return buf;
+}
+
 static void log_event(cpool *p, const cpool_event *ev)
 {
     field_buf b = {.n = 0};
+    char errbuf[sizeof ev->error->message + 128];
     const cpool_options *o = &p->opts;
     add_str(&b, "serverHost", p->host);
     if (p->port >= 0)
@@ -163,12 +186,12 @@ static void log_event(cpool *p, const cpool_event *ev)
     case CPOOL_EV_CONN_CLOSED:
         add_str(&b, "reason", close_reason_text(ev->reason));
         if (ev->reason == CPOOL_CLOSE_ERROR && ev->error != NULL)
-            add_str(&b, "error", ev->error->message);
+            add_str(&b, "error", describe_error(ev->error, errbuf, sizeof errbuf));
         break;
     case CPOOL_EV_CHECKOUT_FAILED:
         add_str(&b, "reason", checkout_failure_text(ev->reason));
         if (ev->reason == CPOOL_CHECKOUT_CONN_ERROR && ev->error != NULL)
-            add_str(&b, "error", ev->error->message);
+            add_str(&b, "error", describe_error(ev->error, errbuf, sizeof errbuf));
         add_ms(&b, ev->duration_ns);
         break;
     default:

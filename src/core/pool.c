@@ -474,8 +474,15 @@ static void cleared_error(const cpool *p, cpool_error *e)
                    "Connection pool for %s was cleared because another operation "
                    "failed with: %s",
                    p->address, p->clear_cause.message);
+    else if (p->generation > 0)
+        cpool__err(e, CPOOL_ECLEARED,
+                   "Connection pool for %s was cleared because another operation "
+                   "failed with: (no cause given to cpool_clear)",
+                   p->address);
     else
-        cpool__err(e, CPOOL_ECLEARED, "Connection pool for %s is paused", p->address);
+        cpool__err(e, CPOOL_ECLEARED,
+                   "Connection pool for %s is paused: cpool_ready() was not called",
+                   p->address);
     if (e != NULL)
         e->labels = CPOOL_LABEL_RETRYABLE;
 }
@@ -788,14 +795,16 @@ static void clock_start(checkout_clock *t)
     }
 }
 
-/* Without a caller's timeout, each establishment gets connect_timeout_ms
- * from the moment it starts, however long the wait before it was. */
+/* Each establishment gets connect_timeout_ms from the moment it starts,
+ * however long the wait before it was, and never more than what is left of
+ * the caller's own timeout (CMAP: min(connectTimeoutMS, remaining)). */
 static int64_t conn_deadline(checkout_clock *t)
 {
     clock_start(t);
-    if (t->timeout_ms >= 0 || t->p->opts.connect_timeout_ms == 0)
+    if (t->p->opts.connect_timeout_ms == 0)
         return t->conn_deadline;
-    return deadline_after(cpool__now(t->p), t->p->opts.connect_timeout_ms);
+    int64_t own = deadline_after(cpool__now(t->p), t->p->opts.connect_timeout_ms);
+    return own < t->conn_deadline ? own : t->conn_deadline;
 }
 
 static int fail_checkout(cpool *p, int rc, int reason, checkout_clock *t,

@@ -626,6 +626,33 @@ TEST(wait_queue_timeout_follows_fake_clock)
     test_fixture_free(&f);
 }
 
+/* CMAP: an establishment inside a checkout gets min(connectTimeoutMS, what
+ * is left of the checkout's timeout). A server that never answers the
+ * handshake must fail the checkout at connect_timeout_ms, well before the
+ * caller's much longer timeout. */
+TEST(connect_timeout_bounds_establishment)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.connect_timeout_ms = 100;
+    test_fixture_start(&f);
+    cpool_mem_failpoint fp;
+    memset(&fp, 0, sizeof fp);
+    fp.times = -1;
+    fp.block_until_interrupted = true; /* hangs until the deadline */
+    cpool_mem_set_failpoint(f.mem, &fp);
+    cpool_conn *c = NULL;
+    cpool_error err;
+    int64_t t0 = test_now_ms();
+    ASSERT_RC(CPOOL_ECONNECT, cpool_checkout(f.pool, 10000, &c, &err));
+    int64_t took = test_now_ms() - t0;
+    ASSERT_GE(took, 90);
+    ASSERT_LT(took, 5000);
+    ASSERT_EQ(CPOOL_FAIL_TIMEOUT, err.kind);
+    ASSERT_EQ(CPOOL_LABEL_SYSTEM_OVERLOADED | CPOOL_LABEL_RETRYABLE, err.labels);
+    test_fixture_free(&f);
+}
+
 TEST(checkout_timeout_zero_does_not_wait)
 {
     test_fixture f;
@@ -795,6 +822,7 @@ static const test_case cases[] = {
     TEST_ENTRY(clear_fails_waiters_at_once),
     TEST_ENTRY(wait_queue_timeout_reports_counts),
     TEST_ENTRY(wait_queue_timeout_follows_fake_clock),
+    TEST_ENTRY(connect_timeout_bounds_establishment),
     TEST_ENTRY(checkout_timeout_zero_does_not_wait),
     TEST_ENTRY(unobserved_checkin_counts_available),
     TEST_ENTRY(unobserved_stale_not_reused),
