@@ -89,4 +89,12 @@ if [[ $rc -ne 0 ]]; then
     echo "ctest-run: FAIL: ctest failed in $build" >&2
     exit "$rc"
 fi
+# ctest shows only failing tests' output; the conformance runner's own
+# closing lines ("33 passed, 0 failed, 0 skipped") are worth seeing in every
+# log, so they are repeated from ctest's full record.
+if [[ -f "$build/Testing/Temporary/LastTest.log" ]]; then
+    grep -E '^[0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$' \
+        "$build/Testing/Temporary/LastTest.log" |
+        sed "s|^|ctest-run: CMAP conformance runner: |" || true
+fi
 echo "ctest-run: OK: every test in $build ran and passed"
