@@ -122,4 +122,5 @@ cpool_unit_suite(fork LABEL unit TIMEOUT 40 CASES ${fork_cases})
 cpool_unit_suite(stress LABEL stress TIMEOUT 180 CASES
   clear_interrupt_churn
   clear_interrupt_churn_unobserved
-  close_under_load)
+  close_under_load
+  close_under_load_unobserved)

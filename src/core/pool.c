@@ -701,15 +701,19 @@ static bool try_park(cpool *p, cpool_conn *c)
     if (!fast_usable(p, c))
         return false;
     atomic_store(&c->leased, LEASE_PARKED);
-    if (atomic_load(&p->nwaiting) == 0) {
+    /* The same handshake with cpool_close(), which stores CLOSED and then
+     * takes every parked connection: re-reading the state after the store
+     * means a connection is never left parked in a closed pool. */
+    if (atomic_load(&p->nwaiting) == 0 &&
+        atomic_load(&p->state) == CPOOL_STATE_READY) {
         tl_park.serial = p->serial;
         tl_park.conn = c;
         return true;
     }
     unsigned parked = LEASE_PARKED;
     if (atomic_compare_exchange_strong(&c->leased, &parked, LEASE_NONE))
-        return false; /* took it back: a waiter gets it by handoff */
-    return true;      /* a waiter took it already */
+        return false; /* took it back: the locked path hands it over or closes it */
+    return true;      /* someone took it already */
 }
 
 /* Takes this thread's parked connection, if it is still parked and fit. */
