@@ -612,9 +612,11 @@ static int establish_locked(cpool *p, cpool_conn *c, int64_t deadline,
         } else if (cpool_is_backpressure(ce.phase, ce.kind)) {
             ce.labels |= CPOOL_LABEL_SYSTEM_OVERLOADED | CPOOL_LABEL_RETRYABLE;
         } else if (p->opts.clear_on_connect_error && !p->opts.load_balanced &&
-                   p->state == CPOOL_STATE_READY && !is_stale_locked(p, c)) {
+                   ce.code != CPOOL_ENOMEM && p->state == CPOOL_STATE_READY &&
+                   !is_stale_locked(p, c)) {
             /* Not in load-balanced mode: there an establishment error must
-             * never pause the whole pool (CMAP load-balancer rules). */
+             * never pause the whole pool (CMAP load-balancer rules). Nor for
+             * a local out-of-memory, which says nothing about the server. */
             clear_locked(p, 0, &ce);
         }
         close_conn_locked(p, c, CPOOL_CLOSE_ERROR, &ce);
