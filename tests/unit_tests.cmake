@@ -124,3 +124,22 @@ cpool_unit_suite(stress LABEL stress TIMEOUT 180 CASES
   clear_interrupt_churn_unobserved
   close_under_load
   close_under_load_unobserved)
+
+# Allocation-failure injection: the executable wraps malloc, calloc, realloc,
+# strdup and strndup with the GNU linker's --wrap, which reaches the calls in
+# the objects it links -- including libcpool.a's. It needs the static
+# library (a shared libcpool resolves its own calls at run time, past the
+# wrappers), so a BUILD_SHARED_LIBS build leaves the suite out.
+get_target_property(cpool_lib_type cpool TYPE)
+if(cpool_lib_type STREQUAL "STATIC_LIBRARY" AND CMAKE_SYSTEM_NAME STREQUAL "Linux")
+  cpool_unit_suite(oom LABEL unit TIMEOUT 60 CASES
+    create_fails_cleanly
+    checkout_establishment_oom
+    waiter_granted_oom
+    lb_service_entry_oom
+    sweep)
+  target_link_options(test_oom PRIVATE
+    -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=strdup,--wrap=strndup)
+else()
+  message(STATUS "cpool: oom suite left out (needs a static libcpool on Linux)")
+endif()
