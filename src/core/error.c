@@ -38,7 +38,7 @@ const char *cpool_label_name(unsigned label_bit)
     }
 }
 
-void cpool__verr(cpool_error *err, int code, const char *fmt, va_list ap)
+static void verr(cpool_error *err, int code, const char *fmt, va_list ap)
 {
     if (err == NULL)
         return;
@@ -51,7 +51,7 @@ int cpool__err(cpool_error *err, int code, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    cpool__verr(err, code, fmt, ap);
+    verr(err, code, fmt, ap);
     va_end(ap);
     return code;
 }
@@ -61,7 +61,7 @@ int cpool_error_set(cpool_error *err, int code, cpool_phase phase,
 {
     va_list ap;
     va_start(ap, fmt);
-    cpool__verr(err, code, fmt, ap);
+    verr(err, code, fmt, ap);
     va_end(ap);
     if (err != NULL) {
         err->phase = phase;

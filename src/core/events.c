@@ -207,7 +207,8 @@ static void log_event(cpool *p, const cpool_event *ev)
     p->opts.on_log(&rec, p->opts.log_ctx);
 }
 
-void cpool__deliver(cpool *p, const cpool_event *ev)
+/* To the subscriber, then the log sink. Called with ev_mu held. */
+static void deliver(cpool *p, const cpool_event *ev)
 {
     if (p->opts.on_event != NULL)
         p->opts.on_event(ev, p->opts.event_ctx);
@@ -223,7 +224,7 @@ void cpool__emit_unlock(cpool *p, const cpool_event *ev)
     }
     pthread_mutex_lock(&p->ev_mu);
     pthread_mutex_unlock(&p->mu);
-    cpool__deliver(p, ev);
+    deliver(p, ev);
     pthread_mutex_unlock(&p->ev_mu);
 }
 

@@ -15,7 +15,6 @@
 
 #include <pthread.h>
 #include <semaphore.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 
 #define CONN_MAGIC 0x63706f6fu /* "cpoo": the struct belongs to some pool */
@@ -144,12 +143,9 @@ int cpool__err(cpool_error *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)))
 #endif
     ;
-void cpool__verr(cpool_error *err, int code, const char *fmt, va_list ap);
 
 /* events.c */
 int64_t cpool__now(const cpool *p);
-/* Delivers ev to the subscriber and the log sink. Called with ev_mu held. */
-void cpool__deliver(cpool *p, const cpool_event *ev);
 /* Emits ev, releasing mu: takes ev_mu first so delivery order follows the
  * order of state changes. Called with mu held; returns with mu released. */
 void cpool__emit_unlock(cpool *p, const cpool_event *ev);
