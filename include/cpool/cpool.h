@@ -117,8 +117,9 @@ CPOOL_API const char *cpool_label_name(unsigned label_bit);
 /* ------------------------------------------------------------------ clock */
 
 /* An injectable monotonic clock, for tests. now_ns() must never go back.
- * Timed waits are re-evaluated against it each time they wake; with a fake
- * clock, call cpool_wake() after advancing it so waiters look again. */
+ * With it, waiting checkouts re-read the clock every few milliseconds, so a
+ * fake clock that jumps ends their waits; call cpool_wake() after advancing
+ * it so the maintenance thread looks again too. */
 typedef struct cpool_clock {
     int64_t (*now_ns)(void *ctx);
     void *ctx;
@@ -360,7 +361,8 @@ CPOOL_API void *cpool_conn_native(const cpool_conn *conn);
  * background thread and for tests. */
 CPOOL_API int cpool_maintain(cpool *pool, cpool_error *err);
 
-/* Wakes every waiter so it re-reads the clock (after a fake clock moved). */
+/* Wakes the maintenance thread so it re-reads the clock at once (after a
+ * fake clock moved). */
 CPOOL_API void cpool_wake(cpool *pool);
 
 CPOOL_API void cpool_get_counts(cpool *pool, cpool_counts *out);

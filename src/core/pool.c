@@ -278,6 +278,20 @@ static int perished_locked(const cpool *p, const cpool_conn *c, int64_t now)
     return -1;
 }
 
+/* Why a connection coming back from a lease must be closed, or -1 when it
+ * may be reused: the pool closed, a clear made it stale, or it is broken
+ * (the caller said so, a reset or check failed, or it was interrupted). */
+static int unfit_reason_locked(const cpool *p, const cpool_conn *c, bool broken)
+{
+    if (p->state == CPOOL_STATE_CLOSED)
+        return CPOOL_CLOSE_POOL_CLOSED;
+    if (is_stale_locked(p, c))
+        return CPOOL_CLOSE_STALE;
+    if (broken || c->interrupt_requested)
+        return CPOOL_CLOSE_ERROR;
+    return -1;
+}
+
 /* Creates a pending connection: no I/O (CMAP), counts toward total and
  * pending. The caller emits ConnectionCreated. */
 static cpool_conn *conn_new_locked(cpool *p)
@@ -327,6 +341,17 @@ static void conn_free_locked(cpool *p, cpool_conn *c)
     c->state = CONN_FREE;
     atomic_store_explicit(&c->leased, LEASE_NONE, memory_order_relaxed);
     list_push_head(&p->free_list, c);
+}
+
+/* Drops c without any I/O on its socket: after fork() the parent owns the
+ * server session. abandon() only frees, so it runs under mu. */
+static void abandon_locked(cpool *p, cpool_conn *c)
+{
+    list_remove(list_for(p, c->state), c);
+    if (c->native != NULL && p->cx->abandon != NULL)
+        p->cx->abandon(p->cx_ctx, c->native);
+    c->svc = NULL;
+    conn_free_locked(p, c);
 }
 
 static void emit_created_relock(cpool *p, const cpool_conn *c)
@@ -740,11 +765,9 @@ static cpool_conn *take_parked_fast(cpool *p)
     pthread_mutex_lock(&p->mu);
     check_fork_locked(p);
     if (c->state == CONN_IN_USE) {
-        int reason = p->state == CPOOL_STATE_CLOSED ? CPOOL_CLOSE_POOL_CLOSED
-                     : is_stale_locked(p, c)        ? CPOOL_CLOSE_STALE
-                     : dead                         ? CPOOL_CLOSE_ERROR
-                                                    : CPOOL_CLOSE_IDLE;
-        close_conn_locked(p, c, reason, dead ? &ce : NULL);
+        int reason = unfit_reason_locked(p, c, dead);
+        close_conn_locked(p, c, reason >= 0 ? reason : CPOOL_CLOSE_IDLE,
+                          dead ? &ce : NULL);
     }
     pthread_mutex_unlock(&p->mu);
     return NULL;
@@ -1074,14 +1097,7 @@ fail:
 static int checkin_orphan(cpool *p, cpool_conn *c)
 {
     pthread_mutex_lock(&p->mu);
-    list_remove(&p->orphans, c);
-    void *native = c->native;
-    c->state = CONN_FREE;
-    pthread_mutex_unlock(&p->mu);
-    if (native != NULL && p->cx->abandon != NULL)
-        p->cx->abandon(p->cx_ctx, native);
-    pthread_mutex_lock(&p->mu);
-    conn_free_locked(p, c);
+    abandon_locked(p, c);
     pthread_mutex_unlock(&p->mu);
     return 0;
 }
@@ -1136,13 +1152,7 @@ int cpool_checkin(cpool *p, cpool_conn *c, unsigned flags, cpool_error *err)
         return 0;
 
     pthread_mutex_lock(&p->mu);
-    int reason = -1;
-    if (p->state == CPOOL_STATE_CLOSED)
-        reason = CPOOL_CLOSE_POOL_CLOSED;
-    else if (is_stale_locked(p, c))
-        reason = CPOOL_CLOSE_STALE;
-    else if (broken || c->interrupt_requested)
-        reason = CPOOL_CLOSE_ERROR;
+    int reason = unfit_reason_locked(p, c, broken);
     if (reason >= 0)
         close_conn_locked(p, c, reason, ce.code != 0 ? &ce : NULL);
     else
@@ -1257,20 +1267,11 @@ static void after_fork_locked(cpool *p)
     p->maint_running = false;
     p->wq_head = p->wq_tail = NULL;
     atomic_store(&p->nwaiting, 0);
-    while (p->available.head != NULL) {
-        cpool_conn *c = p->available.head;
-        list_remove(&p->available, c);
-        if (c->native != NULL && p->cx->abandon != NULL)
-            p->cx->abandon(p->cx_ctx, c->native);
-        c->svc = NULL;
-        conn_free_locked(p, c);
-    }
-    while (p->pending.head != NULL) {
-        cpool_conn *c = p->pending.head;
-        list_remove(&p->pending, c);
-        c->svc = NULL;
-        conn_free_locked(p, c);
-    }
+    while (p->available.head != NULL)
+        abandon_locked(p, p->available.head);
+    while (p->pending.head != NULL) /* no handle yet: its connect runs in
+                                       a parent thread that is not here */
+        abandon_locked(p, p->pending.head);
     while (p->in_use.head != NULL) {
         cpool_conn *c = p->in_use.head;
         list_remove(&p->in_use, c);
@@ -1620,13 +1621,8 @@ void cpool_destroy(cpool *p)
     pthread_mutex_lock(&p->mu);
     while (p->in_use.head != NULL)
         close_conn_locked(p, p->in_use.head, CPOOL_CLOSE_POOL_CLOSED, NULL);
-    while (p->orphans.head != NULL) {
-        cpool_conn *c = p->orphans.head;
-        list_remove(&p->orphans, c);
-        if (c->native != NULL && p->cx->abandon != NULL)
-            p->cx->abandon(p->cx_ctx, c->native);
-        conn_free_locked(p, c);
-    }
+    while (p->orphans.head != NULL)
+        abandon_locked(p, p->orphans.head);
     pthread_mutex_unlock(&p->mu);
     registry_remove(p);
     free_pool(p);
