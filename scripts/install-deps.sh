@@ -19,12 +19,14 @@ DEPS_build=(cmake gcc make pkg-config libc6-dev libjansson-dev libaprutil1-dev)
 # gcc's sanitizer runtimes (gcc-12 pulls them in through libgcc-12-dev;
 # listed so a missing one is reported by name).
 DEPS_sanitizers=(libasan8 libubsan1 libtsan2)
-# Coming with the connectors:
-# DEPS_pg=(postgresql libpq-dev)
-# DEPS_redis=(redis-server libhiredis-dev)
-# DEPS_sqlite=(libsqlite3-dev)
+# The connectors' client libraries, and the servers the tests start.
+DEPS_sqlite=(libsqlite3-dev)
+DEPS_pg=(postgresql libpq-dev pgbouncer)
+DEPS_redis=(redis-server libhiredis-dev)
+# The command line's /metrics endpoint.
+DEPS_cli=(libmicrohttpd-dev)
 
-ALL_GROUPS=(build sanitizers)
+ALL_GROUPS=(build sanitizers sqlite pg redis cli)
 
 if [[ "${1:-}" == "--list" ]]; then
     shift

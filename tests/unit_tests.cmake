@@ -97,6 +97,25 @@ cpool_unit_suite(maint LABEL unit TIMEOUT 30 CASES
   no_population_while_paused
   populated_connection_available_before_pending_released)
 
+cpool_unit_suite(config LABEL unit TIMEOUT 30 CASES
+  uri_take_cases
+  uri_next_cases
+  redact_cases
+  url_options_taken_out
+  env_overrides_code_url_overrides_env
+  ignore_env_skips_environment
+  invalid_values_name_option_value_and_range
+  near_miss_of_pool_option_rejected
+  profiles_set_presets_below_code
+  options_set_by_name
+  connector_ctx_made_from_target
+  validation_none_skips_check
+  validation_check_never_pings
+  validation_ping_idle_after_threshold
+  validation_always_pings
+  validation_failure_replaced_within_checkout
+  validation_on_fast_path)
+
 cpool_unit_suite(log LABEL unit TIMEOUT 30 CASES
   lifecycle_messages
   stale_reason

@@ -166,6 +166,15 @@ typedef enum cpool_checkout_failure {
 
 typedef struct cpool_options cpool_options;
 
+/* What the pool does before it hands out a connection that was available. */
+typedef enum cpool_validation {
+    CPOOL_VALIDATE_NONE = 0,  /* nothing */
+    CPOOL_VALIDATE_CHECK,     /* the connector's check(): no I/O (default) */
+    CPOOL_VALIDATE_PING_IDLE, /* check(), and a round trip when the connection
+                                 was idle at least validation_idle_ms */
+    CPOOL_VALIDATE_ALWAYS     /* check() and a round trip every time */
+} cpool_validation;
+
 /* One event. Every pointer in it is borrowed for the callback's duration. */
 typedef struct cpool_event {
     cpool_event_type type;
@@ -272,9 +281,75 @@ struct cpool_options {
     const cpool_clock *clock;          /* NULL = CLOCK_MONOTONIC; must outlive
                                           the pool */
     /* Append new fields here only, each with the version that added it. */
+
+    /* 0.2 */
+    const char *profile;               /* "small", "default" or "large": size
+                                          and timeout presets; NULL = none */
+    bool ignore_env;                   /* do not read CPOOL_* variables */
+    cpool_validation validation;       /* before a reused connection is handed
+                                          out; default CPOOL_VALIDATE_CHECK */
+    int64_t validation_idle_ms;        /* CPOOL_VALIDATE_PING_IDLE: ping when
+                                          idle at least this long; default 1000 */
 };
 
+/* Fills opts with the defaults; `size` is sizeof the caller's struct. */
 CPOOL_API void cpool_options_init(cpool_options *opts, size_t size);
+
+/* ------------------------------------------------------------ configuration
+ * Every option with a name (max_pool_size, wait_queue_timeout_ms, ...) can
+ * also come from the environment and from the target's query string. The
+ * layers, lowest first -- a higher one wins:
+ *   1. the built-in default;
+ *   2. a profile (options.profile, CPOOL_PROFILE or ?profile=, the highest
+ *      of those three that is set picks it);
+ *   3. code: each field the program changed from its default;
+ *   4. the environment: CPOOL_<NAME> (CPOOL_MAX_POOL_SIZE=20), unless
+ *      options.ignore_env;
+ *   5. the target's query: the CMAP name (maxPoolSize=20) or the snake_case
+ *      one (max_pool_size=20). The pool takes these out of the target
+ *      before the connector sees it.
+ * cpool_create() applies them; cpool_options_explain() shows the result. */
+
+typedef enum cpool_option_source {
+    CPOOL_SOURCE_DEFAULT = 0,
+    CPOOL_SOURCE_PROFILE,
+    CPOOL_SOURCE_CODE,
+    CPOOL_SOURCE_ENV,
+    CPOOL_SOURCE_URL
+} cpool_option_source;
+
+/* One named option, as resolved. Strings are static or in the struct. */
+typedef struct cpool_option_info {
+    const char *name;      /* snake_case: "max_pool_size" */
+    const char *cmap_name; /* "maxPoolSize"; NULL when it has none */
+    const char *env_name;  /* "CPOOL_MAX_POOL_SIZE" */
+    const char *allowed;   /* "0..4294967295 (0 = no limit)" */
+    const char *help;      /* one line */
+    char value[64];        /* effective value */
+    char default_value[64];
+    cpool_option_source source;
+} cpool_option_info;
+
+/* "default", "profile", "code", "env", "url". */
+CPOOL_API const char *cpool_option_source_name(cpool_option_source source);
+
+/* Resolves opts as cpool_create() would (the layers above) without creating
+ * a pool. Writes up to `ninfo` entries into info (may be NULL) and the
+ * number of named options into *count (may be NULL); `effective` (may be
+ * NULL) receives the options, with `target` pointing into target_buf (the
+ * target without the pool's parameters; target_size may be 0 when
+ * effective is NULL). CPOOL_EINVAL names the option, where it came from,
+ * the value and what is allowed. */
+CPOOL_API int cpool_options_explain(const cpool_options *opts, cpool_option_info *info,
+                                    size_t ninfo, size_t *count,
+                                    cpool_options *effective, char *target_buf,
+                                    size_t target_size, cpool_error *err);
+
+/* Sets one named option from text, as the environment or the query would
+ * ("max_pool_size", "20"; CMAP names too), in the code layer. For command
+ * lines. CPOOL_EINVAL names the option, the value and what is allowed. */
+CPOOL_API int cpool_options_set(cpool_options *opts, const char *name,
+                                const char *value, cpool_error *err);
 
 /* ------------------------------------------------------------------ pool */
 

@@ -17,7 +17,8 @@
 extern "C" {
 #endif
 
-#define CPOOL_CONNECTOR_ABI 1
+#define CPOOL_CONNECTOR_ABI 2
+#define CPOOL_PHASE_SLOTS 8 /* > every cpool_phase value */
 #define CPOOL_SERVICE_ID_MAX 64
 
 /* Arguments of one establishment. */
@@ -33,6 +34,10 @@ typedef struct cpool_connect_args {
                              CPOOL_FAIL_INTERRUPTED. -1 when not available. */
     char service_id[CPOOL_SERVICE_ID_MAX]; /* out: the service this connection
                              reached, for load-balanced mode ("" = none) */
+    /* ABI 2. out: nanoseconds spent in each phase, indexed by cpool_phase
+     * (DNS, CONNECT, TLS, HANDSHAKE, AUTH); 0 = not reached or not measured.
+     * The core zeroes it; `cpool probe` prints it. */
+    int64_t phase_ns[CPOOL_PHASE_SLOTS];
 } cpool_connect_args;
 
 struct cpool_connector {
@@ -74,6 +79,27 @@ struct cpool_connector {
     /* Writes the "host:port" (or socket path) the target names into buf.
      * Returns 0 on success. NULL = the pool uses the target itself. */
     int (*address)(void *ctx, const char *target, char *buf, size_t size);
+
+    /* ---- ABI 2 ---- */
+
+    /* Parses and validates the connector's part of a target -- the pool has
+     * already taken its own options out of the query -- and makes the
+     * context every other method receives. cpool_create() calls it when the
+     * options give no connector_ctx, and cpool_destroy() calls ctx_free().
+     * An unknown or invalid parameter is CPOOL_EINVAL with a message naming
+     * it, the value and what is allowed. NULL: the connector needs no
+     * context, or the caller must give one. */
+    int (*ctx_new)(const char *target, void **ctx, cpool_error *err);
+    void (*ctx_free)(void *ctx);
+
+    /* Writes one line about the server behind an established connection
+     * ("PostgreSQL 15.18, primary, read-write"), for probes and logs.
+     * Returns 0 on success. NULL = nothing to say. */
+    int (*describe)(void *ctx, void *native, char *buf, size_t size);
+
+    /* The target prefixes this connector accepts ("postgresql://", ...),
+     * NULL-terminated, for cpool_connector_for(). NULL = none. */
+    const char *const *schemes;
 };
 
 /* Sets err to an establishment failure; the helper connectors use. Returns
@@ -90,6 +116,39 @@ CPOOL_API int cpool_error_set(cpool_error *err, int code, cpool_phase phase,
  * server: network errors and timeouts while connecting, in TLS or in the
  * handshake. DNS, certificate and authentication failures are not. */
 CPOOL_API bool cpool_is_backpressure(cpool_phase phase, cpool_fail_kind kind);
+
+/* ------------------------------------------------------------ target URIs
+ * Helpers for connectors that read parameters from a target's query string
+ * ("scheme://...?name=value&name2=value2"). Names are compared exactly;
+ * values are percent-decoded ('+' stays '+'). */
+
+/* Removes every `name=...` parameter from the query of `uri` (edited in
+ * place; a query left empty loses its '?') and writes the last one's
+ * decoded value into val. Returns 1 when found, 0 when absent, CPOOL_EINVAL
+ * when the value does not fit or has a bad %-escape. */
+CPOOL_API int cpool_uri_take(char *uri, const char *name, char *val,
+                             size_t valsize);
+
+/* Iterates the query parameters of `uri`. Start with *pos = 0; each call
+ * writes the next raw name and decoded value and returns 1, then 0 at the
+ * end, CPOOL_EINVAL when one does not fit or is malformed. */
+CPOOL_API int cpool_uri_next(const char *uri, size_t *pos, char *name,
+                             size_t namesize, char *val, size_t valsize);
+
+/* Percent-decodes in[0..len) into out. CPOOL_EINVAL on a bad escape or when
+ * it does not fit; otherwise the decoded length. */
+CPOOL_API int cpool_uri_decode(const char *in, size_t len, char *out,
+                               size_t outsize);
+
+/* Copies a target with any password replaced by "***": the password of a
+ * URI's user info, a `password=` query parameter, a conninfo `password=`
+ * keyword. Returns the length it needed, like snprintf. */
+CPOOL_API size_t cpool_redact(const char *target, char *buf, size_t size);
+
+/* The built-in connector whose schemes prefix `target`, NULL when none (or
+ * when it was left out of this build). A libpq conninfo ("host=... dbname=")
+ * is PostgreSQL. */
+CPOOL_API const cpool_connector *cpool_connector_for(const char *target);
 
 #ifdef __cplusplus
 }

@@ -56,6 +56,7 @@ typedef struct cpool_mem_stats {
     uint64_t interrupts; /* interrupt() calls on established connections */
     uint64_t resets;     /* reset() calls */
     uint64_t checks;     /* check() calls */
+    uint64_t pings;      /* ping() calls */
 } cpool_mem_stats;
 
 CPOOL_API void cpool_mem_get_stats(cpool_mem *mem, cpool_mem_stats *out);
@@ -63,6 +64,9 @@ CPOOL_API void cpool_mem_get_stats(cpool_mem *mem, cpool_mem_stats *out);
 /* Per-connection scripting, on a native handle (cpool_conn_native()). */
 /* Makes check() and reset() fail from now on (a dead socket). */
 CPOOL_API void cpool_mem_conn_break(void *native);
+/* Makes ping() fail from now on while check() still passes: a server that
+ * stopped answering but keeps the socket open. */
+CPOOL_API void cpool_mem_conn_hang(void *native);
 /* True once interrupt() was called on it. */
 CPOOL_API bool cpool_mem_conn_interrupted(void *native);
 /* The id the pool gave it at establishment. */

@@ -43,7 +43,8 @@ struct cpool_mem {
 typedef struct mem_conn {
     cpool_mem *mem;        /* back pointer for the counters */
     struct mem_conn *prev, *next; /* mem->live; guarded by mem->mu */
-    atomic_ulong checks, resets;
+    atomic_ulong checks, resets, pings;
+    atomic_bool hung;      /* check() passes, ping() fails */
     uint64_t id;
     atomic_bool broken;
     atomic_bool interrupted;
@@ -174,6 +175,7 @@ void cpool_mem_get_stats(cpool_mem *mem, cpool_mem_stats *out)
     *out = mem->stats;
     for (const mem_conn *c = mem->live; c != NULL; c = c->next) {
         out->checks += atomic_load(&c->checks);
+        out->pings += atomic_load(&c->pings);
         out->resets += atomic_load(&c->resets);
     }
     pthread_mutex_unlock(&mem->mu);
@@ -359,6 +361,8 @@ static int mem_connect(void *ctx, cpool_connect_args *args, void **native,
     atomic_init(&c->interrupted, false);
     atomic_init(&c->in_txn, false);
     atomic_init(&c->checks, 0);
+    atomic_init(&c->pings, 0);
+    atomic_init(&c->hung, false);
     atomic_init(&c->resets, 0);
 
     pthread_mutex_lock(&mem->mu);
@@ -395,6 +399,7 @@ static void mem_release(void *native, bool abandoned)
     if (c->next != NULL)
         c->next->prev = c->prev;
     mem->stats.checks += atomic_load(&c->checks);
+    mem->stats.pings += atomic_load(&c->pings);
     mem->stats.resets += atomic_load(&c->resets);
     if (mem->stats.open > 0)
         mem->stats.open--;
@@ -454,13 +459,30 @@ static int mem_check(void *ctx, void *native, cpool_error *err)
     return conn_alive(c, "check", err);
 }
 
-/* No round trip to make; a ping sees what check() sees, and the stats have
- * no separate counter for it. */
+/* No round trip to make: a ping sees what check() sees, and fails on a
+ * "hung" connection, which looks alive without I/O (a stopped server that
+ * still holds the socket open). */
 static int mem_ping(void *ctx, void *native, int64_t deadline_ns,
                     cpool_error *err)
 {
+    (void)ctx;
     (void)deadline_ns;
-    return mem_check(ctx, native, err);
+    mem_conn *c = native;
+    if (c == NULL)
+        return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_QUERY,
+                               CPOOL_FAIL_OTHER, 0, "ping: no connection");
+    bump(&c->pings);
+    if (atomic_load(&c->hung))
+        return cpool_error_set(err, CPOOL_EIO, CPOOL_PHASE_QUERY, CPOOL_FAIL_TIMEOUT, 0,
+                               "ping on mem connection %llu: no answer",
+                               (unsigned long long)c->id);
+    return conn_alive(c, "ping", err);
+}
+
+void cpool_mem_conn_hang(void *native)
+{
+    if (native != NULL)
+        atomic_store(&((mem_conn *)native)->hung, true);
 }
 
 static int mem_reset(void *ctx, void *native, cpool_error *err)
@@ -511,6 +533,36 @@ static int mem_address(void *ctx, const char *target, char *buf, size_t size)
     return 0;
 }
 
+/* A pool created from a "mem://" target without a connector_ctx gets a
+ * server of its own, freed with the pool: `cpool bench mem://` and tests of
+ * target parsing need nothing else. */
+static int mem_ctx_new(const char *target, void **ctx, cpool_error *err)
+{
+    (void)target;
+    cpool_mem *m = NULL;
+    if (cpool_mem_create(&m) != 0)
+        return cpool_error_set(err, CPOOL_ENOMEM, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
+                               "mem connector: out of memory");
+    *ctx = m;
+    return 0;
+}
+
+static void mem_ctx_free(void *ctx)
+{
+    cpool_mem_destroy(ctx);
+}
+
+static int mem_describe(void *ctx, void *native, char *buf, size_t size)
+{
+    (void)ctx;
+    mem_conn *c = native;
+    int w = snprintf(buf, size, "in-memory test server, connection %llu",
+                     c != NULL ? (unsigned long long)c->id : 0ULL);
+    return w < 0 || (size_t)w >= size ? CPOOL_EINVAL : 0;
+}
+
+static const char *const mem_schemes[] = {MEM_SCHEME, NULL};
+
 static const cpool_connector mem_connector = {
     .abi_version = CPOOL_CONNECTOR_ABI,
     .name = "mem",
@@ -522,6 +574,10 @@ static const cpool_connector mem_connector = {
     .reset = mem_reset,
     .interrupt = mem_interrupt,
     .address = mem_address,
+    .ctx_new = mem_ctx_new,
+    .ctx_free = mem_ctx_free,
+    .describe = mem_describe,
+    .schemes = mem_schemes,
 };
 
 const cpool_connector *cpool_mem_connector(void)

@@ -437,9 +437,9 @@ static void make_available_locked(cpool *p, cpool_conn *c)
         serve_waiter(w);
         return;
     }
-    /* The idle clock matters only with maxIdleTimeMS; skip the clock read
-     * on the hot path otherwise. */
-    if (p->opts.max_idle_time_ms > 0)
+    /* The idle clock matters only with maxIdleTimeMS or ping-when-idle;
+     * skip the clock read on the hot path otherwise. */
+    if (p->stamp_idle)
         atomic_store_explicit(&c->available_since_ns, cpool__now(p),
                               memory_order_relaxed);
     set_state_locked(p, c, CONN_AVAILABLE);
@@ -722,7 +722,7 @@ static bool fast_usable(const cpool *p, const cpool_conn *c)
  * when the caller must finish the check-in under the lock instead. */
 static bool try_park(cpool *p, cpool_conn *c)
 {
-    if (p->opts.max_idle_time_ms > 0)
+    if (p->stamp_idle)
         atomic_store_explicit(&c->available_since_ns, cpool__now(p),
                               memory_order_relaxed);
     if (!fast_usable(p, c))
@@ -743,8 +743,51 @@ static bool try_park(cpool *p, cpool_conn *c)
     return true;      /* someone took it already */
 }
 
+/* The validation policy, outside mu, on a connection that was available:
+ * 0 = hand it out; otherwise ce says why it must be closed. `deadline` is on
+ * the pool clock (NO_DEADLINE = none). */
+static int validate_conn(cpool *p, cpool_conn *c, int64_t deadline, cpool_error *ce)
+{
+    cpool_validation v = p->opts.validation;
+    memset(ce, 0, sizeof *ce);
+    if (v == CPOOL_VALIDATE_NONE)
+        return 0;
+    if (p->cx->check != NULL && p->cx->check(p->cx_ctx, c->native, ce) != 0)
+        return -1;
+    bool ping = v == CPOOL_VALIDATE_ALWAYS;
+    if (v == CPOOL_VALIDATE_PING_IDLE)
+        ping = cpool__now(p) - atomic_load_explicit(&c->available_since_ns,
+                                                    memory_order_relaxed) >=
+               ms_to_ns(p->opts.validation_idle_ms);
+    if (!ping || p->cx->ping == NULL)
+        return 0;
+    if (p->cx->ping(p->cx_ctx, c->native, real_deadline(p, deadline), ce) == 0)
+        return 0;
+    if (ce->code == 0)
+        ce->code = CPOOL_EIO;
+    if (ce->message[0] == '\0')
+        snprintf(ce->message, sizeof ce->message, "ping %s: no answer", p->address);
+    return -1;
+}
+
+/* A deadline for validating without a checkout clock (the fast path):
+ * connect_timeout_ms bounds a ping as it bounds an establishment, and the
+ * caller's timeout bounds both. */
+static int64_t fast_deadline(const cpool *p, int64_t timeout_ms)
+{
+    int64_t d = NO_DEADLINE;
+    if (p->opts.connect_timeout_ms > 0)
+        d = deadline_after(cpool__now(p), p->opts.connect_timeout_ms);
+    if (timeout_ms >= 0) {
+        int64_t own = deadline_after(cpool__now(p), timeout_ms);
+        if (own < d)
+            d = own;
+    }
+    return d;
+}
+
 /* Takes this thread's parked connection, if it is still parked and fit. */
-static cpool_conn *take_parked_fast(cpool *p)
+static cpool_conn *take_parked_fast(cpool *p, int64_t timeout_ms)
 {
     cpool_conn *c = tl_park.conn;
     if (tl_park.serial != p->serial || c == NULL || atomic_load(&p->nwaiting) != 0)
@@ -752,13 +795,12 @@ static cpool_conn *take_parked_fast(cpool *p)
     unsigned parked = LEASE_PARKED;
     if (!atomic_compare_exchange_strong(&c->leased, &parked, LEASE_HELD))
         return NULL;
-    /* The same liveness check as the slow path: a parked connection may have
+    /* The same validation as the slow path: a parked connection may have
      * died while it waited. */
     cpool_error ce;
     ce.code = 0;
     bool usable = fast_usable(p, c);
-    bool dead = usable && p->cx->check != NULL &&
-                p->cx->check(p->cx_ctx, c->native, &ce) != 0;
+    bool dead = usable && validate_conn(p, c, fast_deadline(p, timeout_ms), &ce) != 0;
     if (usable && !dead)
         return c;
     /* Ours now, but perished, dead or the pool changed: close it properly. */
@@ -911,7 +953,7 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
     if (p == NULL || out == NULL)
         return cpool__err(err, CPOOL_EINVAL, "checkout: pool and out are required");
     if (p->can_park) {
-        cpool_conn *fast = take_parked_fast(p);
+        cpool_conn *fast = take_parked_fast(p, timeout_ms);
         if (fast != NULL) {
             *out = fast;
             return 0;
@@ -1053,11 +1095,12 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
                     cause = &ce;
                 goto fail;
             }
-        } else if (p->cx->check != NULL) {
-            /* Cheap liveness check (no round trip), outside the lock. */
-            memset(&ce, 0, sizeof ce);
+        } else if (p->opts.validation != CPOOL_VALIDATE_NONE) {
+            /* The validation policy, outside the lock, within the same
+             * deadline as the rest of the checkout. */
+            int64_t deadline = conn_deadline(&t);
             pthread_mutex_unlock(&p->mu);
-            int bad = p->cx->check(p->cx_ctx, c->native, &ce);
+            int bad = validate_conn(p, c, deadline, &ce);
             pthread_mutex_lock(&p->mu);
             if (bad != 0) {
                 close_conn_locked(p, c, CPOOL_CLOSE_ERROR, &ce);
@@ -1309,6 +1352,8 @@ void cpool_options_init(cpool_options *o, size_t size)
     d.connect_timeout_ms = 10000;
     d.maintenance_interval_ms = 1000;
     d.log_level = CPOOL_LOG_DEBUG;
+    d.validation = CPOOL_VALIDATE_CHECK;
+    d.validation_idle_ms = 1000;
     memset(o, 0, size);
     memcpy(o, &d, size < sizeof d ? size : sizeof d);
 }
@@ -1362,6 +1407,13 @@ static int validate(const cpool_options *o, cpool_error *err)
     if ((unsigned)o->log_level > CPOOL_LOG_DEBUG)
         return cpool__err(err, CPOOL_EINVAL, "option log_level = %d: out of range",
                           (int)o->log_level);
+    if ((unsigned)o->validation > CPOOL_VALIDATE_ALWAYS)
+        return cpool__err(err, CPOOL_EINVAL, "option validation = %d: out of range",
+                          (int)o->validation);
+    if (o->validation_idle_ms < 0)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "option validation_idle_ms = %lld: must be >= 0",
+                          (long long)o->validation_idle_ms);
     if (o->clock != NULL && o->clock->now_ns == NULL)
         return cpool__err(err, CPOOL_EINVAL, "option clock: now_ns is required");
     return 0;
@@ -1402,6 +1454,8 @@ static void free_pool(cpool *p)
         p->services = s->next;
         free(s);
     }
+    if (p->owns_cx_ctx && p->cx->ctx_free != NULL)
+        p->cx->ctx_free(p->cx_ctx);
     free(p->target);
     free(p->address);
     free(p->host);
@@ -1422,18 +1476,27 @@ int cpool_create(const cpool_options *opts, cpool **out, cpool_error *err)
                           "create: options.struct_size %zu is too small; use "
                           "cpool_options_init(&o, sizeof o)",
                           opts->struct_size);
-    cpool_options o;
-    cpool_options_init(&o, sizeof o);
-    memcpy(&o, opts, opts->struct_size < sizeof o ? opts->struct_size : sizeof o);
-    o.struct_size = sizeof o;
-    int rc = validate(&o, err);
-    if (rc != 0)
+    cpool_options code, o;
+    cpool_options_init(&code, sizeof code);
+    memcpy(&code, opts, opts->struct_size < sizeof code ? opts->struct_size : sizeof code);
+    code.struct_size = sizeof code;
+    /* Profile, environment and the target's query over the code's values;
+     * `target` comes back without the pool's own parameters. */
+    char *target = NULL;
+    int rc = cpool__options_resolve(&code, &o, &target, err);
+    if (rc == 0)
+        rc = validate(&o, err);
+    if (rc != 0) {
+        free(target);
         return rc;
+    }
 
     pthread_once(&g_atfork_once, register_atfork);
     cpool *p = calloc(1, sizeof *p);
-    if (p == NULL)
+    if (p == NULL) {
+        free(target);
         return cpool__err(err, CPOOL_ENOMEM, "create: out of memory");
+    }
     /* Critical sections are a few list operations: spinning briefly before
      * sleeping beats a futex round trip when the holder runs on another core. */
     pthread_mutexattr_t mattr;
@@ -1450,7 +1513,20 @@ int cpool_create(const cpool_options *opts, cpool **out, cpool_error *err)
 
     p->cx = o.connector;
     p->cx_ctx = o.connector_ctx;
-    p->target = strdup(o.target != NULL ? o.target : "");
+    p->target = target != NULL ? target : strdup("");
+    if (p->target != NULL && p->cx_ctx == NULL && p->cx->abi_version >= 2 &&
+        p->cx->ctx_new != NULL) {
+        /* The connector parses its part of the target now, so a bad
+         * parameter fails here rather than at the first connect. */
+        void *ctx = NULL;
+        rc = p->cx->ctx_new(p->target, &ctx, err);
+        if (rc != 0) {
+            free_pool(p);
+            return rc;
+        }
+        p->cx_ctx = ctx;
+        p->owns_cx_ctx = true;
+    }
     char buf[256];
     const char *address = o.address;
     if (address == NULL && p->target != NULL && p->cx->address != NULL &&
@@ -1467,6 +1543,7 @@ int cpool_create(const cpool_options *opts, cpool **out, cpool_error *err)
     o.address = p->address;
     p->opts = o;
     p->observed = o.on_event != NULL || o.on_log != NULL;
+    p->stamp_idle = o.max_idle_time_ms > 0 || o.validation == CPOOL_VALIDATE_PING_IDLE;
     /* Parking skips the events and the per-service generations. */
     p->can_park = !p->observed && !o.load_balanced;
     p->serial = atomic_fetch_add(&g_pool_serial, 1) + 1;

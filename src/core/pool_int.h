@@ -112,6 +112,8 @@ struct cpool {
     int port;              /* serverPort; -1 when none (unix socket) */
     const cpool_connector *cx;
     void *cx_ctx;
+    bool owns_cx_ctx;      /* made by connector->ctx_new(); freed at destroy */
+    bool stamp_idle;       /* available_since_ns is needed (idle limits) */
     bool observed;         /* a subscriber or a log sink is set */
     bool can_park;         /* the lock-free fast path may be used */
     uint64_t serial;       /* unique per pool in this process */
@@ -143,6 +145,12 @@ int cpool__err(cpool_error *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)))
 #endif
     ;
+
+/* config.c: the layers of cpool.h ("configuration") over `code`; *target
+ * (malloc'd, NULL when code has none) is the target without the pool's
+ * parameters. */
+int cpool__options_resolve(const cpool_options *code, cpool_options *eff, char **target,
+                           cpool_error *err);
 
 /* events.c */
 int64_t cpool__now(const cpool *p);

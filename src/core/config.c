@@ -1,0 +1,471 @@
+/* config.c -- named options: defaults, profiles, environment, target query.
+ *
+ * One table describes every option that has a name. The same table parses
+ * text from the environment, the query string and cpool_options_set(),
+ * validates ranges, prints values and says where each came from, so a new
+ * option is one line here plus its field. */
+#include "pool_int.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+typedef enum opt_type { T_U32, T_U64, T_MS, T_BOOL, T_DOUBLE, T_ENUM } opt_type;
+
+static const char *const validation_names[] = {"none", "check", "ping_idle", "always",
+                                               NULL};
+static const char *const log_level_names[] = {"error", "warn", "info", "debug", NULL};
+
+typedef struct opt_def {
+    const char *name; /* snake_case, also the query name */
+    const char *cmap; /* CMAP / camelCase query name, or NULL */
+    const char *env;
+    opt_type type;
+    size_t offset;
+    double min, max; /* inclusive range of the number (T_ENUM: unused) */
+    const char *const *names; /* T_ENUM */
+    const char *allowed;
+    const char *help;
+} opt_def;
+
+#define OFF(f) offsetof(cpool_options, f)
+#define U32MAX 4294967295.0
+#define MSMAX 9.2e15 /* keeps ms * 1e6 inside int64 */
+
+static const opt_def defs[] = {
+    {"max_pool_size", "maxPoolSize", "CPOOL_MAX_POOL_SIZE", T_U32, OFF(max_pool_size),
+     0, U32MAX, NULL, "0..4294967295 (0 = no limit)",
+     "most connections open at once (pending + available + in use)"},
+    {"min_pool_size", "minPoolSize", "CPOOL_MIN_POOL_SIZE", T_U32, OFF(min_pool_size),
+     0, U32MAX, NULL, "0..max_pool_size",
+     "connections the background thread keeps open"},
+    {"max_idle_time_ms", "maxIdleTimeMS", "CPOOL_MAX_IDLE_TIME_MS", T_MS,
+     OFF(max_idle_time_ms), 0, MSMAX, NULL, ">= 0 ms (0 = no limit)",
+     "an available connection idle this long is closed"},
+    {"max_connecting", "maxConnecting", "CPOOL_MAX_CONNECTING", T_U32,
+     OFF(max_connecting), 1, U32MAX, NULL, ">= 1",
+     "establishments in progress at once"},
+    {"wait_queue_timeout_ms", "waitQueueTimeoutMS", "CPOOL_WAIT_QUEUE_TIMEOUT_MS", T_MS,
+     OFF(wait_queue_timeout_ms), 0, MSMAX, NULL, ">= 0 ms (0 = no limit)",
+     "how long a checkout may wait in the queue (CMAP meaning)"},
+    {"connect_timeout_ms", "connectTimeoutMS", "CPOOL_CONNECT_TIMEOUT_MS", T_MS,
+     OFF(connect_timeout_ms), 0, MSMAX, NULL, ">= 0 ms (0 = no limit)",
+     "bound on one establishment (connect, TLS, handshake, auth)"},
+    {"maintenance_interval_ms", NULL, "CPOOL_MAINTENANCE_INTERVAL_MS", T_MS,
+     OFF(maintenance_interval_ms), -1, MSMAX, NULL, "> 0 ms, or -1 = no background thread",
+     "pause between background maintenance runs"},
+    {"load_balanced", "loadBalanced", "CPOOL_LOAD_BALANCED", T_BOOL, OFF(load_balanced),
+     0, 1, NULL, "true|false", "one generation per service behind a load balancer"},
+    {"clear_on_connect_error", NULL, "CPOOL_CLEAR_ON_CONNECT_ERROR", T_BOOL,
+     OFF(clear_on_connect_error), 0, 1, NULL, "true|false",
+     "an establishment error that is not backpressure clears the pool"},
+    {"log_level", NULL, "CPOOL_LOG_LEVEL", T_ENUM, OFF(log_level), 0, 0, log_level_names,
+     "error|warn|info|debug", "log records above this level are dropped"},
+    {"validation", NULL, "CPOOL_VALIDATION", T_ENUM, OFF(validation), 0, 0,
+     validation_names, "none|check|ping_idle|always",
+     "what is checked before a reused connection is handed out"},
+    {"validation_idle_ms", NULL, "CPOOL_VALIDATION_IDLE_MS", T_MS, OFF(validation_idle_ms),
+     0, MSMAX, NULL, ">= 0 ms", "ping_idle: idle time after which a ping is needed"},
+};
+#define NDEFS (sizeof defs / sizeof defs[0])
+
+/* ------------------------------------------------------------ profiles */
+
+typedef struct preset {
+    const char *option;
+    double value;
+} preset;
+
+typedef struct profile {
+    const char *name;
+    preset presets[8];
+} profile;
+
+/* Sizes and timeouts that fit together: a small pool (a CLI, a sidecar,
+ * a worker with a handful of threads) gives up sooner and keeps nothing
+ * idle for long; a large one (a busy service) keeps a warm floor and lets
+ * more establishments run at once so it can grow quickly. */
+static const profile profiles[] = {
+    {"small",
+     {{"max_pool_size", 10}, {"min_pool_size", 0}, {"max_connecting", 2},
+      {"max_idle_time_ms", 60000}, {"wait_queue_timeout_ms", 5000},
+      {"connect_timeout_ms", 5000}, {NULL, 0}}},
+    {"default", {{NULL, 0}}},
+    {"large",
+     {{"max_pool_size", 200}, {"min_pool_size", 10}, {"max_connecting", 8},
+      {"max_idle_time_ms", 600000}, {"wait_queue_timeout_ms", 30000},
+      {"connect_timeout_ms", 10000}, {NULL, 0}}},
+};
+
+static const profile *find_profile(const char *name)
+{
+    for (size_t i = 0; i < sizeof profiles / sizeof profiles[0]; i++)
+        if (strcmp(profiles[i].name, name) == 0)
+            return &profiles[i];
+    return NULL;
+}
+
+/* ------------------------------------------------------------ values */
+
+static const opt_def *find_def(const char *name)
+{
+    for (size_t i = 0; i < NDEFS; i++)
+        if (strcmp(defs[i].name, name) == 0 ||
+            (defs[i].cmap != NULL && strcmp(defs[i].cmap, name) == 0))
+            return &defs[i];
+    return NULL;
+}
+
+/* Lower case without '_' or '-': "Max_Pool-Size" and "maxPoolSize" both
+ * become "maxpoolsize", to catch near misses of a pool option's name. */
+static void fold(const char *in, char *out, size_t size)
+{
+    size_t o = 0;
+    for (; *in != '\0' && o + 1 < size; in++)
+        if (*in != '_' && *in != '-')
+            out[o++] = (char)tolower((unsigned char)*in);
+    out[o] = '\0';
+}
+
+static const opt_def *near_miss(const char *name)
+{
+    char a[64], b[64];
+    fold(name, a, sizeof a);
+    for (size_t i = 0; i < NDEFS; i++) {
+        fold(defs[i].name, b, sizeof b);
+        if (strcmp(a, b) == 0)
+            return &defs[i];
+    }
+    return NULL;
+}
+
+static double get_num(const cpool_options *o, const opt_def *d)
+{
+    const char *base = (const char *)o + d->offset;
+    switch (d->type) {
+    case T_U32: return (double)*(const uint32_t *)(const void *)base;
+    case T_U64: return (double)*(const uint64_t *)(const void *)base;
+    case T_MS: return (double)*(const int64_t *)(const void *)base;
+    case T_BOOL: return *(const bool *)(const void *)base ? 1 : 0;
+    case T_DOUBLE: return *(const double *)(const void *)base;
+    case T_ENUM: return (double)*(const int *)(const void *)base;
+    }
+    return 0;
+}
+
+static void set_num(cpool_options *o, const opt_def *d, double v)
+{
+    char *base = (char *)o + d->offset;
+    switch (d->type) {
+    case T_U32: *(uint32_t *)(void *)base = (uint32_t)v; break;
+    case T_U64: *(uint64_t *)(void *)base = (uint64_t)v; break;
+    case T_MS: *(int64_t *)(void *)base = (int64_t)v; break;
+    case T_BOOL: *(bool *)(void *)base = v != 0; break;
+    case T_DOUBLE: *(double *)(void *)base = v; break;
+    case T_ENUM: *(int *)(void *)base = (int)v; break;
+    }
+}
+
+static void format_value(const opt_def *d, double v, char *buf, size_t size)
+{
+    switch (d->type) {
+    case T_BOOL: snprintf(buf, size, "%s", v != 0 ? "true" : "false"); break;
+    case T_ENUM: snprintf(buf, size, "%s", d->names[(int)v]); break;
+    case T_DOUBLE: snprintf(buf, size, "%g", v); break;
+    default: snprintf(buf, size, "%.0f", v); break;
+    }
+}
+
+/* Parses text for d. On error writes why into err, naming `origin`. */
+static int parse_value(const opt_def *d, const char *origin, const char *text,
+                       double *out, cpool_error *err)
+{
+    if (d->type == T_BOOL) {
+        static const char *const yes[] = {"true", "1", "on", "yes"};
+        static const char *const no[] = {"false", "0", "off", "no"};
+        for (size_t i = 0; i < 4; i++) {
+            if (strcasecmp(text, yes[i]) == 0)
+                return *out = 1, 0;
+            if (strcasecmp(text, no[i]) == 0)
+                return *out = 0, 0;
+        }
+    } else if (d->type == T_ENUM) {
+        for (int i = 0; d->names[i] != NULL; i++)
+            if (strcasecmp(text, d->names[i]) == 0)
+                return *out = i, 0;
+    } else {
+        char *end = NULL;
+        errno = 0;
+        double v = d->type == T_DOUBLE ? strtod(text, &end) : (double)strtoll(text, &end, 10);
+        bool whole = end != NULL && end != text && *end == '\0' && errno == 0;
+        if (whole && v >= d->min && v <= d->max) {
+            *out = v;
+            return 0;
+        }
+    }
+    return cpool__err(err, CPOOL_EINVAL, "option %s = \"%.64s\" (from %s): allowed %s",
+                      d->name, text, origin, d->allowed);
+}
+
+/* Range checks of a value set in code (the struct may hold anything). */
+static int check_code_value(const opt_def *d, double v, cpool_error *err)
+{
+    bool ok = d->type == T_ENUM ? v >= 0 && v < 16 && d->names[(int)v] != NULL
+                                : v >= d->min && v <= d->max;
+    if (d->type == T_ENUM && ok) {
+        for (int i = 0; i <= (int)v; i++)
+            if (d->names[i] == NULL)
+                ok = false;
+    }
+    if (ok)
+        return 0;
+    return cpool__err(err, CPOOL_EINVAL, "option %s = %.0f (from code): allowed %s",
+                      d->name, v, d->allowed);
+}
+
+const char *cpool_option_source_name(cpool_option_source s)
+{
+    switch (s) {
+    case CPOOL_SOURCE_DEFAULT: return "default";
+    case CPOOL_SOURCE_PROFILE: return "profile";
+    case CPOOL_SOURCE_CODE: return "code";
+    case CPOOL_SOURCE_ENV: return "env";
+    case CPOOL_SOURCE_URL: return "url";
+    }
+    return "unknown";
+}
+
+int cpool_options_set(cpool_options *o, const char *name, const char *value,
+                      cpool_error *err)
+{
+    if (o == NULL || name == NULL || value == NULL)
+        return cpool__err(err, CPOOL_EINVAL, "options_set: options, name and value are required");
+    if (strcmp(name, "profile") == 0) {
+        if (find_profile(value) == NULL)
+            return cpool__err(err, CPOOL_EINVAL,
+                              "option profile = \"%.64s\": allowed small|default|large", value);
+        o->profile = find_profile(value)->name; /* static storage */
+        return 0;
+    }
+    const opt_def *d = find_def(name);
+    if (d == NULL || d->offset >= o->struct_size) {
+        const opt_def *m = near_miss(name);
+        if (m != NULL)
+            return cpool__err(err, CPOOL_EINVAL, "unknown option \"%.64s\"; did you mean %s?",
+                              name, m->cmap != NULL ? m->cmap : m->name);
+        return cpool__err(err, CPOOL_EINVAL, "unknown option \"%.64s\"", name);
+    }
+    double v;
+    int rc = parse_value(d, "code", value, &v, err);
+    if (rc == 0)
+        set_num(o, d, v);
+    return rc;
+}
+
+/* ------------------------------------------------------------ resolution */
+
+/* The layers of the top of cpool.h. `target` (malloc'd, may be NULL) is the
+ * target with the pool's parameters taken out. */
+typedef struct resolved {
+    cpool_options eff;
+    cpool_option_source src[NDEFS];
+    char *target;
+} resolved;
+
+static int apply_profile(resolved *r, const char *name, const char *origin,
+                         cpool_error *err)
+{
+    const profile *pr = find_profile(name);
+    if (pr == NULL)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "option profile = \"%.64s\" (from %s): allowed small|default|large",
+                          name, origin);
+    for (const preset *ps = pr->presets; ps->option != NULL; ps++) {
+        const opt_def *d = find_def(ps->option);
+        set_num(&r->eff, d, ps->value);
+        r->src[d - defs] = CPOOL_SOURCE_PROFILE;
+    }
+    return 0;
+}
+
+/* Reads the profile's name from the highest layer that names one. */
+static int pick_profile(const cpool_options *code, const char *target, char *buf,
+                        size_t size, const char **origin, cpool_error *err)
+{
+    buf[0] = '\0';
+    *origin = NULL;
+    if (target != NULL) {
+        char *copy = strdup(target);
+        if (copy == NULL)
+            return cpool__err(err, CPOOL_ENOMEM, "create: out of memory");
+        int rc = cpool_uri_take(copy, "profile", buf, size);
+        free(copy);
+        if (rc < 0)
+            return cpool__err(err, CPOOL_EINVAL, "option profile: malformed value in the target");
+        if (rc == 1)
+            return *origin = "url", 0;
+    }
+    const char *env = code->ignore_env ? NULL : getenv("CPOOL_PROFILE");
+    if (env != NULL && env[0] != '\0') {
+        snprintf(buf, size, "%s", env);
+        return *origin = "env CPOOL_PROFILE", 0;
+    }
+    if (code->profile != NULL) {
+        snprintf(buf, size, "%s", code->profile);
+        *origin = "code";
+    }
+    return 0;
+}
+
+static int resolve(const cpool_options *code, resolved *r, cpool_error *err)
+{
+    cpool_options def;
+    cpool_options_init(&def, sizeof def);
+    memset(r, 0, sizeof *r);
+    r->eff = *code;
+    for (size_t i = 0; i < NDEFS; i++)
+        set_num(&r->eff, &defs[i], get_num(&def, &defs[i]));
+
+    char pname[32];
+    const char *porigin;
+    int rc = pick_profile(code, code->target, pname, sizeof pname, &porigin, err);
+    if (rc == 0 && porigin != NULL)
+        rc = apply_profile(r, pname, porigin, err);
+    if (rc != 0)
+        return rc;
+    if (porigin != NULL)
+        r->eff.profile = find_profile(pname)->name;
+
+    for (size_t i = 0; i < NDEFS; i++) {
+        double v = get_num(code, &defs[i]);
+        if (v == get_num(&def, &defs[i]))
+            continue;
+        if ((rc = check_code_value(&defs[i], v, err)) != 0)
+            return rc;
+        set_num(&r->eff, &defs[i], v);
+        r->src[i] = CPOOL_SOURCE_CODE;
+    }
+
+    if (!code->ignore_env) {
+        for (size_t i = 0; i < NDEFS; i++) {
+            const char *text = getenv(defs[i].env);
+            if (text == NULL || text[0] == '\0')
+                continue;
+            char origin[64];
+            snprintf(origin, sizeof origin, "env %s", defs[i].env);
+            double v;
+            if ((rc = parse_value(&defs[i], origin, text, &v, err)) != 0)
+                return rc;
+            set_num(&r->eff, &defs[i], v);
+            r->src[i] = CPOOL_SOURCE_ENV;
+        }
+    }
+
+    if (code->target == NULL)
+        return 0;
+    r->target = strdup(code->target);
+    if (r->target == NULL)
+        return cpool__err(err, CPOOL_ENOMEM, "create: out of memory");
+    char val[256];
+    (void)cpool_uri_take(r->target, "profile", NULL, 0);
+    for (size_t i = 0; i < NDEFS; i++) {
+        for (int k = 0; k < 2; k++) {
+            const char *name = k == 0 ? defs[i].name : defs[i].cmap;
+            if (name == NULL)
+                continue;
+            rc = cpool_uri_take(r->target, name, val, sizeof val);
+            if (rc < 0)
+                return cpool__err(err, CPOOL_EINVAL,
+                                  "option %s (from url): value too long or badly escaped",
+                                  name);
+            if (rc == 0)
+                continue;
+            double v;
+            if ((rc = parse_value(&defs[i], "url", val, &v, err)) != 0)
+                return rc;
+            set_num(&r->eff, &defs[i], v);
+            r->src[i] = CPOOL_SOURCE_URL;
+        }
+    }
+    /* A leftover parameter that is a pool option's name spelt differently
+     * (MaxPoolSize, max-pool-size) is a mistake, not a driver parameter. */
+    size_t pos = 0;
+    char name[64];
+    while ((rc = cpool_uri_next(r->target, &pos, name, sizeof name, val, sizeof val)) == 1) {
+        const opt_def *m = near_miss(name);
+        if (m != NULL)
+            return cpool__err(err, CPOOL_EINVAL,
+                              "unknown option \"%s\" in the target; did you mean %s?", name,
+                              m->cmap != NULL ? m->cmap : m->name);
+    }
+    return 0;
+}
+
+static void free_resolved(resolved *r)
+{
+    free(r->target);
+    r->target = NULL;
+}
+
+int cpool__options_resolve(const cpool_options *code, cpool_options *eff, char **target,
+                           cpool_error *err)
+{
+    resolved r;
+    int rc = resolve(code, &r, err);
+    if (rc != 0) {
+        free_resolved(&r);
+        return rc;
+    }
+    *eff = r.eff;
+    *target = r.target;
+    return 0;
+}
+
+int cpool_options_explain(const cpool_options *opts, cpool_option_info *info, size_t ninfo,
+                          size_t *count, cpool_options *effective, char *target_buf,
+                          size_t target_size, cpool_error *err)
+{
+    if (opts == NULL)
+        return cpool__err(err, CPOOL_EINVAL, "options_explain: options are required");
+    cpool_options code;
+    cpool_options_init(&code, sizeof code);
+    memcpy(&code, opts, opts->struct_size < sizeof code ? opts->struct_size : sizeof code);
+    code.struct_size = sizeof code;
+    resolved r;
+    int rc = resolve(&code, &r, err);
+    if (rc != 0) {
+        free_resolved(&r);
+        return rc;
+    }
+    cpool_options def;
+    cpool_options_init(&def, sizeof def);
+    for (size_t i = 0; info != NULL && i < NDEFS && i < ninfo; i++) {
+        cpool_option_info *in = &info[i];
+        in->name = defs[i].name;
+        in->cmap_name = defs[i].cmap;
+        in->env_name = defs[i].env;
+        in->allowed = defs[i].allowed;
+        in->help = defs[i].help;
+        in->source = r.src[i];
+        format_value(&defs[i], get_num(&r.eff, &defs[i]), in->value, sizeof in->value);
+        format_value(&defs[i], get_num(&def, &defs[i]), in->default_value,
+                     sizeof in->default_value);
+    }
+    if (count != NULL)
+        *count = NDEFS;
+    if (effective != NULL) {
+        *effective = r.eff;
+        effective->target = NULL;
+        if (r.target != NULL && target_buf != NULL && target_size > 0) {
+            snprintf(target_buf, target_size, "%s", r.target);
+            effective->target = target_buf;
+        }
+    }
+    free_resolved(&r);
+    return 0;
+}

@@ -1,0 +1,242 @@
+/* uri.c -- query-string helpers for targets, and password redaction.
+ *
+ * Targets are "scheme://userinfo@host/path?name=value&..." URIs, "sqlite:PATH?..."
+ * or libpq conninfo strings. The pool takes its own options out of the
+ * query and hands the rest to the connector, so these helpers edit a query
+ * in place and keep everything else byte for byte. */
+#include "cpool/cpool_connector.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <string.h>
+
+static int hexval(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = tolower(c);
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+int cpool_uri_decode(const char *in, size_t len, char *out, size_t outsize)
+{
+    size_t o = 0;
+    if (in == NULL || out == NULL || outsize == 0)
+        return CPOOL_EINVAL;
+    for (size_t i = 0; i < len; i++) {
+        int c = (unsigned char)in[i];
+        if (c == '%') {
+            if (i + 2 >= len)
+                return CPOOL_EINVAL;
+            int h = hexval((unsigned char)in[i + 1]), l = hexval((unsigned char)in[i + 2]);
+            if (h < 0 || l < 0)
+                return CPOOL_EINVAL;
+            c = h * 16 + l;
+            i += 2;
+        }
+        if (o + 1 >= outsize)
+            return CPOOL_EINVAL;
+        out[o++] = (char)c;
+    }
+    out[o] = '\0';
+    return (int)o;
+}
+
+/* Where the query starts (just past '?') and ends ('#' or the end). */
+static const char *query_of(const char *uri, const char **end)
+{
+    const char *q = strchr(uri, '?');
+    if (q == NULL)
+        return NULL;
+    q++;
+    const char *h = strchr(q, '#');
+    *end = h != NULL ? h : q + strlen(q);
+    return q;
+}
+
+int cpool_uri_next(const char *uri, size_t *pos, char *name, size_t namesize,
+                   char *val, size_t valsize)
+{
+    const char *end;
+    if (uri == NULL || pos == NULL)
+        return CPOOL_EINVAL;
+    const char *q = query_of(uri, &end);
+    if (q == NULL)
+        return 0;
+    const char *p = q + *pos;
+    while (p < end && *p == '&')
+        p++;
+    if (p >= end)
+        return 0;
+    const char *amp = memchr(p, '&', (size_t)(end - p));
+    const char *stop = amp != NULL ? amp : end;
+    const char *eq = memchr(p, '=', (size_t)(stop - p));
+    const char *nend = eq != NULL ? eq : stop;
+    size_t nlen = (size_t)(nend - p);
+    *pos = (size_t)(stop - q);
+    if (nlen == 0 || nlen >= namesize)
+        return CPOOL_EINVAL;
+    memcpy(name, p, nlen);
+    name[nlen] = '\0';
+    if (eq == NULL) {
+        if (valsize == 0)
+            return CPOOL_EINVAL;
+        val[0] = '\0';
+        return 1;
+    }
+    return cpool_uri_decode(eq + 1, (size_t)(stop - eq - 1), val, valsize) < 0
+               ? CPOOL_EINVAL
+               : 1;
+}
+
+int cpool_uri_take(char *uri, const char *name, char *val, size_t valsize)
+{
+    const char *end;
+    if (uri == NULL || name == NULL)
+        return CPOOL_EINVAL;
+    const char *qc = query_of(uri, &end);
+    if (qc == NULL)
+        return 0;
+    char *q = (char *)qc;
+    size_t nlen = strlen(name);
+    int found = 0;
+    char *p = q;
+    while (p < end) {
+        char *amp = memchr(p, '&', (size_t)(end - p));
+        char *stop = amp != NULL ? amp : (char *)end;
+        char *eq = memchr(p, '=', (size_t)(stop - p));
+        char *nend = eq != NULL ? eq : stop;
+        if ((size_t)(nend - p) == nlen && memcmp(p, name, nlen) == 0) {
+            if (val != NULL) {
+                if (eq == NULL) {
+                    if (valsize == 0)
+                        return CPOOL_EINVAL;
+                    val[0] = '\0';
+                } else if (cpool_uri_decode(eq + 1, (size_t)(stop - eq - 1), val,
+                                            valsize) < 0) {
+                    return CPOOL_EINVAL;
+                }
+            }
+            found = 1;
+            /* Cut [p, stop] including the '&' after it, if any. */
+            char *from = amp != NULL ? amp + 1 : stop;
+            size_t cut = (size_t)(from - p);
+            memmove(p, from, strlen(from) + 1);
+            end -= cut;
+            continue;
+        }
+        p = amp != NULL ? amp + 1 : stop;
+        if (amp == NULL)
+            break;
+    }
+    if (found) {
+        /* A trailing '&' (the last parameter was cut) or an empty query. */
+        size_t len = strlen(q);
+        const char *h = strchr(q, '#');
+        size_t qlen = h != NULL ? (size_t)(h - q) : len;
+        if (qlen > 0 && q[qlen - 1] == '&') {
+            memmove(q + qlen - 1, q + qlen, len - qlen + 1);
+            qlen--;
+        }
+        if (qlen == 0)
+            memmove(q - 1, q, strlen(q) + 1);
+    }
+    return found;
+}
+
+/* Appends [s, s+n) to the output, counting what did not fit. */
+typedef struct outbuf {
+    char *buf;
+    size_t size, len;
+} outbuf;
+
+static void put(outbuf *o, const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++, o->len++)
+        if (o->len + 1 < o->size)
+            o->buf[o->len] = s[i];
+}
+
+/* conninfo: "... password=secret ..." or "password = 'a b\'c'". */
+static size_t conninfo_value_end(const char *v)
+{
+    size_t i = 0;
+    if (v[0] == '\'') {
+        for (i = 1; v[i] != '\0' && v[i] != '\''; i++)
+            if (v[i] == '\\' && v[i + 1] != '\0')
+                i++;
+        return v[i] == '\'' ? i + 1 : i;
+    }
+    while (v[i] != '\0' && !isspace((unsigned char)v[i]))
+        i++;
+    return i;
+}
+
+size_t cpool_redact(const char *target, char *buf, size_t size)
+{
+    outbuf o = {buf, size, 0};
+    const char *t = target != NULL ? target : "";
+    const char *scheme = strstr(t, "://");
+    if (scheme != NULL) {
+        const char *auth = scheme + 3;
+        size_t alen = strcspn(auth, "/?#");
+        const char *at = NULL;
+        for (size_t i = 0; i < alen; i++)
+            if (auth[i] == '@')
+                at = auth + i; /* the last '@' ends the user info */
+        const char *colon = at != NULL ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+        const char *p = t;
+        if (colon != NULL) {
+            put(&o, p, (size_t)(colon + 1 - p));
+            put(&o, "***", 3);
+            p = at;
+        }
+        /* Query: password=... */
+        while (*p != '\0') {
+            const char *q = strstr(p, "password=");
+            if (q == NULL || q == t || (q[-1] != '?' && q[-1] != '&')) {
+                if (q == NULL) {
+                    put(&o, p, strlen(p));
+                    break;
+                }
+                put(&o, p, (size_t)(q + 9 - p));
+                p = q + 9;
+                continue;
+            }
+            put(&o, p, (size_t)(q + 9 - p));
+            put(&o, "***", 3);
+            p = q + 9 + strcspn(q + 9, "&#");
+        }
+    } else {
+        const char *p = t;
+        while (*p != '\0') {
+            const char *q = strstr(p, "password");
+            if (q == NULL) {
+                put(&o, p, strlen(p));
+                break;
+            }
+            const char *v = q + 8;
+            while (*v == ' ')
+                v++;
+            bool key = (q == t || isspace((unsigned char)q[-1]) || q[-1] == '?' ||
+                        q[-1] == '&') && *v == '=';
+            if (!key) {
+                put(&o, p, (size_t)(q + 8 - p));
+                p = q + 8;
+                continue;
+            }
+            v++;
+            while (*v == ' ')
+                v++;
+            put(&o, p, (size_t)(v - p));
+            put(&o, "***", 3);
+            p = v + (q > t && (q[-1] == '?' || q[-1] == '&') ? strcspn(v, "&#")
+                                                             : conninfo_value_end(v));
+        }
+    }
+    if (size > 0)
+        buf[o.len < size ? o.len : size - 1] = '\0';
+    return o.len;
+}

@@ -1,0 +1,461 @@
+/* test_config.c -- named options: the target's query, the environment,
+ * profiles, their precedence and their errors; the URI helpers and
+ * redaction; the validation policy. */
+#include "test.h"
+
+static void take(const char *in, const char *name, const char *want_uri, int want_rc,
+                 const char *want_val)
+{
+    char uri[256], val[64] = "unchanged";
+    snprintf(uri, sizeof uri, "%s", in);
+    int rc = cpool_uri_take(uri, name, val, sizeof val);
+    if (rc != want_rc)
+        FAIL("take(%s, %s): rc %d, want %d", in, name, rc, want_rc);
+    ASSERT_STR_EQ(want_uri, uri);
+    if (want_val != NULL)
+        ASSERT_STR_EQ(want_val, val);
+}
+
+TEST(uri_take_cases)
+{
+    take("pg://h/db?a=1&b=2&c=3", "b", "pg://h/db?a=1&c=3", 1, "2");
+    take("pg://h/db?a=1&b=2&c=3", "a", "pg://h/db?b=2&c=3", 1, "1");
+    take("pg://h/db?a=1&b=2&c=3", "c", "pg://h/db?a=1&b=2", 1, "3");
+    take("pg://h/db?a=1", "a", "pg://h/db", 1, "1");
+    take("pg://h/db?a=1&a=2", "a", "pg://h/db", 1, "2"); /* last wins, all go */
+    take("pg://h/db?ab=1&a=2", "a", "pg://h/db?ab=1", 1, "2"); /* exact names */
+    take("pg://h/db?a=x%20y%3D", "a", "pg://h/db", 1, "x y=");
+    take("pg://h/db?a=1#frag", "a", "pg://h/db#frag", 1, "1");
+    take("pg://h/db?flag&b=2", "flag", "pg://h/db?b=2", 1, "");
+    take("pg://h/db", "a", "pg://h/db", 0, "unchanged");
+    take("pg://h/db?b=2", "a", "pg://h/db?b=2", 0, "unchanged");
+    char uri[64] = "pg://h?a=%zz";
+    char val[16];
+    ASSERT_RC(CPOOL_EINVAL, cpool_uri_take(uri, "a", val, sizeof val));
+    char longv[64] = "pg://h?a=0123456789abcdef";
+    ASSERT_RC(CPOOL_EINVAL, cpool_uri_take(longv, "a", val, 8));
+}
+
+TEST(uri_next_cases)
+{
+    const char *uri = "redis://h:1/0?db=3&&name=a%2Fb&flag#x=y";
+    size_t pos = 0;
+    char n[32], v[32];
+    ASSERT_EQ(1, cpool_uri_next(uri, &pos, n, sizeof n, v, sizeof v));
+    ASSERT_STR_EQ("db", n);
+    ASSERT_STR_EQ("3", v);
+    ASSERT_EQ(1, cpool_uri_next(uri, &pos, n, sizeof n, v, sizeof v));
+    ASSERT_STR_EQ("name", n);
+    ASSERT_STR_EQ("a/b", v);
+    ASSERT_EQ(1, cpool_uri_next(uri, &pos, n, sizeof n, v, sizeof v));
+    ASSERT_STR_EQ("flag", n);
+    ASSERT_STR_EQ("", v);
+    ASSERT_EQ(0, cpool_uri_next(uri, &pos, n, sizeof n, v, sizeof v));
+    pos = 0;
+    ASSERT_EQ(0, cpool_uri_next("sqlite:/tmp/x.db", &pos, n, sizeof n, v, sizeof v));
+    char out[8];
+    ASSERT_RC(CPOOL_EINVAL, cpool_uri_decode("%4", 2, out, sizeof out));
+    ASSERT_EQ(2, cpool_uri_decode("%41b", 4, out, sizeof out));
+    ASSERT_STR_EQ("Ab", out);
+}
+
+static void redacts(const char *in, const char *want)
+{
+    char buf[256];
+    size_t n = cpool_redact(in, buf, sizeof buf);
+    ASSERT_STR_EQ(want, buf);
+    ASSERT_EQ(strlen(want), n);
+}
+
+TEST(redact_cases)
+{
+    redacts("postgresql://app:s3cret@db:5432/x?sslmode=disable",
+            "postgresql://app:***@db:5432/x?sslmode=disable");
+    redacts("redis://:pa@ss@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0");
+    redacts("postgresql://app@db/x?password=s3cret&sslmode=disable",
+            "postgresql://app@db/x?password=***&sslmode=disable");
+    redacts("host=db password=s3cret dbname=x", "host=db password=*** dbname=x");
+    redacts("host=db password = 'a b\\'c' dbname=x", "host=db password = *** dbname=x");
+    redacts("password=s3cret", "password=***");
+    redacts("sqlite:/tmp/password.db", "sqlite:/tmp/password.db");
+    redacts("postgresql://app@db/x", "postgresql://app@db/x");
+    /* Truncation still terminates and reports the full length. */
+    char small[8];
+    ASSERT_EQ(strlen("host=db password=***"), cpool_redact("host=db password=x", small,
+                                                           sizeof small));
+    ASSERT_EQ(7, strlen(small));
+}
+
+/* Resolves options the way cpool_create() does, into eff and target. */
+static void resolve(cpool_options *o, cpool_options *eff, char *target, size_t size)
+{
+    cpool_error e;
+    ASSERT_OK_E(cpool_options_explain(o, NULL, 0, NULL, eff, target, size, &e), &e);
+}
+
+static const cpool_option_info *info_of(const cpool_option_info *info, size_t n,
+                                        const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(info[i].name, name) == 0)
+            return &info[i];
+    FAIL("no option %s", name);
+}
+
+TEST(url_options_taken_out)
+{
+    cpool_options o, eff;
+    cpool_options_init(&o, sizeof o);
+    o.target = "mem://db?maxPoolSize=7&appName=a&max_connecting=3&maxIdleTimeMS=250"
+               "&waitQueueTimeoutMS=40&minPoolSize=1&validation=ping_idle";
+    char t[256];
+    resolve(&o, &eff, t, sizeof t);
+    ASSERT_STR_EQ("mem://db?appName=a", eff.target);
+    ASSERT_EQ(7, eff.max_pool_size);
+    ASSERT_EQ(3, eff.max_connecting);
+    ASSERT_EQ(250, eff.max_idle_time_ms);
+    ASSERT_EQ(40, eff.wait_queue_timeout_ms);
+    ASSERT_EQ(1, eff.min_pool_size);
+    ASSERT_EQ(CPOOL_VALIDATE_PING_IDLE, eff.validation);
+
+    /* And a real pool runs with them: the connector never sees them. */
+    cpool_mem *mem = test_mem_create();
+    o.connector = cpool_mem_connector();
+    o.connector_ctx = mem;
+    o.maintenance_interval_ms = -1;
+    o.target = "mem://db?maxPoolSize=1&appName=a";
+    cpool *p = test_pool_create(&o);
+    test_ready(p);
+    cpool_conn *c = test_checkout(p);
+    cpool_conn *c2 = NULL;
+    cpool_error e;
+    ASSERT_RC(CPOOL_ETIMEDOUT, cpool_checkout(p, 0, &c2, &e));
+    ASSERT_STR_CONTAINS(e.message, "maxPoolSize: 1");
+    test_checkin(p, c, 0);
+    cpool_destroy(p);
+    cpool_mem_destroy(mem);
+}
+
+TEST(env_overrides_code_url_overrides_env)
+{
+    cpool_options o, eff;
+    cpool_options_init(&o, sizeof o);
+    o.target = "mem://db";
+    o.max_pool_size = 50;
+    o.max_connecting = 4;
+    setenv("CPOOL_MAX_POOL_SIZE", "20", 1);
+    setenv("CPOOL_WAIT_QUEUE_TIMEOUT_MS", "900", 1);
+    char t[256];
+    resolve(&o, &eff, t, sizeof t);
+    ASSERT_EQ(20, eff.max_pool_size);        /* env over code */
+    ASSERT_EQ(4, eff.max_connecting);        /* code over default */
+    ASSERT_EQ(900, eff.wait_queue_timeout_ms);
+    o.target = "mem://db?maxPoolSize=30";
+    resolve(&o, &eff, t, sizeof t);
+    ASSERT_EQ(30, eff.max_pool_size);        /* url over env */
+    ASSERT_EQ(900, eff.wait_queue_timeout_ms);
+
+    cpool_option_info info[64];
+    size_t n = 0;
+    cpool_error e;
+    ASSERT_OK_E(cpool_options_explain(&o, info, 64, &n, NULL, NULL, 0, &e), &e);
+    ASSERT_GE(n, 12);
+    ASSERT_EQ(CPOOL_SOURCE_URL, info_of(info, n, "max_pool_size")->source);
+    ASSERT_STR_EQ("30", info_of(info, n, "max_pool_size")->value);
+    ASSERT_STR_EQ("100", info_of(info, n, "max_pool_size")->default_value);
+    ASSERT_EQ(CPOOL_SOURCE_ENV, info_of(info, n, "wait_queue_timeout_ms")->source);
+    ASSERT_EQ(CPOOL_SOURCE_CODE, info_of(info, n, "max_connecting")->source);
+    ASSERT_EQ(CPOOL_SOURCE_DEFAULT, info_of(info, n, "min_pool_size")->source);
+    ASSERT_STR_EQ("CPOOL_MIN_POOL_SIZE", info_of(info, n, "min_pool_size")->env_name);
+    ASSERT_STR_EQ("minPoolSize", info_of(info, n, "min_pool_size")->cmap_name);
+    ASSERT_STR_EQ("url", cpool_option_source_name(CPOOL_SOURCE_URL));
+}
+
+TEST(ignore_env_skips_environment)
+{
+    cpool_options o, eff;
+    cpool_options_init(&o, sizeof o);
+    setenv("CPOOL_MAX_POOL_SIZE", "20", 1);
+    setenv("CPOOL_PROFILE", "large", 1);
+    o.ignore_env = true;
+    char t[64];
+    resolve(&o, &eff, t, sizeof t);
+    ASSERT_EQ(100, eff.max_pool_size);
+    ASSERT_NULL(eff.profile);
+}
+
+TEST(invalid_values_name_option_value_and_range)
+{
+    cpool_options o;
+    cpool_options_init(&o, sizeof o);
+    cpool_error e;
+    o.target = "mem://db?maxPoolSize=abc";
+    ASSERT_RC(CPOOL_EINVAL, cpool_options_explain(&o, NULL, 0, NULL, NULL, NULL, 0, &e));
+    ASSERT_STR_CONTAINS(e.message, "max_pool_size");
+    ASSERT_STR_CONTAINS(e.message, "\"abc\"");
+    ASSERT_STR_CONTAINS(e.message, "from url");
+    ASSERT_STR_CONTAINS(e.message, "0..4294967295");
+
+    o.target = "mem://db?maxConnecting=0";
+    ASSERT_RC(CPOOL_EINVAL, cpool_options_explain(&o, NULL, 0, NULL, NULL, NULL, 0, &e));
+    ASSERT_STR_CONTAINS(e.message, ">= 1");
+
+    o.target = "mem://db?validation=sometimes";
+    ASSERT_RC(CPOOL_EINVAL, cpool_options_explain(&o, NULL, 0, NULL, NULL, NULL, 0, &e));
+    ASSERT_STR_CONTAINS(e.message, "none|check|ping_idle|always");
+
+    o.target = "mem://db";
+    setenv("CPOOL_CONNECT_TIMEOUT_MS", "-5", 1);
+    ASSERT_RC(CPOOL_EINVAL, cpool_options_explain(&o, NULL, 0, NULL, NULL, NULL, 0, &e));
+    ASSERT_STR_CONTAINS(e.message, "env CPOOL_CONNECT_TIMEOUT_MS");
+    ASSERT_STR_CONTAINS(e.message, "\"-5\"");
+    unsetenv("CPOOL_CONNECT_TIMEOUT_MS");
+
+    /* cpool_create() refuses the same, and loses nothing. */
+    cpool_mem *mem = test_mem_create();
+    o.connector = cpool_mem_connector();
+    o.connector_ctx = mem;
+    o.target = "mem://db?loadBalanced=maybe";
+    cpool *p = (cpool *)&o;
+    ASSERT_RC(CPOOL_EINVAL, cpool_create(&o, &p, &e));
+    ASSERT_NULL(p);
+    ASSERT_STR_CONTAINS(e.message, "load_balanced");
+    ASSERT_EQ(0, test_mem_stats(mem).connects);
+    cpool_mem_destroy(mem);
+}
+
+TEST(near_miss_of_pool_option_rejected)
+{
+    cpool_options o;
+    cpool_options_init(&o, sizeof o);
+    cpool_error e;
+    o.target = "mem://db?MaxPoolSize=3";
+    ASSERT_RC(CPOOL_EINVAL, cpool_options_explain(&o, NULL, 0, NULL, NULL, NULL, 0, &e));
+    ASSERT_STR_CONTAINS(e.message, "\"MaxPoolSize\"");
+    ASSERT_STR_CONTAINS(e.message, "did you mean maxPoolSize");
+    o.target = "mem://db?max-idle-time-ms=3";
+    ASSERT_RC(CPOOL_EINVAL, cpool_options_explain(&o, NULL, 0, NULL, NULL, NULL, 0, &e));
+    ASSERT_STR_CONTAINS(e.message, "maxIdleTimeMS");
+    /* A driver's own parameter is left alone. */
+    o.target = "mem://db?sslmode=disable";
+    ASSERT_OK_E(cpool_options_explain(&o, NULL, 0, NULL, NULL, NULL, 0, &e), &e);
+}
+
+TEST(profiles_set_presets_below_code)
+{
+    cpool_options o, eff;
+    cpool_options_init(&o, sizeof o);
+    char t[128];
+    o.target = "mem://db?profile=small";
+    resolve(&o, &eff, t, sizeof t);
+    ASSERT_STR_EQ("mem://db", eff.target);
+    ASSERT_STR_EQ("small", eff.profile);
+    ASSERT_EQ(10, eff.max_pool_size);
+    ASSERT_EQ(5000, eff.connect_timeout_ms);
+
+    o.max_pool_size = 12; /* code beats the profile */
+    o.profile = "large";  /* the url's profile beats the code's */
+    resolve(&o, &eff, t, sizeof t);
+    ASSERT_EQ(12, eff.max_pool_size);
+    ASSERT_EQ(2, eff.max_connecting);
+
+    o.target = "mem://db";
+    resolve(&o, &eff, t, sizeof t);
+    ASSERT_STR_EQ("large", eff.profile);
+    ASSERT_EQ(12, eff.max_pool_size);
+    ASSERT_EQ(10, eff.min_pool_size);
+    ASSERT_EQ(8, eff.max_connecting);
+
+    cpool_option_info info[64];
+    size_t n;
+    cpool_error e;
+    ASSERT_OK_E(cpool_options_explain(&o, info, 64, &n, NULL, NULL, 0, &e), &e);
+    ASSERT_EQ(CPOOL_SOURCE_PROFILE, info_of(info, n, "max_connecting")->source);
+    ASSERT_EQ(CPOOL_SOURCE_CODE, info_of(info, n, "max_pool_size")->source);
+
+    o.profile = "huge";
+    ASSERT_RC(CPOOL_EINVAL, cpool_options_explain(&o, NULL, 0, NULL, NULL, NULL, 0, &e));
+    ASSERT_STR_CONTAINS(e.message, "small|default|large");
+}
+
+TEST(options_set_by_name)
+{
+    cpool_options o;
+    cpool_options_init(&o, sizeof o);
+    cpool_error e;
+    ASSERT_OK_E(cpool_options_set(&o, "maxPoolSize", "9", &e), &e);
+    ASSERT_OK_E(cpool_options_set(&o, "validation", "always", &e), &e);
+    ASSERT_OK_E(cpool_options_set(&o, "load_balanced", "on", &e), &e);
+    ASSERT_OK_E(cpool_options_set(&o, "profile", "small", &e), &e);
+    ASSERT_EQ(9, o.max_pool_size);
+    ASSERT_EQ(CPOOL_VALIDATE_ALWAYS, o.validation);
+    ASSERT_TRUE(o.load_balanced);
+    ASSERT_STR_EQ("small", o.profile);
+    ASSERT_RC(CPOOL_EINVAL, cpool_options_set(&o, "max_pool_sise", "9", &e));
+    ASSERT_STR_CONTAINS(e.message, "unknown option \"max_pool_sise\"");
+    ASSERT_RC(CPOOL_EINVAL, cpool_options_set(&o, "max_pool_size", "-1", &e));
+    ASSERT_EQ(9, o.max_pool_size); /* a refused value changes nothing */
+}
+
+TEST(connector_ctx_made_from_target)
+{
+    /* No connector_ctx: the connector makes one from the target and the
+     * pool frees it (a leak shows under ASan). */
+    cpool_options o;
+    cpool_options_init(&o, sizeof o);
+    o.target = "mem://own?maxPoolSize=2";
+    o.connector = cpool_connector_for(o.target);
+    ASSERT_TRUE(o.connector == cpool_mem_connector());
+    o.maintenance_interval_ms = -1;
+    cpool *p = test_pool_create(&o);
+    test_ready(p);
+    cpool_conn *a = test_checkout(p);
+    cpool_conn *b = test_checkout(p);
+    ASSERT_NOT_NULL(cpool_conn_native(a));
+    ASSERT_EQ(2, test_counts(p).in_use);
+    test_checkin(p, a, 0);
+    test_checkin(p, b, 0);
+    cpool_destroy(p);
+    ASSERT_NULL(cpool_connector_for("nosuch://x"));
+    ASSERT_NULL(cpool_connector_for(NULL));
+}
+
+/* ------------------------------------------------------------ validation */
+
+/* A pool of one connection on the fake clock with the given policy. */
+static void start_validating(test_fixture *f, cpool_validation v)
+{
+    test_fixture_init(f);
+    f->opts.max_pool_size = 1;
+    f->opts.validation = v;
+    f->opts.validation_idle_ms = 100;
+    f->opts.clock = &f->clk.clock;
+    f->opts.maintenance_interval_ms = -1;
+    test_fixture_start(f);
+}
+
+TEST(validation_none_skips_check)
+{
+    test_fixture f;
+    start_validating(&f, CPOOL_VALIDATE_NONE);
+    cpool_conn *c = test_checkout(f.pool);
+    test_checkin(f.pool, c, 0);
+    uint64_t checks = test_mem_stats(f.mem).checks;
+    c = test_checkout(f.pool);
+    ASSERT_EQ(checks, test_mem_stats(f.mem).checks);
+    ASSERT_EQ(0, test_mem_stats(f.mem).pings);
+    test_checkin(f.pool, c, 0);
+    test_fixture_free(&f);
+}
+
+TEST(validation_check_never_pings)
+{
+    test_fixture f;
+    start_validating(&f, CPOOL_VALIDATE_CHECK);
+    cpool_conn *c = test_checkout(f.pool);
+    test_checkin(f.pool, c, 0);
+    uint64_t checks = test_mem_stats(f.mem).checks;
+    test_clock_advance_ms(&f.clk, f.pool, 10000);
+    c = test_checkout(f.pool);
+    ASSERT_EQ(checks + 1, test_mem_stats(f.mem).checks);
+    ASSERT_EQ(0, test_mem_stats(f.mem).pings);
+    test_checkin(f.pool, c, 0);
+    test_fixture_free(&f);
+}
+
+TEST(validation_ping_idle_after_threshold)
+{
+    test_fixture f;
+    start_validating(&f, CPOOL_VALIDATE_PING_IDLE);
+    cpool_conn *c = test_checkout(f.pool);
+    test_checkin(f.pool, c, 0);
+    test_clock_advance_ms(&f.clk, f.pool, 99); /* idle 99 ms < 100 */
+    c = test_checkout(f.pool);
+    ASSERT_EQ(0, test_mem_stats(f.mem).pings);
+    test_checkin(f.pool, c, 0);
+    test_clock_advance_ms(&f.clk, f.pool, 100); /* idle 100 ms */
+    c = test_checkout(f.pool);
+    ASSERT_EQ(1, test_mem_stats(f.mem).pings);
+    test_checkin(f.pool, c, 0);
+    test_fixture_free(&f);
+}
+
+TEST(validation_always_pings)
+{
+    test_fixture f;
+    start_validating(&f, CPOOL_VALIDATE_ALWAYS);
+    for (int i = 0; i < 3; i++) {
+        cpool_conn *c = test_checkout(f.pool);
+        test_checkin(f.pool, c, 0);
+    }
+    /* The first lease was a new connection: no ping. */
+    ASSERT_EQ(2, test_mem_stats(f.mem).pings);
+    test_fixture_free(&f);
+}
+
+TEST(validation_failure_replaced_within_checkout)
+{
+    test_fixture f;
+    start_validating(&f, CPOOL_VALIDATE_ALWAYS);
+    cpool_conn *c = test_checkout(f.pool);
+    uint64_t first = cpool_conn_id(c);
+    cpool_mem_conn_hang(cpool_conn_native(c)); /* alive to check(), not to ping() */
+    test_checkin(f.pool, c, 0);
+    cpool_error e;
+    c = NULL;
+    ASSERT_OK_E(cpool_checkout(f.pool, 1000, &c, &e), &e);
+    ASSERT_NE(first, cpool_conn_id(c));
+    ASSERT_EQ(1, test_rec_count_closed(&f.rec, CPOOL_CLOSE_ERROR));
+    test_event ev;
+    ASSERT_TRUE(test_rec_find(&f.rec, CPOOL_EV_CONN_CLOSED, 0, &ev));
+    ASSERT_TRUE(ev.has_error);
+    ASSERT_STR_CONTAINS(ev.error.message, "no answer");
+    test_checkin(f.pool, c, 0);
+    test_fixture_free(&f);
+}
+
+/* The unobserved fast path validates too. */
+TEST(validation_on_fast_path)
+{
+    cpool_mem *mem = test_mem_create();
+    cpool_options o;
+    test_options(&o, mem, NULL);
+    o.validation = CPOOL_VALIDATE_ALWAYS;
+    o.max_pool_size = 1;
+    cpool *p = test_pool_create(&o);
+    test_ready(p);
+    cpool_conn *c = test_checkout(p);
+    uint64_t first = cpool_conn_id(c);
+    cpool_mem_conn_hang(cpool_conn_native(c));
+    test_checkin(p, c, 0);
+    c = test_checkout(p);
+    ASSERT_NE(first, cpool_conn_id(c));
+    ASSERT_GE(test_mem_stats(mem).pings, 1);
+    test_checkin(p, c, 0);
+    cpool_destroy(p);
+    cpool_mem_destroy(mem);
+}
+
+int main(int argc, char **argv)
+{
+    static const test_case cases[] = {
+        TEST_ENTRY(uri_take_cases),
+        TEST_ENTRY(uri_next_cases),
+        TEST_ENTRY(redact_cases),
+        TEST_ENTRY(url_options_taken_out),
+        TEST_ENTRY(env_overrides_code_url_overrides_env),
+        TEST_ENTRY(ignore_env_skips_environment),
+        TEST_ENTRY(invalid_values_name_option_value_and_range),
+        TEST_ENTRY(near_miss_of_pool_option_rejected),
+        TEST_ENTRY(profiles_set_presets_below_code),
+        TEST_ENTRY(options_set_by_name),
+        TEST_ENTRY(connector_ctx_made_from_target),
+        TEST_ENTRY(validation_none_skips_check),
+        TEST_ENTRY(validation_check_never_pings),
+        TEST_ENTRY(validation_ping_idle_after_threshold),
+        TEST_ENTRY(validation_always_pings),
+        TEST_ENTRY(validation_failure_replaced_within_checkout),
+        TEST_ENTRY(validation_on_fast_path),
+    };
+    return test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
+}
