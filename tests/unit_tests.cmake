@@ -116,6 +116,19 @@ cpool_unit_suite(config LABEL unit TIMEOUT 30 CASES
   validation_failure_replaced_within_checkout
   validation_on_fast_path)
 
+cpool_unit_suite(lifecycle LABEL unit TIMEOUT 30 CASES
+  lifetime_closes_returned_connection
+  lifetime_expired_never_handed_out
+  lifetime_unobserved_fast_path
+  lifetime_jitter_spreads_expiry
+  expired_replaced_without_herd
+  recycle_after_uses
+  recycle_after_uses_fast_path
+  invalid_lifetime_options_rejected
+  stats_count_what_happened
+  stats_fast_path_counted
+  histogram_buckets_and_quantiles)
+
 cpool_unit_suite(log LABEL unit TIMEOUT 30 CASES
   lifecycle_messages
   stale_reason

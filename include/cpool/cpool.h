@@ -147,7 +147,12 @@ typedef enum cpool_close_reason {
     CPOOL_CLOSE_STALE = 0,  /* "stale": generation behind the pool's */
     CPOOL_CLOSE_IDLE,       /* "idle": available longer than maxIdleTimeMS */
     CPOOL_CLOSE_ERROR,      /* "error": establishment or use failed */
-    CPOOL_CLOSE_POOL_CLOSED /* "poolClosed" */
+    CPOOL_CLOSE_POOL_CLOSED, /* "poolClosed" */
+    /* The pool's own reasons (not in CMAP); a CMAP driver would report
+     * them as "stale" or "error". */
+    CPOOL_CLOSE_LIFETIME,   /* "lifetime": older than max_lifetime_ms */
+    CPOOL_CLOSE_USES,       /* "uses": leased recycle_after_uses times */
+    CPOOL_CLOSE_REASON_COUNT_
 } cpool_close_reason;
 
 /* Why a checkout failed (ConnectionCheckOutFailed.reason). */
@@ -290,6 +295,16 @@ struct cpool_options {
                                           out; default CPOOL_VALIDATE_CHECK */
     int64_t validation_idle_ms;        /* CPOOL_VALIDATE_PING_IDLE: ping when
                                           idle at least this long; default 1000 */
+    int64_t max_lifetime_ms;           /* a connection older than this is closed
+                                          when next returned or found available
+                                          ("lifetime"); default 1800000 (30 min);
+                                          0 = no limit */
+    double lifetime_jitter;            /* each connection's lifetime is shortened
+                                          by a random fraction up to this, so
+                                          connections opened together do not
+                                          expire together; default 0.05, 0..0.5 */
+    uint64_t recycle_after_uses;       /* close a connection after this many
+                                          leases ("uses"); default 0 = never */
 };
 
 /* Fills opts with the defaults; `size` is sizeof the caller's struct. */
@@ -431,6 +446,11 @@ CPOOL_API const char *cpool_conn_service_id(const cpool_conn *conn);
 /* Borrowed PGconn *, redisContext *, sqlite3 * ...; valid until checkin. */
 CPOOL_API void *cpool_conn_native(const cpool_conn *conn);
 
+/* Runs one statement or command on a lease through its connector and
+ * discards the result ("SELECT 1", "PING"): what tools use to drive any
+ * database the same way. CPOOL_EINVAL when the connector cannot. */
+CPOOL_API int cpool_conn_execute(cpool_conn *conn, const char *command, cpool_error *err);
+
 /* Runs one maintenance pass now on the calling thread: closes perished
  * available connections, populates to minPoolSize. For pools without a
  * background thread and for tests. */
@@ -441,6 +461,75 @@ CPOOL_API int cpool_maintain(cpool *pool, cpool_error *err);
 CPOOL_API void cpool_wake(cpool *pool);
 
 CPOOL_API void cpool_get_counts(cpool *pool, cpool_counts *out);
+
+/* ------------------------------------------------------------------ stats */
+
+/* A latency histogram with log-spaced buckets: bucket i counts values up to
+ * cpool_histogram_bound_ns(i) (1 us * 2^(i/2), rounded), the last one
+ * everything above. Exact count, sum and max. */
+#define CPOOL_HIST_BUCKETS 48
+typedef struct cpool_histogram {
+    uint64_t count;
+    uint64_t sum_ns;
+    uint64_t max_ns;
+    uint64_t buckets[CPOOL_HIST_BUCKETS];
+} cpool_histogram;
+
+/* Upper bound of bucket i in ns; INT64_MAX for the last bucket. */
+CPOOL_API int64_t cpool_histogram_bound_ns(int i);
+/* The q-quantile (0 <= q <= 1) in ns, interpolated inside its bucket and
+ * never above max_ns; 0 for an empty histogram. */
+CPOOL_API int64_t cpool_histogram_quantile(const cpool_histogram *h, double q);
+
+/* Close reasons counted in cpool_stats.closed[]: the CMAP ones and the
+ * pool's own. */
+#define CPOOL_CLOSE_REASON_SLOTS 10
+
+/* Checkout failures counted in cpool_stats.checkout_failures[], by code:
+ * index = -code (CPOOL_ETIMEDOUT -> 3). */
+#define CPOOL_ERROR_SLOTS 24
+
+/* A snapshot of what the pool has done since it was created. The counts
+ * are read under the pool's lock (consistent with each other); the
+ * counters and histograms are summed from per-connection cells without
+ * stopping the pool, so a snapshot taken while leases come and go may be a
+ * few operations behind, never torn. */
+typedef struct cpool_stats {
+    size_t struct_size;          /* set by the caller: sizeof(cpool_stats) */
+    cpool_counts counts;
+    uint32_t max_pool_size;      /* effective options, for ratios */
+    uint32_t min_pool_size;
+    uint64_t connections_created;   /* ConnectionCreated */
+    uint64_t connections_ready;     /* established (ConnectionReady) */
+    uint64_t connect_failures;      /* establishments that failed */
+    uint64_t closed[CPOOL_CLOSE_REASON_SLOTS]; /* by cpool_close_reason */
+    uint64_t checkouts;             /* ConnectionCheckOutStarted */
+    uint64_t checkouts_ok;          /* ConnectionCheckedOut */
+    uint64_t checkouts_reused;      /* ... served by an existing connection */
+    uint64_t checkout_failures[CPOOL_ERROR_SLOTS]; /* by -code */
+    uint64_t checkins;
+    uint64_t validations;           /* validation runs on reused connections */
+    uint64_t validation_failures;
+    cpool_histogram wait;           /* checkout: start to lease */
+    cpool_histogram hold;           /* lease: checkout to checkin */
+    cpool_histogram connect;        /* successful establishments */
+} cpool_stats;
+
+/* Fills `out` (out->struct_size must be set, e.g. with
+ * `cpool_stats s = {.struct_size = sizeof s}`). CPOOL_EINVAL on NULL or a
+ * too small struct. */
+CPOOL_API int cpool_get_stats(cpool *pool, cpool_stats *out);
+
+/* Writes the statistics in the Prometheus text exposition format (0.0.4)
+ * into buf: gauges for the counts, counters for the totals, histograms in
+ * seconds. Metric names follow OpenTelemetry's db.client.connection.*
+ * conventions where they fit (db_client_connection_count{state="idle"|
+ * "used"}, db_client_connection_wait_time_seconds, ...) and carry
+ * pool="<name>" (and `extra_labels`, e.g. "service=\"api\"", may be NULL).
+ * Returns the length it needed, like snprintf. */
+CPOOL_API size_t cpool_stats_prometheus(const cpool_stats *stats, const char *pool_name,
+                                        const char *extra_labels, char *buf,
+                                        size_t size);
 /* The pool's address; borrowed, valid until cpool_destroy(). */
 CPOOL_API const char *cpool_address(const cpool *pool);
 

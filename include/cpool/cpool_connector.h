@@ -100,6 +100,13 @@ struct cpool_connector {
     /* The target prefixes this connector accepts ("postgresql://", ...),
      * NULL-terminated, for cpool_connector_for(). NULL = none. */
     const char *const *schemes;
+
+    /* Runs one statement or command ("SELECT 1", "PING") and discards its
+     * result, for tools that drive any database the same way (cpool bench,
+     * cpool probe). Non-zero with err filled when it fails; a failure that
+     * leaves the connection unusable sets err->kind to CPOOL_FAIL_NETWORK
+     * or CPOOL_FAIL_TIMEOUT. NULL = not supported. */
+    int (*execute)(void *ctx, void *native, const char *command, cpool_error *err);
 };
 
 /* Sets err to an establishment failure; the helper connectors use. Returns

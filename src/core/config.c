@@ -71,6 +71,13 @@ static const opt_def defs[] = {
      "what is checked before a reused connection is handed out"},
     {"validation_idle_ms", NULL, "CPOOL_VALIDATION_IDLE_MS", T_MS, OFF(validation_idle_ms),
      0, MSMAX, NULL, ">= 0 ms", "ping_idle: idle time after which a ping is needed"},
+    {"max_lifetime_ms", "maxLifetimeMS", "CPOOL_MAX_LIFETIME_MS", T_MS, OFF(max_lifetime_ms),
+     0, MSMAX, NULL, ">= 0 ms (0 = no limit)",
+     "a connection older than this is closed and replaced"},
+    {"lifetime_jitter", NULL, "CPOOL_LIFETIME_JITTER", T_DOUBLE, OFF(lifetime_jitter), 0, 0.5,
+     NULL, "0..0.5", "lifetimes are shortened by a random fraction up to this"},
+    {"recycle_after_uses", NULL, "CPOOL_RECYCLE_AFTER_USES", T_U64, OFF(recycle_after_uses),
+     0, 9.2e18, NULL, ">= 0 (0 = never)", "close a connection after this many leases"},
 };
 #define NDEFS (sizeof defs / sizeof defs[0])
 

@@ -39,6 +39,8 @@ const char *cpool_close_reason_name(int reason)
     case CPOOL_CLOSE_IDLE: return "idle";
     case CPOOL_CLOSE_ERROR: return "error";
     case CPOOL_CLOSE_POOL_CLOSED: return "poolClosed";
+    case CPOOL_CLOSE_LIFETIME: return "lifetime";
+    case CPOOL_CLOSE_USES: return "uses";
     default: return "unknown";
     }
 }
@@ -62,6 +64,10 @@ static const char *close_reason_text(int reason)
         return "Connection has been available but unused for longer than the "
                "configured max idle time";
     case CPOOL_CLOSE_ERROR: return "An error occurred while using the connection";
+    case CPOOL_CLOSE_LIFETIME:
+        return "Connection was open for longer than the configured max lifetime";
+    case CPOOL_CLOSE_USES:
+        return "Connection was leased the configured number of times and is recycled";
     default: return "Connection pool was closed";
     }
 }

@@ -275,7 +275,16 @@ static int perished_locked(const cpool *p, const cpool_conn *c, int64_t now)
         now - atomic_load_explicit(&c->available_since_ns, memory_order_relaxed) >
             ms_to_ns(p->opts.max_idle_time_ms))
         return CPOOL_CLOSE_IDLE;
+    if (now >= c->expires_ns)
+        return CPOOL_CLOSE_LIFETIME;
     return -1;
+}
+
+/* The clock reading perished_locked() needs: 0 when no time limit applies,
+ * so the hot path reads no clock for nothing. */
+static int64_t perish_now(const cpool *p)
+{
+    return p->opts.max_idle_time_ms > 0 || p->opts.max_lifetime_ms > 0 ? cpool__now(p) : 0;
 }
 
 /* Why a connection coming back from a lease must be closed, or -1 when it
@@ -289,7 +298,25 @@ static int unfit_reason_locked(const cpool *p, const cpool_conn *c, bool broken)
         return CPOOL_CLOSE_STALE;
     if (broken || c->interrupt_requested)
         return CPOOL_CLOSE_ERROR;
+    if (p->opts.recycle_after_uses > 0 && c->uses >= p->opts.recycle_after_uses)
+        return CPOOL_CLOSE_USES;
+    if (c->expires_ns != INT64_MAX && cpool__now(p) >= c->expires_ns)
+        return CPOOL_CLOSE_LIFETIME;
     return -1;
+}
+
+/* A connection's lifetime, shortened by a random fraction up to
+ * lifetime_jitter (xorshift64*: the pool needs spread, not secrecy). */
+static int64_t expiry_locked(cpool *p, int64_t created)
+{
+    if (p->opts.max_lifetime_ms <= 0)
+        return INT64_MAX;
+    p->rng ^= p->rng >> 12;
+    p->rng ^= p->rng << 25;
+    p->rng ^= p->rng >> 27;
+    double u = (double)((p->rng * 2685821657736338717ULL) >> 11) / 9007199254740992.0;
+    int64_t life = ms_to_ns(p->opts.max_lifetime_ms);
+    return created + life - (int64_t)((double)life * p->opts.lifetime_jitter * u);
 }
 
 /* Creates a pending connection: no I/O (CMAP), counts toward total and
@@ -313,6 +340,9 @@ static cpool_conn *conn_new_locked(cpool *p)
     c->pins = 0;
     c->interrupt_requested = c->interrupted = c->close_deferred = false;
     c->created_ns = cpool__now(p);
+    c->expires_ns = expiry_locked(p, c->created_ns);
+    c->uses = 0;
+    p->st_created++;
     atomic_store_explicit(&c->available_since_ns, c->created_ns, memory_order_relaxed);
     /* The eventfd lets clear() and close() abandon an establishment that is
      * blocked in the connector; without it, interruption is just slower. */
@@ -340,6 +370,7 @@ static void conn_free_locked(cpool *p, cpool_conn *c)
     c->native = NULL;
     c->state = CONN_FREE;
     atomic_store_explicit(&c->leased, LEASE_NONE, memory_order_relaxed);
+    cpool__cell_fold(&p->retired, &c->cell);
     list_push_head(&p->free_list, c);
 }
 
@@ -376,6 +407,8 @@ static void close_conn_locked(cpool *p, cpool_conn *c, int reason,
 {
     list_remove(list_for(p, c->state), c);
     c->state = CONN_FREE; /* in no list until conn_free_locked */
+    if ((unsigned)reason < CPOOL_CLOSE_REASON_SLOTS)
+        p->st_closed[reason]++;
     svc_release_locked(p, c);
     void *native = c->native;
     bool pinned = c->pins > 0;
@@ -644,6 +677,7 @@ static int establish_locked(cpool *p, cpool_conn *c, int64_t deadline,
              * a local out-of-memory, which says nothing about the server. */
             clear_locked(p, 0, &ce);
         }
+        p->st_connect_failures++;
         close_conn_locked(p, c, CPOOL_CLOSE_ERROR, &ce);
         if (e != NULL)
             *e = ce;
@@ -654,6 +688,8 @@ static int establish_locked(cpool *p, cpool_conn *c, int64_t deadline,
      * the same critical section that takes it off the pending count, before
      * anything is emitted, so no thread ever sees a free maxConnecting slot
      * without the connection that freed it. */
+    p->st_ready++;
+    cpool__hist_add(&p->connect_hist, cpool__now(p) - c->created_ns);
     bool stale = is_stale_locked(p, c) || p->state == CPOOL_STATE_CLOSED;
     if (stale) {
         set_state_locked(p, c, CONN_IN_USE); /* owned by us until closed below */
@@ -712,6 +748,10 @@ static bool fast_usable(const cpool *p, const cpool_conn *c)
     if (atomic_load(&p->state) != CPOOL_STATE_READY ||
         c->generation != atomic_load(&p->generation) || fork_pending(p))
         return false;
+    if (p->opts.recycle_after_uses > 0 && c->uses >= p->opts.recycle_after_uses)
+        return false;
+    if (c->expires_ns != INT64_MAX && cpool__now(p) >= c->expires_ns)
+        return false;
     return p->opts.max_idle_time_ms == 0 ||
            cpool__now(p) - atomic_load_explicit(&c->available_since_ns,
                                                  memory_order_relaxed) <=
@@ -743,6 +783,20 @@ static bool try_park(cpool *p, cpool_conn *c)
     return true;      /* someone took it already */
 }
 
+/* Counts a lease that starts now. `start` is the checkout's start on the
+ * pool clock, -1 when it never waited (the fast path). Only the new holder
+ * writes these fields. */
+static void lease_begin(cpool *p, cpool_conn *c, int64_t start, bool reused)
+{
+    int64_t now = cpool__now(p);
+    c->leased_ns = now;
+    c->uses++;
+    cpool__bump(&c->cell.checkouts_ok);
+    if (reused)
+        cpool__bump(&c->cell.reused);
+    cpool__hist_add(&c->cell.wait, start >= 0 ? now - start : 0);
+}
+
 /* The validation policy, outside mu, on a connection that was available:
  * 0 = hand it out; otherwise ce says why it must be closed. `deadline` is on
  * the pool clock (NO_DEADLINE = none). */
@@ -752,8 +806,11 @@ static int validate_conn(cpool *p, cpool_conn *c, int64_t deadline, cpool_error 
     memset(ce, 0, sizeof *ce);
     if (v == CPOOL_VALIDATE_NONE)
         return 0;
-    if (p->cx->check != NULL && p->cx->check(p->cx_ctx, c->native, ce) != 0)
+    cpool__bump(&c->cell.validations);
+    if (p->cx->check != NULL && p->cx->check(p->cx_ctx, c->native, ce) != 0) {
+        cpool__bump(&c->cell.validation_failures);
         return -1;
+    }
     bool ping = v == CPOOL_VALIDATE_ALWAYS;
     if (v == CPOOL_VALIDATE_PING_IDLE)
         ping = cpool__now(p) - atomic_load_explicit(&c->available_since_ns,
@@ -763,6 +820,7 @@ static int validate_conn(cpool *p, cpool_conn *c, int64_t deadline, cpool_error 
         return 0;
     if (p->cx->ping(p->cx_ctx, c->native, real_deadline(p, deadline), ce) == 0)
         return 0;
+    cpool__bump(&c->cell.validation_failures);
     if (ce->code == 0)
         ce->code = CPOOL_EIO;
     if (ce->message[0] == '\0')
@@ -821,7 +879,7 @@ static cpool_conn *steal_parked_locked(cpool *p, bool perished_only, int *reason
 {
     if (!p->can_park)
         return NULL;
-    int64_t now = p->opts.max_idle_time_ms > 0 ? cpool__now(p) : 0;
+    int64_t now = perish_now(p);
     for (cpool_conn *c = p->in_use.head; c != NULL; c = c->next) {
         if (atomic_load(&c->leased) != LEASE_PARKED)
             continue;
@@ -882,6 +940,8 @@ static int fail_checkout(cpool *p, int rc, int reason, checkout_clock *t,
                          const cpool_error *cause, cpool_error *err)
 {
     cpool_error e;
+    if (rc < 0 && -rc < CPOOL_ERROR_SLOTS)
+        p->st_failures[-rc]++;
     switch (rc) {
     case CPOOL_ECLOSED:
         cpool__err(&e, rc, "Attempted to check out a connection from closed "
@@ -955,6 +1015,7 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
     if (p->can_park) {
         cpool_conn *fast = take_parked_fast(p, timeout_ms);
         if (fast != NULL) {
+            lease_begin(p, fast, -1, true);
             *out = fast;
             return 0;
         }
@@ -982,6 +1043,7 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
     int rc = 0, why = CPOOL_CHECKOUT_CONN_ERROR;
     cpool_error ce;
     const cpool_error *cause = NULL;
+    bool fresh = false;
     for (;;) {
         c = NULL;
         if (p->state != CPOOL_STATE_READY) {
@@ -994,7 +1056,7 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
             c = p->available.head;
             int reason = -1;
             if (c != NULL) {
-                int64_t now = p->opts.max_idle_time_ms > 0 ? cpool__now(p) : 0;
+                int64_t now = perish_now(p);
                 reason = perished_locked(p, c, now);
                 if (reason < 0) {
                     set_state_locked(p, c, CONN_IN_USE);
@@ -1057,6 +1119,7 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
                 /* Handed a connection that was just checked in (and reset):
                  * return without touching the pool lock at all. */
                 sem_destroy(&w.sem);
+                lease_begin(p, w.conn, t.start, true);
                 *out = w.conn;
                 return 0;
             }
@@ -1085,6 +1148,7 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
             rc = establish_locked(p, c, conn_deadline(&t), true, &ce);
             if (rc == ESTABLISH_RETRY)
                 continue;
+            fresh = rc == 0;
             if (rc != 0) {
                 /* An attempt the pool abandoned fails as the pool's state
                  * says (cleared: retryable; closed); others carry the
@@ -1111,6 +1175,7 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
     }
     if (w_ready)
         sem_destroy(&w.sem);
+    lease_begin(p, c, t.start, !fresh);
     if (p->observed) {
         cpool_event ev;
         cpool__event_init(p, &ev, CPOOL_EV_CHECKED_OUT);
@@ -1175,6 +1240,9 @@ int cpool_checkin(cpool *p, cpool_conn *c, unsigned flags, cpool_error *err)
                           "checkin to %s: connection %llu is not checked out",
                           p->address, (unsigned long long)c->id);
     }
+    /* Still ours until it is made available or parked below. */
+    cpool__hist_add(&c->cell.hold, cpool__now(p) - c->leased_ns);
+    cpool__bump(&c->cell.checkins);
 
     bool broken = (flags & CPOOL_CHECKIN_BROKEN) != 0;
     if (p->observed) {
@@ -1354,6 +1422,8 @@ void cpool_options_init(cpool_options *o, size_t size)
     d.log_level = CPOOL_LOG_DEBUG;
     d.validation = CPOOL_VALIDATE_CHECK;
     d.validation_idle_ms = 1000;
+    d.max_lifetime_ms = 1800000;
+    d.lifetime_jitter = 0.05;
     memset(o, 0, size);
     memcpy(o, &d, size < sizeof d ? size : sizeof d);
 }
@@ -1414,6 +1484,13 @@ static int validate(const cpool_options *o, cpool_error *err)
         return cpool__err(err, CPOOL_EINVAL,
                           "option validation_idle_ms = %lld: must be >= 0",
                           (long long)o->validation_idle_ms);
+    if (o->max_lifetime_ms < 0)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "option max_lifetime_ms = %lld: must be >= 0 (0 = no limit)",
+                          (long long)o->max_lifetime_ms);
+    if (!(o->lifetime_jitter >= 0 && o->lifetime_jitter <= 0.5))
+        return cpool__err(err, CPOOL_EINVAL, "option lifetime_jitter = %g: allowed 0..0.5",
+                          o->lifetime_jitter);
     if (o->clock != NULL && o->clock->now_ns == NULL)
         return cpool__err(err, CPOOL_EINVAL, "option clock: now_ns is required");
     return 0;
@@ -1547,6 +1624,8 @@ int cpool_create(const cpool_options *opts, cpool **out, cpool_error *err)
     /* Parking skips the events and the per-service generations. */
     p->can_park = !p->observed && !o.load_balanced;
     p->serial = atomic_fetch_add(&g_pool_serial, 1) + 1;
+    p->rng = 0x9e3779b97f4a7c15ULL ^ (p->serial * 0xbf58476d1ce4e5b9ULL) ^
+             (uint64_t)real_now_ns();
     p->options_set = options_set(&o);
     p->state = CPOOL_STATE_PAUSED;
     atomic_store_explicit(&p->fork_epoch,
@@ -1759,4 +1838,24 @@ const char *cpool_conn_service_id(const cpool_conn *c)
 void *cpool_conn_native(const cpool_conn *c)
 {
     return c != NULL ? c->native : NULL;
+}
+
+int cpool_conn_execute(cpool_conn *c, const char *command, cpool_error *err)
+{
+    if (c == NULL || c->magic != CONN_MAGIC || command == NULL)
+        return cpool__err(err, CPOOL_EINVAL, "execute: a lease and a command are required");
+    const cpool_connector *cx = c->pool->cx;
+    if (cx->abi_version < 2 || cx->execute == NULL)
+        return cpool__err(err, CPOOL_EINVAL, "execute: the %s connector cannot run commands",
+                          cx->name);
+    if (err != NULL)
+        memset(err, 0, sizeof *err);
+    cpool_error e;
+    memset(&e, 0, sizeof e);
+    int rc = cx->execute(c->pool->cx_ctx, c->native, command, &e);
+    if (rc != 0 && e.code == 0)
+        e.code = CPOOL_EIO;
+    if (rc != 0 && err != NULL)
+        *err = e;
+    return rc != 0 ? e.code : 0;
 }

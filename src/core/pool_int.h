@@ -47,6 +47,22 @@ enum {
 typedef struct service service;
 typedef struct cpool_conn cpool_conn;
 
+/* Statistics cells. A connection's cell is written only by whoever owns the
+ * connection at the time (the lease holder, or the pool under mu), with
+ * relaxed load+store rather than read-modify-write, so counting adds no
+ * shared cache line and no locked instruction to the hot path. A snapshot
+ * sums the cells of live connections with relaxed loads; a closing
+ * connection's cell is folded into the pool's under mu. */
+typedef struct hist_cell {
+    _Atomic uint64_t count, sum_ns, max_ns;
+    _Atomic uint64_t b[CPOOL_HIST_BUCKETS];
+} hist_cell;
+
+typedef struct conn_cell {
+    _Atomic uint64_t checkouts_ok, reused, checkins, validations, validation_failures;
+    hist_cell wait, hold;
+} conn_cell;
+
 struct cpool_conn {
     uint32_t magic;           /* CONN_MAGIC; immutable */
     cpool *pool;              /* owner; immutable */
@@ -58,6 +74,10 @@ struct cpool_conn {
     void *native;             /* connector handle; owned by the lease holder
                                  while in use, by the pool otherwise */
     int64_t created_ns;       /* pool clock */
+    int64_t expires_ns;       /* created + jittered max lifetime; INT64_MAX = never */
+    uint64_t uses;            /* leases so far; written by the lease holder */
+    int64_t leased_ns;        /* pool clock at checkout; written by the holder */
+    conn_cell cell;
     _Atomic int64_t available_since_ns; /* pool clock; written by whoever
                                  makes it available, read with relaxed loads */
     int cancel_fd;            /* pending: eventfd the connector polls; mu */
@@ -132,6 +152,15 @@ struct cpool {
     bool has_clear_cause;
     atomic_uint fork_epoch; /* written under mu; read without it too */
 
+    /* Statistics kept under mu; connection cells are folded into `retired`
+     * when a connection closes. */
+    uint64_t st_created, st_ready, st_connect_failures;
+    uint64_t st_closed[CPOOL_CLOSE_REASON_SLOTS];
+    uint64_t st_failures[CPOOL_ERROR_SLOTS];
+    conn_cell retired;
+    hist_cell connect_hist;
+    uint64_t rng; /* xorshift state for lifetime jitter; mu */
+
     /* Maintenance thread; guarded by mu. */
     pthread_t maint;
     pthread_cond_t maint_cv;
@@ -151,6 +180,15 @@ int cpool__err(cpool_error *err, int code, const char *fmt, ...)
  * parameters. */
 int cpool__options_resolve(const cpool_options *code, cpool_options *eff, char **target,
                            cpool_error *err);
+
+/* stats.c */
+void cpool__hist_add(hist_cell *h, int64_t ns);
+void cpool__cell_fold(conn_cell *into, conn_cell *from); /* and zeroes `from` */
+static inline void cpool__bump(_Atomic uint64_t *x)
+{
+    atomic_store_explicit(x, atomic_load_explicit(x, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+}
 
 /* events.c */
 int64_t cpool__now(const cpool *p);

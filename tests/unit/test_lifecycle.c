@@ -1,0 +1,314 @@
+/* test_lifecycle.c -- max lifetime with jitter, recycle_after_uses, and the
+ * statistics snapshot that counts them. Time is the fake clock's. */
+#include "test.h"
+
+/* A fixture on the fake clock with a lifetime, no background thread. */
+static void start_lifetime(test_fixture *f, int64_t lifetime_ms, double jitter)
+{
+    test_fixture_init(f);
+    f->opts.clock = &f->clk.clock;
+    f->opts.max_lifetime_ms = lifetime_ms;
+    f->opts.lifetime_jitter = jitter;
+    test_fixture_start(f);
+}
+
+TEST(lifetime_closes_returned_connection)
+{
+    test_fixture f;
+    start_lifetime(&f, 1000, 0);
+    cpool_conn *c = test_checkout(f.pool);
+    uint64_t id = cpool_conn_id(c);
+    test_clock_advance_ms(&f.clk, f.pool, 1000);
+    test_checkin(f.pool, c, 0);
+    test_event ev;
+    ASSERT_TRUE(test_rec_find_closed(&f.rec, id, &ev));
+    ASSERT_EQ(CPOOL_CLOSE_LIFETIME, ev.reason);
+    ASSERT_EQ(0, test_counts(f.pool).total);
+    test_fixture_free(&f);
+}
+
+TEST(lifetime_expired_never_handed_out)
+{
+    test_fixture f;
+    start_lifetime(&f, 1000, 0);
+    cpool_conn *c = test_checkout(f.pool);
+    uint64_t id = cpool_conn_id(c);
+    test_clock_advance_ms(&f.clk, f.pool, 999);
+    test_checkin(f.pool, c, 0); /* 1 ms left: kept */
+    ASSERT_EQ(1, test_counts(f.pool).available);
+    test_clock_advance_ms(&f.clk, f.pool, 1);
+    c = test_checkout(f.pool);
+    ASSERT_NE(id, cpool_conn_id(c));
+    ASSERT_EQ(1, test_rec_count_closed(&f.rec, CPOOL_CLOSE_LIFETIME));
+    test_checkin(f.pool, c, 0);
+    test_fixture_free(&f);
+}
+
+TEST(lifetime_unobserved_fast_path)
+{
+    cpool_mem *mem = test_mem_create();
+    test_clock clk;
+    test_clock_init(&clk);
+    cpool_options o;
+    test_options(&o, mem, NULL);
+    o.clock = &clk.clock;
+    o.max_lifetime_ms = 1000;
+    o.lifetime_jitter = 0;
+    cpool *p = test_pool_create(&o);
+    test_ready(p);
+    cpool_conn *c = test_checkout(p);
+    uint64_t id = cpool_conn_id(c);
+    test_checkin(p, c, 0); /* parked */
+    test_clock_advance_ms(&clk, p, 1000);
+    c = test_checkout(p);
+    ASSERT_NE(id, cpool_conn_id(c));
+    test_checkin(p, c, 0);
+    cpool_stats s = {.struct_size = sizeof s};
+    ASSERT_OK(cpool_get_stats(p, &s));
+    ASSERT_EQ(1, s.closed[CPOOL_CLOSE_LIFETIME]);
+    cpool_destroy(p);
+    cpool_mem_destroy(mem);
+}
+
+/* Connections opened together expire spread over [L(1-j), L]. */
+TEST(lifetime_jitter_spreads_expiry)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.clock = &f.clk.clock;
+    f.opts.max_lifetime_ms = 1000;
+    f.opts.lifetime_jitter = 0.5;
+    f.opts.max_pool_size = 40;
+    test_fixture_start(&f);
+    cpool_conn *c[40];
+    for (int i = 0; i < 40; i++)
+        c[i] = test_checkout(f.pool);
+    for (int i = 0; i < 40; i++)
+        test_checkin(f.pool, c[i], 0);
+    test_clock_advance_ms(&f.clk, f.pool, 499); /* before the earliest expiry */
+    ASSERT_OK(cpool_maintain(f.pool, NULL));
+    ASSERT_EQ(0, test_rec_count_closed(&f.rec, CPOOL_CLOSE_LIFETIME));
+    test_clock_advance_ms(&f.clk, f.pool, 251); /* 750 ms: about half */
+    ASSERT_OK(cpool_maintain(f.pool, NULL));
+    size_t half = test_rec_count_closed(&f.rec, CPOOL_CLOSE_LIFETIME);
+    ASSERT_GT(half, 5);  /* P(<= 5 of 40 at p = 0.5) is about 1e-7 */
+    ASSERT_LT(half, 35);
+    test_clock_advance_ms(&f.clk, f.pool, 250); /* 1000 ms: all */
+    ASSERT_OK(cpool_maintain(f.pool, NULL));
+    ASSERT_EQ(40, test_rec_count_closed(&f.rec, CPOOL_CLOSE_LIFETIME));
+    test_fixture_free(&f);
+}
+
+/* Expired connections below minPoolSize are replaced in the background, no
+ * more than maxConnecting at a time. */
+TEST(expired_replaced_without_herd)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.clock = &f.clk.clock;
+    f.opts.max_lifetime_ms = 1000;
+    f.opts.lifetime_jitter = 0;
+    f.opts.min_pool_size = 6;
+    f.opts.max_connecting = 2;
+    f.opts.maintenance_interval_ms = 10;
+    test_fixture_start(&f);
+    WAIT_UNTIL(test_counts(f.pool).available == 6, 5000);
+    cpool_mem_failpoint fp;
+    memset(&fp, 0, sizeof fp);
+    fp.times = -1;
+    fp.block_ms = 20; /* establishments overlap if anything lets them */
+    cpool_mem_set_failpoint(f.mem, &fp);
+    test_clock_advance_ms(&f.clk, f.pool, 1000);
+    uint32_t max_pending = 0;
+    int64_t deadline = test_now_ms() + 5000;
+    while (test_rec_count(&f.rec, CPOOL_EV_CONN_READY) < 12) {
+        cpool_counts k = test_counts(f.pool);
+        if (k.pending > max_pending)
+            max_pending = k.pending;
+        if (test_now_ms() > deadline)
+            FAIL("replacements not made in 5 s");
+        test_sleep_us(200);
+    }
+    ASSERT_EQ(6, test_rec_count_closed(&f.rec, CPOOL_CLOSE_LIFETIME));
+    ASSERT_LE(max_pending, 2);
+    ASSERT_GE(max_pending, 1);
+    test_fixture_free(&f);
+}
+
+TEST(recycle_after_uses)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.recycle_after_uses = 3;
+    test_fixture_start(&f);
+    cpool_conn *c = test_checkout(f.pool);
+    uint64_t id = cpool_conn_id(c);
+    test_checkin(f.pool, c, 0);
+    for (int i = 0; i < 2; i++) {
+        c = test_checkout(f.pool);
+        ASSERT_EQ(id, cpool_conn_id(c));
+        test_checkin(f.pool, c, 0);
+    }
+    test_event ev;
+    ASSERT_TRUE(test_rec_find_closed(&f.rec, id, &ev));
+    ASSERT_EQ(CPOOL_CLOSE_USES, ev.reason);
+    c = test_checkout(f.pool);
+    ASSERT_NE(id, cpool_conn_id(c));
+    test_checkin(f.pool, c, 0);
+    test_fixture_free(&f);
+}
+
+TEST(recycle_after_uses_fast_path)
+{
+    cpool_mem *mem = test_mem_create();
+    cpool_options o;
+    test_options(&o, mem, NULL);
+    o.recycle_after_uses = 5;
+    cpool *p = test_pool_create(&o);
+    test_ready(p);
+    for (int i = 0; i < 20; i++) {
+        cpool_conn *c = test_checkout(p);
+        test_checkin(p, c, 0);
+    }
+    ASSERT_EQ(4, test_mem_stats(mem).connects);
+    cpool_stats s = {.struct_size = sizeof s};
+    ASSERT_OK(cpool_get_stats(p, &s));
+    ASSERT_EQ(4, s.closed[CPOOL_CLOSE_USES]);
+    cpool_destroy(p);
+    cpool_mem_destroy(mem);
+}
+
+TEST(invalid_lifetime_options_rejected)
+{
+    cpool_mem *mem = test_mem_create();
+    cpool_options o;
+    test_options(&o, mem, NULL);
+    cpool *p = NULL;
+    cpool_error e;
+    o.lifetime_jitter = 0.9;
+    ASSERT_RC(CPOOL_EINVAL, cpool_create(&o, &p, &e));
+    ASSERT_STR_CONTAINS(e.message, "lifetime_jitter");
+    ASSERT_STR_CONTAINS(e.message, "0..0.5");
+    o.lifetime_jitter = 0.05;
+    o.max_lifetime_ms = -1;
+    ASSERT_RC(CPOOL_EINVAL, cpool_create(&o, &p, &e));
+    ASSERT_STR_CONTAINS(e.message, "max_lifetime_ms");
+    ASSERT_NULL(p);
+    cpool_mem_destroy(mem);
+}
+
+/* ------------------------------------------------------------ statistics */
+
+TEST(stats_count_what_happened)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.clock = &f.clk.clock;
+    f.opts.max_pool_size = 2;
+    test_fixture_start(&f);
+    cpool_conn *a = test_checkout(f.pool);
+    cpool_conn *b = test_checkout(f.pool);
+    test_clock_advance_ms(&f.clk, f.pool, 30);
+    test_checkin(f.pool, a, 0);
+    test_checkin(f.pool, b, CPOOL_CHECKIN_BROKEN);
+    a = test_checkout(f.pool); /* reused */
+    b = test_checkout(f.pool); /* new */
+    cpool_conn *none = NULL;
+    ASSERT_RC(CPOOL_ETIMEDOUT, cpool_checkout(f.pool, 0, &none, NULL));
+    test_checkin(f.pool, a, 0);
+    test_checkin(f.pool, b, 0);
+
+    cpool_stats s = {.struct_size = sizeof s};
+    ASSERT_OK(cpool_get_stats(f.pool, &s));
+    ASSERT_EQ(3, s.connections_created);
+    ASSERT_EQ(3, s.connections_ready);
+    ASSERT_EQ(0, s.connect_failures);
+    ASSERT_EQ(1, s.closed[CPOOL_CLOSE_ERROR]);
+    ASSERT_EQ(4, s.checkouts_ok);
+    ASSERT_EQ(1, s.checkouts_reused);
+    ASSERT_EQ(1, s.checkout_failures[-CPOOL_ETIMEDOUT]);
+    ASSERT_EQ(5, s.checkouts);
+    ASSERT_EQ(4, s.checkins);
+    ASSERT_EQ(1, s.validations);
+    ASSERT_EQ(4, s.hold.count);
+    ASSERT_EQ(4, s.wait.count);
+    ASSERT_EQ(3, s.connect.count);
+    ASSERT_EQ(30000000, s.hold.max_ns); /* two holds of exactly 30 ms */
+    ASSERT_EQ(60000000, s.hold.sum_ns);
+    ASSERT_EQ(2, s.counts.available);
+    ASSERT_EQ(2, s.max_pool_size);
+    int64_t p50 = cpool_histogram_quantile(&s.hold, 0.5);
+    int64_t p99 = cpool_histogram_quantile(&s.hold, 0.99);
+    ASSERT_LE(p50, p99);
+    ASSERT_LE(p99, 30000000);
+    ASSERT_EQ(30000000, cpool_histogram_quantile(&s.hold, 1.0));
+    cpool_stats small = {.struct_size = 8};
+    ASSERT_RC(CPOOL_EINVAL, cpool_get_stats(f.pool, &small));
+    test_fixture_free(&f);
+}
+
+/* The lock-free path counts too, and a snapshot survives closes (folded). */
+TEST(stats_fast_path_counted)
+{
+    cpool_mem *mem = test_mem_create();
+    cpool_options o;
+    test_options(&o, mem, NULL);
+    cpool *p = test_pool_create(&o);
+    test_ready(p);
+    for (int i = 0; i < 1000; i++) {
+        cpool_conn *c = test_checkout(p);
+        test_checkin(p, c, i == 499 ? CPOOL_CHECKIN_BROKEN : 0);
+    }
+    cpool_stats s = {.struct_size = sizeof s};
+    ASSERT_OK(cpool_get_stats(p, &s));
+    ASSERT_EQ(1000, s.checkouts_ok);
+    ASSERT_EQ(998, s.checkouts_reused);
+    ASSERT_EQ(1000, s.checkins);
+    ASSERT_EQ(1000, s.hold.count);
+    ASSERT_EQ(2, s.connections_created);
+    ASSERT_EQ(1, s.closed[CPOOL_CLOSE_ERROR]);
+    cpool_destroy(p);
+    cpool_mem_destroy(mem);
+}
+
+TEST(histogram_buckets_and_quantiles)
+{
+    for (int i = 1; i < CPOOL_HIST_BUCKETS; i++)
+        ASSERT_GT(cpool_histogram_bound_ns(i), cpool_histogram_bound_ns(i - 1));
+    ASSERT_EQ(1000, cpool_histogram_bound_ns(0));
+    ASSERT_EQ(2000, cpool_histogram_bound_ns(2));
+    ASSERT_EQ(INT64_MAX, cpool_histogram_bound_ns(CPOOL_HIST_BUCKETS - 1));
+    cpool_histogram h;
+    memset(&h, 0, sizeof h);
+    ASSERT_EQ(0, cpool_histogram_quantile(&h, 0.5));
+    /* 90 values in the 1..2 us bucket range and 10 at 1 ms. */
+    h.count = 100;
+    h.buckets[2] = 90; /* (1.414 us, 2 us] */
+    h.buckets[20] = 10; /* (724 us, 1.024 ms] */
+    h.max_ns = 1000000;
+    int64_t p50 = cpool_histogram_quantile(&h, 0.5);
+    ASSERT_GT(p50, cpool_histogram_bound_ns(1));
+    ASSERT_LE(p50, 2000);
+    int64_t p95 = cpool_histogram_quantile(&h, 0.95);
+    ASSERT_GT(p95, cpool_histogram_bound_ns(19));
+    ASSERT_LE(p95, 1000000);
+    ASSERT_EQ(1000000, cpool_histogram_quantile(&h, 1.0));
+}
+
+int main(int argc, char **argv)
+{
+    static const test_case cases[] = {
+        TEST_ENTRY(lifetime_closes_returned_connection),
+        TEST_ENTRY(lifetime_expired_never_handed_out),
+        TEST_ENTRY(lifetime_unobserved_fast_path),
+        TEST_ENTRY(lifetime_jitter_spreads_expiry),
+        TEST_ENTRY(expired_replaced_without_herd),
+        TEST_ENTRY(recycle_after_uses),
+        TEST_ENTRY(recycle_after_uses_fast_path),
+        TEST_ENTRY(invalid_lifetime_options_rejected),
+        TEST_ENTRY(stats_count_what_happened),
+        TEST_ENTRY(stats_fast_path_counted),
+        TEST_ENTRY(histogram_buckets_and_quantiles),
+    };
+    return test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
+}
