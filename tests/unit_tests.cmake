@@ -114,7 +114,8 @@ cpool_unit_suite(config LABEL unit TIMEOUT 30 CASES
   validation_ping_idle_after_threshold
   validation_always_pings
   validation_failure_replaced_within_checkout
-  validation_on_fast_path)
+  validation_on_fast_path
+  env_log_sink_writes_redacted_json_lines)
 
 cpool_unit_suite(lifecycle LABEL unit TIMEOUT 30 CASES
   lifetime_closes_returned_connection

@@ -1531,6 +1531,8 @@ static void free_pool(cpool *p)
         p->services = s->next;
         free(s);
     }
+    if (p->log_file != NULL)
+        fclose(p->log_file);
     if (p->owns_cx_ctx && p->cx->ctx_free != NULL)
         p->cx->ctx_free(p->cx_ctx);
     free(p->target);
@@ -1540,6 +1542,36 @@ static void free_pool(cpool *p)
     pthread_mutex_destroy(&p->ev_mu);
     pthread_mutex_destroy(&p->mu);
     free(p);
+}
+
+/* CPOOL_LOG=error|warn|info|debug gives a pool without a log sink of its
+ * own the built-in JSON-lines sink, on stderr or appended to
+ * CPOOL_LOG_PATH: logs for a program that never asked for them, switched
+ * on where it runs. */
+static int env_log_sink(cpool *p, cpool_options *o)
+{
+    const char *level = getenv("CPOOL_LOG");
+    if (level == NULL || level[0] == '\0')
+        return 0;
+    static const char *const names[] = {"error", "warn", "info", "debug"};
+    int lv = -1;
+    for (int i = 0; i < 4; i++)
+        if (strcmp(level, names[i]) == 0)
+            lv = i;
+    if (lv < 0)
+        return -1;
+    FILE *f = stderr;
+    const char *path = getenv("CPOOL_LOG_PATH");
+    if (path != NULL && path[0] != '\0') {
+        f = fopen(path, "ae");
+        if (f == NULL)
+            return -1;
+        p->log_file = f;
+    }
+    o->on_log = cpool_log_json;
+    o->log_ctx = f;
+    o->log_level = (cpool_log_level)lv;
+    return 0;
 }
 
 int cpool_create(const cpool_options *opts, cpool **out, cpool_error *err)
@@ -1604,13 +1636,22 @@ int cpool_create(const cpool_options *opts, cpool **out, cpool_error *err)
         p->cx_ctx = ctx;
         p->owns_cx_ctx = true;
     }
-    char buf[256];
+    /* The address is in every event, log record and error message, so it
+     * is made from the target without its password. */
+    char buf[256], redacted[512];
+    if (p->target != NULL)
+        cpool_redact(p->target, redacted, sizeof redacted);
     const char *address = o.address;
     if (address == NULL && p->target != NULL && p->cx->address != NULL &&
-        p->cx->address(p->cx_ctx, p->target, buf, sizeof buf) == 0)
+        p->cx->address(p->cx_ctx, redacted, buf, sizeof buf) == 0)
         address = buf;
-    if (address == NULL || address[0] == '\0')
-        address = p->target != NULL && p->target[0] != '\0' ? p->target : p->cx->name;
+    if (address == NULL || address[0] == '\0') {
+        if (p->target != NULL && p->target[0] != '\0') {
+            address = redacted;
+        } else {
+            address = p->cx->name;
+        }
+    }
     p->address = address != NULL ? strdup(address) : NULL;
     if (p->target == NULL || p->address == NULL || split_address(p) != 0) {
         free_pool(p);
@@ -1618,6 +1659,13 @@ int cpool_create(const cpool_options *opts, cpool **out, cpool_error *err)
     }
     o.target = p->target;
     o.address = p->address;
+    if (o.on_log == NULL && !o.ignore_env && env_log_sink(p, &o) != 0) {
+        free_pool(p);
+        return cpool__err(err, CPOOL_EINVAL,
+                          "CPOOL_LOG = \"%.32s\": allowed error|warn|info|debug (or "
+                          "CPOOL_LOG_PATH cannot be opened)",
+                          getenv("CPOOL_LOG"));
+    }
     p->opts = o;
     p->observed = o.on_event != NULL || o.on_log != NULL;
     p->stamp_idle = o.max_idle_time_ms > 0 || o.validation == CPOOL_VALIDATE_PING_IDLE;

@@ -14,6 +14,7 @@
 #include "cpool/cpool_connector.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <semaphore.h>
 #include <stdatomic.h>
 
@@ -132,6 +133,7 @@ struct cpool {
     int port;              /* serverPort; -1 when none (unix socket) */
     const cpool_connector *cx;
     void *cx_ctx;
+    FILE *log_file;        /* CPOOL_LOG_PATH, opened for this pool */
     bool owns_cx_ctx;      /* made by connector->ctx_new(); freed at destroy */
     bool stamp_idle;       /* available_since_ns is needed (idle limits) */
     bool observed;         /* a subscriber or a log sink is set */

@@ -436,6 +436,47 @@ TEST(validation_on_fast_path)
     cpool_mem_destroy(mem);
 }
 
+/* CPOOL_LOG turns on the JSON-lines sink; the password never shows. */
+TEST(env_log_sink_writes_redacted_json_lines)
+{
+    char path[] = "/tmp/cpool-log-XXXXXX";
+    int fd = mkstemp(path);
+    ASSERT_GE(fd, 0);
+    close(fd);
+    setenv("CPOOL_LOG", "debug", 1);
+    setenv("CPOOL_LOG_PATH", path, 1);
+    cpool_options o;
+    cpool_options_init(&o, sizeof o);
+    o.target = "mem://app:s3cret@db:1/x?maxPoolSize=2";
+    o.connector = cpool_connector_for(o.target);
+    o.maintenance_interval_ms = -1;
+    cpool *p = test_pool_create(&o);
+    ASSERT_STR_EQ("mem:app:***@db:1/x", cpool_address(p));
+    test_ready(p);
+    cpool_conn *c = test_checkout(p);
+    test_checkin(p, c, 0);
+    cpool_destroy(p);
+    FILE *f = fopen(path, "r");
+    ASSERT_NOT_NULL(f);
+    char line[2048];
+    int lines = 0, checked_out = 0;
+    while (fgets(line, sizeof line, f) != NULL) {
+        lines++;
+        ASSERT_TRUE(line[0] == '{');
+        ASSERT_TRUE(strstr(line, "s3cret") == NULL);
+        checked_out += strstr(line, "\"Connection checked out\"") != NULL;
+    }
+    fclose(f);
+    unlink(path);
+    ASSERT_GE(lines, 6); /* created, ready, conn created/ready, checkout x2 ... */
+    ASSERT_EQ(1, checked_out);
+
+    setenv("CPOOL_LOG", "loud", 1);
+    cpool_error e;
+    ASSERT_RC(CPOOL_EINVAL, cpool_create(&o, &p, &e));
+    ASSERT_STR_CONTAINS(e.message, "CPOOL_LOG");
+}
+
 int main(int argc, char **argv)
 {
     static const test_case cases[] = {
@@ -456,6 +497,7 @@ int main(int argc, char **argv)
         TEST_ENTRY(validation_always_pings),
         TEST_ENTRY(validation_failure_replaced_within_checkout),
         TEST_ENTRY(validation_on_fast_path),
+        TEST_ENTRY(env_log_sink_writes_redacted_json_lines),
     };
     return test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
