@@ -1428,6 +1428,11 @@ static bool run_file(const char *path, const char *name)
 
     cpool_options o;
     cpool_options_init(&o, sizeof o);
+    /* CMAP describes a pool that attempts every establishment it is asked
+     * for: no backoff, no circuit breaker (both are this pool's own
+     * additions, on by default). */
+    o.backoff_base_ms = 0;
+    o.breaker_threshold = 0;
     char target[512];
     if (!pool_options(&t, json_object_get(t.root, "poolOptions"), &o, target,
                       sizeof target))

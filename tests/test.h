@@ -512,6 +512,10 @@ static inline void test_options(cpool_options *o, cpool_mem *mem,
                                 test_recorder *rec)
 {
     cpool_options_init(o, sizeof *o);
+    /* Suites that script establishment failures expect every attempt to be
+     * made; the backoff and breaker tests turn these on themselves. */
+    o->backoff_base_ms = 0;
+    o->breaker_threshold = 0;
     o->connector = cpool_mem_connector();
     o->connector_ctx = mem;
     o->target = "mem://unit";

@@ -130,6 +130,18 @@ cpool_unit_suite(lifecycle LABEL unit TIMEOUT 30 CASES
   stats_fast_path_counted
   histogram_buckets_and_quantiles)
 
+cpool_unit_suite(resilience LABEL unit TIMEOUT 30 CASES
+  backoff_delays_next_attempt
+  backoff_capped
+  backoff_jitter_bounds
+  backoff_reset_by_success
+  breaker_fails_fast_with_last_error
+  breaker_still_serves_available
+  breaker_single_probe_per_step
+  breaker_closes_on_success_and_refills
+  refill_obeys_backoff
+  breaker_opening_fails_waiters)
+
 cpool_unit_suite(log LABEL unit TIMEOUT 30 CASES
   lifecycle_messages
   stale_reason

@@ -59,7 +59,10 @@ typedef struct cpool_connector cpool_connector; /* cpool_connector.h */
     X(EINTERRUPTED, -9, "operation was interrupted")                          \
     X(ESTATE, -10, "operation not allowed in the pool's current state")       \
     X(EIO, -11, "I/O error on an established connection")                     \
-    X(ESYS, -12, "system call failed")
+    X(ESYS, -12, "system call failed")                                        \
+    X(EUNAVAILABLE, -13, "backend unavailable: establishments keep failing")  \
+    X(ESHUTDOWN, -14, "connection pool is shutting down")                     \
+    X(ETENANT, -15, "tenant's connection limit reached")
 
 enum {
     CPOOL_OK = 0,
@@ -305,6 +308,20 @@ struct cpool_options {
                                           expire together; default 0.05, 0..0.5 */
     uint64_t recycle_after_uses;       /* close a connection after this many
                                           leases ("uses"); default 0 = never */
+    int64_t backoff_base_ms;           /* after an establishment failure, the
+                                          next attempt waits base * 2^(n-1) for
+                                          the nth failure in a row, up to
+                                          backoff_max_ms; default 200; 0 = no
+                                          backoff */
+    int64_t backoff_max_ms;            /* default 10000 */
+    double backoff_jitter;             /* +- this fraction; default 0.2 */
+    uint32_t breaker_threshold;        /* after this many establishment
+                                          failures in a row the circuit opens:
+                                          a checkout that needs a new
+                                          connection fails at once with
+                                          CPOOL_EUNAVAILABLE and one probe per
+                                          backoff step tries again; default 5;
+                                          0 = never opens */
 };
 
 /* Fills opts with the defaults; `size` is sizeof the caller's struct. */
@@ -513,6 +530,12 @@ typedef struct cpool_stats {
     cpool_histogram wait;           /* checkout: start to lease */
     cpool_histogram hold;           /* lease: checkout to checkin */
     cpool_histogram connect;        /* successful establishments */
+    /* Establishment failures in a row and the circuit breaker. */
+    uint32_t connect_fail_streak;
+    bool breaker_open;
+    uint64_t breaker_opens;         /* times it opened */
+    int64_t last_connect_error_age_ns; /* -1 when none */
+    cpool_error last_connect_error;
 } cpool_stats;
 
 /* Fills `out` (out->struct_size must be set, e.g. with

@@ -78,6 +78,15 @@ static const opt_def defs[] = {
      NULL, "0..0.5", "lifetimes are shortened by a random fraction up to this"},
     {"recycle_after_uses", NULL, "CPOOL_RECYCLE_AFTER_USES", T_U64, OFF(recycle_after_uses),
      0, 9.2e18, NULL, ">= 0 (0 = never)", "close a connection after this many leases"},
+    {"backoff_base_ms", NULL, "CPOOL_BACKOFF_BASE_MS", T_MS, OFF(backoff_base_ms), 0, MSMAX,
+     NULL, ">= 0 ms (0 = no backoff)", "first wait after an establishment failure; doubles"},
+    {"backoff_max_ms", NULL, "CPOOL_BACKOFF_MAX_MS", T_MS, OFF(backoff_max_ms), 0, MSMAX, NULL,
+     ">= 0 ms", "longest wait between establishment attempts"},
+    {"backoff_jitter", NULL, "CPOOL_BACKOFF_JITTER", T_DOUBLE, OFF(backoff_jitter), 0, 1, NULL,
+     "0..1", "each wait is randomised by +- this fraction"},
+    {"breaker_threshold", NULL, "CPOOL_BREAKER_THRESHOLD", T_U32, OFF(breaker_threshold), 0,
+     U32MAX, NULL, ">= 0 (0 = never opens)",
+     "failures in a row after which checkouts needing a connection fail at once"},
 };
 #define NDEFS (sizeof defs / sizeof defs[0])
 

@@ -319,6 +319,12 @@ static int64_t expiry_locked(cpool *p, int64_t created)
     return created + life - (int64_t)((double)life * p->opts.lifetime_jitter * u);
 }
 
+/* The circuit is open: establishments keep failing (see can_create_locked). */
+static bool breaker_open(const cpool *p)
+{
+    return p->opts.breaker_threshold > 0 && p->fail_streak >= p->opts.breaker_threshold;
+}
+
 /* Creates a pending connection: no I/O (CMAP), counts toward total and
  * pending. The caller emits ConnectionCreated. */
 static cpool_conn *conn_new_locked(cpool *p)
@@ -342,6 +348,9 @@ static cpool_conn *conn_new_locked(cpool *p)
     c->created_ns = cpool__now(p);
     c->expires_ns = expiry_locked(p, c->created_ns);
     c->uses = 0;
+    c->probe = p->fail_streak > 0;
+    if (c->probe)
+        p->probing = true;
     p->st_created++;
     atomic_store_explicit(&c->available_since_ns, c->created_ns, memory_order_relaxed);
     /* The eventfd lets clear() and close() abandon an establishment that is
@@ -478,9 +487,23 @@ static void make_available_locked(cpool *p, cpool_conn *c)
     set_state_locked(p, c, CONN_AVAILABLE);
 }
 
+/* After a failure, establishments wait for the end of the backoff step,
+ * and then one runs at a time (the probe) until one succeeds: a backend
+ * that just failed is not sent maxConnecting handshakes at once. */
+static bool backoff_allows_locked(const cpool *p)
+{
+    if (p->fail_streak == 0)
+        return true;
+    if (p->probing)
+        return false;
+    return p->retry_at == 0 || cpool__now(p) >= p->retry_at;
+}
+
 static bool can_create_locked(const cpool *p)
 {
     if (p->pending.n >= p->opts.max_connecting)
+        return false;
+    if (!backoff_allows_locked(p))
         return false;
     return p->opts.max_pool_size == 0 || total_locked(p) < p->opts.max_pool_size;
 }
@@ -616,6 +639,73 @@ static void clear_locked(cpool *p, unsigned flags, const cpool_error *cause)
 
 enum { ESTABLISH_RETRY = 1 }; /* internal: the new connection was stale */
 
+/* The wait before the next establishment after the nth failure in a row:
+ * base * 2^(n-1), capped, randomised by +- backoff_jitter. */
+static int64_t backoff_delay_locked(cpool *p, uint32_t n)
+{
+    int64_t base = ms_to_ns(p->opts.backoff_base_ms), cap = ms_to_ns(p->opts.backoff_max_ms);
+    if (base <= 0)
+        return 0;
+    int64_t d = base;
+    for (uint32_t i = 1; i < n && d < cap; i++)
+        d *= 2;
+    if (cap > 0 && d > cap)
+        d = cap;
+    p->rng ^= p->rng >> 12;
+    p->rng ^= p->rng << 25;
+    p->rng ^= p->rng >> 27;
+    double u = (double)((p->rng * 2685821657736338717ULL) >> 11) / 9007199254740992.0;
+    return d + (int64_t)((double)d * p->opts.backoff_jitter * (2 * u - 1));
+}
+
+/* "backend unavailable": what a checkout gets while the circuit is open. */
+static void unavailable_error_locked(const cpool *p, cpool_error *e)
+{
+    int64_t now = cpool__now(p);
+    int64_t next = p->retry_at > now ? (p->retry_at - now) / 1000000 : 0;
+    cpool__err(e, CPOOL_EUNAVAILABLE,
+               "backend %s unavailable: %u establishment failures in a row (circuit "
+               "open); last %lld ms ago: %.120s; next attempt in %lld ms",
+               p->address, p->fail_streak, (long long)((now - p->last_fail_at) / 1000000),
+               p->last_fail.message, (long long)next);
+    e->native = p->last_fail.native;
+    e->phase = p->last_fail.phase;
+    e->kind = p->last_fail.kind;
+    e->labels = p->last_fail.labels;
+}
+
+/* An establishment failed for a reason the server may have caused: count
+ * it, schedule the next attempt, and open the circuit at the threshold,
+ * failing the waiters that only a new connection could serve. */
+static void note_connect_failure_locked(cpool *p, const cpool_error *ce)
+{
+    p->fail_streak++;
+    p->last_fail = *ce;
+    p->last_fail_at = cpool__now(p);
+    int64_t d = backoff_delay_locked(p, p->fail_streak);
+    p->retry_at = d > 0 ? p->last_fail_at + d : 0;
+    if (p->opts.breaker_threshold == 0 || p->fail_streak != p->opts.breaker_threshold)
+        return;
+    p->breaker_opens++;
+    if (p->opts.max_pool_size != 0 && total_locked(p) >= p->opts.max_pool_size)
+        return; /* a full pool's waiters wait for check-ins, not connects */
+    while (p->wq_head != NULL) {
+        waiter *w = p->wq_head;
+        wq_remove_locked(p, w);
+        w->fail = CPOOL_EUNAVAILABLE;
+        serve_waiter(w);
+    }
+}
+
+static void note_connect_success_locked(cpool *p)
+{
+    if (p->fail_streak == 0)
+        return;
+    p->fail_streak = 0;
+    p->retry_at = 0;
+    kick_maintenance_locked(p); /* refill to minPoolSize now */
+}
+
 /* Establishes pending connection c outside mu. On success c is in use (for a
  * checkout) or made available (background population) and 0 is returned.
  * On failure c is closed with reason "error" and the error is returned with
@@ -644,6 +734,10 @@ static int establish_locked(cpool *p, cpool_conn *c, int64_t deadline,
                              "connect %s: connector returned no connection",
                              p->address);
     pthread_mutex_lock(&p->mu);
+    if (c->probe) {
+        c->probe = false;
+        p->probing = false;
+    }
 
     if (rc == 0) {
         c->native = native;
@@ -678,6 +772,8 @@ static int establish_locked(cpool *p, cpool_conn *c, int64_t deadline,
             clear_locked(p, 0, &ce);
         }
         p->st_connect_failures++;
+        if (ce.kind != CPOOL_FAIL_INTERRUPTED && ce.code != CPOOL_ENOMEM)
+            note_connect_failure_locked(p, &ce);
         close_conn_locked(p, c, CPOOL_CLOSE_ERROR, &ce);
         if (e != NULL)
             *e = ce;
@@ -690,6 +786,7 @@ static int establish_locked(cpool *p, cpool_conn *c, int64_t deadline,
      * without the connection that freed it. */
     p->st_ready++;
     cpool__hist_add(&p->connect_hist, cpool__now(p) - c->created_ns);
+    note_connect_success_locked(p);
     bool stale = is_stale_locked(p, c) || p->state == CPOOL_STATE_CLOSED;
     if (stale) {
         set_state_locked(p, c, CONN_IN_USE); /* owned by us until closed below */
@@ -936,6 +1033,16 @@ static int64_t conn_deadline(checkout_clock *t)
     return own < t->conn_deadline ? own : t->conn_deadline;
 }
 
+/* When a queued checkout should look again: the end of the current backoff
+ * step if that comes before its deadline. */
+static int64_t backoff_wake_locked(const cpool *p, int64_t deadline)
+{
+    if (p->fail_streak == 0 || p->retry_at == 0 || p->retry_at >= deadline || p->probing)
+        return deadline;
+    int64_t now = cpool__now(p);
+    return p->retry_at > now ? p->retry_at : deadline;
+}
+
 static int fail_checkout(cpool *p, int rc, int reason, checkout_clock *t,
                          const cpool_error *cause, cpool_error *err)
 {
@@ -948,6 +1055,7 @@ static int fail_checkout(cpool *p, int rc, int reason, checkout_clock *t,
                            "connection pool %s", p->address);
         break;
     case CPOOL_ECLEARED: cleared_error(p, &e); break;
+    case CPOOL_EUNAVAILABLE: unavailable_error_locked(p, &e); break;
     case CPOOL_ETIMEDOUT:
         cpool__err(&e, rc,
                    "Timed out while checking out a connection from connection pool "
@@ -1069,6 +1177,14 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
                 close_conn_locked(p, c, reason, NULL);
                 continue;
             }
+            if (c == NULL && !can_create_locked(p) && breaker_open(p) &&
+                (p->opts.max_pool_size == 0 || total_locked(p) < p->opts.max_pool_size)) {
+                /* Only a new connection could serve this checkout and the
+                 * backend keeps refusing them: say so now rather than at
+                 * the deadline. */
+                rc = CPOOL_EUNAVAILABLE;
+                goto fail;
+            }
             if (c == NULL && can_create_locked(p)) {
                 c = conn_new_locked(p);
                 if (c == NULL) {
@@ -1113,8 +1229,20 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
                 break;
             }
             clock_start(&t);
+            int64_t wake = backoff_wake_locked(p, t.wait_deadline);
             pthread_mutex_unlock(&p->mu);
-            bool served = wait_served(p, &w, t.wait_deadline) && waiter_done(&w);
+            bool served = wait_served(p, &w, wake) && waiter_done(&w);
+            while (!served && wake < t.wait_deadline) {
+                /* The backoff step ended: the queue may create again (the
+                 * maintenance thread does the same; this covers pools
+                 * without one). */
+                pthread_mutex_lock(&p->mu);
+                if (w.queued)
+                    grant_capacity_locked(p);
+                wake = backoff_wake_locked(p, t.wait_deadline);
+                pthread_mutex_unlock(&p->mu);
+                served = wait_served(p, &w, wake) && waiter_done(&w);
+            }
             if (served && !w.establish && w.fail == 0 && !p->observed) {
                 /* Handed a connection that was just checked in (and reset):
                  * return without touching the pool lock at all. */
@@ -1298,6 +1426,7 @@ static void maintain_locked(cpool *p)
         close_conn_locked(p, c, reason, NULL);
     }
     interrupt_marked_locked(p);
+    grant_capacity_locked(p); /* a backoff step may have ended */
     while (p->state == CPOOL_STATE_READY && total_locked(p) < p->opts.min_pool_size &&
            can_create_locked(p)) {
         cpool_conn *c = conn_new_locked(p);
@@ -1322,7 +1451,14 @@ static void *maintenance_main(void *arg)
         maintain_locked(p);
         if (p->state == CPOOL_STATE_CLOSED || !p->maint_running)
             break;
-        struct timespec ts = abs_real(ms_to_ns(p->opts.maintenance_interval_ms));
+        int64_t pause = ms_to_ns(p->opts.maintenance_interval_ms);
+        if (p->fail_streak > 0 && p->retry_at > 0) {
+            /* Wake at the end of the backoff step to refill (or probe). */
+            int64_t left = p->retry_at - cpool__now(p);
+            if (left < pause)
+                pause = left > 1000000 ? left : 1000000;
+        }
+        struct timespec ts = abs_real(pause);
         while (!p->maint_kick && p->state != CPOOL_STATE_CLOSED && p->maint_running) {
             if (pthread_cond_timedwait(&p->maint_cv, &p->mu, &ts) == ETIMEDOUT)
                 break;
@@ -1424,6 +1560,10 @@ void cpool_options_init(cpool_options *o, size_t size)
     d.validation_idle_ms = 1000;
     d.max_lifetime_ms = 1800000;
     d.lifetime_jitter = 0.05;
+    d.backoff_base_ms = 200;
+    d.backoff_max_ms = 10000;
+    d.backoff_jitter = 0.2;
+    d.breaker_threshold = 5;
     memset(o, 0, size);
     memcpy(o, &d, size < sizeof d ? size : sizeof d);
 }
@@ -1491,6 +1631,13 @@ static int validate(const cpool_options *o, cpool_error *err)
     if (!(o->lifetime_jitter >= 0 && o->lifetime_jitter <= 0.5))
         return cpool__err(err, CPOOL_EINVAL, "option lifetime_jitter = %g: allowed 0..0.5",
                           o->lifetime_jitter);
+    if (o->backoff_base_ms < 0 || o->backoff_max_ms < 0)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "option backoff_base_ms = %lld, backoff_max_ms = %lld: must be >= 0",
+                          (long long)o->backoff_base_ms, (long long)o->backoff_max_ms);
+    if (!(o->backoff_jitter >= 0 && o->backoff_jitter <= 1))
+        return cpool__err(err, CPOOL_EINVAL, "option backoff_jitter = %g: allowed 0..1",
+                          o->backoff_jitter);
     if (o->clock != NULL && o->clock->now_ns == NULL)
         return cpool__err(err, CPOOL_EINVAL, "option clock: now_ns is required");
     return 0;

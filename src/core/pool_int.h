@@ -86,6 +86,7 @@ struct cpool_conn {
     bool interrupt_requested; /* clear(interrupt) reached it; mu */
     bool interrupted;         /* interrupt() was called; mu */
     bool close_deferred;      /* closed while pinned: last unpin frees; mu */
+    bool probe;               /* the circuit breaker's probe; mu */
     atomic_uint leased;       /* LEASE_HELD while a caller holds the lease. Set under
                                  mu at checkout; checkin clears it with a
                                  compare-exchange before taking mu, so a
@@ -162,6 +163,14 @@ struct cpool {
     conn_cell retired;
     hist_cell connect_hist;
     uint64_t rng; /* xorshift state for lifetime jitter; mu */
+
+    /* Backoff and circuit breaker; mu. */
+    uint32_t fail_streak;   /* establishment failures in a row */
+    int64_t retry_at;       /* pool clock: no new establishment before; 0 = none */
+    int64_t last_fail_at;
+    cpool_error last_fail;
+    bool probing;           /* circuit open: the one probe is in flight */
+    uint64_t breaker_opens;
 
     /* Maintenance thread; guarded by mu. */
     pthread_t maint;

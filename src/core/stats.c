@@ -131,6 +131,14 @@ int cpool_get_stats(cpool *p, cpool_stats *out)
     list_sum(&s, &p->available);
     list_sum(&s, &p->in_use);
     hist_sum(&s.connect, &p->connect_hist);
+    s.connect_fail_streak = p->fail_streak;
+    s.breaker_open = p->opts.breaker_threshold > 0 && p->fail_streak >= p->opts.breaker_threshold;
+    s.breaker_opens = p->breaker_opens;
+    s.last_connect_error_age_ns = -1;
+    if (p->last_fail.code != 0) {
+        s.last_connect_error = p->last_fail;
+        s.last_connect_error_age_ns = cpool__now(p) - p->last_fail_at;
+    }
     pthread_mutex_unlock(&p->mu);
     s.checkouts = s.checkouts_ok;
     for (int i = 0; i < CPOOL_ERROR_SLOTS; i++)

@@ -1,0 +1,320 @@
+/* test_resilience.c -- backoff between failing establishments and the
+ * circuit breaker, on the fake clock. */
+#include "test.h"
+
+/* Every handshake fails (CONNECT/NETWORK: "refused") until cleared. */
+static void refuse_all(cpool_mem *mem)
+{
+    cpool_mem_failpoint fp;
+    memset(&fp, 0, sizeof fp);
+    fp.times = -1;
+    fp.fail = true;
+    fp.fail_phase = CPOOL_PHASE_CONNECT;
+    fp.fail_kind = CPOOL_FAIL_NETWORK;
+    fp.fail_native = 111;
+    cpool_mem_set_failpoint(mem, &fp);
+}
+
+static void start(test_fixture *f, int64_t base_ms, int64_t max_ms, uint32_t threshold)
+{
+    test_fixture_init(f);
+    f->opts.clock = &f->clk.clock;
+    f->opts.backoff_base_ms = base_ms;
+    f->opts.backoff_max_ms = max_ms;
+    f->opts.backoff_jitter = 0;
+    f->opts.breaker_threshold = threshold;
+    test_fixture_start(f);
+}
+
+/* A checkout that must not wait; returns its code. */
+static int try_checkout(cpool *p, cpool_error *e)
+{
+    cpool_conn *c = NULL;
+    int rc = cpool_checkout(p, 0, &c, e);
+    if (rc == 0)
+        test_checkin(p, c, 0);
+    return rc;
+}
+
+static uint64_t connects(test_fixture *f)
+{
+    return test_mem_stats(f->mem).connects;
+}
+
+TEST(backoff_delays_next_attempt)
+{
+    test_fixture f;
+    start(&f, 100, 10000, 0);
+    refuse_all(f.mem);
+    cpool_error e;
+    ASSERT_RC(CPOOL_ECONNECT, try_checkout(f.pool, &e));
+    ASSERT_EQ(1, connects(&f));
+    /* Within the first step (100 ms) nothing is attempted. */
+    ASSERT_RC(CPOOL_ETIMEDOUT, try_checkout(f.pool, &e));
+    test_clock_advance_ms(&f.clk, f.pool, 99);
+    ASSERT_RC(CPOOL_ETIMEDOUT, try_checkout(f.pool, &e));
+    ASSERT_EQ(1, connects(&f));
+    test_clock_advance_ms(&f.clk, f.pool, 1);
+    ASSERT_RC(CPOOL_ECONNECT, try_checkout(f.pool, &e));
+    ASSERT_EQ(2, connects(&f));
+    /* Second step: 200 ms. */
+    test_clock_advance_ms(&f.clk, f.pool, 199);
+    ASSERT_RC(CPOOL_ETIMEDOUT, try_checkout(f.pool, &e));
+    test_clock_advance_ms(&f.clk, f.pool, 1);
+    ASSERT_RC(CPOOL_ECONNECT, try_checkout(f.pool, &e));
+    ASSERT_EQ(3, connects(&f));
+    test_fixture_free(&f);
+}
+
+/* 100, 200, 400, then capped at 400. */
+TEST(backoff_capped)
+{
+    test_fixture f;
+    start(&f, 100, 400, 0);
+    refuse_all(f.mem);
+    ASSERT_RC(CPOOL_ECONNECT, try_checkout(f.pool, NULL));
+    int64_t steps[] = {100, 200, 400, 400, 400};
+    for (int i = 0; i < 5; i++) {
+        test_clock_advance_ms(&f.clk, f.pool, steps[i] - 1);
+        ASSERT_RC(CPOOL_ETIMEDOUT, try_checkout(f.pool, NULL));
+        test_clock_advance_ms(&f.clk, f.pool, 1);
+        ASSERT_RC(CPOOL_ECONNECT, try_checkout(f.pool, NULL));
+        ASSERT_EQ(i + 2, connects(&f));
+    }
+    test_fixture_free(&f);
+}
+
+/* With jitter, each step lands within +-20 % of its nominal length, and
+ * different pools do not all pick the same one. */
+TEST(backoff_jitter_bounds)
+{
+    int64_t seen_min = INT64_MAX, seen_max = 0;
+    for (int run = 0; run < 8; run++) {
+        test_fixture f;
+        test_fixture_init(&f);
+        f.opts.clock = &f.clk.clock;
+        f.opts.backoff_base_ms = 1000;
+        f.opts.backoff_jitter = 0.2;
+        test_fixture_start(&f);
+        refuse_all(f.mem);
+        ASSERT_RC(CPOOL_ECONNECT, try_checkout(f.pool, NULL));
+        test_clock_advance_ms(&f.clk, f.pool, 799);
+        ASSERT_RC(CPOOL_ETIMEDOUT, try_checkout(f.pool, NULL));
+        int64_t waited = 799;
+        while (try_checkout(f.pool, NULL) == CPOOL_ETIMEDOUT) {
+            test_clock_advance_ms(&f.clk, f.pool, 10);
+            waited += 10;
+            ASSERT_LE(waited, 1210);
+        }
+        seen_min = waited < seen_min ? waited : seen_min;
+        seen_max = waited > seen_max ? waited : seen_max;
+        test_fixture_free(&f);
+    }
+    ASSERT_LT(seen_min, seen_max);
+}
+
+TEST(backoff_reset_by_success)
+{
+    test_fixture f;
+    start(&f, 100, 10000, 0);
+    refuse_all(f.mem);
+    ASSERT_RC(CPOOL_ECONNECT, try_checkout(f.pool, NULL));
+    test_clock_advance_ms(&f.clk, f.pool, 100);
+    ASSERT_RC(CPOOL_ECONNECT, try_checkout(f.pool, NULL)); /* next step: 200 */
+    test_clock_advance_ms(&f.clk, f.pool, 200);
+    cpool_mem_set_failpoint(f.mem, NULL);
+    cpool_conn *c = test_checkout(f.pool);
+    cpool_stats s = {.struct_size = sizeof s};
+    ASSERT_OK(cpool_get_stats(f.pool, &s));
+    ASSERT_EQ(0, s.connect_fail_streak);
+    /* Fails again: back to the first step, 100 ms. */
+    refuse_all(f.mem);
+    ASSERT_RC(CPOOL_ECONNECT, try_checkout(f.pool, NULL));
+    test_clock_advance_ms(&f.clk, f.pool, 100);
+    ASSERT_RC(CPOOL_ECONNECT, try_checkout(f.pool, NULL));
+    test_checkin(f.pool, c, 0);
+    test_fixture_free(&f);
+}
+
+/* Opens the breaker of a fresh fixture (base 100 ms, no jitter):
+ * `threshold` failures, each after its backoff step. The step after the
+ * last one, 100 * 2^(threshold-1) ms, has just begun. */
+static void open_breaker(test_fixture *f, uint32_t threshold)
+{
+    refuse_all(f->mem);
+    for (uint32_t i = 0; i < threshold; i++) {
+        if (i > 0)
+            test_clock_advance_ms(&f->clk, f->pool, 100LL << (i - 1));
+        ASSERT_RC(CPOOL_ECONNECT, try_checkout(f->pool, NULL));
+    }
+    cpool_stats s = {.struct_size = sizeof s};
+    ASSERT_OK(cpool_get_stats(f->pool, &s));
+    ASSERT_TRUE(s.breaker_open);
+    ASSERT_EQ(1, s.breaker_opens);
+}
+
+TEST(breaker_fails_fast_with_last_error)
+{
+    test_fixture f;
+    start(&f, 100, 100000, 3);
+    open_breaker(&f, 3);
+    /* The step after the third failure is 400 ms; 100 of it have passed. */
+    test_clock_advance_ms(&f.clk, f.pool, 100);
+    uint64_t before = connects(&f);
+    cpool_conn *c = NULL;
+    cpool_error e;
+    int64_t t0 = test_now_ms();
+    ASSERT_RC(CPOOL_EUNAVAILABLE, cpool_checkout(f.pool, 5000, &c, &e));
+    ASSERT_LT(test_now_ms() - t0, 1000); /* at once, not at the deadline */
+    ASSERT_EQ(before, connects(&f));
+    ASSERT_STR_CONTAINS(e.message, "3 establishment failures in a row");
+    ASSERT_STR_CONTAINS(e.message, "circuit open");
+    ASSERT_STR_CONTAINS(e.message, "last 100 ms ago");
+    ASSERT_STR_CONTAINS(e.message, "next attempt in 300 ms");
+    ASSERT_EQ(111, e.native);
+    ASSERT_EQ(CPOOL_PHASE_CONNECT, e.phase);
+    ASSERT_TRUE(e.labels & CPOOL_LABEL_RETRYABLE);
+    test_event ev;
+    ASSERT_TRUE(test_rec_find(&f.rec, CPOOL_EV_CHECKOUT_FAILED, 3, &ev));
+    ASSERT_EQ(CPOOL_CHECKOUT_CONN_ERROR, ev.reason);
+    ASSERT_EQ(CPOOL_EUNAVAILABLE, ev.error.code);
+    cpool_stats s = {.struct_size = sizeof s};
+    ASSERT_OK(cpool_get_stats(f.pool, &s));
+    ASSERT_EQ(1, s.checkout_failures[-CPOOL_EUNAVAILABLE]);
+    ASSERT_EQ(100000000, s.last_connect_error_age_ns);
+    ASSERT_EQ(111, s.last_connect_error.native);
+    test_fixture_free(&f);
+}
+
+TEST(breaker_still_serves_available)
+{
+    test_fixture f;
+    start(&f, 100, 100000, 2);
+    cpool_conn *held = test_checkout(f.pool);
+    open_breaker(&f, 2);
+    test_checkin(f.pool, held, 0);
+    cpool_conn *c = test_checkout(f.pool); /* the available one */
+    ASSERT_EQ(cpool_conn_id(held), cpool_conn_id(c));
+    ASSERT_RC(CPOOL_EUNAVAILABLE, try_checkout(f.pool, NULL));
+    test_checkin(f.pool, c, 0);
+    test_fixture_free(&f);
+}
+
+/* Half-open: one probe per backoff step; the others fail fast meanwhile. */
+TEST(breaker_single_probe_per_step)
+{
+    test_fixture f;
+    start(&f, 100, 100000, 2);
+    open_breaker(&f, 2); /* the next step is 200 ms */
+    test_clock_advance_ms(&f.clk, f.pool, 200);
+    cpool_mem_failpoint fp;
+    memset(&fp, 0, sizeof fp);
+    fp.times = -1;
+    fp.block_ms = 300;
+    fp.fail = true;
+    fp.fail_phase = CPOOL_PHASE_CONNECT;
+    fp.fail_kind = CPOOL_FAIL_NETWORK;
+    cpool_mem_set_failpoint(f.mem, &fp);
+    uint64_t before = connects(&f);
+    test_job probe;
+    test_job_start(&probe, f.pool, 5000);
+    WAIT_UNTIL(test_counts(f.pool).pending == 1, 2000);
+    cpool_error e;
+    ASSERT_RC(CPOOL_EUNAVAILABLE, try_checkout(f.pool, &e));
+    ASSERT_RC(CPOOL_EUNAVAILABLE, try_checkout(f.pool, &e));
+    test_job_join(&probe, 5000);
+    ASSERT_RC(CPOOL_ECONNECT, probe.rc);
+    ASSERT_EQ(before + 1, connects(&f));
+    /* The failed probe starts the next, longer step. */
+    ASSERT_RC(CPOOL_EUNAVAILABLE, try_checkout(f.pool, &e));
+    ASSERT_STR_CONTAINS(e.message, "3 establishment failures");
+    test_fixture_free(&f);
+}
+
+TEST(breaker_closes_on_success_and_refills)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.clock = &f.clk.clock;
+    f.opts.backoff_base_ms = 100;
+    f.opts.backoff_jitter = 0;
+    f.opts.breaker_threshold = 2;
+    test_fixture_start(&f);
+    open_breaker(&f, 2);
+    cpool_mem_set_failpoint(f.mem, NULL);
+    test_clock_advance_ms(&f.clk, f.pool, 200); /* the 200 ms step is over */
+    cpool_conn *c = test_checkout(f.pool);
+    cpool_stats s = {.struct_size = sizeof s};
+    ASSERT_OK(cpool_get_stats(f.pool, &s));
+    ASSERT_FALSE(s.breaker_open);
+    ASSERT_EQ(0, s.connect_fail_streak);
+    cpool_conn *d = test_checkout(f.pool); /* new connections again */
+    test_checkin(f.pool, c, 0);
+    test_checkin(f.pool, d, 0);
+    test_fixture_free(&f);
+}
+
+/* The background refill obeys the same backoff and probes when open. */
+TEST(refill_obeys_backoff)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.clock = &f.clk.clock;
+    f.opts.backoff_base_ms = 100;
+    f.opts.backoff_jitter = 0;
+    f.opts.breaker_threshold = 0;
+    f.opts.min_pool_size = 2;
+    refuse_all(f.mem);
+    test_fixture_start(&f);
+    ASSERT_OK(cpool_maintain(f.pool, NULL));
+    ASSERT_EQ(1, connects(&f));
+    ASSERT_OK(cpool_maintain(f.pool, NULL));
+    ASSERT_EQ(1, connects(&f)); /* still inside the step */
+    test_clock_advance_ms(&f.clk, f.pool, 100);
+    ASSERT_OK(cpool_maintain(f.pool, NULL));
+    ASSERT_EQ(2, connects(&f));
+    cpool_mem_set_failpoint(f.mem, NULL);
+    test_clock_advance_ms(&f.clk, f.pool, 200);
+    ASSERT_OK(cpool_maintain(f.pool, NULL));
+    ASSERT_EQ(2, test_counts(f.pool).available);
+    test_fixture_free(&f);
+}
+
+/* Checkouts queued in a backoff step are failed when the circuit opens:
+ * only a new connection could serve them. */
+TEST(breaker_opening_fails_waiters)
+{
+    test_fixture f;
+    start(&f, 100, 100000, 2);
+    refuse_all(f.mem);
+    ASSERT_RC(CPOOL_ECONNECT, try_checkout(f.pool, NULL));
+    test_job a, b;
+    test_job_start(&a, f.pool, 10000);
+    WAIT_UNTIL(test_counts(f.pool).waiting == 1, 2000);
+    test_job_start(&b, f.pool, 10000);
+    WAIT_UNTIL(test_counts(f.pool).waiting == 2, 2000);
+    test_clock_advance_ms(&f.clk, f.pool, 100); /* a's step ends: it tries */
+    test_job_join(&a, 5000);
+    test_job_join(&b, 5000);
+    ASSERT_RC(CPOOL_ECONNECT, a.rc);
+    ASSERT_RC(CPOOL_EUNAVAILABLE, b.rc);
+    ASSERT_LT((b.end_ns - b.start_ns) / 1000000, 5000);
+    test_fixture_free(&f);
+}
+
+int main(int argc, char **argv)
+{
+    static const test_case cases[] = {
+        TEST_ENTRY(backoff_delays_next_attempt),
+        TEST_ENTRY(backoff_capped),
+        TEST_ENTRY(backoff_jitter_bounds),
+        TEST_ENTRY(backoff_reset_by_success),
+        TEST_ENTRY(breaker_fails_fast_with_last_error),
+        TEST_ENTRY(breaker_still_serves_available),
+        TEST_ENTRY(breaker_single_probe_per_step),
+        TEST_ENTRY(breaker_closes_on_success_and_refills),
+        TEST_ENTRY(refill_obeys_backoff),
+        TEST_ENTRY(breaker_opening_fails_waiters),
+    };
+    return test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
+}
