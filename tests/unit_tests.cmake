@@ -140,7 +140,18 @@ cpool_unit_suite(resilience LABEL unit TIMEOUT 30 CASES
   breaker_single_probe_per_step
   breaker_closes_on_success_and_refills
   refill_obeys_backoff
-  breaker_opening_fails_waiters)
+  breaker_opening_fails_waiters
+  shutdown_waits_for_returns
+  shutdown_interrupts_after_grace
+  shutdown_rejects_new_checkouts_at_once
+  leak_reported_with_holder
+  leak_reclaimed_frees_slot
+  leak_reclaimed_never_returned_closed_at_destroy
+  leak_options_validated
+  wait_connected_fills_min_pool_size
+  wait_connected_retries_then_fails_with_last_error
+  wait_connected_succeeds_when_backend_comes_up
+  open_waits_for_startup_connections)
 
 cpool_unit_suite(log LABEL unit TIMEOUT 30 CASES
   lifecycle_messages

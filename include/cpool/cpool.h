@@ -142,6 +142,8 @@ typedef enum cpool_event_type {
     CPOOL_EV_CHECKOUT_FAILED,  /* ConnectionCheckOutFailed */
     CPOOL_EV_CHECKED_OUT,      /* ConnectionCheckedOut */
     CPOOL_EV_CHECKED_IN,       /* ConnectionCheckedIn */
+    /* The pool's own (not CMAP): */
+    CPOOL_EV_CONN_LEAK_SUSPECTED, /* held longer than leak_threshold_ms */
     CPOOL_EV_COUNT_
 } cpool_event_type;
 
@@ -155,6 +157,8 @@ typedef enum cpool_close_reason {
      * them as "stale" or "error". */
     CPOOL_CLOSE_LIFETIME,   /* "lifetime": older than max_lifetime_ms */
     CPOOL_CLOSE_USES,       /* "uses": leased recycle_after_uses times */
+    CPOOL_CLOSE_RECLAIMED,  /* "reclaimed": held past leak_reclaim_ms; the
+                               pool interrupted it and took its slot back */
     CPOOL_CLOSE_REASON_COUNT_
 } cpool_close_reason;
 
@@ -196,6 +200,9 @@ typedef struct cpool_event {
     unsigned options_set;         /* POOL_CREATED: CPOOL_OPT_* bits */
     const cpool_error *error;     /* CONN_CLOSED(error), CHECKOUT_FAILED; else NULL */
     int64_t time_ns;              /* pool clock when emitted */
+    /* CONN_LEAK_SUSPECTED: who holds it (duration_ns: for how long). */
+    const char *holder_label;     /* the checkout's label; "" when none */
+    uint64_t holder_thread;       /* the holder's kernel thread id */
 } cpool_event;
 
 /* Event subscriber. Called from whichever thread changed the state, never
@@ -308,6 +315,16 @@ struct cpool_options {
                                           expire together; default 0.05, 0..0.5 */
     uint64_t recycle_after_uses;       /* close a connection after this many
                                           leases ("uses"); default 0 = never */
+    int64_t leak_threshold_ms;         /* a lease held this long is reported
+                                          (event, WARN log record, stats);
+                                          default 0 = off */
+    int64_t leak_reclaim_ms;           /* a lease held this long is interrupted
+                                          and its slot taken back; the
+                                          connection is closed when (if) it
+                                          is returned; default 0 = never */
+    int64_t startup_wait_ms;           /* cpool_open(): wait up to this long
+                                          for the first (or minPoolSize)
+                                          connections; default 0 = do not wait */
     int64_t backoff_base_ms;           /* after an establishment failure, the
                                           next attempt waits base * 2^(n-1) for
                                           the nth failure in a row, up to
@@ -428,6 +445,40 @@ CPOOL_API int cpool_clear_service(cpool *pool, const char *service_id,
                                   unsigned flags, const cpool_error *cause,
                                   cpool_error *err);
 
+/* What cpool_shutdown() saw. */
+typedef struct cpool_shutdown_report {
+    uint32_t in_use_at_start; /* leases out when it began */
+    uint32_t returned;        /* of those, checked in within the grace period */
+    uint32_t interrupted;     /* still held at the end: interrupted; each is
+                                 closed when it comes back */
+    int64_t elapsed_ms;
+} cpool_shutdown_report;
+
+/* Graceful shutdown: new checkouts and waiters fail at once with
+ * CPOOL_ESHUTDOWN, available connections are closed, and the call waits up
+ * to grace_ms (real time) for the leases out to come back (each is closed
+ * as it does). Then it interrupts those still held and closes the pool.
+ * Returns within grace_ms plus the time to close connections and interrupt
+ * (a cancel request each). report may be NULL. CPOOL_ECLOSED when the pool
+ * was already closed. */
+CPOOL_API int cpool_shutdown(cpool *pool, int64_t grace_ms, cpool_shutdown_report *report,
+                             cpool_error *err);
+
+/* Waits until the pool holds `n` established connections (n = 0: the
+ * larger of 1 and minPoolSize), making them through checkouts that follow
+ * the backoff and the circuit breaker, for at most timeout_ms. On failure
+ * returns the last establishment error (CPOOL_ECONNECT with its labels),
+ * or CPOOL_ETIMEDOUT. The pool must be ready. */
+CPOOL_API int cpool_wait_connected(cpool *pool, uint32_t n, int64_t timeout_ms,
+                                   cpool_error *err);
+
+/* Creates a pool for `target` with the built-in connector its scheme names
+ * (cpool_connector_for), makes it ready and, when startup_wait_ms > 0,
+ * waits for its first connections (cpool_wait_connected). `opts` may be
+ * NULL (defaults); its target and connector are ignored. */
+CPOOL_API CPOOL_NODISCARD int cpool_open(const char *target, const cpool_options *opts,
+                                         cpool **out, cpool_error *err);
+
 /* Closes the pool for good: closes available connections, fails waiters,
  * emits ConnectionPoolClosed. Leases still out are closed at check-in.
  * Idempotent. */
@@ -437,6 +488,30 @@ CPOOL_API void cpool_close(cpool *pool);
  * it once every lease is back; a lease still out is closed and its handle
  * becomes invalid. NULL is a no-op. */
 CPOOL_API void cpool_destroy(cpool *pool);
+
+/* Extended checkout: a label naming the holder for leak reports, and the
+ * tenant whose limits apply (see cpool_tenant_set). Fill with
+ * `cpool_checkout_opts o = {.struct_size = sizeof o, .timeout_ms = -1}`. */
+typedef struct cpool_checkout_opts {
+    size_t struct_size;
+    int64_t timeout_ms;   /* as cpool_checkout() */
+    const char *label;    /* copied (up to 63 bytes); NULL = none */
+    const char *tenant;   /* NULL = no tenant */
+} cpool_checkout_opts;
+
+CPOOL_API CPOOL_NODISCARD int cpool_checkout_with(cpool *pool, const cpool_checkout_opts *o,
+                                                  cpool_conn **out, cpool_error *err);
+
+/* A checkout labelled with the calling file and line. */
+#define CPOOL_STR2_(x) #x
+#define CPOOL_STR_(x) CPOOL_STR2_(x)
+#define cpool_checkout_here(pool, timeout, out, err)                          \
+    cpool_checkout_with((pool),                                               \
+                        &(const cpool_checkout_opts){                         \
+                            .struct_size = sizeof(cpool_checkout_opts),       \
+                            .timeout_ms = (timeout),                          \
+                            .label = __FILE__ ":" CPOOL_STR_(__LINE__)},      \
+                        (out), (err))
 
 /* Leases a connection. timeout_ms < 0: the pool's own limits apply
  * (waitQueueTimeoutMS for the wait, connect_timeout_ms for establishing);
@@ -500,7 +575,7 @@ CPOOL_API int64_t cpool_histogram_quantile(const cpool_histogram *h, double q);
 
 /* Close reasons counted in cpool_stats.closed[]: the CMAP ones and the
  * pool's own. */
-#define CPOOL_CLOSE_REASON_SLOTS 10
+#define CPOOL_CLOSE_REASON_SLOTS 10 /* > every cpool_close_reason */
 
 /* Checkout failures counted in cpool_stats.checkout_failures[], by code:
  * index = -code (CPOOL_ETIMEDOUT -> 3). */
@@ -534,6 +609,8 @@ typedef struct cpool_stats {
     uint32_t connect_fail_streak;
     bool breaker_open;
     uint64_t breaker_opens;         /* times it opened */
+    uint64_t leaks_suspected;       /* leases held past leak_threshold_ms */
+    uint64_t leaks_reclaimed;       /* ... and past leak_reclaim_ms */
     int64_t last_connect_error_age_ns; /* -1 when none */
     cpool_error last_connect_error;
 } cpool_stats;

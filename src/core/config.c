@@ -87,6 +87,14 @@ static const opt_def defs[] = {
     {"breaker_threshold", NULL, "CPOOL_BREAKER_THRESHOLD", T_U32, OFF(breaker_threshold), 0,
      U32MAX, NULL, ">= 0 (0 = never opens)",
      "failures in a row after which checkouts needing a connection fail at once"},
+    {"leak_threshold_ms", NULL, "CPOOL_LEAK_THRESHOLD_MS", T_MS, OFF(leak_threshold_ms), 0,
+     MSMAX, NULL, ">= 0 ms (0 = off)", "a lease held this long is reported as a suspected leak"},
+    {"leak_reclaim_ms", NULL, "CPOOL_LEAK_RECLAIM_MS", T_MS, OFF(leak_reclaim_ms), 0, MSMAX,
+     NULL, "0 (never) or >= leak_threshold_ms",
+     "a lease held this long is interrupted and its slot taken back"},
+    {"startup_wait_ms", NULL, "CPOOL_STARTUP_WAIT_MS", T_MS, OFF(startup_wait_ms), 0, MSMAX,
+     NULL, ">= 0 ms (0 = do not wait)",
+     "cpool_open waits this long for the first (or minPoolSize) connections"},
 };
 #define NDEFS (sizeof defs / sizeof defs[0])
 

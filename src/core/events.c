@@ -23,6 +23,7 @@ static const char *const event_names[CPOOL_EV_COUNT_] = {
     [CPOOL_EV_CHECKOUT_FAILED] = "ConnectionCheckOutFailed",
     [CPOOL_EV_CHECKED_OUT] = "ConnectionCheckedOut",
     [CPOOL_EV_CHECKED_IN] = "ConnectionCheckedIn",
+    [CPOOL_EV_CONN_LEAK_SUSPECTED] = "ConnectionLeakSuspected",
 };
 
 const char *cpool_event_name(cpool_event_type type)
@@ -41,6 +42,7 @@ const char *cpool_close_reason_name(int reason)
     case CPOOL_CLOSE_POOL_CLOSED: return "poolClosed";
     case CPOOL_CLOSE_LIFETIME: return "lifetime";
     case CPOOL_CLOSE_USES: return "uses";
+    case CPOOL_CLOSE_RECLAIMED: return "reclaimed";
     default: return "unknown";
     }
 }
@@ -68,6 +70,8 @@ static const char *close_reason_text(int reason)
         return "Connection was open for longer than the configured max lifetime";
     case CPOOL_CLOSE_USES:
         return "Connection was leased the configured number of times and is recycled";
+    case CPOOL_CLOSE_RECLAIMED:
+        return "Connection was held longer than the leak reclaim time and was taken back";
     default: return "Connection pool was closed";
     }
 }
@@ -95,6 +99,7 @@ static const char *const log_messages[CPOOL_EV_COUNT_] = {
     [CPOOL_EV_CHECKOUT_FAILED] = "Connection checkout failed",
     [CPOOL_EV_CHECKED_OUT] = "Connection checked out",
     [CPOOL_EV_CHECKED_IN] = "Connection checked in",
+    [CPOOL_EV_CONN_LEAK_SUSPECTED] = "Connection held longer than the leak threshold",
 };
 
 int64_t cpool__now(const cpool *p)
@@ -158,6 +163,12 @@ static const char *describe_error(const cpool_error *err, char *buf, size_t size
     return buf;
 }
 
+/* The CMAP messages are DEBUG; a suspected leak is worth a WARN. */
+static cpool_log_level event_level(cpool_event_type type)
+{
+    return type == CPOOL_EV_CONN_LEAK_SUSPECTED ? CPOOL_LOG_WARN : CPOOL_LOG_DEBUG;
+}
+
 static void log_event(cpool *p, const cpool_event *ev)
 {
     field_buf b = {.n = 0};
@@ -200,11 +211,17 @@ static void log_event(cpool *p, const cpool_event *ev)
             add_str(&b, "error", describe_error(ev->error, errbuf, sizeof errbuf));
         add_ms(&b, ev->duration_ns);
         break;
+    case CPOOL_EV_CONN_LEAK_SUSPECTED:
+        add_ms(&b, ev->duration_ns);
+        add_int(&b, "holderThread", (int64_t)ev->holder_thread);
+        if (ev->holder_label != NULL && ev->holder_label[0] != '\0')
+            add_str(&b, "holderLabel", ev->holder_label);
+        break;
     default:
         break;
     }
     cpool_log_record rec = {
-        .level = CPOOL_LOG_DEBUG,
+        .level = event_level(ev->type),
         .component = "connection",
         .message = log_messages[ev->type],
         .fields = b.f,
@@ -218,7 +235,7 @@ static void deliver(cpool *p, const cpool_event *ev)
 {
     if (p->opts.on_event != NULL)
         p->opts.on_event(ev, p->opts.event_ctx);
-    if (p->opts.on_log != NULL && p->opts.log_level >= CPOOL_LOG_DEBUG)
+    if (p->opts.on_log != NULL && p->opts.log_level >= event_level(ev->type))
         log_event(p, ev);
 }
 

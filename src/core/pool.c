@@ -292,7 +292,7 @@ static int64_t perish_now(const cpool *p)
  * (the caller said so, a reset or check failed, or it was interrupted). */
 static int unfit_reason_locked(const cpool *p, const cpool_conn *c, bool broken)
 {
-    if (p->state == CPOOL_STATE_CLOSED)
+    if (p->state == CPOOL_STATE_CLOSED || p->draining)
         return CPOOL_CLOSE_POOL_CLOSED;
     if (is_stale_locked(p, c))
         return CPOOL_CLOSE_STALE;
@@ -418,6 +418,8 @@ static void close_conn_locked(cpool *p, cpool_conn *c, int reason,
     c->state = CONN_FREE; /* in no list until conn_free_locked */
     if ((unsigned)reason < CPOOL_CLOSE_REASON_SLOTS)
         p->st_closed[reason]++;
+    if (p->draining)
+        pthread_cond_broadcast(&p->drain_cv);
     svc_release_locked(p, c);
     void *native = c->native;
     bool pinned = c->pins > 0;
@@ -883,10 +885,21 @@ static bool try_park(cpool *p, cpool_conn *c)
 /* Counts a lease that starts now. `start` is the checkout's start on the
  * pool clock, -1 when it never waited (the fast path). Only the new holder
  * writes these fields. */
-static void lease_begin(cpool *p, cpool_conn *c, int64_t start, bool reused)
+static _Thread_local uint64_t tl_tid;
+
+static void lease_begin(cpool *p, cpool_conn *c, int64_t start, bool reused,
+                        const char *label)
 {
     int64_t now = cpool__now(p);
-    c->leased_ns = now;
+    if (p->opts.leak_threshold_ms > 0) {
+        /* Under mu (leak detection makes the pool take the locked paths):
+         * the leak scan reads these under mu too. */
+        if (tl_tid == 0)
+            tl_tid = (uint64_t)gettid();
+        c->holder_tid = tl_tid;
+        snprintf(c->label, sizeof c->label, "%s", label != NULL ? label : "");
+    }
+    atomic_store_explicit(&c->leased_ns, now, memory_order_relaxed);
     c->uses++;
     cpool__bump(&c->cell.checkouts_ok);
     if (reused)
@@ -1056,6 +1069,9 @@ static int fail_checkout(cpool *p, int rc, int reason, checkout_clock *t,
         break;
     case CPOOL_ECLEARED: cleared_error(p, &e); break;
     case CPOOL_EUNAVAILABLE: unavailable_error_locked(p, &e); break;
+    case CPOOL_ESHUTDOWN:
+        cpool__err(&e, rc, "connection pool %s is shutting down: no new checkouts", p->address);
+        break;
     case CPOOL_ETIMEDOUT:
         cpool__err(&e, rc,
                    "Timed out while checking out a connection from connection pool "
@@ -1114,7 +1130,34 @@ static bool waiter_done(waiter *w)
     return atomic_load_explicit(&w->done, memory_order_acquire) == 1;
 }
 
+static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
+                         cpool_conn **out, cpool_error *err);
+
 int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *err)
+{
+    return checkout_impl(p, timeout_ms, NULL, out, err);
+}
+
+int cpool_checkout_with(cpool *p, const cpool_checkout_opts *o, cpool_conn **out,
+                        cpool_error *err)
+{
+    if (out != NULL)
+        *out = NULL;
+    if (o == NULL || o->struct_size < offsetof(cpool_checkout_opts, label) + sizeof o->label)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "checkout: options required, with struct_size = sizeof them");
+    const char *tenant = o->struct_size >= offsetof(cpool_checkout_opts, tenant) +
+                                               sizeof o->tenant
+                             ? o->tenant
+                             : NULL;
+    if (tenant != NULL)
+        return cpool__err(err, CPOOL_EINVAL, "checkout: tenant \"%.64s\": no tenant limits "
+                          "are set on this pool", tenant);
+    return checkout_impl(p, o->timeout_ms, o->label, out, err);
+}
+
+static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
+                         cpool_conn **out, cpool_error *err)
 {
     if (out != NULL)
         *out = NULL;
@@ -1123,7 +1166,7 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
     if (p->can_park) {
         cpool_conn *fast = take_parked_fast(p, timeout_ms);
         if (fast != NULL) {
-            lease_begin(p, fast, -1, true);
+            lease_begin(p, fast, -1, true, NULL);
             *out = fast;
             return 0;
         }
@@ -1155,7 +1198,9 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
     for (;;) {
         c = NULL;
         if (p->state != CPOOL_STATE_READY) {
-            rc = p->state == CPOOL_STATE_CLOSED ? CPOOL_ECLOSED : CPOOL_ECLEARED;
+            rc = p->state == CPOOL_STATE_CLOSED ? CPOOL_ECLOSED
+                 : p->draining                  ? CPOOL_ESHUTDOWN
+                                                : CPOOL_ECLEARED;
             goto fail;
         }
 
@@ -1247,7 +1292,7 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
                 /* Handed a connection that was just checked in (and reset):
                  * return without touching the pool lock at all. */
                 sem_destroy(&w.sem);
-                lease_begin(p, w.conn, t.start, true);
+                lease_begin(p, w.conn, t.start, true, NULL);
                 *out = w.conn;
                 return 0;
             }
@@ -1303,7 +1348,7 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
     }
     if (w_ready)
         sem_destroy(&w.sem);
-    lease_begin(p, c, t.start, !fresh);
+    lease_begin(p, c, t.start, !fresh, label);
     if (p->observed) {
         cpool_event ev;
         cpool__event_init(p, &ev, CPOOL_EV_CHECKED_OUT);
@@ -1319,7 +1364,7 @@ int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *
 fail:
     if (w_ready)
         sem_destroy(&w.sem);
-    if (rc == CPOOL_ECLOSED)
+    if (rc == CPOOL_ECLOSED || rc == CPOOL_ESHUTDOWN)
         why = CPOOL_CHECKOUT_POOL_CLOSED;
     else if (rc == CPOOL_ETIMEDOUT)
         why = CPOOL_CHECKOUT_TIMEOUT;
@@ -1328,12 +1373,35 @@ fail:
 
 /* ------------------------------------------------------------------ checkin */
 
+/* A reclaimed lease came back (or the pool is destroyed): its slot was
+ * already given back, so it is only closed and freed. While the reclaim's
+ * interrupt() still runs, the last unpin does it. */
+static void close_reclaimed_locked(cpool *p, cpool_conn *c)
+{
+    list_remove(&p->orphans, c);
+    c->state = CONN_FREE;
+    c->reclaimed = false;
+    if (c->pins > 0) {
+        c->close_deferred = true;
+        return;
+    }
+    void *native = c->native;
+    pthread_mutex_unlock(&p->mu);
+    if (native != NULL)
+        p->cx->close(p->cx_ctx, native);
+    pthread_mutex_lock(&p->mu);
+    conn_free_locked(p, c);
+}
+
 /* A lease taken before fork() and returned in the child: the parent owns the
  * server session, so the handle is dropped without any I/O. */
 static int checkin_orphan(cpool *p, cpool_conn *c)
 {
     pthread_mutex_lock(&p->mu);
-    abandon_locked(p, c);
+    if (c->reclaimed)
+        close_reclaimed_locked(p, c);
+    else
+        abandon_locked(p, c);
     pthread_mutex_unlock(&p->mu);
     return 0;
 }
@@ -1369,7 +1437,8 @@ int cpool_checkin(cpool *p, cpool_conn *c, unsigned flags, cpool_error *err)
                           p->address, (unsigned long long)c->id);
     }
     /* Still ours until it is made available or parked below. */
-    cpool__hist_add(&c->cell.hold, cpool__now(p) - c->leased_ns);
+    cpool__hist_add(&c->cell.hold,
+                    cpool__now(p) - atomic_load_explicit(&c->leased_ns, memory_order_relaxed));
     cpool__bump(&c->cell.checkins);
 
     bool broken = (flags & CPOOL_CHECKIN_BROKEN) != 0;
@@ -1377,6 +1446,7 @@ int cpool_checkin(cpool *p, cpool_conn *c, unsigned flags, cpool_error *err)
         pthread_mutex_lock(&p->mu);
         check_fork_locked(p);
         broken = broken || c->interrupt_requested;
+        atomic_store_explicit(&c->leased_ns, 0, memory_order_relaxed); /* no longer a lease */
         cpool_event ev;
         cpool__event_init(p, &ev, CPOOL_EV_CHECKED_IN);
         ev.connection_id = c->id;
@@ -1402,6 +1472,85 @@ int cpool_checkin(cpool *p, cpool_conn *c, unsigned flags, cpool_error *err)
 
 /* ------------------------------------------------------------------ maintenance */
 
+/* Takes a lease back from a holder that kept it past leak_reclaim_ms: its
+ * slot returns to the pool now, its current operation is interrupted, and
+ * the connection is closed when (if) the holder returns it. Releases mu
+ * on the way; false when the holder returned it first. */
+static bool reclaim_locked(cpool *p, cpool_conn *c, int64_t held)
+{
+    unsigned held_flag = LEASE_HELD;
+    if (!atomic_compare_exchange_strong(&c->leased, &held_flag, LEASE_ORPHAN))
+        return false;
+    list_remove(&p->in_use, c);
+    c->state = CONN_ORPHANED;
+    list_push_head(&p->orphans, c);
+    c->reclaimed = true;
+    c->interrupted = true;
+    c->pins++;
+    p->leaks_reclaimed++;
+    p->st_closed[CPOOL_CLOSE_RECLAIMED]++;
+    svc_release_locked(p, c);
+    void *native = c->native;
+    cpool_event ev;
+    cpool__event_init(p, &ev, CPOOL_EV_CONN_CLOSED);
+    ev.connection_id = c->id;
+    ev.reason = CPOOL_CLOSE_RECLAIMED;
+    ev.duration_ns = held;
+    cpool__emit_unlock(p, &ev);
+    if (p->cx->interrupt != NULL && native != NULL)
+        p->cx->interrupt(p->cx_ctx, native);
+    pthread_mutex_lock(&p->mu);
+    if (--c->pins == 0 && c->close_deferred) {
+        c->close_deferred = false;
+        pthread_mutex_unlock(&p->mu);
+        if (native != NULL)
+            p->cx->close(p->cx_ctx, native);
+        pthread_mutex_lock(&p->mu);
+        conn_free_locked(p, c);
+    }
+    grant_capacity_locked(p);
+    return true;
+}
+
+/* Reports leases held past leak_threshold_ms (once per lease) and takes
+ * back those held past leak_reclaim_ms. May release mu; the scan starts
+ * over after each report. */
+static void scan_leaks_locked(cpool *p)
+{
+    int64_t threshold = ms_to_ns(p->opts.leak_threshold_ms);
+    int64_t reclaim = ms_to_ns(p->opts.leak_reclaim_ms);
+    for (bool again = true; again;) {
+        again = false;
+        int64_t now = cpool__now(p);
+        for (cpool_conn *c = p->in_use.head; c != NULL; c = c->next) {
+            int64_t since = atomic_load_explicit(&c->leased_ns, memory_order_relaxed);
+            if (since == 0 || atomic_load(&c->leased) != LEASE_HELD)
+                continue;
+            int64_t held = now - since;
+            if (reclaim > 0 && held >= reclaim) {
+                again = reclaim_locked(p, c, held);
+                if (again)
+                    break;
+            }
+            if (held < threshold || c->leak_lease == since)
+                continue;
+            c->leak_lease = since;
+            p->leaks_suspected++;
+            cpool_event ev;
+            cpool__event_init(p, &ev, CPOOL_EV_CONN_LEAK_SUSPECTED);
+            ev.connection_id = c->id;
+            ev.duration_ns = held;
+            char label[sizeof c->label];
+            memcpy(label, c->label, sizeof label);
+            ev.holder_label = label;
+            ev.holder_thread = c->holder_tid;
+            cpool__emit_relock(p, &ev);
+            again = true;
+            break;
+        }
+    }
+}
+
 /* One background run: close perished available connections (oldest first),
  * then populate up to minPoolSize while the pool is ready and a
  * maxConnecting slot is free. It never waits for a slot. May release mu. */
@@ -1426,6 +1575,8 @@ static void maintain_locked(cpool *p)
         close_conn_locked(p, c, reason, NULL);
     }
     interrupt_marked_locked(p);
+    if (p->opts.leak_threshold_ms > 0 || p->opts.leak_reclaim_ms > 0)
+        scan_leaks_locked(p);
     grant_capacity_locked(p); /* a backoff step may have ended */
     while (p->state == CPOOL_STATE_READY && total_locked(p) < p->opts.min_pool_size &&
            can_create_locked(p)) {
@@ -1511,6 +1662,7 @@ static void after_fork_locked(cpool *p)
     /* The parent's maintenance thread may have been waiting on this; it does
      * not exist here, so start from a fresh condition variable. */
     pthread_cond_init(&p->maint_cv, NULL);
+    pthread_cond_init(&p->drain_cv, NULL);
     p->maint_running = false;
     p->wq_head = p->wq_tail = NULL;
     atomic_store(&p->nwaiting, 0);
@@ -1527,6 +1679,10 @@ static void after_fork_locked(cpool *p)
         atomic_store_explicit(&c->leased, LEASE_ORPHAN, memory_order_relaxed);
         list_push_head(&p->orphans, c);
     }
+    /* Leases reclaimed in the parent: here too the session is the
+     * parent's, so they are abandoned, not closed, when they come back. */
+    for (cpool_conn *c = p->orphans.head; c != NULL; c = c->next)
+        c->reclaimed = false;
     while (p->services != NULL) {
         service *s = p->services;
         p->services = s->next;
@@ -1638,6 +1794,16 @@ static int validate(const cpool_options *o, cpool_error *err)
     if (!(o->backoff_jitter >= 0 && o->backoff_jitter <= 1))
         return cpool__err(err, CPOOL_EINVAL, "option backoff_jitter = %g: allowed 0..1",
                           o->backoff_jitter);
+    if (o->leak_threshold_ms < 0 || o->leak_reclaim_ms < 0 || o->startup_wait_ms < 0)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "options leak_threshold_ms, leak_reclaim_ms, startup_wait_ms: "
+                          "must be >= 0");
+    if (o->leak_reclaim_ms > 0 &&
+        (o->leak_threshold_ms == 0 || o->leak_reclaim_ms < o->leak_threshold_ms))
+        return cpool__err(err, CPOOL_EINVAL,
+                          "option leak_reclaim_ms = %lld: needs leak_threshold_ms (now %lld) "
+                          "> 0 and not above it",
+                          (long long)o->leak_reclaim_ms, (long long)o->leak_threshold_ms);
     if (o->clock != NULL && o->clock->now_ns == NULL)
         return cpool__err(err, CPOOL_EINVAL, "option clock: now_ns is required");
     return 0;
@@ -1686,6 +1852,7 @@ static void free_pool(cpool *p)
     free(p->address);
     free(p->host);
     pthread_cond_destroy(&p->maint_cv);
+    pthread_cond_destroy(&p->drain_cv);
     pthread_mutex_destroy(&p->ev_mu);
     pthread_mutex_destroy(&p->mu);
     free(p);
@@ -1765,6 +1932,7 @@ int cpool_create(const cpool_options *opts, cpool **out, cpool_error *err)
     pthread_condattr_init(&attr);
     pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
     pthread_cond_init(&p->maint_cv, &attr);
+    pthread_cond_init(&p->drain_cv, &attr);
     pthread_condattr_destroy(&attr);
 
     p->cx = o.connector;
@@ -1814,7 +1982,9 @@ int cpool_create(const cpool_options *opts, cpool **out, cpool_error *err)
                           getenv("CPOOL_LOG"));
     }
     p->opts = o;
-    p->observed = o.on_event != NULL || o.on_log != NULL;
+    /* Leak detection reads the holder's label under mu, so its leases take
+     * the locked paths, as observed pools' do. */
+    p->observed = o.on_event != NULL || o.on_log != NULL || o.leak_threshold_ms > 0;
     p->stamp_idle = o.max_idle_time_ms > 0 || o.validation == CPOOL_VALIDATE_PING_IDLE;
     /* Parking skips the events and the per-service generations. */
     p->can_park = !p->observed && !o.load_balanced;
@@ -1853,6 +2023,10 @@ int cpool_ready(cpool *p, cpool_error *err)
     if (p->state == CPOOL_STATE_CLOSED) {
         pthread_mutex_unlock(&p->mu);
         return cpool__err(err, CPOOL_ECLOSED, "ready %s: pool is closed", p->address);
+    }
+    if (p->draining) {
+        pthread_mutex_unlock(&p->mu);
+        return cpool__err(err, CPOOL_ESHUTDOWN, "ready %s: pool is shutting down", p->address);
     }
     if (p->state == CPOOL_STATE_READY) {
         pthread_mutex_unlock(&p->mu);
@@ -1956,6 +2130,167 @@ void cpool_close(cpool *p)
     cpool__emit_unlock(p, &ev);
 }
 
+int cpool_shutdown(cpool *p, int64_t grace_ms, cpool_shutdown_report *report,
+                   cpool_error *err)
+{
+    if (report != NULL)
+        memset(report, 0, sizeof *report);
+    if (p == NULL || grace_ms < 0)
+        return cpool__err(err, CPOOL_EINVAL, "shutdown: a pool and grace_ms >= 0 are required");
+    int64_t t0 = real_now_ns();
+    pthread_mutex_lock(&p->mu);
+    check_fork_locked(p);
+    if (p->state == CPOOL_STATE_CLOSED || p->draining) {
+        pthread_mutex_unlock(&p->mu);
+        return cpool__err(err, CPOOL_ECLOSED, "shutdown %s: pool is already %s", p->address,
+                          p->draining ? "shutting down" : "closed");
+    }
+    /* Stop new work at once: paused, so the fast path and the maintenance
+     * thread stand still, and draining, so checkouts say why. */
+    p->draining = true;
+    p->state = CPOOL_STATE_PAUSED;
+    fail_waiters_locked(p, CPOOL_ESHUTDOWN);
+    for (cpool_conn *c = p->pending.head; c != NULL; c = c->next)
+        cancel_pending(c);
+    while (p->available.head != NULL)
+        close_conn_locked(p, p->available.head, CPOOL_CLOSE_POOL_CLOSED, NULL);
+    for (cpool_conn *c; (c = steal_parked_locked(p, false, NULL)) != NULL;)
+        close_conn_locked(p, c, CPOOL_CLOSE_POOL_CLOSED, NULL);
+    uint32_t at_start = p->in_use.n;
+    struct timespec until = abs_real(ms_to_ns(grace_ms));
+    while (p->in_use.n > 0 &&
+           pthread_cond_timedwait(&p->drain_cv, &p->mu, &until) != ETIMEDOUT) {
+    }
+    uint32_t held = p->in_use.n;
+    for (cpool_conn *c = p->in_use.head; c != NULL; c = c->next)
+        c->interrupt_requested = true;
+    interrupt_marked_locked(p);
+    pthread_mutex_unlock(&p->mu);
+    cpool_close(p);
+    if (report != NULL) {
+        report->in_use_at_start = at_start;
+        report->returned = at_start >= held ? at_start - held : 0;
+        report->interrupted = held;
+        report->elapsed_ms = (real_now_ns() - t0) / 1000000;
+    }
+    if (err != NULL)
+        memset(err, 0, sizeof *err);
+    return 0;
+}
+
+int cpool_wait_connected(cpool *p, uint32_t n, int64_t timeout_ms, cpool_error *err)
+{
+    if (p == NULL || timeout_ms < 0)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "wait_connected: a pool and timeout_ms >= 0 are required");
+    if (n == 0)
+        n = p->opts.min_pool_size > 1 ? p->opts.min_pool_size : 1;
+    if (p->opts.max_pool_size != 0 && n > p->opts.max_pool_size)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "wait_connected %s: %u connections exceed maxPoolSize %u",
+                          p->address, n, p->opts.max_pool_size);
+    cpool_conn **held = calloc(n, sizeof *held);
+    if (held == NULL)
+        return cpool__err(err, CPOOL_ENOMEM, "wait_connected: out of memory");
+    int64_t deadline = deadline_after(cpool__now(p), timeout_ms);
+    uint32_t got = 0;
+    int rc = 0;
+    cpool_error e;
+    memset(&e, 0, sizeof e);
+    /* Holding the leases makes each further checkout establish a new one;
+     * failures follow the backoff, and an open circuit is waited out. */
+    while (got < n) {
+        int64_t left = (deadline - cpool__now(p)) / 1000000;
+        if (left <= 0) {
+            rc = CPOOL_ETIMEDOUT;
+            break;
+        }
+        rc = cpool_checkout(p, left, &held[got], &e);
+        if (rc == 0) {
+            got++;
+            continue;
+        }
+        if (rc != CPOOL_ECONNECT && rc != CPOOL_EUNAVAILABLE && rc != CPOOL_ETIMEDOUT)
+            break;
+        pthread_mutex_lock(&p->mu);
+        int64_t wake = p->retry_at > 0 ? p->retry_at : cpool__now(p) + 10000000;
+        pthread_mutex_unlock(&p->mu);
+        int64_t now = cpool__now(p);
+        if (wake > deadline)
+            wake = deadline;
+        if (wake > now)
+            nanosleep(&(struct timespec){.tv_sec = (wake - now) / 1000000000,
+                                         .tv_nsec = (wake - now) % 1000000000},
+                      NULL);
+    }
+    for (uint32_t i = 0; i < got; i++)
+        cpool_checkin(p, held[i], 0, NULL);
+    free(held);
+    if (got == n) {
+        if (err != NULL)
+            memset(err, 0, sizeof *err);
+        return 0;
+    }
+    pthread_mutex_lock(&p->mu);
+    bool have_last = p->last_fail.code != 0;
+    cpool_error last = p->last_fail;
+    pthread_mutex_unlock(&p->mu);
+    if (have_last) {
+        /* The last establishment error says why, with its labels. */
+        if (err != NULL) {
+            *err = last;
+            size_t len = strlen(err->message);
+            snprintf(err->message + len, sizeof err->message - len,
+                     " (startup: %u of %u connections after %lld ms)", got, n,
+                     (long long)timeout_ms);
+        }
+        return last.code;
+    }
+    if (err != NULL && rc == CPOOL_ETIMEDOUT)
+        cpool__err(err, rc, "wait_connected %s: %u of %u connections after %lld ms",
+                   p->address, got, n, (long long)timeout_ms);
+    else if (err != NULL)
+        *err = e;
+    return rc;
+}
+
+int cpool_open(const char *target, const cpool_options *opts, cpool **out, cpool_error *err)
+{
+    if (out != NULL)
+        *out = NULL;
+    if (target == NULL || out == NULL)
+        return cpool__err(err, CPOOL_EINVAL, "open: a target and out are required");
+    const cpool_connector *cx = cpool_connector_for(target);
+    if (cx == NULL)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "open: no connector for target \"%.48s...\": expected sqlite:, "
+                          "postgresql://, postgres://, redis://, unix:// or mem:// (or a "
+                          "connector left out of this build)",
+                          target);
+    cpool_options o;
+    cpool_options_init(&o, sizeof o);
+    if (opts != NULL)
+        memcpy(&o, opts, opts->struct_size < sizeof o ? opts->struct_size : sizeof o);
+    o.struct_size = sizeof o;
+    o.target = target;
+    o.connector = cx;
+    if (opts == NULL || opts->struct_size <= offsetof(cpool_options, connector_ctx))
+        o.connector_ctx = NULL;
+    cpool *p = NULL;
+    int rc = cpool_create(&o, &p, err);
+    if (rc != 0)
+        return rc;
+    rc = cpool_ready(p, err);
+    if (rc == 0 && p->opts.startup_wait_ms > 0)
+        rc = cpool_wait_connected(p, 0, p->opts.startup_wait_ms, err);
+    if (rc != 0) {
+        cpool_destroy(p);
+        return rc;
+    }
+    *out = p;
+    return 0;
+}
+
 void cpool_destroy(cpool *p)
 {
     if (p == NULL)
@@ -1972,8 +2307,12 @@ void cpool_destroy(cpool *p)
     pthread_mutex_lock(&p->mu);
     while (p->in_use.head != NULL)
         close_conn_locked(p, p->in_use.head, CPOOL_CLOSE_POOL_CLOSED, NULL);
-    while (p->orphans.head != NULL)
-        abandon_locked(p, p->orphans.head);
+    while (p->orphans.head != NULL) {
+        if (p->orphans.head->reclaimed)
+            close_reclaimed_locked(p, p->orphans.head);
+        else
+            abandon_locked(p, p->orphans.head);
+    }
     pthread_mutex_unlock(&p->mu);
     registry_remove(p);
     free_pool(p);

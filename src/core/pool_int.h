@@ -77,7 +77,13 @@ struct cpool_conn {
     int64_t created_ns;       /* pool clock */
     int64_t expires_ns;       /* created + jittered max lifetime; INT64_MAX = never */
     uint64_t uses;            /* leases so far; written by the lease holder */
-    int64_t leased_ns;        /* pool clock at checkout; written by the holder */
+    _Atomic int64_t leased_ns; /* pool clock at checkout; written by the holder,
+                                 read by the leak scan */
+    uint64_t holder_tid;      /* kernel thread id of the holder */
+    char label[64];           /* the checkout's label */
+    int64_t leak_lease;       /* leased_ns of the lease last reported; mu */
+    bool reclaimed;           /* taken back from its holder: closed, not
+                                 abandoned, when it returns; mu */
     conn_cell cell;
     _Atomic int64_t available_since_ns; /* pool clock; written by whoever
                                  makes it available, read with relaxed loads */
@@ -171,6 +177,11 @@ struct cpool {
     cpool_error last_fail;
     bool probing;           /* circuit open: the one probe is in flight */
     uint64_t breaker_opens;
+    uint64_t leaks_suspected, leaks_reclaimed;
+
+    /* Graceful shutdown; mu. */
+    bool draining;
+    pthread_cond_t drain_cv; /* a lease came back while draining */
 
     /* Maintenance thread; guarded by mu. */
     pthread_t maint;

@@ -134,6 +134,8 @@ int cpool_get_stats(cpool *p, cpool_stats *out)
     s.connect_fail_streak = p->fail_streak;
     s.breaker_open = p->opts.breaker_threshold > 0 && p->fail_streak >= p->opts.breaker_threshold;
     s.breaker_opens = p->breaker_opens;
+    s.leaks_suspected = p->leaks_suspected;
+    s.leaks_reclaimed = p->leaks_reclaimed;
     s.last_connect_error_age_ns = -1;
     if (p->last_fail.code != 0) {
         s.last_connect_error = p->last_fail;

@@ -302,6 +302,338 @@ TEST(breaker_opening_fails_waiters)
     test_fixture_free(&f);
 }
 
+
+/* ------------------------------------------------------------ shutdown */
+
+typedef struct returner {
+    cpool *pool;
+    cpool_conn *conn;
+    int64_t after_ms;
+    pthread_t thread;
+} returner;
+
+static void *return_later(void *arg)
+{
+    returner *r = arg;
+    test_sleep_ms(r->after_ms);
+    ASSERT_OK(cpool_checkin(r->pool, r->conn, 0, NULL));
+    return NULL;
+}
+
+TEST(shutdown_waits_for_returns)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    test_fixture_start(&f);
+    returner r[2] = {{f.pool, test_checkout(f.pool), 30, 0},
+                     {f.pool, test_checkout(f.pool), 80, 0}};
+    cpool_conn *idle = test_checkout(f.pool);
+    test_checkin(f.pool, idle, 0);
+    for (int i = 0; i < 2; i++)
+        TEST_THREAD_START(&r[i].thread, return_later, &r[i]);
+    cpool_shutdown_report rep;
+    int64_t t0 = test_now_ms();
+    ASSERT_OK(cpool_shutdown(f.pool, 5000, &rep, NULL));
+    int64_t took = test_now_ms() - t0;
+    for (int i = 0; i < 2; i++)
+        pthread_join(r[i].thread, NULL);
+    ASSERT_GE(took, 70);
+    ASSERT_LT(took, 2000);
+    ASSERT_EQ(2, rep.in_use_at_start);
+    ASSERT_EQ(2, rep.returned);
+    ASSERT_EQ(0, rep.interrupted);
+    ASSERT_EQ(CPOOL_STATE_CLOSED, test_counts(f.pool).state);
+    ASSERT_EQ(3, test_rec_count_closed(&f.rec, CPOOL_CLOSE_POOL_CLOSED));
+    ASSERT_EQ(0, test_mem_stats(f.mem).open);
+    ASSERT_EQ(0, test_mem_stats(f.mem).interrupts);
+    ASSERT_RC(CPOOL_ECLOSED, cpool_shutdown(f.pool, 0, NULL, NULL));
+    test_fixture_free(&f);
+}
+
+TEST(shutdown_interrupts_after_grace)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    test_fixture_start(&f);
+    cpool_conn *kept = test_checkout(f.pool);
+    cpool_shutdown_report rep;
+    int64_t t0 = test_now_ms();
+    ASSERT_OK(cpool_shutdown(f.pool, 100, &rep, NULL));
+    int64_t took = test_now_ms() - t0;
+    ASSERT_GE(took, 95);
+    ASSERT_LT(took, 600); /* grace plus a small bound */
+    ASSERT_EQ(1, rep.in_use_at_start);
+    ASSERT_EQ(0, rep.returned);
+    ASSERT_EQ(1, rep.interrupted);
+    ASSERT_TRUE(cpool_mem_conn_interrupted(cpool_conn_native(kept)));
+    ASSERT_EQ(1, test_mem_stats(f.mem).open);
+    test_checkin(f.pool, kept, 0); /* closed as it comes back */
+    ASSERT_EQ(0, test_mem_stats(f.mem).open);
+    test_fixture_free(&f);
+}
+
+typedef struct shutdown_arg {
+    cpool *p;
+    cpool_shutdown_report *rep;
+} shutdown_arg;
+
+static void *shutdown_main(void *arg)
+{
+    shutdown_arg *a = arg;
+    ASSERT_OK(cpool_shutdown(a->p, 5000, a->rep, NULL));
+    return NULL;
+}
+
+TEST(shutdown_rejects_new_checkouts_at_once)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.max_pool_size = 1;
+    test_fixture_start(&f);
+    cpool_conn *held = test_checkout(f.pool);
+    test_job waiter;
+    test_job_start(&waiter, f.pool, 10000);
+    WAIT_UNTIL(test_counts(f.pool).waiting == 1, 2000);
+    returner r = {f.pool, held, 300, 0};
+    TEST_THREAD_START(&r.thread, return_later, &r);
+    test_job late;
+    pthread_t sd;
+    cpool_shutdown_report rep;
+    shutdown_arg arg = {f.pool, &rep};
+    TEST_THREAD_START(&sd, shutdown_main, &arg);
+    test_job_join(&waiter, 2000); /* failed at once, not at its deadline */
+    ASSERT_RC(CPOOL_ESHUTDOWN, waiter.rc);
+    ASSERT_STR_CONTAINS(waiter.err.message, "shutting down");
+    test_job_start(&late, f.pool, 10000);
+    test_job_join(&late, 2000);
+    ASSERT_TRUE(late.rc == CPOOL_ESHUTDOWN || late.rc == CPOOL_ECLOSED);
+    pthread_join(sd, NULL);
+    pthread_join(r.thread, NULL);
+    ASSERT_EQ(1, rep.returned);
+    cpool_error e;
+    ASSERT_RC(CPOOL_ECLOSED, cpool_ready(f.pool, &e));
+    test_fixture_free(&f);
+}
+
+/* ------------------------------------------------------------ leaks */
+
+typedef struct log_capture {
+    pthread_mutex_t mu;
+    int warns;
+    char last[512];
+} log_capture;
+
+static void capture_log(const cpool_log_record *rec, void *ctx)
+{
+    log_capture *lc = ctx;
+    pthread_mutex_lock(&lc->mu);
+    if (rec->level == CPOOL_LOG_WARN) {
+        lc->warns++;
+        cpool_log_format_json(rec, lc->last, sizeof lc->last);
+    }
+    pthread_mutex_unlock(&lc->mu);
+}
+
+TEST(leak_reported_with_holder)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    log_capture lc = {.warns = 0};
+    pthread_mutex_init(&lc.mu, NULL);
+    f.opts.clock = &f.clk.clock;
+    f.opts.leak_threshold_ms = 1000;
+    f.opts.on_log = capture_log;
+    f.opts.log_ctx = &lc;
+    f.opts.log_level = CPOOL_LOG_WARN;
+    test_fixture_start(&f);
+    cpool_checkout_opts co = {.struct_size = sizeof co, .timeout_ms = -1,
+                              .label = "handler_orders"};
+    cpool_conn *c = NULL;
+    ASSERT_OK(cpool_checkout_with(f.pool, &co, &c, NULL));
+    test_clock_advance_ms(&f.clk, f.pool, 999);
+    ASSERT_OK(cpool_maintain(f.pool, NULL));
+    ASSERT_EQ(0, test_rec_count(&f.rec, CPOOL_EV_CONN_LEAK_SUSPECTED));
+    test_clock_advance_ms(&f.clk, f.pool, 1);
+    ASSERT_OK(cpool_maintain(f.pool, NULL));
+    ASSERT_OK(cpool_maintain(f.pool, NULL)); /* reported once per lease */
+    ASSERT_EQ(1, test_rec_count(&f.rec, CPOOL_EV_CONN_LEAK_SUSPECTED));
+    test_event ev;
+    ASSERT_TRUE(test_rec_find(&f.rec, CPOOL_EV_CONN_LEAK_SUSPECTED, 0, &ev));
+    ASSERT_EQ(cpool_conn_id(c), ev.connection_id);
+    ASSERT_EQ(1000000000, ev.duration_ns);
+    ASSERT_EQ(1, lc.warns);
+    ASSERT_STR_CONTAINS(lc.last, "\"holderLabel\":\"handler_orders\"");
+    char tid[64];
+    snprintf(tid, sizeof tid, "\"holderThread\":%d", (int)gettid());
+    ASSERT_STR_CONTAINS(lc.last, tid);
+    ASSERT_STR_CONTAINS(lc.last, "leak threshold");
+    cpool_stats s = {.struct_size = sizeof s};
+    ASSERT_OK(cpool_get_stats(f.pool, &s));
+    ASSERT_EQ(1, s.leaks_suspected);
+    test_checkin(f.pool, c, 0);
+    /* A new lease of the same connection starts a new count. */
+    c = test_checkout(f.pool);
+    test_clock_advance_ms(&f.clk, f.pool, 1000);
+    ASSERT_OK(cpool_maintain(f.pool, NULL));
+    ASSERT_EQ(2, test_rec_count(&f.rec, CPOOL_EV_CONN_LEAK_SUSPECTED));
+    test_checkin(f.pool, c, 0);
+    test_fixture_free(&f);
+    pthread_mutex_destroy(&lc.mu);
+}
+
+TEST(leak_reclaimed_frees_slot)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.clock = &f.clk.clock;
+    f.opts.max_pool_size = 1;
+    f.opts.leak_threshold_ms = 100;
+    f.opts.leak_reclaim_ms = 200;
+    test_fixture_start(&f);
+    cpool_conn *leaked = NULL;
+    ASSERT_OK(cpool_checkout_here(f.pool, -1, &leaked, NULL));
+    test_clock_advance_ms(&f.clk, f.pool, 200);
+    ASSERT_OK(cpool_maintain(f.pool, NULL));
+    ASSERT_TRUE(cpool_mem_conn_interrupted(cpool_conn_native(leaked)));
+    ASSERT_EQ(0, test_counts(f.pool).total);
+    ASSERT_EQ(1, test_rec_count_closed(&f.rec, CPOOL_CLOSE_RECLAIMED));
+    cpool_conn *next = test_checkout(f.pool); /* the slot is free again */
+    ASSERT_NE(cpool_conn_id(leaked), cpool_conn_id(next));
+    ASSERT_EQ(2, test_mem_stats(f.mem).open);
+    ASSERT_OK(cpool_checkin(f.pool, leaked, 0, NULL)); /* closed, not reused */
+    ASSERT_EQ(1, test_mem_stats(f.mem).open);
+    ASSERT_EQ(1, test_counts(f.pool).in_use);
+    cpool_stats s = {.struct_size = sizeof s};
+    ASSERT_OK(cpool_get_stats(f.pool, &s));
+    ASSERT_EQ(1, s.leaks_reclaimed);
+    ASSERT_EQ(1, s.closed[CPOOL_CLOSE_RECLAIMED]);
+    test_checkin(f.pool, next, 0);
+    test_fixture_free(&f);
+}
+
+TEST(leak_reclaimed_never_returned_closed_at_destroy)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.clock = &f.clk.clock;
+    f.opts.leak_threshold_ms = 10;
+    f.opts.leak_reclaim_ms = 10;
+    test_fixture_start(&f);
+    cpool_conn *lost = test_checkout(f.pool);
+    (void)lost;
+    test_clock_advance_ms(&f.clk, f.pool, 10);
+    ASSERT_OK(cpool_maintain(f.pool, NULL));
+    ASSERT_EQ(0, test_counts(f.pool).total);
+    cpool_destroy(f.pool);
+    f.pool = NULL;
+    ASSERT_EQ(0, test_mem_stats(f.mem).open);
+    test_fixture_free(&f);
+}
+
+TEST(leak_options_validated)
+{
+    cpool_mem *mem = test_mem_create();
+    cpool_options o;
+    test_options(&o, mem, NULL);
+    cpool *p = NULL;
+    cpool_error e;
+    o.leak_reclaim_ms = 100;
+    ASSERT_RC(CPOOL_EINVAL, cpool_create(&o, &p, &e));
+    ASSERT_STR_CONTAINS(e.message, "leak_threshold_ms");
+    o.leak_threshold_ms = 200;
+    ASSERT_RC(CPOOL_EINVAL, cpool_create(&o, &p, &e));
+    cpool_checkout_opts bad = {.struct_size = 4};
+    cpool_conn *c = NULL;
+    o.leak_threshold_ms = 0;
+    o.leak_reclaim_ms = 0;
+    p = test_pool_create(&o);
+    ASSERT_RC(CPOOL_EINVAL, cpool_checkout_with(p, &bad, &c, &e));
+    cpool_destroy(p);
+    cpool_mem_destroy(mem);
+}
+
+/* ------------------------------------------------------------ startup */
+
+TEST(wait_connected_fills_min_pool_size)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.min_pool_size = 3;
+    test_fixture_start(&f);
+    cpool_error e;
+    ASSERT_OK_E(cpool_wait_connected(f.pool, 0, 2000, &e), &e);
+    cpool_counts k = test_counts(f.pool);
+    ASSERT_EQ(3, k.available);
+    ASSERT_EQ(0, k.in_use);
+    test_fixture_free(&f);
+}
+
+TEST(wait_connected_retries_then_fails_with_last_error)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.backoff_base_ms = 20;
+    f.opts.backoff_max_ms = 40;
+    f.opts.breaker_threshold = 3;
+    test_fixture_start(&f);
+    refuse_all(f.mem);
+    cpool_error e;
+    int64_t t0 = test_now_ms();
+    ASSERT_RC(CPOOL_ECONNECT, cpool_wait_connected(f.pool, 1, 300, &e));
+    int64_t took = test_now_ms() - t0;
+    ASSERT_GE(took, 290);
+    ASSERT_LT(took, 2000);
+    ASSERT_STR_CONTAINS(e.message, "startup: 0 of 1 connections after 300 ms");
+    ASSERT_EQ(111, e.native);
+    ASSERT_TRUE(e.labels & CPOOL_LABEL_SYSTEM_OVERLOADED);
+    uint64_t n = connects(&f);
+    ASSERT_GE(n, 4);  /* it kept trying, through the open circuit */
+    ASSERT_LE(n, 20); /* but no faster than the backoff allows */
+    test_fixture_free(&f);
+}
+
+/* The server comes up while cpool_open waits. */
+static void *heal_later(void *arg)
+{
+    test_sleep_ms(150);
+    cpool_mem_set_failpoint(arg, NULL);
+    return NULL;
+}
+
+TEST(wait_connected_succeeds_when_backend_comes_up)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.backoff_base_ms = 20;
+    f.opts.backoff_max_ms = 50;
+    f.opts.breaker_threshold = 2;
+    test_fixture_start(&f);
+    refuse_all(f.mem);
+    pthread_t t;
+    TEST_THREAD_START(&t, heal_later, f.mem);
+    cpool_error e;
+    ASSERT_OK_E(cpool_wait_connected(f.pool, 1, 3000, &e), &e);
+    pthread_join(t, NULL);
+    ASSERT_EQ(1, test_counts(f.pool).available);
+    test_fixture_free(&f);
+}
+
+TEST(open_waits_for_startup_connections)
+{
+    cpool *p = NULL;
+    cpool_error e;
+    ASSERT_OK_E(cpool_open("mem://open?startup_wait_ms=1000&minPoolSize=2&"
+                           "maintenance_interval_ms=-1",
+                           NULL, &p, &e),
+                &e);
+    ASSERT_EQ(2, test_counts(p).available);
+    ASSERT_EQ(CPOOL_STATE_READY, test_counts(p).state);
+    cpool_destroy(p);
+    ASSERT_RC(CPOOL_EINVAL, cpool_open("nosuch://x", NULL, &p, &e));
+    ASSERT_STR_CONTAINS(e.message, "no connector");
+    ASSERT_NULL(p);
+}
+
 int main(int argc, char **argv)
 {
     static const test_case cases[] = {
@@ -315,6 +647,17 @@ int main(int argc, char **argv)
         TEST_ENTRY(breaker_closes_on_success_and_refills),
         TEST_ENTRY(refill_obeys_backoff),
         TEST_ENTRY(breaker_opening_fails_waiters),
+        TEST_ENTRY(shutdown_waits_for_returns),
+        TEST_ENTRY(shutdown_interrupts_after_grace),
+        TEST_ENTRY(shutdown_rejects_new_checkouts_at_once),
+        TEST_ENTRY(leak_reported_with_holder),
+        TEST_ENTRY(leak_reclaimed_frees_slot),
+        TEST_ENTRY(leak_reclaimed_never_returned_closed_at_destroy),
+        TEST_ENTRY(leak_options_validated),
+        TEST_ENTRY(wait_connected_fills_min_pool_size),
+        TEST_ENTRY(wait_connected_retries_then_fails_with_last_error),
+        TEST_ENTRY(wait_connected_succeeds_when_backend_comes_up),
+        TEST_ENTRY(open_waits_for_startup_connections),
     };
     return test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
