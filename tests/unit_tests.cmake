@@ -153,6 +153,14 @@ cpool_unit_suite(resilience LABEL unit TIMEOUT 30 CASES
   wait_connected_succeeds_when_backend_comes_up
   open_waits_for_startup_connections)
 
+cpool_unit_suite(tenants LABEL unit TIMEOUT 60 CASES
+  tenant_cap_enforced
+  capped_waiter_skipped_not_starved
+  minimum_reserved_for_tenant
+  saturating_tenant_capped_does_not_starve_other
+  saturating_tenant_does_not_take_reserved_minimum
+  tenant_configuration_errors)
+
 cpool_unit_suite(log LABEL unit TIMEOUT 30 CASES
   lifecycle_messages
   stale_reason

@@ -502,6 +502,34 @@ typedef struct cpool_checkout_opts {
 CPOOL_API CPOOL_NODISCARD int cpool_checkout_with(cpool *pool, const cpool_checkout_opts *o,
                                                   cpool_conn **out, cpool_error *err);
 
+/* ------------------------------------------------------------------ tenants
+ * Several tenants may share one pool. Each has a cap on the connections it
+ * holds at once (0 = none) and may have a guaranteed minimum that the
+ * others cannot take. A checkout names its tenant (cpool_checkout_with);
+ * queued checkouts are served in arrival order among those whose tenant
+ * may take one more, so a tenant at its cap never holds up another. A
+ * checkout that times out while its tenant is at its cap gets
+ * CPOOL_ETENANT. Declare tenants between cpool_create() and cpool_ready()
+ * (that switches the pool to tenant accounting, which takes the pool lock
+ * on every checkout); limits may change and tenants be added later. */
+CPOOL_API int cpool_tenant_set(cpool *pool, const char *tenant, uint32_t max_in_use,
+                               uint32_t min_reserved, cpool_error *err);
+
+typedef struct cpool_tenant_stats {
+    uint32_t max_in_use, min_reserved;
+    uint32_t in_use;        /* leases held now */
+    uint32_t waiting;       /* its checkouts in the queue */
+    uint64_t checkouts_ok;
+    uint64_t limit_timeouts; /* CPOOL_ETENANT */
+} cpool_tenant_stats;
+
+/* CPOOL_EINVAL for an unknown tenant. */
+CPOOL_API int cpool_get_tenant_stats(cpool *pool, const char *tenant,
+                                     cpool_tenant_stats *out);
+/* The name of the i-th tenant (0-based) in declaration order, NULL past the
+ * end; borrowed until cpool_destroy(). */
+CPOOL_API const char *cpool_tenant_name(cpool *pool, size_t i);
+
 /* A checkout labelled with the calling file and line. */
 #define CPOOL_STR2_(x) #x
 #define CPOOL_STR_(x) CPOOL_STR2_(x)

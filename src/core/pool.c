@@ -319,6 +319,15 @@ static int64_t expiry_locked(cpool *p, int64_t created)
     return created + life - (int64_t)((double)life * p->opts.lifetime_jitter * u);
 }
 
+/* A tenant's lease count drops when its connection comes back or closes. */
+static void unassign_locked(cpool_conn *c)
+{
+    if (c->tenant != NULL) {
+        c->tenant->in_use--;
+        c->tenant = NULL;
+    }
+}
+
 /* The circuit is open: establishments keep failing (see can_create_locked). */
 static bool breaker_open(const cpool *p)
 {
@@ -418,6 +427,7 @@ static void close_conn_locked(cpool *p, cpool_conn *c, int reason,
     c->state = CONN_FREE; /* in no list until conn_free_locked */
     if ((unsigned)reason < CPOOL_CLOSE_REASON_SLOTS)
         p->st_closed[reason]++;
+    unassign_locked(c);
     if (p->draining)
         pthread_cond_broadcast(&p->drain_cv);
     svc_release_locked(p, c);
@@ -454,6 +464,8 @@ static void wq_remove_locked(cpool *p, waiter *w)
         p->wq_tail = w->prev;
     w->prev = w->next = NULL;
     w->queued = false;
+    if (w->tenant != NULL)
+        w->tenant->waiting--;
     atomic_fetch_sub(&p->nwaiting, 1);
 }
 
@@ -466,14 +478,71 @@ static void serve_waiter(waiter *w)
     sem_post(&w->sem);
 }
 
+/* ------------------------------------------------------------------ tenants */
+
+/* Untaken guaranteed minimums of the tenants other than t. */
+static uint32_t reserved_for_others_locked(const cpool *p, const tenant *t)
+{
+    uint32_t r = 0;
+    for (const tenant *u = p->tenant_list; u != NULL; u = u->next)
+        if (u != t && u->in_use < u->min)
+            r += u->min - u->in_use;
+    return r;
+}
+
+/* May a checkout of tenant t take one more connection? Its own cap, and
+ * the others' untaken minimums, which nobody else may use. */
+static bool tenant_allows_locked(const cpool *p, const tenant *t)
+{
+    if (!p->tenants)
+        return true;
+    if (t->max > 0 && t->in_use >= t->max)
+        return false;
+    if (t->in_use < t->min || p->opts.max_pool_size == 0)
+        return true;
+    uint32_t assigned = 0;
+    for (const tenant *u = p->tenant_list; u != NULL; u = u->next)
+        assigned += u->in_use;
+    return assigned + reserved_for_others_locked(p, t) < p->opts.max_pool_size;
+}
+
+/* The waiter to serve next: the oldest, or with tenants the oldest whose
+ * tenant may take one more. */
+static waiter *next_waiter_locked(const cpool *p)
+{
+    if (!p->tenants)
+        return p->wq_head;
+    for (waiter *w = p->wq_head; w != NULL; w = w->next)
+        if (tenant_allows_locked(p, w->tenant))
+            return w;
+    return NULL;
+}
+
+static void assign_locked(cpool *p, cpool_conn *c, tenant *t)
+{
+    if (!p->tenants || t == NULL)
+        return;
+    c->tenant = t;
+    t->in_use++;
+}
+
+static tenant *find_tenant_locked(const cpool *p, const char *name)
+{
+    for (tenant *t = p->tenant_list; t != NULL; t = t->next)
+        if (strcmp(t->name, name) == 0)
+            return t;
+    return NULL;
+}
+
 /* A checked-in or freshly established connection: straight to the oldest
  * waiter if there is one (direct handoff: no newcomer can barge in between),
  * otherwise onto the available stack. */
 static void make_available_locked(cpool *p, cpool_conn *c)
 {
-    waiter *w = p->wq_head;
+    waiter *w = next_waiter_locked(p);
     if (w != NULL && p->state == CPOOL_STATE_READY) {
         wq_remove_locked(p, w);
+        assign_locked(p, c, w->tenant);
         w->conn = c;
         w->establish = false;
         set_state_locked(p, c, CONN_IN_USE);
@@ -515,9 +584,9 @@ static bool can_create_locked(const cpool *p)
  * order, and handed to the waiter to establish. May release mu. */
 static void grant_capacity_locked(cpool *p)
 {
-    while (p->wq_head != NULL && p->state == CPOOL_STATE_READY &&
+    waiter *w;
+    while ((w = next_waiter_locked(p)) != NULL && p->state == CPOOL_STATE_READY &&
            can_create_locked(p)) {
-        waiter *w = p->wq_head;
         wq_remove_locked(p, w);
         cpool_conn *c = conn_new_locked(p);
         if (c == NULL) {
@@ -525,6 +594,7 @@ static void grant_capacity_locked(cpool *p)
             serve_waiter(w);
             continue;
         }
+        assign_locked(p, c, w->tenant);
         w->conn = c;
         w->establish = true;
         serve_waiter(w);
@@ -1131,11 +1201,11 @@ static bool waiter_done(waiter *w)
 }
 
 static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
-                         cpool_conn **out, cpool_error *err);
+                         const char *tenant_name, cpool_conn **out, cpool_error *err);
 
 int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *err)
 {
-    return checkout_impl(p, timeout_ms, NULL, out, err);
+    return checkout_impl(p, timeout_ms, NULL, NULL, out, err);
 }
 
 int cpool_checkout_with(cpool *p, const cpool_checkout_opts *o, cpool_conn **out,
@@ -1146,18 +1216,15 @@ int cpool_checkout_with(cpool *p, const cpool_checkout_opts *o, cpool_conn **out
     if (o == NULL || o->struct_size < offsetof(cpool_checkout_opts, label) + sizeof o->label)
         return cpool__err(err, CPOOL_EINVAL,
                           "checkout: options required, with struct_size = sizeof them");
-    const char *tenant = o->struct_size >= offsetof(cpool_checkout_opts, tenant) +
-                                               sizeof o->tenant
-                             ? o->tenant
-                             : NULL;
-    if (tenant != NULL)
-        return cpool__err(err, CPOOL_EINVAL, "checkout: tenant \"%.64s\": no tenant limits "
-                          "are set on this pool", tenant);
-    return checkout_impl(p, o->timeout_ms, o->label, out, err);
+    const char *tenant_name = o->struct_size >= offsetof(cpool_checkout_opts, tenant) +
+                                                    sizeof o->tenant
+                                  ? o->tenant
+                                  : NULL;
+    return checkout_impl(p, o->timeout_ms, o->label, tenant_name, out, err);
 }
 
 static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
-                         cpool_conn **out, cpool_error *err)
+                         const char *tenant_name, cpool_conn **out, cpool_error *err)
 {
     if (out != NULL)
         *out = NULL;
@@ -1181,6 +1248,21 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
 
     pthread_mutex_lock(&p->mu);
     check_fork_locked(p);
+    tenant *tn = NULL;
+    if (p->tenants) {
+        /* Checkouts without a tenant share the unnamed one (first in the
+         * list), so that every lease is counted against the limits. */
+        tn = tenant_name != NULL ? find_tenant_locked(p, tenant_name) : p->tenant_list;
+        if (tn == NULL) {
+            pthread_mutex_unlock(&p->mu);
+            return cpool__err(err, CPOOL_EINVAL, "checkout from %s: unknown tenant \"%.64s\" "
+                              "(declare it with cpool_tenant_set)", p->address, tenant_name);
+        }
+    } else if (tenant_name != NULL) {
+        pthread_mutex_unlock(&p->mu);
+        return cpool__err(err, CPOOL_EINVAL, "checkout from %s: tenant \"%.64s\" given, but "
+                          "the pool has no tenants (cpool_tenant_set)", p->address, tenant_name);
+    }
     if (p->observed) {
         cpool_event ev;
         cpool__event_init(p, &ev, CPOOL_EV_CHECKOUT_STARTED);
@@ -1205,7 +1287,9 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
         }
 
         bool establish = false;
-        if (p->wq_head == NULL) { /* strict FIFO: nobody is ahead of us */
+        /* Strict FIFO: nobody is ahead of us (with tenants: nobody who may
+         * take one, and our own tenant may). */
+        if (next_waiter_locked(p) == NULL && (tn == NULL || tenant_allows_locked(p, tn))) {
             c = p->available.head;
             int reason = -1;
             if (c != NULL) {
@@ -1214,6 +1298,7 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
                 if (reason < 0) {
                     set_state_locked(p, c, CONN_IN_USE);
                     atomic_store_explicit(&c->leased, LEASE_HELD, memory_order_relaxed);
+                    assign_locked(p, c, tn);
                 }
             } else {
                 c = steal_parked_locked(p, false, &reason);
@@ -1236,6 +1321,7 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
                     rc = CPOOL_ENOMEM;
                     goto fail;
                 }
+                assign_locked(p, c, tn);
                 emit_created_relock(p, c);
                 establish = true;
             }
@@ -1252,6 +1338,9 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
             w.fail = 0;
             w.establish = false;
             w.queued = true;
+            w.tenant = tn;
+            if (tn != NULL)
+                tn->waiting++;
             atomic_store_explicit(&w.done, 0, memory_order_relaxed);
             w.next = NULL;
             w.prev = p->wq_tail;
@@ -1301,6 +1390,20 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
                 if (w.queued) { /* timed out */
                     wq_remove_locked(p, &w);
                     rc = CPOOL_ETIMEDOUT;
+                    if (tn != NULL && tn->max > 0 && tn->in_use >= tn->max) {
+                        /* Its own tenant's cap kept it waiting. */
+                        tn->limit_timeouts++;
+                        rc = CPOOL_ETENANT;
+                        cpool__err(&ce, rc,
+                                   "Timed out while checking out a connection from "
+                                   "connection pool %s: tenant \"%s\" holds %u of its "
+                                   "%u connections (pool: in use %u, available %u, "
+                                   "waiting %u, maxPoolSize %u)",
+                                   p->address, tn->name, tn->in_use, tn->max, p->in_use.n,
+                                   p->available.n, atomic_load(&p->nwaiting),
+                                   p->opts.max_pool_size);
+                        cause = &ce;
+                    }
                     goto fail;
                 }
                 /* Served while the deadline passed: the post was made under
@@ -1349,6 +1452,8 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
     if (w_ready)
         sem_destroy(&w.sem);
     lease_begin(p, c, t.start, !fresh, label);
+    if (c->tenant != NULL)
+        c->tenant->checkouts_ok++;
     if (p->observed) {
         cpool_event ev;
         cpool__event_init(p, &ev, CPOOL_EV_CHECKED_OUT);
@@ -1366,7 +1471,7 @@ fail:
         sem_destroy(&w.sem);
     if (rc == CPOOL_ECLOSED || rc == CPOOL_ESHUTDOWN)
         why = CPOOL_CHECKOUT_POOL_CLOSED;
-    else if (rc == CPOOL_ETIMEDOUT)
+    else if (rc == CPOOL_ETIMEDOUT || rc == CPOOL_ETENANT)
         why = CPOOL_CHECKOUT_TIMEOUT;
     return fail_checkout(p, rc, why, &t, cause, err);
 }
@@ -1447,6 +1552,7 @@ int cpool_checkin(cpool *p, cpool_conn *c, unsigned flags, cpool_error *err)
         check_fork_locked(p);
         broken = broken || c->interrupt_requested;
         atomic_store_explicit(&c->leased_ns, 0, memory_order_relaxed); /* no longer a lease */
+        unassign_locked(c);
         cpool_event ev;
         cpool__event_init(p, &ev, CPOOL_EV_CHECKED_IN);
         ev.connection_id = c->id;
@@ -1484,6 +1590,7 @@ static bool reclaim_locked(cpool *p, cpool_conn *c, int64_t held)
     list_remove(&p->in_use, c);
     c->state = CONN_ORPHANED;
     list_push_head(&p->orphans, c);
+    unassign_locked(c);
     c->reclaimed = true;
     c->interrupted = true;
     c->pins++;
@@ -1843,6 +1950,11 @@ static void free_pool(cpool *p)
         service *s = p->services;
         p->services = s->next;
         free(s);
+    }
+    while (p->tenant_list != NULL) {
+        tenant *t = p->tenant_list;
+        p->tenant_list = t->next;
+        free(t);
     }
     if (p->log_file != NULL)
         fclose(p->log_file);
@@ -2289,6 +2401,110 @@ int cpool_open(const char *target, const cpool_options *opts, cpool **out, cpool
     }
     *out = p;
     return 0;
+}
+
+static tenant *tenant_new_locked(cpool *p, const char *name)
+{
+    tenant *t = calloc(1, sizeof *t);
+    if (t == NULL)
+        return NULL;
+    snprintf(t->name, sizeof t->name, "%s", name);
+    if (p->tenant_tail != NULL)
+        p->tenant_tail->next = t;
+    else
+        p->tenant_list = t;
+    p->tenant_tail = t;
+    return t;
+}
+
+int cpool_tenant_set(cpool *p, const char *name, uint32_t max_in_use, uint32_t min_reserved,
+                     cpool_error *err)
+{
+    if (p == NULL || name == NULL || name[0] == '\0' || strlen(name) >= 64)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "tenant_set: a pool and a tenant name of 1..63 bytes are required");
+    if (max_in_use > 0 && min_reserved > max_in_use)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "tenant_set \"%s\": min_reserved %u exceeds max_in_use %u", name,
+                          min_reserved, max_in_use);
+    pthread_mutex_lock(&p->mu);
+    int rc = 0;
+    if (!p->tenants && p->state != CPOOL_STATE_PAUSED) {
+        rc = cpool__err(err, CPOOL_ESTATE,
+                        "tenant_set %s: declare the first tenant before cpool_ready()",
+                        p->address);
+        goto out;
+    }
+    uint32_t reserved = min_reserved;
+    for (tenant *u = p->tenant_list; u != NULL; u = u->next)
+        if (strcmp(u->name, name) != 0)
+            reserved += u->min;
+    if (p->opts.max_pool_size > 0 && reserved > p->opts.max_pool_size) {
+        rc = cpool__err(err, CPOOL_EINVAL,
+                        "tenant_set \"%s\": guaranteed minimums (%u in all) exceed "
+                        "maxPoolSize %u",
+                        name, reserved, p->opts.max_pool_size);
+        goto out;
+    }
+    if (!p->tenants) {
+        /* Every lease is counted from now on: the unnamed tenant takes
+         * checkouts that give none, and leases take the locked paths. */
+        if (tenant_new_locked(p, "") == NULL) {
+            rc = cpool__err(err, CPOOL_ENOMEM, "tenant_set: out of memory");
+            goto out;
+        }
+        p->tenants = true;
+        p->observed = true;
+        p->can_park = false;
+    }
+    tenant *t = find_tenant_locked(p, name);
+    if (t == NULL && (t = tenant_new_locked(p, name)) == NULL) {
+        rc = cpool__err(err, CPOOL_ENOMEM, "tenant_set: out of memory");
+        goto out;
+    }
+    t->max = max_in_use;
+    t->min = min_reserved;
+    grant_capacity_locked(p); /* a raised cap may let a waiter in */
+    for (cpool_conn *c = p->available.head; c != NULL && next_waiter_locked(p) != NULL;) {
+        cpool_conn *next = c->next;
+        make_available_locked(p, c); /* to a waiter the new limits let in */
+        c = next;
+    }
+out:
+    pthread_mutex_unlock(&p->mu);
+    return rc;
+}
+
+int cpool_get_tenant_stats(cpool *p, const char *name, cpool_tenant_stats *out)
+{
+    if (p == NULL || name == NULL || out == NULL)
+        return CPOOL_EINVAL;
+    pthread_mutex_lock(&p->mu);
+    tenant *t = p->tenants ? find_tenant_locked(p, name) : NULL;
+    if (t != NULL) {
+        out->max_in_use = t->max;
+        out->min_reserved = t->min;
+        out->in_use = t->in_use;
+        out->waiting = t->waiting;
+        out->checkouts_ok = t->checkouts_ok;
+        out->limit_timeouts = t->limit_timeouts;
+    }
+    pthread_mutex_unlock(&p->mu);
+    return t != NULL ? 0 : CPOOL_EINVAL;
+}
+
+const char *cpool_tenant_name(cpool *p, size_t i)
+{
+    if (p == NULL)
+        return NULL;
+    pthread_mutex_lock(&p->mu);
+    const tenant *t = p->tenant_list;
+    if (t != NULL)
+        t = t->next; /* the unnamed tenant is not listed */
+    for (; t != NULL && i > 0; i--)
+        t = t->next;
+    pthread_mutex_unlock(&p->mu);
+    return t != NULL ? t->name : NULL;
 }
 
 void cpool_destroy(cpool *p)

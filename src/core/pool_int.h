@@ -48,6 +48,16 @@ enum {
 typedef struct service service;
 typedef struct cpool_conn cpool_conn;
 
+/* A tenant of the pool; mu. Never freed before the pool. */
+typedef struct tenant {
+    struct tenant *next;
+    char name[64];
+    uint32_t max, min;
+    uint32_t in_use;   /* connections assigned to its checkouts */
+    uint32_t waiting;
+    uint64_t checkouts_ok, limit_timeouts;
+} tenant;
+
 /* Statistics cells. A connection's cell is written only by whoever owns the
  * connection at the time (the lease holder, or the pool under mu), with
  * relaxed load+store rather than read-modify-write, so counting adds no
@@ -82,6 +92,7 @@ struct cpool_conn {
     uint64_t holder_tid;      /* kernel thread id of the holder */
     char label[64];           /* the checkout's label */
     int64_t leak_lease;       /* leased_ns of the lease last reported; mu */
+    tenant *tenant;           /* whose checkout holds it (or establishes it); mu */
     bool reclaimed;           /* taken back from its holder: closed, not
                                  abandoned, when it returns; mu */
     conn_cell cell;
@@ -122,6 +133,7 @@ typedef struct waiter {
     cpool_conn *conn;  /* handed over: in use (establish = false) or pending */
     bool establish;    /* conn is pending and this waiter establishes it */
     int fail;          /* CPOOL_ECLEARED / CPOOL_ECLOSED set by clear/close */
+    tenant *tenant;    /* the checkout's tenant, or NULL */
     bool queued;
     atomic_int done;   /* 1 once served or failed: published with release
                           before the post, read with acquire after the wait */
@@ -178,6 +190,10 @@ struct cpool {
     bool probing;           /* circuit open: the one probe is in flight */
     uint64_t breaker_opens;
     uint64_t leaks_suspected, leaks_reclaimed;
+
+    /* Tenants; mu. `tenants` is set before ready (see cpool_tenant_set). */
+    tenant *tenant_list, *tenant_tail;
+    bool tenants;
 
     /* Graceful shutdown; mu. */
     bool draining;

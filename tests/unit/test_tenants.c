@@ -1,0 +1,242 @@
+/* test_tenants.c -- per-tenant caps and guaranteed minimums in one pool,
+ * and fair service of queued checkouts across tenants. */
+#include "test.h"
+
+static cpool *tenant_pool(cpool_mem **mem, uint32_t max)
+{
+    *mem = test_mem_create();
+    cpool_options o;
+    test_options(&o, *mem, NULL);
+    o.max_pool_size = max;
+    return test_pool_create(&o);
+}
+
+static int take(cpool *p, const char *tenant, int64_t timeout_ms, cpool_conn **c,
+                cpool_error *e)
+{
+    cpool_checkout_opts o = {.struct_size = sizeof o, .timeout_ms = timeout_ms,
+                             .tenant = tenant};
+    return cpool_checkout_with(p, &o, c, e);
+}
+
+TEST(tenant_cap_enforced)
+{
+    cpool_mem *mem;
+    cpool *p = tenant_pool(&mem, 4);
+    ASSERT_OK(cpool_tenant_set(p, "a", 2, 0, NULL));
+    ASSERT_OK(cpool_tenant_set(p, "b", 0, 0, NULL));
+    test_ready(p);
+    cpool_conn *a1, *a2, *a3 = NULL, *b1;
+    cpool_error e;
+    ASSERT_OK(take(p, "a", 0, &a1, NULL));
+    ASSERT_OK(take(p, "a", 0, &a2, NULL));
+    ASSERT_RC(CPOOL_ETENANT, take(p, "a", 50, &a3, &e));
+    ASSERT_NULL(a3);
+    ASSERT_STR_CONTAINS(e.message, "tenant \"a\" holds 2 of its 2 connections");
+    ASSERT_OK(take(p, "b", 0, &b1, NULL)); /* another tenant is not held up */
+    cpool_tenant_stats s;
+    ASSERT_OK(cpool_get_tenant_stats(p, "a", &s));
+    ASSERT_EQ(2, s.in_use);
+    ASSERT_EQ(2, s.checkouts_ok);
+    ASSERT_EQ(1, s.limit_timeouts);
+    ASSERT_EQ(2, s.max_in_use);
+    test_checkin(p, a1, 0);
+    ASSERT_OK(cpool_get_tenant_stats(p, "a", &s));
+    ASSERT_EQ(1, s.in_use);
+    ASSERT_OK(take(p, "a", 0, &a3, NULL));
+    test_checkin(p, a2, 0);
+    test_checkin(p, a3, 0);
+    test_checkin(p, b1, 0);
+    cpool_destroy(p);
+    cpool_mem_destroy(mem);
+}
+
+typedef struct waiter_arg {
+    cpool *p;
+    cpool_conn *c;
+    int rc;
+    atomic_bool done;
+} waiter_arg;
+
+static void *a_waiter(void *x)
+{
+    waiter_arg *a = x;
+    a->rc = take(a->p, "a", 5000, &a->c, NULL);
+    atomic_store(&a->done, true);
+    return NULL;
+}
+
+/* A queued checkout of a tenant at its cap does not block a later one of
+ * another tenant, and is itself served when its tenant's lease returns. */
+TEST(capped_waiter_skipped_not_starved)
+{
+    cpool_mem *mem;
+    cpool *p = tenant_pool(&mem, 2);
+    ASSERT_OK(cpool_tenant_set(p, "a", 1, 0, NULL));
+    ASSERT_OK(cpool_tenant_set(p, "b", 0, 0, NULL));
+    test_ready(p);
+    cpool_conn *a1;
+    ASSERT_OK(take(p, "a", 0, &a1, NULL));
+    cpool_conn *spare;
+    ASSERT_OK(take(p, "b", 0, &spare, NULL));
+    test_checkin(p, spare, 0); /* one available connection */
+    /* a2 waits: its tenant is at its cap although a connection is free. */
+    pthread_t th;
+    waiter_arg arg = {p, NULL, -100, false};
+    TEST_THREAD_START(&th, a_waiter, &arg);
+    WAIT_UNTIL(test_counts(p).waiting == 1, 2000);
+    cpool_conn *b1;
+    ASSERT_OK(take(p, "b", 0, &b1, NULL)); /* not behind a2 */
+    ASSERT_FALSE(atomic_load(&arg.done));
+    test_checkin(p, a1, 0); /* a's lease returns: a2 gets it */
+    pthread_join(th, NULL);
+    ASSERT_OK(arg.rc);
+    test_checkin(p, arg.c, 0);
+    test_checkin(p, b1, 0);
+    cpool_destroy(p);
+    cpool_mem_destroy(mem);
+}
+
+TEST(minimum_reserved_for_tenant)
+{
+    cpool_mem *mem;
+    cpool *p = tenant_pool(&mem, 3);
+    ASSERT_OK(cpool_tenant_set(p, "bulk", 0, 0, NULL));
+    ASSERT_OK(cpool_tenant_set(p, "api", 0, 2, NULL));
+    test_ready(p);
+    cpool_conn *x, *y = NULL, *api1, *api2;
+    cpool_error e;
+    ASSERT_OK(take(p, "bulk", 0, &x, NULL));
+    ASSERT_RC(CPOOL_ETIMEDOUT, take(p, "bulk", 20, &y, &e)); /* 2 are api's */
+    ASSERT_RC(CPOOL_ETIMEDOUT, take(p, NULL, 20, &y, &e));   /* untenanted too */
+    ASSERT_OK(take(p, "api", 0, &api1, NULL));
+    ASSERT_OK(take(p, "api", 0, &api2, NULL));
+    test_checkin(p, api1, 0);
+    ASSERT_RC(CPOOL_ETIMEDOUT, take(p, "bulk", 20, &y, &e)); /* still reserved */
+    test_checkin(p, api2, 0);
+    test_checkin(p, x, 0);
+    cpool_destroy(p);
+    cpool_mem_destroy(mem);
+}
+
+typedef struct hog {
+    cpool *p;
+    const char *tenant;
+    int64_t hold_ms, run_ms, timeout_ms;
+    int ok, failed;
+    int64_t worst_wait_ms;
+    pthread_t th;
+} hog;
+
+static void *hog_main(void *arg)
+{
+    hog *h = arg;
+    int64_t end = test_now_ms() + h->run_ms;
+    while (test_now_ms() < end) {
+        cpool_conn *c = NULL;
+        int64_t t0 = test_now_ms();
+        int rc = take(h->p, h->tenant, h->timeout_ms, &c, NULL);
+        int64_t waited = test_now_ms() - t0;
+        if (waited > h->worst_wait_ms)
+            h->worst_wait_ms = waited;
+        if (rc != 0) {
+            h->failed++;
+            continue;
+        }
+        h->ok++;
+        test_sleep_ms(h->hold_ms);
+        ASSERT_OK(cpool_checkin(h->p, c, 0, NULL));
+    }
+    return NULL;
+}
+
+/* Tenant A saturates the pool with long holds from many threads; tenant
+ * B's checkouts still succeed within their deadline, with a cap on A, and
+ * with a guaranteed minimum for B. */
+static void saturate(bool cap_a)
+{
+    cpool_mem *mem;
+    cpool *p = tenant_pool(&mem, 4);
+    ASSERT_OK(cpool_tenant_set(p, "a", cap_a ? 3 : 0, 0, NULL));
+    ASSERT_OK(cpool_tenant_set(p, "b", 0, cap_a ? 0 : 1, NULL));
+    test_ready(p);
+    hog hogs[9];
+    for (int i = 0; i < 8; i++)
+        hogs[i] = (hog){p, "a", 100, 1200, 5000, 0, 0, 0, 0};
+    hogs[8] = (hog){p, "b", 5, 1000, 300, 0, 0, 0, 0};
+    for (int i = 0; i < 8; i++)
+        TEST_THREAD_START(&hogs[i].th, hog_main, &hogs[i]);
+    test_sleep_ms(50); /* A holds everything it may */
+    TEST_THREAD_START(&hogs[8].th, hog_main, &hogs[8]);
+    for (int i = 0; i < 9; i++)
+        pthread_join(hogs[i].th, NULL);
+    ASSERT_EQ(0, hogs[8].failed);
+    ASSERT_GT(hogs[8].ok, 20);
+    ASSERT_LT(hogs[8].worst_wait_ms, 300);
+    int a_ok = 0;
+    for (int i = 0; i < 8; i++)
+        a_ok += hogs[i].ok;
+    ASSERT_GT(a_ok, 20); /* A kept working too */
+    cpool_tenant_stats s;
+    ASSERT_OK(cpool_get_tenant_stats(p, "b", &s));
+    ASSERT_EQ((uint64_t)hogs[8].ok, s.checkouts_ok);
+    cpool_destroy(p);
+    cpool_mem_destroy(mem);
+}
+
+TEST(saturating_tenant_capped_does_not_starve_other)
+{
+    saturate(true);
+}
+
+TEST(saturating_tenant_does_not_take_reserved_minimum)
+{
+    saturate(false);
+}
+
+TEST(tenant_configuration_errors)
+{
+    cpool_mem *mem;
+    cpool *p = tenant_pool(&mem, 4);
+    cpool_error e;
+    ASSERT_RC(CPOOL_EINVAL, cpool_tenant_set(p, "a", 2, 3, &e));
+    ASSERT_STR_CONTAINS(e.message, "min_reserved 3 exceeds max_in_use 2");
+    ASSERT_OK(cpool_tenant_set(p, "a", 0, 3, NULL));
+    ASSERT_RC(CPOOL_EINVAL, cpool_tenant_set(p, "b", 0, 2, &e));
+    ASSERT_STR_CONTAINS(e.message, "exceed maxPoolSize 4");
+    ASSERT_RC(CPOOL_EINVAL, cpool_tenant_set(p, "", 1, 0, &e));
+    test_ready(p);
+    ASSERT_OK(cpool_tenant_set(p, "late", 1, 0, NULL)); /* added later: fine */
+    cpool_conn *c = NULL;
+    ASSERT_RC(CPOOL_EINVAL, take(p, "nobody", 0, &c, &e));
+    ASSERT_STR_CONTAINS(e.message, "unknown tenant \"nobody\"");
+    ASSERT_STR_EQ("a", cpool_tenant_name(p, 0));
+    ASSERT_STR_EQ("late", cpool_tenant_name(p, 1));
+    ASSERT_NULL(cpool_tenant_name(p, 2));
+    cpool_tenant_stats s;
+    ASSERT_RC(CPOOL_EINVAL, cpool_get_tenant_stats(p, "nobody", &s));
+    cpool_destroy(p);
+    cpool_mem_destroy(mem);
+
+    /* The first tenant must be declared while the pool is paused. */
+    p = tenant_pool(&mem, 4);
+    test_ready(p);
+    ASSERT_RC(CPOOL_ESTATE, cpool_tenant_set(p, "a", 1, 0, &e));
+    ASSERT_RC(CPOOL_EINVAL, take(p, "a", 0, &c, &e));
+    ASSERT_STR_CONTAINS(e.message, "no tenants");
+    cpool_destroy(p);
+    cpool_mem_destroy(mem);
+}
+
+int main(int argc, char **argv)
+{
+    static const test_case cases[] = {
+        TEST_ENTRY(tenant_cap_enforced),
+        TEST_ENTRY(capped_waiter_skipped_not_starved),
+        TEST_ENTRY(minimum_reserved_for_tenant),
+        TEST_ENTRY(saturating_tenant_capped_does_not_starve_other),
+        TEST_ENTRY(saturating_tenant_does_not_take_reserved_minimum),
+        TEST_ENTRY(tenant_configuration_errors),
+    };
+    return test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
+}
