@@ -95,6 +95,9 @@ static const opt_def defs[] = {
     {"startup_wait_ms", NULL, "CPOOL_STARTUP_WAIT_MS", T_MS, OFF(startup_wait_ms), 0, MSMAX,
      NULL, ">= 0 ms (0 = do not wait)",
      "cpool_open waits this long for the first (or minPoolSize) connections"},
+    {"timing_sample", NULL, "CPOOL_TIMING_SAMPLE", T_U32, OFF(timing_sample), 0, U32MAX, NULL,
+     ">= 0 (1 = every lease, 0 = none)",
+     "lock-free path: time one lease in this many for the histograms"},
 };
 #define NDEFS (sizeof defs / sizeof defs[0])
 

@@ -22,6 +22,9 @@
 #include <unistd.h>
 
 #define NO_DEADLINE INT64_MAX
+/* lease_begin()'s `start` and validate_conn()'s deadline on the lock-free
+ * path: there is no checkout clock there. */
+#define FAST_LEASE INT64_MIN
 
 /* ------------------------------------------------------------------ fork */
 
@@ -266,6 +269,12 @@ static bool is_stale_locked(const cpool *p, const cpool_conn *c)
     return c->generation != p->generation;
 }
 
+/* Leases of a connection so far (its statistics cell counts them). */
+static inline uint64_t conn_uses(const cpool_conn *c)
+{
+    return atomic_load_explicit(&c->cell.checkouts_ok, memory_order_relaxed);
+}
+
 /* Returns the close reason of a perished available connection, or -1. */
 static int perished_locked(const cpool *p, const cpool_conn *c, int64_t now)
 {
@@ -298,7 +307,7 @@ static int unfit_reason_locked(const cpool *p, const cpool_conn *c, bool broken)
         return CPOOL_CLOSE_STALE;
     if (broken || c->interrupt_requested)
         return CPOOL_CLOSE_ERROR;
-    if (p->opts.recycle_after_uses > 0 && c->uses >= p->opts.recycle_after_uses)
+    if (p->opts.recycle_after_uses > 0 && conn_uses(c) >= p->opts.recycle_after_uses)
         return CPOOL_CLOSE_USES;
     if (c->expires_ns != INT64_MAX && cpool__now(p) >= c->expires_ns)
         return CPOOL_CLOSE_LIFETIME;
@@ -356,7 +365,6 @@ static cpool_conn *conn_new_locked(cpool *p)
     c->interrupt_requested = c->interrupted = c->close_deferred = false;
     c->created_ns = cpool__now(p);
     c->expires_ns = expiry_locked(p, c->created_ns);
-    c->uses = 0;
     c->probe = p->fail_streak > 0;
     if (c->probe)
         p->probing = true;
@@ -912,14 +920,28 @@ static _Thread_local struct {
 } tl_park;
 static atomic_uint_fast64_t g_pool_serial;
 
+/* "Now" for lifetimes on the lock-free path. A clock read costs as much as
+ * the rest of a lock-free checkout, and lifetimes are minutes long, so with
+ * a maintenance thread this is the time of its last run (it also closes
+ * expired parked connections); without one, the kernel's coarse clock. */
+static inline int64_t lifetime_now(const cpool *p)
+{
+    if (p->opts.clock == NULL && p->opts.maintenance_interval_ms > 0) {
+        int64_t t = atomic_load_explicit(&p->tick_ns, memory_order_relaxed);
+        if (t != 0)
+            return t;
+    }
+    return cpool__now_coarse(p);
+}
+
 static bool fast_usable(const cpool *p, const cpool_conn *c)
 {
     if (atomic_load(&p->state) != CPOOL_STATE_READY ||
         c->generation != atomic_load(&p->generation) || fork_pending(p))
         return false;
-    if (p->opts.recycle_after_uses > 0 && c->uses >= p->opts.recycle_after_uses)
+    if (p->opts.recycle_after_uses > 0 && conn_uses(c) >= p->opts.recycle_after_uses)
         return false;
-    if (c->expires_ns != INT64_MAX && cpool__now(p) >= c->expires_ns)
+    if (c->expires_ns != INT64_MAX && lifetime_now(p) >= c->expires_ns)
         return false;
     return p->opts.max_idle_time_ms == 0 ||
            cpool__now(p) - atomic_load_explicit(&c->available_since_ns,
@@ -957,9 +979,25 @@ static bool try_park(cpool *p, cpool_conn *c)
  * writes these fields. */
 static _Thread_local uint64_t tl_tid;
 
-static void lease_begin(cpool *p, cpool_conn *c, int64_t start, bool reused,
-                        const char *label)
+
+static inline void lease_begin(cpool *p, cpool_conn *c, int64_t start, bool reused,
+                               const char *label)
 {
+    if (start == FAST_LEASE) {
+        /* Lock-free: it never waited. Time the hold of one lease in
+         * timing_sample only (leased_ns 0: not timed). */
+        bool timed = false;
+        if (p->opts.timing_sample != 0 && c->sample_left-- == 0) {
+            c->sample_left = p->opts.timing_sample - 1;
+            timed = true;
+        }
+        atomic_store_explicit(&c->leased_ns, timed ? cpool__now(p) : 0,
+                              memory_order_relaxed);
+        cpool__bump(&c->cell.checkouts_ok); /* its use count */
+        if (timed)
+            cpool__hist_add(&c->cell.wait, 0);
+        return;
+    }
     int64_t now = cpool__now(p);
     if (p->opts.leak_threshold_ms > 0) {
         /* Under mu (leak detection makes the pool take the locked paths):
@@ -970,20 +1008,27 @@ static void lease_begin(cpool *p, cpool_conn *c, int64_t start, bool reused,
         snprintf(c->label, sizeof c->label, "%s", label != NULL ? label : "");
     }
     atomic_store_explicit(&c->leased_ns, now, memory_order_relaxed);
-    c->uses++;
     cpool__bump(&c->cell.checkouts_ok);
-    if (reused)
-        cpool__bump(&c->cell.reused);
+    if (!reused)
+        cpool__bump(&c->cell.fresh);
     cpool__hist_add(&c->cell.wait, start >= 0 ? now - start : 0);
 }
 
 /* The validation policy, outside mu, on a connection that was available:
  * 0 = hand it out; otherwise ce says why it must be closed. `deadline` is on
  * the pool clock (NO_DEADLINE = none). */
-static int validate_conn(cpool *p, cpool_conn *c, int64_t deadline, cpool_error *ce)
+static int64_t fast_deadline(const cpool *p, int64_t timeout_ms);
+
+/* `deadline` is on the pool clock; FAST_LEASE means "the lock-free path's:
+ * compute it from timeout_ms only if a ping needs one". */
+static inline int validate_conn(cpool *p, cpool_conn *c, int64_t deadline,
+                                int64_t timeout_ms, cpool_error *ce)
 {
     cpool_validation v = p->opts.validation;
-    memset(ce, 0, sizeof *ce);
+    /* Only the code: zeroing all of *ce costs more than the rest of a
+     * lock-free checkout; a failing check or ping fills the rest. */
+    ce->code = 0;
+    ce->message[0] = '\0';
     if (v == CPOOL_VALIDATE_NONE)
         return 0;
     cpool__bump(&c->cell.validations);
@@ -998,6 +1043,8 @@ static int validate_conn(cpool *p, cpool_conn *c, int64_t deadline, cpool_error 
                ms_to_ns(p->opts.validation_idle_ms);
     if (!ping || p->cx->ping == NULL)
         return 0;
+    if (deadline == FAST_LEASE)
+        deadline = fast_deadline(p, timeout_ms);
     if (p->cx->ping(p->cx_ctx, c->native, real_deadline(p, deadline), ce) == 0)
         return 0;
     cpool__bump(&c->cell.validation_failures);
@@ -1038,7 +1085,7 @@ static cpool_conn *take_parked_fast(cpool *p, int64_t timeout_ms)
     cpool_error ce;
     ce.code = 0;
     bool usable = fast_usable(p, c);
-    bool dead = usable && validate_conn(p, c, fast_deadline(p, timeout_ms), &ce) != 0;
+    bool dead = usable && validate_conn(p, c, FAST_LEASE, timeout_ms, &ce) != 0;
     if (usable && !dead)
         return c;
     /* Ours now, but perished, dead or the pool changed: close it properly. */
@@ -1233,7 +1280,7 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
     if (p->can_park) {
         cpool_conn *fast = take_parked_fast(p, timeout_ms);
         if (fast != NULL) {
-            lease_begin(p, fast, -1, true, NULL);
+            lease_begin(p, fast, FAST_LEASE, true, NULL);
             *out = fast;
             return 0;
         }
@@ -1440,7 +1487,7 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
              * deadline as the rest of the checkout. */
             int64_t deadline = conn_deadline(&t);
             pthread_mutex_unlock(&p->mu);
-            int bad = validate_conn(p, c, deadline, &ce);
+            int bad = validate_conn(p, c, deadline, -1, &ce);
             pthread_mutex_lock(&p->mu);
             if (bad != 0) {
                 close_conn_locked(p, c, CPOOL_CLOSE_ERROR, &ce);
@@ -1542,9 +1589,9 @@ int cpool_checkin(cpool *p, cpool_conn *c, unsigned flags, cpool_error *err)
                           p->address, (unsigned long long)c->id);
     }
     /* Still ours until it is made available or parked below. */
-    cpool__hist_add(&c->cell.hold,
-                    cpool__now(p) - atomic_load_explicit(&c->leased_ns, memory_order_relaxed));
-    cpool__bump(&c->cell.checkins);
+    int64_t since = atomic_load_explicit(&c->leased_ns, memory_order_relaxed);
+    if (since != 0) /* 0: an untimed lock-free lease */
+        cpool__hist_add(&c->cell.hold, cpool__now(p) - since);
 
     bool broken = (flags & CPOOL_CHECKIN_BROKEN) != 0;
     if (p->observed) {
@@ -1663,6 +1710,7 @@ static void scan_leaks_locked(cpool *p)
  * maxConnecting slot is free. It never waits for a slot. May release mu. */
 static void maintain_locked(cpool *p)
 {
+    atomic_store_explicit(&p->tick_ns, cpool__now(p), memory_order_relaxed);
     for (;;) {
         int64_t now = cpool__now(p);
         cpool_conn *c = p->available.tail;
@@ -1827,6 +1875,7 @@ void cpool_options_init(cpool_options *o, size_t size)
     d.backoff_max_ms = 10000;
     d.backoff_jitter = 0.2;
     d.breaker_threshold = 5;
+    d.timing_sample = 16;
     memset(o, 0, size);
     memcpy(o, &d, size < sizeof d ? size : sizeof d);
 }

@@ -70,44 +70,51 @@ typedef struct hist_cell {
 } hist_cell;
 
 typedef struct conn_cell {
-    _Atomic uint64_t checkouts_ok, reused, checkins, validations, validation_failures;
+    _Atomic uint64_t checkouts_ok; /* leases (a live connection's use count) */
+    _Atomic uint64_t fresh;        /* ... of which on a connection established
+                                      for that checkout (0 or 1 per connection) */
+    _Atomic uint64_t validations, validation_failures;
     hist_cell wait, hold;
 } conn_cell;
 
 struct cpool_conn {
+    /* Fields the lock-free path touches come first, so that a checkout and
+     * check-in stay within the first cache lines. */
     uint32_t magic;           /* CONN_MAGIC; immutable */
+    atomic_uint leased;       /* LEASE_HELD while a caller holds the lease. Set under
+                                 mu at checkout; checkin clears it with a
+                                 compare-exchange before taking mu, so a
+                                 double check-in is refused without the lock */
     cpool *pool;              /* owner; immutable */
+    void *native;             /* connector handle; owned by the lease holder
+                                 while in use, by the pool otherwise */
+    uint64_t generation;      /* mu */
+    int64_t expires_ns;       /* created + jittered max lifetime; INT64_MAX = never */
+    uint32_t sample_left;     /* lock-free leases until the next timed one */
+    bool interrupt_requested; /* clear(interrupt) reached it; mu */
+    bool interrupted;         /* interrupt() was called; mu */
+    bool close_deferred;      /* closed while pinned: last unpin frees; mu */
+    bool probe;               /* the circuit breaker's probe; mu */
+    _Atomic int64_t leased_ns; /* pool clock at checkout (0: untimed lock-free
+                                 lease); written by the holder, read by the
+                                 leak scan */
+    _Atomic int64_t available_since_ns; /* pool clock; written by whoever
+                                 makes it available, read with relaxed loads */
+    conn_cell cell;           /* counters first: next to the hot fields */
+
     cpool_conn *prev, *next;  /* links of the list of its state; mu */
     conn_state state;         /* mu */
     uint64_t id;              /* mu (set at creation) */
-    uint64_t generation;      /* mu */
     service *svc;             /* load-balanced mode; mu */
-    void *native;             /* connector handle; owned by the lease holder
-                                 while in use, by the pool otherwise */
     int64_t created_ns;       /* pool clock */
-    int64_t expires_ns;       /* created + jittered max lifetime; INT64_MAX = never */
-    uint64_t uses;            /* leases so far; written by the lease holder */
-    _Atomic int64_t leased_ns; /* pool clock at checkout; written by the holder,
-                                 read by the leak scan */
+    int cancel_fd;            /* pending: eventfd the connector polls; mu */
+    int pins;                 /* interrupt() calls in flight; mu */
     uint64_t holder_tid;      /* kernel thread id of the holder */
     char label[64];           /* the checkout's label */
     int64_t leak_lease;       /* leased_ns of the lease last reported; mu */
     tenant *tenant;           /* whose checkout holds it (or establishes it); mu */
     bool reclaimed;           /* taken back from its holder: closed, not
                                  abandoned, when it returns; mu */
-    conn_cell cell;
-    _Atomic int64_t available_since_ns; /* pool clock; written by whoever
-                                 makes it available, read with relaxed loads */
-    int cancel_fd;            /* pending: eventfd the connector polls; mu */
-    int pins;                 /* interrupt() calls in flight; mu */
-    bool interrupt_requested; /* clear(interrupt) reached it; mu */
-    bool interrupted;         /* interrupt() was called; mu */
-    bool close_deferred;      /* closed while pinned: last unpin frees; mu */
-    bool probe;               /* the circuit breaker's probe; mu */
-    atomic_uint leased;       /* LEASE_HELD while a caller holds the lease. Set under
-                                 mu at checkout; checkin clears it with a
-                                 compare-exchange before taking mu, so a
-                                 double check-in is refused without the lock */
 };
 
 typedef struct conn_list {
@@ -204,6 +211,8 @@ struct cpool {
     pthread_cond_t maint_cv;
     bool maint_running;
     bool maint_kick; /* run again at once */
+    _Atomic int64_t tick_ns; /* pool clock at the last maintenance run: the
+                                lock-free path's clock for lifetimes */
 };
 
 /* error.c */
@@ -230,6 +239,7 @@ static inline void cpool__bump(_Atomic uint64_t *x)
 
 /* events.c */
 int64_t cpool__now(const cpool *p);
+int64_t cpool__now_coarse(const cpool *p);
 /* Emits ev, releasing mu: takes ev_mu first so delivery order follows the
  * order of state changes. Called with mu held; returns with mu released. */
 void cpool__emit_unlock(cpool *p, const cpool_event *ev);

@@ -70,8 +70,7 @@ static void hist_fold(hist_cell *into, hist_cell *from)
 void cpool__cell_fold(conn_cell *into, conn_cell *from)
 {
     relaxed_add(&into->checkouts_ok, take(&from->checkouts_ok));
-    relaxed_add(&into->reused, take(&from->reused));
-    relaxed_add(&into->checkins, take(&from->checkins));
+    relaxed_add(&into->fresh, take(&from->fresh));
     relaxed_add(&into->validations, take(&from->validations));
     relaxed_add(&into->validation_failures, take(&from->validation_failures));
     hist_fold(&into->wait, &from->wait);
@@ -96,8 +95,7 @@ static void hist_sum(cpool_histogram *out, const hist_cell *h)
 static void cell_sum(cpool_stats *s, const conn_cell *c)
 {
     s->checkouts_ok += ld(&c->checkouts_ok);
-    s->checkouts_reused += ld(&c->reused);
-    s->checkins += ld(&c->checkins);
+    s->checkouts_reused += ld(&c->checkouts_ok) - ld(&c->fresh);
     s->validations += ld(&c->validations);
     s->validation_failures += ld(&c->validation_failures);
     hist_sum(&s->wait, &c->wait);
@@ -130,6 +128,13 @@ int cpool_get_stats(cpool *p, cpool_stats *out)
     list_sum(&s, &p->pending);
     list_sum(&s, &p->available);
     list_sum(&s, &p->in_use);
+    list_sum(&s, &p->orphans);
+    /* Check-ins are not counted on the hot path: every lease but those
+     * still out has come back. */
+    uint64_t out_now = p->orphans.n;
+    for (const cpool_conn *c = p->in_use.head; c != NULL; c = c->next)
+        out_now += atomic_load_explicit(&c->leased, memory_order_relaxed) == 1; /* HELD */
+    s.checkins = s.checkouts_ok - out_now;
     hist_sum(&s.connect, &p->connect_hist);
     s.connect_fail_streak = p->fail_streak;
     s.breaker_open = p->opts.breaker_threshold > 0 && p->fail_streak >= p->opts.breaker_threshold;

@@ -253,6 +253,7 @@ TEST(stats_fast_path_counted)
     cpool_mem *mem = test_mem_create();
     cpool_options o;
     test_options(&o, mem, NULL);
+    o.timing_sample = 1; /* time every lease */
     cpool *p = test_pool_create(&o);
     test_ready(p);
     for (int i = 0; i < 1000; i++) {
@@ -267,6 +268,21 @@ TEST(stats_fast_path_counted)
     ASSERT_EQ(1000, s.hold.count);
     ASSERT_EQ(2, s.connections_created);
     ASSERT_EQ(1, s.closed[CPOOL_CLOSE_ERROR]);
+    cpool_destroy(p);
+
+    /* By default one lock-free lease in 16 is timed; counts stay exact. */
+    o.timing_sample = 16;
+    p = test_pool_create(&o);
+    test_ready(p);
+    for (int i = 0; i < 1600; i++) {
+        cpool_conn *c = test_checkout(p);
+        test_checkin(p, c, 0);
+    }
+    ASSERT_OK(cpool_get_stats(p, &s));
+    ASSERT_EQ(1600, s.checkouts_ok);
+    ASSERT_EQ(1600, s.checkins);
+    ASSERT_GE(s.hold.count, 99);
+    ASSERT_LE(s.hold.count, 102);
     cpool_destroy(p);
     cpool_mem_destroy(mem);
 }
