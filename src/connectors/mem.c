@@ -561,6 +561,27 @@ static int mem_describe(void *ctx, void *native, char *buf, size_t size)
     return w < 0 || (size_t)w >= size ? CPOOL_EINVAL : 0;
 }
 
+/* Any command succeeds on a live connection, so tools can drive the
+ * in-memory server like a database; "SLEEP <ms>" takes that long. */
+static int mem_execute(void *ctx, void *native, const char *command, cpool_error *err)
+{
+    (void)ctx;
+    mem_conn *c = native;
+    if (c == NULL || command == NULL)
+        return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_QUERY, CPOOL_FAIL_OTHER, 0,
+                               "execute: no connection or command");
+    int rc = conn_alive(c, "execute", err);
+    if (rc != 0)
+        return rc;
+    long ms = 0;
+    if (sscanf(command, "SLEEP %ld", &ms) == 1 && ms > 0) {
+        struct timespec ts = {ms / 1000, (ms % 1000) * 1000000};
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+        }
+    }
+    return 0;
+}
+
 static const char *const mem_schemes[] = {MEM_SCHEME, NULL};
 
 static const cpool_connector mem_connector = {
@@ -578,6 +599,7 @@ static const cpool_connector mem_connector = {
     .ctx_free = mem_ctx_free,
     .describe = mem_describe,
     .schemes = mem_schemes,
+    .execute = mem_execute,
 };
 
 const cpool_connector *cpool_mem_connector(void)
