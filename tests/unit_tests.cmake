@@ -151,7 +151,11 @@ cpool_unit_suite(resilience LABEL unit TIMEOUT 30 CASES
   wait_connected_fills_min_pool_size
   wait_connected_retries_then_fails_with_last_error
   wait_connected_succeeds_when_backend_comes_up
-  open_waits_for_startup_connections)
+  open_waits_for_startup_connections
+  caller_deadline_does_not_trip_breaker
+  shutdown_cancels_establishment_with_eshutdown
+  wait_connected_reports_current_failure
+  code_values_checked_without_overflow)
 
 cpool_unit_suite(tenants LABEL unit TIMEOUT 60 CASES
   tenant_cap_enforced
@@ -178,7 +182,8 @@ cpool_unit_suite(log LABEL unit TIMEOUT 30 CASES
 set(fork_cases child_discards_inherited_connections
                child_checkin_of_inherited_lease_abandons)
 if(NOT CPOOL_SANITIZE STREQUAL "thread")
-  list(APPEND fork_cases child_of_pool_with_maintenance_thread fork_while_pool_busy)
+  list(APPEND fork_cases child_of_pool_with_maintenance_thread fork_while_pool_busy
+       child_maintenance_thread_sleeps)
 endif()
 cpool_unit_suite(fork LABEL unit TIMEOUT 40 CASES ${fork_cases})
 

@@ -213,7 +213,8 @@ typedef void (*cpool_event_fn)(const cpool_event *ev, void *ctx);
 
 /* "ConnectionCheckedOut" etc. (the CMAP test-format names); never NULL. */
 CPOOL_API const char *cpool_event_name(cpool_event_type type);
-/* "stale", "idle", "error", "poolClosed". */
+/* "stale", "idle", "error", "poolClosed", and the pool's own "lifetime",
+ * "uses", "reclaimed". */
 CPOOL_API const char *cpool_close_reason_name(int reason);
 /* "poolClosed", "timeout", "connectionError". */
 CPOOL_API const char *cpool_checkout_failure_name(int reason);
@@ -465,7 +466,7 @@ typedef struct cpool_shutdown_report {
  * as it does). Then it interrupts those still held and closes the pool.
  * Returns within grace_ms plus the time to close connections and interrupt
  * (a cancel request each). report may be NULL. CPOOL_ECLOSED when the pool
- * was already closed. */
+ * is closed or a shutdown is already under way. */
 CPOOL_API int cpool_shutdown(cpool *pool, int64_t grace_ms, cpool_shutdown_report *report,
                              cpool_error *err);
 
@@ -548,9 +549,11 @@ CPOOL_API const char *cpool_tenant_name(cpool *pool, size_t i);
 
 /* Leases a connection. timeout_ms < 0: the pool's own limits apply
  * (waitQueueTimeoutMS for the wait, connect_timeout_ms for establishing);
- * timeout_ms >= 0: one deadline covers waiting and establishing (0 = do not
- * wait). Returns 0, CPOOL_ETIMEDOUT, CPOOL_ECLEARED (paused), CPOOL_ECLOSED,
- * CPOOL_ECONNECT (with labels), CPOOL_ENOMEM. */
+ * timeout_ms >= 0: one deadline covers waiting, establishing and
+ * validating (0 = do not wait). Returns 0, CPOOL_ETIMEDOUT, CPOOL_ECLEARED
+ * (paused), CPOOL_ECLOSED, CPOOL_ESHUTDOWN, CPOOL_ECONNECT (with labels),
+ * CPOOL_EUNAVAILABLE (circuit open), CPOOL_ETENANT (cpool_checkout_with),
+ * CPOOL_ENOMEM, CPOOL_ESYS, CPOOL_EINVAL (bad arguments). */
 CPOOL_API CPOOL_NODISCARD int cpool_checkout(cpool *pool, int64_t timeout_ms,
                                              cpool_conn **out, cpool_error *err);
 

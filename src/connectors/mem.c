@@ -336,6 +336,9 @@ static int mem_connect(void *ctx, cpool_connect_args *args, void **native,
         }
         if (fp.fail) {
             count_failure(mem);
+            char shown[256]; /* messages never carry a password */
+            cpool_redact(target, shown, sizeof shown);
+            target = shown;
             if (fp.fail_kind == CPOOL_FAIL_SERVER)
                 return cpool_error_set(err, CPOOL_ECONNECT, fp.fail_phase,
                                        fp.fail_kind, fp.fail_native,

@@ -35,7 +35,7 @@ typedef struct opt_def {
 
 #define OFF(f) offsetof(cpool_options, f)
 #define U32MAX 4294967295.0
-#define MSMAX 9.2e15 /* keeps ms * 1e6 inside int64 */
+#define MSMAX 9.2e15 /* ms; conversions to ns saturate (ms_to_ns) */
 
 static const opt_def defs[] = {
     {"max_pool_size", "maxPoolSize", "CPOOL_MAX_POOL_SIZE", T_U32, OFF(max_pool_size),
@@ -57,7 +57,8 @@ static const opt_def defs[] = {
      OFF(connect_timeout_ms), 0, MSMAX, NULL, ">= 0 ms (0 = no limit)",
      "bound on one establishment (connect, TLS, handshake, auth)"},
     {"maintenance_interval_ms", NULL, "CPOOL_MAINTENANCE_INTERVAL_MS", T_MS,
-     OFF(maintenance_interval_ms), -1, MSMAX, NULL, "> 0 ms, or -1 = no background thread",
+     OFF(maintenance_interval_ms), -MSMAX, MSMAX, NULL,
+     "> 0 ms, or < 0 = no background thread",
      "pause between background maintenance runs"},
     {"load_balanced", "loadBalanced", "CPOOL_LOAD_BALANCED", T_BOOL, OFF(load_balanced),
      0, 1, NULL, "true|false", "one generation per service behind a load balancer"},
@@ -242,17 +243,19 @@ static int parse_value(const opt_def *d, const char *origin, const char *text,
 /* Range checks of a value set in code (the struct may hold anything). */
 static int check_code_value(const opt_def *d, double v, cpool_error *err)
 {
-    bool ok = d->type == T_ENUM ? v >= 0 && v < 16 && d->names[(int)v] != NULL
-                                : v >= d->min && v <= d->max;
-    if (d->type == T_ENUM && ok) {
-        for (int i = 0; i <= (int)v; i++)
-            if (d->names[i] == NULL)
-                ok = false;
+    bool ok;
+    if (d->type == T_ENUM) {
+        int n = 0;
+        while (d->names[n] != NULL)
+            n++;
+        ok = v >= 0 && v < n;
+    } else {
+        ok = v >= d->min && v <= d->max;
     }
     if (ok)
         return 0;
-    return cpool__err(err, CPOOL_EINVAL, "option %s = %.0f (from code): allowed %s",
-                      d->name, v, d->allowed);
+    return cpool__err(err, CPOOL_EINVAL, "option %s = %g (from code): allowed %s", d->name,
+                      v, d->allowed);
 }
 
 const char *cpool_option_source_name(cpool_option_source s)
@@ -465,6 +468,8 @@ int cpool_options_explain(const cpool_options *opts, cpool_option_info *info, si
     code.struct_size = sizeof code;
     resolved r;
     int rc = resolve(&code, &r, err);
+    if (rc == 0)
+        rc = cpool__options_check(&r.eff, err); /* what cpool_create would refuse */
     if (rc != 0) {
         free_resolved(&r);
         return rc;

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
@@ -794,7 +795,7 @@ static void note_connect_success_locked(cpool *p)
  * ESTABLISH_RETRY: established, but a clear made it stale meanwhile; it was
  * closed. Called with mu held; releases it during the connect. */
 static int establish_locked(cpool *p, cpool_conn *c, int64_t deadline,
-                            bool for_checkout, cpool_error *e)
+                            bool for_checkout, bool caller_bound, cpool_error *e)
 {
     cpool_connect_args a;
     memset(&a, 0, sizeof a);
@@ -852,7 +853,11 @@ static int establish_locked(cpool *p, cpool_conn *c, int64_t deadline,
             clear_locked(p, 0, &ce);
         }
         p->st_connect_failures++;
-        if (ce.kind != CPOOL_FAIL_INTERRUPTED && ce.code != CPOOL_ENOMEM)
+        /* A caller's own short deadline ending the attempt says nothing
+         * about the backend (a checkout with timeout 0 would otherwise
+         * trip the breaker against a healthy server). */
+        if (ce.kind != CPOOL_FAIL_INTERRUPTED && ce.code != CPOOL_ENOMEM &&
+            !(caller_bound && ce.kind == CPOOL_FAIL_TIMEOUT))
             note_connect_failure_locked(p, &ce);
         close_conn_locked(p, c, CPOOL_CLOSE_ERROR, &ce);
         if (e != NULL)
@@ -1132,6 +1137,7 @@ typedef struct checkout_clock {
     int64_t start;         /* -1 until read */
     int64_t wait_deadline; /* for the wait queue */
     int64_t conn_deadline; /* for an establishment */
+    bool caller_bound;     /* conn_deadline() returned the caller's deadline */
 } checkout_clock;
 
 static void clock_start(checkout_clock *t)
@@ -1157,10 +1163,12 @@ static void clock_start(checkout_clock *t)
 static int64_t conn_deadline(checkout_clock *t)
 {
     clock_start(t);
+    t->caller_bound = true;
     if (t->p->opts.connect_timeout_ms == 0)
         return t->conn_deadline;
     int64_t own = deadline_after(cpool__now(t->p), t->p->opts.connect_timeout_ms);
-    return own < t->conn_deadline ? own : t->conn_deadline;
+    t->caller_bound = t->conn_deadline <= own;
+    return t->caller_bound ? t->conn_deadline : own;
 }
 
 /* When a queued checkout should look again: the end of the current backoff
@@ -1468,7 +1476,8 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
                 break; /* handed over at check-in: no liveness check needed */
         }
         if (establish) {
-            rc = establish_locked(p, c, conn_deadline(&t), true, &ce);
+            int64_t deadline = conn_deadline(&t);
+            rc = establish_locked(p, c, deadline, true, t.caller_bound, &ce);
             if (rc == ESTABLISH_RETRY)
                 continue;
             fresh = rc == 0;
@@ -1476,8 +1485,10 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
                 /* An attempt the pool abandoned fails as the pool's state
                  * says (cleared: retryable; closed); others carry the
                  * connector's error and labels. */
-                if (ce.kind == CPOOL_FAIL_INTERRUPTED)
-                    rc = p->state == CPOOL_STATE_CLOSED ? CPOOL_ECLOSED : CPOOL_ECLEARED;
+                if (ce.kind == CPOOL_FAIL_INTERRUPTED) /* by whom? */
+                    rc = p->draining                    ? CPOOL_ESHUTDOWN
+                         : p->state == CPOOL_STATE_CLOSED ? CPOOL_ECLOSED
+                                                          : CPOOL_ECLEARED;
                 else
                     cause = &ce;
                 goto fail;
@@ -1681,12 +1692,15 @@ static void scan_leaks_locked(cpool *p)
             if (since == 0 || atomic_load(&c->leased) != LEASE_HELD)
                 continue;
             int64_t held = now - since;
-            if (reclaim > 0 && held >= reclaim) {
-                again = reclaim_locked(p, c, held);
-                if (again)
+            if (c->leak_lease == since) {
+                /* Reported already; reclaim when it is time. */
+                if (reclaim > 0 && held >= reclaim && reclaim_locked(p, c, held)) {
+                    again = true;
                     break;
+                }
+                continue;
             }
-            if (held < threshold || c->leak_lease == since)
+            if (held < threshold)
                 continue;
             c->leak_lease = since;
             p->leaks_suspected++;
@@ -1743,7 +1757,7 @@ static void maintain_locked(cpool *p)
         int64_t deadline = p->opts.connect_timeout_ms > 0
                                ? deadline_after(cpool__now(p), p->opts.connect_timeout_ms)
                                : NO_DEADLINE;
-        int rc = establish_locked(p, c, deadline, false, &ce);
+        int rc = establish_locked(p, c, deadline, false, false, &ce);
         if (rc != 0 && rc != ESTABLISH_RETRY)
             break; /* try again at the next run */
     }
@@ -1809,6 +1823,16 @@ int cpool_maintain(cpool *p, cpool_error *err)
  * in-flight establishments (their threads do not exist here), bump the
  * generation and restart the background thread. The pool keeps its state so
  * the child can go on using it. */
+/* Every timed wait of the pool uses CLOCK_MONOTONIC deadlines. */
+static void init_monotonic_cond(pthread_cond_t *cv)
+{
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(cv, &attr);
+    pthread_condattr_destroy(&attr);
+}
+
 static void after_fork_locked(cpool *p)
 {
     atomic_store_explicit(&p->fork_epoch,
@@ -1816,8 +1840,8 @@ static void after_fork_locked(cpool *p)
                           memory_order_relaxed);
     /* The parent's maintenance thread may have been waiting on this; it does
      * not exist here, so start from a fresh condition variable. */
-    pthread_cond_init(&p->maint_cv, NULL);
-    pthread_cond_init(&p->drain_cv, NULL);
+    init_monotonic_cond(&p->maint_cv);
+    init_monotonic_cond(&p->drain_cv);
     p->maint_running = false;
     p->wq_head = p->wq_tail = NULL;
     atomic_store(&p->nwaiting, 0);
@@ -1903,6 +1927,12 @@ static int validate(const cpool_options *o, cpool_error *err)
         return cpool__err(err, CPOOL_EINVAL,
                           "option connector: abi_version %d without connect/close",
                           o->connector->abi_version);
+    return cpool__options_check(o, err);
+}
+
+/* The checks that need no connector: ranges and options that must agree. */
+int cpool__options_check(const cpool_options *o, cpool_error *err)
+{
     if (o->max_connecting == 0)
         return cpool__err(err, CPOOL_EINVAL,
                           "option maxConnecting = 0: must be greater than 0");
@@ -2031,7 +2061,7 @@ static int env_log_sink(cpool *p, cpool_options *o)
     static const char *const names[] = {"error", "warn", "info", "debug"};
     int lv = -1;
     for (int i = 0; i < 4; i++)
-        if (strcmp(level, names[i]) == 0)
+        if (strcasecmp(level, names[i]) == 0)
             lv = i;
     if (lv < 0)
         return -1;
@@ -2089,12 +2119,8 @@ int cpool_create(const cpool_options *opts, cpool **out, cpool_error *err)
     pthread_mutex_init(&p->mu, &mattr);
     pthread_mutexattr_destroy(&mattr);
     pthread_mutex_init(&p->ev_mu, NULL);
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&p->maint_cv, &attr);
-    pthread_cond_init(&p->drain_cv, &attr);
-    pthread_condattr_destroy(&attr);
+    init_monotonic_cond(&p->maint_cv);
+    init_monotonic_cond(&p->drain_cv);
 
     p->cx = o.connector;
     p->cx_ctx = o.connector_ctx;
@@ -2393,10 +2419,11 @@ int cpool_wait_connected(cpool *p, uint32_t n, int64_t timeout_ms, cpool_error *
         return 0;
     }
     pthread_mutex_lock(&p->mu);
-    bool have_last = p->last_fail.code != 0;
+    bool have_last = p->fail_streak > 0; /* failing now, not long ago */
     cpool_error last = p->last_fail;
     pthread_mutex_unlock(&p->mu);
-    if (have_last) {
+    if (have_last && (rc == CPOOL_ECONNECT || rc == CPOOL_EUNAVAILABLE ||
+                      rc == CPOOL_ETIMEDOUT)) {
         /* The last establishment error says why, with its labels. */
         if (err != NULL) {
             *err = last;

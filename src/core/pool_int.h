@@ -237,6 +237,10 @@ static inline void cpool__bump(_Atomic uint64_t *x)
                           memory_order_relaxed);
 }
 
+/* pool.c: range and consistency checks of resolved options (not the
+ * connector). */
+int cpool__options_check(const cpool_options *o, cpool_error *err);
+
 /* events.c */
 int64_t cpool__now(const cpool *p);
 int64_t cpool__now_coarse(const cpool *p);

@@ -202,6 +202,41 @@ TEST(child_of_pool_with_maintenance_thread)
     parent_checks(&f, &p);
     test_fixture_free(&f);
 }
+
+/* The child's maintenance thread waits on condition variables re-created
+ * after fork(); they must keep CLOCK_MONOTONIC, or every timed wait returns
+ * at once and the thread spins. */
+TEST(child_maintenance_thread_sleeps)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.maintenance_interval_ms = 1000;
+    test_fixture_start(&f);
+    cpool_conn *c = test_checkout(f.pool);
+    test_checkin(f.pool, c, 0);
+    pid_t pid = fork_or_fail();
+    if (pid == 0) {
+        alarm(20);
+        c = test_checkout(f.pool); /* notices the fork, restarts the thread */
+        test_checkin(f.pool, c, 0);
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t0);
+        test_sleep_ms(300);
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t1);
+        int64_t cpu_ms = ((int64_t)(t1.tv_sec - t0.tv_sec) * 1000000000 +
+                          (t1.tv_nsec - t0.tv_nsec)) / 1000000;
+        if (cpu_ms > 100)
+            FAIL("child used %lld ms of CPU in a 300 ms sleep: a thread spins",
+                 (long long)cpu_ms);
+        cpool_destroy(f.pool);
+        _exit(0);
+    }
+    int status = 0;
+    ASSERT_EQ(pid, waitpid(pid, &status, 0));
+    ASSERT_TRUE(WIFEXITED(status));
+    ASSERT_EQ(0, WEXITSTATUS(status));
+    test_fixture_free(&f);
+}
 #endif
 
 
@@ -347,6 +382,7 @@ static const test_case cases[] = {
     TEST_ENTRY(child_discards_inherited_connections),
 #ifndef TEST_TSAN
     TEST_ENTRY(child_of_pool_with_maintenance_thread),
+    TEST_ENTRY(child_maintenance_thread_sleeps),
 #endif
     TEST_ENTRY(child_checkin_of_inherited_lease_abandons),
 #ifndef TEST_TSAN

@@ -524,6 +524,8 @@ TEST(leak_reclaimed_never_returned_closed_at_destroy)
     test_clock_advance_ms(&f.clk, f.pool, 10);
     ASSERT_OK(cpool_maintain(f.pool, NULL));
     ASSERT_EQ(0, test_counts(f.pool).total);
+    /* Reported before it was taken back, even in one run. */
+    ASSERT_EQ(1, test_rec_count(&f.rec, CPOOL_EV_CONN_LEAK_SUSPECTED));
     cpool_destroy(f.pool);
     f.pool = NULL;
     ASSERT_EQ(0, test_mem_stats(f.mem).open);
@@ -634,6 +636,99 @@ TEST(open_waits_for_startup_connections)
     ASSERT_NULL(p);
 }
 
+/* ------------------------------------------------------------ regressions */
+
+/* A caller's own deadline ending establishments says nothing about the
+ * backend: it must not open the circuit. */
+TEST(caller_deadline_does_not_trip_breaker)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.backoff_base_ms = 100;
+    f.opts.breaker_threshold = 2;
+    test_fixture_start(&f);
+    cpool_mem_failpoint fp;
+    memset(&fp, 0, sizeof fp);
+    fp.times = -1;
+    fp.block_ms = 30; /* a slow but healthy handshake */
+    cpool_mem_set_failpoint(f.mem, &fp);
+    for (int i = 0; i < 5; i++) {
+        cpool_conn *c = NULL;
+        int rc = cpool_checkout(f.pool, 0, &c, NULL);
+        ASSERT_TRUE(rc != 0);
+    }
+    cpool_stats s = {.struct_size = sizeof s};
+    ASSERT_OK(cpool_get_stats(f.pool, &s));
+    ASSERT_EQ(0, s.connect_fail_streak);
+    ASSERT_FALSE(s.breaker_open);
+    cpool_conn *c = NULL;
+    cpool_error e;
+    ASSERT_OK_E(cpool_checkout(f.pool, 2000, &c, &e), &e);
+    test_checkin(f.pool, c, 0);
+    test_fixture_free(&f);
+}
+
+/* An establishment cancelled by cpool_shutdown() says "shutting down". */
+TEST(shutdown_cancels_establishment_with_eshutdown)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    test_fixture_start(&f);
+    cpool_mem_failpoint fp;
+    memset(&fp, 0, sizeof fp);
+    fp.times = 1;
+    fp.block_until_interrupted = true;
+    cpool_mem_set_failpoint(f.mem, &fp);
+    test_job j;
+    test_job_start(&j, f.pool, 10000);
+    WAIT_UNTIL(test_counts(f.pool).pending == 1, 2000);
+    ASSERT_OK(cpool_shutdown(f.pool, 1000, NULL, NULL));
+    test_job_join(&j, 2000);
+    ASSERT_RC(CPOOL_ESHUTDOWN, j.rc);
+    test_fixture_free(&f);
+}
+
+/* After the backend recovered, a later failure of another kind is
+ * reported as itself, not as the old establishment error. */
+TEST(wait_connected_reports_current_failure)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.max_pool_size = 1;
+    test_fixture_start(&f);
+    test_fail_next_handshake(f.mem, CPOOL_PHASE_CONNECT, CPOOL_FAIL_NETWORK);
+    cpool_conn *c = NULL;
+    ASSERT_RC(CPOOL_ECONNECT, cpool_checkout(f.pool, 1000, &c, NULL));
+    c = test_checkout(f.pool); /* recovered; holds the only slot */
+    cpool_error e;
+    ASSERT_RC(CPOOL_ETIMEDOUT, cpool_wait_connected(f.pool, 1, 50, &e));
+    ASSERT_EQ(CPOOL_ETIMEDOUT, e.code);
+    test_checkin(f.pool, c, 0);
+    test_fixture_free(&f);
+}
+
+TEST(code_values_checked_without_overflow)
+{
+    cpool_options o;
+    cpool_options_init(&o, sizeof o);
+    cpool_error e;
+    o.validation = (cpool_validation)9;
+    ASSERT_RC(CPOOL_EINVAL, cpool_options_explain(&o, NULL, 0, NULL, NULL, NULL, 0, &e));
+    ASSERT_STR_CONTAINS(e.message, "validation = 9 (from code)");
+    o.validation = CPOOL_VALIDATE_CHECK;
+    o.lifetime_jitter = 0.9;
+    ASSERT_RC(CPOOL_EINVAL, cpool_options_explain(&o, NULL, 0, NULL, NULL, NULL, 0, &e));
+    ASSERT_STR_CONTAINS(e.message, "lifetime_jitter = 0.9");
+    o.lifetime_jitter = 0.05;
+    o.min_pool_size = 5;
+    o.max_pool_size = 2; /* explain refuses what cpool_create would */
+    ASSERT_RC(CPOOL_EINVAL, cpool_options_explain(&o, NULL, 0, NULL, NULL, NULL, 0, &e));
+    ASSERT_STR_CONTAINS(e.message, "minPoolSize");
+    o.min_pool_size = 0;
+    o.maintenance_interval_ms = -5; /* any negative value: no thread */
+    ASSERT_OK_E(cpool_options_explain(&o, NULL, 0, NULL, NULL, NULL, 0, &e), &e);
+}
+
 int main(int argc, char **argv)
 {
     static const test_case cases[] = {
@@ -658,6 +753,10 @@ int main(int argc, char **argv)
         TEST_ENTRY(wait_connected_retries_then_fails_with_last_error),
         TEST_ENTRY(wait_connected_succeeds_when_backend_comes_up),
         TEST_ENTRY(open_waits_for_startup_connections),
+        TEST_ENTRY(caller_deadline_does_not_trip_breaker),
+        TEST_ENTRY(shutdown_cancels_establishment_with_eshutdown),
+        TEST_ENTRY(wait_connected_reports_current_failure),
+        TEST_ENTRY(code_values_checked_without_overflow),
     };
     return test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
