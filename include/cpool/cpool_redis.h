@@ -1,0 +1,95 @@
+/* cpool_redis.h -- the Redis connector, on hiredis (0.14 or later).
+ *
+ * Targets (docs/redis.md has every parameter and its default):
+ *   redis://[user:password@]host[:port][/db][?param=value&...]
+ *   redis://:password@host[:port][/db]            (password only)
+ *   unix:///path/to/redis.sock[?db=N&password=...]  (also redis+unix://)
+ * The connector's own parameters are db, user, password, client_name,
+ * command_timeout_ms, reset and reset_timeout_ms; any other one left after
+ * the pool took its own options out is rejected at cpool_create().
+ *
+ * A lease's native handle (cpool_conn_native) is a redisContext * in
+ * blocking mode, authenticated, with the target's database selected and its
+ * socket timeouts set to command_timeout_ms. Use it with the plain hiredis
+ * API (redisCommand, redisAppendCommand + redisGetReply ...). Do not call
+ * redisFree, redisReconnect or replace its reader: the pool owns the
+ * context, and the connector keeps a small per-connection record in the
+ * reader's privdata (redisReaderSetPrivdata), so that field is taken.
+ *
+ * At check-in the connector undoes what it can see -- an open MULTI, WATCHed
+ * keys, pub/sub subscriptions, a SELECTed database -- in one pipelined round
+ * trip, and closes the connection instead when replies were left unread or
+ * commands unsent. The wrappers below also track what the session did, which
+ * lets `reset=tracked` skip that round trip when nothing changed.
+ *
+ * hiredis writes with write(2), so a command on a connection the server
+ * closed raises SIGPIPE: ignore SIGPIPE in a program that uses the native
+ * handle, as with any hiredis program. The wrappers below never raise it.
+ *
+ * Threads: a redisContext is used by one thread at a time (the lease's
+ * holder); the pool may interrupt it from another thread (socket shutdown).
+ */
+#ifndef CPOOL_REDIS_H
+#define CPOOL_REDIS_H
+
+#include "cpool_connector.h"
+
+#include <stdarg.h>
+
+#include <hiredis/hiredis.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The connector table. cpool_create() parses the target into the
+ * connector's context when the options give none (leave connector_ctx
+ * NULL); cpool_open() and cpool_connector_for() pick it for redis://,
+ * unix:// and redis+unix:// targets. */
+CPOOL_API const cpool_connector *cpool_redis_connector(void);
+
+/* The lease's context: cpool_conn_native() with its type. Borrowed; valid
+ * until cpool_checkin(). */
+CPOOL_API redisContext *cpool_redis_context(const cpool_conn *lease);
+
+/* Like redisCommand(), redisvCommand() and redisCommandArgv(), with two
+ * differences: the command is written with MSG_NOSIGNAL (a closed
+ * connection gives a NULL reply and c->err, never SIGPIPE), and on a pool
+ * connection the command and its reply update the session state below.
+ * The reply is the caller's (freeReplyObject); NULL on error, with c->err
+ * and c->errstr set as hiredis does. */
+CPOOL_API redisReply *cpool_redis_command(redisContext *c, const char *format, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+CPOOL_API redisReply *cpool_redis_vcommand(redisContext *c, const char *format,
+                                           va_list ap);
+CPOOL_API redisReply *cpool_redis_command_argv(redisContext *c, int argc,
+                                               const char **argv,
+                                               const size_t *argvlen);
+
+/* Session state the wrappers saw since the last check-in (bits). */
+#define CPOOL_REDIS_IN_MULTI 0x01u    /* MULTI without EXEC or DISCARD yet */
+#define CPOOL_REDIS_WATCHING 0x02u    /* WATCH without UNWATCH/EXEC/DISCARD */
+#define CPOOL_REDIS_SUBSCRIBED 0x04u  /* (P|S)SUBSCRIBE was sent */
+#define CPOOL_REDIS_DB_CHANGED 0x08u  /* SELECT was sent */
+#define CPOOL_REDIS_UNKNOWN 0x10u     /* a reply could not be matched to its
+                                         command (earlier commands pending),
+                                         or cpool_redis_mark_dirty() */
+#define CPOOL_REDIS_UNRESTORABLE 0x20u /* AUTH, HELLO, RESET, MONITOR, CLIENT
+                                          REPLY/TRACKING/SETNAME ...: closed
+                                          at check-in */
+
+/* The bits above for a pool connection; 0 for any other context or NULL. */
+CPOOL_API unsigned cpool_redis_state(const redisContext *c);
+
+/* Says the session changed outside the wrappers (plain redisCommand of a
+ * MULTI or SELECT ...): with reset=tracked the next check-in then makes the
+ * full reset round trip. No-op on a context that is not a pool's. */
+CPOOL_API void cpool_redis_mark_dirty(redisContext *c);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* CPOOL_REDIS_H */

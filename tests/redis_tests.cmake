@@ -1,0 +1,112 @@
+# Redis connector tests against real redis-server instances that CTest
+# starts and stops (scripts/redis-server.sh), one CTest test per case.
+#   redis/server_start, redis/server_stop      the shared server, fixture redis_server,
+#                                              on CPOOL_TEST_REDIS_PORT
+#   redis_drill/server_start, .../server_stop  the fault drills' own server, fixture
+#                                              redis_drill_server, on the port after it
+# The cases find the servers through CPOOL_TEST_REDIS_* variables and FAIL
+# (never skip) when they are missing or the server does not answer. The
+# drills kill and stop their server, so they hold the resource lock
+# redis_drill and never run at the same time as each other.
+
+set(cpool_redis_password "cpool-test-pw")
+set(cpool_redis_script ${PROJECT_SOURCE_DIR}/scripts/redis-server.sh)
+set(cpool_redis_dir ${CMAKE_BINARY_DIR}/redis-server)
+set(cpool_redis_drill_dir ${CMAKE_BINARY_DIR}/redis-drill-server)
+math(EXPR cpool_redis_drill_port "${CPOOL_TEST_REDIS_PORT} + 1")
+
+set(cpool_redis_env
+  "CPOOL_TEST_REDIS_URI=redis://:${cpool_redis_password}@127.0.0.1:${CPOOL_TEST_REDIS_PORT}/0"
+  # The ACL user's password is "<password>@acl"; '@' is %-escaped in a URI.
+  "CPOOL_TEST_REDIS_ACL_URI=redis://cpool_acl:${cpool_redis_password}%40acl@127.0.0.1:${CPOOL_TEST_REDIS_PORT}/0"
+  "CPOOL_TEST_REDIS_PASSWORD=${cpool_redis_password}"
+  "CPOOL_TEST_REDIS_PORT=${CPOOL_TEST_REDIS_PORT}"
+  "CPOOL_TEST_REDIS_SOCKET=${cpool_redis_dir}/redis.sock"
+  "CPOOL_TEST_REDIS_DIR=${cpool_redis_dir}"
+  "CPOOL_TEST_REDIS_SCRIPT=${cpool_redis_script}"
+  "CPOOL_TEST_REDIS_DRILL_PORT=${cpool_redis_drill_port}"
+  "CPOOL_TEST_REDIS_DRILL_DIR=${cpool_redis_drill_dir}")
+
+# cpool_redis_server(<prefix> <fixture> <dir> <port>)
+function(cpool_redis_server prefix fixture dir port)
+  add_test(NAME ${prefix}/server_start
+    COMMAND ${cpool_redis_script} start ${dir} ${port} ${cpool_redis_password})
+  set_tests_properties(${prefix}/server_start PROPERTIES
+    FIXTURES_SETUP ${fixture} LABELS redis TIMEOUT 30)
+  add_test(NAME ${prefix}/server_stop COMMAND ${cpool_redis_script} stop ${dir})
+  set_tests_properties(${prefix}/server_stop PROPERTIES
+    FIXTURES_CLEANUP ${fixture} LABELS redis TIMEOUT 30)
+endfunction()
+
+cpool_redis_server(redis redis_server ${cpool_redis_dir} ${CPOOL_TEST_REDIS_PORT})
+cpool_redis_server(redis_drill redis_drill_server ${cpool_redis_drill_dir}
+                   ${cpool_redis_drill_port})
+
+# cpool_redis_suite(<suite> FIXTURE <fixture> TIMEOUT <s> [LOCK <name>] CASES <case>...)
+# builds tests/redis/test_<suite>.c and registers <suite>/<case> for each
+# case, plus <suite>/cases_registered, which fails when the list here and
+# the file's table differ.
+function(cpool_redis_suite suite)
+  cmake_parse_arguments(S "" "FIXTURE;TIMEOUT;LOCK" "CASES" ${ARGN})
+  set(exe test_${suite})
+  add_executable(${exe} ${CMAKE_CURRENT_SOURCE_DIR}/redis/test_${suite}.c)
+  target_include_directories(${exe} PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
+  target_link_libraries(${exe} PRIVATE cpool Threads::Threads)
+  foreach(case IN LISTS S_CASES)
+    add_test(NAME ${suite}/${case} COMMAND ${exe} ${case})
+    set_tests_properties(${suite}/${case} PROPERTIES
+      FIXTURES_REQUIRED ${S_FIXTURE} ENVIRONMENT "${cpool_redis_env}"
+      LABELS redis TIMEOUT ${S_TIMEOUT})
+    if(S_LOCK)
+      set_tests_properties(${suite}/${case} PROPERTIES RESOURCE_LOCK ${S_LOCK})
+    endif()
+  endforeach()
+  add_test(NAME ${suite}/cases_registered COMMAND ${exe} --registered ${S_CASES})
+  set_tests_properties(${suite}/cases_registered PROPERTIES LABELS redis TIMEOUT 10)
+endfunction()
+
+cpool_redis_suite(redis FIXTURE redis_server TIMEOUT 60 CASES
+  commands_reuse_connection
+  target_parsing
+  unknown_parameter_rejected_at_create
+  auth_acl_user
+  auth_wrong_password_unlabelled
+  auth_missing_password_unlabelled
+  select_db_applied
+  unix_socket_target
+  refused_port_labelled
+  dns_failure_unlabelled
+  silent_listener_handshake_timeout
+  establishment_interrupted_by_clear
+  establishment_interrupted_by_close
+  check_detects_client_kill
+  ping_round_trip
+  checkin_discards_open_multi
+  checkin_unwatches_and_restores_db
+  checkin_unsubscribes_pubsub
+  checkin_pubsub_with_pending_message_closed
+  checkin_unread_replies_closed
+  checkin_in_flight_replies_closed
+  checkin_unsent_commands_closed_not_sent
+  in_use_interrupt_blpop
+  command_timeout_applied
+  fork_abandon_keeps_parent_connection
+  describe_reports_version_and_role
+  execute_runs_commands
+  wrappers_track_state
+  tracked_reset_skips_round_trip
+  wrapper_no_sigpipe_on_dead_connection
+  connect_fills_phase_times)
+
+cpool_redis_suite(redis_drill FIXTURE redis_drill_server TIMEOUT 120 LOCK redis_drill CASES
+  kill9_restart_under_load
+  stopped_server_bounded)
+
+# The example of docs/redis.md, run against the shared server.
+add_executable(redis_example ${PROJECT_SOURCE_DIR}/examples/redis_example.c)
+target_link_libraries(redis_example PRIVATE cpool)
+add_test(NAME redis/example COMMAND redis_example
+  "redis://:${cpool_redis_password}@127.0.0.1:${CPOOL_TEST_REDIS_PORT}/0?maxPoolSize=4")
+set_tests_properties(redis/example PROPERTIES
+  FIXTURES_REQUIRED redis_server LABELS redis TIMEOUT 30
+  PASS_REGULAR_EXPRESSION "^hello from cpool")
