@@ -765,11 +765,16 @@ static void note_connect_failure_locked(cpool *p, const cpool_error *ce)
     p->last_fail_at = cpool__now(p);
     int64_t d = backoff_delay_locked(p, p->fail_streak);
     p->retry_at = d > 0 ? p->last_fail_at + d : 0;
-    if (p->opts.breaker_threshold == 0 || p->fail_streak != p->opts.breaker_threshold)
+    if (!breaker_open(p))
         return;
-    p->breaker_opens++;
-    if (p->opts.max_pool_size != 0 && total_locked(p) >= p->opts.max_pool_size)
-        return; /* a full pool's waiters wait for check-ins, not connects */
+    if (p->fail_streak == p->opts.breaker_threshold)
+        p->breaker_opens++;
+    /* The failed connection is still counted (it closes next). A full
+     * pool's waiters wait for check-ins, not connects. Every failure while
+     * the circuit is open flushes them: a checkout may have queued behind
+     * others that were waiting when it opened. */
+    if (p->opts.max_pool_size != 0 && total_locked(p) - 1 >= p->opts.max_pool_size)
+        return;
     while (p->wq_head != NULL) {
         waiter *w = p->wq_head;
         wq_remove_locked(p, w);
@@ -1362,14 +1367,6 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
                 close_conn_locked(p, c, reason, NULL);
                 continue;
             }
-            if (c == NULL && !can_create_locked(p) && breaker_open(p) &&
-                (p->opts.max_pool_size == 0 || total_locked(p) < p->opts.max_pool_size)) {
-                /* Only a new connection could serve this checkout and the
-                 * backend keeps refusing them: say so now rather than at
-                 * the deadline. */
-                rc = CPOOL_EUNAVAILABLE;
-                goto fail;
-            }
             if (c == NULL && can_create_locked(p)) {
                 c = conn_new_locked(p);
                 if (c == NULL) {
@@ -1380,6 +1377,15 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
                 emit_created_relock(p, c);
                 establish = true;
             }
+        }
+        if (c == NULL && breaker_open(p) && !can_create_locked(p) &&
+            p->available.head == NULL &&
+            (p->opts.max_pool_size == 0 || total_locked(p) < p->opts.max_pool_size)) {
+            /* Only a new connection could serve this checkout and the
+             * backend keeps refusing them: say so now rather than at the
+             * deadline, whoever is queued already. */
+            rc = CPOOL_EUNAVAILABLE;
+            goto fail;
         }
         if (c == NULL) {
             if (!w_ready) {
