@@ -1,0 +1,1572 @@
+/* pg.c -- the PostgreSQL connector (cpool_pg.h), on libpq.
+ *
+ * The native handle is the PGconn itself, so cpool_conn_native() gives users
+ * what they expect. What the connector keeps per connection (the cancel
+ * object made at establishment, the "interrupted" mark, the
+ * target_session_attrs in force) hangs off the PGconn as libpq event
+ * instance data, and libpq frees it in PQfinish() (PGEVT_CONNDESTROY).
+ *
+ * Threads: the context is immutable after ctx_new. The core calls one
+ * method at a time per connection, except interrupt(), which may run on
+ * another thread while the connection is in use, checked or reset; it
+ * touches only the atomics and the cancel object (under a per-connection
+ * mutex), and reads the PGconn only to find them (libpq's list of event
+ * procs, which nothing changes after establishment), never its I/O state.
+ * The cancel request itself runs
+ * on a short-lived detached thread because PQcancel() blocks (connect, send,
+ * wait for the server to close) and a hung server would otherwise stall
+ * cpool_clear().
+ */
+#include "cpool/cpool_pg.h"
+
+#include <libpq-events.h>
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#define RESET_TIMEOUT_DEFAULT_MS 5000
+#define RESET_TIMEOUT_MAX_MS 86400000
+#define APP_NAME_FALLBACK "cpool"
+
+/* target_session_attrs, as libpq 14+ defines them. */
+typedef enum tsa_mode {
+    TSA_ANY = 0,
+    TSA_READ_WRITE,
+    TSA_READ_ONLY,
+    TSA_PRIMARY,
+    TSA_STANDBY,
+    TSA_PREFER_STANDBY
+} tsa_mode;
+
+static const char *const tsa_names[] = {"any",     "read-write", "read-only",
+                                        "primary", "standby",    "prefer-standby", NULL};
+
+typedef struct pg_ctx {
+    char *conninfo;           /* the target without our parameters: libpq's */
+    char *reset_query;        /* NULL = none */
+    int64_t reset_timeout_ms; /* bound on ROLLBACK + reset_query at check-in */
+    char addr[200];           /* "host:port" or socket path, for messages */
+} pg_ctx;
+
+/* The cancel object outlives the connection while a cancel thread still
+ * uses it: each holder has a reference. */
+typedef struct cancel_ref {
+    PGcancel *cancel;
+    atomic_int refs;
+} cancel_ref;
+
+typedef struct pg_state {
+    pthread_mutex_t mu;     /* guards `cancel` (replaced at PQreset) */
+    cancel_ref *cancel;     /* guarded by mu */
+    atomic_bool interrupted;
+    atomic_bool cancel_sent;
+    tsa_mode tsa;           /* immutable after establishment */
+    /* libpq's default notice hooks (their argument is NULL), put back at
+     * check-in: a hook a lease installed may point at its stack. */
+    PQnoticeReceiver notice_receiver;
+    PQnoticeProcessor notice_processor;
+} pg_state;
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Milliseconds left until deadline (0 = none -> -1, poll's "forever"),
+ * rounded up so that a wait never ends just short of it. */
+static int poll_timeout(int64_t deadline, int64_t now)
+{
+    if (deadline == 0)
+        return -1;
+    if (now >= deadline)
+        return 0;
+    int64_t ms = (deadline - now + 999999) / 1000000;
+    return ms > INT_MAX ? INT_MAX : (int)ms;
+}
+
+/* ------------------------------------------------------------- SQLSTATE */
+
+static bool sqlstate_char(int c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z');
+}
+
+int cpool_pg_sqlstate_code(const char *s)
+{
+    if (s == NULL)
+        return 0;
+    int code = 0;
+    for (int i = 0; i < 5; i++) {
+        if (!sqlstate_char((unsigned char)s[i]))
+            return 0;
+        code += ((s[i] - '0') & 0x3F) << (6 * i);
+    }
+    return s[5] == '\0' ? code : 0;
+}
+
+const char *cpool_pg_sqlstate_text(int code, char buf[6])
+{
+    if (buf == NULL)
+        return "";
+    buf[0] = '\0';
+    if (code <= 0 || code >= (1 << 30))
+        return buf;
+    for (int i = 0; i < 5; i++) {
+        int c = ((code >> (6 * i)) & 0x3F) + '0';
+        if (!sqlstate_char(c)) {
+            buf[0] = '\0';
+            return buf;
+        }
+        buf[i] = (char)c;
+    }
+    buf[5] = '\0';
+    return buf;
+}
+
+static int result_sqlstate(const PGresult *r)
+{
+    return r != NULL ? cpool_pg_sqlstate_code(PQresultErrorField(r, PG_DIAG_SQLSTATE)) : 0;
+}
+
+/* Copies a libpq message into out as one line: newlines and tabs become
+ * spaces, runs of spaces shrink to one, trailing space goes. */
+static void one_line(const char *in, char *out, size_t size)
+{
+    size_t o = 0;
+    bool space = false;
+    if (size == 0)
+        return;
+    for (const char *p = in != NULL ? in : ""; *p != '\0' && o + 1 < size; p++) {
+        bool ws = isspace((unsigned char)*p);
+        if (ws) {
+            space = o > 0;
+            continue;
+        }
+        if (space && o + 2 < size)
+            out[o++] = ' ';
+        space = false;
+        out[o++] = *p;
+    }
+    out[o] = '\0';
+}
+
+/* ------------------------------------------------------------- conninfo */
+
+/* One "keyword = value" item of a libpq conninfo string, as libpq parses
+ * them: the value is either single-quoted (backslash escapes) or runs to the
+ * next blank (backslash escapes too). [start, end) covers the item and the
+ * blanks after it. Returns 1 for an item, 0 at the end, -1 when malformed
+ * (libpq will then say why). Values that do not fit are cut, which only
+ * matters for our own parameters, whose buffers are as long as the target. */
+static int ci_next(const char *s, size_t *pos, size_t *start, size_t *end, char *key,
+                   size_t ksize, char *val, size_t vsize)
+{
+    size_t i = *pos, k = 0, v = 0;
+    while (isspace((unsigned char)s[i]))
+        i++;
+    if (s[i] == '\0')
+        return 0;
+    *start = i;
+    while (s[i] != '\0' && s[i] != '=' && !isspace((unsigned char)s[i])) {
+        if (k + 1 < ksize)
+            key[k++] = s[i];
+        i++;
+    }
+    key[k] = '\0';
+    while (isspace((unsigned char)s[i]))
+        i++;
+    if (s[i] != '=' || k == 0)
+        return -1;
+    i++;
+    while (isspace((unsigned char)s[i]))
+        i++;
+    if (s[i] == '\'') {
+        for (i++;; i++) {
+            if (s[i] == '\0')
+                return -1;
+            if (s[i] == '\'')
+                break;
+            if (s[i] == '\\' && s[i + 1] != '\0')
+                i++;
+            if (v + 1 < vsize)
+                val[v++] = s[i];
+        }
+        i++;
+    } else {
+        while (s[i] != '\0' && !isspace((unsigned char)s[i])) {
+            if (s[i] == '\\' && s[i + 1] != '\0')
+                i++;
+            if (v + 1 < vsize)
+                val[v++] = s[i];
+            i++;
+        }
+    }
+    if (vsize > 0)
+        val[v] = '\0';
+    while (isspace((unsigned char)s[i]))
+        i++;
+    *end = i;
+    *pos = i;
+    return 1;
+}
+
+/* Removes every `name=value` item from a conninfo string (in place) and
+ * keeps the last value. Returns 1 when found, 0 when absent. */
+static int ci_take(char *s, const char *name, char *val, size_t vsize)
+{
+    size_t pos = 0, start, end;
+    char key[64];
+    int found = 0, r;
+    char *tmp = malloc(vsize);
+    if (tmp == NULL)
+        return CPOOL_ENOMEM;
+    while ((r = ci_next(s, &pos, &start, &end, key, sizeof key, tmp, vsize)) == 1) {
+        if (strcmp(key, name) != 0)
+            continue;
+        snprintf(val, vsize, "%s", tmp);
+        found = 1;
+        memmove(s + start, s + end, strlen(s + end) + 1);
+        pos = start;
+    }
+    free(tmp);
+    return found;
+}
+
+static bool is_uri(const char *t)
+{
+    return strncasecmp(t, "postgresql://", 13) == 0 || strncasecmp(t, "postgres://", 11) == 0;
+}
+
+/* --------------------------------------------------------------- context */
+
+static void ctx_destroy(pg_ctx *c)
+{
+    if (c == NULL)
+        return;
+    free(c->conninfo);
+    free(c->reset_query);
+    free(c);
+}
+
+/* Takes one of our parameters out of the target copy. */
+static int take_param(char *t, bool uri, const char *name, char *val, size_t vsize)
+{
+    return uri ? cpool_uri_take(t, name, val, vsize) : ci_take(t, name, val, vsize);
+}
+
+/* An unknown parameter whose value is shown in the error, unless its name
+ * looks like a misspelt secret ("pasword", "passwd", "pw", "sslkey"):
+ * showing too little costs nothing, showing a password leaks it into logs. */
+static bool looks_secret(const char *name)
+{
+    static const char *const hints[] = {"pas", "pw", "secret", "key", "token", NULL};
+    for (int i = 0; hints[i] != NULL; i++)
+        if (strcasestr(name, hints[i]) != NULL)
+            return true;
+    return false;
+}
+
+/* After libpq rejected the target: finds the first parameter it does not
+ * know, to name it with its value in the error. Returns 1 when found. */
+static int find_unknown(const char *t, bool uri, char *name, size_t nsize, char *val,
+                        size_t vsize)
+{
+    PQconninfoOption *defs = PQconndefaults();
+    if (defs == NULL)
+        return 0;
+    size_t pos = 0, start, end;
+    int found = 0, r;
+    for (;;) {
+        r = uri ? cpool_uri_next(t, &pos, name, nsize, val, vsize)
+                : ci_next(t, &pos, &start, &end, name, nsize, val, vsize);
+        if (r != 1)
+            break;
+        bool known = uri && strcmp(name, "ssl") == 0; /* libpq's JDBC alias */
+        for (PQconninfoOption *d = defs; !known && d->keyword != NULL; d++)
+            known = strcmp(d->keyword, name) == 0;
+        if (!known) {
+            found = 1;
+            break;
+        }
+    }
+    PQconninfoFree(defs);
+    if (found && looks_secret(name))
+        snprintf(val, vsize, "***");
+    return found;
+}
+
+static int parse_tsa(const char *v)
+{
+    for (int i = 0; tsa_names[i] != NULL; i++)
+        if (strcmp(v, tsa_names[i]) == 0)
+            return i;
+    return -1;
+}
+
+/* libpq checks these only when it connects; a typo should fail at create. */
+static int check_values(const PQconninfoOption *opts, cpool_error *err)
+{
+    static const struct {
+        const char *key;
+        const char *allowed[8];
+        const char *text;
+    } enums[] = {
+        {"sslmode",
+         {"disable", "allow", "prefer", "require", "verify-ca", "verify-full", NULL},
+         "disable, allow, prefer, require, verify-ca, verify-full"},
+        {"gssencmode", {"disable", "prefer", "require", NULL}, "disable, prefer, require"},
+        {"channel_binding", {"disable", "prefer", "require", NULL},
+         "disable, prefer, require"},
+        {"target_session_attrs",
+         {"any", "read-write", "read-only", "primary", "standby", "prefer-standby", NULL},
+         "any, read-write, read-only, primary, standby, prefer-standby"},
+    };
+    for (const PQconninfoOption *o = opts; o->keyword != NULL; o++) {
+        if (o->val == NULL || o->val[0] == '\0')
+            continue;
+        for (size_t e = 0; e < sizeof enums / sizeof enums[0]; e++) {
+            if (strcmp(o->keyword, enums[e].key) != 0)
+                continue;
+            bool ok = false;
+            for (int i = 0; enums[e].allowed[i] != NULL; i++)
+                ok = ok || strcmp(o->val, enums[e].allowed[i]) == 0;
+            if (!ok)
+                return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER,
+                                       0, "postgresql target: %s = \"%.40s\": allowed %s",
+                                       o->keyword, o->val, enums[e].text);
+        }
+        if (strcmp(o->keyword, "port") == 0) {
+            /* A comma-separated list, one per host; empty = the default. */
+            const char *p = o->val;
+            for (;;) {
+                size_t n = strcspn(p, ",");
+                char *endp = NULL;
+                long port = n > 0 ? strtol(p, &endp, 10) : 5432;
+                if (n > 0 && (endp != p + n || port < 1 || port > 65535))
+                    return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE,
+                                           CPOOL_FAIL_OTHER, 0,
+                                           "postgresql target: port = \"%.40s\": allowed "
+                                           "1..65535 (a comma-separated list for several "
+                                           "hosts)",
+                                           o->val);
+                if (p[n] == '\0')
+                    break;
+                p += n + 1;
+            }
+        }
+    }
+    return 0;
+}
+
+static const char *opt_val(const PQconninfoOption *opts, const char *key)
+{
+    for (const PQconninfoOption *o = opts; o->keyword != NULL; o++)
+        if (strcmp(o->keyword, key) == 0)
+            return o->val != NULL && o->val[0] != '\0' ? o->val : NULL;
+    return NULL;
+}
+
+/* "host:port" of the first host the target names, or its socket file:
+ * what events and logs show. No password can be in it. */
+static void make_addr(const PQconninfoOption *opts, char *buf, size_t size)
+{
+    const char *host = opts != NULL ? opt_val(opts, "host") : NULL;
+    if (host == NULL && opts != NULL)
+        host = opt_val(opts, "hostaddr");
+    if (host == NULL)
+        host = getenv("PGHOST");
+    const char *port = opts != NULL ? opt_val(opts, "port") : NULL;
+    if (port == NULL)
+        port = getenv("PGPORT");
+    if (port == NULL || port[0] == '\0')
+        port = "5432";
+    int hl = host != NULL ? (int)strcspn(host, ",") : 0;
+    int pl = (int)strcspn(port, ",");
+    if (pl == 0) {
+        port = "5432";
+        pl = 4;
+    }
+    if (hl == 0)
+        snprintf(buf, size, "default socket:%.*s", pl, port);
+    else if (host[0] == '/' || host[0] == '@')
+        snprintf(buf, size, "%.*s/.s.PGSQL.%.*s", hl, host, pl, port);
+    else if (memchr(host, ':', (size_t)hl) != NULL)
+        snprintf(buf, size, "[%.*s]:%.*s", hl, host, pl, port);
+    else
+        snprintf(buf, size, "%.*s:%.*s", hl, host, pl, port);
+}
+
+/* Parses `target` into a context: takes our parameters out, checks the rest
+ * with libpq. */
+static int ctx_parse(const char *target, pg_ctx **out, cpool_error *err)
+{
+    *out = NULL;
+    if (target == NULL)
+        target = "";
+    if (!PQisthreadsafe())
+        return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
+                               "postgresql connector: this libpq was built without "
+                               "thread safety");
+    pg_ctx *c = calloc(1, sizeof *c);
+    size_t vsize = strlen(target) + 1;
+    char *val = malloc(vsize);
+    char *t = strdup(target);
+    int rc = 0;
+    if (c == NULL || val == NULL || t == NULL) {
+        rc = cpool_error_set(err, CPOOL_ENOMEM, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, ENOMEM,
+                             "postgresql target: out of memory");
+        goto out;
+    }
+    c->reset_timeout_ms = RESET_TIMEOUT_DEFAULT_MS;
+    bool uri = is_uri(t);
+
+    int r = take_param(t, uri, "reset_query", val, vsize);
+    if (r < 0) {
+        rc = r == CPOOL_ENOMEM
+                 ? cpool_error_set(err, CPOOL_ENOMEM, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER,
+                                   ENOMEM, "postgresql target: out of memory")
+                 : cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
+                                   "postgresql target: reset_query: bad %%-escape; allowed "
+                                   "any SQL, percent-encoded in a URI");
+        goto out;
+    }
+    if (r == 1) {
+        if (val[0] == '\0') {
+            rc = cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
+                                 "postgresql target: reset_query = \"\": allowed a non-empty "
+                                 "SQL command (e.g. DISCARD%%20ALL), or leave it out");
+            goto out;
+        }
+        if ((c->reset_query = strdup(val)) == NULL) {
+            rc = cpool_error_set(err, CPOOL_ENOMEM, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER,
+                                 ENOMEM, "postgresql target: out of memory");
+            goto out;
+        }
+    }
+
+    r = take_param(t, uri, "reset_timeout_ms", val, vsize);
+    if (r == CPOOL_ENOMEM) {
+        rc = cpool_error_set(err, CPOOL_ENOMEM, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, ENOMEM,
+                             "postgresql target: out of memory");
+        goto out;
+    }
+    if (r != 0) {
+        char *endp = NULL;
+        errno = 0;
+        long long ms = r == 1 ? strtoll(val, &endp, 10) : -1;
+        if (r < 0 || endp == val || *endp != '\0' || errno != 0 || ms < 1 ||
+            ms > RESET_TIMEOUT_MAX_MS) {
+            rc = cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
+                                 "postgresql target: reset_timeout_ms = \"%.40s\": allowed "
+                                 "1..%d (milliseconds)",
+                                 r == 1 ? val : "(malformed)", RESET_TIMEOUT_MAX_MS);
+            goto out;
+        }
+        c->reset_timeout_ms = ms;
+    }
+
+    /* A bare word is a database name to libpq (expand_dbname only expands
+     * strings with '=' or a URI prefix); everything else must parse. */
+    PQconninfoOption *opts = NULL;
+    if (uri || strchr(t, '=') != NULL) {
+        char *perr = NULL;
+        opts = PQconninfoParse(t, &perr);
+        if (opts == NULL) {
+            char msg[160], name[64], v[48];
+            one_line(perr != NULL ? perr : "out of memory", msg, sizeof msg);
+            PQfreemem(perr);
+            if (find_unknown(t, uri, name, sizeof name, v, sizeof v))
+                rc = cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
+                                     "postgresql target: unknown parameter \"%s\" = \"%s\" "
+                                     "(libpq: %s); allowed: libpq's connection parameters "
+                                     "and reset_query, reset_timeout_ms",
+                                     name, v, msg);
+            else
+                rc = cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
+                                     "postgresql target rejected by libpq: %s", msg);
+            goto out;
+        }
+        rc = check_values(opts, err);
+    }
+    make_addr(opts, c->addr, sizeof c->addr);
+    PQconninfoFree(opts);
+    if (rc != 0)
+        goto out;
+    c->conninfo = t;
+    t = NULL;
+    *out = c;
+    c = NULL;
+out:
+    free(t);
+    free(val);
+    ctx_destroy(c);
+    return rc;
+}
+
+static int pg_ctx_new(const char *target, void **ctx, cpool_error *err)
+{
+    pg_ctx *c = NULL;
+    int rc = ctx_parse(target, &c, err);
+    *ctx = c;
+    return rc;
+}
+
+static void pg_ctx_free(void *ctx)
+{
+    ctx_destroy(ctx);
+}
+
+static const char *addr_of(const pg_ctx *ctx)
+{
+    return ctx != NULL ? ctx->addr : "postgresql";
+}
+
+/* ----------------------------------------------------- per-connection state */
+
+static void cancel_release(cancel_ref *ref)
+{
+    if (ref != NULL && atomic_fetch_sub(&ref->refs, 1) == 1) {
+        PQfreeCancel(ref->cancel);
+        free(ref);
+    }
+}
+
+static cancel_ref *cancel_make(PGconn *conn)
+{
+    cancel_ref *ref = malloc(sizeof *ref);
+    if (ref == NULL)
+        return NULL;
+    ref->cancel = PQgetCancel(conn);
+    if (ref->cancel == NULL) {
+        free(ref);
+        return NULL;
+    }
+    atomic_init(&ref->refs, 1);
+    return ref;
+}
+
+static int pg_event(PGEventId id, void *info, void *pass);
+
+static pg_state *state_of(const PGconn *conn)
+{
+    return conn != NULL ? PQinstanceData(conn, pg_event) : NULL;
+}
+
+/* libpq calls this; the state lives exactly as long as the PGconn. */
+static int pg_event(PGEventId id, void *info, void *pass)
+{
+    (void)pass;
+    if (id == PGEVT_CONNDESTROY) {
+        PGconn *conn = ((PGEventConnDestroy *)info)->conn;
+        pg_state *st = PQinstanceData(conn, pg_event);
+        if (st != NULL) {
+            cancel_release(st->cancel);
+            pthread_mutex_destroy(&st->mu);
+            free(st);
+        }
+    } else if (id == PGEVT_CONNRESET) {
+        /* Someone called PQreset(): a new backend, a new cancel key. When the
+         * new object cannot be made the old one stays (a cancel then reaches
+         * nobody, which is harmless). */
+        PGconn *conn = ((PGEventConnReset *)info)->conn;
+        pg_state *st = PQinstanceData(conn, pg_event);
+        cancel_ref *fresh = st != NULL ? cancel_make(conn) : NULL;
+        if (fresh != NULL) {
+            pthread_mutex_lock(&st->mu);
+            cancel_ref *old = st->cancel;
+            st->cancel = fresh;
+            pthread_mutex_unlock(&st->mu);
+            cancel_release(old);
+        }
+    }
+    return 1;
+}
+
+static void *cancel_thread(void *arg)
+{
+    cancel_ref *ref = arg;
+    char buf[256];
+    (void)PQcancel(ref->cancel, buf, (int)sizeof buf);
+    cancel_release(ref);
+    return NULL;
+}
+
+/* PQcancel() on the calling thread, with SIGPIPE held back: it sends
+ * without MSG_NOSIGNAL, and a server that closed first must not kill the
+ * process. A SIGPIPE raised meanwhile is thread-directed and consumed. */
+static void cancel_here(cancel_ref *ref)
+{
+    sigset_t pipe_set, old;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+    bool was_pending = false;
+    sigset_t pend;
+    if (sigpending(&pend) == 0)
+        was_pending = sigismember(&pend, SIGPIPE);
+    cancel_thread(ref);
+    if (!was_pending && sigpending(&pend) == 0 && sigismember(&pend, SIGPIPE)) {
+        struct timespec zero = {0, 0};
+        (void)sigtimedwait(&pipe_set, NULL, &zero);
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+/* Sends one cancel request for the connection's backend without waiting
+ * for it: on a detached thread with every signal blocked (its SIGPIPE
+ * included), or here when no thread can be made. At most once per
+ * connection. */
+static void send_cancel(pg_state *st)
+{
+    if (st == NULL || atomic_exchange(&st->cancel_sent, true))
+        return;
+    pthread_mutex_lock(&st->mu);
+    cancel_ref *ref = st->cancel;
+    if (ref != NULL)
+        atomic_fetch_add(&ref->refs, 1);
+    pthread_mutex_unlock(&st->mu);
+    if (ref == NULL)
+        return;
+
+    pthread_attr_t attr;
+    pthread_t th;
+    sigset_t all, old;
+    int rc = pthread_attr_init(&attr);
+    if (rc == 0) {
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        /* PQcancel needs little stack; keep the footprint of a stuck one
+         * small. */
+        pthread_attr_setstacksize(&attr, 256 * 1024);
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        rc = pthread_create(&th, &attr, cancel_thread, ref);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        pthread_attr_destroy(&attr);
+    }
+    if (rc != 0)
+        cancel_here(ref);
+}
+
+/* The target_session_attrs the connection was made with, wherever it came
+ * from (the target, PGTARGETSESSIONATTRS, a service file): libpq's own
+ * record of its options. -1 when out of memory. */
+static int conn_tsa(PGconn *conn)
+{
+    PQconninfoOption *opts = PQconninfo(conn);
+    if (opts == NULL)
+        return -1;
+    const char *v = opt_val(opts, "target_session_attrs");
+    int i = v != NULL ? parse_tsa(v) : -1;
+    PQconninfoFree(opts);
+    return i > 0 ? i : TSA_ANY;
+}
+
+/* Attaches the state to a fresh connection. */
+static int state_attach(PGconn *conn)
+{
+    pg_state *st = calloc(1, sizeof *st);
+    if (st == NULL)
+        return -1;
+    if (pthread_mutex_init(&st->mu, NULL) != 0) {
+        free(st);
+        return -1;
+    }
+    atomic_init(&st->interrupted, false);
+    atomic_init(&st->cancel_sent, false);
+    st->cancel = cancel_make(conn);
+    int tsa = conn_tsa(conn);
+    st->tsa = tsa >= 0 ? (tsa_mode)tsa : TSA_ANY;
+    /* A NULL hook changes nothing and returns the current one. */
+    st->notice_receiver = PQsetNoticeReceiver(conn, NULL, NULL);
+    st->notice_processor = PQsetNoticeProcessor(conn, NULL, NULL);
+    if (st->cancel == NULL || tsa < 0 || !PQregisterEventProc(conn, pg_event, "cpool", NULL) ||
+        !PQsetInstanceData(conn, pg_event, st)) {
+        /* Not attached, so PQfinish will not free it. */
+        cancel_release(st->cancel);
+        pthread_mutex_destroy(&st->mu);
+        free(st);
+        return -1;
+    }
+    return 0;
+}
+
+/* NULL when the server's role satisfies target_session_attrs as far as its
+ * last reported parameters tell; else why not. Without the parameters
+ * (servers before 14 do not report them) nothing is rejected. */
+static const char *tsa_violation(PGconn *conn, const pg_state *st)
+{
+    if (st == NULL || st->tsa == TSA_ANY || st->tsa == TSA_PREFER_STANDBY)
+        return NULL;
+    const char *hs = PQparameterStatus(conn, "in_hot_standby");
+    const char *ro = PQparameterStatus(conn, "default_transaction_read_only");
+    bool standby = hs != NULL && strcmp(hs, "on") == 0;
+    bool primary = hs != NULL && strcmp(hs, "off") == 0;
+    bool read_only = standby || (ro != NULL && strcmp(ro, "on") == 0);
+    bool read_write = primary && ro != NULL && strcmp(ro, "off") == 0;
+    switch (st->tsa) {
+    case TSA_READ_WRITE:
+        return read_only ? "the server is now read-only (target_session_attrs=read-write)"
+                         : NULL;
+    case TSA_READ_ONLY:
+        return read_write ? "the server is now read-write (target_session_attrs=read-only)"
+                          : NULL;
+    case TSA_PRIMARY:
+        return standby ? "the server is now a standby (target_session_attrs=primary)" : NULL;
+    case TSA_STANDBY:
+        return primary ? "the server is now a primary (target_session_attrs=standby)" : NULL;
+    default:
+        return NULL;
+    }
+}
+
+/* ------------------------------------------------------------ establishing */
+
+/* The phase a connection in this libpq state is in. `answered`: the server
+ * has answered the startup packet, so what follows is authentication. */
+static cpool_phase phase_of(ConnStatusType s, bool answered)
+{
+    switch (s) {
+    case CONNECTION_NEEDED:
+    case CONNECTION_STARTED:
+        return CPOOL_PHASE_CONNECT;
+    case CONNECTION_SSL_STARTUP:
+    case CONNECTION_GSS_STARTUP:
+        return CPOOL_PHASE_TLS;
+    case CONNECTION_AWAITING_RESPONSE:
+        return answered ? CPOOL_PHASE_AUTH : CPOOL_PHASE_HANDSHAKE;
+    default:
+        /* MADE (sending the startup packet) and everything after
+         * AuthenticationOk: the backend starting the session. */
+        return CPOOL_PHASE_HANDSHAKE;
+    }
+}
+
+static const char *phase_doing(cpool_phase p)
+{
+    switch (p) {
+    case CPOOL_PHASE_CONNECT: return "connecting";
+    case CPOOL_PHASE_TLS: return "in the TLS/GSS handshake";
+    case CPOOL_PHASE_HANDSHAKE: return "waiting for the server to start the session";
+    case CPOOL_PHASE_AUTH: return "authenticating";
+    default: return "establishing";
+    }
+}
+
+/* The SQLSTATE in a verbose libpq message ("FATAL:  28P01: ..."), and the
+ * message cleaned: without the code, the LOCATION line and line breaks. */
+static int parse_verbose(const char *msg, char *out, size_t size)
+{
+    static const char *const sev[] = {"FATAL:  ", "ERROR:  ", "PANIC:  ", NULL};
+    int code = 0;
+    char tmp[1024];
+    size_t o = 0;
+    const char *p = msg != NULL ? msg : "";
+    while (*p != '\0' && o + 1 < sizeof tmp) {
+        if (strncmp(p, "LOCATION:  ", 11) == 0 && (p == msg || p[-1] == '\n')) {
+            p += strcspn(p, "\n");
+            continue;
+        }
+        bool took = false;
+        for (int i = 0; sev[i] != NULL && !took; i++) {
+            size_t n = strlen(sev[i]);
+            if (strncmp(p, sev[i], n) == 0 && strlen(p) >= n + 7 && p[n + 5] == ':' &&
+                p[n + 6] == ' ') {
+                char st[6];
+                memcpy(st, p + n, 5);
+                st[5] = '\0';
+                int c = cpool_pg_sqlstate_code(st);
+                if (c != 0) {
+                    if (code == 0)
+                        code = c;
+                    for (size_t k = 0; k < n && o + 1 < sizeof tmp; k++)
+                        tmp[o++] = sev[i][k];
+                    p += n + 7;
+                    took = true;
+                }
+            }
+        }
+        if (!took)
+            tmp[o++] = *p++;
+    }
+    tmp[o] = '\0';
+    one_line(tmp, out, size);
+    return code;
+}
+
+/* errno behind a libpq socket message, recognised by its strerror text
+ * (libpq formats it with strerror in the same locale); 0 when none. */
+static int guess_errno(const char *msg)
+{
+    static const int codes[] = {ECONNREFUSED, ENOENT,    ETIMEDOUT, EHOSTUNREACH,
+                                ENETUNREACH,  ECONNRESET, EPIPE,    EACCES};
+    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
+        if (strstr(msg, strerror(codes[i])) != NULL)
+            return codes[i];
+    return 0;
+}
+
+static bool has(const char *msg, const char *what)
+{
+    return strstr(msg, what) != NULL;
+}
+
+/* Fills err for an establishment that libpq gave up on. `phase` is where
+ * the connection was when it failed. */
+static int classify_failure(const pg_ctx *ctx, PGconn *conn, cpool_phase phase,
+                            cpool_error *err)
+{
+    char msg[240];
+    const char *raw = conn != NULL ? PQerrorMessage(conn) : "out of memory";
+    int state = parse_verbose(raw, msg, sizeof msg);
+    const char *addr = addr_of(ctx);
+    char st[6];
+    cpool_pg_sqlstate_text(state, st);
+
+    if (state != 0) {
+        const char *transient = NULL;
+        cpool_fail_kind kind = CPOOL_FAIL_SERVER;
+        if (strncmp(st, "28", 2) == 0 || strcmp(st, "42501") == 0) {
+            /* Invalid password, no pg_hba.conf entry, unknown role, no
+             * CONNECT privilege. */
+            phase = CPOOL_PHASE_AUTH;
+            kind = CPOOL_FAIL_AUTH;
+        } else if (strcmp(st, "57P03") == 0) {
+            transient = "the server is starting up, shutting down or in recovery";
+        } else if (strcmp(st, "53300") == 0) {
+            transient = "too many connections";
+        } else if (strncmp(st, "53", 2) == 0 || strcmp(st, "57P01") == 0 ||
+                   strcmp(st, "57P02") == 0) {
+            transient = "the server is short of resources or shutting down";
+        }
+        if (phase == CPOOL_PHASE_CONNECT || phase == CPOOL_PHASE_NONE)
+            phase = CPOOL_PHASE_HANDSHAKE; /* the server answered */
+        if (transient != NULL)
+            return cpool_error_set(err, CPOOL_ECONNECT, phase, kind, state,
+                                   "connect %s: %s [transient: %s; retry later]", addr, msg,
+                                   transient);
+        return cpool_error_set(err, CPOOL_ECONNECT, phase, kind, state, "connect %s: %s",
+                               addr, msg);
+    }
+
+    int eno = guess_errno(msg);
+    cpool_fail_kind kind = CPOOL_FAIL_NETWORK;
+    if (has(msg, "could not translate host name") || has(msg, "could not parse network address")) {
+        phase = CPOOL_PHASE_DNS;
+        kind = CPOOL_FAIL_DNS;
+    } else if (phase == CPOOL_PHASE_TLS || has(msg, "SSL") || has(msg, "certificate")) {
+        phase = CPOOL_PHASE_TLS;
+        if (has(msg, "certificate") || has(msg, "does not match host name"))
+            kind = CPOOL_FAIL_CERTIFICATE;
+        else if (has(msg, "does not support SSL") || has(msg, "GSSAPI"))
+            kind = CPOOL_FAIL_OTHER; /* sslmode/gssencmode vs. the server's setup */
+    } else if (has(msg, "fe_sendauth") || has(msg, "SCRAM") || has(msg, "authentication") ||
+               has(msg, "password")) {
+        /* Refused by libpq itself: no password supplied, a method that
+         * require_auth or channel_binding forbids, a bad server proof. */
+        phase = CPOOL_PHASE_AUTH;
+        kind = CPOOL_FAIL_AUTH;
+    } else if (has(msg, "read-only") || has(msg, "hot standby")) {
+        /* libpq's own target_session_attrs check refused the server: it
+         * answered, and it is the wrong kind, not an overloaded one. */
+        phase = CPOOL_PHASE_HANDSHAKE;
+        kind = CPOOL_FAIL_SERVER;
+    } else if (phase == CPOOL_PHASE_NONE || phase == CPOOL_PHASE_DNS) {
+        phase = CPOOL_PHASE_CONNECT;
+    } else if (phase == CPOOL_PHASE_HANDSHAKE && has(msg, "invalid connection option")) {
+        kind = CPOOL_FAIL_OTHER;
+    }
+    if (conn == NULL)
+        return cpool_error_set(err, CPOOL_ENOMEM, CPOOL_PHASE_CONNECT, CPOOL_FAIL_OTHER, ENOMEM,
+                               "connect %s: out of memory", addr);
+    return cpool_error_set(err, CPOOL_ECONNECT, phase, kind, eno, "connect %s: %s", addr, msg);
+}
+
+static int do_connect(const pg_ctx *ctx, cpool_connect_args *args, PGconn **out,
+                      cpool_error *err)
+{
+    const char *kw[] = {"dbname", "fallback_application_name", NULL};
+    const char *vals[] = {ctx->conninfo, APP_NAME_FALLBACK, NULL};
+    int64_t mark = now_ns(), start = mark;
+    /* Name resolution happens inside this call (getaddrinfo blocks; use
+     * hostaddr to avoid it), and so does a unix-socket connect. */
+    PGconn *conn = PQconnectStartParams(kw, vals, /* expand_dbname= */ 1);
+    int64_t t = now_ns();
+    args->phase_ns[CPOOL_PHASE_DNS] += t - mark;
+    mark = t;
+    if (conn == NULL)
+        return classify_failure(ctx, NULL, CPOOL_PHASE_CONNECT, err);
+    /* Verbose messages carry the SQLSTATE of a server's refusal, which is
+     * how failures are classified; the default comes back once connected. */
+    PQsetErrorVerbosity(conn, PQERRORS_VERBOSE);
+
+    PostgresPollingStatusType ps =
+        PQstatus(conn) == CONNECTION_BAD ? PGRES_POLLING_FAILED : PGRES_POLLING_WRITING;
+    bool answered = false;
+    /* Failing at once (a refused unix socket, an unknown host) is a
+     * connect failure; the message tells DNS apart. */
+    cpool_phase phase = PQstatus(conn) == CONNECTION_BAD ? CPOOL_PHASE_CONNECT
+                                                         : phase_of(PQstatus(conn), answered);
+    int rc = 0;
+    for (;;) {
+        if (ps == PGRES_POLLING_OK)
+            break;
+        if (ps == PGRES_POLLING_FAILED) {
+            rc = classify_failure(ctx, conn, phase, err);
+            goto fail;
+        }
+        int64_t now = now_ns();
+        if (args->deadline_ns > 0 && now >= args->deadline_ns) {
+            args->phase_ns[phase] += now - mark;
+            rc = cpool_error_set(err, CPOOL_ECONNECT, phase, CPOOL_FAIL_TIMEOUT, ETIMEDOUT,
+                                 "connect %s: timed out after %lld ms %s", addr_of(ctx),
+                                 (long long)((now - start) / 1000000), phase_doing(phase));
+            goto fail;
+        }
+        struct pollfd pfd[2] = {
+            {.fd = PQsocket(conn), .events = ps == PGRES_POLLING_READING ? POLLIN : POLLOUT},
+            {.fd = args->cancel_fd, .events = POLLIN},
+        };
+        int n = poll(pfd, args->cancel_fd >= 0 ? 2 : 1, poll_timeout(args->deadline_ns, now));
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            int e = errno;
+            rc = cpool_error_set(err, CPOOL_ECONNECT, phase, CPOOL_FAIL_OTHER, e,
+                                 "connect %s: poll failed: %s", addr_of(ctx), strerror(e));
+            goto fail;
+        }
+        t = now_ns();
+        args->phase_ns[phase] += t - mark;
+        mark = t;
+        /* Any event on cancel_fd, POLLNVAL included, means the pool no
+         * longer waits for this attempt. */
+        if (n > 0 && args->cancel_fd >= 0 && pfd[1].revents != 0) {
+            rc = cpool_error_set(err, CPOOL_ECONNECT, phase, CPOOL_FAIL_INTERRUPTED, 0,
+                                 "connect %s: interrupted by the pool %s", addr_of(ctx),
+                                 phase_doing(phase));
+            goto fail;
+        }
+        if (n == 0)
+            continue; /* the deadline check above ends it */
+        ConnStatusType before = PQstatus(conn);
+        ps = PQconnectPoll(conn);
+        if (before == CONNECTION_AWAITING_RESPONSE)
+            answered = true;
+        t = now_ns();
+        args->phase_ns[phase] += t - mark; /* the call's own work (SCRAM) */
+        mark = t;
+        if (ps != PGRES_POLLING_FAILED)
+            phase = phase_of(PQstatus(conn), answered);
+    }
+    PQsetErrorVerbosity(conn, PQERRORS_DEFAULT);
+    if (state_attach(conn) != 0) {
+        rc = cpool_error_set(err, CPOOL_ENOMEM, CPOOL_PHASE_HANDSHAKE, CPOOL_FAIL_OTHER, ENOMEM,
+                             "connect %s: out of memory", addr_of(ctx));
+        goto fail;
+    }
+    *out = conn;
+    return 0;
+fail:
+    PQfinish(conn);
+    return rc;
+}
+
+static int pg_connect(void *vctx, cpool_connect_args *args, void **native, cpool_error *err)
+{
+    pg_ctx *ctx = vctx, *tmp = NULL;
+    *native = NULL;
+    if (ctx == NULL) {
+        /* A caller-made pool without our context: parse the target now. */
+        int rc = ctx_parse(args->target, &tmp, err);
+        if (rc != 0) {
+            if (err != NULL && rc == CPOOL_EINVAL) {
+                err->code = CPOOL_ECONNECT;
+                err->phase = CPOOL_PHASE_CONNECT;
+            }
+            return rc == CPOOL_EINVAL ? CPOOL_ECONNECT : rc;
+        }
+        ctx = tmp;
+    }
+    PGconn *conn = NULL;
+    int rc = do_connect(ctx, args, &conn, err);
+    ctx_destroy(tmp);
+    if (rc == 0)
+        *native = conn;
+    return rc;
+}
+
+/* ------------------------------------------------------------------- I/O */
+
+/* Waits until conn's socket is ready for `events` or the deadline (0 =
+ * none) passes. 0 = ready, 1 = timed out, -1 = poll failed (errno). */
+static int wait_socket(PGconn *conn, short events, int64_t deadline)
+{
+    for (;;) {
+        int64_t now = now_ns();
+        if (deadline > 0 && now >= deadline)
+            return 1;
+        struct pollfd pfd = {.fd = PQsocket(conn), .events = events};
+        int n = poll(&pfd, 1, poll_timeout(deadline, now));
+        if (n > 0)
+            return 0;
+        if (n < 0 && errno != EINTR)
+            return -1;
+    }
+}
+
+static int io_error(const pg_ctx *ctx, PGconn *conn, const char *what, cpool_fail_kind kind,
+                    int native, const char *detail, cpool_error *err)
+{
+    char msg[200];
+    one_line(detail != NULL ? detail : PQerrorMessage(conn), msg, sizeof msg);
+    return cpool_error_set(err, CPOOL_EIO, CPOOL_PHASE_QUERY, kind, native,
+                           "%s on %s (backend pid %d): %s", what, addr_of(ctx),
+                           PQbackendPID(conn), msg);
+}
+
+/* Runs `sql` (possibly several statements) with the whole round trip
+ * bounded by `deadline`, and reads every result; any error fails it, and
+ * with want_empty so does any answer but an empty-query response. 0 on
+ * success; otherwise err is filled and the connection may be left
+ * mid-query: the caller must close it. */
+static int run_bounded(const pg_ctx *ctx, PGconn *conn, const char *sql, bool want_empty,
+                       int64_t deadline, const char *what, cpool_error *err)
+{
+    bool was_nonblocking = PQisnonblocking(conn);
+    if (!was_nonblocking && PQsetnonblocking(conn, 1) != 0)
+        return io_error(ctx, conn, what, CPOOL_FAIL_NETWORK, 0, NULL, err);
+    if (!PQsendQuery(conn, sql))
+        return io_error(ctx, conn, what,
+                        PQstatus(conn) == CONNECTION_BAD ? CPOOL_FAIL_NETWORK
+                                                         : CPOOL_FAIL_OTHER,
+                        0, NULL, err);
+    int f;
+    while ((f = PQflush(conn)) == 1) {
+        int w = wait_socket(conn, POLLOUT | POLLIN, deadline);
+        if (w == 1)
+            return io_error(ctx, conn, what, CPOOL_FAIL_TIMEOUT, ETIMEDOUT,
+                            "timed out sending the query", err);
+        if (w < 0 || !PQconsumeInput(conn))
+            return io_error(ctx, conn, what, CPOOL_FAIL_NETWORK, w < 0 ? errno : 0, NULL,
+                            err);
+    }
+    if (f < 0)
+        return io_error(ctx, conn, what, CPOOL_FAIL_NETWORK, 0, NULL, err);
+
+    int rc = 0;
+    bool all_empty = true, any = false;
+    for (;;) {
+        while (PQisBusy(conn)) {
+            int w = wait_socket(conn, POLLIN, deadline);
+            if (w == 1)
+                return io_error(ctx, conn, what, CPOOL_FAIL_TIMEOUT, ETIMEDOUT,
+                                "timed out waiting for the server", err);
+            if (w < 0 || !PQconsumeInput(conn))
+                return io_error(ctx, conn, what, CPOOL_FAIL_NETWORK, w < 0 ? errno : 0,
+                                NULL, err);
+        }
+        PGresult *r = PQgetResult(conn);
+        if (r == NULL)
+            break;
+        ExecStatusType s = PQresultStatus(r);
+        any = true;
+        all_empty = all_empty && s == PGRES_EMPTY_QUERY;
+        if (s == PGRES_COPY_IN || s == PGRES_COPY_OUT || s == PGRES_COPY_BOTH) {
+            PQclear(r);
+            return io_error(ctx, conn, what, CPOOL_FAIL_OTHER, 0, "unexpected COPY", err);
+        }
+        if ((s == PGRES_FATAL_ERROR || s == PGRES_BAD_RESPONSE) && rc == 0)
+            rc = io_error(ctx, conn, what,
+                          PQstatus(conn) == CONNECTION_BAD ? CPOOL_FAIL_NETWORK
+                                                           : CPOOL_FAIL_SERVER,
+                          result_sqlstate(r), PQresultErrorMessage(r), err);
+        PQclear(r);
+    }
+    if (rc == 0 && want_empty && !(any && all_empty))
+        rc = io_error(ctx, conn, what, CPOOL_FAIL_OTHER, 0, "no empty-query response", err);
+    if (rc == 0 && !was_nonblocking && PQsetnonblocking(conn, 0) != 0)
+        rc = io_error(ctx, conn, what, CPOOL_FAIL_NETWORK, 0, NULL, err);
+    return rc;
+}
+
+/* Common refusals of check, ping and reset: interrupted or broken. */
+static int unusable(const pg_ctx *ctx, PGconn *conn, const pg_state *st, const char *what,
+                    cpool_error *err)
+{
+    if (conn == NULL)
+        return cpool_error_set(err, CPOOL_EIO, CPOOL_PHASE_QUERY, CPOOL_FAIL_OTHER, 0,
+                               "%s on %s: no connection", what, addr_of(ctx));
+    if (st != NULL && atomic_load(&st->interrupted))
+        return io_error(ctx, conn, what, CPOOL_FAIL_NETWORK, 0, "interrupted by the pool", err);
+    if (PQstatus(conn) != CONNECTION_OK)
+        return io_error(ctx, conn, what, CPOOL_FAIL_NETWORK, 0, NULL, err);
+    return 0;
+}
+
+/* ------------------------------------------------------------ the methods */
+
+/* check()'s notice receiver: notes a FATAL or PANIC (the server ending the
+ * session), passes anything else to libpq's default. */
+typedef struct fatal_watch {
+    bool fatal;
+    PQnoticeReceiver dflt; /* libpq's default receiver (argument NULL) */
+} fatal_watch;
+
+static void fatal_notice(void *arg, const PGresult *res)
+{
+    fatal_watch *w = arg;
+    const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+    if (sev != NULL && (strcmp(sev, "FATAL") == 0 || strcmp(sev, "PANIC") == 0))
+        w->fatal = true;
+    else if (w->dflt != NULL)
+        w->dflt(NULL, res);
+}
+
+static int pg_check(void *vctx, void *native, cpool_error *err)
+{
+    const pg_ctx *ctx = vctx;
+    PGconn *conn = native;
+    pg_state *st = state_of(conn);
+    int rc = unusable(ctx, conn, st, "check", err);
+    if (rc != 0)
+        return rc;
+    struct pollfd pfd = {.fd = PQsocket(conn), .events = POLLIN | POLLRDHUP};
+    int n;
+    do {
+        n = poll(&pfd, 1, 0);
+    } while (n < 0 && errno == EINTR);
+    if (n > 0) {
+        /* A server never half-closes: hang-up means the backend is gone
+         * (terminated, crashed, idle timeout). Its farewell message is not
+         * read, so libpq does not print it as a notice. */
+        if (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL))
+            return io_error(ctx, conn, "check", CPOOL_FAIL_NETWORK, 0,
+                            "the server closed the connection", err);
+        /* Notifications, a ParameterStatus (a changed role), a notice:
+         * read and parse them; a notification waits for the next user. A
+         * terminated backend sends its FATAL 40-100 ms before the socket
+         * closes, and libpq hands it over as a notice: catch it here (the
+         * pool's default hooks are in place, see pg_reset). */
+        fatal_watch watch = {false, st->notice_receiver};
+        PQsetNoticeReceiver(conn, fatal_notice, &watch);
+        bool read_ok = PQconsumeInput(conn) != 0;
+        if (read_ok)
+            (void)PQisBusy(conn);
+        PQsetNoticeReceiver(conn, st->notice_receiver, NULL);
+        if (!read_ok || PQstatus(conn) != CONNECTION_OK)
+            return io_error(ctx, conn, "check", CPOOL_FAIL_NETWORK, 0, NULL, err);
+        if (watch.fatal)
+            return io_error(ctx, conn, "check", CPOOL_FAIL_NETWORK, 0,
+                            "the server is ending the session (FATAL)", err);
+    }
+    if (PQtransactionStatus(conn) != PQTRANS_IDLE)
+        return io_error(ctx, conn, "check", CPOOL_FAIL_OTHER, 0,
+                        "not idle (a transaction or a query is open)", err);
+    const char *why = tsa_violation(conn, st);
+    if (why != NULL)
+        return io_error(ctx, conn, "check", CPOOL_FAIL_OTHER, 0, why, err);
+    return 0;
+}
+
+static int pg_ping(void *vctx, void *native, int64_t deadline_ns, cpool_error *err)
+{
+    const pg_ctx *ctx = vctx;
+    PGconn *conn = native;
+    pg_state *st = state_of(conn);
+    int rc = unusable(ctx, conn, st, "ping", err);
+    if (rc != 0)
+        return rc;
+    if (PQtransactionStatus(conn) == PQTRANS_ACTIVE)
+        return io_error(ctx, conn, "ping", CPOOL_FAIL_OTHER, 0, "a query is in progress", err);
+    /* An empty query: the cheapest round trip the protocol has, and no
+     * statement for a pooler in front to mind. */
+    rc = run_bounded(ctx, conn, "", /* want_empty= */ true, deadline_ns, "ping", err);
+    if (rc != 0)
+        return rc;
+    /* The backend applies a configuration reload only when a command
+     * arrives, and reports the new role with the answer: check it now. */
+    const char *why = tsa_violation(conn, st);
+    if (why != NULL)
+        return io_error(ctx, conn, "ping", CPOOL_FAIL_OTHER, 0, why, err);
+    return 0;
+}
+
+static int pg_reset(void *vctx, void *native, cpool_error *err)
+{
+    const pg_ctx *ctx = vctx;
+    PGconn *conn = native;
+    pg_state *st = state_of(conn);
+    int rc = unusable(ctx, conn, st, "reset", err);
+    if (rc != 0)
+        return rc;
+    if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
+        return io_error(ctx, conn, "reset", CPOOL_FAIL_OTHER, 0,
+                        "returned in pipeline mode", err);
+    /* Client-side settings a lease may have changed go back to what every
+     * lease starts with. (A PQtrace() must be undone by the lease itself:
+     * PQuntrace flushes a FILE the lease may already have closed.) */
+    if (st != NULL) {
+        PQsetNoticeReceiver(conn, st->notice_receiver, NULL);
+        PQsetNoticeProcessor(conn, st->notice_processor, NULL);
+    }
+    PQsetErrorVerbosity(conn, PQERRORS_DEFAULT);
+    PQsetErrorContextVisibility(conn, PQSHOW_CONTEXT_ERRORS);
+    bool rollback = false;
+    switch (PQtransactionStatus(conn)) {
+    case PQTRANS_IDLE:
+        break;
+    case PQTRANS_INTRANS:
+    case PQTRANS_INERROR:
+        rollback = true;
+        break;
+    case PQTRANS_ACTIVE:
+        /* A query still running, results unread or COPY: the session's
+         * state is unknown. The connection is closed; the cancel request
+         * makes the backend stop now instead of when it next writes. */
+        send_cancel(st);
+        return io_error(ctx, conn, "reset", CPOOL_FAIL_OTHER, 0,
+                        "returned with a query in progress (unread results or COPY)", err);
+    default:
+        return io_error(ctx, conn, "reset", CPOOL_FAIL_NETWORK, 0, NULL, err);
+    }
+    if (!rollback && ctx != NULL && ctx->reset_query == NULL) {
+        /* Nothing to send: no round trip on the common path. A user who
+         * switched to non-blocking mode hands the next one the default. */
+        if (PQisnonblocking(conn) && PQsetnonblocking(conn, 0) != 0)
+            return io_error(ctx, conn, "reset", CPOOL_FAIL_NETWORK, 0, NULL, err);
+    } else {
+        int64_t timeout = ctx != NULL ? ctx->reset_timeout_ms : RESET_TIMEOUT_DEFAULT_MS;
+        int64_t deadline = now_ns() + timeout * 1000000;
+        if (rollback &&
+            run_bounded(ctx, conn, "ROLLBACK", /* want_empty= */ false, deadline,
+                        "reset (ROLLBACK)", err) != 0)
+            return CPOOL_EIO;
+        if (ctx != NULL && ctx->reset_query != NULL &&
+            run_bounded(ctx, conn, ctx->reset_query, /* want_empty= */ false, deadline,
+                        "reset (reset_query)", err) != 0)
+            return CPOOL_EIO;
+        if (PQisnonblocking(conn) && PQsetnonblocking(conn, 0) != 0)
+            return io_error(ctx, conn, "reset", CPOOL_FAIL_NETWORK, 0, NULL, err);
+        if (PQtransactionStatus(conn) != PQTRANS_IDLE)
+            return io_error(ctx, conn, "reset", CPOOL_FAIL_OTHER, 0,
+                            "reset_query left a transaction open", err);
+    }
+    const char *why = tsa_violation(conn, st);
+    if (why != NULL)
+        return io_error(ctx, conn, "reset", CPOOL_FAIL_OTHER, 0, why, err);
+    return 0;
+}
+
+static void pg_interrupt(void *ctx, void *native)
+{
+    (void)ctx;
+    pg_state *st = state_of(native);
+    if (st == NULL)
+        return;
+    atomic_store(&st->interrupted, true);
+    send_cancel(st);
+}
+
+static void pg_close(void *ctx, void *native)
+{
+    (void)ctx;
+    PGconn *conn = native;
+    if (conn == NULL)
+        return;
+    /* A backend busy with a query would notice the Terminate only when the
+     * query ends: ask it to stop first. */
+    if (PQstatus(conn) == CONNECTION_OK && PQtransactionStatus(conn) == PQTRANS_ACTIVE)
+        send_cancel(state_of(conn));
+    PQfinish(conn);
+}
+
+/* In a forked child the socket belongs to the parent's session: PQfinish()
+ * would send Terminate (and, with TLS, close_notify) on it. /dev/null is
+ * put in the socket's place first, so those writes fail (ENOTSOCK) and the
+ * parent's session never sees a byte; then PQfinish only frees and closes
+ * our descriptor. */
+static void pg_abandon(void *ctx, void *native)
+{
+    (void)ctx;
+    PGconn *conn = native;
+    if (conn == NULL)
+        return;
+    int sock = PQsocket(conn);
+    if (sock >= 0) {
+        int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (nul < 0 || dup2(nul, sock) < 0) {
+            /* No safe stand-in: close our descriptor and leak the PGconn
+             * rather than let PQfinish write on the parent's socket. */
+            if (nul >= 0)
+                close(nul);
+            close(sock);
+            return;
+        }
+        close(nul);
+    }
+    PQfinish(conn);
+}
+
+static int pg_address(void *vctx, const char *target, char *buf, size_t size)
+{
+    const pg_ctx *ctx = vctx;
+    (void)target;
+    if (ctx == NULL || size == 0)
+        return -1;
+    int w = snprintf(buf, size, "%s", ctx->addr);
+    return w < 0 || (size_t)w >= size ? -1 : 0;
+}
+
+static int pg_describe(void *ctx, void *native, char *buf, size_t size)
+{
+    (void)ctx;
+    PGconn *conn = native;
+    if (conn == NULL || size == 0)
+        return -1;
+    int v = PQserverVersion(conn);
+    char ver[32];
+    if (v >= 100000)
+        snprintf(ver, sizeof ver, "%d.%d", v / 10000, v % 10000);
+    else
+        snprintf(ver, sizeof ver, "%d.%d.%d", v / 10000, v / 100 % 100, v % 100);
+    const char *hs = PQparameterStatus(conn, "in_hot_standby");
+    const char *ro = PQparameterStatus(conn, "default_transaction_read_only");
+    bool standby = hs != NULL && strcmp(hs, "on") == 0;
+    const char *role = hs == NULL ? "role unknown" : standby ? "standby" : "primary";
+    const char *mode = standby || (ro != NULL && strcmp(ro, "on") == 0) ? "read-only"
+                       : ro != NULL                                     ? "read-write"
+                                                                        : "mode unknown";
+    int w = snprintf(buf, size, "PostgreSQL %s, %s, %s", ver, role, mode);
+    return w < 0 || (size_t)w >= size ? -1 : 0;
+}
+
+static int pg_execute(void *vctx, void *native, const char *command, cpool_error *err)
+{
+    const pg_ctx *ctx = vctx;
+    PGconn *conn = native;
+    if (conn == NULL || command == NULL)
+        return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_QUERY, CPOOL_FAIL_OTHER, 0,
+                               "execute on %s: no connection or command", addr_of(ctx));
+    PGresult *r = PQexec(conn, command);
+    ExecStatusType s = PQresultStatus(r);
+    int rc = 0;
+    if (r == NULL || s == PGRES_FATAL_ERROR || s == PGRES_BAD_RESPONSE ||
+        s == PGRES_NONFATAL_ERROR) {
+        cpool_fail_kind kind = PQstatus(conn) == CONNECTION_BAD ? CPOOL_FAIL_NETWORK
+                                                                : CPOOL_FAIL_SERVER;
+        rc = io_error(ctx, conn, "execute", kind, result_sqlstate(r),
+                      r != NULL ? PQresultErrorMessage(r) : NULL, err);
+    } else if (s == PGRES_COPY_IN || s == PGRES_COPY_OUT || s == PGRES_COPY_BOTH) {
+        rc = io_error(ctx, conn, "execute", CPOOL_FAIL_NETWORK, 0, "COPY is not supported here",
+                      err);
+    }
+    PQclear(r);
+    return rc;
+}
+
+static const char *const pg_schemes[] = {"postgresql://", "postgres://", NULL};
+
+static const cpool_connector pg_connector = {
+    .abi_version = CPOOL_CONNECTOR_ABI,
+    .name = "pg",
+    .connect = pg_connect,
+    .close = pg_close,
+    .abandon = pg_abandon,
+    .check = pg_check,
+    .ping = pg_ping,
+    .reset = pg_reset,
+    .interrupt = pg_interrupt,
+    .address = pg_address,
+    .ctx_new = pg_ctx_new,
+    .ctx_free = pg_ctx_free,
+    .describe = pg_describe,
+    .schemes = pg_schemes,
+    .execute = pg_execute,
+};
+
+const cpool_connector *cpool_pg_connector(void)
+{
+    return &pg_connector;
+}
+
+PGconn *cpool_pg_conn(const cpool_conn *lease)
+{
+    return lease != NULL ? cpool_conn_native(lease) : NULL;
+}
+
+/* ------------------------------------------------------ transaction helpers */
+
+static int cmd_error(PGconn *conn, const char *what, PGresult *r, cpool_error *err)
+{
+    char msg[200];
+    one_line(r != NULL ? PQresultErrorMessage(r) : PQerrorMessage(conn), msg, sizeof msg);
+    cpool_fail_kind kind =
+        PQstatus(conn) == CONNECTION_BAD ? CPOOL_FAIL_NETWORK : CPOOL_FAIL_SERVER;
+    return cpool_error_set(err, CPOOL_EIO, CPOOL_PHASE_QUERY, kind, result_sqlstate(r),
+                           "%s failed (backend pid %d): %s", what, PQbackendPID(conn), msg);
+}
+
+/* Runs a utility command; 0 or CPOOL_EIO with err filled. */
+static int simple(PGconn *conn, const char *sql, const char *what, cpool_error *err)
+{
+    PGresult *r = PQexec(conn, sql);
+    int rc = PQresultStatus(r) == PGRES_COMMAND_OK ? 0 : cmd_error(conn, what, r, err);
+    PQclear(r);
+    return rc;
+}
+
+static const char *txn_status_text(PGTransactionStatusType s)
+{
+    switch (s) {
+    case PQTRANS_IDLE: return "idle";
+    case PQTRANS_ACTIVE: return "a query is in progress";
+    case PQTRANS_INTRANS: return "already in a transaction";
+    case PQTRANS_INERROR: return "already in a failed transaction";
+    default: return "the connection is broken";
+    }
+}
+
+/* fn's failure, reported with its own error when it gave one. */
+static int fn_failed(int rc, const cpool_error *fe, const char *where, cpool_error *err)
+{
+    if (err == NULL)
+        return rc;
+    if (fe->code != 0 || fe->message[0] != '\0') {
+        *err = *fe;
+        if (err->code == 0)
+            err->code = rc < 0 ? rc : CPOOL_EINVAL;
+    } else {
+        cpool_error_set(err, rc < 0 ? rc : CPOOL_EINVAL, CPOOL_PHASE_QUERY, CPOOL_FAIL_OTHER,
+                        0, "%s: the function failed with %d; rolled back", where, rc);
+    }
+    return rc;
+}
+
+int cpool_pg_transaction(cpool_conn *lease, cpool_pg_fn fn, void *arg, cpool_error *err)
+{
+    PGconn *conn = cpool_pg_conn(lease);
+    if (conn == NULL || fn == NULL)
+        return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_QUERY, CPOOL_FAIL_OTHER, 0,
+                               "cpool_pg_transaction: lease and fn are required");
+    PGTransactionStatusType ts = PQtransactionStatus(conn);
+    if (ts != PQTRANS_IDLE)
+        return cpool_error_set(err, ts == PQTRANS_UNKNOWN ? CPOOL_EIO : CPOOL_ESTATE,
+                               CPOOL_PHASE_QUERY,
+                               ts == PQTRANS_UNKNOWN ? CPOOL_FAIL_NETWORK : CPOOL_FAIL_OTHER, 0,
+                               "cpool_pg_transaction: cannot BEGIN: %s", txn_status_text(ts));
+    int rc = simple(conn, "BEGIN", "BEGIN", err);
+    if (rc != 0)
+        return rc;
+    cpool_error fe;
+    memset(&fe, 0, sizeof fe);
+    rc = fn(conn, arg, &fe);
+    ts = PQtransactionStatus(conn);
+    if (rc != 0) {
+        if (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR)
+            (void)simple(conn, "ROLLBACK", "ROLLBACK", &(cpool_error){0});
+        return fn_failed(rc, &fe, "cpool_pg_transaction", err);
+    }
+    if (ts == PQTRANS_INERROR) {
+        (void)simple(conn, "ROLLBACK", "ROLLBACK", &(cpool_error){0});
+        return cpool_error_set(err, CPOOL_ESTATE, CPOOL_PHASE_QUERY, CPOOL_FAIL_SERVER, 0,
+                               "cpool_pg_transaction: a statement failed inside the "
+                               "transaction although the function returned 0; rolled back");
+    }
+    if (ts != PQTRANS_INTRANS)
+        return cpool_error_set(err, ts == PQTRANS_UNKNOWN ? CPOOL_EIO : CPOOL_ESTATE,
+                               CPOOL_PHASE_QUERY,
+                               ts == PQTRANS_UNKNOWN ? CPOOL_FAIL_NETWORK : CPOOL_FAIL_OTHER, 0,
+                               "cpool_pg_transaction: the function left the transaction "
+                               "(%s); nothing committed here",
+                               txn_status_text(ts));
+    PGresult *r = PQexec(conn, "COMMIT");
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        rc = cmd_error(conn, "COMMIT", r, err);
+        PQclear(r);
+        ts = PQtransactionStatus(conn);
+        if (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR)
+            (void)simple(conn, "ROLLBACK", "ROLLBACK", &(cpool_error){0});
+        return rc;
+    }
+    PQclear(r);
+    return 0;
+}
+
+int cpool_pg_savepoint(PGconn *conn, const char *name, cpool_pg_fn fn, void *arg,
+                       cpool_error *err)
+{
+    if (conn == NULL || fn == NULL || name == NULL || name[0] == '\0' || strlen(name) > 63)
+        return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_QUERY, CPOOL_FAIL_OTHER, 0,
+                               "cpool_pg_savepoint: conn, fn and a name of 1..63 bytes are "
+                               "required");
+    PGTransactionStatusType ts = PQtransactionStatus(conn);
+    if (ts != PQTRANS_INTRANS)
+        return cpool_error_set(err, CPOOL_ESTATE, CPOOL_PHASE_QUERY, CPOOL_FAIL_OTHER, 0,
+                               "cpool_pg_savepoint \"%s\": needs an open, healthy transaction "
+                               "(%s)",
+                               name, ts == PQTRANS_IDLE ? "none is open" : txn_status_text(ts));
+    char *q = PQescapeIdentifier(conn, name, strlen(name));
+    if (q == NULL) {
+        char msg[160];
+        one_line(PQerrorMessage(conn), msg, sizeof msg);
+        return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_QUERY, CPOOL_FAIL_OTHER, 0,
+                               "cpool_pg_savepoint: cannot quote the name: %s", msg);
+    }
+    size_t qlen = strlen(q);
+    char *sql = malloc(qlen + 32);
+    if (sql == NULL) {
+        PQfreemem(q);
+        return cpool_error_set(err, CPOOL_ENOMEM, CPOOL_PHASE_QUERY, CPOOL_FAIL_OTHER, ENOMEM,
+                               "cpool_pg_savepoint: out of memory");
+    }
+    int rc;
+    snprintf(sql, qlen + 32, "SAVEPOINT %s", q);
+    if ((rc = simple(conn, sql, "SAVEPOINT", err)) != 0)
+        goto out;
+    cpool_error fe;
+    memset(&fe, 0, sizeof fe);
+    rc = fn(conn, arg, &fe);
+    ts = PQtransactionStatus(conn);
+    if (rc == 0 && ts == PQTRANS_INTRANS) {
+        snprintf(sql, qlen + 32, "RELEASE SAVEPOINT %s", q);
+        rc = simple(conn, sql, "RELEASE SAVEPOINT", err);
+        goto out;
+    }
+    if (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR) {
+        snprintf(sql, qlen + 32, "ROLLBACK TO SAVEPOINT %s", q);
+        cpool_error ignored;
+        if (simple(conn, sql, "ROLLBACK TO SAVEPOINT", &ignored) == 0) {
+            snprintf(sql, qlen + 32, "RELEASE SAVEPOINT %s", q);
+            (void)simple(conn, sql, "RELEASE SAVEPOINT", &ignored);
+        }
+    }
+    if (rc != 0)
+        rc = fn_failed(rc, &fe, "cpool_pg_savepoint", err);
+    else
+        rc = cpool_error_set(err, ts == PQTRANS_INERROR ? CPOOL_ESTATE : CPOOL_EIO,
+                             CPOOL_PHASE_QUERY,
+                             ts == PQTRANS_INERROR ? CPOOL_FAIL_SERVER : CPOOL_FAIL_NETWORK, 0,
+                             "cpool_pg_savepoint \"%s\": %s", name,
+                             ts == PQTRANS_INERROR
+                                 ? "a statement failed although the function returned 0; "
+                                   "rolled back to the savepoint"
+                                 : "the function left the transaction");
+out:
+    free(sql);
+    PQfreemem(q);
+    return rc;
+}
