@@ -41,8 +41,9 @@ CFG_tsan := $(COMMON) $(SAN) -DCPOOL_SANITIZE=thread
 help:
 	@echo "cpool -- a CMAP-conformant connection pool library in C"
 	@echo
-	@echo "  make demo    build and run examples/demo (threads leasing connections"
-	@echo "               from an in-memory server for ~2 s; prints a report)"
+	@echo "  make demo    build the cpool command and run 'cpool bench' for 10 s on an"
+	@echo "               embedded SQLite database: live progress, then the report"
+	@echo "               (and build/demo.svg, a plot of the run)"
 	@echo "  make test    install missing Debian packages (as root), then build and"
 	@echo "               run every test three times: plain (build/), ASan+UBSan"
 	@echo "               (build-asan/) and TSan (build-tsan/). A skipped test fails."
@@ -55,10 +56,13 @@ help:
 deps:
 	@$(ROOT)/scripts/install-deps.sh
 
+# The main job: `cpool bench` on the embedded default (a SQLite database in
+# a temporary file), with live progress and the report at the end.
+DEMO_ARGS ?= --duration 10 --threads 8 --plot $(ROOT)/build/demo.svg
 demo: deps
 	$(CMAKE) -S $(ROOT) -B $(ROOT)/build $(COMMON)
-	$(CMAKE) --build $(ROOT)/build --target demo -j$(JOBS)
-	$(ROOT)/build/examples/demo
+	$(CMAKE) --build $(ROOT)/build --target cpool_cli -j$(JOBS)
+	$(ROOT)/build/tools/cpool bench $(DEMO_ARGS)
 
 bench: deps
 	$(CMAKE) -S $(ROOT) -B $(ROOT)/build $(COMMON)

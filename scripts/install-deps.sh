@@ -23,8 +23,9 @@ DEPS_sanitizers=(libasan8 libubsan1 libtsan2)
 DEPS_sqlite=(libsqlite3-dev)
 DEPS_pg=(postgresql libpq-dev pgbouncer)
 DEPS_redis=(redis-server libhiredis-dev)
-# The command line's /metrics endpoint.
-DEPS_cli=(libmicrohttpd-dev)
+# The command line: /metrics endpoint, and gnuplot for --plot (the tool
+# also draws SVG itself; with gnuplot installed both are tested).
+DEPS_cli=(libmicrohttpd-dev gnuplot-nox)
 
 ALL_GROUPS=(build sanitizers sqlite pg redis cli)
 

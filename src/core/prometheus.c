@@ -1,0 +1,339 @@
+/* prometheus.c -- cpool_stats in the Prometheus text exposition format 0.0.4.
+ *
+ * Every metric family is written as "# HELP", "# TYPE", then its samples,
+ * so that the text of one pool is a valid exposition on its own. Names
+ * follow OpenTelemetry's db.client.connection.* semantic conventions where
+ * one exists (count, idle.min, max, pending_requests, timeouts,
+ * create_time, wait_time, use_time) with dots turned into underscores; the
+ * pool's own figures use the same prefix so one query finds them all. The
+ * list and the meaning of each are in docs/observability.md.
+ *
+ * Values are written from integers without going through a double where
+ * that would lose precision: counters as %llu, durations in seconds as an
+ * exact decimal of the nanosecond count ("0.000123456"). A scraper then
+ * sees exactly what cpool_get_stats() returned.
+ *
+ * Histogram buckets: the pool's histograms have 48 buckets whose bounds
+ * grow by sqrt(2) from 1 us. Only the bounds that are powers of two (1 us,
+ * 2 us, 4 us, ... 8.39 s) and +Inf are exposed, 25 series per histogram
+ * instead of 48: the cumulative count at each exposed bound is exact
+ * (it sums every finer bucket below it), only the resolution halves.
+ */
+#include "cpool/cpool.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+
+/* An output that counts what it would have written, like snprintf: the
+ * first size - 1 bytes land in buf, the rest is only counted. */
+typedef struct out {
+    char *buf;
+    size_t size;
+    size_t len; /* bytes the full text needs so far */
+} out;
+
+static void put_n(out *o, const char *s, size_t n)
+{
+    if (o->size > 0 && o->len < o->size - 1) {
+        size_t room = o->size - 1 - o->len;
+        memcpy(o->buf + o->len, s, n < room ? n : room);
+    }
+    o->len += n;
+}
+
+static void put(out *o, const char *s)
+{
+    put_n(o, s, strlen(s));
+}
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+static void putf(out *o, const char *fmt, ...)
+{
+    /* Every formatted piece here is a number or a short name: 64 bytes
+     * always hold it, so no second pass is needed. */
+    char tmp[64];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    put_n(o, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
+}
+
+/* A label value with the three escapes the format defines. */
+static void put_escaped(out *o, const char *s)
+{
+    for (; *s != '\0'; s++) {
+        switch (*s) {
+        case '\\': put_n(o, "\\\\", 2); break;
+        case '"': put_n(o, "\\\"", 2); break;
+        case '\n': put_n(o, "\\n", 2); break;
+        default: put_n(o, s, 1); break;
+        }
+    }
+}
+
+/* Nanoseconds as seconds, exactly: "0.000001", "8.388608", "12". */
+static void put_seconds(out *o, uint64_t ns)
+{
+    char frac[16];
+    snprintf(frac, sizeof frac, "%09" PRIu64, ns % 1000000000u);
+    size_t n = strlen(frac);
+    while (n > 0 && frac[n - 1] == '0')
+        n--;
+    frac[n] = '\0';
+    putf(o, "%" PRIu64, ns / 1000000000u);
+    if (n > 0) {
+        put(o, ".");
+        put(o, frac);
+    }
+}
+
+/* extra_labels must be `name="value"` pairs separated by commas, with the
+ * format's escapes inside the quotes; anything else would make the whole
+ * exposition unparsable, so it is left out (and said so in a comment). */
+static bool labels_valid(const char *s)
+{
+    if (*s == '\0')
+        return true;
+    for (;;) {
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || *s == '_'))
+            return false;
+        while ((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || *s == '_' ||
+               (*s >= '0' && *s <= '9'))
+            s++;
+        if (*s++ != '=' || *s++ != '"')
+            return false;
+        while (*s != '"') {
+            if (*s == '\0' || *s == '\n')
+                return false;
+            if (*s == '\\') {
+                s++;
+                if (*s != '\\' && *s != '"' && *s != 'n')
+                    return false;
+            }
+            s++;
+        }
+        s++;
+        if (*s == '\0')
+            return true;
+        if (*s++ != ',')
+            return false;
+    }
+}
+
+typedef struct ctx {
+    out *o;
+    const char *pool;   /* NULL: no pool label */
+    const char *extra;  /* validated; NULL or "" = none */
+} ctx;
+
+static void family(ctx *c, const char *name, const char *type, const char *help)
+{
+    put(c->o, "# HELP ");
+    put(c->o, name);
+    put(c->o, " ");
+    put(c->o, help);
+    put(c->o, "\n# TYPE ");
+    put(c->o, name);
+    put(c->o, " ");
+    put(c->o, type);
+    put(c->o, "\n");
+}
+
+/* Writes `name{pool="..",extra,key="val"} ` (no value); without any label
+ * just `name `. key may be NULL. */
+static void sample_head(ctx *c, const char *name, const char *suffix, const char *key,
+                        const char *val)
+{
+    out *o = c->o;
+    bool extra = c->extra != NULL && c->extra[0] != '\0';
+    put(o, name);
+    if (suffix != NULL)
+        put(o, suffix);
+    if (c->pool == NULL && !extra && key == NULL) {
+        put(o, " ");
+        return;
+    }
+    const char *sep = "{";
+    if (c->pool != NULL) {
+        put(o, sep);
+        put(o, "pool=\"");
+        put_escaped(o, c->pool);
+        put(o, "\"");
+        sep = ",";
+    }
+    if (extra) {
+        put(o, sep);
+        put(o, c->extra);
+        sep = ",";
+    }
+    if (key != NULL) {
+        put(o, sep);
+        put(o, key);
+        put(o, "=\"");
+        put_escaped(o, val);
+        put(o, "\"");
+    }
+    put(o, "} ");
+}
+
+static void sample_u64(ctx *c, const char *name, const char *key, const char *val,
+                       uint64_t v)
+{
+    sample_head(c, name, NULL, key, val);
+    putf(c->o, "%" PRIu64 "\n", v);
+}
+
+static void gauge(ctx *c, const char *name, const char *help, uint64_t v)
+{
+    family(c, name, "gauge", help);
+    sample_u64(c, name, NULL, NULL, v);
+}
+
+static void counter(ctx *c, const char *name, const char *help, uint64_t v)
+{
+    family(c, name, "counter", help);
+    sample_u64(c, name, NULL, NULL, v);
+}
+
+static void histogram(ctx *c, const char *name, const char *help, const cpool_histogram *h)
+{
+    family(c, name, "histogram", help);
+    uint64_t cum = 0;
+    for (int i = 0; i < CPOOL_HIST_BUCKETS - 1; i++) {
+        cum += h->buckets[i];
+        if (i % 2 != 0)
+            continue; /* 1 us * 2^(i/2): the power-of-two bounds */
+        char le[32];
+        out lo = {le, sizeof le, 0};
+        put_seconds(&lo, (uint64_t)cpool_histogram_bound_ns(i));
+        le[lo.len < sizeof le ? lo.len : sizeof le - 1] = '\0';
+        sample_head(c, name, "_bucket", "le", le);
+        putf(c->o, "%" PRIu64 "\n", cum);
+    }
+    /* +Inf is the count, so that the buckets and _count agree even when a
+     * snapshot caught a histogram between its count and bucket updates. */
+    sample_head(c, name, "_bucket", "le", "+Inf");
+    putf(c->o, "%" PRIu64 "\n", h->count);
+    sample_head(c, name, "_sum", NULL, NULL);
+    put_seconds(c->o, h->sum_ns);
+    put(c->o, "\n");
+    sample_head(c, name, "_count", NULL, NULL);
+    putf(c->o, "%" PRIu64 "\n", h->count);
+}
+
+size_t cpool_stats_prometheus(const cpool_stats *s, const char *pool_name,
+                              const char *extra_labels, char *buf, size_t size)
+{
+    out o = {buf, buf != NULL ? size : 0, 0};
+    if (s == NULL || s->struct_size < sizeof *s) {
+        if (o.size > 0)
+            buf[0] = '\0';
+        return 0;
+    }
+    ctx c = {&o, pool_name, extra_labels};
+    if (extra_labels != NULL && !labels_valid(extra_labels)) {
+        put(&o, "# cpool: extra_labels left out: expected name=\"value\" pairs separated "
+                "by commas\n");
+        c.extra = NULL;
+    }
+
+    /* Gauges: the pool as it is now. */
+    family(&c, "db_client_connection_count", "gauge",
+           "Connections open now, by state: idle (available) or used (checked out).");
+    sample_u64(&c, "db_client_connection_count", "state", "idle", s->counts.available);
+    sample_u64(&c, "db_client_connection_count", "state", "used", s->counts.in_use);
+    gauge(&c, "db_client_connection_establishing",
+          "Connections being established (CMAP pending); they count toward the maximum.",
+          s->counts.pending);
+    gauge(&c, "db_client_connection_pending_requests",
+          "Checkouts waiting in the queue for a connection.", s->counts.waiting);
+    family(&c, "db_client_connection_max", "gauge",
+           "Most connections the pool may hold open (maxPoolSize); +Inf when unlimited.");
+    sample_head(&c, "db_client_connection_max", NULL, NULL, NULL);
+    if (s->max_pool_size == 0)
+        put(&o, "+Inf\n");
+    else
+        putf(&o, "%" PRIu32 "\n", s->max_pool_size);
+    gauge(&c, "db_client_connection_idle_min",
+          "Connections the pool keeps open even when idle (minPoolSize).", s->min_pool_size);
+    gauge(&c, "db_client_connection_generation",
+          "The pool's generation; it grows by one at every clear.", s->counts.generation);
+    family(&c, "db_client_connection_pool_state", "gauge",
+           "1 for the state the pool is in (paused, ready, closed), 0 for the others.");
+    static const char *const states[] = {"paused", "ready", "closed"};
+    for (int i = 0; i < 3; i++)
+        sample_u64(&c, "db_client_connection_pool_state", "state", states[i],
+                   (int)s->counts.state == i);
+    gauge(&c, "db_client_connection_breaker_open",
+          "1 while the circuit breaker is open (establishments keep failing).",
+          s->breaker_open ? 1 : 0);
+
+    /* Counters: what happened since the pool was created. */
+    counter(&c, "db_client_connection_created_total",
+            "Connections the pool started to establish (ConnectionCreated).",
+            s->connections_created);
+    counter(&c, "db_client_connection_connect_failures_total",
+            "Establishments that failed.", s->connect_failures);
+    family(&c, "db_client_connection_closed_total", "counter",
+           "Connections closed, by reason (ConnectionClosed.reason).");
+    for (int r = 0; r < CPOOL_CLOSE_REASON_COUNT_ && r < CPOOL_CLOSE_REASON_SLOTS; r++)
+        sample_u64(&c, "db_client_connection_closed_total", "reason",
+                   cpool_close_reason_name(r), s->closed[r]);
+    counter(&c, "db_client_connection_checkouts_total",
+            "Checkouts started (ConnectionCheckOutStarted).", s->checkouts);
+    counter(&c, "db_client_connection_checkouts_reused_total",
+            "Checkouts served by a connection that was already open.", s->checkouts_reused);
+    family(&c, "db_client_connection_checkout_failures_total", "counter",
+           "Checkouts that failed, by error code.");
+    for (int i = 1; i < CPOOL_ERROR_SLOTS; i++) {
+        const char *name = cpool_err_name(-i);
+        char other[24];
+        if (strcmp(name, "CPOOL_E?") == 0) {
+            /* A code this build has no name for: shown only if it
+             * happened, under its number. */
+            if (s->checkout_failures[i] == 0)
+                continue;
+            snprintf(other, sizeof other, "%d", -i);
+            name = other;
+        }
+        sample_u64(&c, "db_client_connection_checkout_failures_total", "error", name,
+                   s->checkout_failures[i]);
+    }
+    counter(&c, "db_client_connection_timeouts_total",
+            "Checkouts that timed out waiting for a connection (CPOOL_ETIMEDOUT, and "
+            "CPOOL_ETENANT when the tenant's cap kept it waiting).",
+            s->checkout_failures[-CPOOL_ETIMEDOUT] + s->checkout_failures[-CPOOL_ETENANT]);
+    counter(&c, "db_client_connection_validations_total",
+            "Validations run on reused connections before handing them out.",
+            s->validations);
+    counter(&c, "db_client_connection_validation_failures_total",
+            "Validations that failed (the connection was closed and replaced).",
+            s->validation_failures);
+    counter(&c, "db_client_connection_breaker_opens_total",
+            "Times the circuit breaker opened.", s->breaker_opens);
+    counter(&c, "db_client_connection_leaks_suspected_total",
+            "Leases held longer than leak_threshold_ms.", s->leaks_suspected);
+    counter(&c, "db_client_connection_leaks_reclaimed_total",
+            "Leases held longer than leak_reclaim_ms, interrupted and taken back.",
+            s->leaks_reclaimed);
+
+    /* Histograms. */
+    histogram(&c, "db_client_connection_wait_time_seconds",
+              "Time a checkout took, from its start to the lease.", &s->wait);
+    histogram(&c, "db_client_connection_use_time_seconds",
+              "Time a lease was held, from checkout to checkin.", &s->hold);
+    histogram(&c, "db_client_connection_create_time_seconds",
+              "Time a successful establishment took.", &s->connect);
+
+    if (o.size > 0)
+        buf[o.len < o.size ? o.len : o.size - 1] = '\0';
+    return o.len;
+}
