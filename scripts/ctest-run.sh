@@ -96,5 +96,8 @@ if [[ -f "$build/Testing/Temporary/LastTest.log" ]]; then
     grep -E '^[0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$' \
         "$build/Testing/Temporary/LastTest.log" |
         sed "s|^|ctest-run: CMAP conformance runner: |" || true
+    # The fault drills' figures (max wait, recovery time, leaks), likewise.
+    grep -E '^drill-summary ' "$build/Testing/Temporary/LastTest.log" |
+        sed "s|^|ctest-run: |" || true
 fi
 echo "ctest-run: OK: every test in $build ran and passed"

@@ -204,7 +204,8 @@ TEST(kill9_restart_under_load)
     int64_t max_co = atomic_load(&d.max_checkout_ns) / 1000000;
     int64_t max_cmd = atomic_load(&d.max_command_ns) / 1000000;
     fprintf(stderr,
-            "drill: ok %lld, failed %lld (timeouts %lld, connect errors %lld, unavailable "
+            "drill-summary redis kill9_restart_under_load: ok %lld, failed %lld "
+            "(timeouts %lld, connect errors %lld, unavailable "
             "%lld); max checkout %lld ms, max command %lld ms; server answered %lld ms "
             "after the restart began; served again %lld ms after that (outage %lld ms)\n",
             (long long)atomic_load(&d.ok), (long long)atomic_load(&d.failed),
@@ -319,7 +320,8 @@ TEST(stopped_server_bounded)
     rt_ok(cpool_redis_context(c), "PING");
     test_checkin(p, c, 0);
     fprintf(stderr,
-            "stopped server: command failed after %lld ms, check-in took %lld ms, checkout "
+            "drill-summary redis stopped_server_bounded: command failed after %lld ms, "
+            "check-in took %lld ms, checkout "
             "failed after %lld ms (%s), served %lld ms after SIGCONT\n",
             (long long)cmd_ms, (long long)checkin_ms, (long long)co_ms, cpool_err_name(rc),
             (long long)back_ms);
