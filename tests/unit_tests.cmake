@@ -155,7 +155,10 @@ cpool_unit_suite(resilience LABEL unit TIMEOUT 30 CASES
   caller_deadline_does_not_trip_breaker
   shutdown_cancels_establishment_with_eshutdown
   wait_connected_reports_current_failure
-  code_values_checked_without_overflow)
+  code_values_checked_without_overflow
+  queued_checkout_served_after_backoff_step
+  shutdown_counts_reclaimed_leases
+  reused_struct_starts_a_fresh_lease)
 
 cpool_unit_suite(tenants LABEL unit TIMEOUT 60 CASES
   tenant_cap_enforced
@@ -163,7 +166,9 @@ cpool_unit_suite(tenants LABEL unit TIMEOUT 60 CASES
   minimum_reserved_for_tenant
   saturating_tenant_capped_does_not_starve_other
   saturating_tenant_does_not_take_reserved_minimum
-  tenant_configuration_errors)
+  tenant_configuration_errors
+  closed_lease_frees_tenant_for_available_connection
+  first_tenant_refused_after_clear)
 
 cpool_unit_suite(log LABEL unit TIMEOUT 30 CASES
   lifecycle_messages

@@ -457,6 +457,8 @@ typedef struct cpool_shutdown_report {
     uint32_t returned;        /* of those, checked in within the grace period */
     uint32_t interrupted;     /* still held at the end: interrupted; each is
                                  closed when it comes back */
+    uint32_t reclaimed;       /* taken back by leak reclaim meanwhile (not
+                                 counted as returned) */
     int64_t elapsed_ms;
 } cpool_shutdown_report;
 

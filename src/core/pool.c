@@ -366,6 +366,10 @@ static cpool_conn *conn_new_locked(cpool *p)
     c->interrupt_requested = c->interrupted = c->close_deferred = false;
     c->created_ns = cpool__now(p);
     c->expires_ns = expiry_locked(p, c->created_ns);
+    /* A reused struct must not carry its last lease's times into the
+     * window before this one's lease_begin (a leak scan would see them). */
+    atomic_store_explicit(&c->leased_ns, 0, memory_order_relaxed);
+    c->leak_lease = 0;
     c->probe = p->fail_streak > 0;
     if (c->probe)
         p->probing = true;
@@ -409,6 +413,7 @@ static void abandon_locked(cpool *p, cpool_conn *c)
     if (c->native != NULL && p->cx->abandon != NULL)
         p->cx->abandon(p->cx_ctx, c->native);
     c->svc = NULL;
+    unassign_locked(c);
     conn_free_locked(p, c);
 }
 
@@ -434,6 +439,9 @@ static void close_conn_locked(cpool *p, cpool_conn *c, int reason,
 {
     list_remove(list_for(p, c->state), c);
     c->state = CONN_FREE; /* in no list until conn_free_locked */
+    /* Its counts leave the lists now: fold them before mu is released, so a
+     * snapshot never sees them vanish (counters must not go backwards). */
+    cpool__cell_fold(&p->retired, &c->cell);
     if ((unsigned)reason < CPOOL_CLOSE_REASON_SLOTS)
         p->st_closed[reason]++;
     unassign_locked(c);
@@ -591,8 +599,23 @@ static bool can_create_locked(const cpool *p)
 /* Capacity freed (a close, or an establishment ended): the oldest waiter may
  * now create a connection. The pending connection is created here, in queue
  * order, and handed to the waiter to establish. May release mu. */
+/* With tenants, a tenant's count dropping (a lease closed rather than
+ * returned) can make a queued checkout eligible for a connection that is
+ * already available: offer it, so no waiter stays queued beside one. */
+static void offer_available_locked(cpool *p)
+{
+    if (!p->tenants)
+        return;
+    for (cpool_conn *c = p->available.head; c != NULL && next_waiter_locked(p) != NULL;) {
+        cpool_conn *next = c->next;
+        make_available_locked(p, c);
+        c = next;
+    }
+}
+
 static void grant_capacity_locked(cpool *p)
 {
+    offer_available_locked(p);
     waiter *w;
     while ((w = next_waiter_locked(p)) != NULL && p->state == CPOOL_STATE_READY &&
            can_create_locked(p)) {
@@ -765,6 +788,10 @@ static void note_connect_failure_locked(cpool *p, const cpool_error *ce)
     p->last_fail_at = cpool__now(p);
     int64_t d = backoff_delay_locked(p, p->fail_streak);
     p->retry_at = d > 0 ? p->last_fail_at + d : 0;
+    /* The maintenance thread re-arms to wake at retry_at and serve the
+     * queue; waiters that queued before this failure sleep on. */
+    if (p->wq_head != NULL)
+        kick_maintenance_locked(p);
     if (!breaker_open(p))
         return;
     if (p->fail_streak == p->opts.breaker_threshold)
@@ -877,7 +904,7 @@ static int establish_locked(cpool *p, cpool_conn *c, int64_t deadline,
     p->st_ready++;
     cpool__hist_add(&p->connect_hist, cpool__now(p) - c->created_ns);
     note_connect_success_locked(p);
-    bool stale = is_stale_locked(p, c) || p->state == CPOOL_STATE_CLOSED;
+    bool stale = is_stale_locked(p, c) || p->state == CPOOL_STATE_CLOSED || p->draining;
     if (stale) {
         set_state_locked(p, c, CONN_IN_USE); /* owned by us until closed below */
     } else if (for_checkout) {
@@ -894,8 +921,10 @@ static int establish_locked(cpool *p, cpool_conn *c, int64_t deadline,
         cpool__emit_relock(p, &ev);
     }
     if (stale) {
-        close_conn_locked(p, c, p->state == CPOOL_STATE_CLOSED ? CPOOL_CLOSE_POOL_CLOSED
-                                                               : CPOOL_CLOSE_STALE,
+        close_conn_locked(p, c,
+                          p->state == CPOOL_STATE_CLOSED || p->draining
+                              ? CPOOL_CLOSE_POOL_CLOSED
+                              : CPOOL_CLOSE_STALE,
                           NULL);
         return ESTABLISH_RETRY;
     }
@@ -1180,6 +1209,13 @@ static int64_t conn_deadline(checkout_clock *t)
  * step if that comes before its deadline. */
 static int64_t backoff_wake_locked(const cpool *p, int64_t deadline)
 {
+    if (p->opts.maintenance_interval_ms < 0) {
+        /* No maintenance thread to serve the queue when a backoff step
+         * that began after this checkout queued ends: look every 250 ms. */
+        int64_t look = cpool__now(p) + 250000000;
+        if (look < deadline)
+            deadline = look;
+    }
     if (p->fail_streak == 0 || p->retry_at == 0 || p->retry_at >= deadline || p->probing)
         return deadline;
     int64_t now = cpool__now(p);
@@ -1550,6 +1586,7 @@ static void close_reclaimed_locked(cpool *p, cpool_conn *c)
     list_remove(&p->orphans, c);
     c->state = CONN_FREE;
     c->reclaimed = false;
+    cpool__cell_fold(&p->retired, &c->cell);
     if (c->pins > 0) {
         c->close_deferred = true;
         return;
@@ -1659,6 +1696,10 @@ static bool reclaim_locked(cpool *p, cpool_conn *c, int64_t held)
     c->interrupted = true;
     c->pins++;
     p->leaks_reclaimed++;
+    if (p->draining) {
+        p->drain_reclaimed++;
+        pthread_cond_broadcast(&p->drain_cv);
+    }
     p->st_closed[CPOOL_CLOSE_RECLAIMED]++;
     svc_release_locked(p, c);
     void *native = c->native;
@@ -1866,8 +1907,15 @@ static void after_fork_locked(cpool *p)
     }
     /* Leases reclaimed in the parent: here too the session is the
      * parent's, so they are abandoned, not closed, when they come back. */
-    for (cpool_conn *c = p->orphans.head; c != NULL; c = c->next)
+    for (cpool_conn *c = p->orphans.head; c != NULL; c = c->next) {
         c->reclaimed = false;
+        unassign_locked(c); /* no tenant holds it here */
+    }
+    for (tenant *t = p->tenant_list; t != NULL; t = t->next)
+        t->waiting = 0; /* the parent's waiters are not here */
+    /* A probe in flight belonged to a parent thread: without this, the
+     * child would wait for its result forever. */
+    p->probing = false;
     while (p->services != NULL) {
         service *s = p->services;
         p->services = s->next;
@@ -2226,6 +2274,7 @@ int cpool_ready(cpool *p, cpool_error *err)
         return 0;
     }
     p->state = CPOOL_STATE_READY;
+    p->ever_ready = true;
     /* The background thread takes mu before it creates anything, and its
      * ConnectionCreated needs ev_mu, which we take before releasing mu: so
      * no observer sees a creation before ConnectionPoolReady. */
@@ -2362,7 +2411,10 @@ int cpool_shutdown(cpool *p, int64_t grace_ms, cpool_shutdown_report *report,
     cpool_close(p);
     if (report != NULL) {
         report->in_use_at_start = at_start;
-        report->returned = at_start >= held ? at_start - held : 0;
+        report->reclaimed = p->drain_reclaimed;
+        report->returned = at_start >= held + p->drain_reclaimed
+                               ? at_start - held - p->drain_reclaimed
+                               : 0;
         report->interrupted = held;
         report->elapsed_ms = (real_now_ns() - t0) / 1000000;
     }
@@ -2511,7 +2563,7 @@ int cpool_tenant_set(cpool *p, const char *name, uint32_t max_in_use, uint32_t m
                           min_reserved, max_in_use);
     pthread_mutex_lock(&p->mu);
     int rc = 0;
-    if (!p->tenants && p->state != CPOOL_STATE_PAUSED) {
+    if (!p->tenants && p->ever_ready) {
         rc = cpool__err(err, CPOOL_ESTATE,
                         "tenant_set %s: declare the first tenant before cpool_ready()",
                         p->address);
@@ -2547,11 +2599,6 @@ int cpool_tenant_set(cpool *p, const char *name, uint32_t max_in_use, uint32_t m
     t->max = max_in_use;
     t->min = min_reserved;
     grant_capacity_locked(p); /* a raised cap may let a waiter in */
-    for (cpool_conn *c = p->available.head; c != NULL && next_waiter_locked(p) != NULL;) {
-        cpool_conn *next = c->next;
-        make_available_locked(p, c); /* to a waiter the new limits let in */
-        c = next;
-    }
 out:
     pthread_mutex_unlock(&p->mu);
     return rc;

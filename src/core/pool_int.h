@@ -204,6 +204,8 @@ struct cpool {
 
     /* Graceful shutdown; mu. */
     bool draining;
+    uint32_t drain_reclaimed; /* leases reclaimed while draining */
+    bool ever_ready;        /* cpool_ready() succeeded once; mu */
     pthread_cond_t drain_cv; /* a lease came back while draining */
 
     /* Maintenance thread; guarded by mu. */

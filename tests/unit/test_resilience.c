@@ -729,6 +729,93 @@ TEST(code_values_checked_without_overflow)
     ASSERT_OK_E(cpool_options_explain(&o, NULL, 0, NULL, NULL, NULL, 0, &e), &e);
 }
 
+/* A checkout queued before an establishment failed is served when that
+ * failure's backoff step ends, with or without a maintenance thread. */
+static void lost_wakeup_case(int64_t maintenance_ms)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.max_connecting = 1;
+    f.opts.backoff_base_ms = 50;
+    f.opts.backoff_jitter = 0;
+    f.opts.maintenance_interval_ms = maintenance_ms;
+    test_fixture_start(&f);
+    cpool_mem_failpoint fp;
+    memset(&fp, 0, sizeof fp);
+    fp.times = 1;
+    fp.block_ms = 100;
+    fp.fail = true;
+    fp.fail_phase = CPOOL_PHASE_CONNECT;
+    fp.fail_kind = CPOOL_FAIL_NETWORK;
+    cpool_mem_set_failpoint(f.mem, &fp);
+    test_job first, second;
+    test_job_start(&first, f.pool, 5000);
+    WAIT_UNTIL(test_counts(f.pool).pending == 1, 2000); /* the only slot */
+    test_job_start(&second, f.pool, 3000);
+    WAIT_UNTIL(test_counts(f.pool).waiting == 1, 2000); /* queued before the failure */
+    test_job_join(&first, 3000);
+    test_job_join(&second, 3000);
+    ASSERT_RC(CPOOL_ECONNECT, first.rc);
+    ASSERT_OK_E(second.rc, &second.err);
+    ASSERT_LT((second.end_ns - second.start_ns) / 1000000, 1000);
+    test_checkin(f.pool, second.conn, 0);
+    test_fixture_free(&f);
+}
+
+TEST(queued_checkout_served_after_backoff_step)
+{
+    lost_wakeup_case(-1);
+    lost_wakeup_case(2000);
+}
+
+/* A lease reclaimed while shutting down ends the wait for it. */
+TEST(shutdown_counts_reclaimed_leases)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.maintenance_interval_ms = 10;
+    f.opts.leak_threshold_ms = 50;
+    f.opts.leak_reclaim_ms = 100;
+    test_fixture_start(&f);
+    cpool_conn *kept = test_checkout(f.pool);
+    cpool_shutdown_report rep;
+    int64_t t0 = test_now_ms();
+    ASSERT_OK(cpool_shutdown(f.pool, 3000, &rep, NULL));
+    ASSERT_LT(test_now_ms() - t0, 2000);
+    ASSERT_EQ(1, rep.in_use_at_start);
+    ASSERT_EQ(1, rep.reclaimed);
+    ASSERT_EQ(0, rep.returned);
+    ASSERT_EQ(0, rep.interrupted);
+    test_checkin(f.pool, kept, 0);
+    test_fixture_free(&f);
+}
+
+/* A struct reused after a reclaim must not carry the old lease's time
+ * into the new lease (a leak scan would reclaim it at once). */
+TEST(reused_struct_starts_a_fresh_lease)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.clock = &f.clk.clock;
+    f.opts.max_pool_size = 1;
+    f.opts.leak_threshold_ms = 100;
+    f.opts.leak_reclaim_ms = 200;
+    test_fixture_start(&f);
+    cpool_conn *old = test_checkout(f.pool);
+    test_clock_advance_ms(&f.clk, f.pool, 200);
+    ASSERT_OK(cpool_maintain(f.pool, NULL)); /* reclaimed */
+    ASSERT_OK(cpool_checkin(f.pool, old, 0, NULL));  /* struct to the free list */
+    cpool_conn *fresh = test_checkout(f.pool);   /* may reuse the struct */
+    ASSERT_OK(cpool_maintain(f.pool, NULL));
+    ASSERT_EQ(1, test_counts(f.pool).in_use);
+    ASSERT_FALSE(cpool_mem_conn_interrupted(cpool_conn_native(fresh)));
+    cpool_stats s = {.struct_size = sizeof s};
+    ASSERT_OK(cpool_get_stats(f.pool, &s));
+    ASSERT_EQ(1, s.leaks_reclaimed);
+    test_checkin(f.pool, fresh, 0);
+    test_fixture_free(&f);
+}
+
 int main(int argc, char **argv)
 {
     static const test_case cases[] = {
@@ -757,6 +844,9 @@ int main(int argc, char **argv)
         TEST_ENTRY(shutdown_cancels_establishment_with_eshutdown),
         TEST_ENTRY(wait_connected_reports_current_failure),
         TEST_ENTRY(code_values_checked_without_overflow),
+        TEST_ENTRY(queued_checkout_served_after_backoff_step),
+        TEST_ENTRY(shutdown_counts_reclaimed_leases),
+        TEST_ENTRY(reused_struct_starts_a_fresh_lease),
     };
     return test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

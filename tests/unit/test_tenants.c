@@ -228,6 +228,56 @@ TEST(tenant_configuration_errors)
     cpool_mem_destroy(mem);
 }
 
+/* A tenant's lease closed (not returned) lets its queued checkout take a
+ * connection that is already available, even when none may be created. */
+TEST(closed_lease_frees_tenant_for_available_connection)
+{
+    cpool_mem *mem = test_mem_create();
+    cpool_options o;
+    test_options(&o, mem, NULL);
+    o.max_pool_size = 3;
+    o.backoff_base_ms = 10000; /* no new connection for 10 s */
+    o.backoff_jitter = 0;
+    cpool *p = test_pool_create(&o);
+    ASSERT_OK(cpool_tenant_set(p, "a", 1, 0, NULL));
+    test_ready(p);
+    cpool_conn *a1, *other, *x = NULL;
+    ASSERT_OK(take(p, "a", 200, &a1, NULL));
+    ASSERT_OK(take(p, NULL, 200, &other, NULL));
+    test_fail_next_handshake(mem, CPOOL_PHASE_CONNECT, CPOOL_FAIL_NETWORK);
+    ASSERT_RC(CPOOL_ECONNECT, take(p, NULL, 200, &x, NULL)); /* backoff now */
+    test_checkin(p, other, 0); /* one available */
+    pthread_t th;
+    waiter_arg arg = {p, NULL, -100, false};
+    TEST_THREAD_START(&th, a_waiter, &arg);
+    WAIT_UNTIL(test_counts(p).waiting == 1, 2000);
+    test_checkin(p, a1, CPOOL_CHECKIN_BROKEN); /* closed: a may take one */
+    pthread_join(th, NULL);
+    ASSERT_OK(arg.rc);
+    test_checkin(p, arg.c, 0);
+    cpool_destroy(p);
+    cpool_mem_destroy(mem);
+}
+
+/* The first tenant cannot be declared on a pool that has served, even
+ * while it is paused by a clear. */
+TEST(first_tenant_refused_after_clear)
+{
+    cpool_mem *mem;
+    cpool *p = tenant_pool(&mem, 4);
+    test_ready(p);
+    cpool_conn *c = test_checkout(p);
+    test_checkin(p, c, 0);
+    ASSERT_OK(cpool_clear(p, 0, NULL, NULL));
+    cpool_error e;
+    ASSERT_RC(CPOOL_ESTATE, cpool_tenant_set(p, "a", 1, 0, &e));
+    test_ready(p);
+    c = test_checkout(p);
+    test_checkin(p, c, 0);
+    cpool_destroy(p);
+    cpool_mem_destroy(mem);
+}
+
 int main(int argc, char **argv)
 {
     static const test_case cases[] = {
@@ -237,6 +287,8 @@ int main(int argc, char **argv)
         TEST_ENTRY(saturating_tenant_capped_does_not_starve_other),
         TEST_ENTRY(saturating_tenant_does_not_take_reserved_minimum),
         TEST_ENTRY(tenant_configuration_errors),
+        TEST_ENTRY(closed_lease_frees_tenant_for_available_connection),
+        TEST_ENTRY(first_tenant_refused_after_clear),
     };
     return test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
