@@ -315,16 +315,23 @@ static int unfit_reason_locked(const cpool *p, const cpool_conn *c, bool broken)
     return -1;
 }
 
+/* A uniform number in [0, 1) for the jitters (xorshift64*: the pool needs
+ * spread, not secrecy). */
+static double random_unit_locked(cpool *p)
+{
+    p->rng ^= p->rng >> 12;
+    p->rng ^= p->rng << 25;
+    p->rng ^= p->rng >> 27;
+    return (double)((p->rng * 2685821657736338717ULL) >> 11) / 9007199254740992.0;
+}
+
 /* A connection's lifetime, shortened by a random fraction up to
- * lifetime_jitter (xorshift64*: the pool needs spread, not secrecy). */
+ * lifetime_jitter. */
 static int64_t expiry_locked(cpool *p, int64_t created)
 {
     if (p->opts.max_lifetime_ms <= 0)
         return INT64_MAX;
-    p->rng ^= p->rng >> 12;
-    p->rng ^= p->rng << 25;
-    p->rng ^= p->rng >> 27;
-    double u = (double)((p->rng * 2685821657736338717ULL) >> 11) / 9007199254740992.0;
+    double u = random_unit_locked(p);
     int64_t life = ms_to_ns(p->opts.max_lifetime_ms);
     return created + life - (int64_t)((double)life * p->opts.lifetime_jitter * u);
 }
@@ -401,7 +408,6 @@ static void conn_free_locked(cpool *p, cpool_conn *c)
     c->native = NULL;
     c->state = CONN_FREE;
     atomic_store_explicit(&c->leased, LEASE_NONE, memory_order_relaxed);
-    cpool__cell_fold(&p->retired, &c->cell);
     list_push_head(&p->free_list, c);
 }
 
@@ -414,6 +420,7 @@ static void abandon_locked(cpool *p, cpool_conn *c)
         p->cx->abandon(p->cx_ctx, c->native);
     c->svc = NULL;
     unassign_locked(c);
+    cpool__cell_fold(&p->retired, &c->cell); /* closes fold theirs earlier */
     conn_free_locked(p, c);
 }
 
@@ -755,10 +762,7 @@ static int64_t backoff_delay_locked(cpool *p, uint32_t n)
         d *= 2;
     if (cap > 0 && d > cap)
         d = cap;
-    p->rng ^= p->rng >> 12;
-    p->rng ^= p->rng << 25;
-    p->rng ^= p->rng >> 27;
-    double u = (double)((p->rng * 2685821657736338717ULL) >> 11) / 9007199254740992.0;
+    double u = random_unit_locked(p);
     return d + (int64_t)((double)d * p->opts.backoff_jitter * (2 * u - 1));
 }
 
