@@ -11,7 +11,7 @@ function(cpool_unit_suite suite)
   set(exe test_${suite})
   add_executable(${exe} ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_${suite}.c)
   target_include_directories(${exe} PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
-  target_link_libraries(${exe} PRIVATE cpool Threads::Threads)
+  target_link_libraries(${exe} PRIVATE cpool_static Threads::Threads)
   foreach(case IN LISTS S_CASES)
     add_test(NAME ${suite}/${case} COMMAND ${exe} ${case})
     set_tests_properties(${suite}/${case} PROPERTIES
@@ -46,6 +46,7 @@ cpool_unit_suite(pool LABEL unit TIMEOUT 30 CASES
   clear_paused_pool_bumps_generation
   unlimited_pool_serves_concurrent_leases
   clear_fails_waiters_at_once
+  default_checkout_wait_is_bounded
   wait_queue_timeout_reports_counts
   wait_queue_timeout_follows_fake_clock
   connect_timeout_bounds_establishment
@@ -178,7 +179,8 @@ cpool_unit_suite(log LABEL unit TIMEOUT 30 CASES
   timeout_reason
   pool_closed_checkout_reason
   level_filters_debug_records
-  json_format)
+  json_format
+  json_lines_carry_time_and_pool)
 
 # TSan cannot run a child that starts threads after a multi-threaded
 # fork(), which is what a pool with a maintenance thread does; those two
@@ -204,7 +206,7 @@ cpool_unit_suite(stress LABEL stress TIMEOUT 180 CASES
 # the objects it links -- including libcpool.a's. It needs the static
 # library (a shared libcpool resolves its own calls at run time, past the
 # wrappers), so a BUILD_SHARED_LIBS build leaves the suite out.
-get_target_property(cpool_lib_type cpool TYPE)
+get_target_property(cpool_lib_type cpool_static TYPE)
 if(cpool_lib_type STREQUAL "STATIC_LIBRARY" AND CMAKE_SYSTEM_NAME STREQUAL "Linux")
   cpool_unit_suite(oom LABEL unit TIMEOUT 60 CASES
     create_fails_cleanly

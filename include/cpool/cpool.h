@@ -35,13 +35,30 @@ extern "C" {
 #define CPOOL_NODISCARD
 #endif
 
+/* The version of these headers. cpool_version() gives the library's: a
+ * program built against one version and run with another sees both.
+ * CMakeLists.txt reads these three lines; docs/abi.md says which changes
+ * bump which number and the SONAME (libcpool.so.MAJOR). */
 #define CPOOL_VERSION_MAJOR 0
-#define CPOOL_VERSION_MINOR 1
+#define CPOOL_VERSION_MINOR 2
 #define CPOOL_VERSION_PATCH 0
+#define CPOOL_STR2_(x) #x
+#define CPOOL_STR_(x) CPOOL_STR2_(x)
+#define CPOOL_VERSION_STRING                                                  \
+    CPOOL_STR_(CPOOL_VERSION_MAJOR) "." CPOOL_STR_(CPOOL_VERSION_MINOR) "."   \
+    CPOOL_STR_(CPOOL_VERSION_PATCH)
+/* MAJOR * 10000 + MINOR * 100 + PATCH, for #if comparisons. */
+#define CPOOL_VERSION_NUMBER                                                  \
+    (CPOOL_VERSION_MAJOR * 10000 + CPOOL_VERSION_MINOR * 100 + CPOOL_VERSION_PATCH)
 
 typedef struct cpool cpool;
 typedef struct cpool_conn cpool_conn;
 typedef struct cpool_connector cpool_connector; /* cpool_connector.h */
+
+/* The library's version, "0.2.0", and the same as CPOOL_VERSION_NUMBER
+ * computes it (0.2.0 -> 200). Since 0.2. */
+CPOOL_API const char *cpool_version(void);
+CPOOL_API int cpool_version_number(void);
 
 /* ------------------------------------------------------------------ errors */
 
@@ -169,7 +186,9 @@ typedef enum cpool_checkout_failure {
     CPOOL_CHECKOUT_CONN_ERROR       /* "connectionError" (also: pool paused) */
 } cpool_checkout_failure;
 
-/* Bits of cpool_event.options_set: options that differ from the defaults. */
+/* Bits of cpool_event.options_set: options that differ from CMAP's defaults
+ * (maxPoolSize 100, minPoolSize 0, maxIdleTimeMS 0, maxConnecting 2,
+ * waitQueueTimeoutMS 0). */
 #define CPOOL_OPT_MAX_POOL_SIZE 0x01u
 #define CPOOL_OPT_MIN_POOL_SIZE 0x02u
 #define CPOOL_OPT_MAX_IDLE_TIME_MS 0x04u
@@ -251,13 +270,20 @@ typedef struct cpool_log_record {
     const char *message;   /* "Connection checked out" */
     const cpool_log_field *fields;
     size_t nfields;
+    const char *pool;      /* options.name, else the pool's address; NULL =
+                              none (0.2) */
+    int64_t time_ms;       /* wall clock, ms since the Unix epoch, when the
+                              record was made; 0 = format time (0.2) */
 } cpool_log_record;
 
 /* Log sink. Same threading rules as cpool_event_fn. */
 typedef void (*cpool_log_fn)(const cpool_log_record *rec, void *ctx);
 
 /* A ready-made sink: writes one JSON object per line to the FILE * passed as
- * ctx and flushes it. Safe to use from several pools (one fputs per record). */
+ * ctx and flushes it. Safe to use from several pools (one fputs per record).
+ * Each line starts {"time":"2026-12-05T23:40:01.123Z","level":...,
+ * "pool":...: the time in RFC 3339 (UTC, milliseconds), then the level, the
+ * pool, the component, the message and the record's fields. */
 CPOOL_API void cpool_log_json(const cpool_log_record *rec, void *file);
 /* Formats rec as one JSON object (no newline) into buf; returns the length
  * it needed, like snprintf. */
@@ -276,11 +302,13 @@ struct cpool_options {
     const char *target;                /* conninfo, URL or path; copied */
     const char *address;               /* "host:port" for events and logs;
                                           copied; NULL = the target */
-    uint32_t max_pool_size;            /* maxPoolSize, default 100; 0 = no limit */
+    uint32_t max_pool_size;            /* maxPoolSize, default 10 (CMAP's is
+                                          100); 0 = no limit */
     uint32_t min_pool_size;            /* minPoolSize, default 0 */
     int64_t max_idle_time_ms;          /* maxIdleTimeMS, default 0 = no limit */
     uint32_t max_connecting;           /* maxConnecting, default 2, > 0 */
-    int64_t wait_queue_timeout_ms;     /* waitQueueTimeoutMS, default 0 = no limit */
+    int64_t wait_queue_timeout_ms;     /* waitQueueTimeoutMS, default 30000
+                                          (CMAP's is 0); 0 = no limit */
     int64_t connect_timeout_ms;        /* per establishment, default 10000; 0 = none */
     int64_t maintenance_interval_ms;   /* pause between background runs, default
                                           1000; < 0 = no background thread */
@@ -345,6 +373,9 @@ struct cpool_options {
                                           CPOOL_EUNAVAILABLE and one probe per
                                           backoff step tries again; default 5;
                                           0 = never opens */
+    const char *name;                  /* the pool's name in log records (the
+                                          JSON sink's "pool" field); copied;
+                                          NULL = its address. Code only. */
 };
 
 /* Fills opts with the defaults; `size` is sizeof the caller's struct. */
@@ -538,16 +569,16 @@ CPOOL_API int cpool_get_tenant_stats(cpool *pool, const char *tenant,
  * end; borrowed until cpool_destroy(). */
 CPOOL_API const char *cpool_tenant_name(cpool *pool, size_t i);
 
-/* A checkout labelled with the calling file and line. */
-#define CPOOL_STR2_(x) #x
-#define CPOOL_STR_(x) CPOOL_STR2_(x)
+/* A checkout labelled for leak reports: cpool_checkout_with() with only a
+ * timeout and a label (copied). Since 0.2. */
+CPOOL_API CPOOL_NODISCARD int cpool_checkout_at(cpool *pool, int64_t timeout_ms,
+                                                const char *label, cpool_conn **out,
+                                                cpool_error *err);
+
+/* A checkout labelled with the calling file and line ("app.c:42"). A plain
+ * call, so it works in C and C++ alike. */
 #define cpool_checkout_here(pool, timeout, out, err)                          \
-    cpool_checkout_with((pool),                                               \
-                        &(const cpool_checkout_opts){                         \
-                            .struct_size = sizeof(cpool_checkout_opts),       \
-                            .timeout_ms = (timeout),                          \
-                            .label = __FILE__ ":" CPOOL_STR_(__LINE__)},      \
-                        (out), (err))
+    cpool_checkout_at((pool), (timeout), __FILE__ ":" CPOOL_STR_(__LINE__), (out), (err))
 
 /* Leases a connection. timeout_ms < 0: the pool's own limits apply
  * (waitQueueTimeoutMS for the wait, connect_timeout_ms for establishing);

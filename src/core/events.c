@@ -11,6 +11,15 @@
 #include <string.h>
 #include <time.h>
 
+/* Wall-clock time for log lines: people read it, so it is the real time of
+ * day, not the pool's (possibly fake) monotonic clock. */
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 static const char *const event_names[CPOOL_EV_COUNT_] = {
     [CPOOL_EV_POOL_CREATED] = "ConnectionPoolCreated",
     [CPOOL_EV_POOL_READY] = "ConnectionPoolReady",
@@ -238,6 +247,8 @@ static void log_event(cpool *p, const cpool_event *ev)
         .message = log_messages[ev->type],
         .fields = b.f,
         .nfields = b.n,
+        .pool = p->name,
+        .time_ms = wall_ms(),
     };
     p->opts.on_log(&rec, p->opts.log_ctx);
 }
@@ -273,6 +284,7 @@ void cpool__emit_relock(cpool *p, const cpool_event *ev)
 
 /* ------------------------------------------------------------ JSON sink */
 
+
 typedef struct out {
     char *buf;
     size_t size, len;
@@ -307,13 +319,35 @@ static void put_str(out *o, const char *s)
     put(o, "\"", 1);
 }
 
+/* "2026-12-05T23:40:01.123Z": RFC 3339, UTC, milliseconds; 24 bytes (the
+ * buffer has room for any int the compiler imagines). */
+static void format_time(int64_t ms, char out_buf[80])
+{
+    time_t secs = (time_t)(ms / 1000);
+    struct tm tm;
+    if (ms < 0 || gmtime_r(&secs, &tm) == NULL || tm.tm_year + 1900 > 9999) {
+        snprintf(out_buf, 80, "1970-01-01T00:00:00.000Z");
+        return;
+    }
+    snprintf(out_buf, 80, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
+}
+
 size_t cpool_log_format_json(const cpool_log_record *rec, char *buf, size_t size)
 {
     out o = {.buf = buf, .size = size, .len = 0};
     static const char *const levels[] = {"error", "warn", "info", "debug"};
     char num[64];
-    put(&o, "{\"level\":", 9);
+    char when[80];
+    format_time(rec->time_ms != 0 ? rec->time_ms : wall_ms(), when);
+    put(&o, "{\"time\":", 8);
+    put_str(&o, when);
+    put(&o, ",\"level\":", 9);
     put_str(&o, levels[(unsigned)rec->level <= CPOOL_LOG_DEBUG ? rec->level : 3]);
+    if (rec->pool != NULL) {
+        put(&o, ",\"pool\":", 8);
+        put_str(&o, rec->pool);
+    }
     put(&o, ",\"component\":", 13);
     put_str(&o, rec->component);
     put(&o, ",\"message\":", 11);

@@ -1323,6 +1323,12 @@ int cpool_checkout_with(cpool *p, const cpool_checkout_opts *o, cpool_conn **out
     return checkout_impl(p, o->timeout_ms, o->label, tenant_name, out, err);
 }
 
+int cpool_checkout_at(cpool *p, int64_t timeout_ms, const char *label, cpool_conn **out,
+                      cpool_error *err)
+{
+    return checkout_impl(p, timeout_ms, label, NULL, out, err);
+}
+
 static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
                          const char *tenant_name, cpool_conn **out, cpool_error *err)
 {
@@ -1944,7 +1950,12 @@ void cpool_options_init(cpool_options *o, size_t size)
     cpool_options d;
     memset(&d, 0, sizeof d);
     d.struct_size = size;
-    d.max_pool_size = 100;
+    /* Not CMAP's 100 and "wait forever" (docs/configuration.md, "Defaults
+     * and why"): ten connections per pool leave a default PostgreSQL
+     * (max_connections 100) room for several processes, and a checkout that
+     * cannot be served ends within 30 s. */
+    d.max_pool_size = 10;
+    d.wait_queue_timeout_ms = 30000;
     d.max_connecting = 2;
     d.connect_timeout_ms = 10000;
     d.maintenance_interval_ms = 1000;
@@ -1962,17 +1973,19 @@ void cpool_options_init(cpool_options *o, size_t size)
     memcpy(o, &d, size < sizeof d ? size : sizeof d);
 }
 
+/* The CMAP options that differ from the specification's defaults
+ * (maxPoolSize 100, minPoolSize 0, maxIdleTimeMS 0, maxConnecting 2,
+ * waitQueueTimeoutMS 0): what ConnectionPoolCreated lists, as a driver's
+ * event lists what its user set. This pool's own defaults differ for two
+ * of them, so a default pool lists those two. */
 static unsigned options_set(const cpool_options *o)
 {
-    cpool_options d;
-    cpool_options_init(&d, sizeof d);
     unsigned m = 0;
-    if (o->max_pool_size != d.max_pool_size) m |= CPOOL_OPT_MAX_POOL_SIZE;
-    if (o->min_pool_size != d.min_pool_size) m |= CPOOL_OPT_MIN_POOL_SIZE;
-    if (o->max_idle_time_ms != d.max_idle_time_ms) m |= CPOOL_OPT_MAX_IDLE_TIME_MS;
-    if (o->max_connecting != d.max_connecting) m |= CPOOL_OPT_MAX_CONNECTING;
-    if (o->wait_queue_timeout_ms != d.wait_queue_timeout_ms)
-        m |= CPOOL_OPT_WAIT_QUEUE_TIMEOUT_MS;
+    if (o->max_pool_size != 100) m |= CPOOL_OPT_MAX_POOL_SIZE;
+    if (o->min_pool_size != 0) m |= CPOOL_OPT_MIN_POOL_SIZE;
+    if (o->max_idle_time_ms != 0) m |= CPOOL_OPT_MAX_IDLE_TIME_MS;
+    if (o->max_connecting != 2) m |= CPOOL_OPT_MAX_CONNECTING;
+    if (o->wait_queue_timeout_ms != 0) m |= CPOOL_OPT_WAIT_QUEUE_TIMEOUT_MS;
     return m;
 }
 
@@ -2099,6 +2112,7 @@ static void free_pool(cpool *p)
         p->cx->ctx_free(p->cx_ctx);
     free(p->target);
     free(p->address);
+    free(p->name);
     free(p->host);
     pthread_cond_destroy(&p->maint_cv);
     pthread_cond_destroy(&p->drain_cv);
@@ -2213,12 +2227,14 @@ int cpool_create(const cpool_options *opts, cpool **out, cpool_error *err)
         }
     }
     p->address = address != NULL ? strdup(address) : NULL;
-    if (p->target == NULL || p->address == NULL || split_address(p) != 0) {
+    p->name = o.name != NULL ? strdup(o.name) : p->address != NULL ? strdup(p->address) : NULL;
+    if (p->target == NULL || p->address == NULL || p->name == NULL || split_address(p) != 0) {
         free_pool(p);
         return cpool__err(err, CPOOL_ENOMEM, "create: out of memory");
     }
     o.target = p->target;
     o.address = p->address;
+    o.name = p->name;
     if (o.on_log == NULL && !o.ignore_env && env_log_sink(p, &o) != 0) {
         free_pool(p);
         return cpool__err(err, CPOOL_EINVAL,

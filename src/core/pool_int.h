@@ -155,6 +155,7 @@ struct cpool {
     cpool_options opts;    /* copy; strings point at the copies below */
     char *target;
     char *address;
+    char *name;            /* options.name, else a copy of the address */
     char *host;            /* serverHost for log records */
     int port;              /* serverPort; -1 when none (unix socket) */
     const cpool_connector *cx;

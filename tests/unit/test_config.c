@@ -162,7 +162,7 @@ TEST(env_overrides_code_url_overrides_env)
     ASSERT_GE(n, 12);
     ASSERT_EQ(CPOOL_SOURCE_URL, info_of(info, n, "max_pool_size")->source);
     ASSERT_STR_EQ("30", info_of(info, n, "max_pool_size")->value);
-    ASSERT_STR_EQ("100", info_of(info, n, "max_pool_size")->default_value);
+    ASSERT_STR_EQ("10", info_of(info, n, "max_pool_size")->default_value);
     ASSERT_EQ(CPOOL_SOURCE_ENV, info_of(info, n, "wait_queue_timeout_ms")->source);
     ASSERT_EQ(CPOOL_SOURCE_CODE, info_of(info, n, "max_connecting")->source);
     ASSERT_EQ(CPOOL_SOURCE_DEFAULT, info_of(info, n, "min_pool_size")->source);
@@ -180,7 +180,7 @@ TEST(ignore_env_skips_environment)
     o.ignore_env = true;
     char t[64];
     resolve(&o, &eff, t, sizeof t);
-    ASSERT_EQ(100, eff.max_pool_size);
+    ASSERT_EQ(10, eff.max_pool_size);
     ASSERT_NULL(eff.profile);
 }
 

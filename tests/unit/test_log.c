@@ -192,10 +192,11 @@ TEST(lifecycle_messages)
 
     const log_copy *r = find_message(&logs, "Connection pool created", 0);
     ASSERT_EQ(2, field_int(r, "maxPoolSize"));
-    /* Options left at their defaults are not reported. */
+    /* Options at CMAP's defaults are not reported; this pool's default
+     * wait (30 s, where CMAP's is 0) is. */
     ASSERT_NULL(field(r, "minPoolSize"));
     ASSERT_NULL(field(r, "maxIdleTimeMS"));
-    ASSERT_NULL(field(r, "waitQueueTimeoutMS"));
+    ASSERT_EQ(30000, field_int(r, "waitQueueTimeoutMS"));
 
     static const char *const with_id[] = {
         "Connection created", "Connection ready", "Connection checked out",
@@ -397,6 +398,82 @@ TEST(json_format)
     ASSERT_EQ(sizeof small - 1, strlen(small));
 }
 
+/* True when s starts with an RFC 3339 UTC time with milliseconds,
+ * "YYYY-MM-DDTHH:MM:SS.mmmZ", within a day of now. */
+static bool is_recent_rfc3339_ms(const char *s)
+{
+    static const char shape[] = "dddd-dd-ddTdd:dd:dd.dddZ";
+    for (size_t i = 0; shape[i] != '\0'; i++) {
+        if (shape[i] == 'd' ? !isdigit((unsigned char)s[i]) : s[i] != shape[i])
+            return false;
+    }
+    struct tm tm;
+    memset(&tm, 0, sizeof tm);
+    if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+               &tm.tm_hour, &tm.tm_min, &tm.tm_sec) != 6)
+        return false;
+    tm.tm_year -= 1900;
+    tm.tm_mon -= 1;
+    time_t t = timegm(&tm);
+    time_t now = time(NULL);
+    return t > now - 86400 && t < now + 86400;
+}
+
+/* Every JSON line starts with the time (RFC 3339, UTC, ms) and names the
+ * pool: options.name when set, else its address. A record without a time
+ * of its own is stamped when formatted. */
+TEST(json_lines_carry_time_and_pool)
+{
+    char buf[1024];
+    cpool_log_record rec;
+    memset(&rec, 0, sizeof rec);
+    rec.level = CPOOL_LOG_WARN;
+    rec.component = "connection";
+    rec.message = "m";
+    rec.pool = "orders";
+    rec.time_ms = 1764978001123LL; /* 2025-12-05T23:40:01.123Z */
+    cpool_log_format_json(&rec, buf, sizeof buf);
+    ASSERT_STR_EQ("{\"time\":\"2025-12-05T23:40:01.123Z\",\"level\":\"warn\","
+                  "\"pool\":\"orders\",\"component\":\"connection\",\"message\":\"m\"}",
+                  buf);
+    rec.time_ms = 0;
+    rec.pool = NULL;
+    cpool_log_format_json(&rec, buf, sizeof buf);
+    ASSERT_TRUE(strncmp(buf, "{\"time\":\"", 9) == 0);
+    ASSERT_TRUE(is_recent_rfc3339_ms(buf + 9));
+    ASSERT_NULL(strstr(buf, "\"pool\""));
+
+    /* Through a pool and the ready-made sink: named, then unnamed. */
+    for (int named = 1; named >= 0; named--) {
+        cpool_mem *mem = test_mem_create();
+        cpool_options o;
+        test_options(&o, mem, NULL);
+        if (named)
+            o.name = "orders-primary";
+        FILE *f = tmpfile();
+        ASSERT_NOT_NULL(f);
+        o.on_log = cpool_log_json;
+        o.log_ctx = f;
+        cpool *p = test_pool_create(&o);
+        test_ready(p);
+        test_checkin(p, test_checkout(p), 0);
+        cpool_destroy(p);
+        rewind(f);
+        char line[2048];
+        int lines = 0;
+        while (fgets(line, sizeof line, f) != NULL) {
+            lines++;
+            ASSERT_TRUE(strncmp(line, "{\"time\":\"", 9) == 0);
+            ASSERT_TRUE(is_recent_rfc3339_ms(line + 9));
+            ASSERT_STR_CONTAINS(line, named ? "\"pool\":\"orders-primary\""
+                                            : "\"pool\":\"unit-host:4242\"");
+        }
+        ASSERT_GE(lines, 5);
+        fclose(f);
+        cpool_mem_destroy(mem);
+    }
+}
+
 static const test_case cases[] = {
     TEST_ENTRY(lifecycle_messages),
     TEST_ENTRY(stale_reason),
@@ -406,6 +483,7 @@ static const test_case cases[] = {
     TEST_ENTRY(pool_closed_checkout_reason),
     TEST_ENTRY(level_filters_debug_records),
     TEST_ENTRY(json_format),
+    TEST_ENTRY(json_lines_carry_time_and_pool),
 };
 
 TEST_MAIN(cases)

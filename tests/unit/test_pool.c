@@ -626,6 +626,39 @@ TEST(wait_queue_timeout_follows_fake_clock)
     test_fixture_free(&f);
 }
 
+/* No default wait is infinite: with every option left at its default, a
+ * checkout that cannot be served ends with CPOOL_ETIMEDOUT after 30 s of
+ * the pool's clock, and the default size is 10. (CMAP's 0 = no limit is
+ * still there when asked for; the conformance runner asks.) */
+TEST(default_checkout_wait_is_bounded)
+{
+    cpool_options d;
+    cpool_options_init(&d, sizeof d);
+    ASSERT_EQ(10, d.max_pool_size);
+    ASSERT_EQ(30000, d.wait_queue_timeout_ms);
+
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.clock = &f.clk.clock;
+    test_fixture_start(&f);
+    cpool_conn *held[10];
+    for (int i = 0; i < 10; i++)
+        held[i] = test_checkout(f.pool);
+    test_job job;
+    test_job_start(&job, f.pool, -1);
+    WAIT_UNTIL(test_counts(f.pool).waiting == 1, 2000);
+    test_clock_advance_ms(&f.clk, f.pool, 29999);
+    test_sleep_ms(100);
+    ASSERT_FALSE(atomic_load(&job.done));
+    test_clock_advance_ms(&f.clk, f.pool, 2);
+    test_job_join(&job, 5000);
+    ASSERT_RC(CPOOL_ETIMEDOUT, job.rc);
+    ASSERT_EQ(10, test_counts(f.pool).total);
+    for (int i = 0; i < 10; i++)
+        test_checkin(f.pool, held[i], 0);
+    test_fixture_free(&f);
+}
+
 /* CMAP: an establishment inside a checkout gets min(connectTimeoutMS, what
  * is left of the checkout's timeout). A server that never answers the
  * handshake must fail the checkout at connect_timeout_ms, well before the
@@ -820,6 +853,7 @@ static const test_case cases[] = {
     TEST_ENTRY(clear_paused_pool_bumps_generation),
     TEST_ENTRY(unlimited_pool_serves_concurrent_leases),
     TEST_ENTRY(clear_fails_waiters_at_once),
+    TEST_ENTRY(default_checkout_wait_is_bounded),
     TEST_ENTRY(wait_queue_timeout_reports_counts),
     TEST_ENTRY(wait_queue_timeout_follows_fake_clock),
     TEST_ENTRY(connect_timeout_bounds_establishment),
