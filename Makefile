@@ -19,7 +19,17 @@ SPEC_DIR := $(abspath $(CPOOL_CMAP_SPEC_DIR))
 CTEST_ARGS ?= --output-on-failure --no-tests=error -j$(JOBS) --timeout 300
 export CPOOL_CTEST_TIMEOUT ?= 1200
 
+# Every port the tests use is an offset from this one (100 ports from it):
+# two checkouts on one machine run `make test` at once with different bases.
+CPOOL_TEST_PORT_BASE ?= 25400
+
 COMMON := -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCPOOL_CMAP_SPEC_DIR="$(SPEC_DIR)"
+# What the test stages build: everything, and a missing optional library is
+# an error there rather than a quietly smaller suite.
+TESTCFG := $(COMMON) -DCPOOL_TEST_PORT_BASE=$(CPOOL_TEST_PORT_BASE) \
+           -DCPOOL_BUILD_TESTS=ON -DCPOOL_BUILD_EXAMPLES=ON -DCPOOL_BUILD_TOOLS=ON \
+           -DCPOOL_WITH_SQLITE=ON -DCPOOL_WITH_PG=ON -DCPOOL_WITH_REDIS=ON \
+           -DCPOOL_WITH_MICROHTTPD=ON
 # Sanitizer builds: -O1 keeps them quick to build and run, with asserts on.
 SAN := -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O1 -g" -DCPOOL_BUILD_BENCH=OFF -DCPOOL_WERROR=ON
 
@@ -32,18 +42,19 @@ DIR_default := build
 DIR_asan := build-asan
 DIR_tsan := build-tsan
 
-CFG_default := $(COMMON) -DCPOOL_WERROR=ON
-CFG_asan := $(COMMON) $(SAN) -DCPOOL_SANITIZE=address
-CFG_tsan := $(COMMON) $(SAN) -DCPOOL_SANITIZE=thread
+CFG_default := $(TESTCFG) -DCPOOL_BUILD_BENCH=ON -DCPOOL_WERROR=ON
+CFG_asan := $(TESTCFG) $(SAN) -DCPOOL_SANITIZE=address
+CFG_tsan := $(TESTCFG) $(SAN) -DCPOOL_SANITIZE=thread
 
-.PHONY: help demo test test-default test-asan test-tsan bench deps clean
+.PHONY: help demo test test-default test-asan test-tsan bench deps demo-deps clean
 
 help:
 	@echo "cpool -- a CMAP-conformant connection pool library in C"
 	@echo
-	@echo "  make demo    build the cpool command and run 'cpool bench' for 10 s on an"
+	@echo "  make demo    install what the demo needs (a C toolchain, CMake, SQLite),"
+	@echo "               build the cpool command and run 'cpool bench' for 10 s on an"
 	@echo "               embedded SQLite database: live progress, then the report"
-	@echo "               (and build/demo.svg, a plot of the run)"
+	@echo "               (and build-demo/demo.svg, a plot of the run)"
 	@echo "  make test    install missing Debian packages (as root), then build and"
 	@echo "               run every test three times: plain (build/), ASan+UBSan"
 	@echo "               (build-asan/) and TSan (build-tsan/). A skipped test fails."
@@ -51,21 +62,29 @@ help:
 	@echo "  make clean   remove the build directories"
 	@echo
 	@echo "  One stage only: make test-default | test-asan | test-tsan"
-	@echo "  Variables: CPOOL_CMAP_SPEC_DIR (now: $(SPEC_DIR)), JOBS (now: $(JOBS))"
+	@echo "  Variables: CPOOL_CMAP_SPEC_DIR (now: $(SPEC_DIR)), JOBS (now: $(JOBS)),"
+	@echo "             CPOOL_TEST_PORT_BASE (now: $(CPOOL_TEST_PORT_BASE); the tests use 100 ports from it)"
 
 deps:
 	@$(ROOT)/scripts/install-deps.sh
+demo-deps:
+	@$(ROOT)/scripts/install-deps.sh demo
 
 # The main job: `cpool bench` on the embedded default (a SQLite database in
-# a temporary file), with live progress and the report at the end.
-DEMO_ARGS ?= --duration 10 --threads 8 --plot $(ROOT)/build/demo.svg
-demo: deps
-	$(CMAKE) -S $(ROOT) -B $(ROOT)/build $(COMMON)
-	$(CMAKE) --build $(ROOT)/build --target cpool_cli -j$(JOBS)
-	$(ROOT)/build/tools/cpool bench $(DEMO_ARGS)
+# a temporary file), with live progress and the report at the end. It needs
+# only what the demo needs: its own build directory, the library and the
+# command, and whatever other connectors happen to be installed.
+DEMO_ARGS ?= --duration 10 --threads 8 --plot $(ROOT)/build-demo/demo.svg
+DEMO_CFG := $(COMMON) -DCPOOL_BUILD_TESTS=OFF -DCPOOL_BUILD_BENCH=OFF \
+            -DCPOOL_BUILD_EXAMPLES=OFF -DCPOOL_BUILD_TOOLS=ON -DCPOOL_WITH_SQLITE=ON \
+            -DCPOOL_WITH_PG=AUTO -DCPOOL_WITH_REDIS=AUTO -DCPOOL_WITH_MICROHTTPD=AUTO
+demo: demo-deps
+	$(CMAKE) -S $(ROOT) -B $(ROOT)/build-demo $(DEMO_CFG)
+	$(CMAKE) --build $(ROOT)/build-demo --target cpool_cli -j$(JOBS)
+	$(ROOT)/build-demo/tools/cpool bench $(DEMO_ARGS)
 
 bench: deps
-	$(CMAKE) -S $(ROOT) -B $(ROOT)/build $(COMMON)
+	$(CMAKE) -S $(ROOT) -B $(ROOT)/build $(CFG_default)
 	$(CMAKE) --build $(ROOT)/build --target $(BENCH_TARGET) -j$(JOBS)
 	$(ROOT)/build/bench/$(BENCH_TARGET)
 
@@ -119,4 +138,4 @@ test: deps
 	echo "==> all stages passed"
 
 clean:
-	rm -rf $(ROOT)/build $(ROOT)/build-asan $(ROOT)/build-tsan
+	rm -rf $(ROOT)/build $(ROOT)/build-asan $(ROOT)/build-tsan $(ROOT)/build-demo

@@ -14,8 +14,11 @@
 # <name> to ALL_GROUPS.
 set -euo pipefail
 
-# Compiler, build system and the libraries the core and its tests use.
-DEPS_build=(cmake gcc make pkg-config libc6-dev libjansson-dev libaprutil1-dev)
+# A C toolchain and CMake: all `make demo` needs, with the sqlite group.
+DEPS_toolchain=(cmake gcc make pkg-config libc6-dev)
+# What the tests add: jansson (CMAP runner, command-line tests), apr-util
+# (the benchmark's comparison) and both C++ compilers (the C++ consumers).
+DEPS_build=(libjansson-dev libaprutil1-dev g++ clang)
 # gcc's sanitizer runtimes (gcc-12 pulls them in through libgcc-12-dev;
 # listed so a missing one is reported by name).
 DEPS_sanitizers=(libasan8 libubsan1 libtsan2)
@@ -27,7 +30,9 @@ DEPS_redis=(redis-server libhiredis-dev)
 # also draws SVG itself; with gnuplot installed both are tested).
 DEPS_cli=(libmicrohttpd-dev gnuplot-nox)
 
-ALL_GROUPS=(build sanitizers sqlite pg redis cli)
+ALL_GROUPS=(toolchain build sanitizers sqlite pg redis cli)
+# `make demo`: a C toolchain, CMake and SQLite (gnuplot is optional).
+DEPS_demo=("${DEPS_toolchain[@]}" "${DEPS_sqlite[@]}")
 
 if [[ "${1:-}" == "--list" ]]; then
     shift
@@ -44,7 +49,7 @@ wanted=()
 for g in "${groups[@]}"; do
     arr="DEPS_${g}[@]"
     if ! declare -p "DEPS_${g}" >/dev/null 2>&1; then
-        echo "install-deps: unknown group '$g' (known: ${ALL_GROUPS[*]})" >&2
+        echo "install-deps: unknown group '$g' (known: ${ALL_GROUPS[*]} demo)" >&2
         exit 2
     fi
     wanted+=("${!arr}")

@@ -16,7 +16,7 @@ function(cpool_cli_suite suite)
   set(exe test_${suite})
   add_executable(${exe} ${CMAKE_CURRENT_SOURCE_DIR}/cli/test_${suite}.c)
   target_include_directories(${exe} PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
-  target_link_libraries(${exe} PRIVATE cpool Threads::Threads m ${S_LIBS})
+  target_link_libraries(${exe} PRIVATE cpool_static Threads::Threads m ${S_LIBS})
   target_compile_definitions(${exe} PRIVATE ${S_DEFINES})
   foreach(case IN LISTS S_CASES)
     add_test(NAME ${suite}/${case} COMMAND ${exe} ${case})
@@ -33,10 +33,8 @@ cpool_cli_suite(prometheus TIMEOUT 30 CASES
   truncation_like_snprintf
   unlimited_max_and_bad_stats)
 
-# The program itself; left out with -DCPOOL_BUILD_TOOLS=OFF. (The option is
-# declared after the tests directory is read, so on the very first
-# configure it is not defined yet, and then it is ON.)
-if(DEFINED CPOOL_BUILD_TOOLS AND NOT CPOOL_BUILD_TOOLS)
+# The program itself; left out with -DCPOOL_BUILD_TOOLS=OFF.
+if(NOT CPOOL_BUILD_TOOLS)
   message(STATUS "cpool: cli tests left out (CPOOL_BUILD_TOOLS=OFF)")
   return()
 endif()
@@ -60,10 +58,14 @@ set(cli_cases
   bench_plot_builtin
   passwords_never_shown
   probe_mem_reports_phases_and_server
-  options_show_url_and_env_sources
-  metrics_serves_prometheus_and_stops_on_sigterm
-  metrics_stops_on_sigint)
+  options_show_url_and_env_sources)
 set(cli_defines "CPOOL_CLI_PATH=\"$<TARGET_FILE:cpool_cli>\"")
+if(CPOOL_CLI_HAVE_MHD)
+  list(APPEND cli_cases metrics_serves_prometheus_and_stops_on_sigterm metrics_stops_on_sigint)
+  list(APPEND cli_defines CLI_TEST_HAVE_MHD)
+else()
+  list(APPEND cli_cases metrics_without_libmicrohttpd_says_so)
+endif()
 if(CPOOL_GNUPLOT)
   list(APPEND cli_cases bench_plot_gnuplot)
   list(APPEND cli_defines CLI_TEST_HAVE_GNUPLOT)
@@ -71,19 +73,19 @@ else()
   message(STATUS "cpool: gnuplot not found; cli/bench_plot_gnuplot left out "
                  "(install gnuplot-nox to test the gnuplot chart)")
 endif()
-if(CPOOL_WITH_SQLITE)
+if(CPOOL_HAVE_SQLITE)
   list(APPEND cli_cases bench_default_embedded_sqlite options_connector_parameter_rejected)
   list(APPEND cli_defines CLI_TEST_HAVE_SQLITE)
 endif()
-if(CPOOL_WITH_PG OR CPOOL_WITH_REDIS)
+if(CPOOL_HAVE_PG OR CPOOL_HAVE_REDIS)
   list(APPEND cli_cases probe_refused_port_explained probe_silent_listener_times_out
                         bench_refused_port_exits_3)
 endif()
-if(CPOOL_WITH_PG)
+if(CPOOL_HAVE_PG)
   list(APPEND cli_cases bench_postgresql)
   list(APPEND cli_defines CLI_TEST_HAVE_PG)
 endif()
-if(CPOOL_WITH_REDIS)
+if(CPOOL_HAVE_REDIS)
   list(APPEND cli_cases bench_redis)
   list(APPEND cli_defines CLI_TEST_HAVE_REDIS)
 endif()
@@ -99,7 +101,7 @@ set_tests_properties(cli/options_show_url_and_env_sources PROPERTIES
 # their environment lists (pg_env, cpool_redis_env in pg_tests.cmake and
 # redis_tests.cmake) say where; the URIs below are the same, for a tree
 # where those lists are named differently.
-if(CPOOL_WITH_PG)
+if(CPOOL_HAVE_PG)
   if(DEFINED pg_env)
     set(cli_pg_env "${pg_env}")
   else()
@@ -108,7 +110,7 @@ if(CPOOL_WITH_PG)
   set_tests_properties(cli/bench_postgresql PROPERTIES
     FIXTURES_REQUIRED pg_server LABELS "cli;pg" ENVIRONMENT "${cli_pg_env}")
 endif()
-if(CPOOL_WITH_REDIS)
+if(CPOOL_HAVE_REDIS)
   if(DEFINED cpool_redis_env)
     set(cli_redis_env "${cpool_redis_env}")
   else()

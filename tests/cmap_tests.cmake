@@ -11,7 +11,7 @@ find_package(PkgConfig REQUIRED)
 pkg_check_modules(JANSSON REQUIRED IMPORTED_TARGET jansson)
 
 add_executable(cmap_runner ${CMAKE_CURRENT_SOURCE_DIR}/cmap_runner.c)
-target_link_libraries(cmap_runner PRIVATE cpool PkgConfig::JANSSON Threads::Threads)
+target_link_libraries(cmap_runner PRIVATE cpool_static PkgConfig::JANSSON Threads::Threads)
 
 if(NOT IS_DIRECTORY "${CPOOL_CMAP_SPEC_DIR}")
   message(WARNING

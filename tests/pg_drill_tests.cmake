@@ -4,19 +4,16 @@
 # accepts. One executable, one CTest test per drill, label `drill`.
 #
 # Each drill starts its own server through scripts/pg-server.sh on its own
-# port (CPOOL_TEST_PG_DRILL_PORT, +1 per drill) with its own state directory
+# port (CPOOL_TEST_PG_DRILL_PORT, +1 per drill; see tests/CMakeLists.txt) with its own state directory
 # under the build tree; a cleanup fixture stops it whatever the outcome.
 # RESOURCE_LOCK pg_drill keeps drills from running at the same time: their
 # timing bounds assume the machine is not also running another drill.
 
-set(CPOOL_TEST_PG_DRILL_PORT 25450 CACHE STRING
-    "First port of the PostgreSQL fault drills' servers (one port per drill)")
-
 add_executable(test_pg_drill ${CMAKE_CURRENT_SOURCE_DIR}/pg/test_pg_drill.c)
 target_include_directories(test_pg_drill PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
-target_link_libraries(test_pg_drill PRIVATE cpool Threads::Threads)
+target_link_libraries(test_pg_drill PRIVATE cpool_static Threads::Threads)
 
-set(drill_script ${CMAKE_SOURCE_DIR}/scripts/pg-server.sh)
+set(drill_script ${PROJECT_SOURCE_DIR}/scripts/pg-server.sh)
 set(drill_server_cases
   kill9_postmaster_and_restart
   restart_fast

@@ -1,6 +1,6 @@
 # PostgreSQL connector tests against a real server that the tests start
 # themselves: pg/server_start (CTest fixture pg_server) runs
-# scripts/pg-server.sh into ${CMAKE_BINARY_DIR}/pg-server on
+# scripts/pg-server.sh into ${PROJECT_BINARY_DIR}/pg-server on
 # CPOOL_TEST_PG_PORT, pg/server_stop stops it; pg/bouncer_start and
 # pg/bouncer_stop put PgBouncer (transaction mode) in front on port + 2
 # (fixture pg_bouncer). A case never skips: without the server it fails,
@@ -10,7 +10,7 @@
 # case is its own CTest test <suite>/<case>, and <suite>/cases_registered
 # checks that the table and the list below agree.
 
-set(pg_dir ${CMAKE_BINARY_DIR}/pg-server)
+set(pg_dir ${PROJECT_BINARY_DIR}/pg-server)
 set(pg_script ${PROJECT_SOURCE_DIR}/scripts/pg-server.sh)
 math(EXPR pg_bouncer_port "${CPOOL_TEST_PG_PORT} + 2")
 set(pg_query "sslmode=disable&gssencmode=disable")
@@ -47,7 +47,7 @@ function(cpool_pg_suite suite)
   add_executable(${exe} ${CMAKE_CURRENT_SOURCE_DIR}/pg/test_${suite}.c)
   target_include_directories(${exe} PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}
                                             ${CMAKE_CURRENT_SOURCE_DIR}/pg)
-  target_link_libraries(${exe} PRIVATE cpool Threads::Threads)
+  target_link_libraries(${exe} PRIVATE cpool_static Threads::Threads)
   foreach(case IN LISTS S_CASES)
     set(name ${suite}/${case})
     add_test(NAME ${name} COMMAND ${exe} ${case})
@@ -115,7 +115,7 @@ cpool_pg_suite(pg_txn TIMEOUT 30
 # Allocation failures in the connector, injected with the GNU linker's
 # --wrap, which reaches libcpool's calls only when it is a static library
 # (as in the core's oom suite).
-get_target_property(cpool_pg_lib_type cpool TYPE)
+get_target_property(cpool_pg_lib_type cpool_static TYPE)
 if(cpool_pg_lib_type STREQUAL "STATIC_LIBRARY" AND CMAKE_SYSTEM_NAME STREQUAL "Linux")
   cpool_pg_suite(pg_oom TIMEOUT 60
     CASES
@@ -131,7 +131,7 @@ endif()
 # The example program, built here (examples/CMakeLists.txt is shared) and
 # run against the fixture's server.
 add_executable(pg_example ${PROJECT_SOURCE_DIR}/examples/pg_example.c)
-target_link_libraries(pg_example PRIVATE cpool)
+target_link_libraries(pg_example PRIVATE cpool PkgConfig::CPOOL_DEP_PG)
 add_test(NAME pg/example COMMAND pg_example "${pg_uri}")
 set_tests_properties(pg/example PROPERTIES
   TIMEOUT 30 LABELS pg FIXTURES_REQUIRED pg_server)

@@ -11,8 +11,8 @@
 
 set(cpool_redis_password "cpool-test-pw")
 set(cpool_redis_script ${PROJECT_SOURCE_DIR}/scripts/redis-server.sh)
-set(cpool_redis_dir ${CMAKE_BINARY_DIR}/redis-server)
-set(cpool_redis_drill_dir ${CMAKE_BINARY_DIR}/redis-drill-server)
+set(cpool_redis_dir ${PROJECT_BINARY_DIR}/redis-server)
+set(cpool_redis_drill_dir ${PROJECT_BINARY_DIR}/redis-drill-server)
 math(EXPR cpool_redis_drill_port "${CPOOL_TEST_REDIS_PORT} + 1")
 
 set(cpool_redis_env
@@ -51,7 +51,7 @@ function(cpool_redis_suite suite)
   set(exe test_${suite})
   add_executable(${exe} ${CMAKE_CURRENT_SOURCE_DIR}/redis/test_${suite}.c)
   target_include_directories(${exe} PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
-  target_link_libraries(${exe} PRIVATE cpool Threads::Threads)
+  target_link_libraries(${exe} PRIVATE cpool_static Threads::Threads)
   foreach(case IN LISTS S_CASES)
     add_test(NAME ${suite}/${case} COMMAND ${exe} ${case})
     set_tests_properties(${suite}/${case} PROPERTIES
@@ -104,7 +104,7 @@ cpool_redis_suite(redis_drill FIXTURE redis_drill_server TIMEOUT 120 LOCK redis_
 
 # The example of docs/redis.md, run against the shared server.
 add_executable(redis_example ${PROJECT_SOURCE_DIR}/examples/redis_example.c)
-target_link_libraries(redis_example PRIVATE cpool)
+target_link_libraries(redis_example PRIVATE cpool PkgConfig::CPOOL_DEP_REDIS)
 add_test(NAME redis/example COMMAND redis_example
   "redis://:${cpool_redis_password}@127.0.0.1:${CPOOL_TEST_REDIS_PORT}/0?maxPoolSize=4")
 set_tests_properties(redis/example PROPERTIES

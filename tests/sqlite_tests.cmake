@@ -11,7 +11,7 @@ function(cpool_sqlite_suite stem)
   set(exe ${stem})
   add_executable(${exe} ${CMAKE_CURRENT_SOURCE_DIR}/sqlite/${stem}.c)
   target_include_directories(${exe} PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
-  target_link_libraries(${exe} PRIVATE cpool Threads::Threads)
+  target_link_libraries(${exe} PRIVATE cpool_static Threads::Threads)
   foreach(case IN LISTS S_CASES)
     add_test(NAME sqlite/${case} COMMAND ${exe} ${case})
     set_tests_properties(sqlite/${case} PROPERTIES
@@ -46,7 +46,9 @@ cpool_sqlite_suite(test_sqlite TIMEOUT 60 CASES
 # compiled and run wherever the connector is; without arguments it works
 # on a temporary file of its own and removes it.
 add_executable(test_sqlite_example ${PROJECT_SOURCE_DIR}/examples/sqlite_example.c)
-target_link_libraries(test_sqlite_example PRIVATE cpool)
+# A program that calls SQLite itself links it itself: the shared libcpool
+# keeps its own dependencies private.
+target_link_libraries(test_sqlite_example PRIVATE cpool PkgConfig::CPOOL_DEP_SQLITE)
 add_test(NAME sqlite/example COMMAND test_sqlite_example)
 set_tests_properties(sqlite/example PROPERTIES TIMEOUT 30 LABELS sqlite
   PASS_REGULAR_EXPRESSION "2 notes")

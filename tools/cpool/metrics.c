@@ -10,6 +10,8 @@
  */
 #include "cli.h"
 
+#ifdef CPOOL_CLI_HAVE_MHD
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
@@ -346,3 +348,25 @@ out:
      * clean stop into a kill. */
     return code;
 }
+
+#else /* !CPOOL_CLI_HAVE_MHD */
+
+#include <string.h>
+
+/* Built without libmicrohttpd: the command exists, says why it cannot run
+ * and how to get it, and fails like any other unusable command line. */
+int cmd_metrics(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            fputs("usage: cpool metrics TARGET --listen HOST:PORT [options]\n\n"
+                  "This cpool was built without libmicrohttpd, so it cannot serve\n"
+                  "/metrics. Install libmicrohttpd-dev and build again.\n",
+                  stdout);
+            return 0;
+        }
+    return cli_usage_error("metrics", "this cpool was built without libmicrohttpd; install "
+                                      "libmicrohttpd-dev and build again");
+}
+
+#endif

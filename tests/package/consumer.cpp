@@ -1,0 +1,191 @@
+// consumer.cpp -- cpool from C++, built against the installed package with
+// -Wall -Wextra -Werror -pedantic by g++ and clang++, in C++11 and C++17,
+// with and without exceptions. It includes every public header, and checks
+// what cpool.hpp promises: a lease checks in on scope exit, is closed
+// (checked in broken) when an exception unwinds through it or it was marked
+// broken, moves without double check-ins, and errors come back as codes
+// (or as cpoolxx::error where exceptions exist).
+#include <cpool/cpool.h>
+#include <cpool/cpool.hpp>
+#include <cpool/cpool_connector.h>
+#include <cpool/cpool_mem.h>
+#include <cpool/cpool_pg.h>
+#include <cpool/cpool_redis.h>
+#include <cpool/cpool_sqlite.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <utility>
+
+static int failures = 0;
+
+#define CHECK(cond)                                                                  \
+    do {                                                                             \
+        if (!(cond)) {                                                               \
+            std::fprintf(stderr, "consumer.cpp:%d: check failed: %s\n", __LINE__, #cond); \
+            failures++;                                                              \
+        }                                                                            \
+    } while (0)
+
+static cpool_counts counts(const cpoolxx::pool &p)
+{
+    cpool_counts c;
+    cpool_get_counts(p.get(), &c);
+    return c;
+}
+
+static std::uint64_t closed_total(const cpoolxx::pool &p)
+{
+    cpool_stats s;
+    std::memset(&s, 0, sizeof s);
+    s.struct_size = sizeof s;
+    if (cpool_get_stats(p.get(), &s) != 0)
+        return ~0ull;
+    std::uint64_t n = 0;
+    for (std::size_t i = 0; i < CPOOL_CLOSE_REASON_SLOTS; i++)
+        n += s.closed[i];
+    return n;
+}
+
+// A real database: an SQLite lease, a statement, the native handle.
+static void sqlite_lease()
+{
+    cpoolxx::pool pool;
+    cpool_error err;
+    CHECK(cpoolxx::pool::open("sqlite::memory:?maxPoolSize=2", nullptr, pool, &err) == 0);
+    CHECK(static_cast<bool>(pool));
+    {
+        cpoolxx::lease conn;
+        CHECK(!conn);
+        CHECK(pool.checkout(conn, 5000, &err) == 0);
+        CHECK(static_cast<bool>(conn));
+        CHECK(conn.native<sqlite3>() != nullptr);
+        CHECK(conn.execute("CREATE TABLE t(x); INSERT INTO t VALUES (1)", &err) == 0);
+        CHECK(counts(pool).in_use == 1);
+    }
+    CHECK(counts(pool).in_use == 0); // checked in at scope exit
+}
+
+// The in-memory connector, where the pool's counters show every step.
+static cpoolxx::pool mem_pool(unsigned max)
+{
+    cpool_options o;
+    cpool_options_init(&o, sizeof o);
+    o.max_pool_size = max;
+    o.maintenance_interval_ms = -1;
+    o.ignore_env = true;
+    o.target = "mem://cxx";
+    o.connector = cpool_connector_for(o.target);
+    cpoolxx::pool pool;
+    cpool_error err;
+    CHECK(cpoolxx::pool::create(o, pool, &err) == 0);
+    return pool;
+}
+
+static void scope_exit_and_broken()
+{
+    cpoolxx::pool pool = mem_pool(1);
+    std::uint64_t first;
+    {
+        cpoolxx::lease a;
+        CHECK(pool.checkout(a, 1000) == 0);
+        first = a.id();
+    }
+    {
+        cpoolxx::lease a;
+        CHECK(pool.checkout(a, 1000) == 0);
+        CHECK(a.id() == first); // the same connection, reused
+        a.mark_broken();
+    }
+    CHECK(closed_total(pool) == 1); // broken: closed, not reused
+    cpoolxx::lease b;
+    CHECK(pool.checkout(b, 1000) == 0);
+    CHECK(b.id() != first);
+    CHECK(b.checkin() == 0);
+    CHECK(!b);
+    CHECK(b.checkin() == 0); // an empty lease: nothing to return
+}
+
+static void moves_and_errors()
+{
+    cpoolxx::pool pool = mem_pool(1);
+    cpoolxx::lease a;
+    CHECK(pool.checkout(a, 1000) == 0);
+    cpoolxx::lease b(std::move(a));
+    CHECK(!a && b);
+    cpoolxx::lease c;
+    c = std::move(b);
+    CHECK(!b && c);
+    CHECK(counts(pool).in_use == 1);
+
+    // Pool full: the error comes back as a code, the lease stays empty.
+    cpoolxx::lease d;
+    cpool_error err;
+    CHECK(pool.checkout(d, 0, &err) == CPOOL_ETIMEDOUT);
+    CHECK(err.code == CPOOL_ETIMEDOUT);
+    CHECK(!d);
+
+    // cpool_checkout_here works in C++ (no compound literal).
+    cpool_conn *raw = nullptr;
+    CHECK(cpool_checkout_here(pool.get(), 0, &raw, &err) == CPOOL_ETIMEDOUT);
+    c = cpoolxx::lease(); // moving an empty lease in checks c's in
+    CHECK(counts(pool).in_use == 0);
+    CHECK(cpool_checkout_here(pool.get(), 1000, &raw, &err) == 0);
+    CHECK(cpool_checkin(pool.get(), raw, 0, nullptr) == 0);
+
+    // An empty pool handle refuses politely.
+    cpoolxx::pool empty;
+    CHECK(empty.checkout(d, 0, &err) == CPOOL_EINVAL);
+    cpoolxx::pool moved(std::move(pool));
+    CHECK(!pool && moved);
+    CHECK(counts(moved).total == 1);
+}
+
+#if CPOOLXX_EXCEPTIONS
+static void exceptions()
+{
+    cpoolxx::pool pool = mem_pool(1);
+    std::uint64_t id = 0;
+    try {
+        cpoolxx::lease l = pool.checkout(1000);
+        id = l.id();
+        throw std::runtime_error("query failed halfway");
+    } catch (const std::runtime_error &) {
+    }
+    CHECK(counts(pool).in_use == 0);
+    CHECK(closed_total(pool) == 1); // unwound: checked in broken
+    cpoolxx::lease held = pool.checkout(1000);
+    CHECK(held.id() != id);
+    bool thrown = false;
+    try {
+        cpoolxx::lease again = pool.checkout(0);
+    } catch (const cpoolxx::error &e) {
+        thrown = e.code() == CPOOL_ETIMEDOUT && std::strstr(e.what(), "CPOOL_ETIMEDOUT");
+    }
+    CHECK(thrown);
+    thrown = false;
+    try {
+        cpoolxx::pool bad = cpoolxx::pool::open("nosuchscheme://x");
+    } catch (const cpoolxx::error &e) {
+        thrown = e.code() == CPOOL_EINVAL;
+    }
+    CHECK(thrown);
+}
+#endif
+
+int main()
+{
+    CHECK(std::strcmp(cpool_version(), CPOOL_VERSION_STRING) == 0);
+    sqlite_lease();
+    scope_exit_and_broken();
+    moves_and_errors();
+#if CPOOLXX_EXCEPTIONS
+    exceptions();
+#endif
+    if (failures != 0)
+        return 1;
+    std::printf("consumer.cpp ok: cpool %s, C++ %ld, exceptions %s\n", cpool_version(),
+                static_cast<long>(__cplusplus), CPOOLXX_EXCEPTIONS ? "on" : "off");
+    return 0;
+}
