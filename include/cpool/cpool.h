@@ -417,6 +417,7 @@ typedef struct cpool_option_info {
 } cpool_option_info;
 
 /* "default", "profile", "code", "env", "url". */
+/* 0.2 */
 CPOOL_API const char *cpool_option_source_name(cpool_option_source source);
 
 /* Resolves opts as cpool_create() would (the layers above) without creating
@@ -426,6 +427,7 @@ CPOOL_API const char *cpool_option_source_name(cpool_option_source source);
  * target without the pool's parameters; target_size may be 0 when
  * effective is NULL). CPOOL_EINVAL names the option, where it came from,
  * the value and what is allowed. */
+/* 0.2 */
 CPOOL_API int cpool_options_explain(const cpool_options *opts, cpool_option_info *info,
                                     size_t ninfo, size_t *count,
                                     cpool_options *effective, char *target_buf,
@@ -434,6 +436,7 @@ CPOOL_API int cpool_options_explain(const cpool_options *opts, cpool_option_info
 /* Sets one named option from text, as the environment or the query would
  * ("max_pool_size", "20"; CMAP names too), in the code layer. For command
  * lines. CPOOL_EINVAL names the option, the value and what is allowed. */
+/* 0.2 */
 CPOOL_API int cpool_options_set(cpool_options *opts, const char *name,
                                 const char *value, cpool_error *err);
 
@@ -500,6 +503,7 @@ typedef struct cpool_shutdown_report {
  * Returns within grace_ms plus the time to close connections and interrupt
  * (a cancel request each). report may be NULL. CPOOL_ECLOSED when the pool
  * is closed or a shutdown is already under way. */
+/* 0.2 */
 CPOOL_API int cpool_shutdown(cpool *pool, int64_t grace_ms, cpool_shutdown_report *report,
                              cpool_error *err);
 
@@ -508,6 +512,7 @@ CPOOL_API int cpool_shutdown(cpool *pool, int64_t grace_ms, cpool_shutdown_repor
  * the backoff and the circuit breaker, for at most timeout_ms. On failure
  * returns the last establishment error (CPOOL_ECONNECT with its labels),
  * or CPOOL_ETIMEDOUT. The pool must be ready. */
+/* 0.2 */
 CPOOL_API int cpool_wait_connected(cpool *pool, uint32_t n, int64_t timeout_ms,
                                    cpool_error *err);
 
@@ -515,6 +520,7 @@ CPOOL_API int cpool_wait_connected(cpool *pool, uint32_t n, int64_t timeout_ms,
  * (cpool_connector_for), makes it ready and, when startup_wait_ms > 0,
  * waits for its first connections (cpool_wait_connected). `opts` may be
  * NULL (defaults); its target and connector are ignored. */
+/* 0.2 */
 CPOOL_API CPOOL_NODISCARD int cpool_open(const char *target, const cpool_options *opts,
                                          cpool **out, cpool_error *err);
 
@@ -538,6 +544,7 @@ typedef struct cpool_checkout_opts {
     const char *tenant;   /* NULL = no tenant */
 } cpool_checkout_opts;
 
+/* 0.2 */
 CPOOL_API CPOOL_NODISCARD int cpool_checkout_with(cpool *pool, const cpool_checkout_opts *o,
                                                   cpool_conn **out, cpool_error *err);
 
@@ -551,6 +558,7 @@ CPOOL_API CPOOL_NODISCARD int cpool_checkout_with(cpool *pool, const cpool_check
  * CPOOL_ETENANT. Declare tenants between cpool_create() and cpool_ready()
  * (that switches the pool to tenant accounting, which takes the pool lock
  * on every checkout); limits may change and tenants be added later. */
+/* 0.2 */
 CPOOL_API int cpool_tenant_set(cpool *pool, const char *tenant, uint32_t max_in_use,
                                uint32_t min_reserved, cpool_error *err);
 
@@ -563,10 +571,12 @@ typedef struct cpool_tenant_stats {
 } cpool_tenant_stats;
 
 /* CPOOL_EINVAL for an unknown tenant. */
+/* 0.2 */
 CPOOL_API int cpool_get_tenant_stats(cpool *pool, const char *tenant,
                                      cpool_tenant_stats *out);
 /* The name of the i-th tenant (0-based) in declaration order, NULL past the
  * end; borrowed until cpool_destroy(). */
+/* 0.2 */
 CPOOL_API const char *cpool_tenant_name(cpool *pool, size_t i);
 
 /* A checkout labelled for leak reports: cpool_checkout_with() with only a
@@ -610,6 +620,7 @@ CPOOL_API void *cpool_conn_native(const cpool_conn *conn);
 /* Runs one statement or command on a lease through its connector and
  * discards the result ("SELECT 1", "PING"): what tools use to drive any
  * database the same way. CPOOL_EINVAL when the connector cannot. */
+/* 0.2 */
 CPOOL_API int cpool_conn_execute(cpool_conn *conn, const char *command, cpool_error *err);
 
 /* Runs one maintenance pass now on the calling thread: closes perished
@@ -637,9 +648,11 @@ typedef struct cpool_histogram {
 } cpool_histogram;
 
 /* Upper bound of bucket i in ns; INT64_MAX for the last bucket. */
+/* 0.2 */
 CPOOL_API int64_t cpool_histogram_bound_ns(int i);
 /* The q-quantile (0 <= q <= 1) in ns, interpolated inside its bucket and
  * never above max_ns; 0 for an empty histogram. */
+/* 0.2 */
 CPOOL_API int64_t cpool_histogram_quantile(const cpool_histogram *h, double q);
 
 /* Close reasons counted in cpool_stats.closed[]: the CMAP ones and the
@@ -687,6 +700,7 @@ typedef struct cpool_stats {
 /* Fills `out` (out->struct_size must be set, e.g. with
  * `cpool_stats s = {.struct_size = sizeof s}`). CPOOL_EINVAL on NULL or a
  * too small struct. */
+/* 0.2 */
 CPOOL_API int cpool_get_stats(cpool *pool, cpool_stats *out);
 
 /* Writes the statistics in the Prometheus text exposition format (0.0.4)
@@ -696,6 +710,7 @@ CPOOL_API int cpool_get_stats(cpool *pool, cpool_stats *out);
  * "used"}, db_client_connection_wait_time_seconds, ...) and carry
  * pool="<name>" (and `extra_labels`, e.g. "service=\"api\"", may be NULL).
  * Returns the length it needed, like snprintf. */
+/* 0.2 */
 CPOOL_API size_t cpool_stats_prometheus(const cpool_stats *stats, const char *pool_name,
                                         const char *extra_labels, char *buf,
                                         size_t size);

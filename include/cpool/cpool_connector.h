@@ -133,28 +133,33 @@ CPOOL_API bool cpool_is_backpressure(cpool_phase phase, cpool_fail_kind kind);
  * place; a query left empty loses its '?') and writes the last one's
  * decoded value into val. Returns 1 when found, 0 when absent, CPOOL_EINVAL
  * when the value does not fit or has a bad %-escape. */
+/* 0.2 */
 CPOOL_API int cpool_uri_take(char *uri, const char *name, char *val,
                              size_t valsize);
 
 /* Iterates the query parameters of `uri`. Start with *pos = 0; each call
  * writes the next raw name and decoded value and returns 1, then 0 at the
  * end, CPOOL_EINVAL when one does not fit or is malformed. */
+/* 0.2 */
 CPOOL_API int cpool_uri_next(const char *uri, size_t *pos, char *name,
                              size_t namesize, char *val, size_t valsize);
 
 /* Percent-decodes in[0..len) into out. CPOOL_EINVAL on a bad escape or when
  * it does not fit; otherwise the decoded length. */
+/* 0.2 */
 CPOOL_API int cpool_uri_decode(const char *in, size_t len, char *out,
                                size_t outsize);
 
 /* Copies a target with any password replaced by "***": the password of a
  * URI's user info, a `password=` query parameter, a conninfo `password=`
  * keyword. Returns the length it needed, like snprintf. */
+/* 0.2 */
 CPOOL_API size_t cpool_redact(const char *target, char *buf, size_t size);
 
 /* The built-in connector whose schemes prefix `target`, NULL when none (or
  * when it was left out of this build). A libpq conninfo ("host=... dbname=")
  * is PostgreSQL. */
+/* 0.2 */
 CPOOL_API const cpool_connector *cpool_connector_for(const char *target);
 
 #ifdef __cplusplus

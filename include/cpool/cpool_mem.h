@@ -66,6 +66,7 @@ CPOOL_API void cpool_mem_get_stats(cpool_mem *mem, cpool_mem_stats *out);
 CPOOL_API void cpool_mem_conn_break(void *native);
 /* Makes ping() fail from now on while check() still passes: a server that
  * stopped answering but keeps the socket open. */
+/* 0.2 */
 CPOOL_API void cpool_mem_conn_hang(void *native);
 /* True once interrupt() was called on it. */
 CPOOL_API bool cpool_mem_conn_interrupted(void *native);

@@ -22,6 +22,8 @@
  *
  * Threads: the connector and the helpers may be used from any thread; a
  * PGconn is used by one thread at a time, as libpq requires.
+ *
+ * Since 0.2, like everything in this header.
  */
 #ifndef CPOOL_PG_H
 #define CPOOL_PG_H

@@ -28,6 +28,8 @@
  *
  * Threads: a redisContext is used by one thread at a time (the lease's
  * holder); the pool may interrupt it from another thread (socket shutdown).
+ *
+ * Since 0.2, like everything in this header.
  */
 #ifndef CPOOL_REDIS_H
 #define CPOOL_REDIS_H

@@ -12,6 +12,8 @@
  * on it belong to the caller and must be finalized before check-in. A
  * statement left unfinished is reset at check-in, and one that still exists
  * when the pool closes the connection is finalized then.
+ *
+ * Since 0.2, like everything in this header.
  */
 #ifndef CPOOL_SQLITE_H
 #define CPOOL_SQLITE_H

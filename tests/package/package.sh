@@ -113,7 +113,18 @@ exports)
     [[ -z $missing ]] || fail "declared but not exported: $(tr '\n' ' ' <<<"$missing")"
     extra=$(comm -13 <(echo "$declared") <(echo "$exported"))
     [[ -z $extra ]] || fail "exported but declared in no header: $(tr '\n' ' ' <<<"$extra")"
-    say "SONAME $soname; $(wc -l <<<"$exported") symbols exported, all declared CPOOL_API"
+    # The version tags in the headers (/* 0.2 */, "Since 0.2") name real
+    # versions: none later than this one.
+    minor=$(sed -n 's/^#define CPOOL_VERSION_MINOR \([0-9]*\)$/\1/p' "$prefix/include/cpool/cpool.h")
+    tags=$(grep -ohE '/\* [0-9]+\.[0-9]+ \*/|Since [0-9]+\.[0-9]+' "$prefix"/include/cpool/*.h* |
+           grep -oE '[0-9]+\.[0-9]+' | sort -u)
+    [[ -n $tags ]] || fail "no version tags found in the headers"
+    for t in $tags; do
+        (( ${t%.*} < major || (${t%.*} == major && ${t#*.} <= minor) )) ||
+            fail "a header is tagged $t, after this version $major.$minor"
+    done
+    say "SONAME $soname; $(wc -l <<<"$exported") symbols exported, all declared CPOOL_API;" \
+        "version tags $(tr '\n' ' ' <<<"$tags")<= $major.$minor"
     ;;
 
 pkgconfig-shared)
