@@ -35,6 +35,16 @@ here=$src/tests/package
 jobs=${JOBS:-2}
 
 say() { printf 'package %s: %s\n' "$step" "$*"; }
+
+# Whether a command's output contains a string. Never `cmd | grep -q`: with
+# pipefail, grep -q quitting at the first match can kill cmd with SIGPIPE
+# and turn a match into a failure, depending on timing.
+output_has() {
+    local needle=$1 out
+    shift
+    out=$("$@") || return 2
+    [[ $out == *"$needle"* ]]
+}
 fail() {
     printf 'package %s: FAIL: %s\n' "$step" "$*" >&2
     exit 1
@@ -139,7 +149,7 @@ pkgconfig-shared)
     run_consumer "$work/consumer-pc"
     # pkg-config, the CMake package, the headers and the library agree.
     version=$(pkg-config --modversion cpool)
-    "$work/consumer-pc" | grep -q "cpool $version," || fail "pkg-config says $version"
+    output_has "cpool $version," "$work/consumer-pc" || fail "pkg-config says $version"
     grep -q "PACKAGE_VERSION \"$version\"" "$prefix/lib/cmake/cpool/cpoolConfigVersion.cmake" ||
         fail "cpoolConfigVersion.cmake is not $version"
     ;;
@@ -153,7 +163,7 @@ pkgconfig-static)
     # shellcheck disable=SC2046,SC2086
     cc -Wall -Wextra -Werror -o "$work/consumer-pc-static" "$here/consumer.c" \
         $(pkg-config --cflags cpool) $libs
-    if ldd "$work/consumer-pc-static" | grep -q libcpool; then
+    if output_has libcpool ldd "$work/consumer-pc-static"; then
         fail "the static consumer still loads libcpool.so"
     fi
     run_consumer "$work/consumer-pc-static"
@@ -168,9 +178,9 @@ find-package)
     cmake --build "$b" -j"$jobs" >>"$work/find-package.log" || fail "$(cat "$work/find-package.log")"
     run_consumer "$b/consumer_shared"
     run_consumer "$b/consumer_static"
-    ldd "$b/consumer_shared" | grep -q 'libcpool.so.0 => '"$prefix" ||
+    output_has "libcpool.so.0 => $prefix" ldd "$b/consumer_shared" ||
         fail "consumer_shared does not load $prefix/lib/libcpool.so.0"
-    if ldd "$b/consumer_static" | grep -q libcpool; then
+    if output_has libcpool ldd "$b/consumer_static"; then
         fail "consumer_static loads libcpool.so"
     fi
     ;;
@@ -223,8 +233,8 @@ without-redis)
     ! grep -q hiredis "$p/lib/cmake/cpool/cpoolTargets.cmake" || fail "CMake package names hiredis"
     grep -q 'set(cpool_CONNECTORS "sqlite;pg")' "$p/lib/cmake/cpool/cpoolConfig.cmake" ||
         fail "cpoolConfig.cmake connectors"
-    ! objdump -T "$p/lib/libcpool.so" | grep -q 'cpool_redis' || fail "libcpool.so exports cpool_redis_*"
-    ! ldd "$p/lib/libcpool.so" | grep -q hiredis || fail "libcpool.so needs hiredis"
+    ! output_has cpool_redis objdump -T "$p/lib/libcpool.so" || fail "libcpool.so exports cpool_redis_*"
+    ! output_has hiredis ldd "$p/lib/libcpool.so" || fail "libcpool.so needs hiredis"
     say "no Redis header, symbol, pkg-config flag or CMake connector"
     ;;
 
