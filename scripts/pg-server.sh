@@ -14,6 +14,10 @@
 #   kill9 DIR              kill -9 the postmaster and wait (bounded) until it
 #                          and its backends are gone, so `start` works again.
 #   restart-fast DIR       pg_ctl restart -m fast (same options, same port).
+#   sigstop DIR            SIGSTOP the postmaster and every backend: the
+#                          server accepts TCP connections (the kernel does)
+#                          but answers nothing, as a hung host would.
+#   sigcont DIR            SIGCONT them again (stop does this first too).
 #   psql DIR PORT [ARGS]   psql as postgres through the unix socket
 #                          (PORT may be "-": the port of the last start).
 #   bouncer-start DIR [PORT [BPORT]]
@@ -199,9 +203,20 @@ kill9_server() {
     wait_gone 15 "$pid" "${kids[@]}" || die "postmaster $pid (or a backend) still alive 15 s after kill -9"
 }
 
+# Sends signal $1 to the postmaster and all its children.
+signal_server() {
+    local pid kids
+    pid=$(postmaster_pid) || return 1
+    # shellcheck disable=SC2207
+    kids=($(children_of "$pid"))
+    kill -"$1" "$pid" "${kids[@]}" 2>/dev/null || true
+}
+
 stop_server() {
     local pid
     pid=$(postmaster_pid) || return 0
+    # A server a drill left stopped could not answer pg_ctl.
+    signal_server CONT || true
     if ! as_pg "$BIN/pg_ctl" -D "$DATA" -m fast -w -t "$STOP_WAIT" stop >/dev/null 2>&1; then
         echo "pg-server: fast stop of $pid did not finish in ${STOP_WAIT}s; kill -9" >&2
         kill9_server
@@ -407,6 +422,12 @@ status)
 kill9)
     kill9_server
     echo "pg-server: killed"
+    ;;
+sigstop | sigcont)
+    sig=STOP
+    [[ $cmd == sigcont ]] && sig=CONT
+    signal_server "$sig" || die "no server running for $dir"
+    echo "pg-server: SIG$sig sent to postmaster $(postmaster_pid) and its children"
     ;;
 restart-fast)
     postmaster_pid >/dev/null || die "no server running for $dir"

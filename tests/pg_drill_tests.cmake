@@ -19,7 +19,8 @@ set(drill_server_cases
   restart_fast
   terminate_backends
   max_connections_exhausted
-  breaker_restart_drill)
+  breaker_restart_drill
+  sigstop_interrupts_holders)
 set(drill_cases ${drill_server_cases} listener_never_accepts)
 
 set(drill_port ${CPOOL_TEST_PG_DRILL_PORT})

@@ -80,6 +80,9 @@ cpool_pg_suite(pg TIMEOUT 30
     client_settings_restored
     unfinished_query_closes
     interrupt_in_use_cancels_query
+    interrupted_idle_lease_fails_next_command
+    unfinished_queries_all_stop
+    execute_bounded_by_command_timeout
     session_attrs_follow_role_change
     fork_abandon_keeps_parent_connection
     pgbouncer_transaction_mode

@@ -9,13 +9,26 @@
  * Threads: the context is immutable after ctx_new. The core calls one
  * method at a time per connection, except interrupt(), which may run on
  * another thread while the connection is in use, checked or reset; it
- * touches only the atomics and the cancel object (under a per-connection
- * mutex), and reads the PGconn only to find them (libpq's list of event
- * procs, which nothing changes after establishment), never its I/O state.
- * The cancel request itself runs
- * on a short-lived detached thread because PQcancel() blocks (connect, send,
- * wait for the server to close) and a hung server would otherwise stall
- * cpool_clear().
+ * touches only the atomics, the cancel object and a duplicate of the
+ * connection's socket (both under a per-connection mutex), and reads the
+ * PGconn only to find them (libpq's list of event procs, which nothing
+ * changes after establishment), never its I/O state.
+ *
+ * Interrupts. The duplicate descriptor is ours, so it cannot be closed and
+ * reused under us the way libpq's own can while the holder calls
+ * PQfinish(). interrupt() shuts the socket down for writing at once, so
+ * the holder's next call (raw libpq included) fails, and asks the server
+ * to cancel the backend's query; INTERRUPT_GRACE_MS later it shuts it for
+ * reading too, so a query the server did not cancel (a stopped server)
+ * fails then instead of when the server wakes.
+ *
+ * Cancel requests run on a short-lived detached thread because PQcancel()
+ * blocks (connect, send, wait for the server to close) and a hung server
+ * would otherwise stall cpool_clear(). A cancel that reaches a backend
+ * before it has started the query is lost, so a connection closed with a
+ * query running keeps its socket (the duplicate) until the backend is seen
+ * to go, sending the request again with growing pauses, up to
+ * reset_timeout_ms.
  */
 #include "cpool/cpool_pg.h"
 
@@ -33,10 +46,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #define RESET_TIMEOUT_DEFAULT_MS 5000
+/* After an interrupt, how long a query in progress has to end with the
+ * server's own "canceling statement" before its socket is shut for
+ * reading too. */
+#define INTERRUPT_GRACE_MS 200
 #define RESET_TIMEOUT_MAX_MS 86400000
 #define APP_NAME_FALLBACK "cpool"
 
@@ -56,7 +74,9 @@ static const char *const tsa_names[] = {"any",     "read-write", "read-only",
 typedef struct pg_ctx {
     char *conninfo;           /* the target without our parameters: libpq's */
     char *reset_query;        /* NULL = none */
-    int64_t reset_timeout_ms; /* bound on ROLLBACK + reset_query at check-in */
+    int64_t reset_timeout_ms; /* bound on ROLLBACK + reset_query at check-in,
+                                 and on stopping a query left running */
+    int64_t command_timeout_ms; /* bound on cpool_conn_execute; 0 = none */
     char addr[200];           /* "host:port" or socket path, for messages */
 } pg_ctx;
 
@@ -68,8 +88,10 @@ typedef struct cancel_ref {
 } cancel_ref;
 
 typedef struct pg_state {
-    pthread_mutex_t mu;     /* guards `cancel` (replaced at PQreset) */
+    pthread_mutex_t mu;     /* guards `cancel` and `sock` (replaced at PQreset) */
     cancel_ref *cancel;     /* guarded by mu */
+    int sock;               /* our duplicate of PQsocket(); -1 once given
+                               away or closed; guarded by mu */
     atomic_bool interrupted;
     atomic_bool cancel_sent;
     tsa_mode tsa;           /* immutable after establishment */
@@ -412,6 +434,30 @@ static void make_addr(const PQconninfoOption *opts, char *buf, size_t size)
 
 /* Parses `target` into a context: takes our parameters out, checks the rest
  * with libpq. */
+/* Takes the parameter `name`, a number of milliseconds min..RESET_TIMEOUT_MAX_MS,
+ * out of the target t into *out (left alone when absent). */
+static int take_ms(char *t, bool uri, const char *name, long long min, char *val,
+                   size_t vsize, int64_t *out, cpool_error *err)
+{
+    int r = take_param(t, uri, name, val, vsize);
+    if (r == CPOOL_ENOMEM)
+        return cpool_error_set(err, CPOOL_ENOMEM, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, ENOMEM,
+                               "postgresql target: out of memory");
+    if (r == 0)
+        return 0;
+    char *endp = NULL;
+    errno = 0;
+    long long ms = r == 1 ? strtoll(val, &endp, 10) : -1;
+    if (r < 0 || endp == val || *endp != '\0' || errno != 0 || ms < min ||
+        ms > RESET_TIMEOUT_MAX_MS)
+        return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
+                               "postgresql target: %s = \"%.40s\": allowed %lld..%d "
+                               "(milliseconds)",
+                               name, r == 1 ? val : "(malformed)", min, RESET_TIMEOUT_MAX_MS);
+    *out = ms;
+    return 0;
+}
+
 static int ctx_parse(const char *target, pg_ctx **out, cpool_error *err)
 {
     *out = NULL;
@@ -458,26 +504,11 @@ static int ctx_parse(const char *target, pg_ctx **out, cpool_error *err)
         }
     }
 
-    r = take_param(t, uri, "reset_timeout_ms", val, vsize);
-    if (r == CPOOL_ENOMEM) {
-        rc = cpool_error_set(err, CPOOL_ENOMEM, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, ENOMEM,
-                             "postgresql target: out of memory");
+    if ((rc = take_ms(t, uri, "reset_timeout_ms", 1, val, vsize, &c->reset_timeout_ms, err)) !=
+            0 ||
+        (rc = take_ms(t, uri, "command_timeout_ms", 0, val, vsize, &c->command_timeout_ms,
+                      err)) != 0)
         goto out;
-    }
-    if (r != 0) {
-        char *endp = NULL;
-        errno = 0;
-        long long ms = r == 1 ? strtoll(val, &endp, 10) : -1;
-        if (r < 0 || endp == val || *endp != '\0' || errno != 0 || ms < 1 ||
-            ms > RESET_TIMEOUT_MAX_MS) {
-            rc = cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
-                                 "postgresql target: reset_timeout_ms = \"%.40s\": allowed "
-                                 "1..%d (milliseconds)",
-                                 r == 1 ? val : "(malformed)", RESET_TIMEOUT_MAX_MS);
-            goto out;
-        }
-        c->reset_timeout_ms = ms;
-    }
 
     /* A bare word is a database name to libpq (expand_dbname only expands
      * strings with '=' or a URI prefix); everything else must parse. */
@@ -493,7 +524,7 @@ static int ctx_parse(const char *target, pg_ctx **out, cpool_error *err)
                 rc = cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
                                      "postgresql target: unknown parameter \"%s\" = \"%s\" "
                                      "(libpq: %s); allowed: libpq's connection parameters "
-                                     "and reset_query, reset_timeout_ms",
+                                     "and reset_query, reset_timeout_ms, command_timeout_ms",
                                      name, v, msg);
             else
                 rc = cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
@@ -575,40 +606,54 @@ static int pg_event(PGEventId id, void *info, void *pass)
         pg_state *st = PQinstanceData(conn, pg_event);
         if (st != NULL) {
             cancel_release(st->cancel);
+            if (st->sock >= 0)
+                close(st->sock);
             pthread_mutex_destroy(&st->mu);
             free(st);
         }
     } else if (id == PGEVT_CONNRESET) {
-        /* Someone called PQreset(): a new backend, a new cancel key. When the
-         * new object cannot be made the old one stays (a cancel then reaches
-         * nobody, which is harmless). */
+        /* Someone called PQreset(): a new backend, a new cancel key, a new
+         * socket. When the new cancel object cannot be made the old one
+         * stays (a cancel then reaches nobody, which is harmless); without a
+         * new duplicate an interrupt cannot shut the socket down, and the
+         * connection counts as interrupted from the start. */
         PGconn *conn = ((PGEventConnReset *)info)->conn;
         pg_state *st = PQinstanceData(conn, pg_event);
-        cancel_ref *fresh = st != NULL ? cancel_make(conn) : NULL;
+        if (st == NULL)
+            return 1;
+        cancel_ref *fresh = cancel_make(conn);
+        int sock = fcntl(PQsocket(conn), F_DUPFD_CLOEXEC, 0);
+        pthread_mutex_lock(&st->mu);
+        cancel_ref *old = NULL;
         if (fresh != NULL) {
-            pthread_mutex_lock(&st->mu);
-            cancel_ref *old = st->cancel;
+            old = st->cancel;
             st->cancel = fresh;
-            pthread_mutex_unlock(&st->mu);
-            cancel_release(old);
         }
+        int old_sock = st->sock;
+        st->sock = sock;
+        pthread_mutex_unlock(&st->mu);
+        cancel_release(old);
+        if (old_sock >= 0)
+            close(old_sock);
+        if (sock < 0)
+            atomic_store(&st->interrupted, true);
     }
     return 1;
 }
 
-static void *cancel_thread(void *arg)
-{
-    cancel_ref *ref = arg;
-    char buf[256];
-    (void)PQcancel(ref->cancel, buf, (int)sizeof buf);
-    cancel_release(ref);
-    return NULL;
-}
+/* One cancel job: the request, sent once or until the backend is gone. */
+typedef struct cancel_job {
+    cancel_ref *ref;  /* a reference of the job's own */
+    int watch;        /* our socket of the connection, to see the backend
+                         go (the job closes it); -1: send `tries` requests */
+    int tries;        /* without `watch`: how many requests */
+    int64_t until_ns; /* no request is sent after this */
+} cancel_job;
 
-/* PQcancel() on the calling thread, with SIGPIPE held back: it sends
- * without MSG_NOSIGNAL, and a server that closed first must not kill the
- * process. A SIGPIPE raised meanwhile is thread-directed and consumed. */
-static void cancel_here(cancel_ref *ref)
+/* PQcancel() with SIGPIPE held back: it sends without MSG_NOSIGNAL, and a
+ * server that closed first must not kill the process. A SIGPIPE raised
+ * meanwhile is thread-directed and consumed. */
+static void cancel_once(cancel_ref *ref)
 {
     sigset_t pipe_set, old;
     sigemptyset(&pipe_set);
@@ -618,7 +663,8 @@ static void cancel_here(cancel_ref *ref)
     sigset_t pend;
     if (sigpending(&pend) == 0)
         was_pending = sigismember(&pend, SIGPIPE);
-    cancel_thread(ref);
+    char buf[256];
+    (void)PQcancel(ref->cancel, buf, (int)sizeof buf);
     if (!was_pending && sigpending(&pend) == 0 && sigismember(&pend, SIGPIPE)) {
         struct timespec zero = {0, 0};
         (void)sigtimedwait(&pipe_set, NULL, &zero);
@@ -626,21 +672,81 @@ static void cancel_here(cancel_ref *ref)
     pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 
-/* Sends one cancel request for the connection's backend without waiting
- * for it: on a detached thread with every signal blocked (its SIGPIPE
- * included), or here when no thread can be made. At most once per
- * connection. */
-static void send_cancel(pg_state *st)
+/* Waits up to `ms` for the backend to close its end of `fd`: true when it
+ * has (or the socket failed), false when the time ran out. Data the backend
+ * sends meanwhile (the cancelled query's error) is not waited for. */
+static bool backend_gone(int fd, int ms)
 {
-    if (st == NULL || atomic_exchange(&st->cancel_sent, true))
+    struct pollfd pfd = {.fd = fd, .events = POLLRDHUP};
+    int n;
+    do {
+        n = poll(&pfd, 1, ms);
+    } while (n < 0 && errno == EINTR);
+    return n != 0;
+}
+
+/* The job's loop. A request reaches the backend only once it is running
+ * the query, so one sent too early is lost: with a socket to watch, the
+ * request is repeated (20, 80, 320 ms, then every second) until the
+ * backend closes it -- it does once the query stops and it reads our
+ * Terminate -- or until_ns passes. */
+static void *cancel_main(void *arg)
+{
+    cancel_job *j = arg;
+    int pause_ms = 20;
+    for (int sent = 0;;) {
+        cancel_once(j->ref);
+        sent++;
+        int64_t left_ms = (j->until_ns - now_ns()) / 1000000;
+        if (left_ms <= 0)
+            break;
+        int ms = pause_ms < left_ms ? pause_ms : (int)left_ms;
+        if (j->watch >= 0) {
+            if (backend_gone(j->watch, ms))
+                break;
+        } else {
+            if (sent >= j->tries)
+                break;
+            struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+            while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+                ;
+        }
+        pause_ms = pause_ms * 4 > 1000 ? 1000 : pause_ms * 4;
+    }
+    if (j->watch >= 0)
+        close(j->watch);
+    cancel_release(j->ref);
+    free(j);
+    return NULL;
+}
+
+/* Starts a cancel job for the connection's backend without waiting for
+ * it: on a detached thread with every signal blocked, or, when no thread
+ * can be made, one request here. At most one job per connection. `watch`
+ * (taken over; -1 = none) and `tries` as in cancel_job. */
+static void send_cancel(pg_state *st, int watch, int tries, int64_t timeout_ms)
+{
+    if (st == NULL || atomic_exchange(&st->cancel_sent, true)) {
+        if (watch >= 0)
+            close(watch);
         return;
+    }
     pthread_mutex_lock(&st->mu);
     cancel_ref *ref = st->cancel;
     if (ref != NULL)
         atomic_fetch_add(&ref->refs, 1);
     pthread_mutex_unlock(&st->mu);
-    if (ref == NULL)
+    cancel_job *j = ref != NULL ? malloc(sizeof *j) : NULL;
+    if (j == NULL) {
+        if (ref != NULL) {
+            cancel_once(ref);
+            cancel_release(ref);
+        }
+        if (watch >= 0)
+            close(watch);
         return;
+    }
+    *j = (cancel_job){ref, watch, tries, now_ns() + timeout_ms * 1000000};
 
     pthread_attr_t attr;
     pthread_t th;
@@ -653,12 +759,17 @@ static void send_cancel(pg_state *st)
         pthread_attr_setstacksize(&attr, 256 * 1024);
         sigfillset(&all);
         pthread_sigmask(SIG_SETMASK, &all, &old);
-        rc = pthread_create(&th, &attr, cancel_thread, ref);
+        rc = pthread_create(&th, &attr, cancel_main, j);
         pthread_sigmask(SIG_SETMASK, &old, NULL);
         pthread_attr_destroy(&attr);
     }
-    if (rc != 0)
-        cancel_here(ref);
+    if (rc != 0) {
+        j->tries = 1;
+        if (j->watch >= 0)
+            close(j->watch);
+        j->watch = -1;
+        cancel_main(j);
+    }
 }
 
 /* The target_session_attrs the connection was made with, wherever it came
@@ -688,15 +799,19 @@ static int state_attach(PGconn *conn)
     atomic_init(&st->interrupted, false);
     atomic_init(&st->cancel_sent, false);
     st->cancel = cancel_make(conn);
+    st->sock = fcntl(PQsocket(conn), F_DUPFD_CLOEXEC, 0);
     int tsa = conn_tsa(conn);
     st->tsa = tsa >= 0 ? (tsa_mode)tsa : TSA_ANY;
     /* A NULL hook changes nothing and returns the current one. */
     st->notice_receiver = PQsetNoticeReceiver(conn, NULL, NULL);
     st->notice_processor = PQsetNoticeProcessor(conn, NULL, NULL);
-    if (st->cancel == NULL || tsa < 0 || !PQregisterEventProc(conn, pg_event, "cpool", NULL) ||
+    if (st->cancel == NULL || st->sock < 0 || tsa < 0 ||
+        !PQregisterEventProc(conn, pg_event, "cpool", NULL) ||
         !PQsetInstanceData(conn, pg_event, st)) {
         /* Not attached, so PQfinish will not free it. */
         cancel_release(st->cancel);
+        if (st->sock >= 0)
+            close(st->sock);
         pthread_mutex_destroy(&st->mu);
         free(st);
         return -1;
@@ -1235,9 +1350,8 @@ static int pg_reset(void *vctx, void *native, cpool_error *err)
         break;
     case PQTRANS_ACTIVE:
         /* A query still running, results unread or COPY: the session's
-         * state is unknown. The connection is closed; the cancel request
-         * makes the backend stop now instead of when it next writes. */
-        send_cancel(st);
+         * state is unknown. The connection is closed, and close() makes
+         * sure the backend stops. */
         return io_error(ctx, conn, "reset", CPOOL_FAIL_OTHER, 0,
                         "returned with a query in progress (unread results or COPY)", err);
     default:
@@ -1271,26 +1385,86 @@ static int pg_reset(void *vctx, void *native, cpool_error *err)
     return 0;
 }
 
+static void *shut_read_main(void *arg)
+{
+    int fd = (int)(intptr_t)arg;
+    struct timespec ts = {0, INTERRUPT_GRACE_MS * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+    (void)shutdown(fd, SHUT_RD);
+    close(fd);
+    return NULL;
+}
+
+/* Shuts `fd` (ours; closed here) for reading after INTERRUPT_GRACE_MS, on
+ * a detached thread; now when no thread can be made. */
+static void shut_read_later(int fd)
+{
+    pthread_attr_t attr;
+    pthread_t th;
+    sigset_t all, old;
+    int rc = pthread_attr_init(&attr);
+    if (rc == 0) {
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&attr, 64 * 1024);
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        rc = pthread_create(&th, &attr, shut_read_main, (void *)(intptr_t)fd);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        pthread_attr_destroy(&attr);
+    }
+    if (rc != 0) {
+        (void)shutdown(fd, SHUT_RD);
+        close(fd);
+    }
+}
+
+/* The lease's socket is shut for writing at once: the holder's next call
+ * fails, whatever the server does. The backend is asked to cancel its
+ * query, three times over half a second since a request that arrives
+ * before the query starts is lost, and a query in progress gets the
+ * server's answer (57014) within INTERRUPT_GRACE_MS; after that the socket
+ * is shut for reading too, so a stopped server cannot keep the holder
+ * waiting. The backend ends its session when it next reads the socket. */
 static void pg_interrupt(void *ctx, void *native)
 {
-    (void)ctx;
+    const pg_ctx *c = ctx;
     pg_state *st = state_of(native);
     if (st == NULL)
         return;
     atomic_store(&st->interrupted, true);
-    send_cancel(st);
+    pthread_mutex_lock(&st->mu);
+    int later = -1;
+    if (st->sock >= 0) {
+        (void)shutdown(st->sock, SHUT_WR);
+        later = fcntl(st->sock, F_DUPFD_CLOEXEC, 0);
+        if (later < 0)
+            (void)shutdown(st->sock, SHUT_RD);
+    }
+    pthread_mutex_unlock(&st->mu);
+    send_cancel(st, -1, 3, c != NULL ? c->reset_timeout_ms : RESET_TIMEOUT_DEFAULT_MS);
+    if (later >= 0)
+        shut_read_later(later);
 }
 
 static void pg_close(void *ctx, void *native)
 {
-    (void)ctx;
+    const pg_ctx *c = ctx;
     PGconn *conn = native;
     if (conn == NULL)
         return;
     /* A backend busy with a query would notice the Terminate only when the
-     * query ends: ask it to stop first. */
-    if (PQstatus(conn) == CONNECTION_OK && PQtransactionStatus(conn) == PQTRANS_ACTIVE)
-        send_cancel(state_of(conn));
+     * query ends: ask it to stop, and keep asking until it has (the job
+     * keeps our duplicate of the socket to see it go). */
+    pg_state *st = state_of(conn);
+    if (st != NULL && PQstatus(conn) == CONNECTION_OK &&
+        PQtransactionStatus(conn) == PQTRANS_ACTIVE && !atomic_load(&st->interrupted)) {
+        pthread_mutex_lock(&st->mu);
+        int watch = st->sock;
+        st->sock = -1;
+        pthread_mutex_unlock(&st->mu);
+        send_cancel(st, watch, 0, c != NULL ? c->reset_timeout_ms : RESET_TIMEOUT_DEFAULT_MS);
+    }
     PQfinish(conn);
 }
 
@@ -1354,6 +1528,10 @@ static int pg_describe(void *ctx, void *native, char *buf, size_t size)
     return w < 0 || (size_t)w >= size ? -1 : 0;
 }
 
+/* Runs the command non-blocking, bounded by command_timeout_ms (0 = no
+ * bound): an interrupt shuts the socket down, which ends the wait at once.
+ * A timeout or an interrupt leaves the connection mid-query; check-in
+ * closes it. */
 static int pg_execute(void *vctx, void *native, const char *command, cpool_error *err)
 {
     const pg_ctx *ctx = vctx;
@@ -1361,20 +1539,23 @@ static int pg_execute(void *vctx, void *native, const char *command, cpool_error
     if (conn == NULL || command == NULL)
         return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_QUERY, CPOOL_FAIL_OTHER, 0,
                                "execute on %s: no connection or command", addr_of(ctx));
-    PGresult *r = PQexec(conn, command);
-    ExecStatusType s = PQresultStatus(r);
-    int rc = 0;
-    if (r == NULL || s == PGRES_FATAL_ERROR || s == PGRES_BAD_RESPONSE ||
-        s == PGRES_NONFATAL_ERROR) {
-        cpool_fail_kind kind = PQstatus(conn) == CONNECTION_BAD ? CPOOL_FAIL_NETWORK
-                                                                : CPOOL_FAIL_SERVER;
-        rc = io_error(ctx, conn, "execute", kind, result_sqlstate(r),
-                      r != NULL ? PQresultErrorMessage(r) : NULL, err);
-    } else if (s == PGRES_COPY_IN || s == PGRES_COPY_OUT || s == PGRES_COPY_BOTH) {
-        rc = io_error(ctx, conn, "execute", CPOOL_FAIL_NETWORK, 0, "COPY is not supported here",
-                      err);
+    pg_state *st = state_of(conn);
+    int rc = unusable(ctx, conn, st, "execute", err);
+    if (rc == 0) {
+        if (PQtransactionStatus(conn) == PQTRANS_ACTIVE)
+            return io_error(ctx, conn, "execute", CPOOL_FAIL_OTHER, 0,
+                            "a query is in progress (unread results or COPY)", err);
+        int64_t deadline = ctx != NULL && ctx->command_timeout_ms > 0
+                               ? now_ns() + ctx->command_timeout_ms * 1000000
+                               : 0;
+        rc = run_bounded(ctx, conn, command, /* want_empty= */ false, deadline, "execute", err);
     }
-    PQclear(r);
+    if (rc != 0 && st != NULL && atomic_load(&st->interrupted))
+        return cpool_error_set(err, CPOOL_EINTERRUPTED, CPOOL_PHASE_QUERY,
+                               CPOOL_FAIL_INTERRUPTED, 0,
+                               "execute on %s (backend pid %d): interrupted by the pool "
+                               "(cleared or shut down); return the lease",
+                               addr_of(ctx), PQbackendPID(conn));
     return rc;
 }
 

@@ -437,6 +437,105 @@ TEST(unfinished_query_closes)
     PQfinish(admin);
 }
 
+/* A lease that is idle (between queries) when the pool is cleared with
+ * interruptInUseConnections can do nothing more: its next command fails at
+ * once, through cpool_conn_execute (CPOOL_EINTERRUPTED, saying so) and
+ * through raw libpq on the native handle, and check-in closes it. */
+TEST(interrupted_idle_lease_fails_next_command)
+{
+    PGconn *admin = pg_admin();
+    cpool *p = pg_pool(pg_uri(), NULL);
+    cpool_conn *c = test_checkout(p);
+    PGconn *conn = pg_lease_conn(c);
+    int pid = PQbackendPID(conn);
+    ASSERT_OK(cpool_conn_execute(c, "SELECT 1", NULL));
+    ASSERT_OK(cpool_clear(p, CPOOL_CLEAR_INTERRUPT_IN_USE, NULL, NULL));
+
+    int64_t t0 = test_now_ns();
+    cpool_error e;
+    ASSERT_RC(CPOOL_EINTERRUPTED, cpool_conn_execute(c, "SELECT 1", &e));
+    ASSERT_STR_CONTAINS(e.message, "interrupted by the pool");
+    PGresult *r = PQexec(conn, "SELECT 1");
+    ASSERT_TRUE(PQresultStatus(r) != PGRES_TUPLES_OK);
+    PQclear(r);
+    ASSERT_LT(test_now_ns() - t0, 500000000LL); /* at once, no server round trip */
+
+    test_checkin(p, c, 0);
+    ASSERT_EQ(0, test_counts(p).total);
+    PG_WAIT_BACKEND_GONE(admin, pid, 3000);
+    cpool_destroy(p);
+    PQfinish(admin);
+}
+
+/* Many leases returned right after PQsendQuery: each backend must stop
+ * well before its pg_sleep(5) ends. A cancel request that reaches a
+ * backend before it has begun the query is lost, so one request per
+ * connection left some running the whole 5 s on a busy machine; the close
+ * repeats the request until it sees the backend go. */
+TEST(unfinished_queries_all_stop)
+{
+    enum { N = 24 };
+    PGconn *admin = pg_admin();
+    char uri[512];
+    cpool_options o;
+    pg_options(&o, pg_uri_with(uri, sizeof uri, "application_name=cpool_unfinished"), NULL);
+    o.max_pool_size = N;
+    cpool *p = test_pool_create(&o);
+    test_ready(p);
+    cpool_conn *c[N];
+    for (int i = 0; i < N; i++)
+        c[i] = test_checkout(p);
+    int64_t t0 = test_now_ms();
+    for (int i = 0; i < N; i++) {
+        ASSERT_EQ(1, PQsendQuery(pg_lease_conn(c[i]), "SELECT pg_sleep(5)"));
+        test_checkin(p, c[i], 0);
+    }
+    ASSERT_EQ(0, test_counts(p).total);
+    long long left = -1;
+    while (test_now_ms() - t0 < 4000) {
+        left = pg_scalar(admin, "SELECT count(*) FROM pg_stat_activity "
+                                "WHERE application_name = 'cpool_unfinished'");
+        if (left == 0)
+            break;
+        test_sleep_ms(20);
+    }
+    if (left != 0)
+        FAIL("%lld of %d backends still there %lld ms after their check-in", left, N,
+             (long long)(test_now_ms() - t0));
+    cpool_destroy(p);
+    PQfinish(admin);
+}
+
+/* command_timeout_ms bounds cpool_conn_execute; the lease is then
+ * mid-query, check-in closes it and its backend stops. */
+TEST(execute_bounded_by_command_timeout)
+{
+    PGconn *admin = pg_admin();
+    char uri[512];
+    cpool *p = pg_pool(pg_uri_with(uri, sizeof uri, "command_timeout_ms=200"), NULL);
+    cpool_conn *c = test_checkout(p);
+    int pid = pg_lease_pid(c);
+    ASSERT_OK(cpool_conn_execute(c, "SELECT pg_sleep(0.01)", NULL));
+    int64_t t0 = test_now_ns();
+    cpool_error e;
+    ASSERT_RC(CPOOL_EIO, cpool_conn_execute(c, "SELECT pg_sleep(5)", &e));
+    int64_t took = test_now_ns() - t0;
+    ASSERT_EQ(CPOOL_FAIL_TIMEOUT, e.kind);
+    ASSERT_GE(took, 190000000LL);
+    ASSERT_LT(took, 1500000000LL);
+    test_checkin(p, c, 0);
+    ASSERT_EQ(0, test_counts(p).total);
+    PG_WAIT_BACKEND_GONE(admin, pid, 3000);
+    cpool_destroy(p);
+
+    cpool_options o;
+    pg_options(&o, pg_uri_with(uri, sizeof uri, "command_timeout_ms=-1"), NULL);
+    cpool *bad = NULL;
+    ASSERT_RC(CPOOL_EINVAL, cpool_create(&o, &bad, &e));
+    ASSERT_STR_CONTAINS(e.message, "command_timeout_ms");
+    PQfinish(admin);
+}
+
 typedef struct sleeper {
     PGconn *conn;
     char sqlstate[6];
@@ -739,6 +838,9 @@ static const test_case cases[] = {
     TEST_ENTRY(client_settings_restored),
     TEST_ENTRY(unfinished_query_closes),
     TEST_ENTRY(interrupt_in_use_cancels_query),
+    TEST_ENTRY(interrupted_idle_lease_fails_next_command),
+    TEST_ENTRY(unfinished_queries_all_stop),
+    TEST_ENTRY(execute_bounded_by_command_timeout),
     TEST_ENTRY(session_attrs_follow_role_change),
     TEST_ENTRY(fork_abandon_keeps_parent_connection),
     TEST_ENTRY(pgbouncer_transaction_mode),

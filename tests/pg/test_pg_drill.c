@@ -561,6 +561,150 @@ TEST(listener_never_accepts)
     fflush(stdout);
 }
 
+/* ------------------------------------------------------------- SIGSTOP */
+
+/* Descriptors of this process connected to 127.0.0.1:port: the pool's
+ * sockets, its duplicates of them, cancel requests in flight, and the
+ * monitor's. */
+static int own_sockets(int port)
+{
+    int n = 0;
+    for (int fd = 0; fd < 4096; fd++) {
+        struct sockaddr_in a;
+        socklen_t len = sizeof a;
+        if (getpeername(fd, (struct sockaddr *)&a, &len) == 0 && a.sin_family == AF_INET &&
+            ntohs(a.sin_port) == port)
+            n++;
+    }
+    return n;
+}
+
+typedef struct holder {
+    cpool_conn *conn;
+    int rc;
+    cpool_error err;
+    int64_t end_ns;
+    atomic_bool done;
+} holder;
+
+static void *holder_main(void *arg)
+{
+    holder *h = arg;
+    h->rc = cpool_conn_execute(h->conn, "SELECT pg_sleep(30)", &h->err);
+    h->end_ns = test_now_ns();
+    atomic_store(&h->done, true);
+    return NULL;
+}
+
+#define STOP_CHECKOUT_MS 500
+#define STOP_SHUTDOWN_GRACE_MS 1000
+#define STOP_MARGIN_MS 300
+
+/* The server stops answering (SIGSTOP of the postmaster and its backends:
+ * the kernel still accepts connections, nobody answers) with one lease
+ * running a query and one idle. A checkout that must connect ends by its
+ * deadline; clear(interruptInUseConnections) ends the running query's call
+ * within the interrupt grace and makes the idle lease's next command fail
+ * at once, through the pool and through raw libpq; shutdown and destroy do
+ * not wait for the server. After SIGCONT no socket or session is left. */
+TEST(sigstop_interrupts_holders)
+{
+    drill_run r;
+    server_start(&r);
+    drill_target(r.target, sizeof r.target, r.env.port, "");
+    cpool *p = drill_pool_open(r.target);
+    PGconn *mon = drill_pg_connect(r.env.port, NULL, 0);
+    ASSERT_NOT_NULL(mon);
+    cpool_conn *busy = test_checkout(p), *idle = test_checkout(p);
+    holder h = {.conn = busy};
+    atomic_init(&h.done, false);
+    pthread_t th;
+    TEST_THREAD_START(&th, holder_main, &h);
+    char sql[200], v[64];
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM pg_stat_activity WHERE pid = %d AND state = 'active'",
+             PQbackendPID(cpool_conn_native(busy)));
+    int64_t until = test_now_ms() + 5000;
+    while (!(drill_pg_value(mon, sql, v, sizeof v) && atoi(v) == 1)) {
+        if (test_now_ms() > until)
+            FAIL("the lease's query never showed as active");
+        test_sleep_ms(5);
+    }
+    int socks_before = own_sockets(r.env.port);
+    drill_script(&r.env, "sigstop", /* with_port= */ false);
+
+    /* 1. A checkout that needs a new connection. */
+    cpool_conn *extra = NULL;
+    cpool_error e;
+    int64_t t0 = test_now_ns();
+    int co_rc = cpool_checkout(p, STOP_CHECKOUT_MS, &extra, &e);
+    int64_t co_ms = (test_now_ns() - t0) / 1000000;
+    ASSERT_TRUE(co_rc != CPOOL_OK);
+
+    /* 2. The interrupt. */
+    t0 = test_now_ns();
+    ASSERT_OK(cpool_clear(p, CPOOL_CLEAR_INTERRUPT_IN_USE, NULL, NULL));
+    int64_t clear_ms = (test_now_ns() - t0) / 1000000;
+    until = test_now_ms() + 5000;
+    while (!atomic_load(&h.done)) {
+        if (test_now_ms() > until)
+            FAIL("the running query's call is still blocked 5 s after the interrupt");
+        test_sleep_ms(1);
+    }
+    pthread_join(th, NULL);
+    int64_t busy_ms = (h.end_ns - t0) / 1000000;
+    ASSERT_RC(CPOOL_EINTERRUPTED, h.rc);
+    int64_t t1 = test_now_ns();
+    ASSERT_RC(CPOOL_EINTERRUPTED, cpool_conn_execute(idle, "SELECT 1", &e));
+    PGresult *res = PQexec(cpool_conn_native(idle), "SELECT 1");
+    ASSERT_TRUE(PQresultStatus(res) != PGRES_TUPLES_OK);
+    PQclear(res);
+    int64_t idle_ms = (test_now_ns() - t1) / 1000000;
+    test_checkin(p, busy, 0);
+    test_checkin(p, idle, 0);
+    ASSERT_EQ(0, test_counts(p).total);
+
+    /* 3. Shutdown and destroy while the server is still stopped. */
+    ASSERT_OK(cpool_ready(p, NULL));
+    cpool_shutdown_report rep;
+    t0 = test_now_ns();
+    ASSERT_OK(cpool_shutdown(p, STOP_SHUTDOWN_GRACE_MS, &rep, NULL));
+    cpool_destroy(p);
+    int64_t down_ms = (test_now_ns() - t0) / 1000000;
+    int socks_stopped = own_sockets(r.env.port);
+
+    /* 4. The server wakes: the cancel requests it owed are answered, the
+     * backends see their closed sockets, nothing of ours is left. */
+    drill_script(&r.env, "sigcont", /* with_port= */ false);
+    int64_t cont = test_now_ms();
+    int socks;
+    while ((socks = own_sockets(r.env.port)) > 1) { /* the monitor's */
+        if (test_now_ms() - cont > DRILL_SETTLE_MS)
+            FAIL("%d sockets to the server remain %d ms after SIGCONT (1 expected: the "
+                 "monitor's)",
+                 socks, DRILL_SETTLE_MS);
+        test_sleep_ms(20);
+    }
+    int64_t socks_ms = test_now_ms() - cont;
+    PQfinish(mon);
+    drill_assert_all_closed(r.env.port);
+
+    printf("drill-summary sigstop_interrupts_holders: checkout %lld ms (deadline %d, %s), "
+           "clear %lld ms, running query's call ended %lld ms after the interrupt (%s), "
+           "idle lease's next two calls %lld ms, shutdown+destroy %lld ms (grace %d); "
+           "sockets before %d, while stopped %d, all closed %lld ms after SIGCONT; "
+           "sessions left 0\n",
+           (long long)co_ms, STOP_CHECKOUT_MS, cpool_err_name(co_rc), (long long)clear_ms,
+           (long long)busy_ms, cpool_err_name(h.rc), (long long)idle_ms, (long long)down_ms,
+           STOP_SHUTDOWN_GRACE_MS, socks_before, socks_stopped, (long long)socks_ms);
+    fflush(stdout);
+    ASSERT_LE(co_ms, STOP_CHECKOUT_MS + STOP_MARGIN_MS);
+    ASSERT_LE(clear_ms, 100);
+    ASSERT_LE(busy_ms, 200 + STOP_MARGIN_MS); /* the interrupt grace */
+    ASSERT_LE(idle_ms, STOP_MARGIN_MS);
+    ASSERT_LE(down_ms, STOP_SHUTDOWN_GRACE_MS + STOP_MARGIN_MS);
+}
+
 static const test_case cases[] = {
     TEST_ENTRY(kill9_postmaster_and_restart),
     TEST_ENTRY(restart_fast),
@@ -568,6 +712,7 @@ static const test_case cases[] = {
     TEST_ENTRY(listener_never_accepts),
     TEST_ENTRY(max_connections_exhausted),
     TEST_ENTRY(breaker_restart_drill),
+    TEST_ENTRY(sigstop_interrupts_holders),
 };
 
 TEST_MAIN(cases)
