@@ -68,6 +68,10 @@ CPOOL_API void cpool_mem_conn_break(void *native);
  * stopped answering but keeps the socket open. */
 /* 0.2 */
 CPOOL_API void cpool_mem_conn_hang(void *native);
+/* Like cpool_mem_conn_hang(), but ping() first waits until its deadline,
+ * as against a stopped server. */
+/* 0.2 */
+CPOOL_API void cpool_mem_conn_stall(void *native);
 /* True once interrupt() was called on it. */
 CPOOL_API bool cpool_mem_conn_interrupted(void *native);
 /* The id the pool gave it at establishment. */

@@ -45,6 +45,7 @@ typedef struct mem_conn {
     struct mem_conn *prev, *next; /* mem->live; guarded by mem->mu */
     atomic_ulong checks, resets, pings;
     atomic_bool hung;      /* check() passes, ping() fails */
+    atomic_bool stalled;   /* ... and ping() first waits for its deadline */
     uint64_t id;
     atomic_bool broken;
     atomic_bool interrupted;
@@ -366,6 +367,7 @@ static int mem_connect(void *ctx, cpool_connect_args *args, void **native,
     atomic_init(&c->checks, 0);
     atomic_init(&c->pings, 0);
     atomic_init(&c->hung, false);
+    atomic_init(&c->stalled, false);
     atomic_init(&c->resets, 0);
 
     pthread_mutex_lock(&mem->mu);
@@ -475,6 +477,15 @@ static int mem_ping(void *ctx, void *native, int64_t deadline_ns,
         return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_QUERY,
                                CPOOL_FAIL_OTHER, 0, "ping: no connection");
     bump(&c->pings);
+    if (atomic_load(&c->stalled) && deadline_ns > 0) {
+        /* A stopped server: nothing comes back before the deadline. */
+        int64_t left = deadline_ns - mono_ns();
+        if (left > 0) {
+            struct timespec ts = {left / 1000000000, left % 1000000000};
+            while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+                ;
+        }
+    }
     if (atomic_load(&c->hung))
         return cpool_error_set(err, CPOOL_EIO, CPOOL_PHASE_QUERY, CPOOL_FAIL_TIMEOUT, 0,
                                "ping on mem connection %llu: no answer",
@@ -486,6 +497,14 @@ void cpool_mem_conn_hang(void *native)
 {
     if (native != NULL)
         atomic_store(&((mem_conn *)native)->hung, true);
+}
+
+void cpool_mem_conn_stall(void *native)
+{
+    if (native != NULL) {
+        atomic_store(&((mem_conn *)native)->stalled, true);
+        atomic_store(&((mem_conn *)native)->hung, true);
+    }
 }
 
 static int mem_reset(void *ctx, void *native, cpool_error *err)

@@ -23,8 +23,8 @@
 #include <unistd.h>
 
 #define NO_DEADLINE INT64_MAX
-/* lease_begin()'s `start` and validate_conn()'s deadline on the lock-free
- * path: there is no checkout clock there. */
+/* lease_begin()'s `start` on the lock-free path: there is no checkout
+ * clock there. */
 #define FAST_LEASE INT64_MIN
 
 /* ------------------------------------------------------------------ fork */
@@ -1057,37 +1057,47 @@ static inline void lease_begin(cpool *p, cpool_conn *c, int64_t start, bool reus
     cpool__hist_add(&c->cell.wait, start >= 0 ? now - start : 0);
 }
 
-/* The validation policy, outside mu, on a connection that was available:
- * 0 = hand it out; otherwise ce says why it must be closed. `deadline` is on
- * the pool clock (NO_DEADLINE = none). */
-static int64_t fast_deadline(const cpool *p, int64_t timeout_ms);
-
-/* `deadline` is on the pool clock; FAST_LEASE means "the lock-free path's:
- * compute it from timeout_ms only if a ping needs one". */
-static inline int validate_conn(cpool *p, cpool_conn *c, int64_t deadline,
-                                int64_t timeout_ms, cpool_error *ce)
+/* Whether the validation policy pings c now: always, or when it has been
+ * idle at least validation_idle_ms. */
+static bool wants_ping(const cpool *p, const cpool_conn *c)
 {
     cpool_validation v = p->opts.validation;
+    if (p->cx->ping == NULL || v == CPOOL_VALIDATE_NONE || v == CPOOL_VALIDATE_CHECK)
+        return false;
+    return v == CPOOL_VALIDATE_ALWAYS ||
+           cpool__now(p) - atomic_load_explicit(&c->available_since_ns,
+                                                memory_order_relaxed) >=
+               ms_to_ns(p->opts.validation_idle_ms);
+}
+
+/* True when a ping is due and the checkout's deadline (pool clock) has
+ * already passed: the step does not run, and nothing is held against the
+ * connection or the server -- the caller simply ran out of time. */
+static bool no_time_to_ping(const cpool *p, bool ping, int64_t deadline)
+{
+    return ping && deadline != NO_DEADLINE && cpool__now(p) >= deadline;
+}
+
+/* The validation policy, outside mu, on a connection that was available:
+ * the connector's cheap check, then the ping when `ping` (see wants_ping),
+ * bounded by `deadline` (pool clock; NO_DEADLINE = none). 0 = hand it out;
+ * otherwise ce says why it must be closed. */
+static inline int validate_conn(cpool *p, cpool_conn *c, bool ping, int64_t deadline,
+                                cpool_error *ce)
+{
     /* Only the code: zeroing all of *ce costs more than the rest of a
      * lock-free checkout; a failing check or ping fills the rest. */
     ce->code = 0;
     ce->message[0] = '\0';
-    if (v == CPOOL_VALIDATE_NONE)
+    if (p->opts.validation == CPOOL_VALIDATE_NONE)
         return 0;
     cpool__bump(&c->cell.validations);
     if (p->cx->check != NULL && p->cx->check(p->cx_ctx, c->native, ce) != 0) {
         cpool__bump(&c->cell.validation_failures);
         return -1;
     }
-    bool ping = v == CPOOL_VALIDATE_ALWAYS;
-    if (v == CPOOL_VALIDATE_PING_IDLE)
-        ping = cpool__now(p) - atomic_load_explicit(&c->available_since_ns,
-                                                    memory_order_relaxed) >=
-               ms_to_ns(p->opts.validation_idle_ms);
-    if (!ping || p->cx->ping == NULL)
+    if (!ping)
         return 0;
-    if (deadline == FAST_LEASE)
-        deadline = fast_deadline(p, timeout_ms);
     if (p->cx->ping(p->cx_ctx, c->native, real_deadline(p, deadline), ce) == 0)
         return 0;
     cpool__bump(&c->cell.validation_failures);
@@ -1098,24 +1108,27 @@ static inline int validate_conn(cpool *p, cpool_conn *c, int64_t deadline,
     return -1;
 }
 
-/* A deadline for validating without a checkout clock (the fast path):
- * connect_timeout_ms bounds a ping as it bounds an establishment, and the
- * caller's timeout bounds both. */
-static int64_t fast_deadline(const cpool *p, int64_t timeout_ms)
+/* A ping's deadline on the lock-free path, which has no checkout clock:
+ * connect_timeout_ms from `start` bounds a ping as it bounds an
+ * establishment, and the caller's timeout bounds both. */
+static int64_t fast_deadline(const cpool *p, int64_t start, int64_t timeout_ms)
 {
     int64_t d = NO_DEADLINE;
     if (p->opts.connect_timeout_ms > 0)
-        d = deadline_after(cpool__now(p), p->opts.connect_timeout_ms);
+        d = deadline_after(start, p->opts.connect_timeout_ms);
     if (timeout_ms >= 0) {
-        int64_t own = deadline_after(cpool__now(p), timeout_ms);
+        int64_t own = deadline_after(start, timeout_ms);
         if (own < d)
             d = own;
     }
     return d;
 }
 
-/* Takes this thread's parked connection, if it is still parked and fit. */
-static cpool_conn *take_parked_fast(cpool *p, int64_t timeout_ms)
+/* Takes this thread's parked connection, if it is still parked and fit.
+ * When it had to be pinged and was not handed out, *start is when the
+ * checkout began (pool clock), so that the slow path goes on with the same
+ * deadline instead of a new one; else it is left alone. */
+static cpool_conn *take_parked_fast(cpool *p, int64_t timeout_ms, int64_t *start)
 {
     cpool_conn *c = tl_park.conn;
     if (tl_park.serial != p->serial || c == NULL || atomic_load(&p->nwaiting) != 0)
@@ -1128,7 +1141,21 @@ static cpool_conn *take_parked_fast(cpool *p, int64_t timeout_ms)
     cpool_error ce;
     ce.code = 0;
     bool usable = fast_usable(p, c);
-    bool dead = usable && validate_conn(p, c, FAST_LEASE, timeout_ms, &ce) != 0;
+    bool dead = false;
+    if (usable) {
+        bool ping = wants_ping(p, c);
+        int64_t deadline = NO_DEADLINE;
+        if (ping) {
+            *start = cpool__now(p);
+            deadline = fast_deadline(p, *start, timeout_ms);
+            if (no_time_to_ping(p, ping, deadline)) {
+                /* Left parked; the slow path fails the checkout. */
+                atomic_store(&c->leased, LEASE_PARKED);
+                return NULL;
+            }
+        }
+        dead = validate_conn(p, c, ping, deadline, &ce) != 0;
+    }
     if (usable && !dead)
         return c;
     /* Ours now, but perished, dead or the pool changed: close it properly. */
@@ -1178,12 +1205,10 @@ typedef struct checkout_clock {
     bool caller_bound;     /* conn_deadline() returned the caller's deadline */
 } checkout_clock;
 
-static void clock_start(checkout_clock *t)
+static void clock_start_at(checkout_clock *t, int64_t start)
 {
-    if (t->start >= 0)
-        return;
     const cpool *p = t->p;
-    t->start = cpool__now(p);
+    t->start = start;
     if (t->timeout_ms >= 0) {
         /* One deadline for everything the caller waits for. */
         t->wait_deadline = t->conn_deadline = deadline_after(t->start, t->timeout_ms);
@@ -1193,6 +1218,12 @@ static void clock_start(checkout_clock *t)
                                : NO_DEADLINE;
         t->conn_deadline = NO_DEADLINE; /* see conn_deadline() */
     }
+}
+
+static void clock_start(checkout_clock *t)
+{
+    if (t->start < 0)
+        clock_start_at(t, cpool__now(t->p));
 }
 
 /* Each establishment gets connect_timeout_ms from the moment it starts,
@@ -1243,6 +1274,18 @@ static int fail_checkout(cpool *p, int rc, int reason, checkout_clock *t,
         cpool__err(&e, rc, "connection pool %s is shutting down: no new checkouts", p->address);
         break;
     case CPOOL_ETIMEDOUT:
+        if (cause != NULL) {
+            /* The deadline passed while connecting: where and why, without
+             * the backpressure labels (nothing is known against the
+             * server). */
+            e = *cause;
+            e.code = rc;
+            e.labels = 0;
+            snprintf(e.message, sizeof e.message,
+                     "Timed out: the checkout's deadline passed while connecting (%.190s)",
+                     cause->message);
+            break;
+        }
         cpool__err(&e, rc,
                    "Timed out while checking out a connection from connection pool "
                    "%s (maxPoolSize: %u, in use: %u, available: %u, pending: %u, "
@@ -1336,8 +1379,9 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
         *out = NULL;
     if (p == NULL || out == NULL)
         return cpool__err(err, CPOOL_EINVAL, "checkout: pool and out are required");
+    int64_t fast_start = -1;
     if (p->can_park) {
-        cpool_conn *fast = take_parked_fast(p, timeout_ms);
+        cpool_conn *fast = take_parked_fast(p, timeout_ms, &fast_start);
         if (fast != NULL) {
             lease_begin(p, fast, FAST_LEASE, true, NULL);
             *out = fast;
@@ -1347,9 +1391,12 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
 
     /* The clock is read only when something needs it: an event, a deadline.
      * The uncontended path (an available connection, no subscriber) does
-     * without. */
+     * without. One deadline for the whole checkout: when the lock-free path
+     * already spent time on a ping, its start is the checkout's. */
     checkout_clock t = {.p = p, .timeout_ms = timeout_ms, .start = -1};
-    if (p->observed)
+    if (fast_start >= 0)
+        clock_start_at(&t, fast_start);
+    else if (p->observed)
         clock_start(&t);
 
     pthread_mutex_lock(&p->mu);
@@ -1541,16 +1588,28 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
                     rc = p->draining                    ? CPOOL_ESHUTDOWN
                          : p->state == CPOOL_STATE_CLOSED ? CPOOL_ECLOSED
                                                           : CPOOL_ECLEARED;
-                else
-                    cause = &ce;
+                else if (t.caller_bound && ce.kind == CPOOL_FAIL_TIMEOUT &&
+                         cpool__now(p) >= deadline)
+                    rc = CPOOL_ETIMEDOUT; /* the caller's own deadline ran out */
+                cause = &ce;
                 goto fail;
             }
         } else if (p->opts.validation != CPOOL_VALIDATE_NONE) {
             /* The validation policy, outside the lock, within the same
-             * deadline as the rest of the checkout. */
+             * deadline as the rest of the checkout. Without time left for a
+             * ping the connection goes back, unblamed, and the caller gets
+             * its timeout. */
             int64_t deadline = conn_deadline(&t);
+            bool ping = wants_ping(p, c);
+            if (no_time_to_ping(p, ping, deadline)) {
+                unassign_locked(c);
+                atomic_store_explicit(&c->leased, LEASE_NONE, memory_order_relaxed);
+                set_state_locked(p, c, CONN_AVAILABLE);
+                rc = CPOOL_ETIMEDOUT;
+                goto fail;
+            }
             pthread_mutex_unlock(&p->mu);
-            int bad = validate_conn(p, c, deadline, -1, &ce);
+            int bad = validate_conn(p, c, ping, deadline, &ce);
             pthread_mutex_lock(&p->mu);
             if (bad != 0) {
                 close_conn_locked(p, c, CPOOL_CLOSE_ERROR, &ce);

@@ -436,6 +436,75 @@ TEST(validation_on_fast_path)
     cpool_mem_destroy(mem);
 }
 
+/* One deadline for the whole checkout: when the lock-free path's ping runs
+ * out of time against a stopped server, the slow path does not start the
+ * clock again (a checkout of 300 ms took 600 and more: the ping's, then a
+ * new establishment's). It ends by its deadline, as a timeout. */
+TEST(validation_and_establishment_share_one_deadline)
+{
+    cpool_mem *mem = test_mem_create();
+    cpool_options o;
+    test_options(&o, mem, NULL);
+    o.validation = CPOOL_VALIDATE_ALWAYS;
+    o.max_pool_size = 2;
+    cpool *p = test_pool_create(&o);
+    test_ready(p);
+    cpool_conn *c = test_checkout(p);
+    cpool_mem_conn_stall(cpool_conn_native(c));
+    test_checkin(p, c, 0); /* parked in this thread: the lock-free path pings it */
+    cpool_mem_failpoint fp = {.times = -1, .block_until_interrupted = true};
+    cpool_mem_set_failpoint(mem, &fp); /* and a new connection never answers */
+    cpool_error e;
+    int64_t t0 = test_now_ms();
+    ASSERT_RC(CPOOL_ETIMEDOUT, cpool_checkout(p, 300, &c, &e));
+    int64_t took = test_now_ms() - t0;
+    ASSERT_GE(took, 290);
+    ASSERT_LT(took, 300 + 250);
+    cpool_mem_set_failpoint(mem, NULL);
+    cpool_destroy(p);
+    cpool_mem_destroy(mem);
+}
+
+/* A checkout with no time to ping (timeout 0, validation=always) does not
+ * ping, does not close the healthy connection and does not blame the
+ * server: it times out, and the connection is there for the next one. On
+ * the lock-free path and on the locked one. */
+TEST(no_time_to_validate_condemns_nothing)
+{
+    for (int observed = 0; observed < 2; observed++) {
+        cpool_mem *mem = test_mem_create();
+        test_recorder rec;
+        test_rec_init(&rec);
+        cpool_options o;
+        test_options(&o, mem, observed ? &rec : NULL);
+        o.validation = CPOOL_VALIDATE_ALWAYS;
+        o.max_pool_size = 1;
+        cpool *p = test_pool_create(&o);
+        test_ready(p);
+        cpool_conn *c = test_checkout(p);
+        uint64_t id = cpool_conn_id(c);
+        test_checkin(p, c, 0);
+        uint64_t pings = test_mem_stats(mem).pings;
+        cpool_error e;
+        ASSERT_RC(CPOOL_ETIMEDOUT, cpool_checkout(p, 0, &c, &e));
+        ASSERT_EQ(pings, test_mem_stats(mem).pings);
+        ASSERT_EQ(1, test_counts(p).total);
+        cpool_stats s = {.struct_size = sizeof s};
+        ASSERT_OK(cpool_get_stats(p, &s));
+        ASSERT_EQ(0, s.connect_fail_streak);
+        ASSERT_EQ(0, s.validation_failures);
+        c = test_checkout(p);
+        ASSERT_EQ(id, cpool_conn_id(c));
+        ASSERT_EQ(pings + 1, test_mem_stats(mem).pings);
+        test_checkin(p, c, 0);
+        if (observed)
+            ASSERT_EQ(0, test_rec_count(&rec, CPOOL_EV_CONN_CLOSED));
+        cpool_destroy(p);
+        cpool_mem_destroy(mem);
+        test_rec_free(&rec);
+    }
+}
+
 /* CPOOL_LOG turns on the JSON-lines sink; the password never shows. */
 TEST(env_log_sink_writes_redacted_json_lines)
 {
@@ -497,6 +566,8 @@ int main(int argc, char **argv)
         TEST_ENTRY(validation_always_pings),
         TEST_ENTRY(validation_failure_replaced_within_checkout),
         TEST_ENTRY(validation_on_fast_path),
+        TEST_ENTRY(validation_and_establishment_share_one_deadline),
+        TEST_ENTRY(no_time_to_validate_condemns_nothing),
         TEST_ENTRY(env_log_sink_writes_redacted_json_lines),
     };
     return test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
