@@ -102,7 +102,7 @@ cpool_pg_suite(pg_connect TIMEOUT 30
     hba_reject_is_auth
     unknown_host_is_dns
     unknown_database_is_server_error
-    connection_limit_is_transient_server_error
+    connection_limit_waits_within_deadline
     phase_times_recorded
     sqlstate_code_round_trip)
 

@@ -109,7 +109,13 @@ typedef enum cpool_fail_kind {
     CPOOL_FAIL_CERTIFICATE, /* TLS verification, hostname mismatch */
     CPOOL_FAIL_AUTH,        /* bad credentials, not permitted */
     CPOOL_FAIL_SERVER,      /* the server answered with an error */
-    CPOOL_FAIL_INTERRUPTED  /* cancelled by the pool (clear, close) */
+    CPOOL_FAIL_INTERRUPTED, /* cancelled by the pool (clear, close) */
+    CPOOL_FAIL_CAPACITY     /* 0.2: the server has no free connection slot
+                               (PostgreSQL 53300 "too many clients", Redis
+                               "max number of clients"): slots free up as
+                               other clients leave, so the pool neither backs
+                               off nor opens its circuit, and a checkout
+                               keeps trying within its deadline */
 } cpool_fail_kind;
 
 /* Error labels (bitmask), as in CMAP section "backpressure". */
@@ -695,6 +701,11 @@ typedef struct cpool_stats {
     uint64_t leaks_reclaimed;       /* ... and past leak_reclaim_ms */
     int64_t last_connect_error_age_ns; /* -1 when none */
     cpool_error last_connect_error;
+    /* 0.2 */
+    uint64_t capacity_refusals;     /* establishments the server refused for
+                                       lack of slots (CPOOL_FAIL_CAPACITY);
+                                       also in connect_failures, never in the
+                                       circuit's streak */
 } cpool_stats;
 
 /* Fills `out` (out->struct_size must be set, e.g. with

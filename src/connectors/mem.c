@@ -308,6 +308,7 @@ static const char *fail_kind_text(cpool_fail_kind kind)
     case CPOOL_FAIL_AUTH: return "authentication failed";
     case CPOOL_FAIL_SERVER: return "server error";
     case CPOOL_FAIL_INTERRUPTED: return "interrupted";
+    case CPOOL_FAIL_CAPACITY: return "too many connections";
     default: return "failed";
     }
 }

@@ -720,6 +720,26 @@ static void *cancel_main(void *arg)
     return NULL;
 }
 
+/* Runs fn(arg) on a detached thread with a small stack and every signal
+ * blocked (its SIGPIPE included). 0, or pthread_create's error. */
+static int spawn_detached(void *(*fn)(void *), void *arg, size_t stack)
+{
+    pthread_attr_t attr;
+    pthread_t th;
+    sigset_t all, old;
+    int rc = pthread_attr_init(&attr);
+    if (rc != 0)
+        return rc;
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, stack);
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    rc = pthread_create(&th, &attr, fn, arg);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+    return rc;
+}
+
 /* Starts a cancel job for the connection's backend without waiting for
  * it: on a detached thread with every signal blocked, or, when no thread
  * can be made, one request here. At most one job per connection. `watch`
@@ -747,23 +767,8 @@ static void send_cancel(pg_state *st, int watch, int tries, int64_t timeout_ms)
         return;
     }
     *j = (cancel_job){ref, watch, tries, now_ns() + timeout_ms * 1000000};
-
-    pthread_attr_t attr;
-    pthread_t th;
-    sigset_t all, old;
-    int rc = pthread_attr_init(&attr);
-    if (rc == 0) {
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        /* PQcancel needs little stack; keep the footprint of a stuck one
-         * small. */
-        pthread_attr_setstacksize(&attr, 256 * 1024);
-        sigfillset(&all);
-        pthread_sigmask(SIG_SETMASK, &all, &old);
-        rc = pthread_create(&th, &attr, cancel_main, j);
-        pthread_sigmask(SIG_SETMASK, &old, NULL);
-        pthread_attr_destroy(&attr);
-    }
-    if (rc != 0) {
+    /* PQcancel needs little stack; keep the footprint of a stuck one small. */
+    if (spawn_detached(cancel_main, j, 256 * 1024) != 0) {
         j->tries = 1;
         if (j->watch >= 0)
             close(j->watch);
@@ -963,6 +968,7 @@ static int classify_failure(const pg_ctx *ctx, PGconn *conn, cpool_phase phase,
             transient = "the server is starting up, shutting down or in recovery";
         } else if (strcmp(st, "53300") == 0) {
             transient = "too many connections";
+            kind = CPOOL_FAIL_CAPACITY;
         } else if (strncmp(st, "53", 2) == 0 || strcmp(st, "57P01") == 0 ||
                    strcmp(st, "57P02") == 0) {
             transient = "the server is short of resources or shutting down";
@@ -1400,20 +1406,7 @@ static void *shut_read_main(void *arg)
  * a detached thread; now when no thread can be made. */
 static void shut_read_later(int fd)
 {
-    pthread_attr_t attr;
-    pthread_t th;
-    sigset_t all, old;
-    int rc = pthread_attr_init(&attr);
-    if (rc == 0) {
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        pthread_attr_setstacksize(&attr, 64 * 1024);
-        sigfillset(&all);
-        pthread_sigmask(SIG_SETMASK, &all, &old);
-        rc = pthread_create(&th, &attr, shut_read_main, (void *)(intptr_t)fd);
-        pthread_sigmask(SIG_SETMASK, &old, NULL);
-        pthread_attr_destroy(&attr);
-    }
-    if (rc != 0) {
+    if (spawn_detached(shut_read_main, (void *)(intptr_t)fd, 64 * 1024) != 0) {
         (void)shutdown(fd, SHUT_RD);
         close(fd);
     }

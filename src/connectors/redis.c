@@ -995,8 +995,10 @@ static int hello_reply(const redis_ctx *x, enum hello_cmd cmd, const redisReply 
         const char *m = r->str != NULL ? r->str : "";
         if (is_transient_error(m))
             return cpool_error_set(err, CPOOL_ECONNECT, CPOOL_PHASE_HANDSHAKE,
-                                   CPOOL_FAIL_SERVER, 0, "redis %s not ready: %s: %.150s",
-                                   x->address, name, m);
+                                   starts_with(m, "ERR max number of clients reached")
+                                       ? CPOOL_FAIL_CAPACITY
+                                       : CPOOL_FAIL_SERVER,
+                                   0, "redis %s not ready: %s: %.150s", x->address, name, m);
         if (cmd == HELLO_AUTH || is_auth_error(m))
             return cpool_error_set(err, CPOOL_ECONNECT, CPOOL_PHASE_AUTH, CPOOL_FAIL_AUTH, 0,
                                    "redis %s: %s failed%s%s%s: %.150s", x->address, name,

@@ -78,6 +78,8 @@ int cpool_error_set(cpool_error *err, int code, cpool_phase phase,
  * certificate failures cannot come from overload. */
 bool cpool_is_backpressure(cpool_phase phase, cpool_fail_kind kind)
 {
+    if (kind == CPOOL_FAIL_CAPACITY)
+        return true; /* the server said it is full: overload by definition */
     if (kind != CPOOL_FAIL_NETWORK && kind != CPOOL_FAIL_TIMEOUT)
         return false;
     return phase == CPOOL_PHASE_CONNECT || phase == CPOOL_PHASE_TLS ||

@@ -281,7 +281,10 @@ static int perished_locked(const cpool *p, const cpool_conn *c, int64_t now)
 {
     if (is_stale_locked(p, c))
         return CPOOL_CLOSE_STALE;
-    if (p->opts.max_idle_time_ms > 0 &&
+    /* Idleness retires only what the pool has beyond minPoolSize: closing
+     * one it must keep would only reopen it (an idle pool at its minimum
+     * churned through 21 connections in 2 s with maxIdleTimeMS=300). */
+    if (p->opts.max_idle_time_ms > 0 && total_locked(p) > p->opts.min_pool_size &&
         now - atomic_load_explicit(&c->available_since_ns, memory_order_relaxed) >
             ms_to_ns(p->opts.max_idle_time_ms))
         return CPOOL_CLOSE_IDLE;
@@ -594,11 +597,18 @@ static bool backoff_allows_locked(const cpool *p)
     return p->retry_at == 0 || cpool__now(p) >= p->retry_at;
 }
 
+/* After a capacity refusal the next attempt waits a little: slots free up
+ * as other clients leave, but a full server is not sent a handshake per
+ * waiting thread per millisecond. */
+#define CAPACITY_RETRY_MS 25
+
 static bool can_create_locked(const cpool *p)
 {
     if (p->pending.n >= p->opts.max_connecting)
         return false;
     if (!backoff_allows_locked(p))
+        return false;
+    if (p->cap_retry_at != 0 && cpool__now(p) < p->cap_retry_at)
         return false;
     return p->opts.max_pool_size == 0 || total_locked(p) < p->opts.max_pool_size;
 }
@@ -814,8 +824,21 @@ static void note_connect_failure_locked(cpool *p, const cpool_error *ce)
     }
 }
 
+/* The server refused for lack of slots: not a failure of the backend (no
+ * backoff, no circuit), counted apart; the next attempt waits a moment. */
+static void note_capacity_refusal_locked(cpool *p)
+{
+    p->st_capacity_refusals++;
+    int64_t d = ms_to_ns(CAPACITY_RETRY_MS);
+    d += (int64_t)((double)d * 0.2 * (2 * random_unit_locked(p) - 1));
+    p->cap_retry_at = cpool__now(p) + d;
+    if (p->wq_head != NULL)
+        kick_maintenance_locked(p);
+}
+
 static void note_connect_success_locked(cpool *p)
 {
+    p->cap_retry_at = 0;
     if (p->fail_streak == 0)
         return;
     p->fail_streak = 0;
@@ -892,8 +915,10 @@ static int establish_locked(cpool *p, cpool_conn *c, int64_t deadline,
         /* A caller's own short deadline ending the attempt says nothing
          * about the backend (a checkout with timeout 0 would otherwise
          * trip the breaker against a healthy server). */
-        if (ce.kind != CPOOL_FAIL_INTERRUPTED && ce.code != CPOOL_ENOMEM &&
-            !(caller_bound && ce.kind == CPOOL_FAIL_TIMEOUT))
+        if (ce.kind == CPOOL_FAIL_CAPACITY)
+            note_capacity_refusal_locked(p);
+        else if (ce.kind != CPOOL_FAIL_INTERRUPTED && ce.code != CPOOL_ENOMEM &&
+                 !(caller_bound && ce.kind == CPOOL_FAIL_TIMEOUT))
             note_connect_failure_locked(p, &ce);
         close_conn_locked(p, c, CPOOL_CLOSE_ERROR, &ce);
         if (e != NULL)
@@ -986,7 +1011,9 @@ static bool fast_usable(const cpool *p, const cpool_conn *c)
         return false;
     if (c->expires_ns != INT64_MAX && lifetime_now(p) >= c->expires_ns)
         return false;
-    return p->opts.max_idle_time_ms == 0 ||
+    /* With a minimum to keep, idleness is judged under the lock, where the
+     * pool's size is known (perished_locked). */
+    return p->opts.max_idle_time_ms == 0 || p->opts.min_pool_size > 0 ||
            cpool__now(p) - atomic_load_explicit(&c->available_since_ns,
                                                  memory_order_relaxed) <=
                ms_to_ns(p->opts.max_idle_time_ms);
@@ -1251,9 +1278,12 @@ static int64_t backoff_wake_locked(const cpool *p, int64_t deadline)
         if (look < deadline)
             deadline = look;
     }
+    int64_t now = cpool__now(p);
+    /* After a capacity refusal, look again when the next attempt may run. */
+    if (p->cap_retry_at > now && p->cap_retry_at < deadline)
+        deadline = p->cap_retry_at;
     if (p->fail_streak == 0 || p->retry_at == 0 || p->retry_at >= deadline || p->probing)
         return deadline;
-    int64_t now = cpool__now(p);
     return p->retry_at > now ? p->retry_at : deadline;
 }
 
@@ -1429,6 +1459,8 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
     int rc = 0, why = CPOOL_CHECKOUT_CONN_ERROR;
     cpool_error ce;
     const cpool_error *cause = NULL;
+    cpool_error capacity_refused; /* the server's last "too many clients" */
+    capacity_refused.code = 0;
     bool fresh = false;
     for (;;) {
         c = NULL;
@@ -1544,6 +1576,8 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
                 if (w.queued) { /* timed out */
                     wq_remove_locked(p, &w);
                     rc = CPOOL_ETIMEDOUT;
+                    if (capacity_refused.code != 0)
+                        cause = &capacity_refused; /* why it had to wait */
                     if (tn != NULL && tn->max > 0 && tn->in_use >= tn->max) {
                         /* Its own tenant's cap kept it waiting. */
                         tn->limit_timeouts++;
@@ -1589,8 +1623,19 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
                          : p->state == CPOOL_STATE_CLOSED ? CPOOL_ECLOSED
                                                           : CPOOL_ECLEARED;
                 else if (t.caller_bound && ce.kind == CPOOL_FAIL_TIMEOUT &&
-                         cpool__now(p) >= deadline)
+                         cpool__now(p) >= deadline) {
                     rc = CPOOL_ETIMEDOUT; /* the caller's own deadline ran out */
+                    if (capacity_refused.code != 0)
+                        ce = capacity_refused; /* ... waiting for a free slot */
+                }
+                else if (ce.kind == CPOOL_FAIL_CAPACITY &&
+                         (t.wait_deadline == NO_DEADLINE || cpool__now(p) < t.wait_deadline)) {
+                    /* The server is full: wait for a lease or a free slot
+                     * within the deadline, as for a full pool. */
+                    capacity_refused = ce;
+                    continue;
+                } else if (ce.kind == CPOOL_FAIL_CAPACITY)
+                    rc = CPOOL_ETIMEDOUT;
                 cause = &ce;
                 goto fail;
             }
@@ -2513,44 +2558,61 @@ int cpool_wait_connected(cpool *p, uint32_t n, int64_t timeout_ms, cpool_error *
         return cpool__err(err, CPOOL_EINVAL,
                           "wait_connected %s: %u connections exceed maxPoolSize %u",
                           p->address, n, p->opts.max_pool_size);
-    cpool_conn **held = calloc(n, sizeof *held);
-    if (held == NULL)
-        return cpool__err(err, CPOOL_ENOMEM, "wait_connected: out of memory");
+    /* Connections are opened into the pool as the background refill opens
+     * them, not leased: a checkout would be a tenant's lease, and the slots
+     * other tenants reserve would stay out of reach (n = maxPoolSize never
+     * came). Failures follow the backoff, and an open circuit is waited
+     * out. */
     int64_t deadline = deadline_after(cpool__now(p), timeout_ms);
     uint32_t got = 0;
     int rc = 0;
     cpool_error e;
     memset(&e, 0, sizeof e);
-    /* Holding the leases makes each further checkout establish a new one;
-     * failures follow the backoff, and an open circuit is waited out. */
-    while (got < n) {
-        int64_t left = (deadline - cpool__now(p)) / 1000000;
-        if (left <= 0) {
+    pthread_mutex_lock(&p->mu);
+    check_fork_locked(p);
+    for (;;) {
+        got = p->available.n + p->in_use.n;
+        if (got >= n)
+            break;
+        if (p->state == CPOOL_STATE_CLOSED || p->draining) {
+            rc = p->draining ? CPOOL_ESHUTDOWN : CPOOL_ECLOSED;
+            cpool__err(&e, rc, "wait_connected %s: the pool is closed", p->address);
+            break;
+        }
+        int64_t now = cpool__now(p);
+        if (now >= deadline) {
             rc = CPOOL_ETIMEDOUT;
             break;
         }
-        rc = cpool_checkout(p, left, &held[got], &e);
-        if (rc == 0) {
-            got++;
+        if (p->state == CPOOL_STATE_READY && total_locked(p) < n && can_create_locked(p)) {
+            cpool_conn *c = conn_new_locked(p);
+            if (c == NULL) {
+                rc = CPOOL_ENOMEM;
+                cpool__err(&e, rc, "wait_connected: out of memory");
+                break;
+            }
+            emit_created_relock(p, c);
+            int64_t d = p->opts.connect_timeout_ms > 0
+                            ? deadline_after(cpool__now(p), p->opts.connect_timeout_ms)
+                            : NO_DEADLINE;
+            bool bound = deadline <= d;
+            (void)establish_locked(p, c, bound ? deadline : d, false, bound, &e);
             continue;
         }
-        if (rc != CPOOL_ECONNECT && rc != CPOOL_EUNAVAILABLE && rc != CPOOL_ETIMEDOUT)
-            break;
-        pthread_mutex_lock(&p->mu);
-        int64_t wake = p->retry_at > 0 ? p->retry_at : cpool__now(p) + 10000000;
-        pthread_mutex_unlock(&p->mu);
-        int64_t now = cpool__now(p);
+        /* A backoff step, the maxConnecting limit or a paused pool: look
+         * again at the end of the step, or soon. */
+        int64_t wake = p->fail_streak > 0 && p->retry_at > now ? p->retry_at
+                                                                : now + 10000000;
         if (wake > deadline)
             wake = deadline;
-        if (wake > now)
-            nanosleep(&(struct timespec){.tv_sec = (wake - now) / 1000000000,
-                                         .tv_nsec = (wake - now) % 1000000000},
-                      NULL);
+        pthread_mutex_unlock(&p->mu);
+        nanosleep(&(struct timespec){.tv_sec = (wake - now) / 1000000000,
+                                     .tv_nsec = (wake - now) % 1000000000},
+                  NULL);
+        pthread_mutex_lock(&p->mu);
     }
-    for (uint32_t i = 0; i < got; i++)
-        cpool_checkin(p, held[i], 0, NULL);
-    free(held);
-    if (got == n) {
+    pthread_mutex_unlock(&p->mu);
+    if (got >= n) {
         if (err != NULL)
             memset(err, 0, sizeof *err);
         return 0;

@@ -184,6 +184,9 @@ struct cpool {
     /* Statistics kept under mu; connection cells are folded into `retired`
      * when a connection closes. */
     uint64_t st_created, st_ready, st_connect_failures;
+    uint64_t st_capacity_refusals; /* CPOOL_FAIL_CAPACITY establishments */
+    int64_t cap_retry_at;  /* no establishment before this after a capacity
+                              refusal (pool clock); 0 = none */
     uint64_t st_closed[CPOOL_CLOSE_REASON_SLOTS];
     uint64_t st_failures[CPOOL_ERROR_SLOTS];
     conn_cell retired;

@@ -282,6 +282,10 @@ size_t cpool_stats_prometheus(const cpool_stats *s, const char *pool_name,
             s->connections_created);
     counter(&c, "db_client_connection_connect_failures_total",
             "Establishments that failed.", s->connect_failures);
+    counter(&c, "db_client_connection_capacity_refusals_total",
+            "Establishments the server refused for lack of connection slots (too many "
+            "clients); they neither back off nor open the circuit.",
+            s->capacity_refusals);
     family(&c, "db_client_connection_closed_total", "counter",
            "Connections closed, by reason (ConnectionClosed.reason).");
     for (int r = 0; r < CPOOL_CLOSE_REASON_COUNT_ && r < CPOOL_CLOSE_REASON_SLOTS; r++)

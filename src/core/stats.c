@@ -122,6 +122,7 @@ int cpool_get_stats(cpool *p, cpool_stats *out)
     s.connections_created = p->st_created;
     s.connections_ready = p->st_ready;
     s.connect_failures = p->st_connect_failures;
+    s.capacity_refusals = p->st_capacity_refusals;
     memcpy(s.closed, p->st_closed, sizeof s.closed);
     memcpy(s.checkout_failures, p->st_failures, sizeof s.checkout_failures);
     cell_sum(&s, &p->retired);

@@ -583,7 +583,8 @@ static inline const char *drill_phase_name(cpool_phase p)
 static inline const char *drill_kind_name(cpool_fail_kind k)
 {
     static const char *const names[] = {"OTHER", "NETWORK", "TIMEOUT", "DNS",
-                                        "CERTIFICATE", "AUTH", "SERVER", "INTERRUPTED"};
+                                        "CERTIFICATE", "AUTH", "SERVER", "INTERRUPTED",
+                                        "CAPACITY"};
     return (unsigned)k < sizeof names / sizeof names[0] ? names[k] : "?";
 }
 

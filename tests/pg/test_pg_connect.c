@@ -222,7 +222,12 @@ TEST(unknown_database_is_server_error)
 
 /* "too many connections" (53300), here from a role's connection limit:
  * HANDSHAKE/SERVER, called transient in the message, unlabelled. */
-TEST(connection_limit_is_transient_server_error)
+/* "too many clients" (53300; here the role's CONNECTION LIMIT) is a full
+ * server, not a failing one: the checkout waits for a slot within its
+ * deadline and ends as a timeout that says why; the circuit stays closed
+ * and the refusals are counted apart. When a slot frees up, a waiting
+ * checkout gets it. */
+TEST(connection_limit_waits_within_deadline)
 {
     PGconn *admin = pg_admin();
     pg_exec_ok(admin, "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = "
@@ -233,24 +238,40 @@ TEST(connection_limit_is_transient_server_error)
     PGconn *holder = PQconnectdb(uri);
     if (PQstatus(holder) != CONNECTION_OK)
         FAIL("first connection as cpool_limited: %s", PQerrorMessage(holder));
-    cpool *p = pg_pool(uri, NULL);
+    cpool_options o;
+    pg_options(&o, uri, NULL);
+    o.breaker_threshold = 2; /* would open at once if refusals counted */
+    o.backoff_base_ms = 200;
+    cpool *p = test_pool_create(&o);
+    test_ready(p);
     cpool_error e;
-    ASSERT_RC(CPOOL_ECONNECT, pg_checkout_fails(p, 5000, &e));
+    int64_t t0 = test_now_ms();
+    ASSERT_RC(CPOOL_ETIMEDOUT, pg_checkout_fails(p, 300, &e));
+    int64_t took = test_now_ms() - t0;
+    ASSERT_GE(took, 290);
+    ASSERT_LT(took, 1000);
     ASSERT_EQ(CPOOL_PHASE_HANDSHAKE, e.phase);
-    ASSERT_EQ(CPOOL_FAIL_SERVER, e.kind);
-    ASSERT_EQ(0, e.labels);
+    ASSERT_EQ(CPOOL_FAIL_CAPACITY, e.kind);
     ASSERT_EQ(cpool_pg_sqlstate_code("53300"), e.native);
-    ASSERT_STR_CONTAINS(e.message, "transient");
-    /* Once the holder leaves, the same pool connects. */
+    ASSERT_STR_CONTAINS(e.message, "too many connections");
+    cpool_stats s = {.struct_size = sizeof s};
+    ASSERT_OK(cpool_get_stats(p, &s));
+    ASSERT_GE(s.capacity_refusals, 3); /* it kept trying */
+    ASSERT_LE(s.capacity_refusals, 40); /* but not in a tight loop */
+    ASSERT_FALSE(s.breaker_open);
+    ASSERT_EQ(0, s.connect_fail_streak);
+
+    /* The holder leaves while a checkout waits: it gets the slot. */
+    test_job j;
+    test_job_start(&j, p, 5000);
+    test_sleep_ms(150);
+    ASSERT_FALSE(atomic_load(&j.done));
+    int64_t freed = test_now_ms();
     PQfinish(holder);
-    cpool_conn *c = NULL;
-    int64_t deadline = test_now_ms() + 3000;
-    while (cpool_checkout(p, 5000, &c, &e) != CPOOL_OK) {
-        if (test_now_ms() > deadline)
-            FAIL("still refused after the holder left: %s", e.message);
-        test_sleep_ms(20);
-    }
-    test_checkin(p, c, 0);
+    test_job_join(&j, 5000);
+    ASSERT_OK_E(j.rc, &j.err);
+    ASSERT_LT(test_now_ms() - freed, 1000);
+    test_checkin(p, j.conn, 0);
     cpool_destroy(p);
     PQfinish(admin);
 }
@@ -360,7 +381,7 @@ static const test_case cases[] = {
     TEST_ENTRY(hba_reject_is_auth),
     TEST_ENTRY(unknown_host_is_dns),
     TEST_ENTRY(unknown_database_is_server_error),
-    TEST_ENTRY(connection_limit_is_transient_server_error),
+    TEST_ENTRY(connection_limit_waits_within_deadline),
     TEST_ENTRY(phase_times_recorded),
     TEST_ENTRY(sqlstate_code_round_trip),
 };

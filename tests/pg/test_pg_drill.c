@@ -264,10 +264,11 @@ TEST(terminate_backends)
 }
 
 /* The slots of a server with max_connections 12 are all held by plain
- * connections: the pool's establishments fail with "sorry, too many
- * clients already" (53300), a transient error the pool retries with
- * backoff without clearing itself; when the slots are released it serves
- * within the bound. */
+ * connections: the pool's establishments are refused with "sorry, too many
+ * clients already" (53300). That is a full server, not a failing one: the
+ * circuit stays closed (no flood of instant CPOOL_EUNAVAILABLE), checkouts
+ * keep trying within their deadline and time out saying why, and when the
+ * slots are released the pool serves at once. */
 TEST(max_connections_exhausted)
 {
     drill_run r;
@@ -312,14 +313,17 @@ TEST(max_connections_exhausted)
     drill_target(r.target, sizeof r.target, r.env.port, "");
     r.pool = drill_pool_open(r.target);
     drill_load_start(&r.load, r.pool, DRILL_QUERY);
-    /* Establishments keep failing; the pool backs off and stays ready. */
-    WAIT_UNTIL(drill_stats(r.pool).connect_failures >= 3, 5000);
+    /* Establishments keep being refused; the pool stays ready, its circuit
+     * closed. */
+    WAIT_UNTIL(drill_stats(r.pool).capacity_refusals >= 3, 5000);
     test_sleep_ms(1000);
     cpool_stats full = drill_stats(r.pool);
     ASSERT_EQ(0, atomic_load(&r.load.query_ok));
     ASSERT_EQ(CPOOL_STATE_READY, full.counts.state);
     ASSERT_EQ(0, full.counts.generation);
-    ASSERT_STR_CONTAINS(full.last_connect_error.message, "too many clients");
+    ASSERT_FALSE(full.breaker_open);
+    ASSERT_EQ(0, full.breaker_opens);
+    ASSERT_EQ(0, full.connect_fail_streak);
 
     for (int i = 0; i < nheld; i++)
         PQfinish(held[i]);
@@ -330,25 +334,26 @@ TEST(max_connections_exhausted)
     drill_tally t;
     load_end(&r, "max_connections_exhausted", &t);
     drill_assert_outcomes(&t, down_outcomes, NDOWN);
-    /* The server's refusal reached the callers as a connect error that
-     * names it: phase HANDSHAKE, kind SERVER (docs/connectors.md). */
+    /* The callers waited out their deadlines and were told why: a timeout
+     * whose details name the refusal (phase HANDSHAKE, kind CAPACITY); none
+     * was failed fast as if the server were down. */
+    ASSERT_EQ(0, drill_failed(&t, CPOOL_EUNAVAILABLE));
     bool seen = false;
     for (size_t i = 0; i < t.nfailures; i++) {
         const drill_failure *f = &t.failures[i];
-        if (f->code != CPOOL_ECONNECT)
+        if (f->code != CPOOL_ETIMEDOUT || f->kind != CPOOL_FAIL_CAPACITY)
             continue;
         ASSERT_STR_CONTAINS(f->message, "too many clients");
         ASSERT_EQ(CPOOL_PHASE_HANDSHAKE, f->phase);
-        ASSERT_EQ(CPOOL_FAIL_SERVER, f->kind);
         seen = true;
     }
     ASSERT_TRUE(seen);
     cpool_stats s;
     int sessions = pool_end(&r, &s);
     char extra[160];
-    snprintf(extra, sizeof extra, "%d slots held, connect failures %llu (\"too many "
-             "clients\")",
-             nheld, (unsigned long long)full.connect_failures);
+    snprintf(extra, sizeof extra, "%d slots held, capacity refusals %llu (\"too many "
+             "clients\"), none opened the circuit",
+             nheld, (unsigned long long)full.capacity_refusals);
     drill_summary("max_connections_exhausted", &t, recovery, sessions, &s, extra);
 }
 

@@ -88,6 +88,45 @@ TEST(idle_clock_restarts_at_checkin)
     test_fixture_free(&f);
 }
 
+/* maxIdleTimeMS retires only what the pool holds beyond minPoolSize: an
+ * idle pool at its minimum opens and closes nothing, however long it stays
+ * idle (it churned through 21 connections in 2 s with a 300 ms limit), and
+ * one above it shrinks back to the minimum, not below. */
+TEST(idle_minimum_kept)
+{
+    test_fixture f;
+    idle_fixture_init(&f);
+    f.opts.min_pool_size = 2;
+    test_fixture_start(&f); /* no background thread: cpool_maintain() runs */
+    ASSERT_OK(cpool_maintain(f.pool, NULL));
+    ASSERT_EQ(2, test_counts(f.pool).total);
+    for (int i = 0; i < 20; i++) {
+        test_clock_advance_ms(&f.clk, f.pool, 300);
+        ASSERT_OK(cpool_maintain(f.pool, NULL));
+    }
+    ASSERT_EQ(2, test_rec_count(&f.rec, CPOOL_EV_CONN_CREATED));
+    ASSERT_EQ(0, test_rec_count(&f.rec, CPOOL_EV_CONN_CLOSED));
+
+    /* Four in use at once, then idle: two are retired, two kept. */
+    cpool_conn *c[4];
+    for (int i = 0; i < 4; i++)
+        c[i] = test_checkout(f.pool);
+    for (int i = 0; i < 4; i++)
+        test_checkin(f.pool, c[i], 0);
+    test_clock_advance_ms(&f.clk, f.pool, 300);
+    ASSERT_OK(cpool_maintain(f.pool, NULL));
+    ASSERT_EQ(2, test_rec_count_closed(&f.rec, CPOOL_CLOSE_IDLE));
+    ASSERT_EQ(2, test_counts(f.pool).total);
+    ASSERT_EQ(4, test_rec_count(&f.rec, CPOOL_EV_CONN_CREATED));
+    /* The two kept are still served, idle or not. */
+    test_clock_advance_ms(&f.clk, f.pool, 300);
+    cpool_conn *a = test_checkout(f.pool);
+    test_checkin(f.pool, a, 0);
+    ASSERT_EQ(2, test_rec_count_closed(&f.rec, CPOOL_CLOSE_IDLE));
+    ASSERT_EQ(4, test_rec_count(&f.rec, CPOOL_EV_CONN_CREATED));
+    test_fixture_free(&f);
+}
+
 TEST(min_pool_size_populated_in_background)
 {
     test_fixture f;
@@ -260,6 +299,7 @@ static const test_case cases[] = {
     TEST_ENTRY(idle_reaped_in_background),
     TEST_ENTRY(idle_reaped_by_maintain),
     TEST_ENTRY(idle_clock_restarts_at_checkin),
+    TEST_ENTRY(idle_minimum_kept),
     TEST_ENTRY(min_pool_size_populated_in_background),
     TEST_ENTRY(no_population_while_paused),
     TEST_ENTRY(populated_connection_available_before_pending_released),

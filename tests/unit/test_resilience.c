@@ -602,6 +602,24 @@ static void *heal_later(void *arg)
     return NULL;
 }
 
+/* Startup can fill the whole pool even when tenants reserve part of it:
+ * the connections are the pool's, not a tenant's leases. */
+TEST(wait_connected_reaches_max_with_tenant_reserve)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.max_pool_size = 4;
+    f.pool = test_pool_create(&f.opts);
+    cpool_error e;
+    ASSERT_OK_E(cpool_tenant_set(f.pool, "b", 0, 2, &e), &e);
+    test_ready(f.pool);
+    ASSERT_OK_E(cpool_wait_connected(f.pool, 4, 2000, &e), &e);
+    cpool_counts k = test_counts(f.pool);
+    ASSERT_EQ(4, k.total);
+    ASSERT_EQ(4, k.available);
+    test_fixture_free(&f);
+}
+
 TEST(wait_connected_succeeds_when_backend_comes_up)
 {
     test_fixture f;
@@ -694,15 +712,20 @@ TEST(wait_connected_reports_current_failure)
 {
     test_fixture f;
     test_fixture_init(&f);
-    f.opts.max_pool_size = 1;
+    f.opts.max_pool_size = 2;
     test_fixture_start(&f);
     test_fail_next_handshake(f.mem, CPOOL_PHASE_CONNECT, CPOOL_FAIL_NETWORK);
     cpool_conn *c = NULL;
     ASSERT_RC(CPOOL_ECONNECT, cpool_checkout(f.pool, 1000, &c, NULL));
-    c = test_checkout(f.pool); /* recovered; holds the only slot */
+    c = test_checkout(f.pool); /* recovered */
+    /* The second connection's handshake is slow, not failing. */
+    cpool_mem_failpoint fp = {.times = -1, .block_ms = 5000};
+    cpool_mem_set_failpoint(f.mem, &fp);
     cpool_error e;
-    ASSERT_RC(CPOOL_ETIMEDOUT, cpool_wait_connected(f.pool, 1, 50, &e));
+    ASSERT_RC(CPOOL_ETIMEDOUT, cpool_wait_connected(f.pool, 2, 50, &e));
     ASSERT_EQ(CPOOL_ETIMEDOUT, e.code);
+    ASSERT_STR_CONTAINS(e.message, "1 of 2 connections");
+    cpool_mem_set_failpoint(f.mem, NULL);
     test_checkin(f.pool, c, 0);
     test_fixture_free(&f);
 }
@@ -839,6 +862,7 @@ int main(int argc, char **argv)
         TEST_ENTRY(wait_connected_fills_min_pool_size),
         TEST_ENTRY(wait_connected_retries_then_fails_with_last_error),
         TEST_ENTRY(wait_connected_succeeds_when_backend_comes_up),
+    TEST_ENTRY(wait_connected_reaches_max_with_tenant_reserve),
         TEST_ENTRY(open_waits_for_startup_connections),
         TEST_ENTRY(caller_deadline_does_not_trip_breaker),
         TEST_ENTRY(shutdown_cancels_establishment_with_eshutdown),

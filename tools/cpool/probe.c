@@ -40,7 +40,8 @@ static const char probe_usage[] =
 static const char *const phase_names[] = {"none", "dns", "connect", "tls",
                                           "handshake", "auth", "query"};
 static const char *const kind_names[] = {"other", "network", "timeout", "dns",
-                                         "certificate", "auth", "server", "interrupted"};
+                                         "certificate", "auth", "server", "interrupted",
+                                         "capacity"};
 
 static const char *phase_name(cpool_phase p)
 {

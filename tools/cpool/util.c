@@ -214,7 +214,8 @@ int cli_exit_for_failure(const cpool_error *e)
     case CPOOL_FAIL_DNS: return CLI_EXIT_DNS;
     case CPOOL_FAIL_CERTIFICATE: return CLI_EXIT_TLS;
     case CPOOL_FAIL_AUTH: return CLI_EXIT_AUTH;
-    case CPOOL_FAIL_SERVER: return CLI_EXIT_SERVER;
+    case CPOOL_FAIL_SERVER:
+    case CPOOL_FAIL_CAPACITY: return CLI_EXIT_SERVER;
     case CPOOL_FAIL_INTERRUPTED: return CLI_EXIT_INTERRUPTED;
     case CPOOL_FAIL_NETWORK:
     case CPOOL_FAIL_OTHER:
@@ -266,6 +267,12 @@ void cli_explain_failure(const cpool_error *e, const char *address, char *buf, s
         return;
     case CPOOL_FAIL_INTERRUPTED:
         snprintf(buf, size, "interrupted before the connection was established");
+        return;
+    case CPOOL_FAIL_CAPACITY:
+        snprintf(buf, size,
+                 "the server has no free connection slot (too many clients) — other "
+                 "clients hold them all; raise the server's limit (PostgreSQL "
+                 "max_connections, Redis maxclients) or use fewer connections");
         return;
     case CPOOL_FAIL_TIMEOUT:
         switch (e->phase) {
