@@ -20,15 +20,21 @@ set(drill_server_cases
   terminate_backends
   max_connections_exhausted
   breaker_restart_drill
-  sigstop_interrupts_holders)
+  sigstop_interrupts_holders
+  outages_recover_within_a_second)
 set(drill_cases ${drill_server_cases} listener_never_accepts)
 
 set(drill_port ${CPOOL_TEST_PG_DRILL_PORT})
 foreach(case IN LISTS drill_server_cases)
   set(dir ${CMAKE_CURRENT_BINARY_DIR}/pg-drill/${case})
   add_test(NAME drill/${case} COMMAND test_pg_drill ${case})
+  # The outage drill waits out 77 s of outages.
+  set(timeout 60)
+  if(case STREQUAL "outages_recover_within_a_second")
+    set(timeout 240)
+  endif()
   set_tests_properties(drill/${case} PROPERTIES
-    TIMEOUT 60 LABELS drill RESOURCE_LOCK pg_drill
+    TIMEOUT ${timeout} LABELS drill RESOURCE_LOCK pg_drill
     FIXTURES_REQUIRED pg_drill_${case}
     ENVIRONMENT "CPOOL_DRILL_PG_SCRIPT=${drill_script};CPOOL_DRILL_PG_DIR=${dir};CPOOL_DRILL_PG_PORT=${drill_port}")
   add_test(NAME drill/${case}/server_stop COMMAND bash ${drill_script} stop ${dir})

@@ -95,6 +95,7 @@ cpool_unit_suite(maint LABEL unit TIMEOUT 30 CASES
   idle_reaped_by_maintain
   idle_clock_restarts_at_checkin
   idle_minimum_kept
+  keepalive_replaces_dead_idle_connections
   min_pool_size_populated_in_background
   no_population_while_paused
   populated_connection_available_before_pending_released)
@@ -156,6 +157,7 @@ cpool_unit_suite(resilience LABEL unit TIMEOUT 30 CASES
   wait_connected_retries_then_fails_with_last_error
   wait_connected_succeeds_when_backend_comes_up
   wait_connected_reaches_max_with_tenant_reserve
+  probe_ends_backoff_when_server_returns
   open_waits_for_startup_connections
   caller_deadline_does_not_trip_breaker
   shutdown_cancels_establishment_with_eshutdown

@@ -382,6 +382,19 @@ struct cpool_options {
     const char *name;                  /* the pool's name in log records (the
                                           JSON sink's "pool" field); copied;
                                           NULL = its address. Code only. */
+    int64_t probe_interval_ms;         /* while establishments fail, the
+                                          background thread asks the
+                                          connector this often whether the
+                                          server accepts connections again
+                                          (a connect, nothing sent), and
+                                          ends the backoff step when it
+                                          does; default 250; 0 = off */
+    int64_t keepalive_ms;              /* the background thread gives each
+                                          connection left available this long
+                                          the connector's cheap check (a ping
+                                          when it has none) and replaces the
+                                          dead before a checkout meets them;
+                                          default 60000; 0 = off */
 };
 
 /* Fills opts with the defaults; `size` is sizeof the caller's struct. */
@@ -706,6 +719,12 @@ typedef struct cpool_stats {
                                        lack of slots (CPOOL_FAIL_CAPACITY);
                                        also in connect_failures, never in the
                                        circuit's streak */
+    uint64_t keepalive_checks;      /* idle connections checked in the
+                                       background (keepalive_ms) */
+    uint64_t keepalive_failures;    /* ... found dead and closed ("error") */
+    uint64_t probes, probes_ok;     /* server probes while establishments
+                                       failed (probe_interval_ms), and those
+                                       that found it accepting again */
 } cpool_stats;
 
 /* Fills `out` (out->struct_size must be set, e.g. with

@@ -17,7 +17,7 @@
 extern "C" {
 #endif
 
-#define CPOOL_CONNECTOR_ABI 2
+#define CPOOL_CONNECTOR_ABI 3
 #define CPOOL_PHASE_SLOTS 8 /* > every cpool_phase value */
 #define CPOOL_SERVICE_ID_MAX 64
 
@@ -107,6 +107,18 @@ struct cpool_connector {
      * leaves the connection unusable sets err->kind to CPOOL_FAIL_NETWORK
      * or CPOOL_FAIL_TIMEOUT. NULL = not supported. */
     int (*execute)(void *ctx, void *native, const char *command, cpool_error *err);
+
+    /* ---- ABI 3 (0.2) ---- */
+
+    /* Tells cheaply whether the server accepts connections now -- a
+     * connect that sends nothing, so the server logs nothing -- without
+     * establishing one. The background thread calls it every
+     * probe_interval_ms while establishments fail, at most one at a time,
+     * and ends the backoff step when it returns 0. A negative CPOOL_E* code
+     * (err filled) when it does not accept; 1 when the connector cannot
+     * tell for this target (the backoff then runs its course). deadline_ns
+     * as in cpool_connect_args. NULL = no probe. */
+    int (*probe)(void *ctx, int64_t deadline_ns, cpool_error *err);
 };
 
 /* Sets err to an establishment failure; the helper connectors use. Returns

@@ -57,6 +57,7 @@ typedef struct cpool_mem_stats {
     uint64_t resets;     /* reset() calls */
     uint64_t checks;     /* check() calls */
     uint64_t pings;      /* ping() calls */
+    uint64_t probes;     /* 0.2: probe() calls */
 } cpool_mem_stats;
 
 CPOOL_API void cpool_mem_get_stats(cpool_mem *mem, cpool_mem_stats *out);

@@ -605,6 +605,25 @@ static int mem_execute(void *ctx, void *native, const char *command, cpool_error
     return 0;
 }
 
+/* The server "accepts connections" unless the fail point would fail every
+ * handshake now (a failing one without a blocking delay, whatever its
+ * app_name); nothing is consumed. */
+static int mem_probe(void *ctx, int64_t deadline_ns, cpool_error *err)
+{
+    (void)deadline_ns;
+    cpool_mem *mem = ctx;
+    if (mem == NULL)
+        return 1;
+    pthread_mutex_lock(&mem->mu);
+    mem->stats.probes++;
+    bool refused = mem->fp.times != 0 && mem->fp.fail;
+    pthread_mutex_unlock(&mem->mu);
+    if (refused)
+        return cpool_error_set(err, CPOOL_ECONNECT, CPOOL_PHASE_CONNECT, CPOOL_FAIL_NETWORK,
+                               111, "probe mem: refused");
+    return 0;
+}
+
 static const char *const mem_schemes[] = {MEM_SCHEME, NULL};
 
 static const cpool_connector mem_connector = {
@@ -623,6 +642,7 @@ static const cpool_connector mem_connector = {
     .describe = mem_describe,
     .schemes = mem_schemes,
     .execute = mem_execute,
+    .probe = mem_probe,
 };
 
 const cpool_connector *cpool_mem_connector(void)

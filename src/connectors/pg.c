@@ -46,7 +46,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <netdb.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -77,6 +79,11 @@ typedef struct pg_ctx {
     int64_t reset_timeout_ms; /* bound on ROLLBACK + reset_query at check-in,
                                  and on stopping a query left running */
     int64_t command_timeout_ms; /* bound on cpool_conn_execute; 0 = none */
+    /* Where probe() connects: the first host of the target (hostaddr
+     * first), or its unix socket; probe_kind 0 = cannot tell. */
+    int probe_kind;           /* 0 none, 1 TCP, 2 unix socket */
+    char probe_host[256];     /* TCP: name or address; unix: the socket path */
+    char probe_port[16];
     char addr[200];           /* "host:port" or socket path, for messages */
 } pg_ctx;
 
@@ -404,6 +411,48 @@ static const char *opt_val(const PQconninfoOption *opts, const char *key)
 
 /* "host:port" of the first host the target names, or its socket file:
  * what events and logs show. No password can be in it. */
+/* The first value of a comma-separated libpq list into out ("" = none). */
+static void first_of(const char *list, char *out, size_t size)
+{
+    size_t n = list != NULL ? strcspn(list, ",") : 0;
+    if (n >= size)
+        n = 0;
+    memcpy(out, list != NULL ? list : "", n);
+    out[n] = '\0';
+}
+
+/* Where probe() connects, from the options libpq parsed (and its
+ * environment defaults). An abstract socket ('@') or a path too long is
+ * left to the backoff. */
+static void make_probe(const PQconninfoOption *opts, pg_ctx *c)
+{
+    char host[256], hostaddr[256], port[16];
+    const char *h = opts != NULL ? opt_val(opts, "host") : NULL;
+    first_of(h != NULL ? h : getenv("PGHOST"), host, sizeof host);
+    first_of(opts != NULL ? opt_val(opts, "hostaddr") : getenv("PGHOSTADDR"), hostaddr,
+             sizeof hostaddr);
+    const char *p = opts != NULL ? opt_val(opts, "port") : NULL;
+    first_of(p != NULL ? p : getenv("PGPORT"), port, sizeof port);
+    if (port[0] == '\0')
+        snprintf(port, sizeof port, "5432");
+    snprintf(c->probe_port, sizeof c->probe_port, "%s", port);
+    c->probe_kind = 0;
+    if (hostaddr[0] != '\0') {
+        snprintf(c->probe_host, sizeof c->probe_host, "%s", hostaddr);
+        c->probe_kind = 1;
+    } else if (host[0] == '@') {
+        return;
+    } else if (host[0] == '\0' || host[0] == '/') {
+        int w = snprintf(c->probe_host, sizeof c->probe_host, "%s/.s.PGSQL.%s",
+                         host[0] != '\0' ? host : "/var/run/postgresql", port);
+        if (w > 0 && (size_t)w < sizeof(((struct sockaddr_un *)0)->sun_path))
+            c->probe_kind = 2;
+    } else {
+        snprintf(c->probe_host, sizeof c->probe_host, "%s", host);
+        c->probe_kind = 1;
+    }
+}
+
 static void make_addr(const PQconninfoOption *opts, char *buf, size_t size)
 {
     const char *host = opts != NULL ? opt_val(opts, "host") : NULL;
@@ -534,6 +583,7 @@ static int ctx_parse(const char *target, pg_ctx **out, cpool_error *err)
         rc = check_values(opts, err);
     }
     make_addr(opts, c->addr, sizeof c->addr);
+    make_probe(opts, c);
     PQconninfoFree(opts);
     if (rc != 0)
         goto out;
@@ -1552,6 +1602,74 @@ static int pg_execute(void *vctx, void *native, const char *command, cpool_error
     return rc;
 }
 
+/* One non-blocking connect by the deadline: 0, or the errno that ended it
+ * (ETIMEDOUT when the deadline passed). */
+static int connect_by(int family, const struct sockaddr *sa, socklen_t len, int64_t deadline)
+{
+    int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return errno;
+    int eno = 0;
+    if (connect(fd, sa, len) < 0) {
+        eno = errno;
+        if (eno == EINPROGRESS || eno == EINTR || eno == EAGAIN) {
+            struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+            int n;
+            do {
+                n = poll(&pfd, 1, poll_timeout(deadline, now_ns()));
+            } while (n < 0 && errno == EINTR);
+            socklen_t sl = sizeof eno;
+            if (n == 0)
+                eno = ETIMEDOUT;
+            else if (n < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &eno, &sl) < 0)
+                eno = errno;
+        }
+    }
+    close(fd);
+    return eno;
+}
+
+/* The server accepts connections: a connect to the target's first host
+ * (or socket), closed without a byte. PostgreSQL logs nothing for a
+ * connection that sends nothing. 1 when it cannot tell (an abstract
+ * socket). Host names resolve with a blocking getaddrinfo(), as libpq's. */
+static int pg_probe(void *vctx, int64_t deadline_ns, cpool_error *err)
+{
+    const pg_ctx *ctx = vctx;
+    if (ctx == NULL || ctx->probe_kind == 0)
+        return 1;
+    int eno;
+    if (ctx->probe_kind == 2) {
+        struct sockaddr_un sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sun_family = AF_UNIX;
+        size_t n = strlen(ctx->probe_host);
+        if (n >= sizeof sa.sun_path)
+            return 1;
+        memcpy(sa.sun_path, ctx->probe_host, n + 1);
+        eno = connect_by(AF_UNIX, (const struct sockaddr *)&sa, sizeof sa, deadline_ns);
+    } else {
+        struct addrinfo hints, *res = NULL;
+        memset(&hints, 0, sizeof hints);
+        hints.ai_socktype = SOCK_STREAM;
+        hints.ai_flags = AI_ADDRCONFIG;
+        int gai = getaddrinfo(ctx->probe_host, ctx->probe_port, &hints, &res);
+        if (gai != 0)
+            return cpool_error_set(err, CPOOL_ECONNECT, CPOOL_PHASE_DNS, CPOOL_FAIL_DNS, 0,
+                                   "probe %s: %s", addr_of(ctx), gai_strerror(gai));
+        eno = EADDRNOTAVAIL;
+        for (struct addrinfo *ai = res; ai != NULL && eno != 0; ai = ai->ai_next)
+            eno = connect_by(ai->ai_family, ai->ai_addr, ai->ai_addrlen, deadline_ns);
+        freeaddrinfo(res);
+    }
+    if (eno == 0)
+        return 0;
+    char eb[128];
+    return cpool_error_set(err, CPOOL_ECONNECT, CPOOL_PHASE_CONNECT,
+                           eno == ETIMEDOUT ? CPOOL_FAIL_TIMEOUT : CPOOL_FAIL_NETWORK, eno,
+                           "probe %s: %s", addr_of(ctx), strerror_r(eno, eb, sizeof eb));
+}
+
 static const char *const pg_schemes[] = {"postgresql://", "postgres://", NULL};
 
 static const cpool_connector pg_connector = {
@@ -1570,6 +1688,7 @@ static const cpool_connector pg_connector = {
     .describe = pg_describe,
     .schemes = pg_schemes,
     .execute = pg_execute,
+    .probe = pg_probe,
 };
 
 const cpool_connector *cpool_pg_connector(void)

@@ -953,6 +953,24 @@ static int open_socket(const redis_ctx *x, cpool_connect_args *a, int *fd,
     return 0;
 }
 
+/* The server accepts connections: a connect (after the DNS lookup), closed
+ * at once; nothing is sent, so the server logs nothing. */
+static int redis_probe(void *vctx, int64_t deadline_ns, cpool_error *err)
+{
+    const redis_ctx *x = vctx;
+    if (x == NULL)
+        return 1;
+    cpool_connect_args a;
+    memset(&a, 0, sizeof a);
+    a.deadline_ns = deadline_ns;
+    a.cancel_fd = -1;
+    int fd = -1;
+    int rc = open_socket(x, &a, &fd, err);
+    if (fd >= 0)
+        close(fd);
+    return rc;
+}
+
 static bool starts_with(const char *s, const char *prefix)
 {
     return strncmp(s, prefix, strlen(prefix)) == 0;
@@ -1804,6 +1822,7 @@ static const cpool_connector redis_connector = {
     .describe = redis_describe,
     .schemes = redis_schemes,
     .execute = redis_execute,
+    .probe = redis_probe,
 };
 
 const cpool_connector *cpool_redis_connector(void)

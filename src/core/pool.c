@@ -375,6 +375,7 @@ static cpool_conn *conn_new_locked(cpool *p)
     c->pins = 0;
     c->interrupt_requested = c->interrupted = c->close_deferred = false;
     c->created_ns = cpool__now(p);
+    c->kept_alive_ns = c->created_ns;
     c->expires_ns = expiry_locked(p, c->created_ns);
     /* A reused struct must not carry its last lease's times into the
      * window before this one's lease_begin (a leak scan would see them). */
@@ -1880,9 +1881,71 @@ static void scan_leaks_locked(cpool *p)
     }
 }
 
+/* Background health of idle connections: each connection left available
+ * keepalive_ms since it was last used or checked gets the connector's cheap
+ * check (a ping when it has none), oldest first, outside mu. Meanwhile it is
+ * off the available list, held by the pool as a lease without a holder (no
+ * leak report: leased_ns is 0). A dead one is closed, so the refill that
+ * follows replaces it before a checkout meets it; a live one goes back with
+ * its idle clock untouched, or to a waiter. Releases mu. */
+static void keepalive_relock(cpool *p)
+{
+    if (p->opts.keepalive_ms <= 0 || (p->cx->check == NULL && p->cx->ping == NULL))
+        return;
+    int64_t every = ms_to_ns(p->opts.keepalive_ms);
+    while (p->state == CPOOL_STATE_READY) {
+        int64_t now = cpool__now(p);
+        cpool_conn *c = p->available.tail;
+        for (; c != NULL; c = c->prev) {
+            int64_t since = atomic_load_explicit(&c->available_since_ns, memory_order_relaxed);
+            if (now - (c->kept_alive_ns > since ? c->kept_alive_ns : since) >= every)
+                break;
+        }
+        if (c == NULL)
+            return;
+        int64_t since = atomic_load_explicit(&c->available_since_ns, memory_order_relaxed);
+        c->kept_alive_ns = now;
+        set_state_locked(p, c, CONN_IN_USE);
+        atomic_store_explicit(&c->leased_ns, 0, memory_order_relaxed);
+        atomic_store_explicit(&c->leased, LEASE_HELD, memory_order_relaxed);
+        void *native = c->native;
+        pthread_mutex_unlock(&p->mu);
+        cpool_error ce;
+        memset(&ce, 0, sizeof ce);
+        int rc = p->cx->check != NULL
+                     ? p->cx->check(p->cx_ctx, native, &ce)
+                     : p->cx->ping(p->cx_ctx, native,
+                                   real_deadline(p, deadline_after(cpool__now(p),
+                                                                   p->opts.connect_timeout_ms > 0
+                                                                       ? p->opts.connect_timeout_ms
+                                                                       : 10000)),
+                                   &ce);
+        pthread_mutex_lock(&p->mu);
+        p->st_keepalives++;
+        atomic_store_explicit(&c->leased, LEASE_NONE, memory_order_relaxed);
+        int reason = unfit_reason_locked(p, c, rc != 0);
+        if (reason >= 0) {
+            if (rc != 0) {
+                p->st_keepalive_failures++;
+                if (ce.code == 0)
+                    ce.code = CPOOL_EIO;
+            }
+            close_conn_locked(p, c, reason, rc != 0 ? &ce : NULL);
+            continue;
+        }
+        if (next_waiter_locked(p) != NULL) {
+            make_available_locked(p, c);
+        } else {
+            set_state_locked(p, c, CONN_AVAILABLE);
+            atomic_store_explicit(&c->available_since_ns, since, memory_order_relaxed);
+        }
+    }
+}
+
 /* One background run: close perished available connections (oldest first),
- * then populate up to minPoolSize while the pool is ready and a
- * maxConnecting slot is free. It never waits for a slot. May release mu. */
+ * check the ones idle for keepalive_ms, then populate up to minPoolSize
+ * while the pool is ready and a maxConnecting slot is free. It never waits
+ * for a slot. May release mu. */
 static void maintain_locked(cpool *p)
 {
     atomic_store_explicit(&p->tick_ns, cpool__now(p), memory_order_relaxed);
@@ -1907,6 +1970,7 @@ static void maintain_locked(cpool *p)
     interrupt_marked_locked(p);
     if (p->opts.leak_threshold_ms > 0 || p->opts.leak_reclaim_ms > 0)
         scan_leaks_locked(p);
+    keepalive_relock(p);
     grant_capacity_locked(p); /* a backoff step may have ended */
     while (p->state == CPOOL_STATE_READY && total_locked(p) < p->opts.min_pool_size &&
            can_create_locked(p)) {
@@ -1924,11 +1988,51 @@ static void maintain_locked(cpool *p)
     }
 }
 
+/* Whether the background thread probes the server now: establishments are
+ * failing, the backoff step has a while to run, and no establishment is in
+ * flight (the probe would tell nothing it will not). */
+static bool probe_due_locked(const cpool *p, int64_t now)
+{
+    return p->opts.probe_interval_ms > 0 && p->cx->abi_version >= 3 &&
+           p->cx->probe != NULL && p->fail_streak > 0 && p->retry_at > now &&
+           !p->probing && now >= p->next_probe_at;
+}
+
+/* While establishments fail, the backoff keeps them from storming a server
+ * that is down; the probe, a connect that sends nothing, finds out cheaply
+ * when it is back, and ends the backoff step then rather than when it runs
+ * out (up to backoff_max_ms later): service comes back within a probe
+ * interval of the server. Runs on the background thread, one at a time.
+ * Releases mu during the probe. */
+static void probe_server_relock(cpool *p)
+{
+    int64_t now = cpool__now(p);
+    if (!probe_due_locked(p, now))
+        return;
+    int64_t interval = ms_to_ns(p->opts.probe_interval_ms);
+    p->next_probe_at = now + interval;
+    int64_t bound = ms_to_ns(p->opts.connect_timeout_ms);
+    if (bound <= 0 || bound > 4 * interval)
+        bound = 4 * interval;
+    int64_t deadline = real_deadline(p, now + bound);
+    cpool_error e;
+    memset(&e, 0, sizeof e);
+    pthread_mutex_unlock(&p->mu);
+    int rc = p->cx->probe(p->cx_ctx, deadline, &e);
+    pthread_mutex_lock(&p->mu);
+    p->st_probes++;
+    if (rc != 0 || p->fail_streak == 0)
+        return;
+    p->st_probes_ok++;
+    p->retry_at = cpool__now(p); /* the step ends: the next attempt may run */
+}
+
 static void *maintenance_main(void *arg)
 {
     cpool *p = arg;
     pthread_mutex_lock(&p->mu);
     while (p->state != CPOOL_STATE_CLOSED && p->maint_running) {
+        probe_server_relock(p);
         maintain_locked(p);
         if (p->state == CPOOL_STATE_CLOSED || !p->maint_running)
             break;
@@ -1939,6 +2043,9 @@ static void *maintenance_main(void *arg)
             if (left < pause)
                 pause = left > 1000000 ? left : 1000000;
         }
+        if (p->fail_streak > 0 && p->opts.probe_interval_ms > 0 &&
+            pause > ms_to_ns(p->opts.probe_interval_ms))
+            pause = ms_to_ns(p->opts.probe_interval_ms); /* and probe meanwhile */
         struct timespec ts = abs_real(pause);
         while (!p->maint_kick && p->state != CPOOL_STATE_CLOSED && p->maint_running) {
             if (pthread_cond_timedwait(&p->maint_cv, &p->mu, &ts) == ETIMEDOUT)
@@ -2072,6 +2179,8 @@ void cpool_options_init(cpool_options *o, size_t size)
     d.backoff_max_ms = 10000;
     d.backoff_jitter = 0.2;
     d.breaker_threshold = 5;
+    d.probe_interval_ms = 250;
+    d.keepalive_ms = 60000;
     d.timing_sample = 16;
     memset(o, 0, size);
     memcpy(o, &d, size < sizeof d ? size : sizeof d);

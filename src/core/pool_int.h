@@ -107,6 +107,7 @@ struct cpool_conn {
     uint64_t id;              /* mu (set at creation) */
     service *svc;             /* load-balanced mode; mu */
     int64_t created_ns;       /* pool clock */
+    int64_t kept_alive_ns;    /* last background check (pool clock); mu */
     int cancel_fd;            /* pending: eventfd the connector polls; mu */
     int pins;                 /* interrupt() calls in flight; mu */
     uint64_t holder_tid;      /* kernel thread id of the holder */
@@ -199,6 +200,10 @@ struct cpool {
     int64_t last_fail_at;
     cpool_error last_fail;
     bool probing;           /* circuit open: the one probe is in flight */
+    int64_t next_probe_at;  /* the background thread's next server probe
+                               (pool clock), while establishments fail */
+    uint64_t st_probes, st_probes_ok; /* server probes run, and answered */
+    uint64_t st_keepalives, st_keepalive_failures;
     uint64_t breaker_opens;
     uint64_t leaks_suspected, leaks_reclaimed;
 

@@ -123,6 +123,10 @@ int cpool_get_stats(cpool *p, cpool_stats *out)
     s.connections_ready = p->st_ready;
     s.connect_failures = p->st_connect_failures;
     s.capacity_refusals = p->st_capacity_refusals;
+    s.keepalive_checks = p->st_keepalives;
+    s.keepalive_failures = p->st_keepalive_failures;
+    s.probes = p->st_probes;
+    s.probes_ok = p->st_probes_ok;
     memcpy(s.closed, p->st_closed, sizeof s.closed);
     memcpy(s.checkout_failures, p->st_failures, sizeof s.checkout_failures);
     cell_sum(&s, &p->retired);

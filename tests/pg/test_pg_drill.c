@@ -566,6 +566,53 @@ TEST(listener_never_accepts)
     fflush(stdout);
 }
 
+/* kill -9 of the postmaster under load, for outages of 2 s, 15 s and 60 s
+ * in a row, with a backoff of 1 s doubling to 60 s (+-20 %): the steps
+ * keep establishments from storming a server that is down, and the probe
+ * (every 250 ms, a connect that sends nothing) finds its return, so the
+ * pool serves again within 1 s of the server accepting connections,
+ * whatever the outage's length. Without the probe the last step alone
+ * could be 60 s. */
+#define OUTAGE_RECOVERY_BOUND_MS 1000
+TEST(outages_recover_within_a_second)
+{
+    static const int outages_ms[] = {2000, 15000, 60000};
+    drill_run r;
+    server_start(&r);
+    load_begin(&r, "&backoff_base_ms=1000&backoff_max_ms=60000&probe_interval_ms=250");
+    int64_t recovery[3];
+    uint64_t opens[3];
+    for (int i = 0; i < 3; i++) {
+        drill_script(&r.env, "kill9", /* with_port= */ false);
+        drill_wait_down(r.env.port, 2000);
+        test_sleep_ms(outages_ms[i]);
+        int64_t up = bring_back(&r, "start");
+        recovery[i] = drill_measure_recovery(&r.load, up);
+        opens[i] = drill_stats(r.pool).breaker_opens;
+        if (!drill_pg_start_time(r.env.port, r.start_time, sizeof r.start_time))
+            FAIL("the restarted server does not answer");
+        drill_load_progress(&r.load, 100, 5000);
+    }
+    drill_tally t;
+    load_end(&r, "outages_recover_within_a_second", &t);
+    drill_assert_outcomes(&t, down_outcomes, NDOWN);
+    cpool_stats s;
+    int sessions = pool_end(&r, &s);
+    char extra[200];
+    snprintf(extra, sizeof extra,
+             "recovery after outages of 2 s, 15 s, 60 s: %lld, %lld, %lld ms (bound %d); "
+             "breaker opens %llu, %llu, %llu; connect failures %llu",
+             (long long)recovery[0], (long long)recovery[1], (long long)recovery[2],
+             OUTAGE_RECOVERY_BOUND_MS, (unsigned long long)opens[0],
+             (unsigned long long)opens[1], (unsigned long long)opens[2],
+             (unsigned long long)s.connect_failures);
+    drill_summary("outages_recover_within_a_second", &t, recovery[2], sessions, &s, extra);
+    for (int i = 0; i < 3; i++)
+        if (recovery[i] > OUTAGE_RECOVERY_BOUND_MS)
+            FAIL("served again %lld ms after a %d ms outage ended; bound %d ms",
+                 (long long)recovery[i], outages_ms[i], OUTAGE_RECOVERY_BOUND_MS);
+}
+
 /* ------------------------------------------------------------- SIGSTOP */
 
 /* Descriptors of this process connected to 127.0.0.1:port: the pool's
@@ -718,6 +765,7 @@ static const test_case cases[] = {
     TEST_ENTRY(max_connections_exhausted),
     TEST_ENTRY(breaker_restart_drill),
     TEST_ENTRY(sigstop_interrupts_holders),
+    TEST_ENTRY(outages_recover_within_a_second),
 };
 
 TEST_MAIN(cases)

@@ -127,6 +127,52 @@ TEST(idle_minimum_kept)
     test_fixture_free(&f);
 }
 
+/* keepalive_ms: the background pass checks connections left available
+ * that long (oldest first, the connector's cheap check) and replaces the
+ * dead before a checkout meets them; the live ones keep their idle clock,
+ * and each is checked at most once per period. */
+TEST(keepalive_replaces_dead_idle_connections)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.clock = &f.clk.clock;
+    f.opts.min_pool_size = 2;
+    f.opts.keepalive_ms = 1000;
+    f.opts.max_idle_time_ms = 0;
+    test_fixture_start(&f);
+    ASSERT_OK(cpool_maintain(f.pool, NULL));
+    cpool_conn *a = test_checkout(f.pool), *b = test_checkout(f.pool);
+    uint64_t dead = cpool_conn_id(b);
+    void *b_native = cpool_conn_native(b);
+    test_checkin(f.pool, a, 0);
+    test_checkin(f.pool, b, 0);
+    ASSERT_EQ(2, test_counts(f.pool).available);
+    /* Its server session dies while it sits in the pool. */
+    cpool_mem_conn_break(b_native);
+    uint64_t checks = test_mem_stats(f.mem).checks;
+
+    test_clock_advance_ms(&f.clk, f.pool, 999);
+    ASSERT_OK(cpool_maintain(f.pool, NULL));
+    ASSERT_EQ(checks, test_mem_stats(f.mem).checks); /* not yet due */
+    test_clock_advance_ms(&f.clk, f.pool, 1);
+    ASSERT_OK(cpool_maintain(f.pool, NULL));
+    cpool_stats s = {.struct_size = sizeof s};
+    ASSERT_OK(cpool_get_stats(f.pool, &s));
+    ASSERT_GE(s.keepalive_checks, 1);
+    ASSERT_EQ(1, s.keepalive_failures);
+    ASSERT_EQ(2, test_counts(f.pool).total); /* the dead one replaced */
+    test_event ev;
+    ASSERT_TRUE(test_rec_find_closed(&f.rec, dead, &ev));
+    ASSERT_EQ(CPOOL_CLOSE_ERROR, ev.reason);
+    ASSERT_EQ(3, test_rec_count(&f.rec, CPOOL_EV_CONN_CREATED));
+    /* Checked once per period, not at every pass. */
+    uint64_t runs = s.keepalive_checks;
+    ASSERT_OK(cpool_maintain(f.pool, NULL));
+    ASSERT_OK(cpool_get_stats(f.pool, &s));
+    ASSERT_EQ(runs, s.keepalive_checks);
+    test_fixture_free(&f);
+}
+
 TEST(min_pool_size_populated_in_background)
 {
     test_fixture f;
@@ -300,6 +346,7 @@ static const test_case cases[] = {
     TEST_ENTRY(idle_reaped_by_maintain),
     TEST_ENTRY(idle_clock_restarts_at_checkin),
     TEST_ENTRY(idle_minimum_kept),
+    TEST_ENTRY(keepalive_replaces_dead_idle_connections),
     TEST_ENTRY(min_pool_size_populated_in_background),
     TEST_ENTRY(no_population_while_paused),
     TEST_ENTRY(populated_connection_available_before_pending_released),

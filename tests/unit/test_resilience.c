@@ -554,6 +554,49 @@ TEST(leak_options_validated)
     cpool_mem_destroy(mem);
 }
 
+/* While establishments fail, the background thread probes the server every
+ * probe_interval_ms (a connect, nothing sent) and ends the backoff step as
+ * soon as it answers: service comes back within a probe interval of the
+ * server, not when a long step runs out. Without probes it waits the step
+ * out. */
+TEST(probe_ends_backoff_when_server_returns)
+{
+    for (int probe = 1; probe >= 0; probe--) {
+        test_fixture f;
+        test_fixture_init(&f);
+        f.opts.backoff_base_ms = 2000;
+        f.opts.backoff_max_ms = 2000;
+        f.opts.backoff_jitter = 0;
+        f.opts.breaker_threshold = 1;
+        f.opts.maintenance_interval_ms = 1000;
+        f.opts.probe_interval_ms = probe ? 50 : 0;
+        test_fixture_start(&f);
+        refuse_all(f.mem);
+        cpool_conn *c = NULL;
+        ASSERT_RC(CPOOL_ECONNECT, cpool_checkout(f.pool, 1000, &c, NULL));
+        ASSERT_RC(CPOOL_EUNAVAILABLE, cpool_checkout(f.pool, 1000, &c, NULL));
+        test_sleep_ms(200); /* the server is still down: probes fail */
+        cpool_mem_set_failpoint(f.mem, NULL); /* back */
+        int64_t back = test_now_ms();
+        while (cpool_checkout(f.pool, 200, &c, NULL) != CPOOL_OK) {
+            if (test_now_ms() - back > 5000)
+                FAIL("no service 5 s after the server came back (probe %d)", probe);
+            test_sleep_ms(5);
+        }
+        int64_t took = test_now_ms() - back;
+        test_checkin(f.pool, c, 0);
+        uint64_t probes = test_mem_stats(f.mem).probes;
+        test_fixture_free(&f);
+        if (probe) {
+            ASSERT_LT(took, 500);
+            ASSERT_GE(probes, 3); /* it probed while the server was down */
+        } else {
+            ASSERT_GE(took, 1500); /* the step ran its course */
+            ASSERT_EQ(0, probes);
+        }
+    }
+}
+
 /* ------------------------------------------------------------ startup */
 
 TEST(wait_connected_fills_min_pool_size)
@@ -863,6 +906,7 @@ int main(int argc, char **argv)
         TEST_ENTRY(wait_connected_retries_then_fails_with_last_error),
         TEST_ENTRY(wait_connected_succeeds_when_backend_comes_up),
     TEST_ENTRY(wait_connected_reaches_max_with_tenant_reserve),
+    TEST_ENTRY(probe_ends_backoff_when_server_returns),
         TEST_ENTRY(open_waits_for_startup_connections),
         TEST_ENTRY(caller_deadline_does_not_trip_breaker),
         TEST_ENTRY(shutdown_cancels_establishment_with_eshutdown),
