@@ -16,8 +16,12 @@
 
 #include "test.h"
 
+#include <arpa/inet.h>
 #include <libpq-fe.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <spawn.h>
 #include <sys/wait.h>
 
@@ -676,6 +680,51 @@ static inline void drill_settle(cpool *pool)
         test_checkin(pool, held[i], 0);
 }
 
+/* The sockets of this process connected to 127.0.0.1:port, counted once
+ * each however many descriptors share one (the PostgreSQL connector keeps
+ * a duplicate of each connection's). Cancel requests in flight and the
+ * drill's own monitor connections count too. */
+static inline int drill_own_sockets(int port)
+{
+    ino_t seen[256];
+    int n = 0;
+    for (int fd = 0; fd < 4096; fd++) {
+        struct sockaddr_in a;
+        socklen_t len = sizeof a;
+        struct stat st;
+        if (getpeername(fd, (struct sockaddr *)&a, &len) != 0 || a.sin_family != AF_INET ||
+            ntohs(a.sin_port) != port || fstat(fd, &st) != 0)
+            continue;
+        bool dup = false;
+        for (int i = 0; i < n && !dup; i++)
+            dup = seen[i] == st.st_ino;
+        if (!dup && n < 256)
+            seen[n++] = st.st_ino;
+    }
+    return n;
+}
+
+/* The pool's sockets equal its count of connections (no socket outlives
+ * its connection, none is opened twice), within DRILL_SETTLE_MS. Returns
+ * the count. */
+static inline int drill_assert_sockets(cpool *pool, int port)
+{
+    int64_t deadline = test_now_ms() + DRILL_SETTLE_MS;
+    int socks;
+    cpool_counts c;
+    for (;;) {
+        c = test_counts(pool);
+        socks = drill_own_sockets(port);
+        if (c.pending == 0 && (uint32_t)socks == c.total)
+            return socks;
+        if (test_now_ms() > deadline)
+            break;
+        test_sleep_ms(20);
+    }
+    FAIL("%d sockets to port %d, pool total %u, %d ms after the drill", socks, port, c.total,
+         DRILL_SETTLE_MS);
+}
+
 /* Bound 3: the pool's server sessions equal its own total once backends
  * that were closed have exited. Returns that number. */
 static inline int drill_assert_no_leak(cpool *pool, int port)
@@ -687,8 +736,10 @@ static inline int drill_assert_no_leak(cpool *pool, int port)
     for (;;) {
         c = test_counts(pool);
         sessions = drill_pg_sessions(port);
-        if (sessions >= 0 && c.pending == 0 && (uint32_t)sessions == c.total)
+        if (sessions >= 0 && c.pending == 0 && (uint32_t)sessions == c.total) {
+            drill_assert_sockets(pool, port);
             return sessions;
+        }
         if (test_now_ms() > deadline)
             break;
         test_sleep_ms(50);
@@ -722,16 +773,18 @@ static inline void drill_summary(const char *drill, const drill_tally *t, int64_
                  (long long)DRILL_RECOVERY_BOUND_MS);
     else
         snprintf(rec, sizeof rec, "n/a");
+    double overrun = (double)t->max_wait_ns / 1e6 - DRILL_CHECKOUT_TIMEOUT_MS;
     printf("drill-summary %s: checkouts %llu ok %llu failed %llu (ECONNECT %llu, "
            "ETIMEDOUT %llu, EUNAVAILABLE %llu) queries failed %llu; max wait %.1f ms "
-           "(bound %d); recovery %s; sessions %d = pool total %u, leaked 0; "
-           "breaker opens %llu%s%s\n",
+           "(deadline %d, overrun %.1f ms, bound %d); recovery %s; sessions %d = sockets = "
+           "pool total %u, leaked 0; breaker opens %llu%s%s\n",
            drill, (unsigned long long)t->checkouts, (unsigned long long)t->ok,
            (unsigned long long)drill_failed_total(t),
            (unsigned long long)drill_failed(t, CPOOL_ECONNECT),
            (unsigned long long)drill_failed(t, CPOOL_ETIMEDOUT),
            (unsigned long long)drill_failed(t, CPOOL_EUNAVAILABLE),
            (unsigned long long)t->query_failed, (double)t->max_wait_ns / 1e6,
+           DRILL_CHECKOUT_TIMEOUT_MS, overrun > 0 ? overrun : 0.0,
            DRILL_CHECKOUT_TIMEOUT_MS + DRILL_WAIT_MARGIN_MS, rec, sessions,
            s->counts.total, (unsigned long long)s->breaker_opens, extra[0] ? "; " : "",
            extra);

@@ -615,22 +615,6 @@ TEST(outages_recover_within_a_second)
 
 /* ------------------------------------------------------------- SIGSTOP */
 
-/* Descriptors of this process connected to 127.0.0.1:port: the pool's
- * sockets, its duplicates of them, cancel requests in flight, and the
- * monitor's. */
-static int own_sockets(int port)
-{
-    int n = 0;
-    for (int fd = 0; fd < 4096; fd++) {
-        struct sockaddr_in a;
-        socklen_t len = sizeof a;
-        if (getpeername(fd, (struct sockaddr *)&a, &len) == 0 && a.sin_family == AF_INET &&
-            ntohs(a.sin_port) == port)
-            n++;
-    }
-    return n;
-}
-
 typedef struct holder {
     cpool_conn *conn;
     int rc;
@@ -682,7 +666,7 @@ TEST(sigstop_interrupts_holders)
             FAIL("the lease's query never showed as active");
         test_sleep_ms(5);
     }
-    int socks_before = own_sockets(r.env.port);
+    int socks_before = drill_own_sockets(r.env.port);
     drill_script(&r.env, "sigstop", /* with_port= */ false);
 
     /* 1. A checkout that needs a new connection. */
@@ -723,14 +707,14 @@ TEST(sigstop_interrupts_holders)
     ASSERT_OK(cpool_shutdown(p, STOP_SHUTDOWN_GRACE_MS, &rep, NULL));
     cpool_destroy(p);
     int64_t down_ms = (test_now_ns() - t0) / 1000000;
-    int socks_stopped = own_sockets(r.env.port);
+    int socks_stopped = drill_own_sockets(r.env.port);
 
     /* 4. The server wakes: the cancel requests it owed are answered, the
      * backends see their closed sockets, nothing of ours is left. */
     drill_script(&r.env, "sigcont", /* with_port= */ false);
     int64_t cont = test_now_ms();
     int socks;
-    while ((socks = own_sockets(r.env.port)) > 1) { /* the monitor's */
+    while ((socks = drill_own_sockets(r.env.port)) > 1) { /* the monitor's */
         if (test_now_ms() - cont > DRILL_SETTLE_MS)
             FAIL("%d sockets to the server remain %d ms after SIGCONT (1 expected: the "
                  "monitor's)",
