@@ -804,8 +804,9 @@ static void note_connect_failure_locked(cpool *p, const cpool_error *ce)
     int64_t d = backoff_delay_locked(p, p->fail_streak);
     p->retry_at = d > 0 ? p->last_fail_at + d : 0;
     /* The maintenance thread re-arms to wake at retry_at and serve the
-     * queue; waiters that queued before this failure sleep on. */
-    if (p->wq_head != NULL)
+     * queue (waiters that queued before this failure sleep on), and to
+     * probe the server meanwhile. */
+    if (p->wq_head != NULL || p->opts.probe_interval_ms > 0)
         kick_maintenance_locked(p);
     if (!breaker_open(p))
         return;

@@ -20,8 +20,8 @@
 #include <libpq-fe.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <dirent.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <spawn.h>
 #include <sys/wait.h>
 
@@ -683,25 +683,50 @@ static inline void drill_settle(cpool *pool)
 /* The sockets of this process connected to 127.0.0.1:port, counted once
  * each however many descriptors share one (the PostgreSQL connector keeps
  * a duplicate of each connection's). Cancel requests in flight and the
- * drill's own monitor connections count too. */
+ * drill's own monitor connections count too. Read from /proc (the links in
+ * /proc/self/fd and the table in /proc/net/tcp) without touching the
+ * descriptors, which other threads may be closing meanwhile. */
 static inline int drill_own_sockets(int port)
 {
-    ino_t seen[256];
-    int n = 0;
-    for (int fd = 0; fd < 4096; fd++) {
-        struct sockaddr_in a;
-        socklen_t len = sizeof a;
-        struct stat st;
-        if (getpeername(fd, (struct sockaddr *)&a, &len) != 0 || a.sin_family != AF_INET ||
-            ntohs(a.sin_port) != port || fstat(fd, &st) != 0)
+    unsigned long mine[512];
+    int nmine = 0;
+    DIR *d = opendir("/proc/self/fd");
+    if (d == NULL)
+        FAIL("opendir /proc/self/fd: %s", strerror(errno));
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL && nmine < 512) {
+        char path[300], link[64];
+        snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
+        ssize_t n = readlink(path, link, sizeof link - 1);
+        if (n <= 0)
             continue;
-        bool dup = false;
-        for (int i = 0; i < n && !dup; i++)
-            dup = seen[i] == st.st_ino;
-        if (!dup && n < 256)
-            seen[n++] = st.st_ino;
+        link[n] = '\0';
+        unsigned long ino;
+        if (sscanf(link, "socket:[%lu]", &ino) == 1)
+            mine[nmine++] = ino;
     }
-    return n;
+    closedir(d);
+    FILE *f = fopen("/proc/net/tcp", "r");
+    if (f == NULL)
+        FAIL("fopen /proc/net/tcp: %s", strerror(errno));
+    char line[512];
+    int count = 0;
+    while (fgets(line, sizeof line, f) != NULL) {
+        unsigned rport, state;
+        unsigned long ino;
+        /* sl local rem st tx:rx tr:when retrnsmt uid timeout inode */
+        if (sscanf(line, " %*d: %*x:%*x %*x:%x %x %*x:%*x %*x:%*x %*x %*u %*u %lu", &rport,
+                   &state, &ino) != 3 ||
+            (int)rport != port || state == 0x0A /* LISTEN */)
+            continue;
+        for (int i = 0; i < nmine; i++)
+            if (mine[i] == ino) {
+                count++;
+                break;
+            }
+    }
+    fclose(f);
+    return count;
 }
 
 /* The pool's sockets equal its count of connections (no socket outlives
