@@ -100,7 +100,8 @@ cpool_redis_suite(redis FIXTURE redis_server TIMEOUT 60 CASES
 
 cpool_redis_suite(redis_drill FIXTURE redis_drill_server TIMEOUT 120 LOCK redis_drill CASES
   kill9_restart_under_load
-  stopped_server_bounded)
+  stopped_server_bounded
+  max_clients_waits_within_deadline)
 
 # The example of docs/redis.md, run against the shared server.
 add_executable(redis_example ${PROJECT_SOURCE_DIR}/examples/redis_example.c)

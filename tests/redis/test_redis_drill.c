@@ -329,9 +329,63 @@ TEST(stopped_server_bounded)
     cpool_destroy(p);
 }
 
+/* A full Redis ("ERR max number of clients reached", here maxclients 1 with
+ * the test's own connection holding the slot) is not a failing one: the
+ * checkout waits for a slot within its deadline and times out saying why
+ * (kind CAPACITY), the circuit stays closed, the refusals are counted; when
+ * a slot frees up a waiting checkout gets it. Observations are made first
+ * and asserted after maxclients is restored, so a failure does not leave
+ * the drill server refusing everyone. */
+TEST(max_clients_waits_within_deadline)
+{
+    char name[64], target[512];
+    drill_name(name, sizeof name, "cap");
+    rt_fmt(target, "redis://:%s@127.0.0.1:%d/0?client_name=%s", password(), drill_port(), name);
+    cpool_options o;
+    rt_options(&o, target, NULL);
+    o.breaker_threshold = 2;
+    o.backoff_base_ms = 200;
+    redisContext *side = rt_side(drill_port(), password());
+    rt_ok(side, "CONFIG SET maxclients 1");
+    cpool *p = rt_pool(&o);
+    cpool_conn *c = NULL;
+    cpool_error e;
+    memset(&e, 0, sizeof e);
+    int64_t t0 = test_now_ms();
+    int rc = cpool_checkout(p, 300, &c, &e);
+    int64_t took = test_now_ms() - t0;
+    cpool_stats s = {.struct_size = sizeof s};
+    int src = cpool_get_stats(p, &s);
+    test_job j;
+    test_job_start(&j, p, 5000);
+    test_sleep_ms(150);
+    bool waited = !atomic_load(&j.done);
+    int64_t freed = test_now_ms();
+    rt_ok(side, "CONFIG SET maxclients 10000");
+    test_job_join(&j, 5000);
+    int64_t served_ms = test_now_ms() - freed;
+    redisFree(side);
+
+    ASSERT_RC(CPOOL_ETIMEDOUT, rc);
+    ASSERT_GE(took, 290);
+    ASSERT_LT(took, 1000);
+    ASSERT_EQ(CPOOL_FAIL_CAPACITY, e.kind);
+    ASSERT_STR_CONTAINS(e.message, "max number of clients");
+    ASSERT_OK(src);
+    ASSERT_GE(s.capacity_refusals, 2);
+    ASSERT_FALSE(s.breaker_open);
+    ASSERT_EQ(0, s.connect_fail_streak);
+    ASSERT_TRUE(waited);
+    ASSERT_OK_E(j.rc, &j.err);
+    ASSERT_LT(served_ms, 1000);
+    test_checkin(p, j.conn, 0);
+    cpool_destroy(p);
+}
+
 static const test_case cases[] = {
     TEST_ENTRY(kill9_restart_under_load),
     TEST_ENTRY(stopped_server_bounded),
+    TEST_ENTRY(max_clients_waits_within_deadline),
 };
 
 TEST_MAIN(cases)
