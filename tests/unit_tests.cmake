@@ -186,7 +186,8 @@ cpool_unit_suite(log LABEL unit TIMEOUT 30 CASES
   pool_closed_checkout_reason
   level_filters_debug_records
   json_format
-  json_lines_carry_time_and_pool)
+  json_lines_carry_time_and_pool
+  json_valid_for_every_input)
 
 # TSan cannot run a child that starts threads after a multi-threaded
 # fork(), which is what a pool with a maintenance thread does; those two

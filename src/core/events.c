@@ -6,6 +6,7 @@
  * word, because log consumers match on them. */
 #include "pool_int.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -299,24 +300,82 @@ static void put(out *o, const char *s, size_t n)
     o->len += n;
 }
 
-static void put_str(out *o, const char *s)
+/* The length of the well-formed UTF-8 sequence at s (1..4), or 0 when the
+ * bytes there are not one: a stray continuation byte, a truncated
+ * sequence, an overlong form, a surrogate or a code point past U+10FFFF. */
+static size_t utf8_len(const unsigned char *s)
 {
+    unsigned char c = s[0];
+    size_t n;
+    uint32_t cp, min;
+    if (c >= 0xC2 && c <= 0xDF) {
+        n = 2, cp = c & 0x1F, min = 0x80;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        n = 3, cp = c & 0x0F, min = 0x800;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        n = 4, cp = c & 0x07, min = 0x10000;
+    } else {
+        return 0;
+    }
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xC0) != 0x80)
+            return 0; /* also stops at the terminating NUL */
+        cp = cp << 6 | (s[i] & 0x3F);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+        return 0;
+    return n;
+}
+
+/* A JSON string: quotes and backslashes escaped, control characters as
+ * \u00XX, bytes that are not well-formed UTF-8 replaced by U+FFFD, so the
+ * line is valid JSON whatever the record holds. NULL is written as "". */
+static void put_str(out *o, const char *str)
+{
+    const unsigned char *s = (const unsigned char *)(str != NULL ? str : "");
     put(o, "\"", 1);
-    for (; *s != '\0'; s++) {
-        unsigned char c = (unsigned char)*s;
+    while (*s != '\0') {
+        unsigned char c = *s;
         char esc[8];
         if (c == '"' || c == '\\') {
             esc[0] = '\\';
             esc[1] = (char)c;
             put(o, esc, 2);
-        } else if (c < 0x20) {
+            s++;
+        } else if (c < 0x20 || c == 0x7F) {
             int n = snprintf(esc, sizeof esc, "\\u%04x", c);
             put(o, esc, (size_t)n);
+            s++;
+        } else if (c < 0x80) {
+            put(o, (const char *)s, 1);
+            s++;
         } else {
-            put(o, s, 1);
+            size_t n = utf8_len(s);
+            if (n == 0) {
+                put(o, "\\ufffd", 6);
+                s++;
+            } else {
+                put(o, (const char *)s, n);
+                s += n;
+            }
         }
     }
     put(o, "\"", 1);
+}
+
+/* A JSON number for d: fixed with milliseconds' precision in the usual
+ * range, exponent form beyond it, null for NaN and the infinities (JSON
+ * has no such numbers). Returns the length written into num. */
+static size_t format_double(double d, char num[64])
+{
+    int n;
+    if (!isfinite(d))
+        n = snprintf(num, 64, "null");
+    else if (d < 1e15 && d > -1e15)
+        n = snprintf(num, 64, "%.3f", d);
+    else
+        n = snprintf(num, 64, "%.17g", d);
+    return n < 0 ? 0 : (size_t)n < 64 ? (size_t)n : 63;
 }
 
 /* "2026-12-05T23:40:01.123Z": RFC 3339, UTC, milliseconds; 24 bytes (the
@@ -357,17 +416,13 @@ size_t cpool_log_format_json(const cpool_log_record *rec, char *buf, size_t size
         put(&o, ",", 1);
         put_str(&o, f->key);
         put(&o, ":", 1);
-        int n;
         switch (f->type) {
-        case CPOOL_LOG_STR: put_str(&o, f->s != NULL ? f->s : ""); break;
+        case CPOOL_LOG_STR: put_str(&o, f->s); break;
         case CPOOL_LOG_INT:
-            n = snprintf(num, sizeof num, "%lld", (long long)f->i);
-            put(&o, num, (size_t)n);
+            put(&o, num, (size_t)snprintf(num, sizeof num, "%lld", (long long)f->i));
             break;
-        case CPOOL_LOG_DOUBLE:
-            n = snprintf(num, sizeof num, "%.3f", f->d);
-            put(&o, num, (size_t)n);
-            break;
+        case CPOOL_LOG_DOUBLE: put(&o, num, format_double(f->d, num)); break;
+        default: put(&o, "null", 4); break;
         }
     }
     put(&o, "}", 1);

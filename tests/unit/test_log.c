@@ -4,6 +4,8 @@
  * formatter. */
 #include "test.h"
 
+#include <math.h>
+
 /* A copy of one log record. */
 #define MAX_FIELDS 16
 typedef struct log_field_copy {
@@ -474,6 +476,56 @@ TEST(json_lines_carry_time_and_pool)
     }
 }
 
+/* Every record formats as valid JSON, within the buffer: a huge double
+ * (1e300 printed with %.3f is 305 bytes; the formatter used to copy that
+ * many from a 64-byte stack buffer), NaN and the infinities (null: JSON has
+ * no such numbers), invalid UTF-8 (replaced by U+FFFD, valid sequences
+ * kept), control characters and NULL strings. */
+TEST(json_valid_for_every_input)
+{
+    cpool_log_field fields[8];
+    memset(fields, 0, sizeof fields);
+    const double vals[] = {1e300, -1e300, NAN, INFINITY, -INFINITY, 2.5};
+    for (int i = 0; i < 6; i++) {
+        fields[i].type = CPOOL_LOG_DOUBLE;
+        fields[i].d = vals[i];
+    }
+    fields[0].key = "big";
+    fields[1].key = "small";
+    fields[2].key = "nan";
+    fields[3].key = "inf";
+    fields[4].key = "minf";
+    fields[5].key = "ok";
+    fields[6].key = "text";
+    fields[6].type = CPOOL_LOG_STR;
+    /* é (valid), a stray continuation byte, a truncated sequence, an
+     * overlong '/', a surrogate, DEL and a tab. */
+    fields[6].s = "caf\xc3\xa9 \x80 \xe2\x82 \xc0\xaf \xed\xa0\x80 \x7f\t";
+    fields[7].key = NULL;
+    fields[7].type = CPOOL_LOG_STR;
+    fields[7].s = NULL;
+    cpool_log_record rec;
+    memset(&rec, 0, sizeof rec);
+    rec.level = CPOOL_LOG_INFO;
+    rec.time_ms = 1764978001123LL;
+    rec.fields = fields;
+    rec.nfields = 8;
+
+    char buf[2048];
+    size_t need = cpool_log_format_json(&rec, buf, sizeof buf);
+    ASSERT_EQ(strlen(buf), need);
+    ASSERT_STR_CONTAINS(buf, "\"big\":1.0000000000000001e+300,");
+    ASSERT_STR_CONTAINS(buf, "\"small\":-1.0000000000000001e+300,");
+    ASSERT_STR_CONTAINS(buf, "\"nan\":null,\"inf\":null,\"minf\":null,\"ok\":2.500,");
+    ASSERT_STR_CONTAINS(buf, "\"text\":\"caf\xc3\xa9 \\ufffd \\ufffd\\ufffd \\ufffd\\ufffd "
+                             "\\ufffd\\ufffd\\ufffd \\u007f\\u0009\"");
+    ASSERT_STR_CONTAINS(buf, "\"component\":\"\",\"message\":\"\"");
+    ASSERT_TRUE(strstr(buf, ",\"\":\"\"}") != NULL); /* NULL key and value */
+    /* Nothing but printable ASCII and well-formed UTF-8 in the line. */
+    for (const unsigned char *c = (const unsigned char *)buf; *c != '\0'; c++)
+        ASSERT_TRUE(*c >= 0x20 && *c != 0x7f);
+}
+
 static const test_case cases[] = {
     TEST_ENTRY(lifecycle_messages),
     TEST_ENTRY(stale_reason),
@@ -484,6 +536,7 @@ static const test_case cases[] = {
     TEST_ENTRY(level_filters_debug_records),
     TEST_ENTRY(json_format),
     TEST_ENTRY(json_lines_carry_time_and_pool),
+    TEST_ENTRY(json_valid_for_every_input),
 };
 
 TEST_MAIN(cases)
