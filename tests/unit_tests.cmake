@@ -47,6 +47,7 @@ cpool_unit_suite(pool LABEL unit TIMEOUT 30 CASES
   unlimited_pool_serves_concurrent_leases
   clear_fails_waiters_at_once
   default_checkout_wait_is_bounded
+  callback_reentry_refused_not_hung
   wait_queue_timeout_reports_counts
   wait_queue_timeout_follows_fake_clock
   connect_timeout_bounds_establishment

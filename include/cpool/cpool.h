@@ -232,8 +232,11 @@ typedef struct cpool_event {
 
 /* Event subscriber. Called from whichever thread changed the state, never
  * with the pool's lock held, one event at a time and in one global order
- * consistent with the state changes. It must not call back into the pool
- * that emitted the event (that deadlocks) and should return quickly. */
+ * consistent with the state changes. It should return quickly. It cannot
+ * call back into the pool that emitted the event: the calls that could
+ * emit (checkout, checkin, ready, clear, shutdown, maintain, wait_connected,
+ * tenant_set) return CPOOL_ESTATE at once there, and close and destroy do
+ * nothing. Reading calls (counts, stats) work. */
 typedef void (*cpool_event_fn)(const cpool_event *ev, void *ctx);
 
 /* "ConnectionCheckedOut" etc. (the CMAP test-format names); never NULL. */

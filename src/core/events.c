@@ -254,13 +254,32 @@ static void log_event(cpool *p, const cpool_event *ev)
     p->opts.on_log(&rec, p->opts.log_ctx);
 }
 
+/* The pool whose callbacks this thread is running, if any. */
+static _Thread_local const cpool *tl_delivering;
+
+bool cpool__in_callback(const cpool *p)
+{
+    return tl_delivering == p;
+}
+
+int cpool__callback_err(const cpool *p, cpool_error *err, const char *what)
+{
+    return cpool__err(err, CPOOL_ESTATE,
+                      "%s on %s: called from the pool's own event or log callback, where it "
+                      "would deadlock; call it from another thread",
+                      what, p->address);
+}
+
 /* To the subscriber, then the log sink. Called with ev_mu held. */
 static void deliver(cpool *p, const cpool_event *ev)
 {
+    const cpool *outer = tl_delivering;
+    tl_delivering = p;
     if (p->opts.on_event != NULL)
         p->opts.on_event(ev, p->opts.event_ctx);
     if (p->opts.on_log != NULL && p->opts.log_level >= event_level(ev->type))
         log_event(p, ev);
+    tl_delivering = outer;
 }
 
 void cpool__emit_unlock(cpool *p, const cpool_event *ev)

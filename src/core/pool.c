@@ -1411,6 +1411,8 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
         *out = NULL;
     if (p == NULL || out == NULL)
         return cpool__err(err, CPOOL_EINVAL, "checkout: pool and out are required");
+    if (p->observed && cpool__in_callback(p))
+        return cpool__callback_err(p, err, "checkout");
     int64_t fast_start = -1;
     if (p->can_park) {
         cpool_conn *fast = take_parked_fast(p, timeout_ms, &fast_start);
@@ -1736,6 +1738,8 @@ int cpool_checkin(cpool *p, cpool_conn *c, unsigned flags, cpool_error *err)
         return cpool__err(err, CPOOL_EFOREIGN,
                           "checkin to %s: the connection belongs to another pool",
                           p->address);
+    if (p->observed && cpool__in_callback(p))
+        return cpool__callback_err(p, err, "checkin");
 
     if (fork_pending(p)) {
         pthread_mutex_lock(&p->mu);
@@ -2072,6 +2076,8 @@ static int start_maintenance_locked(cpool *p)
 
 int cpool_maintain(cpool *p, cpool_error *err)
 {
+    if (p != NULL && cpool__in_callback(p))
+        return cpool__callback_err(p, err, "maintain");
     if (p == NULL)
         return cpool__err(err, CPOOL_EINVAL, "maintain: pool is required");
     pthread_mutex_lock(&p->mu);
@@ -2491,6 +2497,8 @@ int cpool_create(const cpool_options *opts, cpool **out, cpool_error *err)
 
 int cpool_ready(cpool *p, cpool_error *err)
 {
+    if (p != NULL && cpool__in_callback(p))
+        return cpool__callback_err(p, err, "ready");
     if (p == NULL)
         return cpool__err(err, CPOOL_EINVAL, "ready: pool is required");
     pthread_mutex_lock(&p->mu);
@@ -2521,6 +2529,8 @@ int cpool_ready(cpool *p, cpool_error *err)
 
 int cpool_clear(cpool *p, unsigned flags, const cpool_error *cause, cpool_error *err)
 {
+    if (p != NULL && cpool__in_callback(p))
+        return cpool__callback_err(p, err, "clear");
     if (p == NULL)
         return cpool__err(err, CPOOL_EINVAL, "clear: pool is required");
     pthread_mutex_lock(&p->mu);
@@ -2545,6 +2555,8 @@ int cpool_clear(cpool *p, unsigned flags, const cpool_error *cause, cpool_error 
 int cpool_clear_service(cpool *p, const char *service_id, unsigned flags,
                         const cpool_error *cause, cpool_error *err)
 {
+    if (p != NULL && cpool__in_callback(p))
+        return cpool__callback_err(p, err, "clear_service");
     if (p == NULL || service_id == NULL)
         return cpool__err(err, CPOOL_EINVAL, "clear_service: pool and service id are required");
     pthread_mutex_lock(&p->mu);
@@ -2582,6 +2594,8 @@ int cpool_clear_service(cpool *p, const char *service_id, unsigned flags,
 
 void cpool_close(cpool *p)
 {
+    if (p != NULL && cpool__in_callback(p))
+        return;
     if (p == NULL)
         return;
     pthread_mutex_lock(&p->mu);
@@ -2609,6 +2623,8 @@ void cpool_close(cpool *p)
 int cpool_shutdown(cpool *p, int64_t grace_ms, cpool_shutdown_report *report,
                    cpool_error *err)
 {
+    if (p != NULL && cpool__in_callback(p))
+        return cpool__callback_err(p, err, "shutdown");
     if (report != NULL)
         memset(report, 0, sizeof *report);
     if (p == NULL || grace_ms < 0)
@@ -2659,6 +2675,8 @@ int cpool_shutdown(cpool *p, int64_t grace_ms, cpool_shutdown_report *report,
 
 int cpool_wait_connected(cpool *p, uint32_t n, int64_t timeout_ms, cpool_error *err)
 {
+    if (p != NULL && cpool__in_callback(p))
+        return cpool__callback_err(p, err, "wait_connected");
     if (p == NULL || timeout_ms < 0)
         return cpool__err(err, CPOOL_EINVAL,
                           "wait_connected: a pool and timeout_ms >= 0 are required");
@@ -2805,6 +2823,8 @@ static tenant *tenant_new_locked(cpool *p, const char *name)
 int cpool_tenant_set(cpool *p, const char *name, uint32_t max_in_use, uint32_t min_reserved,
                      cpool_error *err)
 {
+    if (p != NULL && cpool__in_callback(p))
+        return cpool__callback_err(p, err, "tenant_set");
     if (p == NULL || name == NULL || name[0] == '\0' || strlen(name) >= 64)
         return cpool__err(err, CPOOL_EINVAL,
                           "tenant_set: a pool and a tenant name of 1..63 bytes are required");
@@ -2889,6 +2909,8 @@ const char *cpool_tenant_name(cpool *p, size_t i)
 
 void cpool_destroy(cpool *p)
 {
+    if (p != NULL && cpool__in_callback(p))
+        return;
     if (p == NULL)
         return;
     cpool_close(p);

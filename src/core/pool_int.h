@@ -262,4 +262,10 @@ void cpool__emit_unlock(cpool *p, const cpool_event *ev);
 void cpool__emit_relock(cpool *p, const cpool_event *ev);
 void cpool__event_init(const cpool *p, cpool_event *ev, cpool_event_type type);
 
+/* Re-entry from a callback: a call into the pool from its own event or log
+ * callback would wait for the lock the delivery holds. The entry points
+ * that may emit refuse it with CPOOL_ESTATE (cpool__callback_err). */
+bool cpool__in_callback(const cpool *p);
+int cpool__callback_err(const cpool *p, cpool_error *err, const char *what);
+
 #endif /* CPOOL_POOL_INT_H */

@@ -829,6 +829,64 @@ TEST(unobserved_close_closes_returned)
     test_fixture_free(&f);
 }
 
+/* A call into the pool from its own event or log callback would wait for
+ * the lock the delivery holds (it hung). Every entry point that may emit
+ * refuses it at once with CPOOL_ESTATE; the call that emitted goes on. */
+typedef struct reentry {
+    cpool *pool;
+    int checkout_rc, checkin_rc, clear_rc, log_rc;
+    char message[256];
+    int calls;
+} reentry;
+
+static void reenter_on_event(const cpool_event *ev, void *ctx)
+{
+    reentry *r = ctx;
+    if (ev->type != CPOOL_EV_CHECKED_OUT || r->calls++ > 0)
+        return;
+    cpool_conn *c = NULL;
+    cpool_error e;
+    r->checkout_rc = cpool_checkout(r->pool, 0, &c, &e);
+    snprintf(r->message, sizeof r->message, "%s", e.message);
+    r->clear_rc = cpool_clear(r->pool, 0, NULL, NULL);
+    cpool_close(r->pool);   /* void: ignored */
+    cpool_destroy(r->pool); /* likewise */
+}
+
+static void reenter_on_log(const cpool_log_record *rec, void *ctx)
+{
+    reentry *r = ctx;
+    if (strcmp(rec->message, "Connection checked in") == 0 && r->log_rc == 1)
+        r->log_rc = cpool_ready(r->pool, NULL);
+}
+
+TEST(callback_reentry_refused_not_hung)
+{
+    cpool_mem *mem = test_mem_create();
+    reentry r;
+    memset(&r, 0, sizeof r);
+    r.log_rc = 1;
+    cpool_options o;
+    test_options(&o, mem, NULL);
+    o.on_event = reenter_on_event;
+    o.event_ctx = &r;
+    o.on_log = reenter_on_log;
+    o.log_ctx = &r;
+    r.pool = test_pool_create(&o);
+    test_ready(r.pool);
+    cpool_conn *c = test_checkout(r.pool);
+    ASSERT_RC(CPOOL_ESTATE, r.checkout_rc);
+    ASSERT_STR_CONTAINS(r.message, "callback");
+    ASSERT_RC(CPOOL_ESTATE, r.clear_rc);
+    ASSERT_EQ(CPOOL_STATE_READY, test_counts(r.pool).state); /* close was ignored */
+    test_checkin(r.pool, c, 0);
+    ASSERT_RC(CPOOL_ESTATE, r.log_rc);
+    /* From outside a callback the same calls work. */
+    ASSERT_OK(cpool_clear(r.pool, 0, NULL, NULL));
+    cpool_destroy(r.pool);
+    cpool_mem_destroy(mem);
+}
+
 static const test_case cases[] = {
     TEST_ENTRY(foreign_checkin_rejected),
     TEST_ENTRY(double_checkin_rejected),
@@ -854,6 +912,7 @@ static const test_case cases[] = {
     TEST_ENTRY(unlimited_pool_serves_concurrent_leases),
     TEST_ENTRY(clear_fails_waiters_at_once),
     TEST_ENTRY(default_checkout_wait_is_bounded),
+    TEST_ENTRY(callback_reentry_refused_not_hung),
     TEST_ENTRY(wait_queue_timeout_reports_counts),
     TEST_ENTRY(wait_queue_timeout_follows_fake_clock),
     TEST_ENTRY(connect_timeout_bounds_establishment),
