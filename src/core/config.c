@@ -215,6 +215,37 @@ static void format_value(const opt_def *d, double v, char *buf, size_t size)
 }
 
 /* Parses text for d. On error writes why into err, naming `origin`. */
+/* Plain decimal notation only: an optional '-', digits, and for
+ * fractional options a '.' with digits and an exponent. strtod and strtoll
+ * also take leading blanks, '+', hex ("0x1p-2"), "inf" and "nan", which a
+ * configuration value never means. */
+static bool plain_number(const char *t, bool fraction)
+{
+    if (*t == '-')
+        t++;
+    if (!isdigit((unsigned char)*t))
+        return false;
+    while (isdigit((unsigned char)*t))
+        t++;
+    if (fraction && *t == '.') {
+        t++;
+        if (!isdigit((unsigned char)*t))
+            return false;
+        while (isdigit((unsigned char)*t))
+            t++;
+    }
+    if (fraction && (*t == 'e' || *t == 'E')) {
+        t++;
+        if (*t == '+' || *t == '-')
+            t++;
+        if (!isdigit((unsigned char)*t))
+            return false;
+        while (isdigit((unsigned char)*t))
+            t++;
+    }
+    return *t == '\0';
+}
+
 static int parse_value(const opt_def *d, const char *origin, const char *text,
                        double *out, cpool_error *err)
 {
@@ -231,7 +262,7 @@ static int parse_value(const opt_def *d, const char *origin, const char *text,
         for (int i = 0; d->names[i] != NULL; i++)
             if (strcasecmp(text, d->names[i]) == 0)
                 return *out = i, 0;
-    } else {
+    } else if (plain_number(text, d->type == T_DOUBLE)) {
         char *end = NULL;
         errno = 0;
         double v = d->type == T_DOUBLE ? strtod(text, &end) : (double)strtoll(text, &end, 10);
@@ -288,7 +319,12 @@ int cpool_options_set(cpool_options *o, const char *name, const char *value,
         return 0;
     }
     const opt_def *d = find_def(name);
-    if (d == NULL || d->offset >= o->struct_size) {
+    if (d != NULL && d->offset >= o->struct_size)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "option %s: not in these options (struct_size %zu, from an older "
+                          "cpool.h); rebuild against this version's header",
+                          d->name, o->struct_size);
+    if (d == NULL) {
         const opt_def *m = near_miss(name);
         if (m != NULL)
             return cpool__err(err, CPOOL_EINVAL, "unknown option \"%.64s\"; did you mean %s?",
@@ -475,6 +511,8 @@ int cpool_options_explain(const cpool_options *opts, cpool_option_info *info, si
     int rc = resolve(&code, &r, err);
     if (rc == 0)
         rc = cpool__options_check(&r.eff, err); /* what cpool_create would refuse */
+    if (rc == 0)
+        rc = cpool__env_log_check(&r.eff, err);
     if (rc != 0) {
         free_resolved(&r);
         return rc;

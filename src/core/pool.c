@@ -19,6 +19,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1740,6 +1741,11 @@ int cpool_checkin(cpool *p, cpool_conn *c, unsigned flags, cpool_error *err)
                           p->address);
     if (p->observed && cpool__in_callback(p))
         return cpool__callback_err(p, err, "checkin");
+    if ((flags & ~CPOOL_CHECKIN_BROKEN) != 0)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "checkin to %s: unknown flags 0x%x (allowed CPOOL_CHECKIN_BROKEN); "
+                          "the lease is still yours",
+                          p->address, flags & ~CPOOL_CHECKIN_BROKEN);
 
     if (fork_pending(p)) {
         pthread_mutex_lock(&p->mu);
@@ -2231,6 +2237,16 @@ int cpool__options_check(const cpool_options *o, cpool_error *err)
         return cpool__err(err, CPOOL_EINVAL,
                           "option minPoolSize = %u: must not exceed maxPoolSize (%u)",
                           o->min_pool_size, o->max_pool_size);
+    /* Each connection holds at least one descriptor: a minimum the
+     * process's limit cannot hold is never reached (with maxPoolSize 0
+     * nothing else bounds it). */
+    struct rlimit nofile;
+    if (o->min_pool_size > 0 && getrlimit(RLIMIT_NOFILE, &nofile) == 0 &&
+        nofile.rlim_cur != RLIM_INFINITY && o->min_pool_size >= nofile.rlim_cur)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "option minPoolSize = %u: the process may open only %llu "
+                          "descriptors (RLIMIT_NOFILE), and each connection needs one",
+                          o->min_pool_size, (unsigned long long)nofile.rlim_cur);
     if (o->max_idle_time_ms < 0)
         return cpool__err(err, CPOOL_EINVAL,
                           "option maxIdleTimeMS = %lld: must be >= 0 (0 = no limit)",
@@ -2267,6 +2283,11 @@ int cpool__options_check(const cpool_options *o, cpool_error *err)
     if (o->backoff_base_ms < 0 || o->backoff_max_ms < 0)
         return cpool__err(err, CPOOL_EINVAL,
                           "option backoff_base_ms = %lld, backoff_max_ms = %lld: must be >= 0",
+                          (long long)o->backoff_base_ms, (long long)o->backoff_max_ms);
+    if (o->backoff_max_ms > 0 && o->backoff_base_ms > o->backoff_max_ms)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "option backoff_base_ms = %lld: must not exceed backoff_max_ms "
+                          "(%lld)",
                           (long long)o->backoff_base_ms, (long long)o->backoff_max_ms);
     if (!(o->backoff_jitter >= 0 && o->backoff_jitter <= 1))
         return cpool__err(err, CPOOL_EINVAL, "option backoff_jitter = %g: allowed 0..1",
@@ -2345,7 +2366,40 @@ static void free_pool(cpool *p)
  * own the built-in JSON-lines sink, on stderr or appended to
  * CPOOL_LOG_PATH: logs for a program that never asked for them, switched
  * on where it runs. */
-static int env_log_sink(cpool *p, cpool_options *o)
+/* What env_log_sink() would refuse, without opening anything: for
+ * cpool_options_explain(), which must refuse what cpool_create() refuses. */
+int cpool__env_log_check(const cpool_options *o, cpool_error *err)
+{
+    if (o->on_log != NULL || o->ignore_env)
+        return 0;
+    const char *level = getenv("CPOOL_LOG");
+    if (level == NULL || level[0] == '\0')
+        return 0;
+    static const char *const names[] = {"error", "warn", "info", "debug"};
+    bool known = false;
+    for (int i = 0; i < 4; i++)
+        known = known || strcasecmp(level, names[i]) == 0;
+    if (!known)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "CPOOL_LOG = \"%.32s\" (from env): allowed error|warn|info|debug",
+                          level);
+    const char *path = getenv("CPOOL_LOG_PATH");
+    if (path == NULL || path[0] == '\0' || access(path, W_OK) == 0)
+        return 0;
+    int missing = errno == ENOENT;
+    /* A file that does not exist yet is made in a writable directory. */
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    snprintf(dir, sizeof dir, "%.*s", slash == NULL ? 1 : slash == path ? 1 : (int)(slash - path),
+             slash == NULL ? "." : path);
+    if (missing && access(dir, W_OK | X_OK) == 0)
+        return 0;
+    return cpool__err(err, CPOOL_EINVAL,
+                      "CPOOL_LOG_PATH = \"%.120s\" (from env): cannot be opened for appending",
+                      path);
+}
+
+static int env_log_sink(cpool *p, cpool_options *o, cpool_error *err)
 {
     const char *level = getenv("CPOOL_LOG");
     if (level == NULL || level[0] == '\0')
@@ -2356,13 +2410,18 @@ static int env_log_sink(cpool *p, cpool_options *o)
         if (strcasecmp(level, names[i]) == 0)
             lv = i;
     if (lv < 0)
-        return -1;
+        return cpool__err(err, CPOOL_EINVAL,
+                          "CPOOL_LOG = \"%.32s\" (from env): allowed error|warn|info|debug",
+                          level);
     FILE *f = stderr;
     const char *path = getenv("CPOOL_LOG_PATH");
     if (path != NULL && path[0] != '\0') {
         f = fopen(path, "ae");
         if (f == NULL)
-            return -1;
+            return cpool__err(err, CPOOL_EINVAL,
+                              "CPOOL_LOG_PATH = \"%.120s\" (from env): cannot be opened for "
+                              "appending: %s",
+                              path, strerror(errno));
         p->log_file = f;
     }
     o->on_log = cpool_log_json;
@@ -2455,12 +2514,9 @@ int cpool_create(const cpool_options *opts, cpool **out, cpool_error *err)
     o.target = p->target;
     o.address = p->address;
     o.name = p->name;
-    if (o.on_log == NULL && !o.ignore_env && env_log_sink(p, &o) != 0) {
+    if (o.on_log == NULL && !o.ignore_env && (rc = env_log_sink(p, &o, err)) != 0) {
         free_pool(p);
-        return cpool__err(err, CPOOL_EINVAL,
-                          "CPOOL_LOG = \"%.32s\": allowed error|warn|info|debug (or "
-                          "CPOOL_LOG_PATH cannot be opened)",
-                          getenv("CPOOL_LOG"));
+        return rc;
     }
     p->opts = o;
     /* Leak detection reads the holder's label under mu, so its leases take
@@ -2533,6 +2589,10 @@ int cpool_clear(cpool *p, unsigned flags, const cpool_error *cause, cpool_error 
         return cpool__callback_err(p, err, "clear");
     if (p == NULL)
         return cpool__err(err, CPOOL_EINVAL, "clear: pool is required");
+    if ((flags & ~CPOOL_CLEAR_INTERRUPT_IN_USE) != 0)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "clear %s: unknown flags 0x%x (allowed CPOOL_CLEAR_INTERRUPT_IN_USE)",
+                          p->address, flags & ~CPOOL_CLEAR_INTERRUPT_IN_USE);
     pthread_mutex_lock(&p->mu);
     check_fork_locked(p);
     if (p->state == CPOOL_STATE_CLOSED) {
@@ -2559,6 +2619,10 @@ int cpool_clear_service(cpool *p, const char *service_id, unsigned flags,
         return cpool__callback_err(p, err, "clear_service");
     if (p == NULL || service_id == NULL)
         return cpool__err(err, CPOOL_EINVAL, "clear_service: pool and service id are required");
+    if ((flags & ~CPOOL_CLEAR_INTERRUPT_IN_USE) != 0)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "clear %s: unknown flags 0x%x (allowed CPOOL_CLEAR_INTERRUPT_IN_USE)",
+                          p->address, flags & ~CPOOL_CLEAR_INTERRUPT_IN_USE);
     pthread_mutex_lock(&p->mu);
     check_fork_locked(p);
     if (p->state == CPOOL_STATE_CLOSED) {

@@ -268,4 +268,7 @@ void cpool__event_init(const cpool *p, cpool_event *ev, cpool_event_type type);
 bool cpool__in_callback(const cpool *p);
 int cpool__callback_err(const cpool *p, cpool_error *err, const char *what);
 
+/* CPOOL_LOG / CPOOL_LOG_PATH as cpool_create() would take them. */
+int cpool__env_log_check(const cpool_options *o, cpool_error *err);
+
 #endif /* CPOOL_POOL_INT_H */

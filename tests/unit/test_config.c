@@ -505,6 +505,96 @@ TEST(no_time_to_validate_condemns_nothing)
     }
 }
 
+/* Every bad input gets an error that names the option, the value and where
+ * it came from, and loses nothing (issue: each was accepted silently). */
+static void expect_set_refused(const char *name, const char *value, const char *needle)
+{
+    cpool_options o;
+    cpool_options_init(&o, sizeof o);
+    cpool_error e;
+    ASSERT_RC(CPOOL_EINVAL, cpool_options_set(&o, name, value, &e));
+    ASSERT_STR_CONTAINS(e.message, needle);
+}
+
+TEST(bad_inputs_refused_with_clear_errors)
+{
+    /* Numbers: plain decimal only. */
+    expect_set_refused("max_pool_size", " 5", "max_pool_size = \" 5\" (from code)");
+    expect_set_refused("max_pool_size", "+5", "max_pool_size = \"+5\"");
+    expect_set_refused("max_pool_size", "5 ", "max_pool_size = \"5 \"");
+    expect_set_refused("max_pool_size", "1e3", "max_pool_size = \"1e3\"");
+    expect_set_refused("lifetime_jitter", "0x1p-2", "lifetime_jitter = \"0x1p-2\"");
+    expect_set_refused("lifetime_jitter", "nan", "lifetime_jitter = \"nan\"");
+    expect_set_refused("backoff_jitter", "inf", "backoff_jitter = \"inf\"");
+    cpool_options o;
+    cpool_options_init(&o, sizeof o);
+    ASSERT_OK(cpool_options_set(&o, "lifetime_jitter", "0.25", NULL));
+    ASSERT_OK(cpool_options_set(&o, "backoff_jitter", "2.5e-1", NULL));
+    ASSERT_OK(cpool_options_set(&o, "max_pool_size", "5", NULL));
+    ASSERT_EQ(5, o.max_pool_size);
+    /* The same from the target. */
+    cpool_mem *mem = test_mem_create();
+    cpool_options t;
+    test_options(&t, mem, NULL);
+    t.target = "mem://x?maxPoolSize=%2B5";
+    cpool *p = NULL;
+    cpool_error e;
+    ASSERT_RC(CPOOL_EINVAL, cpool_create(&t, &p, &e));
+    ASSERT_STR_CONTAINS(e.message, "max_pool_size = \"+5\" (from url)");
+
+    /* Options that must agree. */
+    test_options(&t, mem, NULL);
+    t.backoff_base_ms = 60000;
+    t.backoff_max_ms = 10;
+    ASSERT_RC(CPOOL_EINVAL, cpool_create(&t, &p, &e));
+    ASSERT_STR_CONTAINS(e.message, "backoff_base_ms = 60000: must not exceed backoff_max_ms (10)");
+    test_options(&t, mem, NULL);
+    t.max_pool_size = 0;
+    t.min_pool_size = 4294967295u;
+    ASSERT_RC(CPOOL_EINVAL, cpool_create(&t, &p, &e));
+    ASSERT_STR_CONTAINS(e.message, "minPoolSize = 4294967295");
+    ASSERT_STR_CONTAINS(e.message, "RLIMIT_NOFILE");
+    ASSERT_RC(CPOOL_EINVAL, cpool_options_explain(&t, NULL, 0, NULL, NULL, NULL, 0, &e));
+
+    /* An option the caller's (older, smaller) struct does not have. */
+    struct {
+        cpool_options o;
+    } small;
+    cpool_options_init(&small.o, offsetof(cpool_options, profile));
+    ASSERT_RC(CPOOL_EINVAL, cpool_options_set(&small.o, "max_lifetime_ms", "1000", &e));
+    ASSERT_STR_CONTAINS(e.message, "not in these options");
+    ASSERT_NULL(strstr(e.message, "did you mean"));
+
+    /* Unknown flag bits: refused, nothing changed. */
+    test_options(&t, mem, NULL);
+    p = test_pool_create(&t);
+    test_ready(p);
+    cpool_conn *c = test_checkout(p);
+    ASSERT_RC(CPOOL_EINVAL, cpool_checkin(p, c, 0x80, &e));
+    ASSERT_STR_CONTAINS(e.message, "unknown flags 0x80");
+    ASSERT_EQ(1, test_counts(p).in_use); /* still the caller's lease */
+    ASSERT_RC(CPOOL_EINVAL, cpool_clear(p, 0x6, NULL, &e));
+    ASSERT_STR_CONTAINS(e.message, "unknown flags 0x6");
+    ASSERT_EQ(CPOOL_STATE_READY, test_counts(p).state);
+    test_checkin(p, c, 0);
+    cpool_destroy(p);
+
+    /* A log file that cannot be opened is named as such, by create and by
+     * explain alike. */
+    setenv("CPOOL_LOG", "debug", 1);
+    setenv("CPOOL_LOG_PATH", "/nonexistent-dir/cpool.log", 1);
+    test_options(&t, mem, NULL);
+    t.ignore_env = false;
+    t.on_log = NULL;
+    ASSERT_RC(CPOOL_EINVAL, cpool_create(&t, &p, &e));
+    ASSERT_STR_CONTAINS(e.message, "CPOOL_LOG_PATH = \"/nonexistent-dir/cpool.log\"");
+    ASSERT_RC(CPOOL_EINVAL, cpool_options_explain(&t, NULL, 0, NULL, NULL, NULL, 0, &e));
+    ASSERT_STR_CONTAINS(e.message, "CPOOL_LOG_PATH");
+    unsetenv("CPOOL_LOG");
+    unsetenv("CPOOL_LOG_PATH");
+    cpool_mem_destroy(mem);
+}
+
 /* CPOOL_LOG turns on the JSON-lines sink; the password never shows. */
 TEST(env_log_sink_writes_redacted_json_lines)
 {
@@ -569,6 +659,7 @@ int main(int argc, char **argv)
         TEST_ENTRY(validation_and_establishment_share_one_deadline),
         TEST_ENTRY(no_time_to_validate_condemns_nothing),
         TEST_ENTRY(env_log_sink_writes_redacted_json_lines),
+        TEST_ENTRY(bad_inputs_refused_with_clear_errors),
     };
     return test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
