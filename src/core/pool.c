@@ -2840,12 +2840,19 @@ int cpool_open(const char *target, const cpool_options *opts, cpool **out, cpool
     if (target == NULL || out == NULL)
         return cpool__err(err, CPOOL_EINVAL, "open: a target and out are required");
     const cpool_connector *cx = cpool_connector_for(target);
-    if (cx == NULL)
+    if (cx == NULL) {
+        /* An unrecognised target is never echoed: a misspelt scheme is no
+         * reason to print the password behind it. Its scheme is enough. */
+        size_t n = strspn(target, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                  "0123456789+.-");
+        bool scheme = n > 0 && n <= 32 && target[n] == ':';
         return cpool__err(err, CPOOL_EINVAL,
-                          "open: no connector for target \"%.48s...\": expected sqlite:, "
-                          "postgresql://, postgres://, redis://, unix:// or mem:// (or a "
-                          "connector left out of this build)",
-                          target);
+                          "open: no connector for %s%.*s%s: expected sqlite:, postgresql://, "
+                          "postgres://, redis://, unix:// or mem:// (or a connector left out "
+                          "of this build)",
+                          scheme ? "the scheme \"" : "this target (not shown)",
+                          scheme ? (int)n + 1 : 0, target, scheme ? "\"" : "");
+    }
     cpool_options o;
     cpool_options_init(&o, sizeof o);
     if (opts != NULL)

@@ -9,6 +9,7 @@
 #include <ctype.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 static int hexval(int c)
 {
@@ -174,13 +175,90 @@ static size_t conninfo_value_end(const char *v)
     return i;
 }
 
+/* The parameter names whose values are secrets, in a URL's query or a
+ * conninfo string: libpq's password and sslpassword (the passphrase of the
+ * client key), and the same spelled as a query parameter anywhere. */
+static bool secret_key(const char *k, size_t n)
+{
+    static const char *const keys[] = {"password", "sslpassword", "pass", "pwd", NULL};
+    for (int i = 0; keys[i] != NULL; i++)
+        if (strlen(keys[i]) == n && strncasecmp(k, keys[i], n) == 0)
+            return true;
+    return false;
+}
+
+/* Length of a URL scheme followed by "://" at the start of t, 0 when t is
+ * not a URL (a conninfo string, a path, "sqlite:FILE"). Only the start
+ * counts: "application_name=svc://api" is a conninfo value. */
+static size_t url_scheme(const char *t)
+{
+    if (!isalpha((unsigned char)t[0]))
+        return 0;
+    size_t n = 1;
+    while (isalnum((unsigned char)t[n]) || t[n] == '+' || t[n] == '.' || t[n] == '-')
+        n++;
+    return strncmp(t + n, "://", 3) == 0 ? n : 0;
+}
+
+/* A query ("k=v&k2=v2#frag"): secret values masked. */
+static void redact_query(outbuf *o, const char *q)
+{
+    while (*q != '\0' && *q != '#') {
+        size_t len = strcspn(q, "&#");
+        const char *eq = memchr(q, '=', len);
+        if (eq != NULL && secret_key(q, (size_t)(eq - q))) {
+            put(o, q, (size_t)(eq + 1 - q));
+            put(o, "***", 3);
+        } else {
+            put(o, q, len);
+        }
+        q += len;
+        if (*q == '&')
+            put(o, q++, 1);
+    }
+    put(o, q, strlen(q)); /* the fragment */
+}
+
+/* A libpq conninfo string ("host=db password='a b' sslpassword=x"), read
+ * as libpq reads it: keywords, '=', values bare or single-quoted with
+ * backslash escapes. Secret values are masked; the rest is copied. */
+static void redact_conninfo(outbuf *o, const char *p)
+{
+    static const char blanks[] = " \t\n\r\f\v";
+    while (*p != '\0') {
+        size_t n = strspn(p, blanks);
+        put(o, p, n);
+        p += n;
+        const char *key = p;
+        size_t klen = strcspn(p, "= \t\n\r\f\v");
+        put(o, p, klen);
+        p += klen;
+        n = strspn(p, blanks);
+        put(o, p, n);
+        p += n;
+        if (*p != '=')
+            continue; /* a bare word (a database name): nothing to mask */
+        put(o, p++, 1);
+        n = strspn(p, blanks);
+        put(o, p, n);
+        p += n;
+        size_t vlen = conninfo_value_end(p);
+        if (secret_key(key, klen))
+            put(o, "***", 3);
+        else
+            put(o, p, vlen);
+        p += vlen;
+    }
+}
+
 size_t cpool_redact(const char *target, char *buf, size_t size)
 {
     outbuf o = {buf, size, 0};
     const char *t = target != NULL ? target : "";
-    const char *scheme = strstr(t, "://");
-    if (scheme != NULL) {
-        const char *auth = scheme + 3;
+    size_t sl = url_scheme(t);
+    if (sl > 0) {
+        /* scheme://[user[:password]@]host...[?query][#fragment] */
+        const char *auth = t + sl + 3;
         size_t alen = strcspn(auth, "/?#");
         const char *at = NULL;
         for (size_t i = 0; i < alen; i++)
@@ -193,47 +271,24 @@ size_t cpool_redact(const char *target, char *buf, size_t size)
             put(&o, "***", 3);
             p = at;
         }
-        /* Query: password=... */
-        while (*p != '\0') {
-            const char *q = strstr(p, "password=");
-            if (q == NULL || q == t || (q[-1] != '?' && q[-1] != '&')) {
-                if (q == NULL) {
-                    put(&o, p, strlen(p));
-                    break;
-                }
-                put(&o, p, (size_t)(q + 9 - p));
-                p = q + 9;
-                continue;
-            }
-            put(&o, p, (size_t)(q + 9 - p));
-            put(&o, "***", 3);
-            p = q + 9 + strcspn(q + 9, "&#");
+        size_t before = strcspn(p, "?#");
+        put(&o, p, before);
+        p += before;
+        if (*p == '?') {
+            put(&o, p++, 1);
+            redact_query(&o, p);
+        } else {
+            put(&o, p, strlen(p));
         }
+    } else if (strchr(t, '=') != NULL && strncmp(t, "sqlite:", 7) != 0) {
+        redact_conninfo(&o, t);
     } else {
-        const char *p = t;
-        while (*p != '\0') {
-            const char *q = strstr(p, "password");
-            if (q == NULL) {
-                put(&o, p, strlen(p));
-                break;
-            }
-            const char *v = q + 8;
-            while (*v == ' ')
-                v++;
-            bool key = (q == t || isspace((unsigned char)q[-1]) || q[-1] == '?' ||
-                        q[-1] == '&') && *v == '=';
-            if (!key) {
-                put(&o, p, (size_t)(q + 8 - p));
-                p = q + 8;
-                continue;
-            }
-            v++;
-            while (*v == ' ')
-                v++;
-            put(&o, p, (size_t)(v - p));
-            put(&o, "***", 3);
-            p = v + (q > t && (q[-1] == '?' || q[-1] == '&') ? strcspn(v, "&#")
-                                                             : conninfo_value_end(v));
+        /* A path or "sqlite:PATH?query": only a query can hold a secret. */
+        size_t before = strcspn(t, "?");
+        put(&o, t, before);
+        if (t[before] == '?') {
+            put(&o, t + before, 1);
+            redact_query(&o, t + before + 1);
         }
     }
     if (size > 0)

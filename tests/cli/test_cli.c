@@ -578,7 +578,7 @@ TEST(bad_usage_exits_2_with_one_line)
     USAGE_ERROR("unknown option \"nosuch\"", "bench", "mem://x", "-o", "nosuch=1");
     USAGE_ERROR("expected NAME=VALUE", "bench", "mem://x", "-o", "max_pool_size");
     USAGE_ERROR("max_pool_size", "bench", "mem://x", "-o", "max_pool_size=-3");
-    USAGE_ERROR("no connector for target", "bench", "frob://x");
+    USAGE_ERROR("no connector for the scheme \"frob:\"", "bench", "frob://x");
     USAGE_ERROR("at most one TARGET", "bench", "mem://x", "mem://y");
     USAGE_ERROR("invalid --plot-engine \"fancy\"", "bench", "mem://x", "--plot-engine", "fancy");
     USAGE_ERROR("invalid weight \"0\"", "bench", "mem://x", "--tenants", "a:0");
@@ -916,6 +916,12 @@ TEST(passwords_never_shown)
     RUN(&r, "bench", "mem://u:secret@x?maxPoolSize=oops");
     ASSERT_EXIT(2, &r);
     assert_no_secret("bench error", r.err);
+    run_free(&r);
+    /* A misspelt scheme: only the scheme is named. */
+    RUN(&r, "probe", "postgresq://root:secret@db/x");
+    ASSERT_EXIT(2, &r);
+    assert_no_secret("probe error", r.err);
+    ASSERT_STR_CONTAINS(r.err, "\"postgresq:\"");
     run_free(&r);
     tmp_end();
 }

@@ -79,6 +79,25 @@ TEST(redact_cases)
     redacts("password=s3cret", "password=***");
     redacts("sqlite:/tmp/password.db", "sqlite:/tmp/password.db");
     redacts("postgresql://app@db/x", "postgresql://app@db/x");
+    /* Each leaked before: a "://" inside a conninfo value made the whole
+     * string a URL; sslpassword was never masked, in either form; a
+     * misspelt scheme is still a URL. */
+    redacts("host=db application_name=svc://api password=s3cret",
+            "host=db application_name=svc://api password=***");
+    redacts("host=db sslpassword=s3cret sslkey=/k", "host=db sslpassword=*** sslkey=/k");
+    redacts("postgresql://db/x?sslpassword=s3cret&sslmode=require",
+            "postgresql://db/x?sslpassword=***&sslmode=require");
+    redacts("postgresq://root:s3cret@db/x", "postgresq://root:***@db/x");
+    redacts("sqlite:/tmp/x.db?password=s3cret", "sqlite:/tmp/x.db?password=***");
+    redacts("host=db\tPassword='s3 cret'", "host=db\tPassword=***");
+    /* cpool_open never echoes a target it cannot place. */
+    cpool *p = NULL;
+    cpool_error e;
+    ASSERT_RC(CPOOL_EINVAL, cpool_open("postgresq://root:s3cret@db/x", NULL, &p, &e));
+    ASSERT_STR_CONTAINS(e.message, "\"postgresq:\"");
+    ASSERT_NULL(strstr(e.message, "s3cret"));
+    ASSERT_RC(CPOOL_EINVAL, cpool_open("root:s3cret@db", NULL, &p, &e));
+    ASSERT_NULL(strstr(e.message, "s3cret"));
     /* Truncation still terminates and reports the full length. */
     char small[8];
     ASSERT_EQ(strlen("host=db password=***"), cpool_redact("host=db password=x", small,

@@ -194,13 +194,22 @@ const cpool_connector *cli_connector(const char *cmd, const char *target)
 {
     const cpool_connector *cx = cpool_connector_for(target);
     if (cx == NULL) {
-        char red[160], list[96];
-        cli_redact(target, red, sizeof red);
+        /* Never the target itself: a misspelt scheme must not print the
+         * password behind it. */
+        char list[96];
         cli_connector_list(list, sizeof list);
-        cli_error(cmd,
-                  "no connector for target \"%s\": expected sqlite:PATH, postgresql://..., "
-                  "redis://... or mem://NAME (this build has: %s)",
-                  red, list);
+        size_t n = strspn(target, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                  "0123456789+.-");
+        if (n > 0 && n <= 32 && target[n] == ':')
+            cli_error(cmd,
+                      "no connector for the scheme \"%.*s\": expected sqlite:PATH, "
+                      "postgresql://..., redis://... or mem://NAME (this build has: %s)",
+                      (int)n + 1, target, list);
+        else
+            cli_error(cmd,
+                      "no connector for this target (not shown): expected sqlite:PATH, "
+                      "postgresql://..., redis://... or mem://NAME (this build has: %s)",
+                      list);
     }
     return cx;
 }
