@@ -46,7 +46,7 @@ CFG_default := $(TESTCFG) -DCPOOL_BUILD_BENCH=ON -DCPOOL_WERROR=ON
 CFG_asan := $(TESTCFG) $(SAN) -DCPOOL_SANITIZE=address
 CFG_tsan := $(TESTCFG) $(SAN) -DCPOOL_SANITIZE=thread
 
-.PHONY: help demo test test-default test-asan test-tsan bench deps demo-deps clean
+.PHONY: help demo test test-default test-asan test-tsan bench fuzz deps demo-deps clean
 
 help:
 	@echo "cpool -- a CMAP-conformant connection pool library in C"
@@ -59,6 +59,7 @@ help:
 	@echo "               run every test three times: plain (build/), ASan+UBSan"
 	@echo "               (build-asan/) and TSan (build-tsan/). A skipped test fails."
 	@echo "  make bench   build and run the benchmark (quick default set)"
+	@echo "  make fuzz    run each libFuzzer harness for FUZZ_SECONDS (now: $(FUZZ_SECONDS))"
 	@echo "  make clean   remove the build directories"
 	@echo
 	@echo "  One stage only: make test-default | test-asan | test-tsan"
@@ -87,6 +88,15 @@ bench: deps
 	$(CMAKE) -S $(ROOT) -B $(ROOT)/build $(CFG_default)
 	$(CMAKE) --build $(ROOT)/build --target $(BENCH_TARGET) -j$(JOBS)
 	$(ROOT)/build/bench/$(BENCH_TARGET)
+
+# Longer fuzzing than make test's 30 s a harness; findings stay in
+# build/tests/fuzz/, never in the repository.
+FUZZ_SECONDS ?= 600
+fuzz: deps
+	$(ROOT)/tests/fuzz/fuzz.sh build $(ROOT) $(ROOT)/build/tests/fuzz
+	for h in redact json options targets; do \
+	  $(ROOT)/tests/fuzz/fuzz.sh run $(ROOT) $(ROOT)/build/tests/fuzz $$h $(FUZZ_SECONDS) || exit 1; \
+	done
 
 define spec_check
 @if [ ! -d "$(SPEC_DIR)" ]; then \

@@ -18,7 +18,7 @@ set -euo pipefail
 DEPS_toolchain=(cmake gcc make pkg-config libc6-dev)
 # What the tests add: jansson (CMAP runner, command-line tests), apr-util
 # (the benchmark's comparison) and both C++ compilers (the C++ consumers).
-DEPS_build=(libjansson-dev libaprutil1-dev g++ clang)
+DEPS_build=(libjansson-dev libaprutil1-dev g++ clang libclang-rt-14-dev)
 # gcc's sanitizer runtimes (gcc-12 pulls them in through libgcc-12-dev;
 # listed so a missing one is reported by name).
 DEPS_sanitizers=(libasan8 libubsan1 libtsan2)

@@ -170,8 +170,13 @@ static size_t conninfo_value_end(const char *v)
                 i++;
         return v[i] == '\'' ? i + 1 : i;
     }
-    while (v[i] != '\0' && !isspace((unsigned char)v[i]))
+    /* Unquoted: up to a blank, a backslash escaping the next byte (libpq
+     * reads "a\ b" as "a b"). */
+    while (v[i] != '\0' && !isspace((unsigned char)v[i])) {
+        if (v[i] == '\\' && v[i + 1] != '\0')
+            i++;
         i++;
+    }
     return i;
 }
 
@@ -200,11 +205,12 @@ static size_t url_scheme(const char *t)
     return strncmp(t + n, "://", 3) == 0 ? n : 0;
 }
 
-/* A query ("k=v&k2=v2#frag"): secret values masked. */
+/* A query ("k=v&k2=v2"): secret values masked. Parameters split on '&'
+ * only: libpq knows no fragment, so a '#' belongs to a value. */
 static void redact_query(outbuf *o, const char *q)
 {
-    while (*q != '\0' && *q != '#') {
-        size_t len = strcspn(q, "&#");
+    while (*q != '\0') {
+        size_t len = strcspn(q, "&");
         const char *eq = memchr(q, '=', len);
         if (eq != NULL && secret_key(q, (size_t)(eq - q))) {
             put(o, q, (size_t)(eq + 1 - q));
@@ -216,7 +222,6 @@ static void redact_query(outbuf *o, const char *q)
         if (*q == '&')
             put(o, q++, 1);
     }
-    put(o, q, strlen(q)); /* the fragment */
 }
 
 /* A libpq conninfo string ("host=db password='a b' sslpassword=x"), read
@@ -257,9 +262,12 @@ size_t cpool_redact(const char *target, char *buf, size_t size)
     const char *t = target != NULL ? target : "";
     size_t sl = url_scheme(t);
     if (sl > 0) {
-        /* scheme://[user[:password]@]host...[?query][#fragment] */
+        /* scheme://[user[:password]@]host...[?query]. The user info is read
+         * as libpq reads it: up to an '@' before the first '/' (a '?' or
+         * '#' may be part of the password); the last such '@' counts, so
+         * that a password holding '@' is masked whole. */
         const char *auth = t + sl + 3;
-        size_t alen = strcspn(auth, "/?#");
+        size_t alen = strcspn(auth, "/");
         const char *at = NULL;
         for (size_t i = 0; i < alen; i++)
             if (auth[i] == '@')
@@ -271,14 +279,12 @@ size_t cpool_redact(const char *target, char *buf, size_t size)
             put(&o, "***", 3);
             p = at;
         }
-        size_t before = strcspn(p, "?#");
+        size_t before = strcspn(p, "?");
         put(&o, p, before);
         p += before;
         if (*p == '?') {
             put(&o, p++, 1);
             redact_query(&o, p);
-        } else {
-            put(&o, p, strlen(p));
         }
     } else if (strchr(t, '=') != NULL && strncmp(t, "sqlite:", 7) != 0) {
         redact_conninfo(&o, t);

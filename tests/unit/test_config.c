@@ -90,6 +90,12 @@ TEST(redact_cases)
     redacts("postgresq://root:s3cret@db/x", "postgresq://root:***@db/x");
     redacts("sqlite:/tmp/x.db?password=s3cret", "sqlite:/tmp/x.db?password=***");
     redacts("host=db\tPassword='s3 cret'", "host=db\tPassword=***");
+    /* Found by tests/fuzz/fuzz_redact.c: libpq reads user info up to the
+     * '@' before the first '/', '#' included, and "a\ b" as one value. */
+    redacts("postgresql://app:s3#ret@db:5432/x?sslmode=disable",
+            "postgresql://app:***@db:5432/x?sslmode=disable");
+    redacts("host=db password=a\\ bcdef dbname=x", "host=db password=*** dbname=x");
+    redacts("postgresql://db/x?password=a#b&c=d", "postgresql://db/x?password=***&c=d");
     /* cpool_open never echoes a target it cannot place. */
     cpool *p = NULL;
     cpool_error e;
