@@ -95,7 +95,8 @@ FUZZ_SECONDS ?= 600
 fuzz: deps
 	$(ROOT)/tests/fuzz/fuzz.sh build $(ROOT) $(ROOT)/build/tests/fuzz
 	for h in redact json options targets; do \
-	  $(ROOT)/tests/fuzz/fuzz.sh run $(ROOT) $(ROOT)/build/tests/fuzz $$h $(FUZZ_SECONDS) || exit 1; \
+	  CPOOL_FUZZ_SEED=0 $(ROOT)/tests/fuzz/fuzz.sh run $(ROOT) $(ROOT)/build/tests/fuzz $$h \
+	    $(FUZZ_SECONDS) || exit 1; \
 	done
 
 define spec_check

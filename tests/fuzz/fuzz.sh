@@ -9,8 +9,10 @@
 # run replays the harness's seed corpus (tests/fuzz/corpus/HARNESS), then
 # fuzzes for SECONDS more, keeping what it finds in WORK_DIR (never in the
 # repository); a crash, a leak, undefined behaviour or a failed check stops
-# it with the input that caused it saved in WORK_DIR. `make fuzz` runs every
-# harness for longer.
+# it with the input that caused it saved in WORK_DIR. The mutations follow
+# CPOOL_FUZZ_SEED (1 by default, so that make test explores the same inputs
+# on every run; 0 = a new random seed each time, as `make fuzz` uses).
+# `make fuzz` runs every harness for longer.
 set -euo pipefail
 
 cmd=${1:?build or run}
@@ -57,7 +59,8 @@ run)
     "$exe" -runs=0 "$src/tests/fuzz/corpus/$h" 2>"$work/replay-$h.log" ||
         { tail -n 40 "$work/replay-$h.log" >&2; exit 1; }
     # Then new inputs for a while, from the seeds and what earlier runs found.
-    "$exe" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=4096 \
+    "$exe" -seed="${CPOOL_FUZZ_SEED:-1}" -max_total_time="$secs" -timeout=10 \
+        -rss_limit_mb=2048 -max_len=4096 \
         -artifact_prefix="$work/crash-$h-" -print_final_stats=1 \
         "$found" "$src/tests/fuzz/corpus/$h" 2>"$work/fuzz-$h.log" ||
         { tail -n 60 "$work/fuzz-$h.log" >&2; exit 1; }
