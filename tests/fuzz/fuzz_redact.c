@@ -5,7 +5,8 @@
  * For an input libpq parses (conninfo or URL): every password and
  * sslpassword value libpq sees (4 bytes or more) occurs fewer times in the
  * redacted text than in the target -- the secret occurrence is gone, even
- * if the same bytes appear elsewhere in the target. */
+ * if the same bytes appear elsewhere in the target. Values holding the
+ * mask's '*' are not judged: the mask can spell them. */
 #include <cpool/cpool_connector.h>
 
 #include <libpq-fe.h>
@@ -48,7 +49,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     PQconninfoOption *opts = PQconninfoParse(in, &perr);
     PQfreemem(perr);
     for (PQconninfoOption *o = opts; o != NULL && o->keyword != NULL; o++) {
-        if (o->val == NULL || strlen(o->val) < 4 || strstr(o->val, "***") != NULL)
+        /* A value holding '*' can be spelt again by the mask itself
+         * ("a***:***" contains "*:**"): such values prove nothing. */
+        if (o->val == NULL || strlen(o->val) < 4 || strchr(o->val, '*') != NULL)
             continue;
         if (strcmp(o->keyword, "password") != 0 && strcmp(o->keyword, "sslpassword") != 0)
             continue;
