@@ -79,9 +79,8 @@ typedef struct pg_ctx {
     int64_t reset_timeout_ms; /* bound on ROLLBACK + reset_query at check-in,
                                  and on stopping a query left running */
     int64_t command_timeout_ms; /* bound on cpool_conn_execute; 0 = none */
-    /* Where probe() connects: the first host of the target (hostaddr
-     * first), or its unix socket; probe_kind 0 = cannot tell. */
-    int probe_kind;           /* 0 none, 1 TCP, 2 unix socket */
+    /* Where probe() connects (make_probe). */
+    enum { PROBE_NONE, PROBE_TCP, PROBE_UNIX } probe_kind;
     char probe_host[256];     /* TCP: name or address; unix: the socket path */
     char probe_port[16];
     char addr[200];           /* "host:port" or socket path, for messages */
@@ -421,68 +420,61 @@ static void first_of(const char *list, char *out, size_t size)
     out[n] = '\0';
 }
 
-/* Where probe() connects, from the options libpq parsed (and its
- * environment defaults). An abstract socket ('@') or a path too long is
- * left to the backoff. */
-static void make_probe(const PQconninfoOption *opts, pg_ctx *c)
-{
+/* The endpoint libpq tries first: the first host, hostaddr and port of
+ * their lists ("" = not given), with libpq's environment fallbacks, and
+ * 5432 for the port. */
+typedef struct pg_endpoint {
     char host[256], hostaddr[256], port[16];
-    const char *h = opts != NULL ? opt_val(opts, "host") : NULL;
-    first_of(h != NULL ? h : getenv("PGHOST"), host, sizeof host);
-    first_of(opts != NULL ? opt_val(opts, "hostaddr") : getenv("PGHOSTADDR"), hostaddr,
-             sizeof hostaddr);
-    const char *p = opts != NULL ? opt_val(opts, "port") : NULL;
-    first_of(p != NULL ? p : getenv("PGPORT"), port, sizeof port);
-    if (port[0] == '\0')
-        snprintf(port, sizeof port, "5432");
-    snprintf(c->probe_port, sizeof c->probe_port, "%s", port);
-    c->probe_kind = 0;
-    if (hostaddr[0] != '\0') {
-        snprintf(c->probe_host, sizeof c->probe_host, "%s", hostaddr);
-        c->probe_kind = 1;
-    } else if (host[0] == '@') {
-        return;
-    } else if (host[0] == '\0' || host[0] == '/') {
-        int w = snprintf(c->probe_host, sizeof c->probe_host, "%s/.s.PGSQL.%s",
-                         host[0] != '\0' ? host : "/var/run/postgresql", port);
-        if (w > 0 && (size_t)w < sizeof(((struct sockaddr_un *)0)->sun_path))
-            c->probe_kind = 2;
-    } else {
-        snprintf(c->probe_host, sizeof c->probe_host, "%s", host);
-        c->probe_kind = 1;
-    }
-}
+} pg_endpoint;
 
-static void make_addr(const PQconninfoOption *opts, char *buf, size_t size)
+static void first_endpoint(const PQconninfoOption *opts, pg_endpoint *ep)
 {
-    const char *host = opts != NULL ? opt_val(opts, "host") : NULL;
-    if (host == NULL && opts != NULL)
-        host = opt_val(opts, "hostaddr");
-    if (host == NULL)
-        host = getenv("PGHOST");
-    const char *port = opts != NULL ? opt_val(opts, "port") : NULL;
-    if (port == NULL)
-        port = getenv("PGPORT");
-    if (port == NULL || port[0] == '\0')
-        port = "5432";
-    int hl = host != NULL ? (int)strcspn(host, ",") : 0;
-    int pl = (int)strcspn(port, ",");
-    if (pl == 0) {
-        port = "5432";
-        pl = 4;
-    }
-    if (hl == 0)
-        snprintf(buf, size, "default socket:%.*s", pl, port);
-    else if (host[0] == '/' || host[0] == '@')
-        snprintf(buf, size, "%.*s/.s.PGSQL.%.*s", hl, host, pl, port);
-    else if (memchr(host, ':', (size_t)hl) != NULL)
-        snprintf(buf, size, "[%.*s]:%.*s", hl, host, pl, port);
-    else
-        snprintf(buf, size, "%.*s:%.*s", hl, host, pl, port);
+    const char *h = opts != NULL ? opt_val(opts, "host") : NULL;
+    const char *a = opts != NULL ? opt_val(opts, "hostaddr") : NULL;
+    const char *p = opts != NULL ? opt_val(opts, "port") : NULL;
+    first_of(h != NULL ? h : getenv("PGHOST"), ep->host, sizeof ep->host);
+    first_of(a != NULL ? a : getenv("PGHOSTADDR"), ep->hostaddr, sizeof ep->hostaddr);
+    first_of(p != NULL ? p : getenv("PGPORT"), ep->port, sizeof ep->port);
+    if (ep->port[0] == '\0')
+        snprintf(ep->port, sizeof ep->port, "5432");
 }
 
-/* Parses `target` into a context: takes our parameters out, checks the rest
- * with libpq. */
+/* Where probe() connects: hostaddr when given (libpq connects there), else
+ * the host or its unix socket. An abstract socket ('@') or a path too long
+ * is left to the backoff. */
+static void make_probe(const pg_endpoint *ep, pg_ctx *c)
+{
+    snprintf(c->probe_port, sizeof c->probe_port, "%s", ep->port);
+    c->probe_kind = PROBE_NONE;
+    if (ep->hostaddr[0] != '\0') {
+        snprintf(c->probe_host, sizeof c->probe_host, "%s", ep->hostaddr);
+        c->probe_kind = PROBE_TCP;
+    } else if (ep->host[0] == '\0' || ep->host[0] == '/') {
+        int w = snprintf(c->probe_host, sizeof c->probe_host, "%s/.s.PGSQL.%s",
+                         ep->host[0] != '\0' ? ep->host : "/var/run/postgresql", ep->port);
+        if (w > 0 && (size_t)w < sizeof(((struct sockaddr_un *)0)->sun_path))
+            c->probe_kind = PROBE_UNIX;
+    } else if (ep->host[0] != '@') {
+        snprintf(c->probe_host, sizeof c->probe_host, "%s", ep->host);
+        c->probe_kind = PROBE_TCP;
+    }
+}
+
+/* "host:port", "[v6]:port", the socket path, or "default socket:port",
+ * for messages (a host name past 170 bytes is cut). */
+static void make_addr(const pg_endpoint *ep, char *buf, size_t size)
+{
+    const char *host = ep->host[0] != '\0' ? ep->host : ep->hostaddr;
+    if (host[0] == '\0')
+        snprintf(buf, size, "default socket:%s", ep->port);
+    else if (host[0] == '/' || host[0] == '@')
+        snprintf(buf, size, "%.170s/.s.PGSQL.%s", host, ep->port);
+    else if (strchr(host, ':') != NULL)
+        snprintf(buf, size, "[%.170s]:%s", host, ep->port);
+    else
+        snprintf(buf, size, "%.170s:%s", host, ep->port);
+}
+
 /* Takes the parameter `name`, a number of milliseconds min..RESET_TIMEOUT_MAX_MS,
  * out of the target t into *out (left alone when absent). */
 static int take_ms(char *t, bool uri, const char *name, long long min, char *val,
@@ -507,6 +499,8 @@ static int take_ms(char *t, bool uri, const char *name, long long min, char *val
     return 0;
 }
 
+/* Parses `target` into a context: takes our parameters out, checks the rest
+ * with libpq. */
 static int ctx_parse(const char *target, pg_ctx **out, cpool_error *err)
 {
     *out = NULL;
@@ -582,8 +576,10 @@ static int ctx_parse(const char *target, pg_ctx **out, cpool_error *err)
         }
         rc = check_values(opts, err);
     }
-    make_addr(opts, c->addr, sizeof c->addr);
-    make_probe(opts, c);
+    pg_endpoint ep;
+    first_endpoint(opts, &ep);
+    make_addr(&ep, c->addr, sizeof c->addr);
+    make_probe(&ep, c);
     PQconninfoFree(opts);
     if (rc != 0)
         goto out;
@@ -1636,10 +1632,10 @@ static int connect_by(int family, const struct sockaddr *sa, socklen_t len, int6
 static int pg_probe(void *vctx, int64_t deadline_ns, cpool_error *err)
 {
     const pg_ctx *ctx = vctx;
-    if (ctx == NULL || ctx->probe_kind == 0)
+    if (ctx == NULL || ctx->probe_kind == PROBE_NONE)
         return 1;
     int eno;
-    if (ctx->probe_kind == 2) {
+    if (ctx->probe_kind == PROBE_UNIX) {
         struct sockaddr_un sa;
         memset(&sa, 0, sizeof sa);
         sa.sun_family = AF_UNIX;

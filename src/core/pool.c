@@ -1627,20 +1627,19 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
                     rc = p->draining                    ? CPOOL_ESHUTDOWN
                          : p->state == CPOOL_STATE_CLOSED ? CPOOL_ECLOSED
                                                           : CPOOL_ECLEARED;
-                else if (t.caller_bound && ce.kind == CPOOL_FAIL_TIMEOUT &&
-                         cpool__now(p) >= deadline) {
-                    rc = CPOOL_ETIMEDOUT; /* the caller's own deadline ran out */
-                    if (capacity_refused.code != 0)
-                        ce = capacity_refused; /* ... waiting for a free slot */
-                }
                 else if (ce.kind == CPOOL_FAIL_CAPACITY &&
                          (t.wait_deadline == NO_DEADLINE || cpool__now(p) < t.wait_deadline)) {
                     /* The server is full: wait for a lease or a free slot
                      * within the deadline, as for a full pool. */
                     capacity_refused = ce;
                     continue;
-                } else if (ce.kind == CPOOL_FAIL_CAPACITY)
-                    rc = CPOOL_ETIMEDOUT;
+                } else if (ce.kind == CPOOL_FAIL_CAPACITY ||
+                           (t.caller_bound && ce.kind == CPOOL_FAIL_TIMEOUT &&
+                            cpool__now(p) >= deadline)) {
+                    rc = CPOOL_ETIMEDOUT; /* the caller's own deadline ran out */
+                    if (capacity_refused.code != 0)
+                        ce = capacity_refused; /* ... waiting for a free slot */
+                }
                 cause = &ce;
                 goto fail;
             }
@@ -1923,13 +1922,13 @@ static void keepalive_relock(cpool *p)
         pthread_mutex_unlock(&p->mu);
         cpool_error ce;
         memset(&ce, 0, sizeof ce);
+        /* A ping is bounded as an establishment is, and by 10 s when
+         * connect_timeout_ms is 0: the background thread must not hang. */
+        int64_t bound_ms = p->opts.connect_timeout_ms > 0 ? p->opts.connect_timeout_ms : 10000;
         int rc = p->cx->check != NULL
                      ? p->cx->check(p->cx_ctx, native, &ce)
                      : p->cx->ping(p->cx_ctx, native,
-                                   real_deadline(p, deadline_after(cpool__now(p),
-                                                                   p->opts.connect_timeout_ms > 0
-                                                                       ? p->opts.connect_timeout_ms
-                                                                       : 10000)),
+                                   real_deadline(p, deadline_after(cpool__now(p), bound_ms)),
                                    &ce);
         pthread_mutex_lock(&p->mu);
         p->st_keepalives++;
@@ -1951,6 +1950,25 @@ static void keepalive_relock(cpool *p)
             atomic_store_explicit(&c->available_since_ns, since, memory_order_relaxed);
         }
     }
+}
+
+/* Opens one connection into the pool, not as a lease (the refill, and
+ * startup): it becomes available, or goes to the oldest waiter. Each
+ * establishment gets connect_timeout_ms, never past `until` (pool clock;
+ * NO_DEADLINE = none) -- a caller's bound. 0, CPOOL_ENOMEM (nothing was
+ * made), or the establishment's error in *e. Releases mu. */
+static int open_into_pool_locked(cpool *p, int64_t until, cpool_error *e)
+{
+    cpool_conn *c = conn_new_locked(p);
+    if (c == NULL)
+        return cpool__err(e, CPOOL_ENOMEM, "open %s: out of memory", p->address);
+    emit_created_relock(p, c);
+    int64_t d = p->opts.connect_timeout_ms > 0
+                    ? deadline_after(cpool__now(p), p->opts.connect_timeout_ms)
+                    : NO_DEADLINE;
+    bool bound = until <= d;
+    int rc = establish_locked(p, c, bound ? until : d, false, bound, e);
+    return rc == ESTABLISH_RETRY ? 0 : rc;
 }
 
 /* One background run: close perished available connections (oldest first),
@@ -1983,18 +2001,10 @@ static void maintain_locked(cpool *p)
         scan_leaks_locked(p);
     keepalive_relock(p);
     grant_capacity_locked(p); /* a backoff step may have ended */
+    cpool_error ce;
     while (p->state == CPOOL_STATE_READY && total_locked(p) < p->opts.min_pool_size &&
            can_create_locked(p)) {
-        cpool_conn *c = conn_new_locked(p);
-        if (c == NULL)
-            break;
-        emit_created_relock(p, c);
-        cpool_error ce;
-        int64_t deadline = p->opts.connect_timeout_ms > 0
-                               ? deadline_after(cpool__now(p), p->opts.connect_timeout_ms)
-                               : NO_DEADLINE;
-        int rc = establish_locked(p, c, deadline, false, false, &ce);
-        if (rc != 0 && rc != ESTABLISH_RETRY)
+        if (open_into_pool_locked(p, NO_DEADLINE, &ce) != 0)
             break; /* try again at the next run */
     }
 }
@@ -2362,10 +2372,17 @@ static void free_pool(cpool *p)
     free(p);
 }
 
-/* CPOOL_LOG=error|warn|info|debug gives a pool without a log sink of its
- * own the built-in JSON-lines sink, on stderr or appended to
- * CPOOL_LOG_PATH: logs for a program that never asked for them, switched
- * on where it runs. */
+/* CPOOL_LOG's level (0..3), or a CPOOL_EINVAL naming it. */
+static int env_log_level(const char *level, cpool_error *err)
+{
+    static const char *const names[] = {"error", "warn", "info", "debug"};
+    for (int i = 0; i < 4; i++)
+        if (strcasecmp(level, names[i]) == 0)
+            return i;
+    return cpool__err(err, CPOOL_EINVAL,
+                      "CPOOL_LOG = \"%.32s\" (from env): allowed error|warn|info|debug", level);
+}
+
 /* What env_log_sink() would refuse, without opening anything: for
  * cpool_options_explain(), which must refuse what cpool_create() refuses. */
 int cpool__env_log_check(const cpool_options *o, cpool_error *err)
@@ -2375,14 +2392,9 @@ int cpool__env_log_check(const cpool_options *o, cpool_error *err)
     const char *level = getenv("CPOOL_LOG");
     if (level == NULL || level[0] == '\0')
         return 0;
-    static const char *const names[] = {"error", "warn", "info", "debug"};
-    bool known = false;
-    for (int i = 0; i < 4; i++)
-        known = known || strcasecmp(level, names[i]) == 0;
-    if (!known)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "CPOOL_LOG = \"%.32s\" (from env): allowed error|warn|info|debug",
-                          level);
+    int lv = env_log_level(level, err);
+    if (lv < 0)
+        return lv;
     const char *path = getenv("CPOOL_LOG_PATH");
     if (path == NULL || path[0] == '\0' || access(path, W_OK) == 0)
         return 0;
@@ -2399,20 +2411,18 @@ int cpool__env_log_check(const cpool_options *o, cpool_error *err)
                       path);
 }
 
+/* CPOOL_LOG=error|warn|info|debug gives a pool without a log sink of its
+ * own the built-in JSON-lines sink, on stderr or appended to
+ * CPOOL_LOG_PATH: logs for a program that never asked for them, switched
+ * on where it runs. */
 static int env_log_sink(cpool *p, cpool_options *o, cpool_error *err)
 {
     const char *level = getenv("CPOOL_LOG");
     if (level == NULL || level[0] == '\0')
         return 0;
-    static const char *const names[] = {"error", "warn", "info", "debug"};
-    int lv = -1;
-    for (int i = 0; i < 4; i++)
-        if (strcasecmp(level, names[i]) == 0)
-            lv = i;
+    int lv = env_log_level(level, err);
     if (lv < 0)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "CPOOL_LOG = \"%.32s\" (from env): allowed error|warn|info|debug",
-                          level);
+        return lv;
     FILE *f = stderr;
     const char *path = getenv("CPOOL_LOG_PATH");
     if (path != NULL && path[0] != '\0') {
@@ -2777,18 +2787,9 @@ int cpool_wait_connected(cpool *p, uint32_t n, int64_t timeout_ms, cpool_error *
             break;
         }
         if (p->state == CPOOL_STATE_READY && total_locked(p) < n && can_create_locked(p)) {
-            cpool_conn *c = conn_new_locked(p);
-            if (c == NULL) {
-                rc = CPOOL_ENOMEM;
-                cpool__err(&e, rc, "wait_connected: out of memory");
+            if ((rc = open_into_pool_locked(p, deadline, &e)) == CPOOL_ENOMEM)
                 break;
-            }
-            emit_created_relock(p, c);
-            int64_t d = p->opts.connect_timeout_ms > 0
-                            ? deadline_after(cpool__now(p), p->opts.connect_timeout_ms)
-                            : NO_DEADLINE;
-            bool bound = deadline <= d;
-            (void)establish_locked(p, c, bound ? deadline : d, false, bound, &e);
+            rc = 0; /* an establishment failure follows the backoff */
             continue;
         }
         /* A backoff step, the maxConnecting limit or a paused pool: look
