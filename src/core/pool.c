@@ -2372,13 +2372,18 @@ static void free_pool(cpool *p)
     free(p);
 }
 
-/* CPOOL_LOG's level (0..3), or a CPOOL_EINVAL naming it. */
-static int env_log_level(const char *level, cpool_error *err)
+/* CPOOL_LOG's level into *lv (0..3; -1 when the variable is unset or
+ * empty): 0, or a CPOOL_EINVAL naming it. */
+static int env_log_level(int *lv, cpool_error *err)
 {
     static const char *const names[] = {"error", "warn", "info", "debug"};
+    const char *level = getenv("CPOOL_LOG");
+    *lv = -1;
+    if (level == NULL || level[0] == '\0')
+        return 0;
     for (int i = 0; i < 4; i++)
         if (strcasecmp(level, names[i]) == 0)
-            return i;
+            return *lv = i, 0;
     return cpool__err(err, CPOOL_EINVAL,
                       "CPOOL_LOG = \"%.32s\" (from env): allowed error|warn|info|debug", level);
 }
@@ -2389,12 +2394,9 @@ int cpool__env_log_check(const cpool_options *o, cpool_error *err)
 {
     if (o->on_log != NULL || o->ignore_env)
         return 0;
-    const char *level = getenv("CPOOL_LOG");
-    if (level == NULL || level[0] == '\0')
-        return 0;
-    int lv = env_log_level(level, err);
-    if (lv < 0)
-        return lv;
+    int lv, rc = env_log_level(&lv, err);
+    if (rc != 0 || lv < 0)
+        return rc;
     const char *path = getenv("CPOOL_LOG_PATH");
     if (path == NULL || path[0] == '\0' || access(path, W_OK) == 0)
         return 0;
@@ -2417,12 +2419,9 @@ int cpool__env_log_check(const cpool_options *o, cpool_error *err)
  * on where it runs. */
 static int env_log_sink(cpool *p, cpool_options *o, cpool_error *err)
 {
-    const char *level = getenv("CPOOL_LOG");
-    if (level == NULL || level[0] == '\0')
-        return 0;
-    int lv = env_log_level(level, err);
-    if (lv < 0)
-        return lv;
+    int lv, rc = env_log_level(&lv, err);
+    if (rc != 0 || lv < 0)
+        return rc;
     FILE *f = stderr;
     const char *path = getenv("CPOOL_LOG_PATH");
     if (path != NULL && path[0] != '\0') {
