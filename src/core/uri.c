@@ -278,6 +278,11 @@ size_t cpool_redact(const char *target, char *buf, size_t size)
             put(&o, p, (size_t)(colon + 1 - p));
             put(&o, "***", 3);
             p = at;
+        } else if (at != NULL) {
+            /* User info without a password: kept, and the query is looked
+             * for after it (a '?' inside it is not one). */
+            put(&o, p, (size_t)(at - p));
+            p = at;
         }
         size_t before = strcspn(p, "?");
         put(&o, p, before);
