@@ -273,6 +273,13 @@ size_t cpool_redact(const char *target, char *buf, size_t size)
             if (auth[i] == '@')
                 at = auth + i; /* the last '@' ends the user info */
         const char *colon = at != NULL ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+        /* libpq ends the user info at the first '@' (a later one may sit in
+         * a query value); so does any URL whose user info holds no
+         * password. Other schemes' passwords may hold a bare '@'. */
+        if (at != NULL && (colon == NULL || strncmp(t, "postgres", 8) == 0)) {
+            at = memchr(auth, '@', alen);
+            colon = memchr(auth, ':', (size_t)(at - auth));
+        }
         const char *p = t;
         if (colon != NULL) {
             put(&o, p, (size_t)(colon + 1 - p));
