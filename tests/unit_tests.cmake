@@ -177,7 +177,11 @@ cpool_unit_suite(tenants LABEL unit TIMEOUT 60 CASES
   saturating_tenant_does_not_take_reserved_minimum
   tenant_configuration_errors
   closed_lease_frees_tenant_for_available_connection
-  first_tenant_refused_after_clear)
+  first_tenant_refused_after_clear
+  session_never_crosses_tenants
+  tenant_gets_its_own_connection_back
+  handoff_to_other_tenant_resets_session
+  session_reset_failure_or_absence_closes)
 
 cpool_unit_suite(log LABEL unit TIMEOUT 30 CASES
   lifecycle_messages

@@ -182,6 +182,9 @@ typedef enum cpool_close_reason {
     CPOOL_CLOSE_USES,       /* "uses": leased recycle_after_uses times */
     CPOOL_CLOSE_RECLAIMED,  /* "reclaimed": held past leak_reclaim_ms; the
                                pool interrupted it and took its slot back */
+    CPOOL_CLOSE_SESSION,    /* "session": another tenant's turn, and its
+                               connector cannot reset a session (no
+                               discard method, e.g. SQLite) */
     CPOOL_CLOSE_REASON_COUNT_
 } cpool_close_reason;
 
@@ -590,6 +593,10 @@ typedef struct cpool_tenant_stats {
     uint32_t waiting;       /* its checkouts in the queue */
     uint64_t checkouts_ok;
     uint64_t limit_timeouts; /* CPOOL_ETENANT */
+    /* 0.2: checkouts served with a connection another tenant used last,
+     * whose session was therefore reset in full first (connector discard),
+     * and those served with one this tenant used last (no reset needed). */
+    uint64_t switched, affine;
 } cpool_tenant_stats;
 
 /* CPOOL_EINVAL for an unknown tenant. */

@@ -17,7 +17,7 @@
 extern "C" {
 #endif
 
-#define CPOOL_CONNECTOR_ABI 3
+#define CPOOL_CONNECTOR_ABI 4
 #define CPOOL_PHASE_SLOTS 8 /* > every cpool_phase value */
 #define CPOOL_SERVICE_ID_MAX 64
 
@@ -119,6 +119,19 @@ struct cpool_connector {
      * tell for this target (the backoff then runs its course). deadline_ns
      * as in cpool_connect_args. NULL = no probe. */
     int (*probe)(void *ctx, int64_t deadline_ns, cpool_error *err);
+
+    /* ---- ABI 4 (0.2) ---- */
+
+    /* Makes the session as fresh as a new connection's -- identity, settings,
+     * temporary objects, prepared statements, locks, subscriptions, the
+     * selected database -- bounded by deadline_ns (PostgreSQL: DISCARD ALL;
+     * Redis: RESET, then the target's AUTH, CLIENT SETNAME and SELECT). The
+     * core calls it at checkout, outside its lock, before a connection that
+     * one tenant used goes to another (cpool_tenant_set). Non-zero = the
+     * connection is closed and the checkout goes on with another. NULL = the
+     * connector cannot: such a connection is closed (reason "session") and
+     * the other tenant gets a new one. */
+    int (*discard)(void *ctx, void *native, int64_t deadline_ns, cpool_error *err);
 };
 
 /* Sets err to an establishment failure; the helper connectors use. Returns

@@ -58,6 +58,7 @@ typedef struct cpool_mem_stats {
     uint64_t checks;     /* check() calls */
     uint64_t pings;      /* ping() calls */
     uint64_t probes;     /* 0.2: probe() calls */
+    uint64_t discards;   /* 0.2: discard() calls */
 } cpool_mem_stats;
 
 CPOOL_API void cpool_mem_get_stats(cpool_mem *mem, cpool_mem_stats *out);
@@ -80,6 +81,14 @@ CPOOL_API uint64_t cpool_mem_conn_id(void *native);
 /* Marks it "inside a transaction": reset() clears the mark and counts. */
 CPOOL_API void cpool_mem_conn_begin(void *native);
 CPOOL_API bool cpool_mem_conn_in_txn(void *native);
+/* Session state a lease may leave behind (a role, a temp table ...): a
+ * value that reset() keeps and discard() clears to 0, as a server's
+ * session keeps what a check-in's light reset does not undo. A "hung"
+ * connection fails discard() as it fails ping(). */
+/* 0.2 */
+CPOOL_API void cpool_mem_conn_set_session(void *native, uint64_t value);
+/* 0.2 */
+CPOOL_API uint64_t cpool_mem_conn_session(void *native);
 
 #ifdef __cplusplus
 }

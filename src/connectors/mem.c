@@ -50,6 +50,7 @@ typedef struct mem_conn {
     atomic_bool broken;
     atomic_bool interrupted;
     atomic_bool in_txn;    /* atomic only so that a test thread may read it */
+    _Atomic uint64_t session; /* see cpool_mem_conn_set_session */
 } mem_conn;
 
 static int64_t mono_ns(void)
@@ -523,6 +524,42 @@ static int mem_reset(void *ctx, void *native, cpool_error *err)
     return 0;
 }
 
+/* A full session reset: what a lease left (the session value, an open
+ * transaction) is gone, as on a new connection. */
+static int mem_discard(void *ctx, void *native, int64_t deadline_ns, cpool_error *err)
+{
+    (void)ctx;
+    (void)deadline_ns;
+    mem_conn *c = native;
+    if (c == NULL)
+        return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_QUERY,
+                               CPOOL_FAIL_OTHER, 0, "discard: no connection");
+    pthread_mutex_lock(&c->mem->mu);
+    c->mem->stats.discards++;
+    pthread_mutex_unlock(&c->mem->mu);
+    if (atomic_load(&c->hung))
+        return cpool_error_set(err, CPOOL_EIO, CPOOL_PHASE_QUERY, CPOOL_FAIL_TIMEOUT, 0,
+                               "discard on mem connection %llu: no answer",
+                               (unsigned long long)c->id);
+    int rc = conn_alive(c, "discard", err);
+    if (rc != 0)
+        return rc;
+    atomic_store(&c->in_txn, false);
+    atomic_store(&c->session, 0);
+    return 0;
+}
+
+void cpool_mem_conn_set_session(void *native, uint64_t value)
+{
+    if (native != NULL)
+        atomic_store(&((mem_conn *)native)->session, value);
+}
+
+uint64_t cpool_mem_conn_session(void *native)
+{
+    return native != NULL ? atomic_load(&((mem_conn *)native)->session) : 0;
+}
+
 static void mem_interrupt(void *ctx, void *native)
 {
     (void)ctx;
@@ -635,6 +672,7 @@ static const cpool_connector mem_connector = {
     .check = mem_check,
     .ping = mem_ping,
     .reset = mem_reset,
+    .discard = mem_discard,
     .interrupt = mem_interrupt,
     .address = mem_address,
     .ctx_new = mem_ctx_new,

@@ -53,6 +53,7 @@ const char *cpool_close_reason_name(int reason)
     case CPOOL_CLOSE_LIFETIME: return "lifetime";
     case CPOOL_CLOSE_USES: return "uses";
     case CPOOL_CLOSE_RECLAIMED: return "reclaimed";
+    case CPOOL_CLOSE_SESSION: return "session";
     default: return "unknown";
     }
 }
@@ -82,6 +83,8 @@ static const char *close_reason_text(int reason)
         return "Connection was leased the configured number of times and is recycled";
     case CPOOL_CLOSE_RECLAIMED:
         return "Connection was held longer than the leak reclaim time and was taken back";
+    case CPOOL_CLOSE_SESSION:
+        return "Connection was about to serve another tenant and its session cannot be reset";
     default: return "Connection pool was closed";
     }
 }

@@ -1405,6 +1405,73 @@ int cpool_checkout_at(cpool *p, int64_t timeout_ms, const char *label, cpool_con
     return checkout_impl(p, timeout_ms, label, NULL, out, err);
 }
 
+/* An available connection for tenant t: preferably one t used last, then
+ * one nobody used since it was established, else the newest. Handing a
+ * tenant its own connections keeps full session resets (see
+ * tenant_switch_relock) to the times the pool must lend one across. */
+static cpool_conn *affine_available_locked(const cpool *p, const tenant *t)
+{
+    cpool_conn *fresh = NULL;
+    for (cpool_conn *c = p->available.head; c != NULL; c = c->next) {
+        if (c->last_tenant == t)
+            return c;
+        if (fresh == NULL && c->last_tenant == NULL)
+            fresh = c;
+    }
+    return fresh != NULL ? fresh : p->available.head;
+}
+
+/* A connection taken for a checkout goes back, unblamed and unused. */
+static void put_back_locked(cpool *p, cpool_conn *c)
+{
+    unassign_locked(c);
+    atomic_store_explicit(&c->leased, LEASE_NONE, memory_order_relaxed);
+    set_state_locked(p, c, CONN_AVAILABLE);
+}
+
+#define SWITCH_CLOSED 1
+
+/* Tenant t is about to lease c. When another tenant used c last, its session
+ * is reset in full first (connector discard, outside mu, within the
+ * checkout's deadline), so that nothing one tenant left in it reaches
+ * another. Returns 0 to hand c out, SWITCH_CLOSED when c was closed (the
+ * checkout goes on with another), CPOOL_ETIMEDOUT when no time is left
+ * (c goes back). */
+static int tenant_switch_relock(cpool *p, cpool_conn *c, tenant *t, int64_t deadline,
+                                cpool_error *ce)
+{
+    if (c->last_tenant == NULL || c->last_tenant == t) {
+        if (c->last_tenant == t)
+            t->affine++;
+        return 0;
+    }
+    if (p->cx->abi_version < 4 || p->cx->discard == NULL) {
+        cpool__err(ce, CPOOL_EIO, "connection %llu to %s: another tenant used it last, and "
+                   "the %s connector cannot reset a session", (unsigned long long)c->id,
+                   p->address, p->cx->name != NULL ? p->cx->name : "?");
+        close_conn_locked(p, c, CPOOL_CLOSE_SESSION, ce);
+        return SWITCH_CLOSED;
+    }
+    if (deadline != NO_DEADLINE && cpool__now(p) >= deadline) {
+        put_back_locked(p, c);
+        return CPOOL_ETIMEDOUT;
+    }
+    pthread_mutex_unlock(&p->mu);
+    ce->code = 0;
+    ce->message[0] = '\0';
+    int bad = p->cx->discard(p->cx_ctx, c->native, real_deadline(p, deadline), ce);
+    pthread_mutex_lock(&p->mu);
+    if (bad != 0) {
+        if (ce->code == 0)
+            cpool__err(ce, CPOOL_EIO, "discard on %s failed", p->address);
+        close_conn_locked(p, c, CPOOL_CLOSE_ERROR, ce);
+        return SWITCH_CLOSED;
+    }
+    c->last_tenant = NULL;
+    t->switched++;
+    return 0;
+}
+
 static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
                          const char *tenant_name, cpool_conn **out, cpool_error *err)
 {
@@ -1476,11 +1543,11 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
             goto fail;
         }
 
-        bool establish = false;
+        bool establish = false, handed = false;
         /* Strict FIFO: nobody is ahead of us (with tenants: nobody who may
          * take one, and our own tenant may). */
         if (next_waiter_locked(p) == NULL && (tn == NULL || tenant_allows_locked(p, tn))) {
-            c = p->available.head;
+            c = tn != NULL ? affine_available_locked(p, tn) : p->available.head;
             int reason = -1;
             if (c != NULL) {
                 int64_t now = perish_now(p);
@@ -1568,7 +1635,7 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
                 pthread_mutex_unlock(&p->mu);
                 served = wait_served(p, &w, wake) && waiter_done(&w);
             }
-            if (served && !w.establish && w.fail == 0 && !p->observed) {
+            if (served && !w.establish && w.fail == 0 && !p->observed && tn == NULL) {
                 /* Handed a connection that was just checked in (and reset):
                  * return without touching the pool lock at all. */
                 sem_destroy(&w.sem);
@@ -1610,8 +1677,7 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
             }
             c = w.conn;
             establish = w.establish;
-            if (!establish)
-                break; /* handed over at check-in: no liveness check needed */
+            handed = !establish; /* at check-in: no liveness check needed */
         }
         if (establish) {
             int64_t deadline = conn_deadline(&t);
@@ -1643,7 +1709,7 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
                 cause = &ce;
                 goto fail;
             }
-        } else if (p->opts.validation != CPOOL_VALIDATE_NONE) {
+        } else if (!handed && p->opts.validation != CPOOL_VALIDATE_NONE) {
             /* The validation policy, outside the lock, within the same
              * deadline as the rest of the checkout. Without time left for a
              * ping the connection goes back, unblamed, and the caller gets
@@ -1651,9 +1717,7 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
             int64_t deadline = conn_deadline(&t);
             bool ping = wants_ping(p, c);
             if (no_time_to_ping(p, ping, deadline)) {
-                unassign_locked(c);
-                atomic_store_explicit(&c->leased, LEASE_NONE, memory_order_relaxed);
-                set_state_locked(p, c, CONN_AVAILABLE);
+                put_back_locked(p, c);
                 rc = CPOOL_ETIMEDOUT;
                 goto fail;
             }
@@ -1665,13 +1729,22 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
                 continue;
             }
         }
+        if (!establish && tn != NULL) {
+            rc = tenant_switch_relock(p, c, tn, conn_deadline(&t), &ce);
+            if (rc == SWITCH_CLOSED)
+                continue;
+            if (rc != 0)
+                goto fail;
+        }
         break;
     }
     if (w_ready)
         sem_destroy(&w.sem);
     lease_begin(p, c, t.start, !fresh, label);
-    if (c->tenant != NULL)
+    if (c->tenant != NULL) {
         c->tenant->checkouts_ok++;
+        c->last_tenant = c->tenant;
+    }
     if (p->observed) {
         cpool_event ev;
         cpool__event_init(p, &ev, CPOOL_EV_CHECKED_OUT);
@@ -2959,6 +3032,8 @@ int cpool_get_tenant_stats(cpool *p, const char *name, cpool_tenant_stats *out)
         out->waiting = t->waiting;
         out->checkouts_ok = t->checkouts_ok;
         out->limit_timeouts = t->limit_timeouts;
+        out->switched = t->switched;
+        out->affine = t->affine;
     }
     pthread_mutex_unlock(&p->mu);
     return t != NULL ? 0 : CPOOL_EINVAL;

@@ -56,6 +56,7 @@ typedef struct tenant {
     uint32_t in_use;   /* connections assigned to its checkouts */
     uint32_t waiting;
     uint64_t checkouts_ok, limit_timeouts;
+    uint64_t switched, affine; /* see cpool_tenant_stats */
 } tenant;
 
 /* Statistics cells. A connection's cell is written only by whoever owns the
@@ -114,6 +115,8 @@ struct cpool_conn {
     char label[64];           /* the checkout's label */
     int64_t leak_lease;       /* leased_ns of the lease last reported; mu */
     tenant *tenant;           /* whose checkout holds it (or establishes it); mu */
+    tenant *last_tenant;      /* whose lease used it last; NULL = none since it
+                                 was established or discarded; mu */
     bool reclaimed;           /* taken back from its holder: closed, not
                                  abandoned, when it returns; mu */
 };

@@ -278,6 +278,173 @@ TEST(first_tenant_refused_after_clear)
     cpool_mem_destroy(mem);
 }
 
+static uint64_t session_of(cpool_conn *c)
+{
+    return cpool_mem_conn_session(cpool_conn_native(c));
+}
+
+static cpool_mem_stats mem_stats(cpool_mem *mem)
+{
+    cpool_mem_stats s;
+    cpool_mem_get_stats(mem, &s);
+    return s;
+}
+
+/* What one tenant leaves in a session, the next tenant never sees: the
+ * connection's session is reset in full (discard) before it changes
+ * hands; within a tenant it carries over, as documented. */
+TEST(session_never_crosses_tenants)
+{
+    cpool_mem *mem;
+    cpool *p = tenant_pool(&mem, 1);
+    ASSERT_OK(cpool_tenant_set(p, "a", 0, 0, NULL));
+    ASSERT_OK(cpool_tenant_set(p, "b", 0, 0, NULL));
+    test_ready(p);
+    cpool_conn *c;
+    ASSERT_OK(take(p, "a", 1000, &c, NULL));
+    cpool_mem_conn_set_session(cpool_conn_native(c), 0xA);
+    test_checkin(p, c, 0);
+    ASSERT_OK(take(p, "a", 1000, &c, NULL));
+    ASSERT_EQ(0xA, session_of(c)); /* same tenant: kept, no reset */
+    ASSERT_EQ(0, mem_stats(mem).discards);
+    test_checkin(p, c, 0);
+
+    ASSERT_OK(take(p, "b", 1000, &c, NULL));
+    ASSERT_EQ(0, session_of(c));
+    ASSERT_EQ(1, mem_stats(mem).discards);
+    cpool_mem_conn_set_session(cpool_conn_native(c), 0xB);
+    test_checkin(p, c, 0);
+
+    ASSERT_OK(take(p, NULL, 1000, &c, NULL)); /* the unnamed tenant is one too */
+    ASSERT_EQ(0, session_of(c));
+    test_checkin(p, c, 0);
+    ASSERT_EQ(2, mem_stats(mem).discards);
+    ASSERT_EQ(1, mem_stats(mem).connects); /* reset, not reconnected */
+
+    cpool_tenant_stats s;
+    ASSERT_OK(cpool_get_tenant_stats(p, "a", &s));
+    ASSERT_EQ(0, s.switched);
+    ASSERT_EQ(1, s.affine);
+    ASSERT_OK(cpool_get_tenant_stats(p, "b", &s));
+    ASSERT_EQ(1, s.switched);
+    ASSERT_EQ(0, s.affine);
+    cpool_destroy(p);
+    cpool_mem_destroy(mem);
+}
+
+/* A tenant is handed a connection it used last when there is one, even
+ * when another tenant's was returned more recently: no reset is needed. */
+TEST(tenant_gets_its_own_connection_back)
+{
+    cpool_mem *mem;
+    cpool *p = tenant_pool(&mem, 2);
+    ASSERT_OK(cpool_tenant_set(p, "a", 0, 0, NULL));
+    ASSERT_OK(cpool_tenant_set(p, "b", 0, 0, NULL));
+    test_ready(p);
+    cpool_conn *a1, *b1;
+    ASSERT_OK(take(p, "a", 1000, &a1, NULL));
+    ASSERT_OK(take(p, "b", 1000, &b1, NULL));
+    uint64_t a_id = cpool_mem_conn_id(cpool_conn_native(a1));
+    uint64_t b_id = cpool_mem_conn_id(cpool_conn_native(b1));
+    test_checkin(p, a1, 0);
+    test_checkin(p, b1, 0); /* the newest available: b's */
+    ASSERT_OK(take(p, "a", 1000, &a1, NULL));
+    ASSERT_EQ(a_id, cpool_mem_conn_id(cpool_conn_native(a1)));
+    ASSERT_OK(take(p, "b", 1000, &b1, NULL));
+    ASSERT_EQ(b_id, cpool_mem_conn_id(cpool_conn_native(b1)));
+    ASSERT_EQ(0, mem_stats(mem).discards);
+    test_checkin(p, a1, 0);
+    test_checkin(p, b1, 0);
+    cpool_destroy(p);
+    cpool_mem_destroy(mem);
+}
+
+static void *b_waiter(void *x)
+{
+    waiter_arg *a = x;
+    a->rc = take(a->p, "b", 5000, &a->c, NULL);
+    atomic_store(&a->done, true);
+    return NULL;
+}
+
+/* A connection handed straight from a check-in to another tenant's queued
+ * checkout is reset on the way too. */
+TEST(handoff_to_other_tenant_resets_session)
+{
+    cpool_mem *mem;
+    cpool *p = tenant_pool(&mem, 1);
+    ASSERT_OK(cpool_tenant_set(p, "a", 0, 0, NULL));
+    ASSERT_OK(cpool_tenant_set(p, "b", 0, 0, NULL));
+    test_ready(p);
+    cpool_conn *a1;
+    ASSERT_OK(take(p, "a", 1000, &a1, NULL));
+    cpool_mem_conn_set_session(cpool_conn_native(a1), 0xA);
+    pthread_t th;
+    waiter_arg arg = {p, NULL, -100, false};
+    TEST_THREAD_START(&th, b_waiter, &arg);
+    WAIT_UNTIL(test_counts(p).waiting == 1, 2000);
+    test_checkin(p, a1, 0);
+    pthread_join(th, NULL);
+    ASSERT_OK(arg.rc);
+    ASSERT_EQ(0, session_of(arg.c));
+    ASSERT_EQ(1, mem_stats(mem).discards);
+    test_checkin(p, arg.c, 0);
+    cpool_destroy(p);
+    cpool_mem_destroy(mem);
+}
+
+/* A reset that fails closes the connection, and the checkout goes on with
+ * a new one; a connector that cannot reset a session has its connection
+ * closed (reason "session") instead of lent across. */
+TEST(session_reset_failure_or_absence_closes)
+{
+    cpool_mem *mem;
+    cpool *p = tenant_pool(&mem, 2);
+    ASSERT_OK(cpool_tenant_set(p, "a", 0, 0, NULL));
+    ASSERT_OK(cpool_tenant_set(p, "b", 0, 0, NULL));
+    test_ready(p);
+    cpool_conn *c;
+    ASSERT_OK(take(p, "a", 1000, &c, NULL));
+    cpool_mem_conn_set_session(cpool_conn_native(c), 0xA);
+    cpool_mem_conn_hang(cpool_conn_native(c)); /* its discard will fail */
+    test_checkin(p, c, 0);
+    ASSERT_OK(take(p, "b", 1000, &c, NULL));
+    ASSERT_EQ(0, session_of(c));
+    ASSERT_EQ(2, mem_stats(mem).connects);
+    cpool_stats st;
+    memset(&st, 0, sizeof st);
+    st.struct_size = sizeof st;
+    ASSERT_OK(cpool_get_stats(p, &st));
+    ASSERT_EQ(1, st.closed[CPOOL_CLOSE_ERROR]);
+    test_checkin(p, c, 0);
+    cpool_destroy(p);
+
+    cpool_connector cx = *cpool_mem_connector();
+    cx.discard = NULL;
+    cpool_options o;
+    test_options(&o, mem, NULL);
+    o.connector = &cx;
+    o.max_pool_size = 1;
+    p = test_pool_create(&o);
+    ASSERT_OK(cpool_tenant_set(p, "a", 0, 0, NULL));
+    ASSERT_OK(cpool_tenant_set(p, "b", 0, 0, NULL));
+    test_ready(p);
+    ASSERT_OK(take(p, "a", 1000, &c, NULL));
+    uint64_t first = cpool_mem_conn_id(cpool_conn_native(c));
+    cpool_mem_conn_set_session(cpool_conn_native(c), 0xA);
+    test_checkin(p, c, 0);
+    ASSERT_OK(take(p, "b", 1000, &c, NULL));
+    ASSERT_TRUE(cpool_mem_conn_id(cpool_conn_native(c)) != first);
+    ASSERT_EQ(0, session_of(c));
+    memset(&st, 0, sizeof st);
+    st.struct_size = sizeof st;
+    ASSERT_OK(cpool_get_stats(p, &st));
+    ASSERT_EQ(1, st.closed[CPOOL_CLOSE_SESSION]);
+    test_checkin(p, c, 0);
+    cpool_destroy(p);
+    cpool_mem_destroy(mem);
+}
+
 int main(int argc, char **argv)
 {
     static const test_case cases[] = {
@@ -289,6 +456,10 @@ int main(int argc, char **argv)
         TEST_ENTRY(tenant_configuration_errors),
         TEST_ENTRY(closed_lease_frees_tenant_for_available_connection),
         TEST_ENTRY(first_tenant_refused_after_clear),
+        TEST_ENTRY(session_never_crosses_tenants),
+        TEST_ENTRY(tenant_gets_its_own_connection_back),
+        TEST_ENTRY(handoff_to_other_tenant_resets_session),
+        TEST_ENTRY(session_reset_failure_or_absence_closes),
     };
     return test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
