@@ -106,6 +106,14 @@ cpool_pg_suite(pg_connect TIMEOUT 30
     phase_times_recorded
     sqlstate_code_round_trip)
 
+cpool_pg_suite(pg_session TIMEOUT 30
+  CASES
+    tenant_switch_leaves_nothing
+    reset_always_leaves_nothing
+    default_reset_within_tenant
+    tenant_switch_on_dead_backend_reconnects
+    reset_mode_checked)
+
 cpool_pg_suite(pg_txn TIMEOUT 30
   CASES
     transaction_commits

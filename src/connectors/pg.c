@@ -79,6 +79,7 @@ typedef struct pg_ctx {
     int64_t reset_timeout_ms; /* bound on ROLLBACK + reset_query at check-in,
                                  and on stopping a query left running */
     int64_t command_timeout_ms; /* bound on cpool_conn_execute; 0 = none */
+    bool reset_always;        /* reset=always: DISCARD ALL at every check-in */
     /* Where probe() connects (make_probe). */
     enum { PROBE_NONE, PROBE_TCP, PROBE_UNIX } probe_kind;
     char probe_host[256];     /* TCP: name or address; unix: the socket path */
@@ -105,6 +106,7 @@ typedef struct pg_state {
      * check-in: a hook a lease installed may point at its stack. */
     PQnoticeReceiver notice_receiver;
     PQnoticeProcessor notice_processor;
+    uint64_t reported;      /* reported_hash() of a fresh session */
 } pg_state;
 
 static int64_t now_ns(void)
@@ -547,6 +549,20 @@ static int ctx_parse(const char *target, pg_ctx **out, cpool_error *err)
         }
     }
 
+    r = take_param(t, uri, "reset", val, vsize);
+    if (r == 1 && strcmp(val, "always") == 0) {
+        c->reset_always = true;
+    } else if (r != 0 && !(r == 1 && strcmp(val, "tracked") == 0)) {
+        rc = r == CPOOL_ENOMEM
+                 ? cpool_error_set(err, CPOOL_ENOMEM, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER,
+                                   ENOMEM, "postgresql target: out of memory")
+                 : cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
+                                   "postgresql target: reset = \"%.40s\": allowed tracked "
+                                   "(the default) or always",
+                                   r == 1 ? val : "(malformed)");
+        goto out;
+    }
+
     if ((rc = take_ms(t, uri, "reset_timeout_ms", 1, val, vsize, &c->reset_timeout_ms, err)) !=
             0 ||
         (rc = take_ms(t, uri, "command_timeout_ms", 0, val, vsize, &c->command_timeout_ms,
@@ -567,7 +583,7 @@ static int ctx_parse(const char *target, pg_ctx **out, cpool_error *err)
                 rc = cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
                                      "postgresql target: unknown parameter \"%s\" = \"%s\" "
                                      "(libpq: %s); allowed: libpq's connection parameters "
-                                     "and reset_query, reset_timeout_ms, command_timeout_ms",
+                                     "and reset, reset_query, reset_timeout_ms, command_timeout_ms",
                                      name, v, msg);
             else
                 rc = cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
@@ -837,6 +853,30 @@ static int conn_tsa(PGconn *conn)
     return i > 0 ? i : TSA_ANY;
 }
 
+/* The session parameters the server reports to the client whenever they
+ * change (GUC_REPORT), hashed. A lease that changed one changed the
+ * session: SET SESSION AUTHORIZATION, SET ROLE by a superuser (which flips
+ * is_superuser), SET TimeZone, application_name ... (search_path too from
+ * PostgreSQL 18). Comparing at check-in costs no round trip. */
+static uint64_t reported_hash(const PGconn *conn)
+{
+    static const char *const names[] = {
+        "session_authorization", "is_superuser",  "application_name",
+        "client_encoding",       "DateStyle",     "IntervalStyle",
+        "TimeZone",              "standard_conforming_strings",
+        "default_transaction_read_only", "search_path", NULL};
+    uint64_t h = 14695981039346656037ULL; /* FNV-1a */
+    for (int i = 0; names[i] != NULL; i++) {
+        const char *v = PQparameterStatus(conn, names[i]);
+        for (const char *q = v != NULL ? v : "\x01"; ; q++) {
+            h = (h ^ (unsigned char)*q) * 1099511628211ULL;
+            if (*q == '\0')
+                break;
+        }
+    }
+    return h;
+}
+
 /* Attaches the state to a fresh connection. */
 static int state_attach(PGconn *conn)
 {
@@ -856,6 +896,7 @@ static int state_attach(PGconn *conn)
     /* A NULL hook changes nothing and returns the current one. */
     st->notice_receiver = PQsetNoticeReceiver(conn, NULL, NULL);
     st->notice_processor = PQsetNoticeProcessor(conn, NULL, NULL);
+    st->reported = reported_hash(conn);
     if (st->cancel == NULL || st->sock < 0 || tsa < 0 ||
         !PQregisterEventProc(conn, pg_event, "cpool", NULL) ||
         !PQsetInstanceData(conn, pg_event, st)) {
@@ -1409,7 +1450,11 @@ static int pg_reset(void *vctx, void *native, cpool_error *err)
     default:
         return io_error(ctx, conn, "reset", CPOOL_FAIL_NETWORK, 0, NULL, err);
     }
-    if (!rollback && ctx != NULL && ctx->reset_query == NULL) {
+    /* DISCARD ALL when asked to always, or when a reported parameter shows
+     * the lease changed the session (see reported_hash). */
+    bool discard = (ctx != NULL && ctx->reset_always) ||
+                   (st != NULL && reported_hash(conn) != st->reported);
+    if (!rollback && !discard && (ctx == NULL || ctx->reset_query == NULL)) {
         /* Nothing to send: no round trip on the common path. A user who
          * switched to non-blocking mode hands the next one the default. */
         if (PQisnonblocking(conn) && PQsetnonblocking(conn, 0) != 0)
@@ -1421,6 +1466,10 @@ static int pg_reset(void *vctx, void *native, cpool_error *err)
             run_bounded(ctx, conn, "ROLLBACK", /* want_empty= */ false, deadline,
                         "reset (ROLLBACK)", err) != 0)
             return CPOOL_EIO;
+        if (discard &&
+            run_bounded(ctx, conn, "DISCARD ALL", /* want_empty= */ false, deadline,
+                        "reset (DISCARD ALL)", err) != 0)
+            return CPOOL_EIO;
         if (ctx != NULL && ctx->reset_query != NULL &&
             run_bounded(ctx, conn, ctx->reset_query, /* want_empty= */ false, deadline,
                         "reset (reset_query)", err) != 0)
@@ -1430,10 +1479,51 @@ static int pg_reset(void *vctx, void *native, cpool_error *err)
         if (PQtransactionStatus(conn) != PQTRANS_IDLE)
             return io_error(ctx, conn, "reset", CPOOL_FAIL_OTHER, 0,
                             "reset_query left a transaction open", err);
+        if (st != NULL && reported_hash(conn) != st->reported)
+            return io_error(ctx, conn, "reset", CPOOL_FAIL_OTHER, 0,
+                            "the session's reported settings differ from a new "
+                            "session's after the reset", err);
     }
     const char *why = tsa_violation(conn, st);
     if (why != NULL)
         return io_error(ctx, conn, "reset", CPOOL_FAIL_OTHER, 0, why, err);
+    return 0;
+}
+
+/* Another tenant's turn: the session becomes as fresh as a new one's.
+ * DISCARD ALL ends what a session holds -- role and settings (SET SESSION
+ * AUTHORIZATION DEFAULT, RESET ALL), temporary tables, prepared statements,
+ * cursors, advisory locks, LISTEN, cached plans, sequences' state -- but
+ * cannot run inside a transaction, so an open one is rolled back first. */
+static int pg_discard(void *vctx, void *native, int64_t deadline_ns, cpool_error *err)
+{
+    const pg_ctx *ctx = vctx;
+    PGconn *conn = native;
+    pg_state *st = state_of(conn);
+    int rc = unusable(ctx, conn, st, "discard", err);
+    if (rc != 0)
+        return rc;
+    PGTransactionStatusType ts = PQtransactionStatus(conn);
+    if (ts == PQTRANS_ACTIVE || PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
+        return io_error(ctx, conn, "discard", CPOOL_FAIL_OTHER, 0, "a query is in progress",
+                        err);
+    int64_t timeout = ctx != NULL ? ctx->reset_timeout_ms : RESET_TIMEOUT_DEFAULT_MS;
+    int64_t deadline = now_ns() + timeout * 1000000;
+    if (deadline_ns > 0 && deadline_ns < deadline)
+        deadline = deadline_ns;
+    if ((ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR) &&
+        run_bounded(ctx, conn, "ROLLBACK", /* want_empty= */ false, deadline,
+                    "discard (ROLLBACK)", err) != 0)
+        return CPOOL_EIO;
+    if (run_bounded(ctx, conn, "DISCARD ALL", /* want_empty= */ false, deadline,
+                    "discard (DISCARD ALL)", err) != 0)
+        return CPOOL_EIO;
+    if (PQtransactionStatus(conn) != PQTRANS_IDLE)
+        return io_error(ctx, conn, "discard", CPOOL_FAIL_OTHER, 0,
+                        "a transaction is still open", err);
+    const char *why = tsa_violation(conn, st);
+    if (why != NULL)
+        return io_error(ctx, conn, "discard", CPOOL_FAIL_OTHER, 0, why, err);
     return 0;
 }
 
@@ -1677,6 +1767,7 @@ static const cpool_connector pg_connector = {
     .check = pg_check,
     .ping = pg_ping,
     .reset = pg_reset,
+    .discard = pg_discard,
     .interrupt = pg_interrupt,
     .address = pg_address,
     .ctx_new = pg_ctx_new,
