@@ -95,6 +95,9 @@ cpool_redis_suite(redis FIXTURE redis_server TIMEOUT 60 CASES
   execute_runs_commands
   wrappers_track_state
   tracked_reset_skips_round_trip
+  plain_commands_do_not_cross_leases
+  tenant_switch_resets_session
+  resets_add_no_server_errors
   wrapper_no_sigpipe_on_dead_connection
   connect_fills_phase_times)
 

@@ -1479,10 +1479,10 @@ static int pg_reset(void *vctx, void *native, cpool_error *err)
         if (PQtransactionStatus(conn) != PQTRANS_IDLE)
             return io_error(ctx, conn, "reset", CPOOL_FAIL_OTHER, 0,
                             "reset_query left a transaction open", err);
-        if (st != NULL && reported_hash(conn) != st->reported)
-            return io_error(ctx, conn, "reset", CPOOL_FAIL_OTHER, 0,
-                            "the session's reported settings differ from a new "
-                            "session's after the reset", err);
+        /* What the session reports now is what a new one would (a reload
+         * may have changed the server's defaults since it began). */
+        if (discard && st != NULL)
+            st->reported = reported_hash(conn);
     }
     const char *why = tsa_violation(conn, st);
     if (why != NULL)
@@ -1521,6 +1521,8 @@ static int pg_discard(void *vctx, void *native, int64_t deadline_ns, cpool_error
     if (PQtransactionStatus(conn) != PQTRANS_IDLE)
         return io_error(ctx, conn, "discard", CPOOL_FAIL_OTHER, 0,
                         "a transaction is still open", err);
+    if (st != NULL)
+        st->reported = reported_hash(conn);
     const char *why = tsa_violation(conn, st);
     if (why != NULL)
         return io_error(ctx, conn, "discard", CPOOL_FAIL_OTHER, 0, why, err);

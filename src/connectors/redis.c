@@ -47,6 +47,8 @@
 
 #include <hiredis/sds.h>
 
+#include "tcp_written.h"
+
 #define DEFAULT_PORT "6379"
 #define DEFAULT_CLIENT_NAME "cpool"
 #define DEFAULT_COMMAND_TIMEOUT_MS 10000
@@ -64,7 +66,7 @@
     "db, user, password, client_name, command_timeout_ms, reset, "            \
     "reset_timeout_ms"
 
-enum reset_mode { RESET_ALWAYS = 0, RESET_TRACKED };
+enum reset_mode { RESET_TRACKED = 0, RESET_ALWAYS };
 
 /* What each pipelined handshake command is, to classify its reply. */
 enum hello_cmd { HELLO_AUTH = 1, HELLO_SETNAME, HELLO_SELECT, HELLO_PING };
@@ -91,9 +93,16 @@ typedef struct redis_ctx {
     size_t hello_len;
     int hello_n;
     enum hello_cmd hello_cmds[4];
-    /* The middle of the reset pipeline: UNWATCH ... SELECT db. */
+    /* The middle of the legacy reset pipeline (servers without RESET):
+     * UNWATCH ... SELECT db. */
     char *reset_mid;
     size_t reset_mid_len;
+    /* The full reset: RESET, then the handshake again. Holds the password. */
+    char *reset_full;
+    size_t reset_full_len;
+    /* Set once a server answered RESET with an error (Redis before 6.2):
+     * the only field written after ctx_new. */
+    atomic_bool no_reset;
 } redis_ctx;
 
 #define CONN_MAGIC 0x52454453u /* "REDS" */
@@ -107,6 +116,12 @@ typedef struct redis_conn {
     uint64_t id;
     uint32_t seq;   /* makes every reset's marker unique */
     unsigned state; /* CPOOL_REDIS_* bits the wrappers saw */
+    bool own_io;    /* the connector or a wrapper is reading a reply */
+    uint64_t untracked; /* replies read outside them since the last reset:
+                           commands sent with plain hiredis calls */
+    uint64_t written;   /* bytes written to the socket by the connector and
+                           the wrappers (cpool__tcp_written's count) */
+    bool written_known; /* false: the kernel cannot tell (a Unix socket) */
 } redis_conn;
 
 /* Outcome of one bounded I/O step. */
@@ -500,6 +515,19 @@ static bool build_pipelines(redis_ctx *x)
         return false;
     x->hello_cmds[x->hello_n++] = HELLO_PING;
 
+    /* RESET ends MULTI, WATCH, pub/sub, MONITOR, tracking, CLIENT REPLY
+     * OFF, READONLY, RESP3, the selected database, the client name and
+     * the authenticated user; the handshake then puts the target's back. */
+    const char *reset[] = {"RESET"};
+    if (!append_cmd(&x->reset_full, &x->reset_full_len, 1, reset))
+        return false;
+    char *grown = realloc(x->reset_full, x->reset_full_len + x->hello_len);
+    if (grown == NULL)
+        return false;
+    x->reset_full = grown;
+    memcpy(x->reset_full + x->reset_full_len, x->hello, x->hello_len);
+    x->reset_full_len += x->hello_len;
+
     /* UNSUBSCRIBE and PUNSUBSCRIBE without arguments leave every channel and
      * pattern (and answer even when there was none); SUNSUBSCRIBE does the
      * same for sharded channels on Redis 7 and is an ignored error before.
@@ -520,6 +548,7 @@ static void redis_ctx_free(void *vctx)
     if (x == NULL)
         return;
     wipe_free(x->hello, x->hello_len);
+    wipe_free(x->reset_full, x->reset_full_len);
     free(x->reset_mid);
     explicit_bzero(x, sizeof *x);
     free(x);
@@ -541,7 +570,8 @@ static int redis_ctx_new(const char *target, void **out, cpool_error *err)
     snprintf(x->client_name, sizeof x->client_name, "%s", DEFAULT_CLIENT_NAME);
     x->command_timeout_ms = DEFAULT_COMMAND_TIMEOUT_MS;
     x->reset_timeout_ms = DEFAULT_RESET_TIMEOUT_MS;
-    x->reset_mode = RESET_ALWAYS;
+    x->reset_mode = RESET_TRACKED;
+    atomic_init(&x->no_reset, false);
     int rc = parse_target(x, target, err);
     if (rc == 0 && !build_pipelines(x))
         rc = cpool_error_set(err, CPOOL_ENOMEM, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, ENOMEM,
@@ -620,8 +650,27 @@ static enum io_status send_all(int fd, const char *buf, size_t len, int64_t dead
 }
 
 /* Reads until hiredis's parser has one whole reply (the caller frees it). */
+static enum io_status read_reply_raw(redisContext *c, int64_t deadline, int cancel_fd,
+                                     redisReply **reply, int *eno);
+
+static redis_conn *conn_state(const redisContext *c);
+static void snapshot_written(redisContext *c, redis_conn *st);
+
+/* Reads one reply of the connector's own. */
 static enum io_status read_reply(redisContext *c, int64_t deadline, int cancel_fd,
                                  redisReply **reply, int *eno)
+{
+    redis_conn *st = conn_state(c);
+    if (st != NULL)
+        st->own_io = true;
+    enum io_status s = read_reply_raw(c, deadline, cancel_fd, reply, eno);
+    if (st != NULL)
+        st->own_io = false;
+    return s;
+}
+
+static enum io_status read_reply_raw(redisContext *c, int64_t deadline, int cancel_fd,
+                                     redisReply **reply, int *eno)
 {
     *reply = NULL;
     for (;;) {
@@ -1102,6 +1151,64 @@ static int handshake(const redis_ctx *x, redisContext *c, cpool_connect_args *a,
     return rc;
 }
 
+/* Replies read with plain hiredis calls (redisCommand, redisGetReply) are
+ * counted through the reader's object constructors -- hiredis's own,
+ * wrapped -- so that a check-in knows commands went by the wrappers'
+ * tracking, and resets the session in full. */
+static redisReplyObjectFunctions hiredis_fns, counting_fns;
+static pthread_once_t counting_once = PTHREAD_ONCE_INIT;
+
+static void count_reply(const redisReadTask *t)
+{
+    redis_conn *st = t->privdata;
+    if (t->parent == NULL && st != NULL && !st->own_io)
+        st->untracked++;
+}
+
+static void *count_string(const redisReadTask *t, char *str, size_t len)
+{
+    count_reply(t);
+    return hiredis_fns.createString(t, str, len);
+}
+
+static void *count_array(const redisReadTask *t, int elements)
+{
+    count_reply(t);
+    return hiredis_fns.createArray(t, elements);
+}
+
+static void *count_integer(const redisReadTask *t, long long value)
+{
+    count_reply(t);
+    return hiredis_fns.createInteger(t, value);
+}
+
+static void *count_nil(const redisReadTask *t)
+{
+    count_reply(t);
+    return hiredis_fns.createNil(t);
+}
+
+static bool counting_ok;
+
+static void counting_init(void)
+{
+    redisReader *r = redisReaderCreate();
+    if (r == NULL)
+        return; /* nothing counted: every check-in resets in full */
+    if (r->fn != NULL && r->fn->createString != NULL && r->fn->createArray != NULL &&
+        r->fn->createInteger != NULL && r->fn->createNil != NULL) {
+        hiredis_fns = *r->fn;
+        counting_fns = hiredis_fns;
+        counting_fns.createString = count_string;
+        counting_fns.createArray = count_array;
+        counting_fns.createInteger = count_integer;
+        counting_fns.createNil = count_nil;
+        counting_ok = true;
+    }
+    redisReaderFree(r);
+}
+
 /* Frees a context without any I/O: hiredis's redisFree would only close()
  * the descriptor too, but skips descriptor 0, which a process with stdin
  * closed can get for a socket. */
@@ -1169,6 +1276,12 @@ static int redis_connect(void *vctx, cpool_connect_args *a, void **native, cpool
     st->self = c;
     st->id = a->conn_id;
     redisReaderSetPrivdata(c->reader, st);
+    pthread_once(&counting_once, counting_init);
+    if (counting_ok)
+        c->reader->fn = &counting_fns;
+    else
+        st->untracked = 1; /* cannot tell: reset in full at check-in */
+    snapshot_written(c, st);
     *native = c;
     return 0;
 }
@@ -1181,6 +1294,30 @@ static redis_conn *conn_state(const redisContext *c)
         return NULL;
     redis_conn *st = c->reader->privdata;
     return st != NULL && st->magic == CONN_MAGIC && st->self == c ? st : NULL;
+}
+
+/* Takes the socket's written-bytes count as the connector's own. */
+static void snapshot_written(redisContext *c, redis_conn *st)
+{
+    st->written_known = cpool__tcp_written(c->fd, &st->written) == 0;
+}
+
+/* Counts bytes the connector or a wrapper wrote. */
+static void own_sent(redisContext *c, size_t n)
+{
+    redis_conn *st = conn_state(c);
+    if (st != NULL)
+        st->written += n;
+}
+
+/* Whether bytes went out on the socket around the connector and the
+ * wrappers since the last reset: a command sent with plain hiredis calls
+ * (redisAppendCommand, redisBufferWrite), whose reply may still be on its
+ * way. True when the kernel cannot tell. */
+static bool sent_around(const redisContext *c, const redis_conn *st)
+{
+    uint64_t now;
+    return !st->written_known || cpool__tcp_written(c->fd, &now) != 0 || now != st->written;
 }
 
 static void release(void *native)
@@ -1305,8 +1442,10 @@ static int redis_ping(void *vctx, void *native, int64_t deadline_ns, cpool_error
     int eno = 0;
     enum io_status s = send_all(c->fd, ping, sizeof ping - 1, deadline, -1, &eno);
     redisReply *r = NULL;
-    if (s == IO_OK)
+    if (s == IO_OK) {
+        own_sent(c, sizeof ping - 1);
         s = read_reply(c, deadline, -1, &r, &eno);
+    }
     if (s != IO_OK)
         return io_failed(c, x, "ping", s, eno, t0, err);
     int type = r->type;
@@ -1361,41 +1500,38 @@ static bool is_message(const redisReply *r)
            strcmp(k, "smessage") == 0;
 }
 
-/* Check-in. The local checks close a connection with unsent commands or
- * unread replies. Then, unless reset=tracked saw nothing to undo, one
- * pipelined round trip:
- *     DISCARD, PING <a>, UNWATCH, UNSUBSCRIBE, PUNSUBSCRIBE, SUNSUBSCRIBE,
- *     SELECT <db>, PING <b>
- * DISCARD ends a MULTI left open (outside one it is a harmless error), and
- * must come first: inside MULTI the PING would only be queued. Exactly one
- * reply -- DISCARD's -- may precede marker <a>; more means replies of the
- * user's own commands were still on their way, and the connection is
- * closed. Marker <a> comes back as an array in pub/sub mode. The
- * unsubscribe commands leave that mode (their confirmations and any
- * message still in flight are skipped); marker <b> must then come back as
- * a plain string, and SELECT's +OK right before it. */
-static int redis_reset(void *vctx, void *native, cpool_error *err)
+/* The legacy reset, for servers without RESET (Redis before 6.2), which
+ * can undo only what the wrappers tracked. One pipelined round trip:
+ *     DISCARD (only inside MULTI), PING <a>, UNWATCH, UNSUBSCRIBE,
+ *     PUNSUBSCRIBE, SUNSUBSCRIBE, SELECT <db>, PING <b>
+ * DISCARD ends a MULTI left open and must come first: inside MULTI the
+ * PING would only be queued. No reply but DISCARD's may precede marker
+ * <a>; more means replies of the user's own commands were still on their
+ * way, and the connection is closed. Marker <a> comes back as an array in
+ * pub/sub mode. The unsubscribe commands leave that mode (their
+ * confirmations and any message still in flight are skipped); marker <b>
+ * must then come back as a plain string, and SELECT's +OK right before
+ * it. */
+static int legacy_reset(const redis_ctx *x, redisContext *c, redis_conn *st, int64_t deadline,
+                        cpool_error *err)
 {
-    const redis_ctx *x = vctx;
-    redisContext *c = native;
-    redis_conn *st;
-    int rc = local_check(x, c, "reset", &st, err);
-    if (rc != 0)
-        return rc;
-    if (st->state & CPOOL_REDIS_UNRESTORABLE)
+    if ((st->state & (CPOOL_REDIS_UNRESTORABLE | CPOOL_REDIS_UNKNOWN)) || st->untracked != 0)
         return cpool_error_set(err, CPOOL_EIO, CPOOL_PHASE_QUERY, CPOOL_FAIL_OTHER, 0,
-                               "reset on redis %s: the session changed in a way a reset "
-                               "cannot undo (AUTH, HELLO, CLIENT REPLY ...)", x->address);
-    if (x->reset_mode == RESET_TRACKED && st->state == 0)
-        return 0;
-
+                               "reset on redis %s: the server has no RESET (Redis before "
+                               "6.2), and the session changed in a way only RESET undoes "
+                               "(AUTH, HELLO, CLIENT ..., or commands sent without the "
+                               "cpool_redis_command wrappers)", x->address);
     char ma[48], mb[48], buf[512];
     st->seq++;
     snprintf(ma, sizeof ma, "cpool-reset-%llx-%x-a", (unsigned long long)st->id, st->seq);
     snprintf(mb, sizeof mb, "cpool-reset-%llx-%x-b", (unsigned long long)st->id, st->seq);
     static const char discard[] = "*1\r\n$7\r\nDISCARD\r\n";
-    size_t n = sizeof discard - 1;
-    memcpy(buf, discard, n);
+    bool in_multi = (st->state & CPOOL_REDIS_IN_MULTI) != 0;
+    size_t n = 0;
+    if (in_multi) {
+        memcpy(buf, discard, sizeof discard - 1);
+        n = sizeof discard - 1;
+    }
     size_t w = put_ping(buf + n, sizeof buf - n, ma);
     n += w;
     if (w == 0 || n + x->reset_mid_len >= sizeof buf)
@@ -1410,7 +1546,6 @@ static int redis_reset(void *vctx, void *native, cpool_error *err)
     n += w;
 
     int64_t t0 = mono_ns();
-    int64_t deadline = deadline_after_ms(x->reset_timeout_ms);
     int eno = 0;
     enum io_status s = send_all(c->fd, buf, n, deadline, -1, &eno);
     if (s != IO_OK)
@@ -1428,7 +1563,7 @@ static int redis_reset(void *vctx, void *native, cpool_error *err)
         freeReplyObject(r);
         if (mark)
             break;
-        if (!msg && ++before > 1) {
+        if (!msg && ++before > (in_multi ? 1 : 0)) {
             poison(c, IO_PROTOCOL, 0);
             snprintf(c->errstr, sizeof c->errstr, "replies left unread at check-in");
             return cpool_error_set(err, CPOOL_EIO, CPOOL_PHASE_QUERY, CPOOL_FAIL_OTHER, 0,
@@ -1459,8 +1594,121 @@ static int redis_reset(void *vctx, void *native, cpool_error *err)
                                      "failed",
                                x->address);
     }
-    st->state = 0;
     return 0;
+}
+
+/* The full reset: one pipelined round trip of RESET and the handshake
+ * (AUTH, CLIENT SETNAME, SELECT, PING). Pub/sub messages already on their
+ * way may precede +RESET and are skipped; any other reply before it is the
+ * answer to a command of the lease's that was still in flight, and the
+ * connection is closed. After +RESET the handshake's replies are checked
+ * as at establishment. */
+static int full_reset(const redis_ctx *x, redisContext *c, redis_conn *st, const char *what,
+                      int64_t deadline, cpool_error *err)
+{
+    if (atomic_load(&x->no_reset))
+        return legacy_reset(x, c, st, deadline, err);
+    int64_t t0 = mono_ns();
+    int eno = 0;
+    enum io_status s = send_all(c->fd, x->reset_full, x->reset_full_len, deadline, -1, &eno);
+    if (s != IO_OK)
+        return io_failed(c, x, what, s, eno, t0, err);
+    for (;;) {
+        redisReply *r = NULL;
+        s = read_reply(c, deadline, -1, &r, &eno);
+        if (s != IO_OK)
+            return io_failed(c, x, what, s, eno, t0, err);
+        if (is_message(r)) {
+            freeReplyObject(r);
+            continue;
+        }
+        bool ok = r->type == REDIS_REPLY_STATUS && strcmp(reply_str(r), "RESET") == 0;
+        bool unknown = r->type == REDIS_REPLY_ERROR &&
+                       strncmp(reply_str(r), "ERR unknown command", 19) == 0;
+        freeReplyObject(r);
+        if (ok)
+            break;
+        poison(c, IO_PROTOCOL, 0);
+        snprintf(c->errstr, sizeof c->errstr, "%s failed", what);
+        if (unknown) {
+            /* Written once per server, read with atomic loads: the one
+             * field of the context that changes after ctx_new. */
+            atomic_store(&((redis_ctx *)x)->no_reset, true);
+            return cpool_error_set(err, CPOOL_EIO, CPOOL_PHASE_QUERY, CPOOL_FAIL_SERVER, 0,
+                                   "%s on redis %s: the server has no RESET (Redis before "
+                                   "6.2); from now on only what the cpool_redis_command "
+                                   "wrappers tracked is undone", what, x->address);
+        }
+        return cpool_error_set(err, CPOOL_EIO, CPOOL_PHASE_QUERY, CPOOL_FAIL_OTHER, 0,
+                               "%s on redis %s: replies of earlier commands were left "
+                               "unread", what, x->address);
+    }
+    for (int i = 0; i < x->hello_n; i++) {
+        redisReply *r = NULL;
+        s = read_reply(c, deadline, -1, &r, &eno);
+        if (s != IO_OK)
+            return io_failed(c, x, what, s, eno, t0, err);
+        cpool_error e;
+        int rc = hello_reply(x, x->hello_cmds[i], r, &e);
+        freeReplyObject(r);
+        if (rc != 0) {
+            poison(c, IO_PROTOCOL, 0);
+            snprintf(c->errstr, sizeof c->errstr, "%s failed", what);
+            return cpool_error_set(err, CPOOL_EIO, CPOOL_PHASE_QUERY, e.kind, e.native,
+                                   "%s: %s", what, e.message);
+        }
+    }
+    return 0;
+}
+
+/* After a reset: nothing to undo, nothing sent around the wrappers. */
+static void fresh_again(redisContext *c, redis_conn *st)
+{
+    st->state = 0;
+    st->untracked = counting_ok ? 0 : 1;
+    snapshot_written(c, st);
+}
+
+/* Check-in. The local checks close a connection with unsent commands or
+ * unread replies. reset=tracked (the default) then costs no round trip
+ * when the wrappers saw nothing to undo and no command went around them;
+ * otherwise, and always with reset=always, the session is reset in full. */
+static int redis_reset(void *vctx, void *native, cpool_error *err)
+{
+    const redis_ctx *x = vctx;
+    redisContext *c = native;
+    redis_conn *st;
+    int rc = local_check(x, c, "reset", &st, err);
+    if (rc != 0)
+        return rc;
+    if (x->reset_mode == RESET_TRACKED && st->state == 0 && st->untracked == 0 &&
+        !sent_around(c, st))
+        return 0;
+    rc = full_reset(x, c, st, "reset", deadline_after_ms(x->reset_timeout_ms), err);
+    if (rc == 0)
+        fresh_again(c, st);
+    return rc;
+}
+
+/* Another tenant's turn: the full reset, whatever was tracked. */
+static int redis_discard(void *vctx, void *native, int64_t deadline_ns, cpool_error *err)
+{
+    const redis_ctx *x = vctx;
+    redisContext *c = native;
+    redis_conn *st;
+    int rc = local_check(x, c, "discard", &st, err);
+    if (rc != 0)
+        return rc;
+    if (atomic_load(&x->no_reset))
+        return cpool_error_set(err, CPOOL_EIO, CPOOL_PHASE_QUERY, CPOOL_FAIL_OTHER, 0,
+                               "discard on redis %s: the server has no RESET (Redis before "
+                               "6.2), so a session cannot be made fresh", x->address);
+    rc = full_reset(x, c, st, "discard", earlier(deadline_ns,
+                                                 deadline_after_ms(x->reset_timeout_ms)),
+                    err);
+    if (rc == 0)
+        fresh_again(c, st);
+    return rc;
 }
 
 /* Makes a blocked read or write on the connection return at once (EOF),
@@ -1510,6 +1758,8 @@ static int round_trip(const redis_ctx *x, redisContext *c, const char *what, con
     int64_t t0 = mono_ns();
     int eno = 0;
     enum io_status s = send_all(c->fd, out, len, deadline, -1, &eno);
+    if (s == IO_OK)
+        own_sent(c, len);
     for (int i = 0; i < n; i++)
         replies[i] = NULL;
     for (int i = 0; i < n && s == IO_OK; i++)
@@ -1658,6 +1908,7 @@ static bool flush_obuf(redisContext *c)
                      errtext(n < 0 ? errno : EPIPE, eb, sizeof eb));
             return false;
         }
+        own_sent(c, (size_t)n);
         sdsrange(c->obuf, (int)n, -1);
     }
     return true;
@@ -1675,7 +1926,11 @@ static redisReply *run_formatted(redisContext *c, const char *cmd, size_t len)
     if (!flush_obuf(c))
         return NULL;
     void *reply = NULL;
+    if (st != NULL)
+        st->own_io = true;
     int rc = redisGetReply(c, &reply);
+    if (st != NULL)
+        st->own_io = false;
     if (st != NULL) {
         const char *name = NULL, *arg = NULL;
         size_t nlen = 0, alen = 0;
@@ -1815,6 +2070,7 @@ static const cpool_connector redis_connector = {
     .check = redis_check,
     .ping = redis_ping,
     .reset = redis_reset,
+    .discard = redis_discard,
     .interrupt = redis_interrupt,
     .address = redis_address,
     .ctx_new = redis_ctx_new,

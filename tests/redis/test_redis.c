@@ -976,14 +976,20 @@ TEST(wrappers_track_state)
     freeReplyObject(rest);
     test_checkin(p, b, 0);
 
-    /* A change no reset can undo closes the connection at check-in. */
+    /* A change only RESET undoes: the full reset puts the target's
+     * client name back, on the same connection. */
     b = test_checkout(p);
     ASSERT_EQ(id, cpool_conn_id(b));
     c = cpool_redis_context(b);
     freeReplyObject(cpool_redis_command(c, "CLIENT SETNAME renamed"));
     ASSERT_EQ(CPOOL_REDIS_UNRESTORABLE, cpool_redis_state(c));
     test_checkin(p, b, 0);
-    expect_closed_with_error(&rec, id);
+    b = test_checkout(p);
+    ASSERT_EQ(id, cpool_conn_id(b));
+    r = cpool_redis_command(cpool_redis_context(b), "CLIENT GETNAME");
+    ASSERT_STR_EQ("cpool", r->str);
+    freeReplyObject(r);
+    test_checkin(p, b, 0);
 
     /* Not a pool connection: no state, no crash. */
     redisContext *sc = side();
@@ -1014,24 +1020,33 @@ TEST(tracked_reset_skips_round_trip)
     rt_key(key, sizeof key, "tracked-reset");
     redisContext *sc = side();
 
-    /* Default (reset=always): a round trip at every check-in. */
-    cpool *p = pool_for(base_uri(), NULL);
+    /* reset=always: a round trip (RESET and the handshake) at every
+     * check-in. */
+    uri_with(target, sizeof target, "reset=always");
+    cpool *p = pool_for(target, NULL);
     cpool_conn *a = test_checkout(p);
     redisContext *c = cpool_redis_context(a);
     long long sid = rt_client_id(c);
+    test_checkin(p, a, 0);
+    a = test_checkout(p);
+    c = cpool_redis_context(a);
     freeReplyObject(cpool_redis_command(c, "GET %s", key));
     test_checkin(p, a, 0);
     expect_last_cmd(sc, sid, "ping");
     cpool_destroy(p);
 
-    /* reset=tracked: nothing seen, nothing sent. */
-    uri_with(target, sizeof target, "reset=tracked");
-    p = pool_for(target, NULL);
+    /* The default (reset=tracked): nothing seen, nothing sent. The first
+     * lease asked for its id with a plain hiredis call, so its check-in
+     * reset in full; the second used only the wrappers. */
+    p = pool_for(base_uri(), NULL);
     a = test_checkout(p);
     uint64_t id = cpool_conn_id(a);
     c = cpool_redis_context(a);
     sid = rt_client_id(c);
-    freeReplyObject(cpool_redis_command(c, "GET %s", key));
+    test_checkin(p, a, 0);
+    a = test_checkout(p);
+    ASSERT_EQ(id, cpool_conn_id(a));
+    freeReplyObject(cpool_redis_command(cpool_redis_context(a), "GET %s", key));
     test_checkin(p, a, 0);
     expect_last_cmd(sc, sid, "get");
 
@@ -1058,6 +1073,147 @@ TEST(tracked_reset_skips_round_trip)
     freeReplyObject(r);
     test_checkin(p, a, 0);
     cpool_destroy(p);
+    redisFree(sc);
+}
+
+/* A pool of one connection on `target`, with tenants a and b when asked. */
+static cpool *one_conn_pool(const char *target, bool tenants)
+{
+    cpool_options o;
+    rt_options(&o, target, NULL);
+    o.max_pool_size = 1;
+    cpool *p = NULL;
+    cpool_error e;
+    if (cpool_create(&o, &p, &e) != 0)
+        FAIL("cpool_create: %s", e.message);
+    if (tenants) {
+        ASSERT_OK(cpool_tenant_set(p, "a", 0, 0, NULL));
+        ASSERT_OK(cpool_tenant_set(p, "b", 0, 0, NULL));
+    }
+    test_ready(p);
+    return p;
+}
+
+/* Plain hiredis calls, as examples/redis_example.c makes them, leave an
+ * authenticated ACL user, a database, a client name and an open MULTI;
+ * the next lease of the same connection sees none of it. */
+TEST(plain_commands_do_not_cross_leases)
+{
+    cpool *p = one_conn_pool(base_uri(), false);
+    cpool_conn *a = test_checkout(p);
+    uint64_t id = cpool_conn_id(a);
+    redisContext *c = cpool_redis_context(a);
+    char auth[160];
+    rt_fmt(auth, "AUTH cpool_acl %s@acl", password());
+    redisReply *r = rt_cmd(c, auth);
+    ASSERT_STR_EQ("OK", r->str);
+    freeReplyObject(r);
+    r = rt_cmd(c, "ACL WHOAMI");
+    ASSERT_STR_EQ("cpool_acl", r->str);
+    freeReplyObject(r);
+    freeReplyObject(rt_cmd(c, "SELECT 5"));
+    freeReplyObject(rt_cmd(c, "CLIENT SETNAME leased"));
+    freeReplyObject(rt_cmd(c, "MULTI"));
+    test_checkin(p, a, 0);
+
+    a = test_checkout(p);
+    ASSERT_EQ(id, cpool_conn_id(a)); /* reset, not reconnected */
+    c = cpool_redis_context(a);
+    r = rt_cmd(c, "ACL WHOAMI");
+    ASSERT_STR_EQ("default", r->str);
+    freeReplyObject(r);
+    r = rt_cmd(c, "CLIENT INFO");
+    ASSERT_STR_CONTAINS(r->str, " db=0 ");
+    ASSERT_STR_CONTAINS(r->str, " name=cpool ");
+    ASSERT_STR_CONTAINS(r->str, " multi=-1 ");
+    freeReplyObject(r);
+    test_checkin(p, a, 0);
+
+    /* A subscription made with a plain call ends too. */
+    a = test_checkout(p);
+    c = cpool_redis_context(a);
+    freeReplyObject(rt_cmd(c, "SUBSCRIBE leased-channel"));
+    test_checkin(p, a, 0);
+    a = test_checkout(p);
+    ASSERT_EQ(id, cpool_conn_id(a));
+    r = rt_cmd(cpool_redis_context(a), "PING");
+    ASSERT_EQ(REDIS_REPLY_STATUS, r->type); /* not pub/sub's array */
+    freeReplyObject(r);
+    r = rt_cmd(cpool_redis_context(a), "CLIENT INFO");
+    ASSERT_STR_CONTAINS(r->str, " sub=0 ");
+    freeReplyObject(r);
+    test_checkin(p, a, 0);
+    cpool_destroy(p);
+}
+
+/* Between tenants the session is reset in full even when the wrappers saw
+ * nothing: b's lease starts after a RESET and the handshake (its PING). */
+TEST(tenant_switch_resets_session)
+{
+    char key[64];
+    rt_key(key, sizeof key, "tenant-switch");
+    cpool *p = one_conn_pool(base_uri(), true);
+    redisContext *sc = side();
+    cpool_conn *a;
+    cpool_checkout_opts oa = {.struct_size = sizeof oa, .timeout_ms = 5000, .tenant = "a"};
+    cpool_checkout_opts ob = {.struct_size = sizeof ob, .timeout_ms = 5000, .tenant = "b"};
+    ASSERT_OK(cpool_checkout_with(p, &oa, &a, NULL));
+    long long sid = rt_client_id(cpool_redis_context(a));
+    test_checkin(p, a, 0); /* plain call above: reset in full here */
+    ASSERT_OK(cpool_checkout_with(p, &oa, &a, NULL));
+    freeReplyObject(cpool_redis_command(cpool_redis_context(a), "GET %s", key));
+    test_checkin(p, a, 0);
+    expect_last_cmd(sc, sid, "get"); /* same tenant, nothing to undo */
+    ASSERT_OK(cpool_checkout_with(p, &ob, &a, NULL));
+    expect_last_cmd(sc, sid, "ping");
+    ASSERT_EQ(sid, rt_client_id(cpool_redis_context(a)));
+    test_checkin(p, a, 0);
+    cpool_tenant_stats ts;
+    ASSERT_OK(cpool_get_tenant_stats(p, "b", &ts));
+    ASSERT_EQ(1, ts.switched);
+    cpool_destroy(p);
+    redisFree(sc);
+}
+
+/* The server's error count: a reset must never add to it. */
+static long long error_replies(redisContext *sc)
+{
+    redisReply *r = rt_cmd(sc, "INFO stats");
+    const char *f = strstr(r->str, "total_error_replies:");
+    if (f == NULL)
+        FAIL("INFO stats has no total_error_replies");
+    long long n = atoll(f + strlen("total_error_replies:"));
+    freeReplyObject(r);
+    return n;
+}
+
+/* Resets in every mode -- the tracked default with and without state to
+ * undo, reset=always, between tenants -- add no error reply on the server
+ * (the old check-in's DISCARD outside MULTI added one each time). */
+TEST(resets_add_no_server_errors)
+{
+    char target[512];
+    redisContext *sc = side();
+    long long before = error_replies(sc);
+    uri_with(target, sizeof target, "reset=always");
+    const char *targets[] = {base_uri(), target};
+    for (int t = 0; t < 2; t++) {
+        cpool *p = one_conn_pool(targets[t], true);
+        for (int i = 0; i < 50; i++) {
+            cpool_conn *a;
+            cpool_checkout_opts o = {.struct_size = sizeof o, .timeout_ms = 5000,
+                                     .tenant = i % 3 == 0 ? "b" : "a"};
+            ASSERT_OK(cpool_checkout_with(p, &o, &a, NULL));
+            redisContext *c = cpool_redis_context(a);
+            if (i % 2 == 0)
+                freeReplyObject(cpool_redis_command(c, "MULTI"));
+            else
+                freeReplyObject(rt_cmd(c, "PING"));
+            test_checkin(p, a, 0);
+        }
+        cpool_destroy(p);
+    }
+    ASSERT_EQ(before, error_replies(sc));
     redisFree(sc);
 }
 
@@ -1186,6 +1342,9 @@ static const test_case cases[] = {
     TEST_ENTRY(execute_runs_commands),
     TEST_ENTRY(wrappers_track_state),
     TEST_ENTRY(tracked_reset_skips_round_trip),
+    TEST_ENTRY(plain_commands_do_not_cross_leases),
+    TEST_ENTRY(tenant_switch_resets_session),
+    TEST_ENTRY(resets_add_no_server_errors),
     TEST_ENTRY(wrapper_no_sigpipe_on_dead_connection),
     TEST_ENTRY(connect_fills_phase_times),
 };
