@@ -192,8 +192,9 @@ void report_text(const bench *b, FILE *f)
 
     if (b->ntenants > 0) {
         fputc('\n', f);
-        fprintf(f, "  %-16s %7s %12s %10s %8s %10s %6s %8s %14s\n", "tenant", "threads",
-                "ops/s", "ok", "failed", "p99 wait", "cap", "reserve", "timeouts@cap");
+        fprintf(f, "  %-16s %7s %12s %10s %8s %10s %6s %8s %14s %10s\n", "tenant", "threads",
+                "ops/s", "ok", "failed", "p99 wait", "cap", "reserve", "timeouts@cap",
+                "switched");
         for (int t = 0; t < b->ntenants; t++) {
             tenant_sum *ts = calloc(1, sizeof *ts);
             if (ts == NULL)
@@ -203,11 +204,12 @@ void report_text(const bench *b, FILE *f)
             char p99[32];
             cli_fmt_duration(lat_quantile(&ts->wait, 0.99), p99, sizeof p99);
             double secs = elapsed_s(b);
-            fprintf(f, "  %-16s %7d %12.0f %10llu %8llu %10s %6u %8u %14llu\n", tc->name,
-                    tc->threads, secs > 0 ? (double)ts->ops / secs : 0,
+            fprintf(f, "  %-16s %7d %12.0f %10llu %8llu %10s %6u %8u %14llu %10llu\n",
+                    tc->name, tc->threads, secs > 0 ? (double)ts->ops / secs : 0,
                     (unsigned long long)ts->ok, (unsigned long long)(ts->ops - ts->ok), p99,
                     tc->max_in_use, tc->min_reserved,
-                    (unsigned long long)(tc->have_stats ? tc->stats.limit_timeouts : 0));
+                    (unsigned long long)(tc->have_stats ? tc->stats.limit_timeouts : 0),
+                    (unsigned long long)(tc->have_stats ? tc->stats.switched : 0));
             free(ts);
         }
     }
@@ -367,6 +369,8 @@ void report_json(const bench *b, FILE *f)
         if (tc->have_stats) {
             json_uint(&j, "pool_checkouts_ok", tc->stats.checkouts_ok);
             json_uint(&j, "pool_limit_timeouts", tc->stats.limit_timeouts);
+            json_uint(&j, "pool_switched", tc->stats.switched);
+            json_uint(&j, "pool_affine", tc->stats.affine);
         }
         json_end_obj(&j);
         free(ts);
