@@ -122,7 +122,8 @@ cpool_unit_suite(config LABEL unit TIMEOUT 30 CASES
   validation_and_establishment_share_one_deadline
   no_time_to_validate_condemns_nothing
   bad_inputs_refused_with_clear_errors
-  env_log_sink_writes_redacted_json_lines)
+  env_log_sink_writes_redacted_json_lines
+  misspelt_env_variable_warned)
 
 cpool_unit_suite(lifecycle LABEL unit TIMEOUT 30 CASES
   lifetime_closes_returned_connection

@@ -458,6 +458,16 @@ CPOOL_API int cpool_options_explain(const cpool_options *opts, cpool_option_info
                                     cpool_options *effective, char *target_buf,
                                     size_t target_size, cpool_error *err);
 
+/* The CPOOL_* environment variables that the library does not read but that
+ * are within two edits of one it does ("CPOOL_MAX_POOL_SIZ"): one line per
+ * variable, "NAME is not a cpool variable and is ignored; did you mean
+ * CPOOL_MAX_POOL_SIZE?", joined by newlines into buf (truncated to size;
+ * buf may be NULL). Returns how many there are. cpool_create() reports
+ * them too, unless ignore_env: as WARN records to the pool's log sink, or
+ * when it has none, once per process on stderr. */
+/* 0.2 */
+CPOOL_API size_t cpool_env_warnings(char *buf, size_t size);
+
 /* Sets one named option from text, as the environment or the query would
  * ("max_pool_size", "20"; CMAP names too), in the code layer. For command
  * lines. CPOOL_EINVAL names the option, the value and what is allowed. */

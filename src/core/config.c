@@ -338,6 +338,93 @@ int cpool_options_set(cpool_options *o, const char *name, const char *value,
     return rc;
 }
 
+/* ------------------------------------------------------------ environment */
+
+extern char **environ;
+
+/* The CPOOL_* variables the library reads besides the options' own. */
+static const char *const other_env[] = {"CPOOL_PROFILE", "CPOOL_LOG", "CPOOL_LOG_PATH"};
+
+/* Edit distance (insertions, deletions, substitutions, swaps of neighbours),
+ * case-insensitive, capped: any distance above `cap` is cap + 1. */
+static size_t distance(const char *a, size_t na, const char *b, size_t nb, size_t cap)
+{
+    enum { MAXLEN = 48 };
+    if (na > MAXLEN || nb > MAXLEN)
+        return cap + 1;
+    size_t d[MAXLEN + 1][MAXLEN + 1];
+    for (size_t i = 0; i <= na; i++)
+        d[i][0] = i;
+    for (size_t j = 0; j <= nb; j++)
+        d[0][j] = j;
+    for (size_t i = 1; i <= na; i++) {
+        for (size_t j = 1; j <= nb; j++) {
+            size_t cost = tolower((unsigned char)a[i - 1]) != tolower((unsigned char)b[j - 1]);
+            size_t v = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < v)
+                v = d[i][j - 1] + 1;
+            if (d[i - 1][j - 1] + cost < v)
+                v = d[i - 1][j - 1] + cost;
+            if (i > 1 && j > 1 && tolower((unsigned char)a[i - 1]) ==
+                                      tolower((unsigned char)b[j - 2]) &&
+                tolower((unsigned char)a[i - 2]) == tolower((unsigned char)b[j - 1]) &&
+                d[i - 2][j - 2] + 1 < v)
+                v = d[i - 2][j - 2] + 1;
+            d[i][j] = v;
+        }
+    }
+    return d[na][nb] > cap ? cap + 1 : d[na][nb];
+}
+
+/* The variable the library reads that `name` (na bytes) is closest to
+ * within two edits, NULL when none, or when it is one of them. */
+static const char *env_near_miss(const char *name, size_t na, bool *known)
+{
+    const char *best = NULL;
+    size_t best_d = 3;
+    *known = false;
+    for (size_t i = 0; i < NDEFS + sizeof other_env / sizeof other_env[0]; i++) {
+        const char *v = i < NDEFS ? defs[i].env : other_env[i - NDEFS];
+        size_t nv = strlen(v);
+        if (nv == na && strncmp(v, name, na) == 0) {
+            *known = true;
+            return NULL;
+        }
+        size_t dd = distance(name, na, v, nv, 2);
+        if (dd < best_d) {
+            best_d = dd;
+            best = v;
+        }
+    }
+    return best;
+}
+
+size_t cpool_env_warnings(char *buf, size_t size)
+{
+    size_t n = 0, used = 0;
+    if (buf != NULL && size > 0)
+        buf[0] = '\0';
+    for (char **e = environ; e != NULL && *e != NULL; e++) {
+        if (strncmp(*e, "CPOOL_", 6) != 0)
+            continue;
+        const char *eq = strchr(*e, '=');
+        size_t na = eq != NULL ? (size_t)(eq - *e) : strlen(*e);
+        bool known;
+        const char *m = env_near_miss(*e, na, &known);
+        if (known || m == NULL)
+            continue; /* ours, or another program's CPOOL_ variable */
+        n++;
+        if (buf != NULL && used < size) {
+            int w = snprintf(buf + used, size - used,
+                             "%s%.*s is not a cpool variable and is ignored; did you mean %s?",
+                             used > 0 ? "\n" : "", (int)(na > 64 ? 64 : na), *e, m);
+            if (w > 0)
+                used += (size_t)w < size - used ? (size_t)w : size - used - 1;
+        }
+    }
+    return n;
+}
+
 /* ------------------------------------------------------------ resolution */
 
 /* The layers of the top of cpool.h. `target` (malloc'd, may be NULL) is the

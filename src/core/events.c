@@ -273,6 +273,43 @@ int cpool__callback_err(const cpool *p, cpool_error *err, const char *what)
                       what, p->address);
 }
 
+void cpool__env_warn(cpool *p)
+{
+    char buf[2048];
+    if (cpool_env_warnings(buf, sizeof buf) == 0)
+        return;
+    if (p->opts.on_log == NULL) {
+        /* A misspelt variable is a setting that silently does nothing:
+         * worth one line where nobody asked for logs. */
+        static atomic_bool said;
+        char *save = NULL;
+        if (!atomic_exchange(&said, true))
+            for (char *line = strtok_r(buf, "\n", &save); line != NULL;
+                 line = strtok_r(NULL, "\n", &save))
+                fprintf(stderr, "cpool: warning: %s\n", line);
+        return;
+    }
+    if (p->opts.log_level < CPOOL_LOG_WARN)
+        return;
+    const cpool *outer = tl_delivering;
+    tl_delivering = p;
+    char *save = NULL;
+    for (char *line = strtok_r(buf, "\n", &save); line != NULL;
+         line = strtok_r(NULL, "\n", &save)) {
+        cpool_log_record rec = {
+            .level = CPOOL_LOG_WARN,
+            .component = "pool",
+            .message = line,
+            .pool = p->name,
+            .time_ms = wall_ms(),
+        };
+        pthread_mutex_lock(&p->ev_mu);
+        p->opts.on_log(&rec, p->opts.log_ctx);
+        pthread_mutex_unlock(&p->ev_mu);
+    }
+    tl_delivering = outer;
+}
+
 /* To the subscriber, then the log sink. Called with ev_mu held. */
 static void deliver(cpool *p, const cpool_event *ev)
 {

@@ -2629,6 +2629,8 @@ int cpool_create(const cpool_options *opts, cpool **out, cpool_error *err)
     ev.options = &p->opts;
     ev.options_set = p->options_set;
     cpool__emit_unlock(p, &ev);
+    if (!o.ignore_env)
+        cpool__env_warn(p);
     *out = p;
     return 0;
 }

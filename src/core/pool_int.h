@@ -269,6 +269,9 @@ void cpool__event_init(const cpool *p, cpool_event *ev, cpool_event_type type);
  * callback would wait for the lock the delivery holds. The entry points
  * that may emit refuse it with CPOOL_ESTATE (cpool__callback_err). */
 bool cpool__in_callback(const cpool *p);
+/* Reports cpool_env_warnings() for a new pool: WARN records to its log
+ * sink, or once per process on stderr when it has none. */
+void cpool__env_warn(cpool *p);
 int cpool__callback_err(const cpool *p, cpool_error *err, const char *what);
 
 /* CPOOL_LOG / CPOOL_LOG_PATH as cpool_create() would take them. */

@@ -664,6 +664,66 @@ TEST(env_log_sink_writes_redacted_json_lines)
     ASSERT_STR_CONTAINS(e.message, "CPOOL_LOG");
 }
 
+typedef struct warn_log {
+    int warns;
+    char last[256];
+} warn_log;
+
+static void record_warn(const cpool_log_record *rec, void *ctx)
+{
+    warn_log *w = ctx;
+    if (rec->level == CPOOL_LOG_WARN) {
+        w->warns++;
+        snprintf(w->last, sizeof w->last, "%s", rec->message);
+    }
+}
+
+/* A CPOOL_* variable within two edits of one the library reads is named,
+ * with the one it meant; the library's own and unrelated ones are not. A
+ * new pool reports it to its log sink, unless it ignores the environment. */
+TEST(misspelt_env_variable_warned)
+{
+    setenv("CPOOL_MAX_POOL_SIZ", "2", 1);
+    setenv("CPOOL_MAX_POOL_SIZE", "3", 1);
+    setenv("CPOOL_TEST_UNRELATED_SETTING", "1", 1);
+    char buf[512];
+    ASSERT_EQ(1, cpool_env_warnings(buf, sizeof buf));
+    ASSERT_STR_EQ("CPOOL_MAX_POOL_SIZ is not a cpool variable and is ignored; did you mean "
+                  "CPOOL_MAX_POOL_SIZE?",
+                  buf);
+    setenv("CPOOL_LGO", "debug", 1); /* a swap of neighbours is one edit */
+    ASSERT_EQ(2, cpool_env_warnings(buf, sizeof buf));
+    ASSERT_STR_CONTAINS(buf, "did you mean CPOOL_LOG?");
+    ASSERT_EQ(2, cpool_env_warnings(NULL, 0));
+    char tiny[8];
+    ASSERT_EQ(2, cpool_env_warnings(tiny, sizeof tiny));
+    ASSERT_EQ(7, strlen(tiny));
+    unsetenv("CPOOL_LGO");
+
+    cpool_mem *mem = test_mem_create();
+    warn_log w = {0, ""};
+    cpool_options o;
+    test_options(&o, mem, NULL);
+    o.on_log = record_warn;
+    o.log_ctx = &w;
+    o.log_level = CPOOL_LOG_WARN;
+    cpool *p = test_pool_create(&o);
+    ASSERT_EQ(1, w.warns);
+    ASSERT_STR_CONTAINS(w.last, "CPOOL_MAX_POOL_SIZ ");
+    ASSERT_STR_CONTAINS(w.last, "did you mean CPOOL_MAX_POOL_SIZE?");
+    cpool_destroy(p);
+    o.ignore_env = true;
+    p = test_pool_create(&o);
+    ASSERT_EQ(1, w.warns);
+    cpool_destroy(p);
+    cpool_mem_destroy(mem);
+    unsetenv("CPOOL_MAX_POOL_SIZ");
+    unsetenv("CPOOL_MAX_POOL_SIZE");
+    unsetenv("CPOOL_TEST_UNRELATED_SETTING");
+    ASSERT_EQ(0, cpool_env_warnings(buf, sizeof buf));
+    ASSERT_STR_EQ("", buf);
+}
+
 int main(int argc, char **argv)
 {
     static const test_case cases[] = {
@@ -687,6 +747,7 @@ int main(int argc, char **argv)
         TEST_ENTRY(validation_and_establishment_share_one_deadline),
         TEST_ENTRY(no_time_to_validate_condemns_nothing),
         TEST_ENTRY(env_log_sink_writes_redacted_json_lines),
+        TEST_ENTRY(misspelt_env_variable_warned),
         TEST_ENTRY(bad_inputs_refused_with_clear_errors),
     };
     return test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);

@@ -109,6 +109,16 @@ int cmd_options(int argc, char **argv)
         return cli_usage_error("options", "%s", err.message);
     }
 
+    /* Misspelt CPOOL_* variables: the table below shows them not applied,
+     * this says why. */
+    char warnings[2048];
+    if (!opts.ignore_env && cpool_env_warnings(warnings, sizeof warnings) > 0) {
+        char *save = NULL;
+        for (char *line = strtok_r(warnings, "\n", &save); line != NULL;
+             line = strtok_r(NULL, "\n", &save))
+            fprintf(stderr, "cpool: options: warning: %s\n", line);
+    }
+
     /* The connector's own parameters are what is left of the query. */
     if (cx != NULL && cx->abi_version >= 2 && cx->ctx_new != NULL) {
         void *ctx = NULL;
