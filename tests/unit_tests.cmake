@@ -123,7 +123,8 @@ cpool_unit_suite(config LABEL unit TIMEOUT 30 CASES
   no_time_to_validate_condemns_nothing
   bad_inputs_refused_with_clear_errors
   env_log_sink_writes_redacted_json_lines
-  misspelt_env_variable_warned)
+  misspelt_env_variable_warned
+  param_table_parsing)
 
 cpool_unit_suite(lifecycle LABEL unit TIMEOUT 30 CASES
   lifetime_closes_returned_connection

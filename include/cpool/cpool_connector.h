@@ -40,6 +40,35 @@ typedef struct cpool_connect_args {
     int64_t phase_ns[CPOOL_PHASE_SLOTS];
 } cpool_connect_args;
 
+/* ------------------------------------------------------------ parameters
+ * A connector declares the parameters its targets take in one table: the
+ * shared parser (cpool_param_set) reads them with one wording for every
+ * connector, `cpool options` lists them, and cpool_redact() masks the
+ * values of the secret ones wherever they appear. */
+typedef enum cpool_param_type {
+    CPOOL_PARAM_INT = 0, /* decimal, min..max; stored as long long */
+    CPOOL_PARAM_ENUM,    /* one of `choices` (case-insensitive); stored as
+                            int, the choice's index */
+    CPOOL_PARAM_BOOL,    /* on/off, true/false, yes/no, 1/0; stored as bool */
+    CPOOL_PARAM_STRING   /* min..max bytes, each in `charset` when given;
+                            stored in char[max + 1] */
+} cpool_param_type;
+
+typedef struct cpool_param {
+    const char *name;
+    const char *alias;          /* a second accepted name; NULL = none */
+    cpool_param_type type;
+    long long min, max;         /* INT: the range; STRING: the length */
+    const char *const *choices; /* ENUM: NULL-terminated */
+    const char *charset;        /* STRING: the bytes allowed; NULL = any */
+    const char *allowed;        /* what an error says is allowed; NULL =
+                                   made from the type, range and choices */
+    bool secret;                /* its value is never shown */
+    const char *dflt;           /* the default, as text ("" = none) */
+    const char *doc;            /* one line */
+    size_t offset;              /* where the value goes in the caller's struct */
+} cpool_param;
+
 struct cpool_connector {
     int abi_version;  /* CPOOL_CONNECTOR_ABI */
     const char *name; /* "pg", "redis", "sqlite", "mem" */
@@ -132,6 +161,12 @@ struct cpool_connector {
      * connector cannot: such a connection is closed (reason "session") and
      * the other tenant gets a new one. */
     int (*discard)(void *ctx, void *native, int64_t deadline_ns, cpool_error *err);
+
+    /* The parameters its targets take (see cpool_param); NULL = none
+     * declared. Parameters of the client library the connector passes on
+     * (libpq's) are not listed. */
+    const cpool_param *params;
+    size_t nparams;
 };
 
 /* Sets err to an establishment failure; the helper connectors use. Returns
@@ -180,6 +215,31 @@ CPOOL_API int cpool_uri_decode(const char *in, size_t len, char *out,
  * keyword. Returns the length it needed, like snprintf. */
 /* 0.2 */
 CPOOL_API size_t cpool_redact(const char *target, char *buf, size_t size);
+
+/* Reads one parameter (name, decoded value) of a target with `table`: when
+ * the name (or an alias) is in the table, checks the value and stores it at
+ * the row's offset in `out`, sets bit i of *seen (may be NULL) for row i,
+ * and returns 1; a name not in the table returns 0. A bad value is
+ * CPOOL_EINVAL with `<connector> target: <name> = "<value>": allowed ...`,
+ * the value shown as *** when the row is secret. */
+/* 0.2 */
+CPOOL_API int cpool_param_set(const char *connector, const cpool_param *table, size_t n,
+                              const char *name, const char *value, void *out,
+                              uint64_t *seen, cpool_error *err);
+
+/* What a row allows, as text ("1..86400000", "tracked, always"): its
+ * `allowed`, else made from its type. Returns buf. */
+/* 0.2 */
+CPOOL_API const char *cpool_param_allowed(const cpool_param *param, char *buf, size_t size);
+
+/* The error for a parameter the table does not have: CPOOL_EINVAL with
+ * `<connector> target: unknown parameter "<name>" = "<value>"; allowed:
+ * <the table's names><extra>`. The value is shown as *** when the name looks
+ * like a secret's (password, passwd, token, key, ...). */
+/* 0.2 */
+CPOOL_API int cpool_param_unknown(const char *connector, const cpool_param *table, size_t n,
+                                  const char *name, const char *value, const char *extra,
+                                  cpool_error *err);
 
 /* The built-in connector whose schemes prefix `target`, NULL when none (or
  * when it was left out of this build). A libpq conninfo ("host=... dbname=")

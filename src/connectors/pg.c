@@ -32,6 +32,8 @@
  */
 #include "cpool/cpool_pg.h"
 
+#include "../core/params.h"
+
 #include <libpq-events.h>
 
 #include <ctype.h>
@@ -42,6 +44,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -298,18 +301,6 @@ static int take_param(char *t, bool uri, const char *name, char *val, size_t vsi
     return uri ? cpool_uri_take(t, name, val, vsize) : ci_take(t, name, val, vsize);
 }
 
-/* An unknown parameter whose value is shown in the error, unless its name
- * looks like a misspelt secret ("pasword", "passwd", "pw", "sslkey"):
- * showing too little costs nothing, showing a password leaks it into logs. */
-static bool looks_secret(const char *name)
-{
-    static const char *const hints[] = {"pas", "pw", "secret", "key", "token", NULL};
-    for (int i = 0; hints[i] != NULL; i++)
-        if (strcasestr(name, hints[i]) != NULL)
-            return true;
-    return false;
-}
-
 /* After libpq rejected the target: finds the first parameter it does not
  * know, to name it with its value in the error. Returns 1 when found. */
 static int find_unknown(const char *t, bool uri, char *name, size_t nsize, char *val,
@@ -334,7 +325,7 @@ static int find_unknown(const char *t, bool uri, char *name, size_t nsize, char 
         }
     }
     PQconninfoFree(defs);
-    if (found && looks_secret(name))
+    if (found && cpool__name_looks_secret(name))
         snprintf(val, vsize, "***");
     return found;
 }
@@ -477,28 +468,93 @@ static void make_addr(const pg_endpoint *ep, char *buf, size_t size)
         snprintf(buf, size, "%.170s:%s", host, ep->port);
 }
 
-/* Takes the parameter `name`, a number of milliseconds min..RESET_TIMEOUT_MAX_MS,
- * out of the target t into *out (left alone when absent). */
-static int take_ms(char *t, bool uri, const char *name, long long min, char *val,
-                   size_t vsize, int64_t *out, cpool_error *err)
+/* The connector's own parameters, taken out of the target before libpq
+ * sees it, and read by the shared parser. */
+typedef struct pg_query {
+    char reset_query[4097];
+    long long reset_timeout_ms, command_timeout_ms;
+    int reset;
+} pg_query;
+
+enum { P_RESET, P_RESET_QUERY, P_RESET_TIMEOUT, P_COMMAND_TIMEOUT };
+
+static const char *const reset_modes[] = {"tracked", "always", NULL};
+
+#define Q(field) offsetof(pg_query, field)
+static const cpool_param pg_params[] = {
+    [P_RESET] = {.name = "reset", .type = CPOOL_PARAM_ENUM, .choices = reset_modes,
+                 .allowed = "tracked (the default) or always", .dflt = "tracked",
+                 .doc = "check-in: DISCARD ALL when a reported setting changed, or always",
+                 .offset = Q(reset)},
+    [P_RESET_QUERY] = {.name = "reset_query", .type = CPOOL_PARAM_STRING, .min = 1,
+                       .max = 4096,
+                       .allowed = "a non-empty SQL command of up to 4096 bytes (e.g. "
+                                  "DISCARD%20ALL), or leave it out",
+                       .dflt = "", .doc = "SQL run at every check-in",
+                       .offset = Q(reset_query)},
+    [P_RESET_TIMEOUT] = {.name = "reset_timeout_ms", .type = CPOOL_PARAM_INT, .min = 1,
+                         .max = RESET_TIMEOUT_MAX_MS,
+                         .allowed = "1..86400000 (milliseconds)", .dflt = "5000",
+                         .doc = "bound on the check-in round trips and on stopping a query "
+                                "left running",
+                         .offset = Q(reset_timeout_ms)},
+    [P_COMMAND_TIMEOUT] = {.name = "command_timeout_ms", .type = CPOOL_PARAM_INT, .min = 0,
+                           .max = RESET_TIMEOUT_MAX_MS,
+                           .allowed = "0..86400000 (milliseconds; 0 = none)", .dflt = "0",
+                           .doc = "bound on cpool_conn_execute", .offset = Q(command_timeout_ms)},
+};
+#undef Q
+#define NPARAMS (sizeof pg_params / sizeof pg_params[0])
+
+/* "reset, reset_query, ..." for messages. */
+static const char *own_names(char *buf, size_t size)
 {
-    int r = take_param(t, uri, name, val, vsize);
-    if (r == CPOOL_ENOMEM)
+    size_t used = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < NPARAMS && used < size; i++) {
+        int w = snprintf(buf + used, size - used, "%s%s", i > 0 ? ", " : "", pg_params[i].name);
+        if (w < 0)
+            break;
+        used += (size_t)w;
+    }
+    return buf;
+}
+
+/* Takes the connector's own parameters out of the target t into c. */
+static int take_own(char *t, bool uri, char *val, size_t vsize, pg_ctx *c, cpool_error *err)
+{
+    pg_query *q = calloc(1, sizeof *q);
+    if (q == NULL)
         return cpool_error_set(err, CPOOL_ENOMEM, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, ENOMEM,
                                "postgresql target: out of memory");
-    if (r == 0)
-        return 0;
-    char *endp = NULL;
-    errno = 0;
-    long long ms = r == 1 ? strtoll(val, &endp, 10) : -1;
-    if (r < 0 || endp == val || *endp != '\0' || errno != 0 || ms < min ||
-        ms > RESET_TIMEOUT_MAX_MS)
-        return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
-                               "postgresql target: %s = \"%.40s\": allowed %lld..%d "
-                               "(milliseconds)",
-                               name, r == 1 ? val : "(malformed)", min, RESET_TIMEOUT_MAX_MS);
-    *out = ms;
-    return 0;
+    q->reset_timeout_ms = c->reset_timeout_ms;
+    q->command_timeout_ms = c->command_timeout_ms;
+    uint64_t seen = 0;
+    int rc = 0;
+    for (size_t i = 0; i < NPARAMS && rc == 0; i++) {
+        int r = take_param(t, uri, pg_params[i].name, val, vsize);
+        if (r == CPOOL_ENOMEM)
+            rc = cpool_error_set(err, CPOOL_ENOMEM, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, ENOMEM,
+                                 "postgresql target: out of memory");
+        else if (r < 0)
+            rc = cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
+                                 "postgresql target: %s: bad %%-escape or quoting",
+                                 pg_params[i].name);
+        else if (r == 1 && (r = cpool_param_set("postgresql", pg_params, NPARAMS,
+                                                pg_params[i].name, val, q, &seen, err)) < 0)
+            rc = r;
+    }
+    if (rc == 0 && (seen & (1u << P_RESET_QUERY)) &&
+        (c->reset_query = strdup(q->reset_query)) == NULL)
+        rc = cpool_error_set(err, CPOOL_ENOMEM, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, ENOMEM,
+                             "postgresql target: out of memory");
+    if (rc == 0) {
+        c->reset_always = q->reset == 1;
+        c->reset_timeout_ms = q->reset_timeout_ms;
+        c->command_timeout_ms = q->command_timeout_ms;
+    }
+    free(q);
+    return rc;
 }
 
 /* Parses `target` into a context: takes our parameters out, checks the rest
@@ -525,48 +581,7 @@ static int ctx_parse(const char *target, pg_ctx **out, cpool_error *err)
     c->reset_timeout_ms = RESET_TIMEOUT_DEFAULT_MS;
     bool uri = is_uri(t);
 
-    int r = take_param(t, uri, "reset_query", val, vsize);
-    if (r < 0) {
-        rc = r == CPOOL_ENOMEM
-                 ? cpool_error_set(err, CPOOL_ENOMEM, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER,
-                                   ENOMEM, "postgresql target: out of memory")
-                 : cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
-                                   "postgresql target: reset_query: bad %%-escape; allowed "
-                                   "any SQL, percent-encoded in a URI");
-        goto out;
-    }
-    if (r == 1) {
-        if (val[0] == '\0') {
-            rc = cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
-                                 "postgresql target: reset_query = \"\": allowed a non-empty "
-                                 "SQL command (e.g. DISCARD%%20ALL), or leave it out");
-            goto out;
-        }
-        if ((c->reset_query = strdup(val)) == NULL) {
-            rc = cpool_error_set(err, CPOOL_ENOMEM, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER,
-                                 ENOMEM, "postgresql target: out of memory");
-            goto out;
-        }
-    }
-
-    r = take_param(t, uri, "reset", val, vsize);
-    if (r == 1 && strcmp(val, "always") == 0) {
-        c->reset_always = true;
-    } else if (r != 0 && !(r == 1 && strcmp(val, "tracked") == 0)) {
-        rc = r == CPOOL_ENOMEM
-                 ? cpool_error_set(err, CPOOL_ENOMEM, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER,
-                                   ENOMEM, "postgresql target: out of memory")
-                 : cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
-                                   "postgresql target: reset = \"%.40s\": allowed tracked "
-                                   "(the default) or always",
-                                   r == 1 ? val : "(malformed)");
-        goto out;
-    }
-
-    if ((rc = take_ms(t, uri, "reset_timeout_ms", 1, val, vsize, &c->reset_timeout_ms, err)) !=
-            0 ||
-        (rc = take_ms(t, uri, "command_timeout_ms", 0, val, vsize, &c->command_timeout_ms,
-                      err)) != 0)
+    if ((rc = take_own(t, uri, val, vsize, c, err)) != 0)
         goto out;
 
     /* A bare word is a database name to libpq (expand_dbname only expands
@@ -576,15 +591,15 @@ static int ctx_parse(const char *target, pg_ctx **out, cpool_error *err)
         char *perr = NULL;
         opts = PQconninfoParse(t, &perr);
         if (opts == NULL) {
-            char msg[160], name[64], v[48];
+            char msg[160], name[64], v[48], names[128];
             one_line(perr != NULL ? perr : "out of memory", msg, sizeof msg);
             PQfreemem(perr);
             if (find_unknown(t, uri, name, sizeof name, v, sizeof v))
                 rc = cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
                                      "postgresql target: unknown parameter \"%s\" = \"%s\" "
                                      "(libpq: %s); allowed: libpq's connection parameters "
-                                     "and reset, reset_query, reset_timeout_ms, command_timeout_ms",
-                                     name, v, msg);
+                                     "and %s",
+                                     name, v, msg, own_names(names, sizeof names));
             else
                 rc = cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
                                      "postgresql target rejected by libpq: %s", msg);
@@ -1770,6 +1785,8 @@ static const cpool_connector pg_connector = {
     .ping = pg_ping,
     .reset = pg_reset,
     .discard = pg_discard,
+    .params = pg_params,
+    .nparams = NPARAMS,
     .interrupt = pg_interrupt,
     .address = pg_address,
     .ctx_new = pg_ctx_new,

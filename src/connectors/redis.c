@@ -35,6 +35,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,10 +62,6 @@
 #define KEEPALIVE_IDLE_S 15
 #define KEEPALIVE_INTVL_S 5
 #define KEEPALIVE_CNT 3
-
-#define PARAMS_ALLOWED                                                        \
-    "db, user, password, client_name, command_timeout_ms, reset, "            \
-    "reset_timeout_ms"
 
 enum reset_mode { RESET_TRACKED = 0, RESET_ALWAYS };
 
@@ -181,20 +178,6 @@ static bool is_network_errno(int eno)
 
 /* ------------------------------------------------------------ the target */
 
-static bool name_looks_secret(const char *name)
-{
-    static const char *const words[] = {"pass", "secret", "token", "auth", "key", "pw"};
-    char low[64];
-    size_t i;
-    for (i = 0; name[i] != '\0' && i + 1 < sizeof low; i++)
-        low[i] = (char)((name[i] >= 'A' && name[i] <= 'Z') ? name[i] + 32 : name[i]);
-    low[i] = '\0';
-    for (size_t w = 0; w < sizeof words / sizeof words[0]; w++)
-        if (strstr(low, words[w]) != NULL)
-            return true;
-    return false;
-}
-
 /* Parses a whole decimal string into [lo, hi]. */
 static bool parse_ll(const char *s, long long lo, long long hi, long long *out)
 {
@@ -303,90 +286,119 @@ static int parse_hostport(redis_ctx *x, const char *hp, size_t len, cpool_error 
     return 0;
 }
 
+/* The query parameters, read by the shared parser into a redis_query and
+ * then reconciled with what the URL's user info and path said. */
+typedef struct redis_query {
+    long long db, command_timeout_ms, reset_timeout_ms;
+    int reset;
+    char user[256], password[512], client_name[64];
+} redis_query;
+
+enum { Q_DB, Q_USER, Q_PASSWORD, Q_CLIENT_NAME, Q_COMMAND_TIMEOUT, Q_RESET, Q_RESET_TIMEOUT };
+
+static const char *const reset_modes[] = {"tracked", "always", NULL};
+static const char printable[] = "!\"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                "[\\]^_`abcdefghijklmnopqrstuvwxyz{|}~";
+
+#define Q(field) offsetof(redis_query, field)
+static const cpool_param redis_params[] = {
+    [Q_DB] = {.name = "db", .type = CPOOL_PARAM_INT, .min = 0, .max = INT_MAX, .dflt = "0",
+              .doc = "the database (SELECT); the URL's path may name it too",
+              .offset = Q(db)},
+    [Q_USER] = {.name = "user", .alias = "username", .type = CPOOL_PARAM_STRING, .min = 1,
+                .max = 255, .dflt = "", .doc = "ACL user for AUTH (or before '@')",
+                .offset = Q(user)},
+    [Q_PASSWORD] = {.name = "password", .type = CPOOL_PARAM_STRING, .min = 0, .max = 511,
+                    .secret = true, .dflt = "", .doc = "AUTH password (or in the user info)",
+                    .offset = Q(password)},
+    [Q_CLIENT_NAME] = {.name = "client_name", .type = CPOOL_PARAM_STRING, .min = 0, .max = 63,
+                       .charset = printable,
+                       .allowed = "up to 63 printable characters without spaces (empty = no "
+                                  "CLIENT SETNAME)",
+                       .dflt = DEFAULT_CLIENT_NAME, .doc = "CLIENT SETNAME at connect",
+                       .offset = Q(client_name)},
+    [Q_COMMAND_TIMEOUT] = {.name = "command_timeout_ms", .type = CPOOL_PARAM_INT, .min = 0,
+                           .max = MAX_TIMEOUT_MS,
+                           .allowed = "0..86400000 (milliseconds; 0 = no timeout)",
+                           .dflt = "10000",
+                           .doc = "bound on one command (socket timeout, ping, execute)",
+                           .offset = Q(command_timeout_ms)},
+    [Q_RESET] = {.name = "reset", .type = CPOOL_PARAM_ENUM, .choices = reset_modes,
+                 .dflt = "tracked",
+                 .doc = "check-in: full reset only when needed (tracked) or always",
+                 .offset = Q(reset)},
+    [Q_RESET_TIMEOUT] = {.name = "reset_timeout_ms", .type = CPOOL_PARAM_INT, .min = 1,
+                         .max = MAX_TIMEOUT_MS, .dflt = "1000",
+                         .doc = "bound on the check-in reset and describe()",
+                         .offset = Q(reset_timeout_ms)},
+};
+#undef Q
+#define NPARAMS (sizeof redis_params / sizeof redis_params[0])
+
 /* Reads the connector's query parameters. `path_db` is the database the
- * path named (-1 = none); a db= parameter must agree with it. */
+ * path named (-1 = none); a db= parameter must agree with it, and a user
+ * or password must not be given both in the user info and the query. */
 static int parse_query(redis_ctx *x, const char *target, long long path_db,
                        cpool_error *err)
 {
+    redis_query q = {.db = path_db,
+                     .command_timeout_ms = x->command_timeout_ms,
+                     .reset_timeout_ms = x->reset_timeout_ms,
+                     .reset = (int)x->reset_mode};
+    snprintf(q.client_name, sizeof q.client_name, "%s", x->client_name);
+    uint64_t seen = 0;
     size_t pos = 0;
-    char name[64], val[512];
-    long long db = path_db;
-    bool user_q = false, pass_q = false;
+    char name[64], val[1024]; /* room for a value too long for its row */
+    int rc = 0;
     for (;;) {
         int r = cpool_uri_next(target, &pos, name, sizeof name, val, sizeof val);
         if (r == 0)
             break;
-        if (r < 0)
-            return bad_target(err, "redis target: a query parameter is malformed, too long "
-                                   "or has a bad %%-escape; allowed: %s", PARAMS_ALLOWED);
-        long long v;
-        if (strcmp(name, "db") == 0) {
-            if (!parse_ll(val, 0, INT_MAX, &v))
-                return bad_target(err, "redis target: db=%s is not valid; allowed: a "
-                                       "database number 0..2147483647", val);
-            if (path_db >= 0 && v != path_db)
-                return bad_target(err, "redis target: db=%s disagrees with the database in "
-                                       "the path", val);
-            db = v;
-        } else if (strcmp(name, "user") == 0 || strcmp(name, "username") == 0) {
-            if (x->has_user && !user_q)
-                return bad_target(err, "redis target: the user is given both before '@' "
-                                       "and as %s=; give it once", name);
-            if (strlen(val) >= sizeof x->user || val[0] == '\0')
-                return bad_target(err, "redis target: %s= must be a non-empty name of up "
-                                       "to 255 bytes", name);
-            memcpy(x->user, val, strlen(val) + 1); /* fits: checked above */
-            x->has_user = user_q = true;
-        } else if (strcmp(name, "password") == 0) {
-            if (x->has_password && !pass_q)
-                return bad_target(err, "redis target: the password is given both before "
-                                       "'@' and as password=; give it once");
-            if (strlen(val) >= sizeof x->password)
-                return bad_target(err, "redis target: password= is too long (at most 511 "
-                                       "bytes)");
-            snprintf(x->password, sizeof x->password, "%s", val);
-            x->has_password = pass_q = true;
-        } else if (strcmp(name, "client_name") == 0) {
-            bool ok = strlen(val) < sizeof x->client_name;
-            for (const char *p = val; ok && *p != '\0'; p++)
-                ok = *p > ' ' && *p < 127;
-            if (!ok)
-                return bad_target(err, "redis target: client_name=%s is not valid; allowed: "
-                                       "up to 63 printable characters without spaces "
-                                       "(empty = no CLIENT SETNAME)", val);
-            memcpy(x->client_name, val, strlen(val) + 1); /* fits: checked above */
-        } else if (strcmp(name, "command_timeout_ms") == 0) {
-            if (!parse_ll(val, 0, MAX_TIMEOUT_MS, &v))
-                return bad_target(err, "redis target: command_timeout_ms=%s is not valid; "
-                                       "allowed: 0..86400000 (0 = no timeout)", val);
-            x->command_timeout_ms = v;
-        } else if (strcmp(name, "reset_timeout_ms") == 0) {
-            if (!parse_ll(val, 1, MAX_TIMEOUT_MS, &v))
-                return bad_target(err, "redis target: reset_timeout_ms=%s is not valid; "
-                                       "allowed: 1..86400000", val);
-            x->reset_timeout_ms = v;
-        } else if (strcmp(name, "reset") == 0) {
-            if (strcmp(val, "always") == 0)
-                x->reset_mode = RESET_ALWAYS;
-            else if (strcmp(val, "tracked") == 0)
-                x->reset_mode = RESET_TRACKED;
-            else
-                return bad_target(err, "redis target: reset=%s is not valid; allowed: always, "
-                                       "tracked", val);
-        } else {
-            const char *shown = name_looks_secret(name) ? "***" : val;
-            char msg[200];
-            snprintf(msg, sizeof msg, "redis target: unknown parameter '%.40s' (value '%.40s'); ",
-                     name, shown);
-            return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
-                                   "%sallowed: %s", msg, PARAMS_ALLOWED);
+        if (r < 0) {
+            rc = bad_target(err, "redis target: a query parameter is malformed, too long "
+                                 "or has a bad %%-escape");
+            break;
+        }
+        r = cpool_param_set("redis", redis_params, NPARAMS, name, val, &q, &seen, err);
+        if (r == 0)
+            r = cpool_param_unknown("redis", redis_params, NPARAMS, name, val, NULL, err);
+        if (r < 0) {
+            rc = r;
+            break;
+        }
+        if ((seen & (1u << Q_DB)) && path_db >= 0 && q.db != path_db) {
+            rc = bad_target(err, "redis target: db=%lld disagrees with the database in the "
+                                 "path", q.db);
+            break;
         }
     }
-    if (x->has_user && !x->has_password)
-        return bad_target(err, "redis target: a user is given without a password; ACL AUTH "
-                               "needs both (redis://USER:PASSWORD@host)");
-    x->db = db < 0 ? 0 : db;
-    return 0;
+    if (rc == 0 && (seen & (1u << Q_USER))) {
+        if (x->has_user)
+            rc = bad_target(err, "redis target: the user is given both before '@' and as a "
+                                 "parameter; give it once");
+        memcpy(x->user, q.user, sizeof x->user);
+        x->has_user = true;
+    }
+    if (rc == 0 && (seen & (1u << Q_PASSWORD))) {
+        if (x->has_password)
+            rc = bad_target(err, "redis target: the password is given both before '@' and "
+                                 "as password=; give it once");
+        memcpy(x->password, q.password, sizeof x->password);
+        x->has_password = true;
+    }
+    if (rc == 0 && x->has_user && !x->has_password)
+        rc = bad_target(err, "redis target: a user is given without a password; ACL AUTH "
+                             "needs both (redis://USER:PASSWORD@host)");
+    if (rc == 0) {
+        x->db = q.db < 0 ? 0 : q.db;
+        x->command_timeout_ms = q.command_timeout_ms;
+        x->reset_timeout_ms = q.reset_timeout_ms;
+        x->reset_mode = (enum reset_mode)q.reset;
+        memcpy(x->client_name, q.client_name, sizeof x->client_name);
+    }
+    explicit_bzero(&q, sizeof q);
+    explicit_bzero(val, sizeof val);
+    return rc;
 }
 
 static int parse_target(redis_ctx *x, const char *target, cpool_error *err)
@@ -2071,6 +2083,8 @@ static const cpool_connector redis_connector = {
     .ping = redis_ping,
     .reset = redis_reset,
     .discard = redis_discard,
+    .params = redis_params,
+    .nparams = NPARAMS,
     .interrupt = redis_interrupt,
     .address = redis_address,
     .ctx_new = redis_ctx_new,

@@ -13,6 +13,8 @@
 #include "cpool/cpool_sqlite.h"
 #endif
 
+#include "../core/params.h"
+
 #include <string.h>
 #include <strings.h>
 
@@ -34,23 +36,55 @@ static bool looks_like_conninfo(const char *target)
            strcspn(target, ":") > (size_t)(eq - target);
 }
 
+/* The built-in connectors, in the order their schemes are tried. */
+static size_t builtin(const cpool_connector **all)
+{
+    size_t n = 0;
+    all[n++] = cpool_mem_connector();
+#ifdef CPOOL_HAVE_PG
+    all[n++] = cpool_pg_connector();
+#endif
+#ifdef CPOOL_HAVE_REDIS
+    all[n++] = cpool_redis_connector();
+#endif
+#ifdef CPOOL_HAVE_SQLITE
+    all[n++] = cpool_sqlite_connector();
+#endif
+    return n;
+}
+
+bool cpool__secret_key(const char *k, size_t n)
+{
+    /* libpq's secrets (PQconndefaults marks password and sslpassword with
+     * dispchar '*'), whether or not the PostgreSQL connector is built, and
+     * their usual short spellings. */
+    static const char *const keys[] = {"password", "sslpassword", "pass", "pwd", NULL};
+    for (int i = 0; keys[i] != NULL; i++)
+        if (strlen(keys[i]) == n && strncasecmp(k, keys[i], n) == 0)
+            return true;
+    const cpool_connector *all[4];
+    size_t count = builtin(all);
+    for (size_t c = 0; c < count; c++) {
+        if (all[c]->abi_version < 4 || all[c]->params == NULL)
+            continue;
+        for (size_t i = 0; i < all[c]->nparams; i++) {
+            const cpool_param *p = &all[c]->params[i];
+            if (p->secret && ((strlen(p->name) == n && strncasecmp(k, p->name, n) == 0) ||
+                              (p->alias != NULL && strlen(p->alias) == n &&
+                               strncasecmp(k, p->alias, n) == 0)))
+                return true;
+        }
+    }
+    return false;
+}
+
 const cpool_connector *cpool_connector_for(const char *target)
 {
     if (target == NULL)
         return NULL;
-    const cpool_connector *all[] = {
-        cpool_mem_connector(),
-#ifdef CPOOL_HAVE_PG
-        cpool_pg_connector(),
-#endif
-#ifdef CPOOL_HAVE_REDIS
-        cpool_redis_connector(),
-#endif
-#ifdef CPOOL_HAVE_SQLITE
-        cpool_sqlite_connector(),
-#endif
-    };
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+    const cpool_connector *all[4];
+    size_t count = builtin(all);
+    for (size_t i = 0; i < count; i++)
         if (has_scheme(all[i], target))
             return all[i];
 #ifdef CPOOL_HAVE_PG

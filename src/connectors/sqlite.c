@@ -42,6 +42,7 @@
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -348,23 +349,6 @@ static int on_busy(void *arg, int count)
 
 /* ------------------------------------------------------- target parsing */
 
-static int param_error(cpool_error *err, const char *name, const char *value,
-                       const char *allowed)
-{
-    return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
-                           "sqlite target: %s = \"%.64s\": allowed %s", name, value, allowed);
-}
-
-/* Finds value (case-insensitively) in a NULL-terminated list and returns
- * the list's spelling, NULL when absent. */
-static const char *pick(const char *value, const char *const *list)
-{
-    for (; *list != NULL; list++)
-        if (strcasecmp(value, *list) == 0)
-            return *list;
-    return NULL;
-}
-
 /* The pool resolves a relative path once, at create: every connection then
  * opens the same file even if the process changes its directory later. */
 static char *absolute_path(const char *path)
@@ -391,83 +375,87 @@ static char *absolute_path(const char *path)
     }
 }
 
-static bool valid_mem_name(const char *s)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n >= SQ_NAME_MAX)
-        return false;
-    return strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") == n;
-}
+/* The query parameters, read by the shared parser. */
+typedef struct sq_query {
+    long long busy_timeout_ms;
+    int journal, sync, mode;
+    bool foreign_keys;
+    char name[SQ_NAME_MAX];
+} sq_query;
+
+enum { P_BUSY, P_JOURNAL, P_SYNC, P_MODE, P_FOREIGN_KEYS, P_NAME };
+#define SET(p) (1u << (p))
+
+static const char *const journals[] = {"wal", "delete", "truncate", "persist",
+                                       "memory", "off", NULL};
+static const char *const syncs[] = {"off", "normal", "full", "extra", NULL};
+static const char *const modes[] = {"rwc", "rw", "ro", NULL}; /* as sq_mode */
+
+#define Q(field) offsetof(sq_query, field)
+static const cpool_param sq_params[] = {
+    [P_BUSY] = {.name = "busy_timeout_ms", .type = CPOOL_PARAM_INT, .min = 0, .max = INT_MAX,
+                .allowed = "0..2147483647 (milliseconds; 0 = fail at once)", .dflt = "5000",
+                .doc = "how long a statement waits for a lock another connection holds",
+                .offset = Q(busy_timeout_ms)},
+    [P_JOURNAL] = {.name = "journal_mode", .type = CPOOL_PARAM_ENUM, .choices = journals,
+                   .dflt = "wal", .doc = "PRAGMA journal_mode (file databases)",
+                   .offset = Q(journal)},
+    [P_SYNC] = {.name = "synchronous", .type = CPOOL_PARAM_ENUM, .choices = syncs,
+                .dflt = "normal with WAL, else full",
+                .doc = "PRAGMA synchronous (file databases)", .offset = Q(sync)},
+    [P_MODE] = {.name = "mode", .type = CPOOL_PARAM_ENUM, .choices = modes,
+                .allowed = "rwc (read-write, create), rw (read-write), ro (read-only)",
+                .dflt = "rwc", .doc = "how the file is opened", .offset = Q(mode)},
+    [P_FOREIGN_KEYS] = {.name = "foreign_keys", .type = CPOOL_PARAM_BOOL, .dflt = "on",
+                        .doc = "PRAGMA foreign_keys", .offset = Q(foreign_keys)},
+    [P_NAME] = {.name = "name", .type = CPOOL_PARAM_STRING, .min = 1, .max = SQ_NAME_MAX - 1,
+                .charset = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-",
+                .allowed = "1 to 63 of the characters A-Z a-z 0-9 . _ -",
+                .dflt = "a new name per pool",
+                .doc = "the shared in-memory database's name (sqlite::memory:)",
+                .offset = Q(name)},
+};
+#undef Q
+#define NPARAMS (sizeof sq_params / sizeof sq_params[0])
 
 /* Reads the query parameters into cx. `set` records which were given so
  * that the combinations can be checked once all are known. */
-enum { SET_MODE = 1, SET_JOURNAL = 2, SET_SYNC = 4, SET_NAME = 8 };
-
 static int parse_params(const char *target, sq_ctx *cx, unsigned *set, char *mem_name,
                         cpool_error *err)
 {
-    static const char *const modes[] = {"rwc", "rw", "ro", NULL};
-    static const char *const journals[] = {"wal", "delete", "truncate", "persist",
-                                           "memory", "off", NULL};
-    static const char *const syncs[] = {"off", "normal", "full", "extra", NULL};
-    static const char *const on[] = {"on", "true", "1", "yes", NULL};
-    static const char *const off[] = {"off", "false", "0", "no", NULL};
+    sq_query q = {.busy_timeout_ms = cx->busy_timeout_ms,
+                  .mode = (int)cx->mode,
+                  .foreign_keys = cx->foreign_keys};
+    uint64_t seen = 0;
     size_t pos = 0;
     char name[SQ_NAME_MAX], val[SQ_VALUE_MAX];
     for (;;) {
         int r = cpool_uri_next(target, &pos, name, sizeof name, val, sizeof val);
         if (r == 0)
-            return 0;
+            break;
         if (r < 0)
             return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
                                    "sqlite target: malformed query parameter (an empty "
                                    "name, a name longer than %d bytes, a value longer than "
                                    "%d bytes or a bad %%-escape)",
                                    SQ_NAME_MAX - 1, SQ_VALUE_MAX - 1);
-        if (strcmp(name, "busy_timeout_ms") == 0) {
-            char *end = NULL;
-            errno = 0;
-            long long ms = strtoll(val, &end, 10);
-            if (val[0] == '\0' || *end != '\0' || errno != 0 || ms < 0 || ms > INT_MAX)
-                return param_error(err, name, val,
-                                   "0..2147483647 (milliseconds; 0 = fail at once)");
-            cx->busy_timeout_ms = (int)ms;
-        } else if (strcmp(name, "journal_mode") == 0) {
-            if ((cx->journal_mode = pick(val, journals)) == NULL)
-                return param_error(err, name, val, "wal, delete, truncate, persist, memory, off");
-            *set |= SET_JOURNAL;
-        } else if (strcmp(name, "synchronous") == 0) {
-            if ((cx->synchronous = pick(val, syncs)) == NULL)
-                return param_error(err, name, val, "off, normal, full, extra");
-            *set |= SET_SYNC;
-        } else if (strcmp(name, "mode") == 0) {
-            const char *m = pick(val, modes);
-            if (m == NULL)
-                return param_error(err, name, val,
-                                   "rwc (read-write, create), rw (read-write), ro (read-only)");
-            cx->mode = m == modes[0] ? SQ_MODE_RWC : m == modes[1] ? SQ_MODE_RW : SQ_MODE_RO;
-            *set |= SET_MODE;
-        } else if (strcmp(name, "foreign_keys") == 0) {
-            if (pick(val, on) != NULL)
-                cx->foreign_keys = true;
-            else if (pick(val, off) != NULL)
-                cx->foreign_keys = false;
-            else
-                return param_error(err, name, val, "on or off");
-        } else if (strcmp(name, "name") == 0) {
-            if (!valid_mem_name(val))
-                return param_error(err, name, val,
-                                   "1 to 63 of the characters A-Z a-z 0-9 . _ -");
-            memcpy(mem_name, val, strlen(val) + 1); /* fits: checked above */
-            *set |= SET_NAME;
-        } else {
-            return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
-                                   "sqlite target: unknown parameter %s = \"%.64s\": allowed "
-                                   "busy_timeout_ms, journal_mode, synchronous, mode, "
-                                   "foreign_keys, name",
-                                   name, val);
-        }
+        r = cpool_param_set("sqlite", sq_params, NPARAMS, name, val, &q, &seen, err);
+        if (r == 0)
+            r = cpool_param_unknown("sqlite", sq_params, NPARAMS, name, val, NULL, err);
+        if (r < 0)
+            return r;
     }
+    cx->busy_timeout_ms = (int)q.busy_timeout_ms;
+    cx->mode = (sq_mode)q.mode;
+    cx->foreign_keys = q.foreign_keys;
+    if (seen & SET(P_JOURNAL))
+        cx->journal_mode = journals[q.journal];
+    if (seen & SET(P_SYNC))
+        cx->synchronous = syncs[q.sync];
+    if (seen & SET(P_NAME))
+        memcpy(mem_name, q.name, SQ_NAME_MAX);
+    *set = (unsigned)seen;
+    return 0;
 }
 
 /* Fills cx from the target (see docs/sqlite.md for the grammar). */
@@ -476,9 +464,8 @@ static int parse_target(const char *target, sq_ctx *cx, cpool_error *err)
     const size_t slen = sizeof SQ_SCHEME - 1;
     if (target == NULL || strncasecmp(target, SQ_SCHEME, slen) != 0)
         return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
-                               "sqlite target \"%.64s\": expected sqlite:PATH or "
-                               "sqlite::memory:",
-                               target != NULL ? target : "(null)");
+                               "sqlite target: expected sqlite:PATH or sqlite::memory: "
+                               "(the target is not shown: it may hold a secret)");
     const char *rest = target + slen;
     if (rest[0] == '/' && rest[1] == '/')
         rest += 2; /* sqlite://PATH is sqlite:PATH */
@@ -508,13 +495,13 @@ static int parse_target(const char *target, sq_ctx *cx, cpool_error *err)
     unsigned set = 0;
     char mem_name[SQ_NAME_MAX] = "";
     int rc = parse_params(target, cx, &set, mem_name, err);
-    if (rc == 0 && cx->memory && (set & (SET_MODE | SET_JOURNAL | SET_SYNC)) != 0)
+    if (rc == 0 && cx->memory && (set & (SET(P_MODE) | SET(P_JOURNAL) | SET(P_SYNC))) != 0)
         rc = cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
                              "sqlite target: %s applies to file databases, not to "
                              "sqlite::memory:",
-                             (set & SET_MODE) ? "mode" : (set & SET_JOURNAL) ? "journal_mode"
+                             (set & SET(P_MODE)) ? "mode" : (set & SET(P_JOURNAL)) ? "journal_mode"
                                                                           : "synchronous");
-    if (rc == 0 && !cx->memory && (set & SET_NAME) != 0)
+    if (rc == 0 && !cx->memory && (set & SET(P_NAME)) != 0)
         rc = cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
                              "sqlite target: name applies to sqlite::memory: only, not to "
                              "the file database \"%.64s\"",
@@ -526,7 +513,7 @@ static int parse_target(const char *target, sq_ctx *cx, cpool_error *err)
 
     if (cx->memory) {
         free(path);
-        if (!(set & SET_NAME)) /* '~' cannot appear in a user's name */
+        if (!(set & SET(P_NAME))) /* '~' cannot appear in a user's name */
             snprintf(mem_name, sizeof mem_name, "cpool~%u",
                      atomic_fetch_add(&g_mem_seq, 1) + 1);
         cx->mem_name = dup_str(mem_name);
@@ -549,11 +536,11 @@ static int parse_target(const char *target, sq_ctx *cx, cpool_error *err)
                                                   : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
         /* WAL by default where the connection may write; a read-only pool
          * reads the database in whatever mode it is. */
-        if (!(set & SET_JOURNAL) && cx->mode != SQ_MODE_RO)
+        if (!(set & SET(P_JOURNAL)) && cx->mode != SQ_MODE_RO)
             cx->journal_mode = "wal";
         /* NORMAL is safe with WAL (a power loss may drop the last commits
          * but never corrupts); other journal modes keep SQLite's FULL. */
-        if (!(set & SET_SYNC) && cx->journal_mode != NULL && strcmp(cx->journal_mode, "wal") == 0)
+        if (!(set & SET(P_SYNC)) && cx->journal_mode != NULL && strcmp(cx->journal_mode, "wal") == 0)
             cx->synchronous = "normal";
     }
     /* NOMUTEX: one thread per connection at a time (the pool's contract).
@@ -990,6 +977,8 @@ static const cpool_connector sq_connector = {
     .check = sq_check,
     .ping = sq_ping,
     .reset = sq_reset,
+    .params = sq_params,
+    .nparams = NPARAMS,
     .interrupt = sq_interrupt,
     .address = sq_address,
     .ctx_new = sq_ctx_new,

@@ -5,6 +5,7 @@
  * query and hands the rest to the connector, so these helpers edit a query
  * in place and keep everything else byte for byte. */
 #include "cpool/cpool_connector.h"
+#include "params.h"
 
 #include <ctype.h>
 #include <stdio.h>
@@ -180,18 +181,6 @@ static size_t conninfo_value_end(const char *v)
     return i;
 }
 
-/* The parameter names whose values are secrets, in a URL's query or a
- * conninfo string: libpq's password and sslpassword (the passphrase of the
- * client key), and the same spelled as a query parameter anywhere. */
-static bool secret_key(const char *k, size_t n)
-{
-    static const char *const keys[] = {"password", "sslpassword", "pass", "pwd", NULL};
-    for (int i = 0; keys[i] != NULL; i++)
-        if (strlen(keys[i]) == n && strncasecmp(k, keys[i], n) == 0)
-            return true;
-    return false;
-}
-
 /* Length of a URL scheme followed by "://" at the start of t, 0 when t is
  * not a URL (a conninfo string, a path, "sqlite:FILE"). Only the start
  * counts: "application_name=svc://api" is a conninfo value. */
@@ -212,7 +201,7 @@ static void redact_query(outbuf *o, const char *q)
     while (*q != '\0') {
         size_t len = strcspn(q, "&");
         const char *eq = memchr(q, '=', len);
-        if (eq != NULL && secret_key(q, (size_t)(eq - q))) {
+        if (eq != NULL && cpool__secret_key(q, (size_t)(eq - q))) {
             put(o, q, (size_t)(eq + 1 - q));
             put(o, "***", 3);
         } else {
@@ -248,7 +237,7 @@ static void redact_conninfo(outbuf *o, const char *p)
         put(o, p, n);
         p += n;
         size_t vlen = conninfo_value_end(p);
-        if (secret_key(key, klen))
+        if (cpool__secret_key(key, klen))
             put(o, "***", 3);
         else
             put(o, p, vlen);

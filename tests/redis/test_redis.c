@@ -145,18 +145,26 @@ TEST(target_parsing)
     expect_rejected("redis://h:63a", "port", NULL, NULL);
     expect_rejected("redis://h/abc", "database number", NULL, NULL);
     expect_rejected("redis://h/2?db=3", "db=3", "disagrees", NULL);
-    expect_rejected("redis://h?db=-1", "db=-1", "0..2147483647", NULL);
-    expect_rejected("redis://h?command_timeout_ms=abc", "command_timeout_ms=abc",
+    expect_rejected("redis://h?db=-1", "db = \"-1\"", "allowed 0..2147483647", NULL);
+    expect_rejected("redis://h?command_timeout_ms=abc", "command_timeout_ms = \"abc\"",
                     "0..86400000", NULL);
-    expect_rejected("redis://h?reset_timeout_ms=0", "reset_timeout_ms=0", "1..86400000",
+    expect_rejected("redis://h?command_timeout_ms=%205", "command_timeout_ms", "0..86400000",
                     NULL);
-    expect_rejected("redis://h?reset=sometimes", "reset=sometimes", "always, tracked", NULL);
-    expect_rejected("redis://h?client_name=a%20b", "client_name=a b", "printable", NULL);
+    expect_rejected("redis://h?command_timeout_ms=0x10", "command_timeout_ms", "0..86400000",
+                    NULL);
+    expect_rejected("redis://h?reset_timeout_ms=0", "reset_timeout_ms = \"0\"", "1..86400000",
+                    NULL);
+    expect_rejected("redis://h?reset=sometimes", "reset = \"sometimes\"", "tracked, always",
+                    NULL);
+    expect_rejected("redis://h?client_name=a%20b", "client_name = \"a b\"", "printable", NULL);
+    char long_pw[600] = "redis://h?password=";
+    memset(long_pw + strlen(long_pw), 'q', 540);
+    expect_rejected(long_pw, "password = \"***\"", "0..511 bytes", "qqqq");
     expect_rejected("redis://h?user=u", "without a password", NULL, NULL);
     expect_rejected("redis://u:secret1@h?user=v", "user", "once", "secret1");
     expect_rejected("redis://:secret2@h?password=x", "password", "once", "secret2");
-    expect_rejected("redis://:secret3@h?foo=bar", "'foo'", "'bar'", "secret3");
-    expect_rejected("redis://h?passwd=hunter3", "'passwd'", "allowed: db", "hunter3");
+    expect_rejected("redis://:secret3@h?foo=bar", "\"foo\"", "\"bar\"", "secret3");
+    expect_rejected("redis://h?passwd=hunter3", "\"passwd\"", "allowed: db", "hunter3");
     expect_rejected("redis://h:1?db=%zz", "malformed", NULL, NULL);
     expect_rejected("redis://[::1:6379", "']'", NULL, NULL);
     expect_rejected("redis://::1:6379", "brackets", NULL, NULL);
@@ -178,7 +186,7 @@ TEST(unknown_parameter_rejected_at_create)
     ASSERT_RC(CPOOL_EINVAL, cpool_create(&o, &p, &e));
     ASSERT_NULL(p);
     ASSERT_STR_CONTAINS(e.message, "socket_timeout");
-    ASSERT_STR_CONTAINS(e.message, "'5'");
+    ASSERT_STR_CONTAINS(e.message, "\"5\"");
     ASSERT_STR_CONTAINS(e.message, "command_timeout_ms");
     if (strstr(e.message, password()) != NULL)
         FAIL("message shows the password: %s", e.message);

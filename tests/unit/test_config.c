@@ -724,6 +724,89 @@ TEST(misspelt_env_variable_warned)
     ASSERT_STR_EQ("", buf);
 }
 
+typedef struct param_out {
+    long long n;
+    int choice;
+    bool flag;
+    char word[9];
+    char secret[9];
+} param_out;
+
+static const char *const colours[] = {"red", "green", NULL};
+static const cpool_param test_params[] = {
+    {.name = "n", .type = CPOOL_PARAM_INT, .min = -2, .max = 100,
+     .offset = offsetof(param_out, n)},
+    {.name = "colour", .alias = "color", .type = CPOOL_PARAM_ENUM, .choices = colours,
+     .offset = offsetof(param_out, choice)},
+    {.name = "flag", .type = CPOOL_PARAM_BOOL, .offset = offsetof(param_out, flag)},
+    {.name = "word", .type = CPOOL_PARAM_STRING, .min = 1, .max = 8, .charset = "abc",
+     .allowed = "1 to 8 of a, b, c", .offset = offsetof(param_out, word)},
+    {.name = "token", .type = CPOOL_PARAM_STRING, .min = 0, .max = 8, .secret = true,
+     .offset = offsetof(param_out, secret)},
+};
+#define NTP (sizeof test_params / sizeof test_params[0])
+
+static int set_param(param_out *o, uint64_t *seen, const char *name, const char *value,
+                     cpool_error *e)
+{
+    return cpool_param_set("demo", test_params, NTP, name, value, o, seen, e);
+}
+
+/* The shared parser of connector parameter tables: each type read one way,
+ * one wording for every error, a secret's value never shown. */
+TEST(param_table_parsing)
+{
+    param_out o;
+    memset(&o, 0, sizeof o);
+    uint64_t seen = 0;
+    cpool_error e;
+    ASSERT_EQ(1, set_param(&o, &seen, "n", "-2", &e));
+    ASSERT_EQ(-2, o.n);
+    ASSERT_EQ(1, set_param(&o, &seen, "color", "GREEN", &e));
+    ASSERT_EQ(1, o.choice);
+    ASSERT_EQ(1, set_param(&o, &seen, "flag", "yes", &e));
+    ASSERT_TRUE(o.flag);
+    ASSERT_EQ(1, set_param(&o, &seen, "word", "abca", &e));
+    ASSERT_STR_EQ("abca", o.word);
+    ASSERT_EQ(0x0f, seen);
+    ASSERT_EQ(0, set_param(&o, &seen, "other", "1", &e));
+
+    static const struct {
+        const char *name, *value, *msg;
+    } bad[] = {
+        {"n", " 5", "demo target: n = \" 5\": allowed -2..100"},
+        {"n", "+5", "demo target: n = \"+5\": allowed -2..100"},
+        {"n", "0x10", "demo target: n = \"0x10\": allowed -2..100"},
+        {"n", "101", "demo target: n = \"101\": allowed -2..100"},
+        {"n", "", "demo target: n = \"\": allowed -2..100"},
+        {"n", "99999999999999999999", "allowed -2..100"},
+        {"colour", "blue", "demo target: colour = \"blue\": allowed red, green"},
+        {"flag", "maybe", "demo target: flag = \"maybe\": allowed on or off"},
+        {"word", "abd", "demo target: word = \"abd\": allowed 1 to 8 of a, b, c"},
+        {"word", "", "allowed 1 to 8 of a, b, c"},
+        {"token", "much-too-long", "demo target: token = \"***\": allowed 0..8 bytes"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        memset(&e, 0, sizeof e);
+        ASSERT_RC(CPOOL_EINVAL, set_param(&o, &seen, bad[i].name, bad[i].value, &e));
+        ASSERT_STR_CONTAINS(e.message, bad[i].msg);
+    }
+    ASSERT_EQ(-2, o.n); /* a refused value changes nothing */
+
+    ASSERT_RC(CPOOL_EINVAL, cpool_param_unknown("demo", test_params, NTP, "size", "3",
+                                                " and more", &e));
+    ASSERT_STR_EQ("demo target: unknown parameter \"size\" = \"3\"; allowed: n, colour, "
+                  "flag, word, token and more",
+                  e.message);
+    ASSERT_RC(CPOOL_EINVAL,
+              cpool_param_unknown("demo", test_params, NTP, "passwrd", "hunter2", NULL, &e));
+    ASSERT_STR_CONTAINS(e.message, "\"passwrd\" = \"***\"");
+    char buf[64];
+    ASSERT_STR_EQ("red, green", cpool_param_allowed(&test_params[1], buf, sizeof buf));
+    ASSERT_STR_EQ("0..8 bytes", cpool_param_allowed(&test_params[4], buf, sizeof buf));
+
+}
+
 int main(int argc, char **argv)
 {
     static const test_case cases[] = {
@@ -748,6 +831,7 @@ int main(int argc, char **argv)
         TEST_ENTRY(no_time_to_validate_condemns_nothing),
         TEST_ENTRY(env_log_sink_writes_redacted_json_lines),
         TEST_ENTRY(misspelt_env_variable_warned),
+        TEST_ENTRY(param_table_parsing),
         TEST_ENTRY(bad_inputs_refused_with_clear_errors),
     };
     return test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);

@@ -132,6 +132,8 @@ int cmd_options(int argc, char **argv)
             cx->ctx_free(ctx);
     }
 
+    const cpool_param *params = cx != NULL && cx->abi_version >= 4 ? cx->params : NULL;
+    size_t nparams = params != NULL ? cx->nparams : 0;
     char red[512], red_stripped[512];
     cli_redact(target, red, sizeof red);
     cli_redact(stripped, red_stripped, sizeof red_stripped);
@@ -154,6 +156,19 @@ int cmd_options(int argc, char **argv)
             json_str(&j, "allowed", info[i].allowed);
             json_str(&j, "env", info[i].env_name);
             json_str(&j, "help", info[i].help);
+            json_end_obj(&j);
+        }
+        json_end_arr(&j);
+        json_arr(&j, "connector_params");
+        for (size_t i = 0; i < nparams; i++) {
+            char allowed[256];
+            json_obj(&j, NULL);
+            json_str(&j, "name", params[i].name);
+            json_str(&j, "alias", params[i].alias);
+            json_str(&j, "default", params[i].dflt);
+            json_str(&j, "allowed", cpool_param_allowed(&params[i], allowed, sizeof allowed));
+            json_bool(&j, "secret", params[i].secret);
+            json_str(&j, "help", params[i].doc);
             json_end_obj(&j);
         }
         json_end_arr(&j);
@@ -184,6 +199,24 @@ int cmd_options(int argc, char **argv)
             printf("%-*s  %-*s  %-*s  %-*s  %-*s  %s\n", (int)wn, info[i].name, (int)wv,
                    info[i].value, (int)ws, cpool_option_source_name(info[i].source), (int)wd,
                    info[i].default_value, (int)wa, info[i].allowed, info[i].env_name);
+        if (nparams > 0) {
+            printf("\n%s parameters (in the target)\n", cx->name);
+            size_t pn = 4, pd = 7, pa = 7;
+            char allowed[256];
+            for (size_t i = 0; i < nparams; i++) {
+                pn = maxw(pn, params[i].name);
+                pd = maxw(pd, params[i].dflt != NULL ? params[i].dflt : "");
+                pa = maxw(pa, cpool_param_allowed(&params[i], allowed, sizeof allowed));
+            }
+            printf("%-*s  %-*s  %-*s  %s\n", (int)pn, "NAME", (int)pd, "DEFAULT", (int)pa,
+                   "ALLOWED", "MEANING");
+            for (size_t i = 0; i < nparams; i++)
+                printf("%-*s  %-*s  %-*s  %s%s\n", (int)pn, params[i].name, (int)pd,
+                       params[i].dflt != NULL ? params[i].dflt : "", (int)pa,
+                       cpool_param_allowed(&params[i], allowed, sizeof allowed),
+                       params[i].doc != NULL ? params[i].doc : "",
+                       params[i].secret ? " (secret: never shown)" : "");
+        }
     }
     free(info);
     free(stripped);
