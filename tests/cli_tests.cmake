@@ -58,7 +58,8 @@ set(cli_cases
   bench_plot_builtin
   passwords_never_shown
   probe_mem_reports_phases_and_server
-  options_show_url_and_env_sources)
+  options_show_url_and_env_sources
+  misspelt_env_variable_warned)
 set(cli_defines "CPOOL_CLI_PATH=\"$<TARGET_FILE:cpool_cli>\"")
 if(CPOOL_CLI_HAVE_MHD)
   list(APPEND cli_cases metrics_serves_prometheus_and_stops_on_sigterm metrics_stops_on_sigint)

@@ -950,6 +950,30 @@ TEST(probe_mem_reports_phases_and_server)
     run_free(&r);
 }
 
+/* A misspelt variable is named with the one meant, by `options` and by
+ * any command whose pool is created (here bench), once. */
+TEST(misspelt_env_variable_warned)
+{
+    clean_env(NULL);
+    setenv("CPOOL_MAX_POOL_SIZ", "2", 1);
+    run_result r;
+    RUN(&r, "options", "mem://x");
+    ASSERT_EXIT(0, &r);
+    ASSERT_STR_CONTAINS(r.err, "CPOOL_MAX_POOL_SIZ is not a cpool variable and is ignored; "
+                               "did you mean CPOOL_MAX_POOL_SIZE?");
+    run_free(&r);
+    RUN(&r, "bench", "mem://x", "--ops", "10", "-q");
+    ASSERT_EXIT(0, &r);
+    const char *first = strstr(r.err, "did you mean CPOOL_MAX_POOL_SIZE?");
+    ASSERT_NOT_NULL(first);
+    ASSERT_NULL(strstr(first + 1, "did you mean CPOOL_MAX_POOL_SIZE?"));
+    run_free(&r);
+    unsetenv("CPOOL_MAX_POOL_SIZ");
+    RUN(&r, "options", "mem://x");
+    ASSERT_NULL(strstr(r.err, "did you mean"));
+    run_free(&r);
+}
+
 TEST(options_show_url_and_env_sources)
 {
     /* CMake sets CPOOL_MIN_POOL_SIZE=2 for this case. */
@@ -1109,7 +1133,7 @@ TEST(bench_default_embedded_sqlite)
 TEST(options_connector_parameter_rejected)
 {
     clean_env(NULL);
-    USAGE_ERROR("unknown parameter bogus", "options", "sqlite:/tmp/cpool-cli-x.db?bogus=1");
+    USAGE_ERROR("unknown parameter \"bogus\"", "options", "sqlite:/tmp/cpool-cli-x.db?bogus=1");
     USAGE_ERROR("bogus", "probe", "sqlite:/tmp/cpool-cli-x.db?bogus=1");
     USAGE_ERROR("bogus", "bench", "sqlite:/tmp/cpool-cli-x.db?bogus=1");
 }
@@ -1296,6 +1320,7 @@ static const test_case cases[] = {
     TEST_ENTRY(passwords_never_shown),
     TEST_ENTRY(probe_mem_reports_phases_and_server),
     TEST_ENTRY(options_show_url_and_env_sources),
+    TEST_ENTRY(misspelt_env_variable_warned),
 #ifdef CLI_TEST_HAVE_MHD
     TEST_ENTRY(metrics_serves_prometheus_and_stops_on_sigterm),
     TEST_ENTRY(metrics_stops_on_sigint),
