@@ -53,15 +53,16 @@ TEST(tenant_cap_enforced)
 
 typedef struct waiter_arg {
     cpool *p;
+    const char *tenant;
     cpool_conn *c;
     int rc;
     atomic_bool done;
 } waiter_arg;
 
-static void *a_waiter(void *x)
+static void *tenant_waiter(void *x)
 {
     waiter_arg *a = x;
-    a->rc = take(a->p, "a", 5000, &a->c, NULL);
+    a->rc = take(a->p, a->tenant, 5000, &a->c, NULL);
     atomic_store(&a->done, true);
     return NULL;
 }
@@ -82,8 +83,8 @@ TEST(capped_waiter_skipped_not_starved)
     test_checkin(p, spare, 0); /* one available connection */
     /* a2 waits: its tenant is at its cap although a connection is free. */
     pthread_t th;
-    waiter_arg arg = {p, NULL, -100, false};
-    TEST_THREAD_START(&th, a_waiter, &arg);
+    waiter_arg arg = {p, "a", NULL, -100, false};
+    TEST_THREAD_START(&th, tenant_waiter, &arg);
     WAIT_UNTIL(test_counts(p).waiting == 1, 2000);
     cpool_conn *b1;
     ASSERT_OK(take(p, "b", 0, &b1, NULL)); /* not behind a2 */
@@ -248,8 +249,8 @@ TEST(closed_lease_frees_tenant_for_available_connection)
     ASSERT_RC(CPOOL_ECONNECT, take(p, NULL, 200, &x, NULL)); /* backoff now */
     test_checkin(p, other, 0); /* one available */
     pthread_t th;
-    waiter_arg arg = {p, NULL, -100, false};
-    TEST_THREAD_START(&th, a_waiter, &arg);
+    waiter_arg arg = {p, "a", NULL, -100, false};
+    TEST_THREAD_START(&th, tenant_waiter, &arg);
     WAIT_UNTIL(test_counts(p).waiting == 1, 2000);
     test_checkin(p, a1, CPOOL_CHECKIN_BROKEN); /* closed: a may take one */
     pthread_join(th, NULL);
@@ -359,14 +360,6 @@ TEST(tenant_gets_its_own_connection_back)
     cpool_mem_destroy(mem);
 }
 
-static void *b_waiter(void *x)
-{
-    waiter_arg *a = x;
-    a->rc = take(a->p, "b", 5000, &a->c, NULL);
-    atomic_store(&a->done, true);
-    return NULL;
-}
-
 /* A connection handed straight from a check-in to another tenant's queued
  * checkout is reset on the way too. */
 TEST(handoff_to_other_tenant_resets_session)
@@ -380,8 +373,8 @@ TEST(handoff_to_other_tenant_resets_session)
     ASSERT_OK(take(p, "a", 1000, &a1, NULL));
     cpool_mem_conn_set_session(cpool_conn_native(a1), 0xA);
     pthread_t th;
-    waiter_arg arg = {p, NULL, -100, false};
-    TEST_THREAD_START(&th, b_waiter, &arg);
+    waiter_arg arg = {p, "b", NULL, -100, false};
+    TEST_THREAD_START(&th, tenant_waiter, &arg);
     WAIT_UNTIL(test_counts(p).waiting == 1, 2000);
     test_checkin(p, a1, 0);
     pthread_join(th, NULL);
