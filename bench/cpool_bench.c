@@ -51,52 +51,9 @@
 
 /* ------------------------------------------------------------ allocations */
 
-/* Counting heap allocations per thread. With glibc, a definition of malloc,
- * calloc and realloc in the executable interposes on every caller in the
- * process (the cpool library included) and can forward to glibc's own
- * entry points. The counter is thread-local, so counting adds no shared
- * cache line to the hot path of an allocating pool. Aligned allocations
- * (posix_memalign, aligned_alloc) are not counted. Sanitizers bring their
- * own malloc, so the counter is left out under them. */
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define BENCH_SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define BENCH_SANITIZED 1
-#endif
-#endif
-
-#if defined(__GLIBC__) && !defined(BENCH_SANITIZED) && !defined(CPOOL_BENCH_NO_ALLOC_COUNT)
-#define BENCH_COUNT_ALLOCS 1
-extern void *__libc_malloc(size_t size);
-extern void *__libc_calloc(size_t n, size_t size);
-extern void *__libc_realloc(void *ptr, size_t size);
-
-static _Thread_local uint64_t tl_allocs;
-
-void *malloc(size_t size)
-{
-    tl_allocs++;
-    return __libc_malloc(size);
-}
-
-void *calloc(size_t n, size_t size)
-{
-    tl_allocs++;
-    return __libc_calloc(n, size);
-}
-
-void *realloc(void *ptr, size_t size)
-{
-    tl_allocs++;
-    return __libc_realloc(ptr, size);
-}
-
-static uint64_t allocs_self(void) { return tl_allocs; }
-#else
-#define BENCH_COUNT_ALLOCS 0
-static uint64_t allocs_self(void) { return 0; }
-#endif
+/* Heap allocations of the calling thread so far (alloc_count.c); counted
+ * only where BENCH_COUNT_ALLOCS says so. */
+#include "alloc_count.h"
 
 /* ------------------------------------------------------------------ clock */
 
@@ -476,7 +433,7 @@ static void *worker_main(void *arg)
         bool rec = phase == PHASE_MEASURE;
         if (rec && !measuring) {
             measuring = true;
-            allocs0 = allocs_self();
+            allocs0 = bench_allocs_self();
         }
         if (fixed && ops >= fixed)
             break;
@@ -526,7 +483,7 @@ static void *worker_main(void *arg)
             atomic_fetch_add_explicit(&r->warm, 1, memory_order_relaxed);
         }
     }
-    w->allocs = measuring ? allocs_self() - allocs0 : 0;
+    w->allocs = measuring ? bench_allocs_self() - allocs0 : 0;
     w->ops = ops;
     w->overtakers = overtakers;
     w->max_overtakers = max_overtakers;
