@@ -12,6 +12,7 @@
  * the test code flips `broken` from its own thread.
  */
 #include "cpool/cpool_mem.h"
+#include "../core/clock.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -52,13 +53,6 @@ typedef struct mem_conn {
     atomic_bool in_txn;    /* atomic only so that a test thread may read it */
     _Atomic uint64_t session; /* see cpool_mem_conn_set_session */
 } mem_conn;
-
-static int64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 static char *dup_str(const char *s)
 {
@@ -242,7 +236,7 @@ static int failpoint_block(const cpool_mem_failpoint *fp,
                            const cpool_connect_args *args, cpool_error *err)
 {
     const char *target = args->target != NULL ? args->target : "";
-    int64_t start = mono_ns();
+    int64_t start = cpool__mono_ns();
     int64_t block_end = INT64_MAX; /* block_until_interrupted */
     if (!fp->block_until_interrupted) {
         int64_t ms = fp->block_ms;
@@ -259,7 +253,7 @@ static int failpoint_block(const cpool_mem_failpoint *fp,
     }
 
     for (;;) {
-        int64_t now = mono_ns();
+        int64_t now = cpool__mono_ns();
         if (now >= stop)
             break;
         int64_t left_ms = (stop - now + 999999) / 1000000;
@@ -290,7 +284,7 @@ static int failpoint_block(const cpool_mem_failpoint *fp,
                                    "connect %s: interrupted", target);
     }
     if (deadline_first) {
-        int64_t waited_ms = (mono_ns() - start) / 1000000;
+        int64_t waited_ms = (cpool__mono_ns() - start) / 1000000;
         return cpool_error_set(err, CPOOL_ECONNECT, CPOOL_PHASE_HANDSHAKE,
                                CPOOL_FAIL_TIMEOUT, ETIMEDOUT,
                                "connect %s: handshake timed out after %lld ms",
@@ -481,7 +475,7 @@ static int mem_ping(void *ctx, void *native, int64_t deadline_ns,
     bump(&c->pings);
     if (atomic_load(&c->stalled) && deadline_ns > 0) {
         /* A stopped server: nothing comes back before the deadline. */
-        int64_t left = deadline_ns - mono_ns();
+        int64_t left = deadline_ns - cpool__mono_ns();
         if (left > 0) {
             struct timespec ts = {left / 1000000000, left % 1000000000};
             while (nanosleep(&ts, &ts) != 0 && errno == EINTR)

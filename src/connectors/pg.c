@@ -31,7 +31,7 @@
  * reset_timeout_ms.
  */
 #include "cpool/cpool_pg.h"
-
+#include "../core/clock.h"
 #include "../core/params.h"
 
 #include <libpq-events.h>
@@ -111,13 +111,6 @@ typedef struct pg_state {
     PQnoticeProcessor notice_processor;
     uint64_t reported;      /* reported_hash() of a fresh session */
 } pg_state;
-
-static int64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 /* Milliseconds left until deadline (0 = none -> -1, poll's "forever"),
  * rounded up so that a wait never ends just short of it. */
@@ -774,7 +767,7 @@ static void *cancel_main(void *arg)
     for (int sent = 0;;) {
         cancel_once(j->ref);
         sent++;
-        int64_t left_ms = (j->until_ns - now_ns()) / 1000000;
+        int64_t left_ms = (j->until_ns - cpool__mono_ns()) / 1000000;
         if (left_ms <= 0)
             break;
         int ms = pause_ms < left_ms ? pause_ms : (int)left_ms;
@@ -843,7 +836,7 @@ static void send_cancel(pg_state *st, int watch, int tries, int64_t timeout_ms)
             close(watch);
         return;
     }
-    *j = (cancel_job){ref, watch, tries, now_ns() + timeout_ms * 1000000};
+    *j = (cancel_job){ref, watch, tries, cpool__mono_ns() + timeout_ms * 1000000};
     /* PQcancel needs little stack; keep the footprint of a stuck one small. */
     if (spawn_detached(cancel_main, j, 256 * 1024) != 0) {
         j->tries = 1;
@@ -1123,11 +1116,11 @@ static int do_connect(const pg_ctx *ctx, cpool_connect_args *args, PGconn **out,
 {
     const char *kw[] = {"dbname", "fallback_application_name", NULL};
     const char *vals[] = {ctx->conninfo, APP_NAME_FALLBACK, NULL};
-    int64_t mark = now_ns(), start = mark;
+    int64_t mark = cpool__mono_ns(), start = mark;
     /* Name resolution happens inside this call (getaddrinfo blocks; use
      * hostaddr to avoid it), and so does a unix-socket connect. */
     PGconn *conn = PQconnectStartParams(kw, vals, /* expand_dbname= */ 1);
-    int64_t t = now_ns();
+    int64_t t = cpool__mono_ns();
     args->phase_ns[CPOOL_PHASE_DNS] += t - mark;
     mark = t;
     if (conn == NULL)
@@ -1151,7 +1144,7 @@ static int do_connect(const pg_ctx *ctx, cpool_connect_args *args, PGconn **out,
             rc = classify_failure(ctx, conn, phase, err);
             goto fail;
         }
-        int64_t now = now_ns();
+        int64_t now = cpool__mono_ns();
         if (args->deadline_ns > 0 && now >= args->deadline_ns) {
             args->phase_ns[phase] += now - mark;
             rc = cpool_error_set(err, CPOOL_ECONNECT, phase, CPOOL_FAIL_TIMEOUT, ETIMEDOUT,
@@ -1172,7 +1165,7 @@ static int do_connect(const pg_ctx *ctx, cpool_connect_args *args, PGconn **out,
                                  "connect %s: poll failed: %s", addr_of(ctx), strerror(e));
             goto fail;
         }
-        t = now_ns();
+        t = cpool__mono_ns();
         args->phase_ns[phase] += t - mark;
         mark = t;
         /* Any event on cancel_fd, POLLNVAL included, means the pool no
@@ -1189,7 +1182,7 @@ static int do_connect(const pg_ctx *ctx, cpool_connect_args *args, PGconn **out,
         ps = PQconnectPoll(conn);
         if (before == CONNECTION_AWAITING_RESPONSE)
             answered = true;
-        t = now_ns();
+        t = cpool__mono_ns();
         args->phase_ns[phase] += t - mark; /* the call's own work (SCRAM) */
         mark = t;
         if (ps != PGRES_POLLING_FAILED)
@@ -1239,7 +1232,7 @@ static int pg_connect(void *vctx, cpool_connect_args *args, void **native, cpool
 static int wait_socket(PGconn *conn, short events, int64_t deadline)
 {
     for (;;) {
-        int64_t now = now_ns();
+        int64_t now = cpool__mono_ns();
         if (deadline > 0 && now >= deadline)
             return 1;
         struct pollfd pfd = {.fd = PQsocket(conn), .events = events};
@@ -1476,7 +1469,7 @@ static int pg_reset(void *vctx, void *native, cpool_error *err)
             return io_error(ctx, conn, "reset", CPOOL_FAIL_NETWORK, 0, NULL, err);
     } else {
         int64_t timeout = ctx != NULL ? ctx->reset_timeout_ms : RESET_TIMEOUT_DEFAULT_MS;
-        int64_t deadline = now_ns() + timeout * 1000000;
+        int64_t deadline = cpool__mono_ns() + timeout * 1000000;
         if (rollback &&
             run_bounded(ctx, conn, "ROLLBACK", /* want_empty= */ false, deadline,
                         "reset (ROLLBACK)", err) != 0)
@@ -1523,7 +1516,7 @@ static int pg_discard(void *vctx, void *native, int64_t deadline_ns, cpool_error
         return io_error(ctx, conn, "discard", CPOOL_FAIL_OTHER, 0, "a query is in progress",
                         err);
     int64_t timeout = ctx != NULL ? ctx->reset_timeout_ms : RESET_TIMEOUT_DEFAULT_MS;
-    int64_t deadline = now_ns() + timeout * 1000000;
+    int64_t deadline = cpool__mono_ns() + timeout * 1000000;
     if (deadline_ns > 0 && deadline_ns < deadline)
         deadline = deadline_ns;
     if ((ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR) &&
@@ -1692,7 +1685,7 @@ static int pg_execute(void *vctx, void *native, const char *command, cpool_error
             return io_error(ctx, conn, "execute", CPOOL_FAIL_OTHER, 0,
                             "a query is in progress (unread results or COPY)", err);
         int64_t deadline = ctx != NULL && ctx->command_timeout_ms > 0
-                               ? now_ns() + ctx->command_timeout_ms * 1000000
+                               ? cpool__mono_ns() + ctx->command_timeout_ms * 1000000
                                : 0;
         rc = run_bounded(ctx, conn, command, /* want_empty= */ false, deadline, "execute", err);
     }
@@ -1719,7 +1712,7 @@ static int connect_by(int family, const struct sockaddr *sa, socklen_t len, int6
             struct pollfd pfd = {.fd = fd, .events = POLLOUT};
             int n;
             do {
-                n = poll(&pfd, 1, poll_timeout(deadline, now_ns()));
+                n = poll(&pfd, 1, poll_timeout(deadline, cpool__mono_ns()));
             } while (n < 0 && errno == EINTR);
             socklen_t sl = sizeof eno;
             if (n == 0)

@@ -24,6 +24,7 @@
  * reader's privdata, so the native handle stays a plain redisContext *.
  */
 #include "cpool/cpool_redis.h"
+#include "../core/clock.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -124,17 +125,10 @@ typedef struct redis_conn {
 /* Outcome of one bounded I/O step. */
 enum io_status { IO_OK = 0, IO_TIMEOUT, IO_EOF, IO_ERRNO, IO_CANCELLED, IO_PROTOCOL };
 
-static int64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 /* now + ms, or 0 (no deadline) when ms is 0. */
 static int64_t deadline_after_ms(int64_t ms)
 {
-    return ms > 0 ? mono_ns() + ms * 1000000 : 0;
+    return ms > 0 ? cpool__mono_ns() + ms * 1000000 : 0;
 }
 
 /* The earlier of two deadlines, where 0 means none. */
@@ -603,7 +597,7 @@ static int poll_timeout(int64_t deadline)
 {
     if (deadline == 0)
         return -1;
-    int64_t left = deadline - mono_ns();
+    int64_t left = deadline - cpool__mono_ns();
     if (left <= 0)
         return 0;
     int64_t ms = (left + 999999) / 1000000;
@@ -632,7 +626,7 @@ static enum io_status wait_fd(int fd, short events, int64_t deadline, int cancel
             return IO_CANCELLED;
         if (p[0].revents != 0)
             return IO_OK; /* errors and hang-ups show in the next send/recv */
-        if (deadline != 0 && mono_ns() >= deadline)
+        if (deadline != 0 && cpool__mono_ns() >= deadline)
             return IO_TIMEOUT;
     }
 }
@@ -761,7 +755,7 @@ static int io_failed(redisContext *c, const redis_ctx *x, const char *what,
                      enum io_status st, int eno, int64_t started, cpool_error *err)
 {
     poison(c, st, eno);
-    long long ms = (long long)((mono_ns() - started) / 1000000);
+    long long ms = (long long)((cpool__mono_ns() - started) / 1000000);
     if (st == IO_TIMEOUT)
         return cpool_error_set(err, CPOOL_EIO, CPOOL_PHASE_QUERY, CPOOL_FAIL_TIMEOUT, ETIMEDOUT,
                                "%s on redis %s: no reply within %lld ms", what, x->address,
@@ -964,7 +958,7 @@ static int connect_fail(const redis_ctx *x, enum io_status st, int eno, int64_t 
     if (st == IO_TIMEOUT)
         return cpool_error_set(err, CPOOL_ECONNECT, CPOOL_PHASE_CONNECT, CPOOL_FAIL_TIMEOUT,
                                ETIMEDOUT, "connect redis %s: timed out after %lld ms",
-                               x->address, (long long)((mono_ns() - t0) / 1000000));
+                               x->address, (long long)((cpool__mono_ns() - t0) / 1000000));
     if (eno == EMFILE || eno == ENFILE || eno == ENOBUFS || eno == ENOMEM)
         return cpool_error_set(err, CPOOL_ECONNECT, CPOOL_PHASE_CONNECT, CPOOL_FAIL_OTHER, eno,
                                "connect redis %s: %s", x->address,
@@ -978,7 +972,7 @@ static int connect_fail(const redis_ctx *x, enum io_status st, int eno, int64_t 
 static int open_socket(const redis_ctx *x, cpool_connect_args *a, int *fd,
                        cpool_error *err)
 {
-    int64_t t0 = mono_ns();
+    int64_t t0 = cpool__mono_ns();
     int eno = 0;
     enum io_status st;
     if (x->is_unix) {
@@ -987,13 +981,13 @@ static int open_socket(const redis_ctx *x, cpool_connect_args *a, int *fd,
         sa.sun_family = AF_UNIX;
         memcpy(sa.sun_path, x->path, strlen(x->path) + 1); /* fits: checked at parse */
         st = connect_one(AF_UNIX, (const struct sockaddr *)&sa, sizeof sa, a, fd, &eno);
-        a->phase_ns[CPOOL_PHASE_CONNECT] = mono_ns() - t0;
+        a->phase_ns[CPOOL_PHASE_CONNECT] = cpool__mono_ns() - t0;
         return st == IO_OK ? 0 : connect_fail(x, st, eno, t0, err);
     }
 
     struct addrinfo *res = NULL;
     int rc = resolve(x, a, &res, err);
-    int64_t t1 = mono_ns();
+    int64_t t1 = cpool__mono_ns();
     a->phase_ns[CPOOL_PHASE_DNS] = t1 - t0;
     if (rc != 0)
         return rc;
@@ -1007,7 +1001,7 @@ static int open_socket(const redis_ctx *x, cpool_connect_args *a, int *fd,
             break;
     }
     freeaddrinfo(res);
-    a->phase_ns[CPOOL_PHASE_CONNECT] = mono_ns() - t1;
+    a->phase_ns[CPOOL_PHASE_CONNECT] = cpool__mono_ns() - t1;
     if (st != IO_OK)
         return connect_fail(x, st, eno, t1, err);
     tune_tcp(*fd);
@@ -1098,7 +1092,7 @@ static int hello_io_failed(const redis_ctx *x, redisContext *c, enum io_status s
                            int replies, int64_t t0, cpool_error *err)
 {
     char eb[128];
-    long long ms = (long long)((mono_ns() - t0) / 1000000);
+    long long ms = (long long)((cpool__mono_ns() - t0) / 1000000);
     switch (st) {
     case IO_CANCELLED:
         return cpool_error_set(err, CPOOL_ECONNECT, CPOOL_PHASE_HANDSHAKE,
@@ -1136,12 +1130,12 @@ static int hello_io_failed(const redis_ctx *x, redisContext *c, enum io_status s
 static int handshake(const redis_ctx *x, redisContext *c, cpool_connect_args *a,
                      cpool_error *err)
 {
-    int64_t t0 = mono_ns(), t_auth = 0;
+    int64_t t0 = cpool__mono_ns(), t_auth = 0;
     int eno = 0;
     enum io_status st = send_all(c->fd, x->hello, x->hello_len, a->deadline_ns,
                                  a->cancel_fd, &eno);
     if (st != IO_OK) {
-        a->phase_ns[CPOOL_PHASE_HANDSHAKE] = mono_ns() - t0;
+        a->phase_ns[CPOOL_PHASE_HANDSHAKE] = cpool__mono_ns() - t0;
         return hello_io_failed(x, c, st, eno, 0, t0, err);
     }
     int rc = 0;
@@ -1153,13 +1147,13 @@ static int handshake(const redis_ctx *x, redisContext *c, cpool_connect_args *a,
             break;
         }
         if (x->hello_cmds[i] == HELLO_AUTH) {
-            t_auth = mono_ns();
+            t_auth = cpool__mono_ns();
             a->phase_ns[CPOOL_PHASE_AUTH] = t_auth - t0;
         }
         rc = hello_reply(x, x->hello_cmds[i], r, err);
         freeReplyObject(r);
     }
-    a->phase_ns[CPOOL_PHASE_HANDSHAKE] = mono_ns() - (t_auth != 0 ? t_auth : t0);
+    a->phase_ns[CPOOL_PHASE_HANDSHAKE] = cpool__mono_ns() - (t_auth != 0 ? t_auth : t0);
     return rc;
 }
 
@@ -1444,7 +1438,7 @@ static int redis_ping(void *vctx, void *native, int64_t deadline_ns, cpool_error
     int rc = local_check(x, c, "ping", &st, err);
     if (rc != 0)
         return rc;
-    int64_t t0 = mono_ns();
+    int64_t t0 = cpool__mono_ns();
     /* A ping is a command: it waits no longer than one would. */
     int64_t deadline = earlier(deadline_ns, deadline_after_ms(x->command_timeout_ms));
     if (deadline != 0 && t0 >= deadline)
@@ -1557,7 +1551,7 @@ static int legacy_reset(const redis_ctx *x, redisContext *c, redis_conn *st, int
                                "reset on redis %s: pipeline too long", x->address);
     n += w;
 
-    int64_t t0 = mono_ns();
+    int64_t t0 = cpool__mono_ns();
     int eno = 0;
     enum io_status s = send_all(c->fd, buf, n, deadline, -1, &eno);
     if (s != IO_OK)
@@ -1620,7 +1614,7 @@ static int full_reset(const redis_ctx *x, redisContext *c, redis_conn *st, const
 {
     if (atomic_load(&x->no_reset))
         return legacy_reset(x, c, st, deadline, err);
-    int64_t t0 = mono_ns();
+    int64_t t0 = cpool__mono_ns();
     int eno = 0;
     enum io_status s = send_all(c->fd, x->reset_full, x->reset_full_len, deadline, -1, &eno);
     if (s != IO_OK)
@@ -1767,7 +1761,7 @@ static int round_trip(const redis_ctx *x, redisContext *c, const char *what, con
                       size_t len, redisReply **replies, int n, int64_t deadline,
                       cpool_error *err)
 {
-    int64_t t0 = mono_ns();
+    int64_t t0 = cpool__mono_ns();
     int eno = 0;
     enum io_status s = send_all(c->fd, out, len, deadline, -1, &eno);
     if (s == IO_OK)

@@ -34,6 +34,7 @@
  * mutex only while some connection of the context is interrupted.
  */
 #include "cpool/cpool_sqlite.h"
+#include "../core/clock.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -106,13 +107,6 @@ static atomic_uint g_mem_seq; /* names of anonymous in-memory databases */
 static void fork_prepare(void) { pthread_mutex_lock(&g_mu); }
 static void fork_release(void) { pthread_mutex_unlock(&g_mu); }
 static void register_atfork(void) { pthread_atfork(fork_prepare, fork_release, fork_release); }
-
-static int64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 static char *dup_str(const char *s)
 {
@@ -312,7 +306,7 @@ static bool conn_interrupted(sq_ctx *cx, sqlite3 *db)
 static int on_busy(void *arg, int count)
 {
     sq_conn *sq = arg;
-    int64_t now = mono_ns();
+    int64_t now = cpool__mono_ns();
     if (count == 0)
         sq->wait_start_ns = now;
     if (atomic_load_explicit(&sq->interrupted, memory_order_relaxed))
@@ -638,7 +632,7 @@ static int establish_gate(const sq_ctx *cx, const cpool_connect_args *a, cpool_p
             return cpool_error_set(err, CPOOL_ECONNECT, phase, CPOOL_FAIL_INTERRUPTED, 0,
                                    "connect %s: interrupted by the pool", cx->display);
     }
-    int64_t now = mono_ns();
+    int64_t now = cpool__mono_ns();
     if (a->deadline_ns > 0 && now >= a->deadline_ns)
         return cpool_error_set(err, CPOOL_ECONNECT, phase, CPOOL_FAIL_TIMEOUT, ETIMEDOUT,
                                "connect %s: timed out after %lld ms", cx->display,
@@ -669,7 +663,7 @@ static int setup_sql(const sq_ctx *cx, sq_conn *sq, const char *sql, char *out, 
     if (p == SQLITE_BUSY || p == SQLITE_LOCKED)
         return cpool_error_set(err, CPOOL_ECONNECT, CPOOL_PHASE_HANDSHAKE, CPOOL_FAIL_TIMEOUT,
                                ext, "connect %s: %s: gave up after %lld ms (%s, %s)",
-                               cx->display, msg, (long long)((mono_ns() - start_ns) / 1000000),
+                               cx->display, msg, (long long)((cpool__mono_ns() - start_ns) / 1000000),
                                sql, rc_name(rc));
     if (p == SQLITE_NOMEM)
         return cpool_error_set(err, CPOOL_ENOMEM, CPOOL_PHASE_HANDSHAKE, CPOOL_FAIL_OTHER, ext,
@@ -726,7 +720,7 @@ static int sq_connect(void *ctxp, cpool_connect_args *args, void **native, cpool
         return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_CONNECT, CPOOL_FAIL_OTHER, 0,
                                "sqlite connector used without its context: leave "
                                "connector_ctx NULL and the pool makes it from the target");
-    int64_t start = mono_ns();
+    int64_t start = cpool__mono_ns();
     int rc = establish_gate(cx, args, CPOOL_PHASE_CONNECT, start, err);
     if (rc != 0)
         return rc;
@@ -742,7 +736,7 @@ static int sq_connect(void *ctxp, cpool_connect_args *args, void **native, cpool
 
     sqlite3 *db = NULL;
     int src = sqlite3_open_v2(cx->open_name, &db, cx->open_flags, NULL);
-    int64_t opened = mono_ns();
+    int64_t opened = cpool__mono_ns();
     args->phase_ns[CPOOL_PHASE_CONNECT] = opened - start;
     if (src != SQLITE_OK) {
         /* Missing directory, no permission, a mode=rw file that does not
@@ -762,7 +756,7 @@ static int sq_connect(void *ctxp, cpool_connect_args *args, void **native, cpool
     sq->db = db;
     sqlite3_busy_handler(db, on_busy, sq);
     rc = setup_conn(cx, sq, args, start, err);
-    args->phase_ns[CPOOL_PHASE_HANDSHAKE] = mono_ns() - opened;
+    args->phase_ns[CPOOL_PHASE_HANDSHAKE] = cpool__mono_ns() - opened;
     if (rc != 0) {
         sqlite3_close_v2(db);
         free(sq);

@@ -5,6 +5,7 @@
  * messages and their field names are the CMAP specification's, word for
  * word, because log consumers match on them. */
 #include "pool_int.h"
+#include "clock.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -119,9 +120,7 @@ int64_t cpool__now(const cpool *p)
 {
     if (p->opts.clock != NULL)
         return p->opts.clock->now_ns(p->opts.clock->ctx);
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    return cpool__mono_ns();
 }
 
 /* A clock read costs ~25 ns here, as much as the rest of a lock-free

@@ -10,6 +10,7 @@
  * it on the way (to emit an event or call the connector) say so.
  */
 #include "pool_int.h"
+#include "clock.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -191,13 +192,6 @@ static int64_t deadline_after(int64_t now, int64_t ms)
     return now + ms_to_ns(ms);
 }
 
-static int64_t real_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 /* The connector works in real CLOCK_MONOTONIC time; the pool's clock may be
  * a test clock, so translate the remaining time. */
 static int64_t real_deadline(const cpool *p, int64_t deadline)
@@ -205,12 +199,12 @@ static int64_t real_deadline(const cpool *p, int64_t deadline)
     if (deadline == NO_DEADLINE)
         return 0;
     int64_t left = deadline - cpool__now(p);
-    return real_now_ns() + (left > 0 ? left : 1);
+    return cpool__mono_ns() + (left > 0 ? left : 1);
 }
 
 static struct timespec abs_real(int64_t left_ns)
 {
-    int64_t t = real_now_ns() + left_ns;
+    int64_t t = cpool__mono_ns() + left_ns;
     struct timespec ts = {.tv_sec = t / 1000000000, .tv_nsec = t % 1000000000};
     return ts;
 }
@@ -2609,7 +2603,7 @@ int cpool_create(const cpool_options *opts, cpool **out, cpool_error *err)
     p->can_park = !p->observed && !o.load_balanced;
     p->serial = atomic_fetch_add(&g_pool_serial, 1) + 1;
     p->rng = 0x9e3779b97f4a7c15ULL ^ (p->serial * 0xbf58476d1ce4e5b9ULL) ^
-             (uint64_t)real_now_ns();
+             (uint64_t)cpool__mono_ns();
     p->options_set = options_set(&o);
     p->state = CPOOL_STATE_PAUSED;
     atomic_store_explicit(&p->fork_epoch,
@@ -2777,7 +2771,7 @@ int cpool_shutdown(cpool *p, int64_t grace_ms, cpool_shutdown_report *report,
         memset(report, 0, sizeof *report);
     if (p == NULL || grace_ms < 0)
         return cpool__err(err, CPOOL_EINVAL, "shutdown: a pool and grace_ms >= 0 are required");
-    int64_t t0 = real_now_ns();
+    int64_t t0 = cpool__mono_ns();
     pthread_mutex_lock(&p->mu);
     check_fork_locked(p);
     if (p->state == CPOOL_STATE_CLOSED || p->draining) {
@@ -2814,7 +2808,7 @@ int cpool_shutdown(cpool *p, int64_t grace_ms, cpool_shutdown_report *report,
                                ? at_start - held - p->drain_reclaimed
                                : 0;
         report->interrupted = held;
-        report->elapsed_ms = (real_now_ns() - t0) / 1000000;
+        report->elapsed_ms = (cpool__mono_ns() - t0) / 1000000;
     }
     if (err != NULL)
         memset(err, 0, sizeof *err);
