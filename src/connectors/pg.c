@@ -33,6 +33,7 @@
 #include "cpool/cpool_pg.h"
 #include "../core/clock.h"
 #include "../core/params.h"
+#include "sockwait.h"
 
 #include <libpq-events.h>
 
@@ -111,18 +112,6 @@ typedef struct pg_state {
     PQnoticeProcessor notice_processor;
     uint64_t reported;      /* reported_hash() of a fresh session */
 } pg_state;
-
-/* Milliseconds left until deadline (0 = none -> -1, poll's "forever"),
- * rounded up so that a wait never ends just short of it. */
-static int poll_timeout(int64_t deadline, int64_t now)
-{
-    if (deadline == 0)
-        return -1;
-    if (now >= deadline)
-        return 0;
-    int64_t ms = (deadline - now + 999999) / 1000000;
-    return ms > INT_MAX ? INT_MAX : (int)ms;
-}
 
 /* ------------------------------------------------------------- SQLSTATE */
 
@@ -747,12 +736,9 @@ static void cancel_once(cancel_ref *ref)
  * sends meanwhile (the cancelled query's error) is not waited for. */
 static bool backend_gone(int fd, int ms)
 {
-    struct pollfd pfd = {.fd = fd, .events = POLLRDHUP};
-    int n;
-    do {
-        n = poll(&pfd, 1, ms);
-    } while (n < 0 && errno == EINTR);
-    return n != 0;
+    int eno;
+    return cpool__wait_fd(fd, POLLRDHUP, -1, cpool__mono_ns() + (int64_t)ms * 1000000, &eno) !=
+           CPOOL_WAIT_TIMEOUT;
 }
 
 /* The job's loop. A request reaches the backend only once it is running
@@ -1152,15 +1138,11 @@ static int do_connect(const pg_ctx *ctx, cpool_connect_args *args, PGconn **out,
                                  (long long)((now - start) / 1000000), phase_doing(phase));
             goto fail;
         }
-        struct pollfd pfd[2] = {
-            {.fd = PQsocket(conn), .events = ps == PGRES_POLLING_READING ? POLLIN : POLLOUT},
-            {.fd = args->cancel_fd, .events = POLLIN},
-        };
-        int n = poll(pfd, args->cancel_fd >= 0 ? 2 : 1, poll_timeout(args->deadline_ns, now));
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            int e = errno;
+        int e = 0;
+        int w = cpool__wait_fd(PQsocket(conn),
+                               ps == PGRES_POLLING_READING ? POLLIN : POLLOUT, args->cancel_fd,
+                               args->deadline_ns, &e);
+        if (w == CPOOL_WAIT_ERROR) {
             rc = cpool_error_set(err, CPOOL_ECONNECT, phase, CPOOL_FAIL_OTHER, e,
                                  "connect %s: poll failed: %s", addr_of(ctx), strerror(e));
             goto fail;
@@ -1170,13 +1152,13 @@ static int do_connect(const pg_ctx *ctx, cpool_connect_args *args, PGconn **out,
         mark = t;
         /* Any event on cancel_fd, POLLNVAL included, means the pool no
          * longer waits for this attempt. */
-        if (n > 0 && args->cancel_fd >= 0 && pfd[1].revents != 0) {
+        if (w == CPOOL_WAIT_CANCELLED) {
             rc = cpool_error_set(err, CPOOL_ECONNECT, phase, CPOOL_FAIL_INTERRUPTED, 0,
                                  "connect %s: interrupted by the pool %s", addr_of(ctx),
                                  phase_doing(phase));
             goto fail;
         }
-        if (n == 0)
+        if (w == CPOOL_WAIT_TIMEOUT)
             continue; /* the deadline check above ends it */
         ConnStatusType before = PQstatus(conn);
         ps = PQconnectPoll(conn);
@@ -1231,17 +1213,11 @@ static int pg_connect(void *vctx, cpool_connect_args *args, void **native, cpool
  * none) passes. 0 = ready, 1 = timed out, -1 = poll failed (errno). */
 static int wait_socket(PGconn *conn, short events, int64_t deadline)
 {
-    for (;;) {
-        int64_t now = cpool__mono_ns();
-        if (deadline > 0 && now >= deadline)
-            return 1;
-        struct pollfd pfd = {.fd = PQsocket(conn), .events = events};
-        int n = poll(&pfd, 1, poll_timeout(deadline, now));
-        if (n > 0)
-            return 0;
-        if (n < 0 && errno != EINTR)
-            return -1;
-    }
+    int eno = 0;
+    int w = cpool__wait_fd(PQsocket(conn), events, -1, deadline, &eno);
+    if (w == CPOOL_WAIT_ERROR)
+        errno = eno;
+    return w == CPOOL_WAIT_READY ? 0 : w == CPOOL_WAIT_TIMEOUT ? 1 : -1;
 }
 
 static int io_error(const pg_ctx *ctx, PGconn *conn, const char *what, cpool_fail_kind kind,
@@ -1702,27 +1678,11 @@ static int pg_execute(void *vctx, void *native, const char *command, cpool_error
  * (ETIMEDOUT when the deadline passed). */
 static int connect_by(int family, const struct sockaddr *sa, socklen_t len, int64_t deadline)
 {
-    int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return errno;
-    int eno = 0;
-    if (connect(fd, sa, len) < 0) {
-        eno = errno;
-        if (eno == EINPROGRESS || eno == EINTR || eno == EAGAIN) {
-            struct pollfd pfd = {.fd = fd, .events = POLLOUT};
-            int n;
-            do {
-                n = poll(&pfd, 1, poll_timeout(deadline, cpool__mono_ns()));
-            } while (n < 0 && errno == EINTR);
-            socklen_t sl = sizeof eno;
-            if (n == 0)
-                eno = ETIMEDOUT;
-            else if (n < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &eno, &sl) < 0)
-                eno = errno;
-        }
-    }
-    close(fd);
-    return eno;
+    int fd, eno = 0;
+    int w = cpool__connect_fd(family, sa, len, deadline, -1, &fd, &eno);
+    if (w == CPOOL_WAIT_READY)
+        close(fd);
+    return w == CPOOL_WAIT_READY ? 0 : w == CPOOL_WAIT_TIMEOUT ? ETIMEDOUT : eno;
 }
 
 /* The server accepts connections: a connect to the target's first host

@@ -49,6 +49,7 @@
 
 #include <hiredis/sds.h>
 
+#include "sockwait.h"
 #include "tcp_written.h"
 
 #define DEFAULT_PORT "6379"
@@ -592,43 +593,23 @@ static int redis_ctx_new(const char *target, void **out, cpool_error *err)
 
 /* ------------------------------------------------------------ bounded I/O */
 
-/* Milliseconds for poll() until `deadline` (0 = none: -1, wait forever). */
-static int poll_timeout(int64_t deadline)
+/* A CPOOL_WAIT_* outcome as an io_status. */
+static enum io_status io_of(int wait)
 {
-    if (deadline == 0)
-        return -1;
-    int64_t left = deadline - cpool__mono_ns();
-    if (left <= 0)
-        return 0;
-    int64_t ms = (left + 999999) / 1000000;
-    return ms > INT_MAX ? INT_MAX : (int)ms;
+    switch (wait) {
+    case CPOOL_WAIT_READY: return IO_OK; /* errors and hang-ups show in the next send/recv */
+    case CPOOL_WAIT_TIMEOUT: return IO_TIMEOUT;
+    case CPOOL_WAIT_CANCELLED: return IO_CANCELLED;
+    default: return IO_ERRNO;
+    }
 }
 
 /* Waits until fd has `events`, the deadline passes or cancel_fd (-1 = none)
- * becomes readable. Any event on cancel_fd -- also POLLHUP or POLLNVAL when
- * the pool closed it -- counts as a cancellation: nobody waits for this
- * attempt any more, and polling it again would spin. */
+ * fires (cpool__wait_fd). */
 static enum io_status wait_fd(int fd, short events, int64_t deadline, int cancel_fd,
                               int *eno)
 {
-    for (;;) {
-        struct pollfd p[2] = {{.fd = fd, .events = events},
-                              {.fd = cancel_fd, .events = POLLIN}};
-        int timeout = poll_timeout(deadline);
-        int n = poll(p, cancel_fd >= 0 ? 2 : 1, timeout);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            *eno = errno;
-            return IO_ERRNO;
-        }
-        if (cancel_fd >= 0 && p[1].revents != 0)
-            return IO_CANCELLED;
-        if (p[0].revents != 0)
-            return IO_OK; /* errors and hang-ups show in the next send/recv */
-        if (deadline != 0 && cpool__mono_ns() >= deadline)
-            return IO_TIMEOUT;
-    }
+    return io_of(cpool__wait_fd(fd, events, cancel_fd, deadline, eno));
 }
 
 static enum io_status send_all(int fd, const char *buf, size_t len, int64_t deadline,
@@ -900,40 +881,12 @@ static int resolve(const redis_ctx *x, const cpool_connect_args *a, struct addri
 
 /* ------------------------------------------------------------ establishment */
 
-/* One non-blocking connect. Returns IO_OK with *out set, or the status
- * (and errno in *eno) that ended it. */
+/* One non-blocking connect (cpool__connect_fd). Returns IO_OK with *out
+ * set, or the status (and errno in *eno) that ended it. */
 static enum io_status connect_one(int family, const struct sockaddr *sa, socklen_t len,
                                   const cpool_connect_args *a, int *out, int *eno)
 {
-    int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        *eno = errno;
-        return IO_ERRNO;
-    }
-    if (connect(fd, sa, len) < 0) {
-        /* EINTR: the connect goes on in the background, as EINPROGRESS. */
-        if (errno != EINPROGRESS && errno != EINTR) {
-            *eno = errno;
-            close(fd);
-            return IO_ERRNO;
-        }
-        enum io_status st = wait_fd(fd, POLLOUT, a->deadline_ns, a->cancel_fd, eno);
-        if (st != IO_OK) {
-            close(fd);
-            return st;
-        }
-        int soerr = 0;
-        socklen_t sl = sizeof soerr;
-        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0)
-            soerr = errno;
-        if (soerr != 0) {
-            *eno = soerr;
-            close(fd);
-            return IO_ERRNO;
-        }
-    }
-    *out = fd;
-    return IO_OK;
+    return io_of(cpool__connect_fd(family, sa, len, a->deadline_ns, a->cancel_fd, out, eno));
 }
 
 static void tune_tcp(int fd)

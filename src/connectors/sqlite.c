@@ -35,6 +35,7 @@
  */
 #include "cpool/cpool_sqlite.h"
 #include "../core/clock.h"
+#include "sockwait.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -326,11 +327,10 @@ static int on_busy(void *arg, int count)
     if (step > limit - now)
         step = limit - now;
     if (sq->establishing && sq->cancel_fd >= 0) {
-        struct pollfd pfd = {.fd = sq->cancel_fd, .events = POLLIN};
-        int r = poll(&pfd, 1, (int)((step + 999999) / 1000000));
         /* Readable, or closed under us (POLLNVAL): nobody waits for this
-         * establishment any more. EINTR just retries. */
-        if (r > 0 && pfd.revents != 0) {
+         * establishment any more. */
+        int eno;
+        if (cpool__wait_fd(-1, 0, sq->cancel_fd, now + step, &eno) == CPOOL_WAIT_CANCELLED) {
             sq->cancelled = true;
             return 0;
         }
