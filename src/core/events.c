@@ -321,14 +321,24 @@ static void deliver(cpool *p, const cpool_event *ev)
     tl_delivering = outer;
 }
 
+#if CPOOL_LOCK_CHECKS
+void cpool__lock_violation(const char *func, const char *file, int line)
+{
+    fprintf(stderr, "cpool: %s:%d: %s() needs the pool's lock, and this thread does not "
+                    "hold it\n", file, line, func);
+    abort();
+}
+#endif
+
 void cpool__emit_unlock(cpool *p, const cpool_event *ev)
 {
+    CPOOL_ASSERT_HELD(p);
     if (!p->observed) {
-        pthread_mutex_unlock(&p->mu);
+        cpool__unlock(p);
         return;
     }
     pthread_mutex_lock(&p->ev_mu);
-    pthread_mutex_unlock(&p->mu);
+    cpool__unlock(p);
     deliver(p, ev);
     pthread_mutex_unlock(&p->ev_mu);
 }
@@ -338,7 +348,7 @@ void cpool__emit_relock(cpool *p, const cpool_event *ev)
     if (!p->observed)
         return;
     cpool__emit_unlock(p, ev);
-    pthread_mutex_lock(&p->mu);
+    cpool__lock(p);
 }
 
 /* ------------------------------------------------------------ JSON sink */

@@ -47,7 +47,7 @@ static void on_fork_prepare(void)
 {
     pthread_mutex_lock(&g_registry_mu);
     for (cpool *p = g_registry; p != NULL; p = p->reg_next) {
-        pthread_mutex_lock(&p->mu);
+        cpool__lock(p);
         pthread_mutex_lock(&p->ev_mu);
     }
 }
@@ -56,7 +56,7 @@ static void release_all_after_fork(void)
 {
     for (cpool *p = g_registry; p != NULL; p = p->reg_next) {
         pthread_mutex_unlock(&p->ev_mu);
-        pthread_mutex_unlock(&p->mu);
+        cpool__unlock(p);
     }
     pthread_mutex_unlock(&g_registry_mu);
 }
@@ -95,7 +95,7 @@ static void registry_remove(cpool *p)
     pthread_mutex_unlock(&g_registry_mu);
 }
 
-static void after_fork_locked(cpool *p);
+static void after_fork_relock(cpool *p);
 
 static inline bool fork_pending(const cpool *p)
 {
@@ -103,10 +103,11 @@ static inline bool fork_pending(const cpool *p)
            atomic_load_explicit(&p->fork_epoch, memory_order_relaxed);
 }
 
-static inline void check_fork_locked(cpool *p)
+static inline void check_fork_relock(cpool *p)
 {
+    CPOOL_ASSERT_HELD(p);
     if (fork_pending(p))
-        after_fork_locked(p);
+        after_fork_relock(p);
 }
 
 /* ------------------------------------------------------------------ lists */
@@ -150,11 +151,13 @@ static void list_push_head(conn_list *l, cpool_conn *c)
 
 static inline uint32_t total_locked(const cpool *p)
 {
+    CPOOL_ASSERT_HELD(p);
     return p->pending.n + p->available.n + p->in_use.n;
 }
 
 static void check_counts_locked(const cpool *p)
 {
+    CPOOL_ASSERT_HELD(p);
 #ifndef NDEBUG
     if (p->opts.max_pool_size > 0)
         assert(total_locked(p) <= p->opts.max_pool_size);
@@ -169,6 +172,7 @@ static void check_counts_locked(const cpool *p)
  * maxIdleTimeMS and close, instead of all of them staying half-warm. */
 static void set_state_locked(cpool *p, cpool_conn *c, conn_state s)
 {
+    CPOOL_ASSERT_HELD(p);
     conn_list *from = list_for(p, c->state), *to = list_for(p, s);
     if (from != to) {
         list_remove(from, c);
@@ -213,6 +217,7 @@ static struct timespec abs_real(int64_t left_ns)
 
 static service *svc_find_locked(cpool *p, const char *id)
 {
+    CPOOL_ASSERT_HELD(p);
     for (service *s = p->services; s != NULL; s = s->next)
         if (strcmp(s->id, id) == 0)
             return s;
@@ -223,6 +228,7 @@ static service *svc_find_locked(cpool *p, const char *id)
  * connection takes that service's generation and counts toward it. */
 static int svc_attach_locked(cpool *p, cpool_conn *c, const char *id)
 {
+    CPOOL_ASSERT_HELD(p);
     service *s = svc_find_locked(p, id);
     if (s == NULL) {
         s = calloc(1, sizeof *s);
@@ -241,6 +247,7 @@ static int svc_attach_locked(cpool *p, cpool_conn *c, const char *id)
 /* The entry goes away with its last connection. */
 static void svc_release_locked(cpool *p, cpool_conn *c)
 {
+    CPOOL_ASSERT_HELD(p);
     service *s = c->svc;
     if (s == NULL)
         return;
@@ -260,6 +267,7 @@ static void svc_release_locked(cpool *p, cpool_conn *c)
 
 static bool is_stale_locked(const cpool *p, const cpool_conn *c)
 {
+    CPOOL_ASSERT_HELD(p);
     if (c->svc != NULL)
         return c->generation != c->svc->generation;
     return c->generation != p->generation;
@@ -274,6 +282,7 @@ static inline uint64_t conn_uses(const cpool_conn *c)
 /* Returns the close reason of a perished available connection, or -1. */
 static int perished_locked(const cpool *p, const cpool_conn *c, int64_t now)
 {
+    CPOOL_ASSERT_HELD(p);
     if (is_stale_locked(p, c))
         return CPOOL_CLOSE_STALE;
     /* Idleness retires only what the pool has beyond minPoolSize: closing
@@ -300,6 +309,7 @@ static int64_t perish_now(const cpool *p)
  * (the caller said so, a reset or check failed, or it was interrupted). */
 static int unfit_reason_locked(const cpool *p, const cpool_conn *c, bool broken)
 {
+    CPOOL_ASSERT_HELD(p);
     if (p->state == CPOOL_STATE_CLOSED || p->draining)
         return CPOOL_CLOSE_POOL_CLOSED;
     if (is_stale_locked(p, c))
@@ -317,6 +327,7 @@ static int unfit_reason_locked(const cpool *p, const cpool_conn *c, bool broken)
  * spread, not secrecy). */
 static double random_unit_locked(cpool *p)
 {
+    CPOOL_ASSERT_HELD(p);
     p->rng ^= p->rng >> 12;
     p->rng ^= p->rng << 25;
     p->rng ^= p->rng >> 27;
@@ -327,6 +338,7 @@ static double random_unit_locked(cpool *p)
  * lifetime_jitter. */
 static int64_t expiry_locked(cpool *p, int64_t created)
 {
+    CPOOL_ASSERT_HELD(p);
     if (p->opts.max_lifetime_ms <= 0)
         return INT64_MAX;
     double u = random_unit_locked(p);
@@ -337,6 +349,7 @@ static int64_t expiry_locked(cpool *p, int64_t created)
 /* A tenant's lease count drops when its connection comes back or closes. */
 static void unassign_locked(cpool_conn *c)
 {
+    CPOOL_ASSERT_HELD(c->pool);
     if (c->tenant != NULL) {
         c->tenant->in_use--;
         c->tenant = NULL;
@@ -353,6 +366,7 @@ static bool breaker_open(const cpool *p)
  * pending. The caller emits ConnectionCreated. */
 static cpool_conn *conn_new_locked(cpool *p)
 {
+    CPOOL_ASSERT_HELD(p);
     cpool_conn *c = p->free_list.head;
     if (c != NULL) {
         list_remove(&p->free_list, c);
@@ -401,6 +415,7 @@ static void cancel_pending(cpool_conn *c)
 
 static void conn_free_locked(cpool *p, cpool_conn *c)
 {
+    CPOOL_ASSERT_HELD(p);
     if (c->cancel_fd >= 0)
         close(c->cancel_fd);
     c->cancel_fd = -1;
@@ -414,6 +429,7 @@ static void conn_free_locked(cpool *p, cpool_conn *c)
  * server session. abandon() only frees, so it runs under mu. */
 static void abandon_locked(cpool *p, cpool_conn *c)
 {
+    CPOOL_ASSERT_HELD(p);
     list_remove(list_for(p, c->state), c);
     if (c->native != NULL && p->cx->abandon != NULL)
         p->cx->abandon(p->cx_ctx, c->native);
@@ -425,6 +441,7 @@ static void abandon_locked(cpool *p, cpool_conn *c)
 
 static void emit_created_relock(cpool *p, const cpool_conn *c)
 {
+    CPOOL_ASSERT_HELD(p);
     if (!p->observed)
         return;
     cpool_event ev;
@@ -433,16 +450,17 @@ static void emit_created_relock(cpool *p, const cpool_conn *c)
     cpool__emit_relock(p, &ev);
 }
 
-static void grant_capacity_locked(cpool *p);
+static void grant_capacity_relock(cpool *p);
 
 /* Closes c: it leaves its list at once (so it counts nowhere), then
  * ConnectionClosed is emitted and the connector closes it outside mu. If an
  * interrupt() is in flight on it, the last unpin does the teardown instead.
  * Releases mu on the way; returns with mu held. Frees capacity, so it hands
  * it to the wait queue. */
-static void close_conn_locked(cpool *p, cpool_conn *c, int reason,
+static void close_conn_relock(cpool *p, cpool_conn *c, int reason,
                               const cpool_error *cause)
 {
+    CPOOL_ASSERT_HELD(p);
     list_remove(list_for(p, c->state), c);
     c->state = CONN_FREE; /* in no list until conn_free_locked */
     /* Its counts leave the lists now: fold them before mu is released, so a
@@ -467,14 +485,15 @@ static void close_conn_locked(cpool *p, cpool_conn *c, int reason,
     cpool__emit_unlock(p, &ev);
     if (!pinned && native != NULL)
         p->cx->close(p->cx_ctx, native);
-    pthread_mutex_lock(&p->mu);
+    cpool__lock(p);
     if (!pinned)
         conn_free_locked(p, c);
-    grant_capacity_locked(p);
+    grant_capacity_relock(p);
 }
 
 static void wq_remove_locked(cpool *p, waiter *w)
 {
+    CPOOL_ASSERT_HELD(p);
     if (!w->queued)
         return;
     if (w->prev != NULL)
@@ -506,6 +525,7 @@ static void serve_waiter(waiter *w)
 /* Untaken guaranteed minimums of the tenants other than t. */
 static uint32_t reserved_for_others_locked(const cpool *p, const tenant *t)
 {
+    CPOOL_ASSERT_HELD(p);
     uint32_t r = 0;
     for (const tenant *u = p->tenant_list; u != NULL; u = u->next)
         if (u != t && u->in_use < u->min)
@@ -517,6 +537,7 @@ static uint32_t reserved_for_others_locked(const cpool *p, const tenant *t)
  * the others' untaken minimums, which nobody else may use. */
 static bool tenant_allows_locked(const cpool *p, const tenant *t)
 {
+    CPOOL_ASSERT_HELD(p);
     if (!p->tenants)
         return true;
     if (t->max > 0 && t->in_use >= t->max)
@@ -533,6 +554,7 @@ static bool tenant_allows_locked(const cpool *p, const tenant *t)
  * tenant may take one more. */
 static waiter *next_waiter_locked(const cpool *p)
 {
+    CPOOL_ASSERT_HELD(p);
     if (!p->tenants)
         return p->wq_head;
     for (waiter *w = p->wq_head; w != NULL; w = w->next)
@@ -543,6 +565,7 @@ static waiter *next_waiter_locked(const cpool *p)
 
 static void assign_locked(cpool *p, cpool_conn *c, tenant *t)
 {
+    CPOOL_ASSERT_HELD(p);
     if (!p->tenants || t == NULL)
         return;
     c->tenant = t;
@@ -551,6 +574,7 @@ static void assign_locked(cpool *p, cpool_conn *c, tenant *t)
 
 static tenant *find_tenant_locked(const cpool *p, const char *name)
 {
+    CPOOL_ASSERT_HELD(p);
     for (tenant *t = p->tenant_list; t != NULL; t = t->next)
         if (strcmp(t->name, name) == 0)
             return t;
@@ -562,6 +586,7 @@ static tenant *find_tenant_locked(const cpool *p, const char *name)
  * otherwise onto the available stack. */
 static void make_available_locked(cpool *p, cpool_conn *c)
 {
+    CPOOL_ASSERT_HELD(p);
     waiter *w = next_waiter_locked(p);
     if (w != NULL && p->state == CPOOL_STATE_READY) {
         wq_remove_locked(p, w);
@@ -586,6 +611,7 @@ static void make_available_locked(cpool *p, cpool_conn *c)
  * that just failed is not sent maxConnecting handshakes at once. */
 static bool backoff_allows_locked(const cpool *p)
 {
+    CPOOL_ASSERT_HELD(p);
     if (p->fail_streak == 0)
         return true;
     if (p->probing)
@@ -600,6 +626,7 @@ static bool backoff_allows_locked(const cpool *p)
 
 static bool can_create_locked(const cpool *p)
 {
+    CPOOL_ASSERT_HELD(p);
     if (p->pending.n >= p->opts.max_connecting)
         return false;
     if (!backoff_allows_locked(p))
@@ -617,6 +644,7 @@ static bool can_create_locked(const cpool *p)
  * already available: offer it, so no waiter stays queued beside one. */
 static void offer_available_locked(cpool *p)
 {
+    CPOOL_ASSERT_HELD(p);
     if (!p->tenants)
         return;
     for (cpool_conn *c = p->available.head; c != NULL && next_waiter_locked(p) != NULL;) {
@@ -626,8 +654,9 @@ static void offer_available_locked(cpool *p)
     }
 }
 
-static void grant_capacity_locked(cpool *p)
+static void grant_capacity_relock(cpool *p)
 {
+    CPOOL_ASSERT_HELD(p);
     offer_available_locked(p);
     waiter *w;
     while ((w = next_waiter_locked(p)) != NULL && p->state == CPOOL_STATE_READY &&
@@ -649,6 +678,7 @@ static void grant_capacity_locked(cpool *p)
 
 static void fail_waiters_locked(cpool *p, int code)
 {
+    CPOOL_ASSERT_HELD(p);
     while (p->wq_head != NULL) {
         waiter *w = p->wq_head;
         wq_remove_locked(p, w);
@@ -659,6 +689,7 @@ static void fail_waiters_locked(cpool *p, int code)
 
 static void kick_maintenance_locked(cpool *p)
 {
+    CPOOL_ASSERT_HELD(p);
     p->maint_kick = true;
     pthread_cond_signal(&p->maint_cv);
 }
@@ -687,9 +718,10 @@ static void cleared_error(const cpool *p, cpool_error *e)
 
 /* Marks the connections a clear with interruptInUseConnections must reach.
  * Pending ones are cancelled at once through their eventfd (a write, never
- * blocks); in-use ones are interrupted by interrupt_marked_locked(). */
+ * blocks); in-use ones are interrupted by interrupt_marked_relock(). */
 static void mark_interrupts_locked(cpool *p, const service *svc, uint64_t upto_gen)
 {
+    CPOOL_ASSERT_HELD(p);
     for (cpool_conn *c = p->pending.head; c != NULL; c = c->next)
         if (svc == NULL && c->generation <= upto_gen)
             cancel_pending(c);
@@ -702,8 +734,9 @@ static void mark_interrupts_locked(cpool *p, const service *svc, uint64_t upto_g
 /* Calls the connector's interrupt on every marked in-use connection, one at
  * a time outside mu. The connection is pinned meanwhile so that a concurrent
  * check-in cannot free it under the connector. May release mu. */
-static void interrupt_marked_locked(cpool *p)
+static void interrupt_marked_relock(cpool *p)
 {
+    CPOOL_ASSERT_HELD(p);
     for (;;) {
         cpool_conn *c = p->in_use.head;
         while (c != NULL && !(c->interrupt_requested && !c->interrupted))
@@ -713,15 +746,15 @@ static void interrupt_marked_locked(cpool *p)
         c->interrupted = true;
         c->pins++;
         void *native = c->native;
-        pthread_mutex_unlock(&p->mu);
+        cpool__unlock(p);
         if (p->cx->interrupt != NULL && native != NULL)
             p->cx->interrupt(p->cx_ctx, native);
-        pthread_mutex_lock(&p->mu);
+        cpool__lock(p);
         if (--c->pins == 0 && c->close_deferred) {
-            pthread_mutex_unlock(&p->mu);
+            cpool__unlock(p);
             if (native != NULL)
                 p->cx->close(p->cx_ctx, native);
-            pthread_mutex_lock(&p->mu);
+            cpool__lock(p);
             conn_free_locked(p, c);
         }
     }
@@ -729,8 +762,9 @@ static void interrupt_marked_locked(cpool *p)
 
 /* Bumps the generation and pauses. A paused pool emits nothing but still
  * bumps (CMAP: the generation must move on every clear). May release mu. */
-static void clear_locked(cpool *p, unsigned flags, const cpool_error *cause)
+static void clear_relock(cpool *p, unsigned flags, const cpool_error *cause)
 {
+    CPOOL_ASSERT_HELD(p);
     uint64_t old = p->generation++;
     bool was_paused = p->state == CPOOL_STATE_PAUSED;
     p->state = CPOOL_STATE_PAUSED;
@@ -760,6 +794,7 @@ enum { ESTABLISH_RETRY = 1 }; /* internal: the new connection was stale */
  * base * 2^(n-1), capped, randomised by +- backoff_jitter. */
 static int64_t backoff_delay_locked(cpool *p, uint32_t n)
 {
+    CPOOL_ASSERT_HELD(p);
     int64_t base = ms_to_ns(p->opts.backoff_base_ms), cap = ms_to_ns(p->opts.backoff_max_ms);
     if (base <= 0)
         return 0;
@@ -775,6 +810,7 @@ static int64_t backoff_delay_locked(cpool *p, uint32_t n)
 /* "backend unavailable": what a checkout gets while the circuit is open. */
 static void unavailable_error_locked(const cpool *p, cpool_error *e)
 {
+    CPOOL_ASSERT_HELD(p);
     int64_t now = cpool__now(p);
     int64_t next = p->retry_at > now ? (p->retry_at - now) / 1000000 : 0;
     cpool__err(e, CPOOL_EUNAVAILABLE,
@@ -793,6 +829,7 @@ static void unavailable_error_locked(const cpool *p, cpool_error *e)
  * failing the waiters that only a new connection could serve. */
 static void note_connect_failure_locked(cpool *p, const cpool_error *ce)
 {
+    CPOOL_ASSERT_HELD(p);
     p->fail_streak++;
     p->last_fail = *ce;
     p->last_fail_at = cpool__now(p);
@@ -825,6 +862,7 @@ static void note_connect_failure_locked(cpool *p, const cpool_error *ce)
  * backoff, no circuit), counted apart; the next attempt waits a moment. */
 static void note_capacity_refusal_locked(cpool *p)
 {
+    CPOOL_ASSERT_HELD(p);
     p->st_capacity_refusals++;
     int64_t d = ms_to_ns(CAPACITY_RETRY_MS);
     d += (int64_t)((double)d * 0.2 * (2 * random_unit_locked(p) - 1));
@@ -835,6 +873,7 @@ static void note_capacity_refusal_locked(cpool *p)
 
 static void note_connect_success_locked(cpool *p)
 {
+    CPOOL_ASSERT_HELD(p);
     p->cap_retry_at = 0;
     if (p->fail_streak == 0)
         return;
@@ -850,9 +889,10 @@ static void note_connect_success_locked(cpool *p)
  * the pool, so PoolCleared precedes ConnectionClosed as CMAP's tests expect.
  * ESTABLISH_RETRY: established, but a clear made it stale meanwhile; it was
  * closed. Called with mu held; releases it during the connect. */
-static int establish_locked(cpool *p, cpool_conn *c, int64_t deadline,
+static int establish_relock(cpool *p, cpool_conn *c, int64_t deadline,
                             bool for_checkout, bool caller_bound, cpool_error *e)
 {
+    CPOOL_ASSERT_HELD(p);
     cpool_connect_args a;
     memset(&a, 0, sizeof a);
     a.target = p->target;
@@ -863,14 +903,14 @@ static int establish_locked(cpool *p, cpool_conn *c, int64_t deadline,
     cpool_error ce;
     memset(&ce, 0, sizeof ce);
 
-    pthread_mutex_unlock(&p->mu);
+    cpool__unlock(p);
     int rc = p->cx->connect(p->cx_ctx, &a, &native, &ce);
     if (rc == 0 && native == NULL)
         rc = cpool_error_set(&ce, CPOOL_ECONNECT, CPOOL_PHASE_HANDSHAKE,
                              CPOOL_FAIL_OTHER, 0,
                              "connect %s: connector returned no connection",
                              p->address);
-    pthread_mutex_lock(&p->mu);
+    cpool__lock(p);
     if (c->probe) {
         c->probe = false;
         p->probing = false;
@@ -906,7 +946,7 @@ static int establish_locked(cpool *p, cpool_conn *c, int64_t deadline,
             /* Not in load-balanced mode: there an establishment error must
              * never pause the whole pool (CMAP load-balancer rules). Nor for
              * a local out-of-memory, which says nothing about the server. */
-            clear_locked(p, 0, &ce);
+            clear_relock(p, 0, &ce);
         }
         p->st_connect_failures++;
         /* A caller's own short deadline ending the attempt says nothing
@@ -917,7 +957,7 @@ static int establish_locked(cpool *p, cpool_conn *c, int64_t deadline,
         else if (ce.kind != CPOOL_FAIL_INTERRUPTED && ce.code != CPOOL_ENOMEM &&
                  !(caller_bound && ce.kind == CPOOL_FAIL_TIMEOUT))
             note_connect_failure_locked(p, &ce);
-        close_conn_locked(p, c, CPOOL_CLOSE_ERROR, &ce);
+        close_conn_relock(p, c, CPOOL_CLOSE_ERROR, &ce);
         if (e != NULL)
             *e = ce;
         return ce.code;
@@ -947,14 +987,14 @@ static int establish_locked(cpool *p, cpool_conn *c, int64_t deadline,
         cpool__emit_relock(p, &ev);
     }
     if (stale) {
-        close_conn_locked(p, c,
+        close_conn_relock(p, c,
                           p->state == CPOOL_STATE_CLOSED || p->draining
                               ? CPOOL_CLOSE_POOL_CLOSED
                               : CPOOL_CLOSE_STALE,
                           NULL);
         return ESTABLISH_RETRY;
     }
-    grant_capacity_locked(p); /* a maxConnecting slot is free again */
+    grant_capacity_relock(p); /* a maxConnecting slot is free again */
     return 0;
 }
 
@@ -1183,14 +1223,14 @@ static cpool_conn *take_parked_fast(cpool *p, int64_t timeout_ms, int64_t *start
     if (usable && !dead)
         return c;
     /* Ours now, but perished, dead or the pool changed: close it properly. */
-    pthread_mutex_lock(&p->mu);
-    check_fork_locked(p);
+    cpool__lock(p);
+    check_fork_relock(p);
     if (c->state == CONN_IN_USE) {
         int reason = unfit_reason_locked(p, c, dead);
-        close_conn_locked(p, c, reason >= 0 ? reason : CPOOL_CLOSE_IDLE,
+        close_conn_relock(p, c, reason >= 0 ? reason : CPOOL_CLOSE_IDLE,
                           dead ? &ce : NULL);
     }
-    pthread_mutex_unlock(&p->mu);
+    cpool__unlock(p);
     return NULL;
 }
 
@@ -1198,6 +1238,7 @@ static cpool_conn *take_parked_fast(cpool *p, int64_t timeout_ms, int64_t *start
  * caller afterwards. `perished_only` takes only perished ones. */
 static cpool_conn *steal_parked_locked(cpool *p, bool perished_only, int *reason)
 {
+    CPOOL_ASSERT_HELD(p);
     if (!p->can_park)
         return NULL;
     int64_t now = perish_now(p);
@@ -1268,6 +1309,7 @@ static int64_t conn_deadline(checkout_clock *t)
  * step if that comes before its deadline. */
 static int64_t backoff_wake_locked(const cpool *p, int64_t deadline)
 {
+    CPOOL_ASSERT_HELD(p);
     if (p->opts.maintenance_interval_ms < 0) {
         /* No maintenance thread to serve the queue when a backoff step
          * that began after this checkout queued ends: look every 250 ms. */
@@ -1336,7 +1378,7 @@ static int fail_checkout(cpool *p, int rc, int reason, checkout_clock *t,
         ev.error = &e;
         cpool__emit_unlock(p, &ev);
     } else {
-        pthread_mutex_unlock(&p->mu);
+        cpool__unlock(p);
     }
     if (err != NULL)
         *err = e;
@@ -1405,6 +1447,7 @@ int cpool_checkout_at(cpool *p, int64_t timeout_ms, const char *label, cpool_con
  * tenant_switch_relock) to the times the pool must lend one across. */
 static cpool_conn *affine_available_locked(const cpool *p, const tenant *t)
 {
+    CPOOL_ASSERT_HELD(p);
     cpool_conn *fresh = NULL;
     for (cpool_conn *c = p->available.head; c != NULL; c = c->next) {
         if (c->last_tenant == t)
@@ -1418,6 +1461,7 @@ static cpool_conn *affine_available_locked(const cpool *p, const tenant *t)
 /* A connection taken for a checkout goes back, unblamed and unused. */
 static void put_back_locked(cpool *p, cpool_conn *c)
 {
+    CPOOL_ASSERT_HELD(p);
     unassign_locked(c);
     atomic_store_explicit(&c->leased, LEASE_NONE, memory_order_relaxed);
     set_state_locked(p, c, CONN_AVAILABLE);
@@ -1434,6 +1478,7 @@ static void put_back_locked(cpool *p, cpool_conn *c)
 static int tenant_switch_relock(cpool *p, cpool_conn *c, tenant *t, int64_t deadline,
                                 cpool_error *ce)
 {
+    CPOOL_ASSERT_HELD(p);
     if (c->last_tenant == NULL || c->last_tenant == t) {
         if (c->last_tenant == t)
             t->affine++;
@@ -1443,22 +1488,22 @@ static int tenant_switch_relock(cpool *p, cpool_conn *c, tenant *t, int64_t dead
         cpool__err(ce, CPOOL_EIO, "connection %llu to %s: another tenant used it last, and "
                    "the %s connector cannot reset a session", (unsigned long long)c->id,
                    p->address, p->cx->name != NULL ? p->cx->name : "?");
-        close_conn_locked(p, c, CPOOL_CLOSE_SESSION, ce);
+        close_conn_relock(p, c, CPOOL_CLOSE_SESSION, ce);
         return SWITCH_CLOSED;
     }
     if (deadline != NO_DEADLINE && cpool__now(p) >= deadline) {
         put_back_locked(p, c);
         return CPOOL_ETIMEDOUT;
     }
-    pthread_mutex_unlock(&p->mu);
+    cpool__unlock(p);
     ce->code = 0;
     ce->message[0] = '\0';
     int bad = p->cx->discard(p->cx_ctx, c->native, real_deadline(p, deadline), ce);
-    pthread_mutex_lock(&p->mu);
+    cpool__lock(p);
     if (bad != 0) {
         if (ce->code == 0)
             cpool__err(ce, CPOOL_EIO, "discard on %s failed", p->address);
-        close_conn_locked(p, c, CPOOL_CLOSE_ERROR, ce);
+        close_conn_relock(p, c, CPOOL_CLOSE_ERROR, ce);
         return SWITCH_CLOSED;
     }
     c->last_tenant = NULL;
@@ -1495,20 +1540,20 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
     else if (p->observed)
         clock_start(&t);
 
-    pthread_mutex_lock(&p->mu);
-    check_fork_locked(p);
+    cpool__lock(p);
+    check_fork_relock(p);
     tenant *tn = NULL;
     if (p->tenants) {
         /* Checkouts without a tenant share the unnamed one (first in the
          * list), so that every lease is counted against the limits. */
         tn = tenant_name != NULL ? find_tenant_locked(p, tenant_name) : p->tenant_list;
         if (tn == NULL) {
-            pthread_mutex_unlock(&p->mu);
+            cpool__unlock(p);
             return cpool__err(err, CPOOL_EINVAL, "checkout from %s: unknown tenant \"%.64s\" "
                               "(declare it with cpool_tenant_set)", p->address, tenant_name);
         }
     } else if (tenant_name != NULL) {
-        pthread_mutex_unlock(&p->mu);
+        cpool__unlock(p);
         return cpool__err(err, CPOOL_EINVAL, "checkout from %s: tenant \"%.64s\" given, but "
                           "the pool has no tenants (cpool_tenant_set)", p->address, tenant_name);
     }
@@ -1555,7 +1600,7 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
                 c = steal_parked_locked(p, false, &reason);
             }
             if (c != NULL && reason >= 0) {
-                close_conn_locked(p, c, reason, NULL);
+                close_conn_relock(p, c, reason, NULL);
                 continue;
             }
             if (c == NULL && can_create_locked(p)) {
@@ -1608,7 +1653,7 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
             if (parked != NULL) {
                 wq_remove_locked(p, &w);
                 if (reason >= 0) {
-                    close_conn_locked(p, parked, reason, NULL);
+                    close_conn_relock(p, parked, reason, NULL);
                     continue;
                 }
                 c = parked;
@@ -1616,17 +1661,17 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
             }
             clock_start(&t);
             int64_t wake = backoff_wake_locked(p, t.wait_deadline);
-            pthread_mutex_unlock(&p->mu);
+            cpool__unlock(p);
             bool served = wait_served(p, &w, wake) && waiter_done(&w);
             while (!served && wake < t.wait_deadline) {
                 /* The backoff step ended: the queue may create again (the
                  * maintenance thread does the same; this covers pools
                  * without one). */
-                pthread_mutex_lock(&p->mu);
+                cpool__lock(p);
                 if (w.queued)
-                    grant_capacity_locked(p);
+                    grant_capacity_relock(p);
                 wake = backoff_wake_locked(p, t.wait_deadline);
-                pthread_mutex_unlock(&p->mu);
+                cpool__unlock(p);
                 served = wait_served(p, &w, wake) && waiter_done(&w);
             }
             if (served && !w.establish && w.fail == 0 && !p->observed && tn == NULL) {
@@ -1637,7 +1682,7 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
                 *out = w.conn;
                 return 0;
             }
-            pthread_mutex_lock(&p->mu);
+            cpool__lock(p);
             if (!served) {
                 if (w.queued) { /* timed out */
                     wq_remove_locked(p, &w);
@@ -1675,7 +1720,7 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
         }
         if (establish) {
             int64_t deadline = conn_deadline(&t);
-            rc = establish_locked(p, c, deadline, true, t.caller_bound, &ce);
+            rc = establish_relock(p, c, deadline, true, t.caller_bound, &ce);
             if (rc == ESTABLISH_RETRY)
                 continue;
             fresh = rc == 0;
@@ -1715,11 +1760,11 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
                 rc = CPOOL_ETIMEDOUT;
                 goto fail;
             }
-            pthread_mutex_unlock(&p->mu);
+            cpool__unlock(p);
             int bad = validate_conn(p, c, ping, deadline, &ce);
-            pthread_mutex_lock(&p->mu);
+            cpool__lock(p);
             if (bad != 0) {
-                close_conn_locked(p, c, CPOOL_CLOSE_ERROR, &ce);
+                close_conn_relock(p, c, CPOOL_CLOSE_ERROR, &ce);
                 continue;
             }
         }
@@ -1746,7 +1791,7 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
         ev.duration_ns = ev.time_ns - t.start;
         cpool__emit_unlock(p, &ev);
     } else {
-        pthread_mutex_unlock(&p->mu);
+        cpool__unlock(p);
     }
     *out = c;
     return 0;
@@ -1766,8 +1811,9 @@ fail:
 /* A reclaimed lease came back (or the pool is destroyed): its slot was
  * already given back, so it is only closed and freed. While the reclaim's
  * interrupt() still runs, the last unpin does it. */
-static void close_reclaimed_locked(cpool *p, cpool_conn *c)
+static void close_reclaimed_relock(cpool *p, cpool_conn *c)
 {
+    CPOOL_ASSERT_HELD(p);
     list_remove(&p->orphans, c);
     c->state = CONN_FREE;
     c->reclaimed = false;
@@ -1777,10 +1823,10 @@ static void close_reclaimed_locked(cpool *p, cpool_conn *c)
         return;
     }
     void *native = c->native;
-    pthread_mutex_unlock(&p->mu);
+    cpool__unlock(p);
     if (native != NULL)
         p->cx->close(p->cx_ctx, native);
-    pthread_mutex_lock(&p->mu);
+    cpool__lock(p);
     conn_free_locked(p, c);
 }
 
@@ -1788,12 +1834,12 @@ static void close_reclaimed_locked(cpool *p, cpool_conn *c)
  * server session, so the handle is dropped without any I/O. */
 static int checkin_orphan(cpool *p, cpool_conn *c)
 {
-    pthread_mutex_lock(&p->mu);
+    cpool__lock(p);
     if (c->reclaimed)
-        close_reclaimed_locked(p, c);
+        close_reclaimed_relock(p, c);
     else
         abandon_locked(p, c);
-    pthread_mutex_unlock(&p->mu);
+    cpool__unlock(p);
     return 0;
 }
 
@@ -1814,9 +1860,9 @@ int cpool_checkin(cpool *p, cpool_conn *c, unsigned flags, cpool_error *err)
                           p->address, flags & ~CPOOL_CHECKIN_BROKEN);
 
     if (fork_pending(p)) {
-        pthread_mutex_lock(&p->mu);
-        check_fork_locked(p);
-        pthread_mutex_unlock(&p->mu);
+        cpool__lock(p);
+        check_fork_relock(p);
+        cpool__unlock(p);
     }
     /* The lease flag refuses a second check-in of the same lease without the
      * lock. The memory stays valid: closed connections go to the free list,
@@ -1841,8 +1887,8 @@ int cpool_checkin(cpool *p, cpool_conn *c, unsigned flags, cpool_error *err)
 
     bool broken = (flags & CPOOL_CHECKIN_BROKEN) != 0;
     if (p->observed) {
-        pthread_mutex_lock(&p->mu);
-        check_fork_locked(p);
+        cpool__lock(p);
+        check_fork_relock(p);
         broken = broken || c->interrupt_requested;
         atomic_store_explicit(&c->leased_ns, 0, memory_order_relaxed); /* no longer a lease */
         unassign_locked(c);
@@ -1859,13 +1905,13 @@ int cpool_checkin(cpool *p, cpool_conn *c, unsigned flags, cpool_error *err)
     if (p->can_park && !broken && try_park(p, c))
         return 0;
 
-    pthread_mutex_lock(&p->mu);
+    cpool__lock(p);
     int reason = unfit_reason_locked(p, c, broken);
     if (reason >= 0)
-        close_conn_locked(p, c, reason, ce.code != 0 ? &ce : NULL);
+        close_conn_relock(p, c, reason, ce.code != 0 ? &ce : NULL);
     else
         make_available_locked(p, c);
-    pthread_mutex_unlock(&p->mu);
+    cpool__unlock(p);
     return 0;
 }
 
@@ -1875,8 +1921,9 @@ int cpool_checkin(cpool *p, cpool_conn *c, unsigned flags, cpool_error *err)
  * slot returns to the pool now, its current operation is interrupted, and
  * the connection is closed when (if) the holder returns it. Releases mu
  * on the way; false when the holder returned it first. */
-static bool reclaim_locked(cpool *p, cpool_conn *c, int64_t held)
+static bool reclaim_relock(cpool *p, cpool_conn *c, int64_t held)
 {
+    CPOOL_ASSERT_HELD(p);
     unsigned held_flag = LEASE_HELD;
     if (!atomic_compare_exchange_strong(&c->leased, &held_flag, LEASE_ORPHAN))
         return false;
@@ -1903,24 +1950,25 @@ static bool reclaim_locked(cpool *p, cpool_conn *c, int64_t held)
     cpool__emit_unlock(p, &ev);
     if (p->cx->interrupt != NULL && native != NULL)
         p->cx->interrupt(p->cx_ctx, native);
-    pthread_mutex_lock(&p->mu);
+    cpool__lock(p);
     if (--c->pins == 0 && c->close_deferred) {
         c->close_deferred = false;
-        pthread_mutex_unlock(&p->mu);
+        cpool__unlock(p);
         if (native != NULL)
             p->cx->close(p->cx_ctx, native);
-        pthread_mutex_lock(&p->mu);
+        cpool__lock(p);
         conn_free_locked(p, c);
     }
-    grant_capacity_locked(p);
+    grant_capacity_relock(p);
     return true;
 }
 
 /* Reports leases held past leak_threshold_ms (once per lease) and takes
  * back those held past leak_reclaim_ms. May release mu; the scan starts
  * over after each report. */
-static void scan_leaks_locked(cpool *p)
+static void scan_leaks_relock(cpool *p)
 {
+    CPOOL_ASSERT_HELD(p);
     int64_t threshold = ms_to_ns(p->opts.leak_threshold_ms);
     int64_t reclaim = ms_to_ns(p->opts.leak_reclaim_ms);
     for (bool again = true; again;) {
@@ -1933,7 +1981,7 @@ static void scan_leaks_locked(cpool *p)
             int64_t held = now - since;
             if (c->leak_lease == since) {
                 /* Reported already; reclaim when it is time. */
-                if (reclaim > 0 && held >= reclaim && reclaim_locked(p, c, held)) {
+                if (reclaim > 0 && held >= reclaim && reclaim_relock(p, c, held)) {
                     again = true;
                     break;
                 }
@@ -1967,6 +2015,7 @@ static void scan_leaks_locked(cpool *p)
  * its idle clock untouched, or to a waiter. Releases mu. */
 static void keepalive_relock(cpool *p)
 {
+    CPOOL_ASSERT_HELD(p);
     if (p->opts.keepalive_ms <= 0 || (p->cx->check == NULL && p->cx->ping == NULL))
         return;
     int64_t every = ms_to_ns(p->opts.keepalive_ms);
@@ -1986,7 +2035,7 @@ static void keepalive_relock(cpool *p)
         atomic_store_explicit(&c->leased_ns, 0, memory_order_relaxed);
         atomic_store_explicit(&c->leased, LEASE_HELD, memory_order_relaxed);
         void *native = c->native;
-        pthread_mutex_unlock(&p->mu);
+        cpool__unlock(p);
         cpool_error ce;
         memset(&ce, 0, sizeof ce);
         /* A ping is bounded as an establishment is, and by 10 s when
@@ -1997,7 +2046,7 @@ static void keepalive_relock(cpool *p)
                      : p->cx->ping(p->cx_ctx, native,
                                    real_deadline(p, deadline_after(cpool__now(p), bound_ms)),
                                    &ce);
-        pthread_mutex_lock(&p->mu);
+        cpool__lock(p);
         p->st_keepalives++;
         atomic_store_explicit(&c->leased, LEASE_NONE, memory_order_relaxed);
         int reason = unfit_reason_locked(p, c, rc != 0);
@@ -2007,7 +2056,7 @@ static void keepalive_relock(cpool *p)
                 if (ce.code == 0)
                     ce.code = CPOOL_EIO;
             }
-            close_conn_locked(p, c, reason, rc != 0 ? &ce : NULL);
+            close_conn_relock(p, c, reason, rc != 0 ? &ce : NULL);
             continue;
         }
         if (next_waiter_locked(p) != NULL) {
@@ -2024,8 +2073,9 @@ static void keepalive_relock(cpool *p)
  * establishment gets connect_timeout_ms, never past `until` (pool clock;
  * NO_DEADLINE = none) -- a caller's bound. 0, CPOOL_ENOMEM (nothing was
  * made), or the establishment's error in *e. Releases mu. */
-static int open_into_pool_locked(cpool *p, int64_t until, cpool_error *e)
+static int open_into_pool_relock(cpool *p, int64_t until, cpool_error *e)
 {
+    CPOOL_ASSERT_HELD(p);
     cpool_conn *c = conn_new_locked(p);
     if (c == NULL)
         return cpool__err(e, CPOOL_ENOMEM, "open %s: out of memory", p->address);
@@ -2034,7 +2084,7 @@ static int open_into_pool_locked(cpool *p, int64_t until, cpool_error *e)
                     ? deadline_after(cpool__now(p), p->opts.connect_timeout_ms)
                     : NO_DEADLINE;
     bool bound = until <= d;
-    int rc = establish_locked(p, c, bound ? until : d, false, bound, e);
+    int rc = establish_relock(p, c, bound ? until : d, false, bound, e);
     return rc == ESTABLISH_RETRY ? 0 : rc;
 }
 
@@ -2042,8 +2092,9 @@ static int open_into_pool_locked(cpool *p, int64_t until, cpool_error *e)
  * check the ones idle for keepalive_ms, then populate up to minPoolSize
  * while the pool is ready and a maxConnecting slot is free. It never waits
  * for a slot. May release mu. */
-static void maintain_locked(cpool *p)
+static void maintain_relock(cpool *p)
 {
+    CPOOL_ASSERT_HELD(p);
     atomic_store_explicit(&p->tick_ns, cpool__now(p), memory_order_relaxed);
     for (;;) {
         int64_t now = cpool__now(p);
@@ -2054,24 +2105,24 @@ static void maintain_locked(cpool *p)
                 break;
         if (c == NULL)
             break;
-        close_conn_locked(p, c, reason, NULL);
+        close_conn_relock(p, c, reason, NULL);
     }
     for (;;) {
         int reason = -1;
         cpool_conn *c = steal_parked_locked(p, /* perished_only= */ true, &reason);
         if (c == NULL)
             break;
-        close_conn_locked(p, c, reason, NULL);
+        close_conn_relock(p, c, reason, NULL);
     }
-    interrupt_marked_locked(p);
+    interrupt_marked_relock(p);
     if (p->opts.leak_threshold_ms > 0 || p->opts.leak_reclaim_ms > 0)
-        scan_leaks_locked(p);
+        scan_leaks_relock(p);
     keepalive_relock(p);
-    grant_capacity_locked(p); /* a backoff step may have ended */
+    grant_capacity_relock(p); /* a backoff step may have ended */
     cpool_error ce;
     while (p->state == CPOOL_STATE_READY && total_locked(p) < p->opts.min_pool_size &&
            can_create_locked(p)) {
-        if (open_into_pool_locked(p, NO_DEADLINE, &ce) != 0)
+        if (open_into_pool_relock(p, NO_DEADLINE, &ce) != 0)
             break; /* try again at the next run */
     }
 }
@@ -2081,6 +2132,7 @@ static void maintain_locked(cpool *p)
  * flight (the probe would tell nothing it will not). */
 static bool probe_due_locked(const cpool *p, int64_t now)
 {
+    CPOOL_ASSERT_HELD(p);
     return p->opts.probe_interval_ms > 0 && p->cx->abi_version >= 3 &&
            p->cx->probe != NULL && p->fail_streak > 0 && p->retry_at > now &&
            !p->probing && now >= p->next_probe_at;
@@ -2094,6 +2146,7 @@ static bool probe_due_locked(const cpool *p, int64_t now)
  * Releases mu during the probe. */
 static void probe_server_relock(cpool *p)
 {
+    CPOOL_ASSERT_HELD(p);
     int64_t now = cpool__now(p);
     if (!probe_due_locked(p, now))
         return;
@@ -2105,9 +2158,9 @@ static void probe_server_relock(cpool *p)
     int64_t deadline = real_deadline(p, now + bound);
     cpool_error e;
     memset(&e, 0, sizeof e);
-    pthread_mutex_unlock(&p->mu);
+    cpool__unlock(p);
     int rc = p->cx->probe(p->cx_ctx, deadline, &e);
-    pthread_mutex_lock(&p->mu);
+    cpool__lock(p);
     p->st_probes++;
     if (rc != 0 || p->fail_streak == 0)
         return;
@@ -2118,10 +2171,10 @@ static void probe_server_relock(cpool *p)
 static void *maintenance_main(void *arg)
 {
     cpool *p = arg;
-    pthread_mutex_lock(&p->mu);
+    cpool__lock(p);
     while (p->state != CPOOL_STATE_CLOSED && p->maint_running) {
         probe_server_relock(p);
-        maintain_locked(p);
+        maintain_relock(p);
         if (p->state == CPOOL_STATE_CLOSED || !p->maint_running)
             break;
         int64_t pause = ms_to_ns(p->opts.maintenance_interval_ms);
@@ -2136,17 +2189,18 @@ static void *maintenance_main(void *arg)
             pause = ms_to_ns(p->opts.probe_interval_ms); /* and probe meanwhile */
         struct timespec ts = abs_real(pause);
         while (!p->maint_kick && p->state != CPOOL_STATE_CLOSED && p->maint_running) {
-            if (pthread_cond_timedwait(&p->maint_cv, &p->mu, &ts) == ETIMEDOUT)
+            if (cpool__cond_timedwait(p, &p->maint_cv, &ts) == ETIMEDOUT)
                 break;
         }
         p->maint_kick = false;
     }
-    pthread_mutex_unlock(&p->mu);
+    cpool__unlock(p);
     return NULL;
 }
 
 static int start_maintenance_locked(cpool *p)
 {
+    CPOOL_ASSERT_HELD(p);
     if (p->opts.maintenance_interval_ms < 0 || p->maint_running)
         return 0;
     p->maint_running = true;
@@ -2163,14 +2217,14 @@ int cpool_maintain(cpool *p, cpool_error *err)
         return cpool__callback_err(p, err, "maintain");
     if (p == NULL)
         return cpool__err(err, CPOOL_EINVAL, "maintain: pool is required");
-    pthread_mutex_lock(&p->mu);
-    check_fork_locked(p);
+    cpool__lock(p);
+    check_fork_relock(p);
     if (p->state == CPOOL_STATE_CLOSED) {
-        pthread_mutex_unlock(&p->mu);
+        cpool__unlock(p);
         return cpool__err(err, CPOOL_ECLOSED, "maintain %s: pool is closed", p->address);
     }
-    maintain_locked(p);
-    pthread_mutex_unlock(&p->mu);
+    maintain_relock(p);
+    cpool__unlock(p);
     return 0;
 }
 
@@ -2191,8 +2245,9 @@ static void init_monotonic_cond(pthread_cond_t *cv)
     pthread_condattr_destroy(&attr);
 }
 
-static void after_fork_locked(cpool *p)
+static void after_fork_relock(cpool *p)
 {
+    CPOOL_ASSERT_HELD(p);
     atomic_store_explicit(&p->fork_epoch,
                           atomic_load_explicit(&g_fork_epoch, memory_order_relaxed),
                           memory_order_relaxed);
@@ -2611,9 +2666,9 @@ int cpool_create(const cpool_options *opts, cpool **out, cpool_error *err)
                           memory_order_relaxed);
 
     registry_add(p); /* before mu: the registry lock comes first */
-    pthread_mutex_lock(&p->mu);
+    cpool__lock(p);
     if (start_maintenance_locked(p) != 0) {
-        pthread_mutex_unlock(&p->mu);
+        cpool__unlock(p);
         registry_remove(p);
         free_pool(p);
         return cpool__err(err, CPOOL_ESYS, "create: cannot start the background thread");
@@ -2635,18 +2690,18 @@ int cpool_ready(cpool *p, cpool_error *err)
         return cpool__callback_err(p, err, "ready");
     if (p == NULL)
         return cpool__err(err, CPOOL_EINVAL, "ready: pool is required");
-    pthread_mutex_lock(&p->mu);
-    check_fork_locked(p);
+    cpool__lock(p);
+    check_fork_relock(p);
     if (p->state == CPOOL_STATE_CLOSED) {
-        pthread_mutex_unlock(&p->mu);
+        cpool__unlock(p);
         return cpool__err(err, CPOOL_ECLOSED, "ready %s: pool is closed", p->address);
     }
     if (p->draining) {
-        pthread_mutex_unlock(&p->mu);
+        cpool__unlock(p);
         return cpool__err(err, CPOOL_ESHUTDOWN, "ready %s: pool is shutting down", p->address);
     }
     if (p->state == CPOOL_STATE_READY) {
-        pthread_mutex_unlock(&p->mu);
+        cpool__unlock(p);
         return 0;
     }
     p->state = CPOOL_STATE_READY;
@@ -2671,22 +2726,22 @@ int cpool_clear(cpool *p, unsigned flags, const cpool_error *cause, cpool_error 
         return cpool__err(err, CPOOL_EINVAL,
                           "clear %s: unknown flags 0x%x (allowed CPOOL_CLEAR_INTERRUPT_IN_USE)",
                           p->address, flags & ~CPOOL_CLEAR_INTERRUPT_IN_USE);
-    pthread_mutex_lock(&p->mu);
-    check_fork_locked(p);
+    cpool__lock(p);
+    check_fork_relock(p);
     if (p->state == CPOOL_STATE_CLOSED) {
-        pthread_mutex_unlock(&p->mu);
+        cpool__unlock(p);
         return cpool__err(err, CPOOL_ECLOSED, "clear %s: pool is closed", p->address);
     }
     if (p->opts.load_balanced) {
-        pthread_mutex_unlock(&p->mu);
+        cpool__unlock(p);
         return cpool__err(err, CPOOL_EINVAL,
                           "clear %s: load-balanced pools are cleared per service "
                           "(cpool_clear_service)", p->address);
     }
-    clear_locked(p, flags, cause);
+    clear_relock(p, flags, cause);
     if (flags & CPOOL_CLEAR_INTERRUPT_IN_USE)
-        interrupt_marked_locked(p);
-    pthread_mutex_unlock(&p->mu);
+        interrupt_marked_relock(p);
+    cpool__unlock(p);
     return 0;
 }
 
@@ -2701,14 +2756,14 @@ int cpool_clear_service(cpool *p, const char *service_id, unsigned flags,
         return cpool__err(err, CPOOL_EINVAL,
                           "clear %s: unknown flags 0x%x (allowed CPOOL_CLEAR_INTERRUPT_IN_USE)",
                           p->address, flags & ~CPOOL_CLEAR_INTERRUPT_IN_USE);
-    pthread_mutex_lock(&p->mu);
-    check_fork_locked(p);
+    cpool__lock(p);
+    check_fork_relock(p);
     if (p->state == CPOOL_STATE_CLOSED) {
-        pthread_mutex_unlock(&p->mu);
+        cpool__unlock(p);
         return cpool__err(err, CPOOL_ECLOSED, "clear %s: pool is closed", p->address);
     }
     if (!p->opts.load_balanced) {
-        pthread_mutex_unlock(&p->mu);
+        cpool__unlock(p);
         return cpool__err(err, CPOOL_EINVAL,
                           "clear %s: clearing by service id needs load-balanced mode",
                           p->address);
@@ -2729,8 +2784,8 @@ int cpool_clear_service(cpool *p, const char *service_id, unsigned flags,
     ev.interrupt_in_use = (flags & CPOOL_CLEAR_INTERRUPT_IN_USE) != 0;
     cpool__emit_relock(p, &ev);
     if (flags & CPOOL_CLEAR_INTERRUPT_IN_USE)
-        interrupt_marked_locked(p);
-    pthread_mutex_unlock(&p->mu);
+        interrupt_marked_relock(p);
+    cpool__unlock(p);
     return 0;
 }
 
@@ -2740,10 +2795,10 @@ void cpool_close(cpool *p)
         return;
     if (p == NULL)
         return;
-    pthread_mutex_lock(&p->mu);
-    check_fork_locked(p);
+    cpool__lock(p);
+    check_fork_relock(p);
     if (p->state == CPOOL_STATE_CLOSED) {
-        pthread_mutex_unlock(&p->mu);
+        cpool__unlock(p);
         return;
     }
     p->state = CPOOL_STATE_CLOSED;
@@ -2754,9 +2809,9 @@ void cpool_close(cpool *p)
     /* CMAP: available connections are closed first, then PoolClosed. In-use
      * ones are closed when they come back. */
     while (p->available.head != NULL)
-        close_conn_locked(p, p->available.head, CPOOL_CLOSE_POOL_CLOSED, NULL);
+        close_conn_relock(p, p->available.head, CPOOL_CLOSE_POOL_CLOSED, NULL);
     for (cpool_conn *c; (c = steal_parked_locked(p, false, NULL)) != NULL;)
-        close_conn_locked(p, c, CPOOL_CLOSE_POOL_CLOSED, NULL);
+        close_conn_relock(p, c, CPOOL_CLOSE_POOL_CLOSED, NULL);
     cpool_event ev;
     cpool__event_init(p, &ev, CPOOL_EV_POOL_CLOSED);
     cpool__emit_unlock(p, &ev);
@@ -2772,10 +2827,10 @@ int cpool_shutdown(cpool *p, int64_t grace_ms, cpool_shutdown_report *report,
     if (p == NULL || grace_ms < 0)
         return cpool__err(err, CPOOL_EINVAL, "shutdown: a pool and grace_ms >= 0 are required");
     int64_t t0 = cpool__mono_ns();
-    pthread_mutex_lock(&p->mu);
-    check_fork_locked(p);
+    cpool__lock(p);
+    check_fork_relock(p);
     if (p->state == CPOOL_STATE_CLOSED || p->draining) {
-        pthread_mutex_unlock(&p->mu);
+        cpool__unlock(p);
         return cpool__err(err, CPOOL_ECLOSED, "shutdown %s: pool is already %s", p->address,
                           p->draining ? "shutting down" : "closed");
     }
@@ -2787,19 +2842,19 @@ int cpool_shutdown(cpool *p, int64_t grace_ms, cpool_shutdown_report *report,
     for (cpool_conn *c = p->pending.head; c != NULL; c = c->next)
         cancel_pending(c);
     while (p->available.head != NULL)
-        close_conn_locked(p, p->available.head, CPOOL_CLOSE_POOL_CLOSED, NULL);
+        close_conn_relock(p, p->available.head, CPOOL_CLOSE_POOL_CLOSED, NULL);
     for (cpool_conn *c; (c = steal_parked_locked(p, false, NULL)) != NULL;)
-        close_conn_locked(p, c, CPOOL_CLOSE_POOL_CLOSED, NULL);
+        close_conn_relock(p, c, CPOOL_CLOSE_POOL_CLOSED, NULL);
     uint32_t at_start = p->in_use.n;
     struct timespec until = abs_real(ms_to_ns(grace_ms));
     while (p->in_use.n > 0 &&
-           pthread_cond_timedwait(&p->drain_cv, &p->mu, &until) != ETIMEDOUT) {
+           cpool__cond_timedwait(p, &p->drain_cv, &until) != ETIMEDOUT) {
     }
     uint32_t held = p->in_use.n;
     for (cpool_conn *c = p->in_use.head; c != NULL; c = c->next)
         c->interrupt_requested = true;
-    interrupt_marked_locked(p);
-    pthread_mutex_unlock(&p->mu);
+    interrupt_marked_relock(p);
+    cpool__unlock(p);
     cpool_close(p);
     if (report != NULL) {
         report->in_use_at_start = at_start;
@@ -2838,8 +2893,8 @@ int cpool_wait_connected(cpool *p, uint32_t n, int64_t timeout_ms, cpool_error *
     int rc = 0;
     cpool_error e;
     memset(&e, 0, sizeof e);
-    pthread_mutex_lock(&p->mu);
-    check_fork_locked(p);
+    cpool__lock(p);
+    check_fork_relock(p);
     for (;;) {
         got = p->available.n + p->in_use.n;
         if (got >= n)
@@ -2855,7 +2910,7 @@ int cpool_wait_connected(cpool *p, uint32_t n, int64_t timeout_ms, cpool_error *
             break;
         }
         if (p->state == CPOOL_STATE_READY && total_locked(p) < n && can_create_locked(p)) {
-            if ((rc = open_into_pool_locked(p, deadline, &e)) == CPOOL_ENOMEM)
+            if ((rc = open_into_pool_relock(p, deadline, &e)) == CPOOL_ENOMEM)
                 break;
             rc = 0; /* an establishment failure follows the backoff */
             continue;
@@ -2866,22 +2921,22 @@ int cpool_wait_connected(cpool *p, uint32_t n, int64_t timeout_ms, cpool_error *
                                                                 : now + 10000000;
         if (wake > deadline)
             wake = deadline;
-        pthread_mutex_unlock(&p->mu);
+        cpool__unlock(p);
         nanosleep(&(struct timespec){.tv_sec = (wake - now) / 1000000000,
                                      .tv_nsec = (wake - now) % 1000000000},
                   NULL);
-        pthread_mutex_lock(&p->mu);
+        cpool__lock(p);
     }
-    pthread_mutex_unlock(&p->mu);
+    cpool__unlock(p);
     if (got >= n) {
         if (err != NULL)
             memset(err, 0, sizeof *err);
         return 0;
     }
-    pthread_mutex_lock(&p->mu);
+    cpool__lock(p);
     bool have_last = p->fail_streak > 0; /* failing now, not long ago */
     cpool_error last = p->last_fail;
-    pthread_mutex_unlock(&p->mu);
+    cpool__unlock(p);
     if (have_last && (rc == CPOOL_ECONNECT || rc == CPOOL_EUNAVAILABLE ||
                       rc == CPOOL_ETIMEDOUT)) {
         /* The last establishment error says why, with its labels. */
@@ -2948,6 +3003,7 @@ int cpool_open(const char *target, const cpool_options *opts, cpool **out, cpool
 
 static tenant *tenant_new_locked(cpool *p, const char *name)
 {
+    CPOOL_ASSERT_HELD(p);
     tenant *t = calloc(1, sizeof *t);
     if (t == NULL)
         return NULL;
@@ -2972,7 +3028,7 @@ int cpool_tenant_set(cpool *p, const char *name, uint32_t max_in_use, uint32_t m
         return cpool__err(err, CPOOL_EINVAL,
                           "tenant_set \"%s\": min_reserved %u exceeds max_in_use %u", name,
                           min_reserved, max_in_use);
-    pthread_mutex_lock(&p->mu);
+    cpool__lock(p);
     int rc = 0;
     if (!p->tenants && p->ever_ready) {
         rc = cpool__err(err, CPOOL_ESTATE,
@@ -3009,9 +3065,9 @@ int cpool_tenant_set(cpool *p, const char *name, uint32_t max_in_use, uint32_t m
     }
     t->max = max_in_use;
     t->min = min_reserved;
-    grant_capacity_locked(p); /* a raised cap may let a waiter in */
+    grant_capacity_relock(p); /* a raised cap may let a waiter in */
 out:
-    pthread_mutex_unlock(&p->mu);
+    cpool__unlock(p);
     return rc;
 }
 
@@ -3019,7 +3075,7 @@ int cpool_get_tenant_stats(cpool *p, const char *name, cpool_tenant_stats *out)
 {
     if (p == NULL || name == NULL || out == NULL)
         return CPOOL_EINVAL;
-    pthread_mutex_lock(&p->mu);
+    cpool__lock(p);
     tenant *t = p->tenants ? find_tenant_locked(p, name) : NULL;
     if (t != NULL) {
         out->max_in_use = t->max;
@@ -3031,7 +3087,7 @@ int cpool_get_tenant_stats(cpool *p, const char *name, cpool_tenant_stats *out)
         out->switched = t->switched;
         out->affine = t->affine;
     }
-    pthread_mutex_unlock(&p->mu);
+    cpool__unlock(p);
     return t != NULL ? 0 : CPOOL_EINVAL;
 }
 
@@ -3039,13 +3095,13 @@ const char *cpool_tenant_name(cpool *p, size_t i)
 {
     if (p == NULL)
         return NULL;
-    pthread_mutex_lock(&p->mu);
+    cpool__lock(p);
     const tenant *t = p->tenant_list;
     if (t != NULL)
         t = t->next; /* the unnamed tenant is not listed */
     for (; t != NULL && i > 0; i--)
         t = t->next;
-    pthread_mutex_unlock(&p->mu);
+    cpool__unlock(p);
     return t != NULL ? t->name : NULL;
 }
 
@@ -3056,24 +3112,24 @@ void cpool_destroy(cpool *p)
     if (p == NULL)
         return;
     cpool_close(p);
-    pthread_mutex_lock(&p->mu);
+    cpool__lock(p);
     bool join = p->maint_running;
     p->maint_running = false;
     pthread_cond_broadcast(&p->maint_cv);
-    pthread_mutex_unlock(&p->mu);
+    cpool__unlock(p);
     if (join)
         pthread_join(p->maint, NULL);
     /* Leases that never came back: close them so the server sessions end. */
-    pthread_mutex_lock(&p->mu);
+    cpool__lock(p);
     while (p->in_use.head != NULL)
-        close_conn_locked(p, p->in_use.head, CPOOL_CLOSE_POOL_CLOSED, NULL);
+        close_conn_relock(p, p->in_use.head, CPOOL_CLOSE_POOL_CLOSED, NULL);
     while (p->orphans.head != NULL) {
         if (p->orphans.head->reclaimed)
-            close_reclaimed_locked(p, p->orphans.head);
+            close_reclaimed_relock(p, p->orphans.head);
         else
             abandon_locked(p, p->orphans.head);
     }
-    pthread_mutex_unlock(&p->mu);
+    cpool__unlock(p);
     registry_remove(p);
     free_pool(p);
 }
@@ -3082,19 +3138,19 @@ void cpool_wake(cpool *p)
 {
     if (p == NULL)
         return;
-    pthread_mutex_lock(&p->mu);
+    cpool__lock(p);
     /* Waiters under a test clock re-read it every few milliseconds on their
      * own; the maintenance thread sleeps longer, so it is woken here. */
     kick_maintenance_locked(p);
-    pthread_mutex_unlock(&p->mu);
+    cpool__unlock(p);
 }
 
 void cpool_get_counts(cpool *p, cpool_counts *out)
 {
     if (p == NULL || out == NULL)
         return;
-    pthread_mutex_lock(&p->mu);
-    check_fork_locked(p);
+    cpool__lock(p);
+    check_fork_relock(p);
     uint32_t parked = 0;
     if (p->can_park)
         for (const cpool_conn *c = p->in_use.head; c != NULL; c = c->next)
@@ -3106,7 +3162,7 @@ void cpool_get_counts(cpool *p, cpool_counts *out)
     out->waiting = atomic_load(&p->nwaiting);
     out->generation = p->generation;
     out->state = p->state;
-    pthread_mutex_unlock(&p->mu);
+    cpool__unlock(p);
 }
 
 const char *cpool_address(const cpool *p)

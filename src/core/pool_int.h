@@ -6,6 +6,15 @@
  * taken while holding `mu`, and `mu` is released right after, so events
  * reach subscribers in the order of the state changes they describe while
  * no callback ever runs under `mu`. Lock order: mu, then ev_mu.
+ *
+ * The lock contract, in function names: `foo_locked` needs `mu` held and
+ * keeps it throughout, so its work is atomic; `foo_relock` needs `mu` and
+ * returns with it, but releases it in between (an event, I/O, a wait), so
+ * whatever the caller read before may be stale afterwards; `foo_unlock`
+ * needs `mu` and returns without it. Take and drop `mu` only through
+ * cpool__lock()/cpool__unlock() (and cpool__cond_timedwait()): builds with
+ * CPOOL_LOCK_CHECKS record the owner, and every `_locked`/`_relock`
+ * function asserts it holds the lock (CPOOL_ASSERT_HELD).
  */
 #ifndef CPOOL_POOL_INT_H
 #define CPOOL_POOL_INT_H
@@ -17,6 +26,8 @@
 #include <stdio.h>
 #include <semaphore.h>
 #include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
 
 #define CONN_MAGIC 0x63706f6fu /* "cpoo": the struct belongs to some pool */
 
@@ -153,6 +164,7 @@ typedef struct waiter {
 struct cpool {
     cpool *reg_prev, *reg_next; /* registry of live pools; g_registry_mu */
     pthread_mutex_t mu;
+    _Atomic uintptr_t mu_owner; /* CPOOL_LOCK_CHECKS: the thread holding mu */
     pthread_mutex_t ev_mu; /* see the top of this file */
 
     /* Immutable after create. */
@@ -276,5 +288,56 @@ int cpool__callback_err(const cpool *p, cpool_error *err, const char *what);
 
 /* CPOOL_LOG / CPOOL_LOG_PATH as cpool_create() would take them. */
 int cpool__env_log_check(const cpool_options *o, cpool_error *err);
+
+/* ------------------------------------------------------------ the lock */
+
+#ifndef CPOOL_LOCK_CHECKS
+#define CPOOL_LOCK_CHECKS 0
+#endif
+
+static inline void cpool__note_owner(cpool *p, bool held)
+{
+#if CPOOL_LOCK_CHECKS
+    atomic_store_explicit(&p->mu_owner, held ? (uintptr_t)pthread_self() : 0,
+                          memory_order_relaxed);
+#else
+    (void)p;
+    (void)held;
+#endif
+}
+
+static inline void cpool__lock(cpool *p)
+{
+    pthread_mutex_lock(&p->mu);
+    cpool__note_owner(p, true);
+}
+
+static inline void cpool__unlock(cpool *p)
+{
+    cpool__note_owner(p, false);
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* pthread_cond_timedwait on mu, keeping the owner record true. */
+static inline int cpool__cond_timedwait(cpool *p, pthread_cond_t *cv,
+                                        const struct timespec *until)
+{
+    cpool__note_owner(p, false);
+    int rc = pthread_cond_timedwait(cv, &p->mu, until);
+    cpool__note_owner(p, true);
+    return rc;
+}
+
+#if CPOOL_LOCK_CHECKS
+/* A broken lock contract is a bug in the core: checked builds stop there. */
+void cpool__lock_violation(const char *func, const char *file, int line);
+#define CPOOL_ASSERT_HELD(p)                                                   \
+    ((atomic_load_explicit(&(p)->mu_owner, memory_order_relaxed) ==            \
+      (uintptr_t)pthread_self())                                               \
+         ? (void)0                                                             \
+         : cpool__lock_violation(__func__, __FILE__, __LINE__))
+#else
+#define CPOOL_ASSERT_HELD(p) ((void)0)
+#endif
 
 #endif /* CPOOL_POOL_INT_H */

@@ -116,7 +116,7 @@ int cpool_get_stats(cpool *p, cpool_stats *out)
     memset(&s, 0, sizeof s);
     s.struct_size = sizeof s;
     cpool_get_counts(p, &s.counts);
-    pthread_mutex_lock(&p->mu);
+    cpool__lock(p);
     s.max_pool_size = p->opts.max_pool_size;
     s.min_pool_size = p->opts.min_pool_size;
     s.connections_created = p->st_created;
@@ -151,7 +151,7 @@ int cpool_get_stats(cpool *p, cpool_stats *out)
         s.last_connect_error = p->last_fail;
         s.last_connect_error_age_ns = cpool__now(p) - p->last_fail_at;
     }
-    pthread_mutex_unlock(&p->mu);
+    cpool__unlock(p);
     s.checkouts = s.checkouts_ok;
     for (int i = 0; i < CPOOL_ERROR_SLOTS; i++)
         s.checkouts += s.checkout_failures[i];
