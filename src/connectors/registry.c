@@ -1,6 +1,8 @@
-/* registry.c -- which built-in connector takes a target. Only this file
- * knows the list; each connector is compiled in when its client library
- * was found (CPOOL_HAVE_*), and the core never sees a driver header. */
+/* registry.c -- which built-in connector takes a target, and cpool_open()
+ * on top of it. Only this file knows the list; each connector is compiled
+ * in when its client library was found (CPOOL_HAVE_*), and the core never
+ * sees a driver header nor calls up here: this file uses the core's public
+ * API only. */
 #include "cpool/cpool_connector.h"
 #include "cpool/cpool_mem.h"
 #ifdef CPOOL_HAVE_PG
@@ -15,6 +17,7 @@
 
 #include "../core/params.h"
 
+#include <stddef.h>
 #include <string.h>
 #include <strings.h>
 
@@ -94,4 +97,53 @@ const cpool_connector *cpool_connector_for(const char *target)
     (void)looks_like_conninfo;
 #endif
     return NULL;
+}
+
+int cpool_open(const char *target, const cpool_options *opts, cpool **out, cpool_error *err)
+{
+    if (out != NULL)
+        *out = NULL;
+    if (target == NULL || out == NULL)
+        return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
+                               "open: a target and out are required");
+    const cpool_connector *cx = cpool_connector_for(target);
+    if (cx == NULL) {
+        /* An unrecognised target is never echoed: a misspelt scheme is no
+         * reason to print the password behind it. Its scheme is enough. */
+        size_t n = strspn(target, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                  "0123456789+.-");
+        bool scheme = n > 0 && n <= 32 && target[n] == ':';
+        return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
+                               "open: no connector for %s%.*s%s: expected sqlite:, "
+                               "postgresql://, postgres://, redis://, unix:// or mem:// (or a "
+                               "connector left out of this build)",
+                               scheme ? "the scheme \"" : "this target (not shown)",
+                               scheme ? (int)n + 1 : 0, target, scheme ? "\"" : "");
+    }
+    cpool_options o;
+    cpool_options_init(&o, sizeof o);
+    if (opts != NULL)
+        memcpy(&o, opts, opts->struct_size < sizeof o ? opts->struct_size : sizeof o);
+    o.struct_size = sizeof o;
+    o.target = target;
+    o.connector = cx;
+    if (opts == NULL || opts->struct_size <= offsetof(cpool_options, connector_ctx))
+        o.connector_ctx = NULL;
+    /* startup_wait_ms as the pool will see it (code, environment, URL). */
+    cpool_options eff;
+    int rc = cpool_options_explain(&o, NULL, 0, NULL, &eff, NULL, 0, err);
+    cpool *p = NULL;
+    if (rc == 0)
+        rc = cpool_create(&o, &p, err);
+    if (rc != 0)
+        return rc;
+    rc = cpool_ready(p, err);
+    if (rc == 0 && eff.startup_wait_ms > 0)
+        rc = cpool_wait_connected(p, 0, eff.startup_wait_ms, err);
+    if (rc != 0) {
+        cpool_destroy(p);
+        return rc;
+    }
+    *out = p;
+    return 0;
 }

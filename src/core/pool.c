@@ -1,16 +1,15 @@
-/* pool.c -- the CMAP pool state machine for one endpoint.
+/* pool.c -- connections, the wait queue, establishment, the thread-affine
+ * fast path, checkout and check-in: the CMAP pool's hot paths.
  *
  * What must stay true (asserted by check_counts_locked in debug builds):
  *   total = pending + available + in use, total <= maxPoolSize (when > 0),
  *   pending <= maxConnecting, and a waiter is queued only while the pool is
  *   ready and nothing it could take is available.
  *
- * Locking: see pool_int.h. Connector calls and callbacks never run under mu.
- * Functions named *_locked are called with mu held; those that may release
- * it on the way (to emit an event or call the connector) say so.
+ * Locking: see pool_int.h and docs/design.md. Connector calls and
+ * callbacks never run under mu.
  */
-#include "pool_int.h"
-#include "clock.h"
+#include "core.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -24,91 +23,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define NO_DEADLINE INT64_MAX
-/* lease_begin()'s `start` on the lock-free path: there is no checkout
- * clock there. */
-#define FAST_LEASE INT64_MIN
-
-/* ------------------------------------------------------------------ fork */
-
-/* The library's only process-wide state, for fork(): a registry of live
- * pools, and an epoch counter bumped in every child. Before fork() the
- * prepare handler takes every pool's locks, so the child never inherits a
- * lock held by a thread that does not exist there; both sides release them
- * afterwards. A pool then compares the epoch with the one it saw last to
- * notice, at its next call, that it runs in a child. Lock order: the
- * registry mutex, then each pool's mu, then its ev_mu. */
-static atomic_uint g_fork_epoch;
-static pthread_once_t g_atfork_once = PTHREAD_ONCE_INIT;
-static pthread_mutex_t g_registry_mu = PTHREAD_MUTEX_INITIALIZER;
-static cpool *g_registry;
-
-static void on_fork_prepare(void)
-{
-    pthread_mutex_lock(&g_registry_mu);
-    for (cpool *p = g_registry; p != NULL; p = p->reg_next) {
-        cpool__lock(p);
-        pthread_mutex_lock(&p->ev_mu);
-    }
-}
-
-static void release_all_after_fork(void)
-{
-    for (cpool *p = g_registry; p != NULL; p = p->reg_next) {
-        pthread_mutex_unlock(&p->ev_mu);
-        cpool__unlock(p);
-    }
-    pthread_mutex_unlock(&g_registry_mu);
-}
-
-static void on_fork_child(void)
-{
-    atomic_fetch_add_explicit(&g_fork_epoch, 1, memory_order_relaxed);
-    release_all_after_fork();
-}
-
-static void register_atfork(void)
-{
-    pthread_atfork(on_fork_prepare, release_all_after_fork, on_fork_child);
-}
-
-static void registry_add(cpool *p)
-{
-    pthread_mutex_lock(&g_registry_mu);
-    p->reg_prev = NULL;
-    p->reg_next = g_registry;
-    if (g_registry != NULL)
-        g_registry->reg_prev = p;
-    g_registry = p;
-    pthread_mutex_unlock(&g_registry_mu);
-}
-
-static void registry_remove(cpool *p)
-{
-    pthread_mutex_lock(&g_registry_mu);
-    if (p->reg_prev != NULL)
-        p->reg_prev->reg_next = p->reg_next;
-    else
-        g_registry = p->reg_next;
-    if (p->reg_next != NULL)
-        p->reg_next->reg_prev = p->reg_prev;
-    pthread_mutex_unlock(&g_registry_mu);
-}
-
-static void after_fork_relock(cpool *p);
-
-static inline bool fork_pending(const cpool *p)
-{
-    return atomic_load_explicit(&g_fork_epoch, memory_order_relaxed) !=
-           atomic_load_explicit(&p->fork_epoch, memory_order_relaxed);
-}
-
-static inline void check_fork_relock(cpool *p)
-{
-    CPOOL_ASSERT_HELD(p);
-    if (fork_pending(p))
-        after_fork_relock(p);
-}
+static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
+                         const char *tenant_name, cpool_conn **out, cpool_error *err);
 
 /* ------------------------------------------------------------------ lists */
 
@@ -121,38 +37,6 @@ static conn_list *list_for(cpool *p, conn_state s)
     case CONN_ORPHANED: return &p->orphans;
     default: return &p->free_list;
     }
-}
-
-static void list_remove(conn_list *l, cpool_conn *c)
-{
-    if (c->prev != NULL)
-        c->prev->next = c->next;
-    else
-        l->head = c->next;
-    if (c->next != NULL)
-        c->next->prev = c->prev;
-    else
-        l->tail = c->prev;
-    c->prev = c->next = NULL;
-    l->n--;
-}
-
-static void list_push_head(conn_list *l, cpool_conn *c)
-{
-    c->prev = NULL;
-    c->next = l->head;
-    if (l->head != NULL)
-        l->head->prev = c;
-    else
-        l->tail = c;
-    l->head = c;
-    l->n++;
-}
-
-static inline uint32_t total_locked(const cpool *p)
-{
-    CPOOL_ASSERT_HELD(p);
-    return p->pending.n + p->available.n + p->in_use.n;
 }
 
 static void check_counts_locked(const cpool *p)
@@ -170,7 +54,7 @@ static void check_counts_locked(const cpool *p)
 /* The one place a connection changes state. Available connections are kept
  * newest first: reusing the most recently returned one lets the others reach
  * maxIdleTimeMS and close, instead of all of them staying half-warm. */
-static void set_state_locked(cpool *p, cpool_conn *c, conn_state s)
+void cpool__set_state_locked(cpool *p, cpool_conn *c, conn_state s)
 {
     CPOOL_ASSERT_HELD(p);
     conn_list *from = list_for(p, c->state), *to = list_for(p, s);
@@ -182,40 +66,9 @@ static void set_state_locked(cpool *p, cpool_conn *c, conn_state s)
     check_counts_locked(p);
 }
 
-/* ------------------------------------------------------------------ time */
-
-static int64_t ms_to_ns(int64_t ms)
-{
-    if (ms > INT64_MAX / 2000000)
-        return NO_DEADLINE / 2;
-    return ms * 1000000;
-}
-
-static int64_t deadline_after(int64_t now, int64_t ms)
-{
-    return now + ms_to_ns(ms);
-}
-
-/* The connector works in real CLOCK_MONOTONIC time; the pool's clock may be
- * a test clock, so translate the remaining time. */
-static int64_t real_deadline(const cpool *p, int64_t deadline)
-{
-    if (deadline == NO_DEADLINE)
-        return 0;
-    int64_t left = deadline - cpool__now(p);
-    return cpool__mono_ns() + (left > 0 ? left : 1);
-}
-
-static struct timespec abs_real(int64_t left_ns)
-{
-    int64_t t = cpool__mono_ns() + left_ns;
-    struct timespec ts = {.tv_sec = t / 1000000000, .tv_nsec = t % 1000000000};
-    return ts;
-}
-
 /* ------------------------------------------------------------------ services */
 
-static service *svc_find_locked(cpool *p, const char *id)
+service *cpool__svc_find_locked(cpool *p, const char *id)
 {
     CPOOL_ASSERT_HELD(p);
     for (service *s = p->services; s != NULL; s = s->next)
@@ -229,7 +82,7 @@ static service *svc_find_locked(cpool *p, const char *id)
 static int svc_attach_locked(cpool *p, cpool_conn *c, const char *id)
 {
     CPOOL_ASSERT_HELD(p);
-    service *s = svc_find_locked(p, id);
+    service *s = cpool__svc_find_locked(p, id);
     if (s == NULL) {
         s = calloc(1, sizeof *s);
         if (s == NULL)
@@ -245,7 +98,7 @@ static int svc_attach_locked(cpool *p, cpool_conn *c, const char *id)
 }
 
 /* The entry goes away with its last connection. */
-static void svc_release_locked(cpool *p, cpool_conn *c)
+void cpool__svc_release_locked(cpool *p, cpool_conn *c)
 {
     CPOOL_ASSERT_HELD(p);
     service *s = c->svc;
@@ -280,7 +133,7 @@ static inline uint64_t conn_uses(const cpool_conn *c)
 }
 
 /* Returns the close reason of a perished available connection, or -1. */
-static int perished_locked(const cpool *p, const cpool_conn *c, int64_t now)
+int cpool__perished_locked(const cpool *p, const cpool_conn *c, int64_t now)
 {
     CPOOL_ASSERT_HELD(p);
     if (is_stale_locked(p, c))
@@ -297,7 +150,7 @@ static int perished_locked(const cpool *p, const cpool_conn *c, int64_t now)
     return -1;
 }
 
-/* The clock reading perished_locked() needs: 0 when no time limit applies,
+/* The clock reading cpool__perished_locked() needs: 0 when no time limit applies,
  * so the hot path reads no clock for nothing. */
 static int64_t perish_now(const cpool *p)
 {
@@ -307,7 +160,7 @@ static int64_t perish_now(const cpool *p)
 /* Why a connection coming back from a lease must be closed, or -1 when it
  * may be reused: the pool closed, a clear made it stale, or it is broken
  * (the caller said so, a reset or check failed, or it was interrupted). */
-static int unfit_reason_locked(const cpool *p, const cpool_conn *c, bool broken)
+int cpool__unfit_reason_locked(const cpool *p, const cpool_conn *c, bool broken)
 {
     CPOOL_ASSERT_HELD(p);
     if (p->state == CPOOL_STATE_CLOSED || p->draining)
@@ -347,7 +200,7 @@ static int64_t expiry_locked(cpool *p, int64_t created)
 }
 
 /* A tenant's lease count drops when its connection comes back or closes. */
-static void unassign_locked(cpool_conn *c)
+void cpool__unassign_locked(cpool_conn *c)
 {
     CPOOL_ASSERT_HELD(c->pool);
     if (c->tenant != NULL) {
@@ -356,7 +209,7 @@ static void unassign_locked(cpool_conn *c)
     }
 }
 
-/* The circuit is open: establishments keep failing (see can_create_locked). */
+/* The circuit is open: establishments keep failing (see cpool__can_create_locked). */
 static bool breaker_open(const cpool *p)
 {
     return p->opts.breaker_threshold > 0 && p->fail_streak >= p->opts.breaker_threshold;
@@ -364,7 +217,7 @@ static bool breaker_open(const cpool *p)
 
 /* Creates a pending connection: no I/O (CMAP), counts toward total and
  * pending. The caller emits ConnectionCreated. */
-static cpool_conn *conn_new_locked(cpool *p)
+cpool_conn *cpool__conn_new_locked(cpool *p)
 {
     CPOOL_ASSERT_HELD(p);
     cpool_conn *c = p->free_list.head;
@@ -404,7 +257,7 @@ static cpool_conn *conn_new_locked(cpool *p)
     return c;
 }
 
-static void cancel_pending(cpool_conn *c)
+void cpool__cancel_pending(cpool_conn *c)
 {
     if (c->cancel_fd >= 0) {
         uint64_t one = 1;
@@ -413,7 +266,7 @@ static void cancel_pending(cpool_conn *c)
     }
 }
 
-static void conn_free_locked(cpool *p, cpool_conn *c)
+void cpool__conn_free_locked(cpool *p, cpool_conn *c)
 {
     CPOOL_ASSERT_HELD(p);
     if (c->cancel_fd >= 0)
@@ -427,19 +280,19 @@ static void conn_free_locked(cpool *p, cpool_conn *c)
 
 /* Drops c without any I/O on its socket: after fork() the parent owns the
  * server session. abandon() only frees, so it runs under mu. */
-static void abandon_locked(cpool *p, cpool_conn *c)
+void cpool__abandon_locked(cpool *p, cpool_conn *c)
 {
     CPOOL_ASSERT_HELD(p);
     list_remove(list_for(p, c->state), c);
     if (c->native != NULL && p->cx->abandon != NULL)
         p->cx->abandon(p->cx_ctx, c->native);
     c->svc = NULL;
-    unassign_locked(c);
+    cpool__unassign_locked(c);
     cpool__cell_fold(&p->retired, &c->cell); /* closes fold theirs earlier */
-    conn_free_locked(p, c);
+    cpool__conn_free_locked(p, c);
 }
 
-static void emit_created_relock(cpool *p, const cpool_conn *c)
+void cpool__emit_created_relock(cpool *p, const cpool_conn *c)
 {
     CPOOL_ASSERT_HELD(p);
     if (!p->observed)
@@ -450,28 +303,26 @@ static void emit_created_relock(cpool *p, const cpool_conn *c)
     cpool__emit_relock(p, &ev);
 }
 
-static void grant_capacity_relock(cpool *p);
-
 /* Closes c: it leaves its list at once (so it counts nowhere), then
  * ConnectionClosed is emitted and the connector closes it outside mu. If an
  * interrupt() is in flight on it, the last unpin does the teardown instead.
  * Releases mu on the way; returns with mu held. Frees capacity, so it hands
  * it to the wait queue. */
-static void close_conn_relock(cpool *p, cpool_conn *c, int reason,
+void cpool__close_conn_relock(cpool *p, cpool_conn *c, int reason,
                               const cpool_error *cause)
 {
     CPOOL_ASSERT_HELD(p);
     list_remove(list_for(p, c->state), c);
-    c->state = CONN_FREE; /* in no list until conn_free_locked */
+    c->state = CONN_FREE; /* in no list until cpool__conn_free_locked */
     /* Its counts leave the lists now: fold them before mu is released, so a
      * snapshot never sees them vanish (counters must not go backwards). */
     cpool__cell_fold(&p->retired, &c->cell);
     if ((unsigned)reason < CPOOL_CLOSE_REASON_SLOTS)
         p->st_closed[reason]++;
-    unassign_locked(c);
+    cpool__unassign_locked(c);
     if (p->draining)
         pthread_cond_broadcast(&p->drain_cv);
-    svc_release_locked(p, c);
+    cpool__svc_release_locked(p, c);
     void *native = c->native;
     bool pinned = c->pins > 0;
     if (pinned)
@@ -487,8 +338,8 @@ static void close_conn_relock(cpool *p, cpool_conn *c, int reason,
         p->cx->close(p->cx_ctx, native);
     cpool__lock(p);
     if (!pinned)
-        conn_free_locked(p, c);
-    grant_capacity_relock(p);
+        cpool__conn_free_locked(p, c);
+    cpool__grant_capacity_relock(p);
 }
 
 static void wq_remove_locked(cpool *p, waiter *w)
@@ -520,45 +371,17 @@ static void serve_waiter(waiter *w)
     sem_post(&w->sem);
 }
 
-/* ------------------------------------------------------------------ tenants */
-
-/* Untaken guaranteed minimums of the tenants other than t. */
-static uint32_t reserved_for_others_locked(const cpool *p, const tenant *t)
-{
-    CPOOL_ASSERT_HELD(p);
-    uint32_t r = 0;
-    for (const tenant *u = p->tenant_list; u != NULL; u = u->next)
-        if (u != t && u->in_use < u->min)
-            r += u->min - u->in_use;
-    return r;
-}
-
-/* May a checkout of tenant t take one more connection? Its own cap, and
- * the others' untaken minimums, which nobody else may use. */
-static bool tenant_allows_locked(const cpool *p, const tenant *t)
-{
-    CPOOL_ASSERT_HELD(p);
-    if (!p->tenants)
-        return true;
-    if (t->max > 0 && t->in_use >= t->max)
-        return false;
-    if (t->in_use < t->min || p->opts.max_pool_size == 0)
-        return true;
-    uint32_t assigned = 0;
-    for (const tenant *u = p->tenant_list; u != NULL; u = u->next)
-        assigned += u->in_use;
-    return assigned + reserved_for_others_locked(p, t) < p->opts.max_pool_size;
-}
+/* ------------------------------------------------- wait queue and capacity */
 
 /* The waiter to serve next: the oldest, or with tenants the oldest whose
  * tenant may take one more. */
-static waiter *next_waiter_locked(const cpool *p)
+waiter *cpool__next_waiter_locked(const cpool *p)
 {
     CPOOL_ASSERT_HELD(p);
     if (!p->tenants)
         return p->wq_head;
     for (waiter *w = p->wq_head; w != NULL; w = w->next)
-        if (tenant_allows_locked(p, w->tenant))
+        if (cpool__tenant_allows_locked(p, w->tenant))
             return w;
     return NULL;
 }
@@ -572,28 +395,19 @@ static void assign_locked(cpool *p, cpool_conn *c, tenant *t)
     t->in_use++;
 }
 
-static tenant *find_tenant_locked(const cpool *p, const char *name)
-{
-    CPOOL_ASSERT_HELD(p);
-    for (tenant *t = p->tenant_list; t != NULL; t = t->next)
-        if (strcmp(t->name, name) == 0)
-            return t;
-    return NULL;
-}
-
 /* A checked-in or freshly established connection: straight to the oldest
  * waiter if there is one (direct handoff: no newcomer can barge in between),
  * otherwise onto the available stack. */
-static void make_available_locked(cpool *p, cpool_conn *c)
+void cpool__make_available_locked(cpool *p, cpool_conn *c)
 {
     CPOOL_ASSERT_HELD(p);
-    waiter *w = next_waiter_locked(p);
+    waiter *w = cpool__next_waiter_locked(p);
     if (w != NULL && p->state == CPOOL_STATE_READY) {
         wq_remove_locked(p, w);
         assign_locked(p, c, w->tenant);
         w->conn = c;
         w->establish = false;
-        set_state_locked(p, c, CONN_IN_USE);
+        cpool__set_state_locked(p, c, CONN_IN_USE);
         atomic_store_explicit(&c->leased, LEASE_HELD, memory_order_relaxed);
         serve_waiter(w);
         return;
@@ -603,7 +417,7 @@ static void make_available_locked(cpool *p, cpool_conn *c)
     if (p->stamp_idle)
         atomic_store_explicit(&c->available_since_ns, cpool__now(p),
                               memory_order_relaxed);
-    set_state_locked(p, c, CONN_AVAILABLE);
+    cpool__set_state_locked(p, c, CONN_AVAILABLE);
 }
 
 /* After a failure, establishments wait for the end of the backoff step,
@@ -619,12 +433,7 @@ static bool backoff_allows_locked(const cpool *p)
     return p->retry_at == 0 || cpool__now(p) >= p->retry_at;
 }
 
-/* After a capacity refusal the next attempt waits a little: slots free up
- * as other clients leave, but a full server is not sent a handshake per
- * waiting thread per millisecond. */
-#define CAPACITY_RETRY_MS 25
-
-static bool can_create_locked(const cpool *p)
+bool cpool__can_create_locked(const cpool *p)
 {
     CPOOL_ASSERT_HELD(p);
     if (p->pending.n >= p->opts.max_connecting)
@@ -647,22 +456,22 @@ static void offer_available_locked(cpool *p)
     CPOOL_ASSERT_HELD(p);
     if (!p->tenants)
         return;
-    for (cpool_conn *c = p->available.head; c != NULL && next_waiter_locked(p) != NULL;) {
+    for (cpool_conn *c = p->available.head; c != NULL && cpool__next_waiter_locked(p) != NULL;) {
         cpool_conn *next = c->next;
-        make_available_locked(p, c);
+        cpool__make_available_locked(p, c);
         c = next;
     }
 }
 
-static void grant_capacity_relock(cpool *p)
+void cpool__grant_capacity_relock(cpool *p)
 {
     CPOOL_ASSERT_HELD(p);
     offer_available_locked(p);
     waiter *w;
-    while ((w = next_waiter_locked(p)) != NULL && p->state == CPOOL_STATE_READY &&
-           can_create_locked(p)) {
+    while ((w = cpool__next_waiter_locked(p)) != NULL && p->state == CPOOL_STATE_READY &&
+           cpool__can_create_locked(p)) {
         wq_remove_locked(p, w);
-        cpool_conn *c = conn_new_locked(p);
+        cpool_conn *c = cpool__conn_new_locked(p);
         if (c == NULL) {
             w->fail = CPOOL_ENOMEM;
             serve_waiter(w);
@@ -672,11 +481,11 @@ static void grant_capacity_relock(cpool *p)
         w->conn = c;
         w->establish = true;
         serve_waiter(w);
-        emit_created_relock(p, c);
+        cpool__emit_created_relock(p, c);
     }
 }
 
-static void fail_waiters_locked(cpool *p, int code)
+void cpool__fail_waiters_locked(cpool *p, int code)
 {
     CPOOL_ASSERT_HELD(p);
     while (p->wq_head != NULL) {
@@ -687,108 +496,14 @@ static void fail_waiters_locked(cpool *p, int code)
     }
 }
 
-static void kick_maintenance_locked(cpool *p)
+void cpool__kick_maintenance_locked(cpool *p)
 {
     CPOOL_ASSERT_HELD(p);
     p->maint_kick = true;
     pthread_cond_signal(&p->maint_cv);
 }
 
-/* ------------------------------------------------------------------ clear */
-
-static void cleared_error(const cpool *p, cpool_error *e)
-{
-    if (p->has_clear_cause)
-        cpool__err(e, CPOOL_ECLEARED,
-                   "Connection pool for %s was cleared because another operation "
-                   "failed with: %s",
-                   p->address, p->clear_cause.message);
-    else if (p->generation > 0)
-        cpool__err(e, CPOOL_ECLEARED,
-                   "Connection pool for %s was cleared because another operation "
-                   "failed with: (no cause given to cpool_clear)",
-                   p->address);
-    else
-        cpool__err(e, CPOOL_ECLEARED,
-                   "Connection pool for %s is paused: cpool_ready() was not called",
-                   p->address);
-    if (e != NULL)
-        e->labels = CPOOL_LABEL_RETRYABLE;
-}
-
-/* Marks the connections a clear with interruptInUseConnections must reach.
- * Pending ones are cancelled at once through their eventfd (a write, never
- * blocks); in-use ones are interrupted by interrupt_marked_relock(). */
-static void mark_interrupts_locked(cpool *p, const service *svc, uint64_t upto_gen)
-{
-    CPOOL_ASSERT_HELD(p);
-    for (cpool_conn *c = p->pending.head; c != NULL; c = c->next)
-        if (svc == NULL && c->generation <= upto_gen)
-            cancel_pending(c);
-    for (cpool_conn *c = p->in_use.head; c != NULL; c = c->next)
-        if (c->svc == svc || svc == NULL)
-            if (c->generation <= upto_gen)
-                c->interrupt_requested = true;
-}
-
-/* Calls the connector's interrupt on every marked in-use connection, one at
- * a time outside mu. The connection is pinned meanwhile so that a concurrent
- * check-in cannot free it under the connector. May release mu. */
-static void interrupt_marked_relock(cpool *p)
-{
-    CPOOL_ASSERT_HELD(p);
-    for (;;) {
-        cpool_conn *c = p->in_use.head;
-        while (c != NULL && !(c->interrupt_requested && !c->interrupted))
-            c = c->next;
-        if (c == NULL)
-            return;
-        c->interrupted = true;
-        c->pins++;
-        void *native = c->native;
-        cpool__unlock(p);
-        if (p->cx->interrupt != NULL && native != NULL)
-            p->cx->interrupt(p->cx_ctx, native);
-        cpool__lock(p);
-        if (--c->pins == 0 && c->close_deferred) {
-            cpool__unlock(p);
-            if (native != NULL)
-                p->cx->close(p->cx_ctx, native);
-            cpool__lock(p);
-            conn_free_locked(p, c);
-        }
-    }
-}
-
-/* Bumps the generation and pauses. A paused pool emits nothing but still
- * bumps (CMAP: the generation must move on every clear). May release mu. */
-static void clear_relock(cpool *p, unsigned flags, const cpool_error *cause)
-{
-    CPOOL_ASSERT_HELD(p);
-    uint64_t old = p->generation++;
-    bool was_paused = p->state == CPOOL_STATE_PAUSED;
-    p->state = CPOOL_STATE_PAUSED;
-    if (cause != NULL) {
-        p->clear_cause = *cause;
-        p->has_clear_cause = true;
-    }
-    fail_waiters_locked(p, CPOOL_ECLEARED);
-    if (flags & CPOOL_CLEAR_INTERRUPT_IN_USE)
-        mark_interrupts_locked(p, NULL, old);
-    /* Stale available connections should not wait for the next scheduled
-     * run (CMAP: a clear schedules the background thread at once). */
-    kick_maintenance_locked(p);
-    if (!was_paused && p->observed) {
-        cpool_event ev;
-        cpool__event_init(p, &ev, CPOOL_EV_POOL_CLEARED);
-        ev.interrupt_in_use = (flags & CPOOL_CLEAR_INTERRUPT_IN_USE) != 0;
-        cpool__emit_relock(p, &ev);
-    }
-}
-
 /* ------------------------------------------------------------ establishment */
-
-enum { ESTABLISH_RETRY = 1 }; /* internal: the new connection was stale */
 
 /* The wait before the next establishment after the nth failure in a row:
  * base * 2^(n-1), capped, randomised by +- backoff_jitter. */
@@ -839,7 +554,7 @@ static void note_connect_failure_locked(cpool *p, const cpool_error *ce)
      * queue (waiters that queued before this failure sleep on), and to
      * probe the server meanwhile. */
     if (p->wq_head != NULL || p->opts.probe_interval_ms > 0)
-        kick_maintenance_locked(p);
+        cpool__kick_maintenance_locked(p);
     if (!breaker_open(p))
         return;
     if (p->fail_streak == p->opts.breaker_threshold)
@@ -868,7 +583,7 @@ static void note_capacity_refusal_locked(cpool *p)
     d += (int64_t)((double)d * 0.2 * (2 * random_unit_locked(p) - 1));
     p->cap_retry_at = cpool__now(p) + d;
     if (p->wq_head != NULL)
-        kick_maintenance_locked(p);
+        cpool__kick_maintenance_locked(p);
 }
 
 static void note_connect_success_locked(cpool *p)
@@ -879,7 +594,7 @@ static void note_connect_success_locked(cpool *p)
         return;
     p->fail_streak = 0;
     p->retry_at = 0;
-    kick_maintenance_locked(p); /* refill to minPoolSize now */
+    cpool__kick_maintenance_locked(p); /* refill to minPoolSize now */
 }
 
 /* Establishes pending connection c outside mu. On success c is in use (for a
@@ -889,7 +604,7 @@ static void note_connect_success_locked(cpool *p)
  * the pool, so PoolCleared precedes ConnectionClosed as CMAP's tests expect.
  * ESTABLISH_RETRY: established, but a clear made it stale meanwhile; it was
  * closed. Called with mu held; releases it during the connect. */
-static int establish_relock(cpool *p, cpool_conn *c, int64_t deadline,
+int cpool__establish_relock(cpool *p, cpool_conn *c, int64_t deadline,
                             bool for_checkout, bool caller_bound, cpool_error *e)
 {
     CPOOL_ASSERT_HELD(p);
@@ -946,7 +661,7 @@ static int establish_relock(cpool *p, cpool_conn *c, int64_t deadline,
             /* Not in load-balanced mode: there an establishment error must
              * never pause the whole pool (CMAP load-balancer rules). Nor for
              * a local out-of-memory, which says nothing about the server. */
-            clear_relock(p, 0, &ce);
+            cpool__clear_relock(p, 0, &ce);
         }
         p->st_connect_failures++;
         /* A caller's own short deadline ending the attempt says nothing
@@ -957,7 +672,7 @@ static int establish_relock(cpool *p, cpool_conn *c, int64_t deadline,
         else if (ce.kind != CPOOL_FAIL_INTERRUPTED && ce.code != CPOOL_ENOMEM &&
                  !(caller_bound && ce.kind == CPOOL_FAIL_TIMEOUT))
             note_connect_failure_locked(p, &ce);
-        close_conn_relock(p, c, CPOOL_CLOSE_ERROR, &ce);
+        cpool__close_conn_relock(p, c, CPOOL_CLOSE_ERROR, &ce);
         if (e != NULL)
             *e = ce;
         return ce.code;
@@ -972,12 +687,12 @@ static int establish_relock(cpool *p, cpool_conn *c, int64_t deadline,
     note_connect_success_locked(p);
     bool stale = is_stale_locked(p, c) || p->state == CPOOL_STATE_CLOSED || p->draining;
     if (stale) {
-        set_state_locked(p, c, CONN_IN_USE); /* owned by us until closed below */
+        cpool__set_state_locked(p, c, CONN_IN_USE); /* owned by us until closed below */
     } else if (for_checkout) {
-        set_state_locked(p, c, CONN_IN_USE);
+        cpool__set_state_locked(p, c, CONN_IN_USE);
         atomic_store_explicit(&c->leased, LEASE_HELD, memory_order_relaxed);
     } else {
-        make_available_locked(p, c); /* possibly straight to a waiter */
+        cpool__make_available_locked(p, c); /* possibly straight to a waiter */
     }
     if (p->observed) {
         cpool_event ev;
@@ -987,14 +702,14 @@ static int establish_relock(cpool *p, cpool_conn *c, int64_t deadline,
         cpool__emit_relock(p, &ev);
     }
     if (stale) {
-        close_conn_relock(p, c,
+        cpool__close_conn_relock(p, c,
                           p->state == CPOOL_STATE_CLOSED || p->draining
                               ? CPOOL_CLOSE_POOL_CLOSED
                               : CPOOL_CLOSE_STALE,
                           NULL);
         return ESTABLISH_RETRY;
     }
-    grant_capacity_relock(p); /* a maxConnecting slot is free again */
+    cpool__grant_capacity_relock(p); /* a maxConnecting slot is free again */
     return 0;
 }
 
@@ -1023,7 +738,7 @@ static _Thread_local struct {
     uint64_t serial;
     cpool_conn *conn;
 } tl_park;
-static atomic_uint_fast64_t g_pool_serial;
+atomic_uint_fast64_t cpool__pool_serial;
 
 /* "Now" for lifetimes on the lock-free path. A clock read costs as much as
  * the rest of a lock-free checkout, and lifetimes are minutes long, so with
@@ -1049,7 +764,7 @@ static bool fast_usable(const cpool *p, const cpool_conn *c)
     if (c->expires_ns != INT64_MAX && lifetime_now(p) >= c->expires_ns)
         return false;
     /* With a minimum to keep, idleness is judged under the lock, where the
-     * pool's size is known (perished_locked). */
+     * pool's size is known (cpool__perished_locked). */
     return p->opts.max_idle_time_ms == 0 || p->opts.min_pool_size > 0 ||
            cpool__now(p) - atomic_load_explicit(&c->available_since_ns,
                                                  memory_order_relaxed) <=
@@ -1085,7 +800,6 @@ static bool try_park(cpool *p, cpool_conn *c)
  * pool clock, -1 when it never waited (the fast path). Only the new holder
  * writes these fields. */
 static _Thread_local uint64_t tl_tid;
-
 
 static inline void lease_begin(cpool *p, cpool_conn *c, int64_t start, bool reused,
                                const char *label)
@@ -1224,10 +938,10 @@ static cpool_conn *take_parked_fast(cpool *p, int64_t timeout_ms, int64_t *start
         return c;
     /* Ours now, but perished, dead or the pool changed: close it properly. */
     cpool__lock(p);
-    check_fork_relock(p);
+    cpool__check_fork_relock(p);
     if (c->state == CONN_IN_USE) {
-        int reason = unfit_reason_locked(p, c, dead);
-        close_conn_relock(p, c, reason >= 0 ? reason : CPOOL_CLOSE_IDLE,
+        int reason = cpool__unfit_reason_locked(p, c, dead);
+        cpool__close_conn_relock(p, c, reason >= 0 ? reason : CPOOL_CLOSE_IDLE,
                           dead ? &ce : NULL);
     }
     cpool__unlock(p);
@@ -1236,7 +950,7 @@ static cpool_conn *take_parked_fast(cpool *p, int64_t timeout_ms, int64_t *start
 
 /* Takes a parked connection (any thread's) under mu; it is HELD by the
  * caller afterwards. `perished_only` takes only perished ones. */
-static cpool_conn *steal_parked_locked(cpool *p, bool perished_only, int *reason)
+cpool_conn *cpool__steal_parked_locked(cpool *p, bool perished_only, int *reason)
 {
     CPOOL_ASSERT_HELD(p);
     if (!p->can_park)
@@ -1245,7 +959,7 @@ static cpool_conn *steal_parked_locked(cpool *p, bool perished_only, int *reason
     for (cpool_conn *c = p->in_use.head; c != NULL; c = c->next) {
         if (atomic_load(&c->leased) != LEASE_PARKED)
             continue;
-        int why = perished_locked(p, c, now);
+        int why = cpool__perished_locked(p, c, now);
         if (perished_only && why < 0)
             continue;
         unsigned parked = LEASE_PARKED;
@@ -1337,7 +1051,7 @@ static int fail_checkout(cpool *p, int rc, int reason, checkout_clock *t,
         cpool__err(&e, rc, "Attempted to check out a connection from closed "
                            "connection pool %s", p->address);
         break;
-    case CPOOL_ECLEARED: cleared_error(p, &e); break;
+    case CPOOL_ECLEARED: cpool__cleared_error(p, &e); break;
     case CPOOL_EUNAVAILABLE: unavailable_error_locked(p, &e); break;
     case CPOOL_ESHUTDOWN:
         cpool__err(&e, rc, "connection pool %s is shutting down: no new checkouts", p->address);
@@ -1412,9 +1126,6 @@ static bool waiter_done(waiter *w)
     return atomic_load_explicit(&w->done, memory_order_acquire) == 1;
 }
 
-static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
-                         const char *tenant_name, cpool_conn **out, cpool_error *err);
-
 int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *err)
 {
     return checkout_impl(p, timeout_ms, NULL, NULL, out, err);
@@ -1441,74 +1152,13 @@ int cpool_checkout_at(cpool *p, int64_t timeout_ms, const char *label, cpool_con
     return checkout_impl(p, timeout_ms, label, NULL, out, err);
 }
 
-/* An available connection for tenant t: preferably one t used last, then
- * one nobody used since it was established, else the newest. Handing a
- * tenant its own connections keeps full session resets (see
- * tenant_switch_relock) to the times the pool must lend one across. */
-static cpool_conn *affine_available_locked(const cpool *p, const tenant *t)
-{
-    CPOOL_ASSERT_HELD(p);
-    cpool_conn *fresh = NULL;
-    for (cpool_conn *c = p->available.head; c != NULL; c = c->next) {
-        if (c->last_tenant == t)
-            return c;
-        if (fresh == NULL && c->last_tenant == NULL)
-            fresh = c;
-    }
-    return fresh != NULL ? fresh : p->available.head;
-}
-
 /* A connection taken for a checkout goes back, unblamed and unused. */
-static void put_back_locked(cpool *p, cpool_conn *c)
+void cpool__put_back_locked(cpool *p, cpool_conn *c)
 {
     CPOOL_ASSERT_HELD(p);
-    unassign_locked(c);
+    cpool__unassign_locked(c);
     atomic_store_explicit(&c->leased, LEASE_NONE, memory_order_relaxed);
-    set_state_locked(p, c, CONN_AVAILABLE);
-}
-
-#define SWITCH_CLOSED 1
-
-/* Tenant t is about to lease c. When another tenant used c last, its session
- * is reset in full first (connector discard, outside mu, within the
- * checkout's deadline), so that nothing one tenant left in it reaches
- * another. Returns 0 to hand c out, SWITCH_CLOSED when c was closed (the
- * checkout goes on with another), CPOOL_ETIMEDOUT when no time is left
- * (c goes back). */
-static int tenant_switch_relock(cpool *p, cpool_conn *c, tenant *t, int64_t deadline,
-                                cpool_error *ce)
-{
-    CPOOL_ASSERT_HELD(p);
-    if (c->last_tenant == NULL || c->last_tenant == t) {
-        if (c->last_tenant == t)
-            t->affine++;
-        return 0;
-    }
-    if (p->cx->abi_version < 4 || p->cx->discard == NULL) {
-        cpool__err(ce, CPOOL_EIO, "connection %llu to %s: another tenant used it last, and "
-                   "the %s connector cannot reset a session", (unsigned long long)c->id,
-                   p->address, p->cx->name != NULL ? p->cx->name : "?");
-        close_conn_relock(p, c, CPOOL_CLOSE_SESSION, ce);
-        return SWITCH_CLOSED;
-    }
-    if (deadline != NO_DEADLINE && cpool__now(p) >= deadline) {
-        put_back_locked(p, c);
-        return CPOOL_ETIMEDOUT;
-    }
-    cpool__unlock(p);
-    ce->code = 0;
-    ce->message[0] = '\0';
-    int bad = p->cx->discard(p->cx_ctx, c->native, real_deadline(p, deadline), ce);
-    cpool__lock(p);
-    if (bad != 0) {
-        if (ce->code == 0)
-            cpool__err(ce, CPOOL_EIO, "discard on %s failed", p->address);
-        close_conn_relock(p, c, CPOOL_CLOSE_ERROR, ce);
-        return SWITCH_CLOSED;
-    }
-    c->last_tenant = NULL;
-    t->switched++;
-    return 0;
+    cpool__set_state_locked(p, c, CONN_AVAILABLE);
 }
 
 static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
@@ -1541,12 +1191,12 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
         clock_start(&t);
 
     cpool__lock(p);
-    check_fork_relock(p);
+    cpool__check_fork_relock(p);
     tenant *tn = NULL;
     if (p->tenants) {
         /* Checkouts without a tenant share the unnamed one (first in the
          * list), so that every lease is counted against the limits. */
-        tn = tenant_name != NULL ? find_tenant_locked(p, tenant_name) : p->tenant_list;
+        tn = tenant_name != NULL ? cpool__find_tenant_locked(p, tenant_name) : p->tenant_list;
         if (tn == NULL) {
             cpool__unlock(p);
             return cpool__err(err, CPOOL_EINVAL, "checkout from %s: unknown tenant \"%.64s\" "
@@ -1585,36 +1235,36 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
         bool establish = false, handed = false;
         /* Strict FIFO: nobody is ahead of us (with tenants: nobody who may
          * take one, and our own tenant may). */
-        if (next_waiter_locked(p) == NULL && (tn == NULL || tenant_allows_locked(p, tn))) {
-            c = tn != NULL ? affine_available_locked(p, tn) : p->available.head;
+        if (cpool__next_waiter_locked(p) == NULL && (tn == NULL || cpool__tenant_allows_locked(p, tn))) {
+            c = tn != NULL ? cpool__affine_available_locked(p, tn) : p->available.head;
             int reason = -1;
             if (c != NULL) {
                 int64_t now = perish_now(p);
-                reason = perished_locked(p, c, now);
+                reason = cpool__perished_locked(p, c, now);
                 if (reason < 0) {
-                    set_state_locked(p, c, CONN_IN_USE);
+                    cpool__set_state_locked(p, c, CONN_IN_USE);
                     atomic_store_explicit(&c->leased, LEASE_HELD, memory_order_relaxed);
                     assign_locked(p, c, tn);
                 }
             } else {
-                c = steal_parked_locked(p, false, &reason);
+                c = cpool__steal_parked_locked(p, false, &reason);
             }
             if (c != NULL && reason >= 0) {
-                close_conn_relock(p, c, reason, NULL);
+                cpool__close_conn_relock(p, c, reason, NULL);
                 continue;
             }
-            if (c == NULL && can_create_locked(p)) {
-                c = conn_new_locked(p);
+            if (c == NULL && cpool__can_create_locked(p)) {
+                c = cpool__conn_new_locked(p);
                 if (c == NULL) {
                     rc = CPOOL_ENOMEM;
                     goto fail;
                 }
                 assign_locked(p, c, tn);
-                emit_created_relock(p, c);
+                cpool__emit_created_relock(p, c);
                 establish = true;
             }
         }
-        if (c == NULL && breaker_open(p) && !can_create_locked(p) &&
+        if (c == NULL && breaker_open(p) && !cpool__can_create_locked(p) &&
             p->available.head == NULL &&
             (p->opts.max_pool_size == 0 || total_locked(p) < p->opts.max_pool_size)) {
             /* Only a new connection could serve this checkout and the
@@ -1649,11 +1299,11 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
             atomic_fetch_add(&p->nwaiting, 1);
             /* The waiter's half of the parking handshake (see above). */
             int reason = -1;
-            cpool_conn *parked = steal_parked_locked(p, false, &reason);
+            cpool_conn *parked = cpool__steal_parked_locked(p, false, &reason);
             if (parked != NULL) {
                 wq_remove_locked(p, &w);
                 if (reason >= 0) {
-                    close_conn_relock(p, parked, reason, NULL);
+                    cpool__close_conn_relock(p, parked, reason, NULL);
                     continue;
                 }
                 c = parked;
@@ -1669,7 +1319,7 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
                  * without one). */
                 cpool__lock(p);
                 if (w.queued)
-                    grant_capacity_relock(p);
+                    cpool__grant_capacity_relock(p);
                 wake = backoff_wake_locked(p, t.wait_deadline);
                 cpool__unlock(p);
                 served = wait_served(p, &w, wake) && waiter_done(&w);
@@ -1720,7 +1370,7 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
         }
         if (establish) {
             int64_t deadline = conn_deadline(&t);
-            rc = establish_relock(p, c, deadline, true, t.caller_bound, &ce);
+            rc = cpool__establish_relock(p, c, deadline, true, t.caller_bound, &ce);
             if (rc == ESTABLISH_RETRY)
                 continue;
             fresh = rc == 0;
@@ -1756,7 +1406,7 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
             int64_t deadline = conn_deadline(&t);
             bool ping = wants_ping(p, c);
             if (no_time_to_ping(p, ping, deadline)) {
-                put_back_locked(p, c);
+                cpool__put_back_locked(p, c);
                 rc = CPOOL_ETIMEDOUT;
                 goto fail;
             }
@@ -1764,12 +1414,12 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
             int bad = validate_conn(p, c, ping, deadline, &ce);
             cpool__lock(p);
             if (bad != 0) {
-                close_conn_relock(p, c, CPOOL_CLOSE_ERROR, &ce);
+                cpool__close_conn_relock(p, c, CPOOL_CLOSE_ERROR, &ce);
                 continue;
             }
         }
         if (!establish && tn != NULL) {
-            rc = tenant_switch_relock(p, c, tn, conn_deadline(&t), &ce);
+            rc = cpool__tenant_switch_relock(p, c, tn, conn_deadline(&t), &ce);
             if (rc == SWITCH_CLOSED)
                 continue;
             if (rc != 0)
@@ -1811,7 +1461,7 @@ fail:
 /* A reclaimed lease came back (or the pool is destroyed): its slot was
  * already given back, so it is only closed and freed. While the reclaim's
  * interrupt() still runs, the last unpin does it. */
-static void close_reclaimed_relock(cpool *p, cpool_conn *c)
+void cpool__close_reclaimed_relock(cpool *p, cpool_conn *c)
 {
     CPOOL_ASSERT_HELD(p);
     list_remove(&p->orphans, c);
@@ -1827,7 +1477,7 @@ static void close_reclaimed_relock(cpool *p, cpool_conn *c)
     if (native != NULL)
         p->cx->close(p->cx_ctx, native);
     cpool__lock(p);
-    conn_free_locked(p, c);
+    cpool__conn_free_locked(p, c);
 }
 
 /* A lease taken before fork() and returned in the child: the parent owns the
@@ -1836,9 +1486,9 @@ static int checkin_orphan(cpool *p, cpool_conn *c)
 {
     cpool__lock(p);
     if (c->reclaimed)
-        close_reclaimed_relock(p, c);
+        cpool__close_reclaimed_relock(p, c);
     else
-        abandon_locked(p, c);
+        cpool__abandon_locked(p, c);
     cpool__unlock(p);
     return 0;
 }
@@ -1861,7 +1511,7 @@ int cpool_checkin(cpool *p, cpool_conn *c, unsigned flags, cpool_error *err)
 
     if (fork_pending(p)) {
         cpool__lock(p);
-        check_fork_relock(p);
+        cpool__check_fork_relock(p);
         cpool__unlock(p);
     }
     /* The lease flag refuses a second check-in of the same lease without the
@@ -1888,10 +1538,10 @@ int cpool_checkin(cpool *p, cpool_conn *c, unsigned flags, cpool_error *err)
     bool broken = (flags & CPOOL_CHECKIN_BROKEN) != 0;
     if (p->observed) {
         cpool__lock(p);
-        check_fork_relock(p);
+        cpool__check_fork_relock(p);
         broken = broken || c->interrupt_requested;
         atomic_store_explicit(&c->leased_ns, 0, memory_order_relaxed); /* no longer a lease */
-        unassign_locked(c);
+        cpool__unassign_locked(c);
         cpool_event ev;
         cpool__event_init(p, &ev, CPOOL_EV_CHECKED_IN);
         ev.connection_id = c->id;
@@ -1906,1306 +1556,12 @@ int cpool_checkin(cpool *p, cpool_conn *c, unsigned flags, cpool_error *err)
         return 0;
 
     cpool__lock(p);
-    int reason = unfit_reason_locked(p, c, broken);
+    int reason = cpool__unfit_reason_locked(p, c, broken);
     if (reason >= 0)
-        close_conn_relock(p, c, reason, ce.code != 0 ? &ce : NULL);
+        cpool__close_conn_relock(p, c, reason, ce.code != 0 ? &ce : NULL);
     else
-        make_available_locked(p, c);
+        cpool__make_available_locked(p, c);
     cpool__unlock(p);
     return 0;
 }
 
-/* ------------------------------------------------------------------ maintenance */
-
-/* Takes a lease back from a holder that kept it past leak_reclaim_ms: its
- * slot returns to the pool now, its current operation is interrupted, and
- * the connection is closed when (if) the holder returns it. Releases mu
- * on the way; false when the holder returned it first. */
-static bool reclaim_relock(cpool *p, cpool_conn *c, int64_t held)
-{
-    CPOOL_ASSERT_HELD(p);
-    unsigned held_flag = LEASE_HELD;
-    if (!atomic_compare_exchange_strong(&c->leased, &held_flag, LEASE_ORPHAN))
-        return false;
-    list_remove(&p->in_use, c);
-    c->state = CONN_ORPHANED;
-    list_push_head(&p->orphans, c);
-    unassign_locked(c);
-    c->reclaimed = true;
-    c->interrupted = true;
-    c->pins++;
-    p->leaks_reclaimed++;
-    if (p->draining) {
-        p->drain_reclaimed++;
-        pthread_cond_broadcast(&p->drain_cv);
-    }
-    p->st_closed[CPOOL_CLOSE_RECLAIMED]++;
-    svc_release_locked(p, c);
-    void *native = c->native;
-    cpool_event ev;
-    cpool__event_init(p, &ev, CPOOL_EV_CONN_CLOSED);
-    ev.connection_id = c->id;
-    ev.reason = CPOOL_CLOSE_RECLAIMED;
-    ev.duration_ns = held;
-    cpool__emit_unlock(p, &ev);
-    if (p->cx->interrupt != NULL && native != NULL)
-        p->cx->interrupt(p->cx_ctx, native);
-    cpool__lock(p);
-    if (--c->pins == 0 && c->close_deferred) {
-        c->close_deferred = false;
-        cpool__unlock(p);
-        if (native != NULL)
-            p->cx->close(p->cx_ctx, native);
-        cpool__lock(p);
-        conn_free_locked(p, c);
-    }
-    grant_capacity_relock(p);
-    return true;
-}
-
-/* Reports leases held past leak_threshold_ms (once per lease) and takes
- * back those held past leak_reclaim_ms. May release mu; the scan starts
- * over after each report. */
-static void scan_leaks_relock(cpool *p)
-{
-    CPOOL_ASSERT_HELD(p);
-    int64_t threshold = ms_to_ns(p->opts.leak_threshold_ms);
-    int64_t reclaim = ms_to_ns(p->opts.leak_reclaim_ms);
-    for (bool again = true; again;) {
-        again = false;
-        int64_t now = cpool__now(p);
-        for (cpool_conn *c = p->in_use.head; c != NULL; c = c->next) {
-            int64_t since = atomic_load_explicit(&c->leased_ns, memory_order_relaxed);
-            if (since == 0 || atomic_load(&c->leased) != LEASE_HELD)
-                continue;
-            int64_t held = now - since;
-            if (c->leak_lease == since) {
-                /* Reported already; reclaim when it is time. */
-                if (reclaim > 0 && held >= reclaim && reclaim_relock(p, c, held)) {
-                    again = true;
-                    break;
-                }
-                continue;
-            }
-            if (held < threshold)
-                continue;
-            c->leak_lease = since;
-            p->leaks_suspected++;
-            cpool_event ev;
-            cpool__event_init(p, &ev, CPOOL_EV_CONN_LEAK_SUSPECTED);
-            ev.connection_id = c->id;
-            ev.duration_ns = held;
-            char label[sizeof c->label];
-            memcpy(label, c->label, sizeof label);
-            ev.holder_label = label;
-            ev.holder_thread = c->holder_tid;
-            cpool__emit_relock(p, &ev);
-            again = true;
-            break;
-        }
-    }
-}
-
-/* Background health of idle connections: each connection left available
- * keepalive_ms since it was last used or checked gets the connector's cheap
- * check (a ping when it has none), oldest first, outside mu. Meanwhile it is
- * off the available list, held by the pool as a lease without a holder (no
- * leak report: leased_ns is 0). A dead one is closed, so the refill that
- * follows replaces it before a checkout meets it; a live one goes back with
- * its idle clock untouched, or to a waiter. Releases mu. */
-static void keepalive_relock(cpool *p)
-{
-    CPOOL_ASSERT_HELD(p);
-    if (p->opts.keepalive_ms <= 0 || (p->cx->check == NULL && p->cx->ping == NULL))
-        return;
-    int64_t every = ms_to_ns(p->opts.keepalive_ms);
-    while (p->state == CPOOL_STATE_READY) {
-        int64_t now = cpool__now(p);
-        cpool_conn *c = p->available.tail;
-        for (; c != NULL; c = c->prev) {
-            int64_t since = atomic_load_explicit(&c->available_since_ns, memory_order_relaxed);
-            if (now - (c->kept_alive_ns > since ? c->kept_alive_ns : since) >= every)
-                break;
-        }
-        if (c == NULL)
-            return;
-        int64_t since = atomic_load_explicit(&c->available_since_ns, memory_order_relaxed);
-        c->kept_alive_ns = now;
-        set_state_locked(p, c, CONN_IN_USE);
-        atomic_store_explicit(&c->leased_ns, 0, memory_order_relaxed);
-        atomic_store_explicit(&c->leased, LEASE_HELD, memory_order_relaxed);
-        void *native = c->native;
-        cpool__unlock(p);
-        cpool_error ce;
-        memset(&ce, 0, sizeof ce);
-        /* A ping is bounded as an establishment is, and by 10 s when
-         * connect_timeout_ms is 0: the background thread must not hang. */
-        int64_t bound_ms = p->opts.connect_timeout_ms > 0 ? p->opts.connect_timeout_ms : 10000;
-        int rc = p->cx->check != NULL
-                     ? p->cx->check(p->cx_ctx, native, &ce)
-                     : p->cx->ping(p->cx_ctx, native,
-                                   real_deadline(p, deadline_after(cpool__now(p), bound_ms)),
-                                   &ce);
-        cpool__lock(p);
-        p->st_keepalives++;
-        atomic_store_explicit(&c->leased, LEASE_NONE, memory_order_relaxed);
-        int reason = unfit_reason_locked(p, c, rc != 0);
-        if (reason >= 0) {
-            if (rc != 0) {
-                p->st_keepalive_failures++;
-                if (ce.code == 0)
-                    ce.code = CPOOL_EIO;
-            }
-            close_conn_relock(p, c, reason, rc != 0 ? &ce : NULL);
-            continue;
-        }
-        if (next_waiter_locked(p) != NULL) {
-            make_available_locked(p, c);
-        } else {
-            set_state_locked(p, c, CONN_AVAILABLE);
-            atomic_store_explicit(&c->available_since_ns, since, memory_order_relaxed);
-        }
-    }
-}
-
-/* Opens one connection into the pool, not as a lease (the refill, and
- * startup): it becomes available, or goes to the oldest waiter. Each
- * establishment gets connect_timeout_ms, never past `until` (pool clock;
- * NO_DEADLINE = none) -- a caller's bound. 0, CPOOL_ENOMEM (nothing was
- * made), or the establishment's error in *e. Releases mu. */
-static int open_into_pool_relock(cpool *p, int64_t until, cpool_error *e)
-{
-    CPOOL_ASSERT_HELD(p);
-    cpool_conn *c = conn_new_locked(p);
-    if (c == NULL)
-        return cpool__err(e, CPOOL_ENOMEM, "open %s: out of memory", p->address);
-    emit_created_relock(p, c);
-    int64_t d = p->opts.connect_timeout_ms > 0
-                    ? deadline_after(cpool__now(p), p->opts.connect_timeout_ms)
-                    : NO_DEADLINE;
-    bool bound = until <= d;
-    int rc = establish_relock(p, c, bound ? until : d, false, bound, e);
-    return rc == ESTABLISH_RETRY ? 0 : rc;
-}
-
-/* One background run: close perished available connections (oldest first),
- * check the ones idle for keepalive_ms, then populate up to minPoolSize
- * while the pool is ready and a maxConnecting slot is free. It never waits
- * for a slot. May release mu. */
-static void maintain_relock(cpool *p)
-{
-    CPOOL_ASSERT_HELD(p);
-    atomic_store_explicit(&p->tick_ns, cpool__now(p), memory_order_relaxed);
-    for (;;) {
-        int64_t now = cpool__now(p);
-        cpool_conn *c = p->available.tail;
-        int reason = -1;
-        for (; c != NULL; c = c->prev)
-            if ((reason = perished_locked(p, c, now)) >= 0)
-                break;
-        if (c == NULL)
-            break;
-        close_conn_relock(p, c, reason, NULL);
-    }
-    for (;;) {
-        int reason = -1;
-        cpool_conn *c = steal_parked_locked(p, /* perished_only= */ true, &reason);
-        if (c == NULL)
-            break;
-        close_conn_relock(p, c, reason, NULL);
-    }
-    interrupt_marked_relock(p);
-    if (p->opts.leak_threshold_ms > 0 || p->opts.leak_reclaim_ms > 0)
-        scan_leaks_relock(p);
-    keepalive_relock(p);
-    grant_capacity_relock(p); /* a backoff step may have ended */
-    cpool_error ce;
-    while (p->state == CPOOL_STATE_READY && total_locked(p) < p->opts.min_pool_size &&
-           can_create_locked(p)) {
-        if (open_into_pool_relock(p, NO_DEADLINE, &ce) != 0)
-            break; /* try again at the next run */
-    }
-}
-
-/* Whether the background thread probes the server now: establishments are
- * failing, the backoff step has a while to run, and no establishment is in
- * flight (the probe would tell nothing it will not). */
-static bool probe_due_locked(const cpool *p, int64_t now)
-{
-    CPOOL_ASSERT_HELD(p);
-    return p->opts.probe_interval_ms > 0 && p->cx->abi_version >= 3 &&
-           p->cx->probe != NULL && p->fail_streak > 0 && p->retry_at > now &&
-           !p->probing && now >= p->next_probe_at;
-}
-
-/* While establishments fail, the backoff keeps them from storming a server
- * that is down; the probe, a connect that sends nothing, finds out cheaply
- * when it is back, and ends the backoff step then rather than when it runs
- * out (up to backoff_max_ms later): service comes back within a probe
- * interval of the server. Runs on the background thread, one at a time.
- * Releases mu during the probe. */
-static void probe_server_relock(cpool *p)
-{
-    CPOOL_ASSERT_HELD(p);
-    int64_t now = cpool__now(p);
-    if (!probe_due_locked(p, now))
-        return;
-    int64_t interval = ms_to_ns(p->opts.probe_interval_ms);
-    p->next_probe_at = now + interval;
-    int64_t bound = ms_to_ns(p->opts.connect_timeout_ms);
-    if (bound <= 0 || bound > 4 * interval)
-        bound = 4 * interval;
-    int64_t deadline = real_deadline(p, now + bound);
-    cpool_error e;
-    memset(&e, 0, sizeof e);
-    cpool__unlock(p);
-    int rc = p->cx->probe(p->cx_ctx, deadline, &e);
-    cpool__lock(p);
-    p->st_probes++;
-    if (rc != 0 || p->fail_streak == 0)
-        return;
-    p->st_probes_ok++;
-    p->retry_at = cpool__now(p); /* the step ends: the next attempt may run */
-}
-
-static void *maintenance_main(void *arg)
-{
-    cpool *p = arg;
-    cpool__lock(p);
-    while (p->state != CPOOL_STATE_CLOSED && p->maint_running) {
-        probe_server_relock(p);
-        maintain_relock(p);
-        if (p->state == CPOOL_STATE_CLOSED || !p->maint_running)
-            break;
-        int64_t pause = ms_to_ns(p->opts.maintenance_interval_ms);
-        if (p->fail_streak > 0 && p->retry_at > 0) {
-            /* Wake at the end of the backoff step to refill (or probe). */
-            int64_t left = p->retry_at - cpool__now(p);
-            if (left < pause)
-                pause = left > 1000000 ? left : 1000000;
-        }
-        if (p->fail_streak > 0 && p->opts.probe_interval_ms > 0 &&
-            pause > ms_to_ns(p->opts.probe_interval_ms))
-            pause = ms_to_ns(p->opts.probe_interval_ms); /* and probe meanwhile */
-        struct timespec ts = abs_real(pause);
-        while (!p->maint_kick && p->state != CPOOL_STATE_CLOSED && p->maint_running) {
-            if (cpool__cond_timedwait(p, &p->maint_cv, &ts) == ETIMEDOUT)
-                break;
-        }
-        p->maint_kick = false;
-    }
-    cpool__unlock(p);
-    return NULL;
-}
-
-static int start_maintenance_locked(cpool *p)
-{
-    CPOOL_ASSERT_HELD(p);
-    if (p->opts.maintenance_interval_ms < 0 || p->maint_running)
-        return 0;
-    p->maint_running = true;
-    if (pthread_create(&p->maint, NULL, maintenance_main, p) != 0) {
-        p->maint_running = false;
-        return CPOOL_ESYS;
-    }
-    return 0;
-}
-
-int cpool_maintain(cpool *p, cpool_error *err)
-{
-    if (p != NULL && cpool__in_callback(p))
-        return cpool__callback_err(p, err, "maintain");
-    if (p == NULL)
-        return cpool__err(err, CPOOL_EINVAL, "maintain: pool is required");
-    cpool__lock(p);
-    check_fork_relock(p);
-    if (p->state == CPOOL_STATE_CLOSED) {
-        cpool__unlock(p);
-        return cpool__err(err, CPOOL_ECLOSED, "maintain %s: pool is closed", p->address);
-    }
-    maintain_relock(p);
-    cpool__unlock(p);
-    return 0;
-}
-
-/* ------------------------------------------------------------------ fork */
-
-/* In a forked child: every connection belongs to the parent's server
- * sessions. Drop them without I/O (abandon), forget the parent's waiters and
- * in-flight establishments (their threads do not exist here), bump the
- * generation and restart the background thread. The pool keeps its state so
- * the child can go on using it. */
-/* Every timed wait of the pool uses CLOCK_MONOTONIC deadlines. */
-static void init_monotonic_cond(pthread_cond_t *cv)
-{
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(cv, &attr);
-    pthread_condattr_destroy(&attr);
-}
-
-static void after_fork_relock(cpool *p)
-{
-    CPOOL_ASSERT_HELD(p);
-    atomic_store_explicit(&p->fork_epoch,
-                          atomic_load_explicit(&g_fork_epoch, memory_order_relaxed),
-                          memory_order_relaxed);
-    /* The parent's maintenance thread may have been waiting on this; it does
-     * not exist here, so start from a fresh condition variable. */
-    init_monotonic_cond(&p->maint_cv);
-    init_monotonic_cond(&p->drain_cv);
-    p->maint_running = false;
-    p->wq_head = p->wq_tail = NULL;
-    atomic_store(&p->nwaiting, 0);
-    while (p->available.head != NULL)
-        abandon_locked(p, p->available.head);
-    while (p->pending.head != NULL) /* no handle yet: its connect runs in
-                                       a parent thread that is not here */
-        abandon_locked(p, p->pending.head);
-    while (p->in_use.head != NULL) {
-        cpool_conn *c = p->in_use.head;
-        list_remove(&p->in_use, c);
-        c->svc = NULL;
-        c->state = CONN_ORPHANED;
-        atomic_store_explicit(&c->leased, LEASE_ORPHAN, memory_order_relaxed);
-        list_push_head(&p->orphans, c);
-    }
-    /* Leases reclaimed in the parent: here too the session is the
-     * parent's, so they are abandoned, not closed, when they come back. */
-    for (cpool_conn *c = p->orphans.head; c != NULL; c = c->next) {
-        c->reclaimed = false;
-        unassign_locked(c); /* no tenant holds it here */
-    }
-    for (tenant *t = p->tenant_list; t != NULL; t = t->next)
-        t->waiting = 0; /* the parent's waiters are not here */
-    /* A probe in flight belonged to a parent thread: without this, the
-     * child would wait for its result forever. */
-    p->probing = false;
-    while (p->services != NULL) {
-        service *s = p->services;
-        p->services = s->next;
-        free(s);
-    }
-    p->generation++;
-    if (p->state != CPOOL_STATE_CLOSED)
-        start_maintenance_locked(p);
-    if (p->observed) {
-        cpool_event ev;
-        cpool__event_init(p, &ev, CPOOL_EV_POOL_CLEARED);
-        cpool__emit_relock(p, &ev);
-    }
-}
-
-/* ------------------------------------------------------------------ lifecycle */
-
-void cpool_options_init(cpool_options *o, size_t size)
-{
-    if (o == NULL)
-        return;
-    cpool_options d;
-    memset(&d, 0, sizeof d);
-    d.struct_size = size;
-    /* Not CMAP's 100 and "wait forever" (docs/configuration.md, "Defaults
-     * and why"): ten connections per pool leave a default PostgreSQL
-     * (max_connections 100) room for several processes, and a checkout that
-     * cannot be served ends within 30 s. */
-    d.max_pool_size = 10;
-    d.wait_queue_timeout_ms = 30000;
-    d.max_connecting = 2;
-    d.connect_timeout_ms = 10000;
-    d.maintenance_interval_ms = 1000;
-    d.log_level = CPOOL_LOG_DEBUG;
-    d.validation = CPOOL_VALIDATE_CHECK;
-    d.validation_idle_ms = 1000;
-    d.max_lifetime_ms = 1800000;
-    d.lifetime_jitter = 0.05;
-    d.backoff_base_ms = 200;
-    d.backoff_max_ms = 10000;
-    d.backoff_jitter = 0.2;
-    d.breaker_threshold = 5;
-    d.probe_interval_ms = 250;
-    d.keepalive_ms = 60000;
-    d.timing_sample = 16;
-    memset(o, 0, size);
-    memcpy(o, &d, size < sizeof d ? size : sizeof d);
-}
-
-/* The CMAP options that differ from the specification's defaults
- * (maxPoolSize 100, minPoolSize 0, maxIdleTimeMS 0, maxConnecting 2,
- * waitQueueTimeoutMS 0): what ConnectionPoolCreated lists, as a driver's
- * event lists what its user set. This pool's own defaults differ for two
- * of them, so a default pool lists those two. */
-static unsigned options_set(const cpool_options *o)
-{
-    unsigned m = 0;
-    if (o->max_pool_size != 100) m |= CPOOL_OPT_MAX_POOL_SIZE;
-    if (o->min_pool_size != 0) m |= CPOOL_OPT_MIN_POOL_SIZE;
-    if (o->max_idle_time_ms != 0) m |= CPOOL_OPT_MAX_IDLE_TIME_MS;
-    if (o->max_connecting != 2) m |= CPOOL_OPT_MAX_CONNECTING;
-    if (o->wait_queue_timeout_ms != 0) m |= CPOOL_OPT_WAIT_QUEUE_TIMEOUT_MS;
-    return m;
-}
-
-static int validate(const cpool_options *o, cpool_error *err)
-{
-    if (o->connector == NULL)
-        return cpool__err(err, CPOOL_EINVAL, "option connector: required");
-    if (o->connector->abi_version < 1 || o->connector->connect == NULL ||
-        o->connector->close == NULL)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "option connector: abi_version %d without connect/close",
-                          o->connector->abi_version);
-    return cpool__options_check(o, err);
-}
-
-/* The checks that need no connector: ranges and options that must agree. */
-int cpool__options_check(const cpool_options *o, cpool_error *err)
-{
-    if (o->max_connecting == 0)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "option maxConnecting = 0: must be greater than 0");
-    if (o->max_pool_size > 0 && o->min_pool_size > o->max_pool_size)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "option minPoolSize = %u: must not exceed maxPoolSize (%u)",
-                          o->min_pool_size, o->max_pool_size);
-    /* Each connection holds at least one descriptor: a minimum the
-     * process's limit cannot hold is never reached (with maxPoolSize 0
-     * nothing else bounds it). */
-    struct rlimit nofile;
-    if (o->min_pool_size > 0 && getrlimit(RLIMIT_NOFILE, &nofile) == 0 &&
-        nofile.rlim_cur != RLIM_INFINITY && o->min_pool_size >= nofile.rlim_cur)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "option minPoolSize = %u: the process may open only %llu "
-                          "descriptors (RLIMIT_NOFILE), and each connection needs one",
-                          o->min_pool_size, (unsigned long long)nofile.rlim_cur);
-    if (o->max_idle_time_ms < 0)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "option maxIdleTimeMS = %lld: must be >= 0 (0 = no limit)",
-                          (long long)o->max_idle_time_ms);
-    if (o->wait_queue_timeout_ms < 0)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "option waitQueueTimeoutMS = %lld: must be >= 0 (0 = no limit)",
-                          (long long)o->wait_queue_timeout_ms);
-    if (o->connect_timeout_ms < 0)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "option connect_timeout_ms = %lld: must be >= 0 (0 = no limit)",
-                          (long long)o->connect_timeout_ms);
-    if (o->maintenance_interval_ms == 0)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "option maintenance_interval_ms = 0: must be > 0, or < 0 "
-                          "for no background thread");
-    if ((unsigned)o->log_level > CPOOL_LOG_DEBUG)
-        return cpool__err(err, CPOOL_EINVAL, "option log_level = %d: out of range",
-                          (int)o->log_level);
-    if ((unsigned)o->validation > CPOOL_VALIDATE_ALWAYS)
-        return cpool__err(err, CPOOL_EINVAL, "option validation = %d: out of range",
-                          (int)o->validation);
-    if (o->validation_idle_ms < 0)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "option validation_idle_ms = %lld: must be >= 0",
-                          (long long)o->validation_idle_ms);
-    if (o->max_lifetime_ms < 0)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "option max_lifetime_ms = %lld: must be >= 0 (0 = no limit)",
-                          (long long)o->max_lifetime_ms);
-    if (!(o->lifetime_jitter >= 0 && o->lifetime_jitter <= 0.5))
-        return cpool__err(err, CPOOL_EINVAL, "option lifetime_jitter = %g: allowed 0..0.5",
-                          o->lifetime_jitter);
-    if (o->backoff_base_ms < 0 || o->backoff_max_ms < 0)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "option backoff_base_ms = %lld, backoff_max_ms = %lld: must be >= 0",
-                          (long long)o->backoff_base_ms, (long long)o->backoff_max_ms);
-    if (o->backoff_max_ms > 0 && o->backoff_base_ms > o->backoff_max_ms)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "option backoff_base_ms = %lld: must not exceed backoff_max_ms "
-                          "(%lld)",
-                          (long long)o->backoff_base_ms, (long long)o->backoff_max_ms);
-    if (!(o->backoff_jitter >= 0 && o->backoff_jitter <= 1))
-        return cpool__err(err, CPOOL_EINVAL, "option backoff_jitter = %g: allowed 0..1",
-                          o->backoff_jitter);
-    if (o->leak_threshold_ms < 0 || o->leak_reclaim_ms < 0 || o->startup_wait_ms < 0)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "options leak_threshold_ms, leak_reclaim_ms, startup_wait_ms: "
-                          "must be >= 0");
-    if (o->leak_reclaim_ms > 0 &&
-        (o->leak_threshold_ms == 0 || o->leak_reclaim_ms < o->leak_threshold_ms))
-        return cpool__err(err, CPOOL_EINVAL,
-                          "option leak_reclaim_ms = %lld: needs leak_threshold_ms (now %lld) "
-                          "> 0 and not above it",
-                          (long long)o->leak_reclaim_ms, (long long)o->leak_threshold_ms);
-    if (o->clock != NULL && o->clock->now_ns == NULL)
-        return cpool__err(err, CPOOL_EINVAL, "option clock: now_ns is required");
-    return 0;
-}
-
-/* serverHost/serverPort for the log records: "host:port", "[v6]:port", a
- * unix socket path (no port) or anything else (host only). */
-static int split_address(cpool *p)
-{
-    const char *a = p->address;
-    const char *colon = strrchr(a, ':');
-    p->port = -1;
-    if (a[0] != '/' && colon != NULL && colon[1] != '\0' &&
-        strspn(colon + 1, "0123456789") == strlen(colon + 1) && strlen(colon + 1) <= 5) {
-        size_t hl = (size_t)(colon - a);
-        if (hl >= 2 && a[0] == '[' && a[hl - 1] == ']') {
-            a++;
-            hl -= 2;
-        }
-        p->host = strndup(a, hl);
-        p->port = atoi(colon + 1);
-    } else {
-        p->host = strdup(a);
-    }
-    return p->host == NULL ? CPOOL_ENOMEM : 0;
-}
-
-static void free_pool(cpool *p)
-{
-    while (p->free_list.head != NULL) {
-        cpool_conn *c = p->free_list.head;
-        list_remove(&p->free_list, c);
-        c->magic = 0;
-        free(c);
-    }
-    while (p->services != NULL) {
-        service *s = p->services;
-        p->services = s->next;
-        free(s);
-    }
-    while (p->tenant_list != NULL) {
-        tenant *t = p->tenant_list;
-        p->tenant_list = t->next;
-        free(t);
-    }
-    if (p->log_file != NULL)
-        fclose(p->log_file);
-    if (p->owns_cx_ctx && p->cx->ctx_free != NULL)
-        p->cx->ctx_free(p->cx_ctx);
-    free(p->target);
-    free(p->address);
-    free(p->name);
-    free(p->host);
-    pthread_cond_destroy(&p->maint_cv);
-    pthread_cond_destroy(&p->drain_cv);
-    pthread_mutex_destroy(&p->ev_mu);
-    pthread_mutex_destroy(&p->mu);
-    free(p);
-}
-
-/* CPOOL_LOG's level into *lv (0..3; -1 when the variable is unset or
- * empty): 0, or a CPOOL_EINVAL naming it. */
-static int env_log_level(int *lv, cpool_error *err)
-{
-    static const char *const names[] = {"error", "warn", "info", "debug"};
-    const char *level = getenv("CPOOL_LOG");
-    *lv = -1;
-    if (level == NULL || level[0] == '\0')
-        return 0;
-    for (int i = 0; i < 4; i++)
-        if (strcasecmp(level, names[i]) == 0)
-            return *lv = i, 0;
-    return cpool__err(err, CPOOL_EINVAL,
-                      "CPOOL_LOG = \"%.32s\" (from env): allowed error|warn|info|debug", level);
-}
-
-/* What env_log_sink() would refuse, without opening anything: for
- * cpool_options_explain(), which must refuse what cpool_create() refuses. */
-int cpool__env_log_check(const cpool_options *o, cpool_error *err)
-{
-    if (o->on_log != NULL || o->ignore_env)
-        return 0;
-    int lv, rc = env_log_level(&lv, err);
-    if (rc != 0 || lv < 0)
-        return rc;
-    const char *path = getenv("CPOOL_LOG_PATH");
-    if (path == NULL || path[0] == '\0' || access(path, W_OK) == 0)
-        return 0;
-    int missing = errno == ENOENT;
-    /* A file that does not exist yet is made in a writable directory. */
-    char dir[4096];
-    const char *slash = strrchr(path, '/');
-    snprintf(dir, sizeof dir, "%.*s", slash == NULL ? 1 : slash == path ? 1 : (int)(slash - path),
-             slash == NULL ? "." : path);
-    if (missing && access(dir, W_OK | X_OK) == 0)
-        return 0;
-    return cpool__err(err, CPOOL_EINVAL,
-                      "CPOOL_LOG_PATH = \"%.120s\" (from env): cannot be opened for appending",
-                      path);
-}
-
-/* CPOOL_LOG=error|warn|info|debug gives a pool without a log sink of its
- * own the built-in JSON-lines sink, on stderr or appended to
- * CPOOL_LOG_PATH: logs for a program that never asked for them, switched
- * on where it runs. */
-static int env_log_sink(cpool *p, cpool_options *o, cpool_error *err)
-{
-    int lv, rc = env_log_level(&lv, err);
-    if (rc != 0 || lv < 0)
-        return rc;
-    FILE *f = stderr;
-    const char *path = getenv("CPOOL_LOG_PATH");
-    if (path != NULL && path[0] != '\0') {
-        f = fopen(path, "ae");
-        if (f == NULL)
-            return cpool__err(err, CPOOL_EINVAL,
-                              "CPOOL_LOG_PATH = \"%.120s\" (from env): cannot be opened for "
-                              "appending: %s",
-                              path, strerror(errno));
-        p->log_file = f;
-    }
-    o->on_log = cpool_log_json;
-    o->log_ctx = f;
-    o->log_level = (cpool_log_level)lv;
-    return 0;
-}
-
-int cpool_create(const cpool_options *opts, cpool **out, cpool_error *err)
-{
-    if (out != NULL)
-        *out = NULL;
-    if (opts == NULL || out == NULL)
-        return cpool__err(err, CPOOL_EINVAL, "create: options and out are required");
-    if (opts->struct_size < offsetof(cpool_options, clock) + sizeof opts->clock)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "create: options.struct_size %zu is too small; use "
-                          "cpool_options_init(&o, sizeof o)",
-                          opts->struct_size);
-    cpool_options code, o;
-    cpool_options_init(&code, sizeof code);
-    memcpy(&code, opts, opts->struct_size < sizeof code ? opts->struct_size : sizeof code);
-    code.struct_size = sizeof code;
-    /* Profile, environment and the target's query over the code's values;
-     * `target` comes back without the pool's own parameters. */
-    char *target = NULL;
-    int rc = cpool__options_resolve(&code, &o, &target, err);
-    if (rc == 0)
-        rc = validate(&o, err);
-    if (rc != 0) {
-        free(target);
-        return rc;
-    }
-
-    pthread_once(&g_atfork_once, register_atfork);
-    cpool *p = calloc(1, sizeof *p);
-    if (p == NULL) {
-        free(target);
-        return cpool__err(err, CPOOL_ENOMEM, "create: out of memory");
-    }
-    /* Critical sections are a few list operations: spinning briefly before
-     * sleeping beats a futex round trip when the holder runs on another core. */
-    pthread_mutexattr_t mattr;
-    pthread_mutexattr_init(&mattr);
-    pthread_mutexattr_settype(&mattr, PTHREAD_MUTEX_ADAPTIVE_NP);
-    pthread_mutex_init(&p->mu, &mattr);
-    pthread_mutexattr_destroy(&mattr);
-    pthread_mutex_init(&p->ev_mu, NULL);
-    init_monotonic_cond(&p->maint_cv);
-    init_monotonic_cond(&p->drain_cv);
-
-    p->cx = o.connector;
-    p->cx_ctx = o.connector_ctx;
-    p->target = target != NULL ? target : strdup("");
-    if (p->target != NULL && p->cx_ctx == NULL && p->cx->abi_version >= 2 &&
-        p->cx->ctx_new != NULL) {
-        /* The connector parses its part of the target now, so a bad
-         * parameter fails here rather than at the first connect. */
-        void *ctx = NULL;
-        rc = p->cx->ctx_new(p->target, &ctx, err);
-        if (rc != 0) {
-            free_pool(p);
-            return rc;
-        }
-        p->cx_ctx = ctx;
-        p->owns_cx_ctx = true;
-    }
-    /* The address is in every event, log record and error message, so it
-     * is made from the target without its password. */
-    char buf[256], redacted[512];
-    if (p->target != NULL)
-        cpool_redact(p->target, redacted, sizeof redacted);
-    const char *address = o.address;
-    if (address == NULL && p->target != NULL && p->cx->address != NULL &&
-        p->cx->address(p->cx_ctx, redacted, buf, sizeof buf) == 0)
-        address = buf;
-    if (address == NULL || address[0] == '\0') {
-        if (p->target != NULL && p->target[0] != '\0') {
-            address = redacted;
-        } else {
-            address = p->cx->name;
-        }
-    }
-    p->address = address != NULL ? strdup(address) : NULL;
-    p->name = o.name != NULL ? strdup(o.name) : p->address != NULL ? strdup(p->address) : NULL;
-    if (p->target == NULL || p->address == NULL || p->name == NULL || split_address(p) != 0) {
-        free_pool(p);
-        return cpool__err(err, CPOOL_ENOMEM, "create: out of memory");
-    }
-    o.target = p->target;
-    o.address = p->address;
-    o.name = p->name;
-    if (o.on_log == NULL && !o.ignore_env && (rc = env_log_sink(p, &o, err)) != 0) {
-        free_pool(p);
-        return rc;
-    }
-    p->opts = o;
-    /* Leak detection reads the holder's label under mu, so its leases take
-     * the locked paths, as observed pools' do. */
-    p->observed = o.on_event != NULL || o.on_log != NULL || o.leak_threshold_ms > 0;
-    p->stamp_idle = o.max_idle_time_ms > 0 || o.validation == CPOOL_VALIDATE_PING_IDLE;
-    /* Parking skips the events and the per-service generations. */
-    p->can_park = !p->observed && !o.load_balanced;
-    p->serial = atomic_fetch_add(&g_pool_serial, 1) + 1;
-    p->rng = 0x9e3779b97f4a7c15ULL ^ (p->serial * 0xbf58476d1ce4e5b9ULL) ^
-             (uint64_t)cpool__mono_ns();
-    p->options_set = options_set(&o);
-    p->state = CPOOL_STATE_PAUSED;
-    atomic_store_explicit(&p->fork_epoch,
-                          atomic_load_explicit(&g_fork_epoch, memory_order_relaxed),
-                          memory_order_relaxed);
-
-    registry_add(p); /* before mu: the registry lock comes first */
-    cpool__lock(p);
-    if (start_maintenance_locked(p) != 0) {
-        cpool__unlock(p);
-        registry_remove(p);
-        free_pool(p);
-        return cpool__err(err, CPOOL_ESYS, "create: cannot start the background thread");
-    }
-    cpool_event ev;
-    cpool__event_init(p, &ev, CPOOL_EV_POOL_CREATED);
-    ev.options = &p->opts;
-    ev.options_set = p->options_set;
-    cpool__emit_unlock(p, &ev);
-    if (!o.ignore_env)
-        cpool__env_warn(p);
-    *out = p;
-    return 0;
-}
-
-int cpool_ready(cpool *p, cpool_error *err)
-{
-    if (p != NULL && cpool__in_callback(p))
-        return cpool__callback_err(p, err, "ready");
-    if (p == NULL)
-        return cpool__err(err, CPOOL_EINVAL, "ready: pool is required");
-    cpool__lock(p);
-    check_fork_relock(p);
-    if (p->state == CPOOL_STATE_CLOSED) {
-        cpool__unlock(p);
-        return cpool__err(err, CPOOL_ECLOSED, "ready %s: pool is closed", p->address);
-    }
-    if (p->draining) {
-        cpool__unlock(p);
-        return cpool__err(err, CPOOL_ESHUTDOWN, "ready %s: pool is shutting down", p->address);
-    }
-    if (p->state == CPOOL_STATE_READY) {
-        cpool__unlock(p);
-        return 0;
-    }
-    p->state = CPOOL_STATE_READY;
-    p->ever_ready = true;
-    /* The background thread takes mu before it creates anything, and its
-     * ConnectionCreated needs ev_mu, which we take before releasing mu: so
-     * no observer sees a creation before ConnectionPoolReady. */
-    kick_maintenance_locked(p);
-    cpool_event ev;
-    cpool__event_init(p, &ev, CPOOL_EV_POOL_READY);
-    cpool__emit_unlock(p, &ev);
-    return 0;
-}
-
-int cpool_clear(cpool *p, unsigned flags, const cpool_error *cause, cpool_error *err)
-{
-    if (p != NULL && cpool__in_callback(p))
-        return cpool__callback_err(p, err, "clear");
-    if (p == NULL)
-        return cpool__err(err, CPOOL_EINVAL, "clear: pool is required");
-    if ((flags & ~CPOOL_CLEAR_INTERRUPT_IN_USE) != 0)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "clear %s: unknown flags 0x%x (allowed CPOOL_CLEAR_INTERRUPT_IN_USE)",
-                          p->address, flags & ~CPOOL_CLEAR_INTERRUPT_IN_USE);
-    cpool__lock(p);
-    check_fork_relock(p);
-    if (p->state == CPOOL_STATE_CLOSED) {
-        cpool__unlock(p);
-        return cpool__err(err, CPOOL_ECLOSED, "clear %s: pool is closed", p->address);
-    }
-    if (p->opts.load_balanced) {
-        cpool__unlock(p);
-        return cpool__err(err, CPOOL_EINVAL,
-                          "clear %s: load-balanced pools are cleared per service "
-                          "(cpool_clear_service)", p->address);
-    }
-    clear_relock(p, flags, cause);
-    if (flags & CPOOL_CLEAR_INTERRUPT_IN_USE)
-        interrupt_marked_relock(p);
-    cpool__unlock(p);
-    return 0;
-}
-
-int cpool_clear_service(cpool *p, const char *service_id, unsigned flags,
-                        const cpool_error *cause, cpool_error *err)
-{
-    if (p != NULL && cpool__in_callback(p))
-        return cpool__callback_err(p, err, "clear_service");
-    if (p == NULL || service_id == NULL)
-        return cpool__err(err, CPOOL_EINVAL, "clear_service: pool and service id are required");
-    if ((flags & ~CPOOL_CLEAR_INTERRUPT_IN_USE) != 0)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "clear %s: unknown flags 0x%x (allowed CPOOL_CLEAR_INTERRUPT_IN_USE)",
-                          p->address, flags & ~CPOOL_CLEAR_INTERRUPT_IN_USE);
-    cpool__lock(p);
-    check_fork_relock(p);
-    if (p->state == CPOOL_STATE_CLOSED) {
-        cpool__unlock(p);
-        return cpool__err(err, CPOOL_ECLOSED, "clear %s: pool is closed", p->address);
-    }
-    if (!p->opts.load_balanced) {
-        cpool__unlock(p);
-        return cpool__err(err, CPOOL_EINVAL,
-                          "clear %s: clearing by service id needs load-balanced mode",
-                          p->address);
-    }
-    (void)cause; /* waiters are not failed in load-balanced mode */
-    /* CMAP load-balanced clear: only this service's generation moves; the
-     * pool is not paused and the wait queue is left alone. */
-    service *s = svc_find_locked(p, service_id);
-    if (s != NULL) {
-        uint64_t old = s->generation++;
-        if (flags & CPOOL_CLEAR_INTERRUPT_IN_USE)
-            mark_interrupts_locked(p, s, old);
-    }
-    kick_maintenance_locked(p);
-    cpool_event ev;
-    cpool__event_init(p, &ev, CPOOL_EV_POOL_CLEARED);
-    ev.service_id = service_id;
-    ev.interrupt_in_use = (flags & CPOOL_CLEAR_INTERRUPT_IN_USE) != 0;
-    cpool__emit_relock(p, &ev);
-    if (flags & CPOOL_CLEAR_INTERRUPT_IN_USE)
-        interrupt_marked_relock(p);
-    cpool__unlock(p);
-    return 0;
-}
-
-void cpool_close(cpool *p)
-{
-    if (p != NULL && cpool__in_callback(p))
-        return;
-    if (p == NULL)
-        return;
-    cpool__lock(p);
-    check_fork_relock(p);
-    if (p->state == CPOOL_STATE_CLOSED) {
-        cpool__unlock(p);
-        return;
-    }
-    p->state = CPOOL_STATE_CLOSED;
-    fail_waiters_locked(p, CPOOL_ECLOSED);
-    for (cpool_conn *c = p->pending.head; c != NULL; c = c->next)
-        cancel_pending(c);
-    pthread_cond_broadcast(&p->maint_cv);
-    /* CMAP: available connections are closed first, then PoolClosed. In-use
-     * ones are closed when they come back. */
-    while (p->available.head != NULL)
-        close_conn_relock(p, p->available.head, CPOOL_CLOSE_POOL_CLOSED, NULL);
-    for (cpool_conn *c; (c = steal_parked_locked(p, false, NULL)) != NULL;)
-        close_conn_relock(p, c, CPOOL_CLOSE_POOL_CLOSED, NULL);
-    cpool_event ev;
-    cpool__event_init(p, &ev, CPOOL_EV_POOL_CLOSED);
-    cpool__emit_unlock(p, &ev);
-}
-
-int cpool_shutdown(cpool *p, int64_t grace_ms, cpool_shutdown_report *report,
-                   cpool_error *err)
-{
-    if (p != NULL && cpool__in_callback(p))
-        return cpool__callback_err(p, err, "shutdown");
-    if (report != NULL)
-        memset(report, 0, sizeof *report);
-    if (p == NULL || grace_ms < 0)
-        return cpool__err(err, CPOOL_EINVAL, "shutdown: a pool and grace_ms >= 0 are required");
-    int64_t t0 = cpool__mono_ns();
-    cpool__lock(p);
-    check_fork_relock(p);
-    if (p->state == CPOOL_STATE_CLOSED || p->draining) {
-        cpool__unlock(p);
-        return cpool__err(err, CPOOL_ECLOSED, "shutdown %s: pool is already %s", p->address,
-                          p->draining ? "shutting down" : "closed");
-    }
-    /* Stop new work at once: paused, so the fast path and the maintenance
-     * thread stand still, and draining, so checkouts say why. */
-    p->draining = true;
-    p->state = CPOOL_STATE_PAUSED;
-    fail_waiters_locked(p, CPOOL_ESHUTDOWN);
-    for (cpool_conn *c = p->pending.head; c != NULL; c = c->next)
-        cancel_pending(c);
-    while (p->available.head != NULL)
-        close_conn_relock(p, p->available.head, CPOOL_CLOSE_POOL_CLOSED, NULL);
-    for (cpool_conn *c; (c = steal_parked_locked(p, false, NULL)) != NULL;)
-        close_conn_relock(p, c, CPOOL_CLOSE_POOL_CLOSED, NULL);
-    uint32_t at_start = p->in_use.n;
-    struct timespec until = abs_real(ms_to_ns(grace_ms));
-    while (p->in_use.n > 0 &&
-           cpool__cond_timedwait(p, &p->drain_cv, &until) != ETIMEDOUT) {
-    }
-    uint32_t held = p->in_use.n;
-    for (cpool_conn *c = p->in_use.head; c != NULL; c = c->next)
-        c->interrupt_requested = true;
-    interrupt_marked_relock(p);
-    cpool__unlock(p);
-    cpool_close(p);
-    if (report != NULL) {
-        report->in_use_at_start = at_start;
-        report->reclaimed = p->drain_reclaimed;
-        report->returned = at_start >= held + p->drain_reclaimed
-                               ? at_start - held - p->drain_reclaimed
-                               : 0;
-        report->interrupted = held;
-        report->elapsed_ms = (cpool__mono_ns() - t0) / 1000000;
-    }
-    if (err != NULL)
-        memset(err, 0, sizeof *err);
-    return 0;
-}
-
-int cpool_wait_connected(cpool *p, uint32_t n, int64_t timeout_ms, cpool_error *err)
-{
-    if (p != NULL && cpool__in_callback(p))
-        return cpool__callback_err(p, err, "wait_connected");
-    if (p == NULL || timeout_ms < 0)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "wait_connected: a pool and timeout_ms >= 0 are required");
-    if (n == 0)
-        n = p->opts.min_pool_size > 1 ? p->opts.min_pool_size : 1;
-    if (p->opts.max_pool_size != 0 && n > p->opts.max_pool_size)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "wait_connected %s: %u connections exceed maxPoolSize %u",
-                          p->address, n, p->opts.max_pool_size);
-    /* Connections are opened into the pool as the background refill opens
-     * them, not leased: a checkout would be a tenant's lease, and the slots
-     * other tenants reserve would stay out of reach (n = maxPoolSize never
-     * came). Failures follow the backoff, and an open circuit is waited
-     * out. */
-    int64_t deadline = deadline_after(cpool__now(p), timeout_ms);
-    uint32_t got = 0;
-    int rc = 0;
-    cpool_error e;
-    memset(&e, 0, sizeof e);
-    cpool__lock(p);
-    check_fork_relock(p);
-    for (;;) {
-        got = p->available.n + p->in_use.n;
-        if (got >= n)
-            break;
-        if (p->state == CPOOL_STATE_CLOSED || p->draining) {
-            rc = p->draining ? CPOOL_ESHUTDOWN : CPOOL_ECLOSED;
-            cpool__err(&e, rc, "wait_connected %s: the pool is closed", p->address);
-            break;
-        }
-        int64_t now = cpool__now(p);
-        if (now >= deadline) {
-            rc = CPOOL_ETIMEDOUT;
-            break;
-        }
-        if (p->state == CPOOL_STATE_READY && total_locked(p) < n && can_create_locked(p)) {
-            if ((rc = open_into_pool_relock(p, deadline, &e)) == CPOOL_ENOMEM)
-                break;
-            rc = 0; /* an establishment failure follows the backoff */
-            continue;
-        }
-        /* A backoff step, the maxConnecting limit or a paused pool: look
-         * again at the end of the step, or soon. */
-        int64_t wake = p->fail_streak > 0 && p->retry_at > now ? p->retry_at
-                                                                : now + 10000000;
-        if (wake > deadline)
-            wake = deadline;
-        cpool__unlock(p);
-        nanosleep(&(struct timespec){.tv_sec = (wake - now) / 1000000000,
-                                     .tv_nsec = (wake - now) % 1000000000},
-                  NULL);
-        cpool__lock(p);
-    }
-    cpool__unlock(p);
-    if (got >= n) {
-        if (err != NULL)
-            memset(err, 0, sizeof *err);
-        return 0;
-    }
-    cpool__lock(p);
-    bool have_last = p->fail_streak > 0; /* failing now, not long ago */
-    cpool_error last = p->last_fail;
-    cpool__unlock(p);
-    if (have_last && (rc == CPOOL_ECONNECT || rc == CPOOL_EUNAVAILABLE ||
-                      rc == CPOOL_ETIMEDOUT)) {
-        /* The last establishment error says why, with its labels. */
-        if (err != NULL) {
-            *err = last;
-            size_t len = strlen(err->message);
-            snprintf(err->message + len, sizeof err->message - len,
-                     " (startup: %u of %u connections after %lld ms)", got, n,
-                     (long long)timeout_ms);
-        }
-        return last.code;
-    }
-    if (err != NULL && rc == CPOOL_ETIMEDOUT)
-        cpool__err(err, rc, "wait_connected %s: %u of %u connections after %lld ms",
-                   p->address, got, n, (long long)timeout_ms);
-    else if (err != NULL)
-        *err = e;
-    return rc;
-}
-
-int cpool_open(const char *target, const cpool_options *opts, cpool **out, cpool_error *err)
-{
-    if (out != NULL)
-        *out = NULL;
-    if (target == NULL || out == NULL)
-        return cpool__err(err, CPOOL_EINVAL, "open: a target and out are required");
-    const cpool_connector *cx = cpool_connector_for(target);
-    if (cx == NULL) {
-        /* An unrecognised target is never echoed: a misspelt scheme is no
-         * reason to print the password behind it. Its scheme is enough. */
-        size_t n = strspn(target, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                                  "0123456789+.-");
-        bool scheme = n > 0 && n <= 32 && target[n] == ':';
-        return cpool__err(err, CPOOL_EINVAL,
-                          "open: no connector for %s%.*s%s: expected sqlite:, postgresql://, "
-                          "postgres://, redis://, unix:// or mem:// (or a connector left out "
-                          "of this build)",
-                          scheme ? "the scheme \"" : "this target (not shown)",
-                          scheme ? (int)n + 1 : 0, target, scheme ? "\"" : "");
-    }
-    cpool_options o;
-    cpool_options_init(&o, sizeof o);
-    if (opts != NULL)
-        memcpy(&o, opts, opts->struct_size < sizeof o ? opts->struct_size : sizeof o);
-    o.struct_size = sizeof o;
-    o.target = target;
-    o.connector = cx;
-    if (opts == NULL || opts->struct_size <= offsetof(cpool_options, connector_ctx))
-        o.connector_ctx = NULL;
-    cpool *p = NULL;
-    int rc = cpool_create(&o, &p, err);
-    if (rc != 0)
-        return rc;
-    rc = cpool_ready(p, err);
-    if (rc == 0 && p->opts.startup_wait_ms > 0)
-        rc = cpool_wait_connected(p, 0, p->opts.startup_wait_ms, err);
-    if (rc != 0) {
-        cpool_destroy(p);
-        return rc;
-    }
-    *out = p;
-    return 0;
-}
-
-static tenant *tenant_new_locked(cpool *p, const char *name)
-{
-    CPOOL_ASSERT_HELD(p);
-    tenant *t = calloc(1, sizeof *t);
-    if (t == NULL)
-        return NULL;
-    snprintf(t->name, sizeof t->name, "%s", name);
-    if (p->tenant_tail != NULL)
-        p->tenant_tail->next = t;
-    else
-        p->tenant_list = t;
-    p->tenant_tail = t;
-    return t;
-}
-
-int cpool_tenant_set(cpool *p, const char *name, uint32_t max_in_use, uint32_t min_reserved,
-                     cpool_error *err)
-{
-    if (p != NULL && cpool__in_callback(p))
-        return cpool__callback_err(p, err, "tenant_set");
-    if (p == NULL || name == NULL || name[0] == '\0' || strlen(name) >= 64)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "tenant_set: a pool and a tenant name of 1..63 bytes are required");
-    if (max_in_use > 0 && min_reserved > max_in_use)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "tenant_set \"%s\": min_reserved %u exceeds max_in_use %u", name,
-                          min_reserved, max_in_use);
-    cpool__lock(p);
-    int rc = 0;
-    if (!p->tenants && p->ever_ready) {
-        rc = cpool__err(err, CPOOL_ESTATE,
-                        "tenant_set %s: declare the first tenant before cpool_ready()",
-                        p->address);
-        goto out;
-    }
-    uint32_t reserved = min_reserved;
-    for (tenant *u = p->tenant_list; u != NULL; u = u->next)
-        if (strcmp(u->name, name) != 0)
-            reserved += u->min;
-    if (p->opts.max_pool_size > 0 && reserved > p->opts.max_pool_size) {
-        rc = cpool__err(err, CPOOL_EINVAL,
-                        "tenant_set \"%s\": guaranteed minimums (%u in all) exceed "
-                        "maxPoolSize %u",
-                        name, reserved, p->opts.max_pool_size);
-        goto out;
-    }
-    if (!p->tenants) {
-        /* Every lease is counted from now on: the unnamed tenant takes
-         * checkouts that give none, and leases take the locked paths. */
-        if (tenant_new_locked(p, "") == NULL) {
-            rc = cpool__err(err, CPOOL_ENOMEM, "tenant_set: out of memory");
-            goto out;
-        }
-        p->tenants = true;
-        p->observed = true;
-        p->can_park = false;
-    }
-    tenant *t = find_tenant_locked(p, name);
-    if (t == NULL && (t = tenant_new_locked(p, name)) == NULL) {
-        rc = cpool__err(err, CPOOL_ENOMEM, "tenant_set: out of memory");
-        goto out;
-    }
-    t->max = max_in_use;
-    t->min = min_reserved;
-    grant_capacity_relock(p); /* a raised cap may let a waiter in */
-out:
-    cpool__unlock(p);
-    return rc;
-}
-
-int cpool_get_tenant_stats(cpool *p, const char *name, cpool_tenant_stats *out)
-{
-    if (p == NULL || name == NULL || out == NULL)
-        return CPOOL_EINVAL;
-    cpool__lock(p);
-    tenant *t = p->tenants ? find_tenant_locked(p, name) : NULL;
-    if (t != NULL) {
-        out->max_in_use = t->max;
-        out->min_reserved = t->min;
-        out->in_use = t->in_use;
-        out->waiting = t->waiting;
-        out->checkouts_ok = t->checkouts_ok;
-        out->limit_timeouts = t->limit_timeouts;
-        out->switched = t->switched;
-        out->affine = t->affine;
-    }
-    cpool__unlock(p);
-    return t != NULL ? 0 : CPOOL_EINVAL;
-}
-
-const char *cpool_tenant_name(cpool *p, size_t i)
-{
-    if (p == NULL)
-        return NULL;
-    cpool__lock(p);
-    const tenant *t = p->tenant_list;
-    if (t != NULL)
-        t = t->next; /* the unnamed tenant is not listed */
-    for (; t != NULL && i > 0; i--)
-        t = t->next;
-    cpool__unlock(p);
-    return t != NULL ? t->name : NULL;
-}
-
-void cpool_destroy(cpool *p)
-{
-    if (p != NULL && cpool__in_callback(p))
-        return;
-    if (p == NULL)
-        return;
-    cpool_close(p);
-    cpool__lock(p);
-    bool join = p->maint_running;
-    p->maint_running = false;
-    pthread_cond_broadcast(&p->maint_cv);
-    cpool__unlock(p);
-    if (join)
-        pthread_join(p->maint, NULL);
-    /* Leases that never came back: close them so the server sessions end. */
-    cpool__lock(p);
-    while (p->in_use.head != NULL)
-        close_conn_relock(p, p->in_use.head, CPOOL_CLOSE_POOL_CLOSED, NULL);
-    while (p->orphans.head != NULL) {
-        if (p->orphans.head->reclaimed)
-            close_reclaimed_relock(p, p->orphans.head);
-        else
-            abandon_locked(p, p->orphans.head);
-    }
-    cpool__unlock(p);
-    registry_remove(p);
-    free_pool(p);
-}
-
-void cpool_wake(cpool *p)
-{
-    if (p == NULL)
-        return;
-    cpool__lock(p);
-    /* Waiters under a test clock re-read it every few milliseconds on their
-     * own; the maintenance thread sleeps longer, so it is woken here. */
-    kick_maintenance_locked(p);
-    cpool__unlock(p);
-}
-
-void cpool_get_counts(cpool *p, cpool_counts *out)
-{
-    if (p == NULL || out == NULL)
-        return;
-    cpool__lock(p);
-    check_fork_relock(p);
-    uint32_t parked = 0;
-    if (p->can_park)
-        for (const cpool_conn *c = p->in_use.head; c != NULL; c = c->next)
-            parked += atomic_load(&c->leased) == LEASE_PARKED;
-    out->pending = p->pending.n;
-    out->available = p->available.n + parked;
-    out->in_use = p->in_use.n - parked;
-    out->total = total_locked(p);
-    out->waiting = atomic_load(&p->nwaiting);
-    out->generation = p->generation;
-    out->state = p->state;
-    cpool__unlock(p);
-}
-
-const char *cpool_address(const cpool *p)
-{
-    return p != NULL ? p->address : NULL;
-}
-
-uint64_t cpool_conn_id(const cpool_conn *c)
-{
-    return c != NULL ? c->id : 0;
-}
-
-uint64_t cpool_conn_generation(const cpool_conn *c)
-{
-    return c != NULL ? c->generation : 0;
-}
-
-const char *cpool_conn_service_id(const cpool_conn *c)
-{
-    return c != NULL && c->svc != NULL ? c->svc->id : NULL;
-}
-
-void *cpool_conn_native(const cpool_conn *c)
-{
-    return c != NULL ? c->native : NULL;
-}
-
-int cpool_conn_execute(cpool_conn *c, const char *command, cpool_error *err)
-{
-    if (c == NULL || c->magic != CONN_MAGIC || command == NULL)
-        return cpool__err(err, CPOOL_EINVAL, "execute: a lease and a command are required");
-    const cpool_connector *cx = c->pool->cx;
-    if (cx->abi_version < 2 || cx->execute == NULL)
-        return cpool__err(err, CPOOL_EINVAL, "execute: the %s connector cannot run commands",
-                          cx->name);
-    if (err != NULL)
-        memset(err, 0, sizeof *err);
-    cpool_error e;
-    memset(&e, 0, sizeof e);
-    int rc = cx->execute(c->pool->cx_ctx, c->native, command, &e);
-    if (rc != 0 && e.code == 0)
-        e.code = CPOOL_EIO;
-    if (rc != 0 && err != NULL)
-        *err = e;
-    return rc != 0 ? e.code : 0;
-}

@@ -1,0 +1,782 @@
+/* lifecycle.c -- a pool's life: options and their checks, create, ready,
+ * clear (with interrupts), close, shutdown, destroy, and the accessors.
+ * Public entry points take mu themselves. */
+#include "core.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+void cpool__cleared_error(const cpool *p, cpool_error *e)
+{
+    if (p->has_clear_cause)
+        cpool__err(e, CPOOL_ECLEARED,
+                   "Connection pool for %s was cleared because another operation "
+                   "failed with: %s",
+                   p->address, p->clear_cause.message);
+    else if (p->generation > 0)
+        cpool__err(e, CPOOL_ECLEARED,
+                   "Connection pool for %s was cleared because another operation "
+                   "failed with: (no cause given to cpool_clear)",
+                   p->address);
+    else
+        cpool__err(e, CPOOL_ECLEARED,
+                   "Connection pool for %s is paused: cpool_ready() was not called",
+                   p->address);
+    if (e != NULL)
+        e->labels = CPOOL_LABEL_RETRYABLE;
+}
+
+/* Marks the connections a clear with interruptInUseConnections must reach.
+ * Pending ones are cancelled at once through their eventfd (a write, never
+ * blocks); in-use ones are interrupted by cpool__interrupt_marked_relock(). */
+static void mark_interrupts_locked(cpool *p, const service *svc, uint64_t upto_gen)
+{
+    CPOOL_ASSERT_HELD(p);
+    for (cpool_conn *c = p->pending.head; c != NULL; c = c->next)
+        if (svc == NULL && c->generation <= upto_gen)
+            cpool__cancel_pending(c);
+    for (cpool_conn *c = p->in_use.head; c != NULL; c = c->next)
+        if (c->svc == svc || svc == NULL)
+            if (c->generation <= upto_gen)
+                c->interrupt_requested = true;
+}
+
+/* Calls the connector's interrupt on every marked in-use connection, one at
+ * a time outside mu. The connection is pinned meanwhile so that a concurrent
+ * check-in cannot free it under the connector. May release mu. */
+void cpool__interrupt_marked_relock(cpool *p)
+{
+    CPOOL_ASSERT_HELD(p);
+    for (;;) {
+        cpool_conn *c = p->in_use.head;
+        while (c != NULL && !(c->interrupt_requested && !c->interrupted))
+            c = c->next;
+        if (c == NULL)
+            return;
+        c->interrupted = true;
+        c->pins++;
+        void *native = c->native;
+        cpool__unlock(p);
+        if (p->cx->interrupt != NULL && native != NULL)
+            p->cx->interrupt(p->cx_ctx, native);
+        cpool__lock(p);
+        if (--c->pins == 0 && c->close_deferred) {
+            cpool__unlock(p);
+            if (native != NULL)
+                p->cx->close(p->cx_ctx, native);
+            cpool__lock(p);
+            cpool__conn_free_locked(p, c);
+        }
+    }
+}
+
+/* Bumps the generation and pauses. A paused pool emits nothing but still
+ * bumps (CMAP: the generation must move on every clear). May release mu. */
+void cpool__clear_relock(cpool *p, unsigned flags, const cpool_error *cause)
+{
+    CPOOL_ASSERT_HELD(p);
+    uint64_t old = p->generation++;
+    bool was_paused = p->state == CPOOL_STATE_PAUSED;
+    p->state = CPOOL_STATE_PAUSED;
+    if (cause != NULL) {
+        p->clear_cause = *cause;
+        p->has_clear_cause = true;
+    }
+    cpool__fail_waiters_locked(p, CPOOL_ECLEARED);
+    if (flags & CPOOL_CLEAR_INTERRUPT_IN_USE)
+        mark_interrupts_locked(p, NULL, old);
+    /* Stale available connections should not wait for the next scheduled
+     * run (CMAP: a clear schedules the background thread at once). */
+    cpool__kick_maintenance_locked(p);
+    if (!was_paused && p->observed) {
+        cpool_event ev;
+        cpool__event_init(p, &ev, CPOOL_EV_POOL_CLEARED);
+        ev.interrupt_in_use = (flags & CPOOL_CLEAR_INTERRUPT_IN_USE) != 0;
+        cpool__emit_relock(p, &ev);
+    }
+}
+
+void cpool_options_init(cpool_options *o, size_t size)
+{
+    if (o == NULL)
+        return;
+    cpool_options d;
+    memset(&d, 0, sizeof d);
+    d.struct_size = size;
+    /* Not CMAP's 100 and "wait forever" (docs/configuration.md, "Defaults
+     * and why"): ten connections per pool leave a default PostgreSQL
+     * (max_connections 100) room for several processes, and a checkout that
+     * cannot be served ends within 30 s. */
+    d.max_pool_size = 10;
+    d.wait_queue_timeout_ms = 30000;
+    d.max_connecting = 2;
+    d.connect_timeout_ms = 10000;
+    d.maintenance_interval_ms = 1000;
+    d.log_level = CPOOL_LOG_DEBUG;
+    d.validation = CPOOL_VALIDATE_CHECK;
+    d.validation_idle_ms = 1000;
+    d.max_lifetime_ms = 1800000;
+    d.lifetime_jitter = 0.05;
+    d.backoff_base_ms = 200;
+    d.backoff_max_ms = 10000;
+    d.backoff_jitter = 0.2;
+    d.breaker_threshold = 5;
+    d.probe_interval_ms = 250;
+    d.keepalive_ms = 60000;
+    d.timing_sample = 16;
+    memset(o, 0, size);
+    memcpy(o, &d, size < sizeof d ? size : sizeof d);
+}
+
+/* The CMAP options that differ from the specification's defaults
+ * (maxPoolSize 100, minPoolSize 0, maxIdleTimeMS 0, maxConnecting 2,
+ * waitQueueTimeoutMS 0): what ConnectionPoolCreated lists, as a driver's
+ * event lists what its user set. This pool's own defaults differ for two
+ * of them, so a default pool lists those two. */
+static unsigned options_set(const cpool_options *o)
+{
+    unsigned m = 0;
+    if (o->max_pool_size != 100) m |= CPOOL_OPT_MAX_POOL_SIZE;
+    if (o->min_pool_size != 0) m |= CPOOL_OPT_MIN_POOL_SIZE;
+    if (o->max_idle_time_ms != 0) m |= CPOOL_OPT_MAX_IDLE_TIME_MS;
+    if (o->max_connecting != 2) m |= CPOOL_OPT_MAX_CONNECTING;
+    if (o->wait_queue_timeout_ms != 0) m |= CPOOL_OPT_WAIT_QUEUE_TIMEOUT_MS;
+    return m;
+}
+
+static int validate(const cpool_options *o, cpool_error *err)
+{
+    if (o->connector == NULL)
+        return cpool__err(err, CPOOL_EINVAL, "option connector: required");
+    if (o->connector->abi_version < 1 || o->connector->connect == NULL ||
+        o->connector->close == NULL)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "option connector: abi_version %d without connect/close",
+                          o->connector->abi_version);
+    return cpool__options_check(o, err);
+}
+
+/* The checks that need no connector: ranges and options that must agree. */
+int cpool__options_check(const cpool_options *o, cpool_error *err)
+{
+    if (o->max_connecting == 0)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "option maxConnecting = 0: must be greater than 0");
+    if (o->max_pool_size > 0 && o->min_pool_size > o->max_pool_size)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "option minPoolSize = %u: must not exceed maxPoolSize (%u)",
+                          o->min_pool_size, o->max_pool_size);
+    /* Each connection holds at least one descriptor: a minimum the
+     * process's limit cannot hold is never reached (with maxPoolSize 0
+     * nothing else bounds it). */
+    struct rlimit nofile;
+    if (o->min_pool_size > 0 && getrlimit(RLIMIT_NOFILE, &nofile) == 0 &&
+        nofile.rlim_cur != RLIM_INFINITY && o->min_pool_size >= nofile.rlim_cur)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "option minPoolSize = %u: the process may open only %llu "
+                          "descriptors (RLIMIT_NOFILE), and each connection needs one",
+                          o->min_pool_size, (unsigned long long)nofile.rlim_cur);
+    if (o->max_idle_time_ms < 0)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "option maxIdleTimeMS = %lld: must be >= 0 (0 = no limit)",
+                          (long long)o->max_idle_time_ms);
+    if (o->wait_queue_timeout_ms < 0)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "option waitQueueTimeoutMS = %lld: must be >= 0 (0 = no limit)",
+                          (long long)o->wait_queue_timeout_ms);
+    if (o->connect_timeout_ms < 0)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "option connect_timeout_ms = %lld: must be >= 0 (0 = no limit)",
+                          (long long)o->connect_timeout_ms);
+    if (o->maintenance_interval_ms == 0)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "option maintenance_interval_ms = 0: must be > 0, or < 0 "
+                          "for no background thread");
+    if ((unsigned)o->log_level > CPOOL_LOG_DEBUG)
+        return cpool__err(err, CPOOL_EINVAL, "option log_level = %d: out of range",
+                          (int)o->log_level);
+    if ((unsigned)o->validation > CPOOL_VALIDATE_ALWAYS)
+        return cpool__err(err, CPOOL_EINVAL, "option validation = %d: out of range",
+                          (int)o->validation);
+    if (o->validation_idle_ms < 0)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "option validation_idle_ms = %lld: must be >= 0",
+                          (long long)o->validation_idle_ms);
+    if (o->max_lifetime_ms < 0)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "option max_lifetime_ms = %lld: must be >= 0 (0 = no limit)",
+                          (long long)o->max_lifetime_ms);
+    if (!(o->lifetime_jitter >= 0 && o->lifetime_jitter <= 0.5))
+        return cpool__err(err, CPOOL_EINVAL, "option lifetime_jitter = %g: allowed 0..0.5",
+                          o->lifetime_jitter);
+    if (o->backoff_base_ms < 0 || o->backoff_max_ms < 0)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "option backoff_base_ms = %lld, backoff_max_ms = %lld: must be >= 0",
+                          (long long)o->backoff_base_ms, (long long)o->backoff_max_ms);
+    if (o->backoff_max_ms > 0 && o->backoff_base_ms > o->backoff_max_ms)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "option backoff_base_ms = %lld: must not exceed backoff_max_ms "
+                          "(%lld)",
+                          (long long)o->backoff_base_ms, (long long)o->backoff_max_ms);
+    if (!(o->backoff_jitter >= 0 && o->backoff_jitter <= 1))
+        return cpool__err(err, CPOOL_EINVAL, "option backoff_jitter = %g: allowed 0..1",
+                          o->backoff_jitter);
+    if (o->leak_threshold_ms < 0 || o->leak_reclaim_ms < 0 || o->startup_wait_ms < 0)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "options leak_threshold_ms, leak_reclaim_ms, startup_wait_ms: "
+                          "must be >= 0");
+    if (o->leak_reclaim_ms > 0 &&
+        (o->leak_threshold_ms == 0 || o->leak_reclaim_ms < o->leak_threshold_ms))
+        return cpool__err(err, CPOOL_EINVAL,
+                          "option leak_reclaim_ms = %lld: needs leak_threshold_ms (now %lld) "
+                          "> 0 and not above it",
+                          (long long)o->leak_reclaim_ms, (long long)o->leak_threshold_ms);
+    if (o->clock != NULL && o->clock->now_ns == NULL)
+        return cpool__err(err, CPOOL_EINVAL, "option clock: now_ns is required");
+    return 0;
+}
+
+/* serverHost/serverPort for the log records: "host:port", "[v6]:port", a
+ * unix socket path (no port) or anything else (host only). */
+static int split_address(cpool *p)
+{
+    const char *a = p->address;
+    const char *colon = strrchr(a, ':');
+    p->port = -1;
+    if (a[0] != '/' && colon != NULL && colon[1] != '\0' &&
+        strspn(colon + 1, "0123456789") == strlen(colon + 1) && strlen(colon + 1) <= 5) {
+        size_t hl = (size_t)(colon - a);
+        if (hl >= 2 && a[0] == '[' && a[hl - 1] == ']') {
+            a++;
+            hl -= 2;
+        }
+        p->host = strndup(a, hl);
+        p->port = atoi(colon + 1);
+    } else {
+        p->host = strdup(a);
+    }
+    return p->host == NULL ? CPOOL_ENOMEM : 0;
+}
+
+static void free_pool(cpool *p)
+{
+    while (p->free_list.head != NULL) {
+        cpool_conn *c = p->free_list.head;
+        list_remove(&p->free_list, c);
+        c->magic = 0;
+        free(c);
+    }
+    while (p->services != NULL) {
+        service *s = p->services;
+        p->services = s->next;
+        free(s);
+    }
+    while (p->tenant_list != NULL) {
+        tenant *t = p->tenant_list;
+        p->tenant_list = t->next;
+        free(t);
+    }
+    if (p->log_file != NULL)
+        fclose(p->log_file);
+    if (p->owns_cx_ctx && p->cx->ctx_free != NULL)
+        p->cx->ctx_free(p->cx_ctx);
+    free(p->target);
+    free(p->address);
+    free(p->name);
+    free(p->host);
+    pthread_cond_destroy(&p->maint_cv);
+    pthread_cond_destroy(&p->drain_cv);
+    pthread_mutex_destroy(&p->ev_mu);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}
+
+/* CPOOL_LOG's level into *lv (0..3; -1 when the variable is unset or
+ * empty): 0, or a CPOOL_EINVAL naming it. */
+static int env_log_level(int *lv, cpool_error *err)
+{
+    static const char *const names[] = {"error", "warn", "info", "debug"};
+    const char *level = getenv("CPOOL_LOG");
+    *lv = -1;
+    if (level == NULL || level[0] == '\0')
+        return 0;
+    for (int i = 0; i < 4; i++)
+        if (strcasecmp(level, names[i]) == 0)
+            return *lv = i, 0;
+    return cpool__err(err, CPOOL_EINVAL,
+                      "CPOOL_LOG = \"%.32s\" (from env): allowed error|warn|info|debug", level);
+}
+
+/* What env_log_sink() would refuse, without opening anything: for
+ * cpool_options_explain(), which must refuse what cpool_create() refuses. */
+int cpool__env_log_check(const cpool_options *o, cpool_error *err)
+{
+    if (o->on_log != NULL || o->ignore_env)
+        return 0;
+    int lv, rc = env_log_level(&lv, err);
+    if (rc != 0 || lv < 0)
+        return rc;
+    const char *path = getenv("CPOOL_LOG_PATH");
+    if (path == NULL || path[0] == '\0' || access(path, W_OK) == 0)
+        return 0;
+    int missing = errno == ENOENT;
+    /* A file that does not exist yet is made in a writable directory. */
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    snprintf(dir, sizeof dir, "%.*s", slash == NULL ? 1 : slash == path ? 1 : (int)(slash - path),
+             slash == NULL ? "." : path);
+    if (missing && access(dir, W_OK | X_OK) == 0)
+        return 0;
+    return cpool__err(err, CPOOL_EINVAL,
+                      "CPOOL_LOG_PATH = \"%.120s\" (from env): cannot be opened for appending",
+                      path);
+}
+
+/* CPOOL_LOG=error|warn|info|debug gives a pool without a log sink of its
+ * own the built-in JSON-lines sink, on stderr or appended to
+ * CPOOL_LOG_PATH: logs for a program that never asked for them, switched
+ * on where it runs. */
+static int env_log_sink(cpool *p, cpool_options *o, cpool_error *err)
+{
+    int lv, rc = env_log_level(&lv, err);
+    if (rc != 0 || lv < 0)
+        return rc;
+    FILE *f = stderr;
+    const char *path = getenv("CPOOL_LOG_PATH");
+    if (path != NULL && path[0] != '\0') {
+        f = fopen(path, "ae");
+        if (f == NULL)
+            return cpool__err(err, CPOOL_EINVAL,
+                              "CPOOL_LOG_PATH = \"%.120s\" (from env): cannot be opened for "
+                              "appending: %s",
+                              path, strerror(errno));
+        p->log_file = f;
+    }
+    o->on_log = cpool_log_json;
+    o->log_ctx = f;
+    o->log_level = (cpool_log_level)lv;
+    return 0;
+}
+
+int cpool_create(const cpool_options *opts, cpool **out, cpool_error *err)
+{
+    if (out != NULL)
+        *out = NULL;
+    if (opts == NULL || out == NULL)
+        return cpool__err(err, CPOOL_EINVAL, "create: options and out are required");
+    if (opts->struct_size < offsetof(cpool_options, clock) + sizeof opts->clock)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "create: options.struct_size %zu is too small; use "
+                          "cpool_options_init(&o, sizeof o)",
+                          opts->struct_size);
+    cpool_options code, o;
+    cpool_options_init(&code, sizeof code);
+    memcpy(&code, opts, opts->struct_size < sizeof code ? opts->struct_size : sizeof code);
+    code.struct_size = sizeof code;
+    /* Profile, environment and the target's query over the code's values;
+     * `target` comes back without the pool's own parameters. */
+    char *target = NULL;
+    int rc = cpool__options_resolve(&code, &o, &target, err);
+    if (rc == 0)
+        rc = validate(&o, err);
+    if (rc != 0) {
+        free(target);
+        return rc;
+    }
+
+    pthread_once(&cpool__atfork_once, cpool__register_atfork);
+    cpool *p = calloc(1, sizeof *p);
+    if (p == NULL) {
+        free(target);
+        return cpool__err(err, CPOOL_ENOMEM, "create: out of memory");
+    }
+    /* Critical sections are a few list operations: spinning briefly before
+     * sleeping beats a futex round trip when the holder runs on another core. */
+    pthread_mutexattr_t mattr;
+    pthread_mutexattr_init(&mattr);
+    pthread_mutexattr_settype(&mattr, PTHREAD_MUTEX_ADAPTIVE_NP);
+    pthread_mutex_init(&p->mu, &mattr);
+    pthread_mutexattr_destroy(&mattr);
+    pthread_mutex_init(&p->ev_mu, NULL);
+    cpool__init_monotonic_cond(&p->maint_cv);
+    cpool__init_monotonic_cond(&p->drain_cv);
+
+    p->cx = o.connector;
+    p->cx_ctx = o.connector_ctx;
+    p->target = target != NULL ? target : strdup("");
+    if (p->target != NULL && p->cx_ctx == NULL && p->cx->abi_version >= 2 &&
+        p->cx->ctx_new != NULL) {
+        /* The connector parses its part of the target now, so a bad
+         * parameter fails here rather than at the first connect. */
+        void *ctx = NULL;
+        rc = p->cx->ctx_new(p->target, &ctx, err);
+        if (rc != 0) {
+            free_pool(p);
+            return rc;
+        }
+        p->cx_ctx = ctx;
+        p->owns_cx_ctx = true;
+    }
+    /* The address is in every event, log record and error message, so it
+     * is made from the target without its password. */
+    char buf[256], redacted[512];
+    if (p->target != NULL)
+        cpool_redact(p->target, redacted, sizeof redacted);
+    const char *address = o.address;
+    if (address == NULL && p->target != NULL && p->cx->address != NULL &&
+        p->cx->address(p->cx_ctx, redacted, buf, sizeof buf) == 0)
+        address = buf;
+    if (address == NULL || address[0] == '\0') {
+        if (p->target != NULL && p->target[0] != '\0') {
+            address = redacted;
+        } else {
+            address = p->cx->name;
+        }
+    }
+    p->address = address != NULL ? strdup(address) : NULL;
+    p->name = o.name != NULL ? strdup(o.name) : p->address != NULL ? strdup(p->address) : NULL;
+    if (p->target == NULL || p->address == NULL || p->name == NULL || split_address(p) != 0) {
+        free_pool(p);
+        return cpool__err(err, CPOOL_ENOMEM, "create: out of memory");
+    }
+    o.target = p->target;
+    o.address = p->address;
+    o.name = p->name;
+    if (o.on_log == NULL && !o.ignore_env && (rc = env_log_sink(p, &o, err)) != 0) {
+        free_pool(p);
+        return rc;
+    }
+    p->opts = o;
+    /* Leak detection reads the holder's label under mu, so its leases take
+     * the locked paths, as observed pools' do. */
+    p->observed = o.on_event != NULL || o.on_log != NULL || o.leak_threshold_ms > 0;
+    p->stamp_idle = o.max_idle_time_ms > 0 || o.validation == CPOOL_VALIDATE_PING_IDLE;
+    /* Parking skips the events and the per-service generations. */
+    p->can_park = !p->observed && !o.load_balanced;
+    p->serial = atomic_fetch_add(&cpool__pool_serial, 1) + 1;
+    p->rng = 0x9e3779b97f4a7c15ULL ^ (p->serial * 0xbf58476d1ce4e5b9ULL) ^
+             (uint64_t)cpool__mono_ns();
+    p->options_set = options_set(&o);
+    p->state = CPOOL_STATE_PAUSED;
+    atomic_store_explicit(&p->fork_epoch,
+                          atomic_load_explicit(&cpool__fork_epoch, memory_order_relaxed),
+                          memory_order_relaxed);
+
+    cpool__registry_add(p); /* before mu: the registry lock comes first */
+    cpool__lock(p);
+    if (cpool__start_maintenance_locked(p) != 0) {
+        cpool__unlock(p);
+        cpool__registry_remove(p);
+        free_pool(p);
+        return cpool__err(err, CPOOL_ESYS, "create: cannot start the background thread");
+    }
+    cpool_event ev;
+    cpool__event_init(p, &ev, CPOOL_EV_POOL_CREATED);
+    ev.options = &p->opts;
+    ev.options_set = p->options_set;
+    cpool__emit_unlock(p, &ev);
+    if (!o.ignore_env)
+        cpool__env_warn(p);
+    *out = p;
+    return 0;
+}
+
+int cpool_ready(cpool *p, cpool_error *err)
+{
+    if (p != NULL && cpool__in_callback(p))
+        return cpool__callback_err(p, err, "ready");
+    if (p == NULL)
+        return cpool__err(err, CPOOL_EINVAL, "ready: pool is required");
+    cpool__lock(p);
+    cpool__check_fork_relock(p);
+    if (p->state == CPOOL_STATE_CLOSED) {
+        cpool__unlock(p);
+        return cpool__err(err, CPOOL_ECLOSED, "ready %s: pool is closed", p->address);
+    }
+    if (p->draining) {
+        cpool__unlock(p);
+        return cpool__err(err, CPOOL_ESHUTDOWN, "ready %s: pool is shutting down", p->address);
+    }
+    if (p->state == CPOOL_STATE_READY) {
+        cpool__unlock(p);
+        return 0;
+    }
+    p->state = CPOOL_STATE_READY;
+    p->ever_ready = true;
+    /* The background thread takes mu before it creates anything, and its
+     * ConnectionCreated needs ev_mu, which we take before releasing mu: so
+     * no observer sees a creation before ConnectionPoolReady. */
+    cpool__kick_maintenance_locked(p);
+    cpool_event ev;
+    cpool__event_init(p, &ev, CPOOL_EV_POOL_READY);
+    cpool__emit_unlock(p, &ev);
+    return 0;
+}
+
+int cpool_clear(cpool *p, unsigned flags, const cpool_error *cause, cpool_error *err)
+{
+    if (p != NULL && cpool__in_callback(p))
+        return cpool__callback_err(p, err, "clear");
+    if (p == NULL)
+        return cpool__err(err, CPOOL_EINVAL, "clear: pool is required");
+    if ((flags & ~CPOOL_CLEAR_INTERRUPT_IN_USE) != 0)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "clear %s: unknown flags 0x%x (allowed CPOOL_CLEAR_INTERRUPT_IN_USE)",
+                          p->address, flags & ~CPOOL_CLEAR_INTERRUPT_IN_USE);
+    cpool__lock(p);
+    cpool__check_fork_relock(p);
+    if (p->state == CPOOL_STATE_CLOSED) {
+        cpool__unlock(p);
+        return cpool__err(err, CPOOL_ECLOSED, "clear %s: pool is closed", p->address);
+    }
+    if (p->opts.load_balanced) {
+        cpool__unlock(p);
+        return cpool__err(err, CPOOL_EINVAL,
+                          "clear %s: load-balanced pools are cleared per service "
+                          "(cpool_clear_service)", p->address);
+    }
+    cpool__clear_relock(p, flags, cause);
+    if (flags & CPOOL_CLEAR_INTERRUPT_IN_USE)
+        cpool__interrupt_marked_relock(p);
+    cpool__unlock(p);
+    return 0;
+}
+
+int cpool_clear_service(cpool *p, const char *service_id, unsigned flags,
+                        const cpool_error *cause, cpool_error *err)
+{
+    if (p != NULL && cpool__in_callback(p))
+        return cpool__callback_err(p, err, "clear_service");
+    if (p == NULL || service_id == NULL)
+        return cpool__err(err, CPOOL_EINVAL, "clear_service: pool and service id are required");
+    if ((flags & ~CPOOL_CLEAR_INTERRUPT_IN_USE) != 0)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "clear %s: unknown flags 0x%x (allowed CPOOL_CLEAR_INTERRUPT_IN_USE)",
+                          p->address, flags & ~CPOOL_CLEAR_INTERRUPT_IN_USE);
+    cpool__lock(p);
+    cpool__check_fork_relock(p);
+    if (p->state == CPOOL_STATE_CLOSED) {
+        cpool__unlock(p);
+        return cpool__err(err, CPOOL_ECLOSED, "clear %s: pool is closed", p->address);
+    }
+    if (!p->opts.load_balanced) {
+        cpool__unlock(p);
+        return cpool__err(err, CPOOL_EINVAL,
+                          "clear %s: clearing by service id needs load-balanced mode",
+                          p->address);
+    }
+    (void)cause; /* waiters are not failed in load-balanced mode */
+    /* CMAP load-balanced clear: only this service's generation moves; the
+     * pool is not paused and the wait queue is left alone. */
+    service *s = cpool__svc_find_locked(p, service_id);
+    if (s != NULL) {
+        uint64_t old = s->generation++;
+        if (flags & CPOOL_CLEAR_INTERRUPT_IN_USE)
+            mark_interrupts_locked(p, s, old);
+    }
+    cpool__kick_maintenance_locked(p);
+    cpool_event ev;
+    cpool__event_init(p, &ev, CPOOL_EV_POOL_CLEARED);
+    ev.service_id = service_id;
+    ev.interrupt_in_use = (flags & CPOOL_CLEAR_INTERRUPT_IN_USE) != 0;
+    cpool__emit_relock(p, &ev);
+    if (flags & CPOOL_CLEAR_INTERRUPT_IN_USE)
+        cpool__interrupt_marked_relock(p);
+    cpool__unlock(p);
+    return 0;
+}
+
+void cpool_close(cpool *p)
+{
+    if (p != NULL && cpool__in_callback(p))
+        return;
+    if (p == NULL)
+        return;
+    cpool__lock(p);
+    cpool__check_fork_relock(p);
+    if (p->state == CPOOL_STATE_CLOSED) {
+        cpool__unlock(p);
+        return;
+    }
+    p->state = CPOOL_STATE_CLOSED;
+    cpool__fail_waiters_locked(p, CPOOL_ECLOSED);
+    for (cpool_conn *c = p->pending.head; c != NULL; c = c->next)
+        cpool__cancel_pending(c);
+    pthread_cond_broadcast(&p->maint_cv);
+    /* CMAP: available connections are closed first, then PoolClosed. In-use
+     * ones are closed when they come back. */
+    while (p->available.head != NULL)
+        cpool__close_conn_relock(p, p->available.head, CPOOL_CLOSE_POOL_CLOSED, NULL);
+    for (cpool_conn *c; (c = cpool__steal_parked_locked(p, false, NULL)) != NULL;)
+        cpool__close_conn_relock(p, c, CPOOL_CLOSE_POOL_CLOSED, NULL);
+    cpool_event ev;
+    cpool__event_init(p, &ev, CPOOL_EV_POOL_CLOSED);
+    cpool__emit_unlock(p, &ev);
+}
+
+int cpool_shutdown(cpool *p, int64_t grace_ms, cpool_shutdown_report *report,
+                   cpool_error *err)
+{
+    if (p != NULL && cpool__in_callback(p))
+        return cpool__callback_err(p, err, "shutdown");
+    if (report != NULL)
+        memset(report, 0, sizeof *report);
+    if (p == NULL || grace_ms < 0)
+        return cpool__err(err, CPOOL_EINVAL, "shutdown: a pool and grace_ms >= 0 are required");
+    int64_t t0 = cpool__mono_ns();
+    cpool__lock(p);
+    cpool__check_fork_relock(p);
+    if (p->state == CPOOL_STATE_CLOSED || p->draining) {
+        cpool__unlock(p);
+        return cpool__err(err, CPOOL_ECLOSED, "shutdown %s: pool is already %s", p->address,
+                          p->draining ? "shutting down" : "closed");
+    }
+    /* Stop new work at once: paused, so the fast path and the maintenance
+     * thread stand still, and draining, so checkouts say why. */
+    p->draining = true;
+    p->state = CPOOL_STATE_PAUSED;
+    cpool__fail_waiters_locked(p, CPOOL_ESHUTDOWN);
+    for (cpool_conn *c = p->pending.head; c != NULL; c = c->next)
+        cpool__cancel_pending(c);
+    while (p->available.head != NULL)
+        cpool__close_conn_relock(p, p->available.head, CPOOL_CLOSE_POOL_CLOSED, NULL);
+    for (cpool_conn *c; (c = cpool__steal_parked_locked(p, false, NULL)) != NULL;)
+        cpool__close_conn_relock(p, c, CPOOL_CLOSE_POOL_CLOSED, NULL);
+    uint32_t at_start = p->in_use.n;
+    struct timespec until = abs_real(ms_to_ns(grace_ms));
+    while (p->in_use.n > 0 &&
+           cpool__cond_timedwait(p, &p->drain_cv, &until) != ETIMEDOUT) {
+    }
+    uint32_t held = p->in_use.n;
+    for (cpool_conn *c = p->in_use.head; c != NULL; c = c->next)
+        c->interrupt_requested = true;
+    cpool__interrupt_marked_relock(p);
+    cpool__unlock(p);
+    cpool_close(p);
+    if (report != NULL) {
+        report->in_use_at_start = at_start;
+        report->reclaimed = p->drain_reclaimed;
+        report->returned = at_start >= held + p->drain_reclaimed
+                               ? at_start - held - p->drain_reclaimed
+                               : 0;
+        report->interrupted = held;
+        report->elapsed_ms = (cpool__mono_ns() - t0) / 1000000;
+    }
+    if (err != NULL)
+        memset(err, 0, sizeof *err);
+    return 0;
+}
+
+void cpool_destroy(cpool *p)
+{
+    if (p != NULL && cpool__in_callback(p))
+        return;
+    if (p == NULL)
+        return;
+    cpool_close(p);
+    cpool__lock(p);
+    bool join = p->maint_running;
+    p->maint_running = false;
+    pthread_cond_broadcast(&p->maint_cv);
+    cpool__unlock(p);
+    if (join)
+        pthread_join(p->maint, NULL);
+    /* Leases that never came back: close them so the server sessions end. */
+    cpool__lock(p);
+    while (p->in_use.head != NULL)
+        cpool__close_conn_relock(p, p->in_use.head, CPOOL_CLOSE_POOL_CLOSED, NULL);
+    while (p->orphans.head != NULL) {
+        if (p->orphans.head->reclaimed)
+            cpool__close_reclaimed_relock(p, p->orphans.head);
+        else
+            cpool__abandon_locked(p, p->orphans.head);
+    }
+    cpool__unlock(p);
+    cpool__registry_remove(p);
+    free_pool(p);
+}
+
+void cpool_wake(cpool *p)
+{
+    if (p == NULL)
+        return;
+    cpool__lock(p);
+    /* Waiters under a test clock re-read it every few milliseconds on their
+     * own; the maintenance thread sleeps longer, so it is woken here. */
+    cpool__kick_maintenance_locked(p);
+    cpool__unlock(p);
+}
+
+void cpool_get_counts(cpool *p, cpool_counts *out)
+{
+    if (p == NULL || out == NULL)
+        return;
+    cpool__lock(p);
+    cpool__check_fork_relock(p);
+    uint32_t parked = 0;
+    if (p->can_park)
+        for (const cpool_conn *c = p->in_use.head; c != NULL; c = c->next)
+            parked += atomic_load(&c->leased) == LEASE_PARKED;
+    out->pending = p->pending.n;
+    out->available = p->available.n + parked;
+    out->in_use = p->in_use.n - parked;
+    out->total = total_locked(p);
+    out->waiting = atomic_load(&p->nwaiting);
+    out->generation = p->generation;
+    out->state = p->state;
+    cpool__unlock(p);
+}
+
+const char *cpool_address(const cpool *p)
+{
+    return p != NULL ? p->address : NULL;
+}
+
+uint64_t cpool_conn_id(const cpool_conn *c)
+{
+    return c != NULL ? c->id : 0;
+}
+
+uint64_t cpool_conn_generation(const cpool_conn *c)
+{
+    return c != NULL ? c->generation : 0;
+}
+
+const char *cpool_conn_service_id(const cpool_conn *c)
+{
+    return c != NULL && c->svc != NULL ? c->svc->id : NULL;
+}
+
+void *cpool_conn_native(const cpool_conn *c)
+{
+    return c != NULL ? c->native : NULL;
+}
+
+int cpool_conn_execute(cpool_conn *c, const char *command, cpool_error *err)
+{
+    if (c == NULL || c->magic != CONN_MAGIC || command == NULL)
+        return cpool__err(err, CPOOL_EINVAL, "execute: a lease and a command are required");
+    const cpool_connector *cx = c->pool->cx;
+    if (cx->abi_version < 2 || cx->execute == NULL)
+        return cpool__err(err, CPOOL_EINVAL, "execute: the %s connector cannot run commands",
+                          cx->name);
+    if (err != NULL)
+        memset(err, 0, sizeof *err);
+    cpool_error e;
+    memset(&e, 0, sizeof e);
+    int rc = cx->execute(c->pool->cx_ctx, c->native, command, &e);
+    if (rc != 0 && e.code == 0)
+        e.code = CPOOL_EIO;
+    if (rc != 0 && err != NULL)
+        *err = e;
+    return rc != 0 ? e.code : 0;
+}

@@ -1,0 +1,416 @@
+/* maint.c -- the background thread: idle and lifetime retirement, the
+ * minPoolSize refill, leak detection and reclaim, keepalive checks, server
+ * probes during backoff; cpool_maintain() and cpool_wait_connected(). Its
+ * functions need mu (the thread takes it), and release it for I/O and
+ * events as their names say. */
+#include "core.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Takes a lease back from a holder that kept it past leak_reclaim_ms: its
+ * slot returns to the pool now, its current operation is interrupted, and
+ * the connection is closed when (if) the holder returns it. Releases mu
+ * on the way; false when the holder returned it first. */
+static bool reclaim_relock(cpool *p, cpool_conn *c, int64_t held)
+{
+    CPOOL_ASSERT_HELD(p);
+    unsigned held_flag = LEASE_HELD;
+    if (!atomic_compare_exchange_strong(&c->leased, &held_flag, LEASE_ORPHAN))
+        return false;
+    list_remove(&p->in_use, c);
+    c->state = CONN_ORPHANED;
+    list_push_head(&p->orphans, c);
+    cpool__unassign_locked(c);
+    c->reclaimed = true;
+    c->interrupted = true;
+    c->pins++;
+    p->leaks_reclaimed++;
+    if (p->draining) {
+        p->drain_reclaimed++;
+        pthread_cond_broadcast(&p->drain_cv);
+    }
+    p->st_closed[CPOOL_CLOSE_RECLAIMED]++;
+    cpool__svc_release_locked(p, c);
+    void *native = c->native;
+    cpool_event ev;
+    cpool__event_init(p, &ev, CPOOL_EV_CONN_CLOSED);
+    ev.connection_id = c->id;
+    ev.reason = CPOOL_CLOSE_RECLAIMED;
+    ev.duration_ns = held;
+    cpool__emit_unlock(p, &ev);
+    if (p->cx->interrupt != NULL && native != NULL)
+        p->cx->interrupt(p->cx_ctx, native);
+    cpool__lock(p);
+    if (--c->pins == 0 && c->close_deferred) {
+        c->close_deferred = false;
+        cpool__unlock(p);
+        if (native != NULL)
+            p->cx->close(p->cx_ctx, native);
+        cpool__lock(p);
+        cpool__conn_free_locked(p, c);
+    }
+    cpool__grant_capacity_relock(p);
+    return true;
+}
+
+/* Reports leases held past leak_threshold_ms (once per lease) and takes
+ * back those held past leak_reclaim_ms. May release mu; the scan starts
+ * over after each report. */
+static void scan_leaks_relock(cpool *p)
+{
+    CPOOL_ASSERT_HELD(p);
+    int64_t threshold = ms_to_ns(p->opts.leak_threshold_ms);
+    int64_t reclaim = ms_to_ns(p->opts.leak_reclaim_ms);
+    for (bool again = true; again;) {
+        again = false;
+        int64_t now = cpool__now(p);
+        for (cpool_conn *c = p->in_use.head; c != NULL; c = c->next) {
+            int64_t since = atomic_load_explicit(&c->leased_ns, memory_order_relaxed);
+            if (since == 0 || atomic_load(&c->leased) != LEASE_HELD)
+                continue;
+            int64_t held = now - since;
+            if (c->leak_lease == since) {
+                /* Reported already; reclaim when it is time. */
+                if (reclaim > 0 && held >= reclaim && reclaim_relock(p, c, held)) {
+                    again = true;
+                    break;
+                }
+                continue;
+            }
+            if (held < threshold)
+                continue;
+            c->leak_lease = since;
+            p->leaks_suspected++;
+            cpool_event ev;
+            cpool__event_init(p, &ev, CPOOL_EV_CONN_LEAK_SUSPECTED);
+            ev.connection_id = c->id;
+            ev.duration_ns = held;
+            char label[sizeof c->label];
+            memcpy(label, c->label, sizeof label);
+            ev.holder_label = label;
+            ev.holder_thread = c->holder_tid;
+            cpool__emit_relock(p, &ev);
+            again = true;
+            break;
+        }
+    }
+}
+
+/* Background health of idle connections: each connection left available
+ * keepalive_ms since it was last used or checked gets the connector's cheap
+ * check (a ping when it has none), oldest first, outside mu. Meanwhile it is
+ * off the available list, held by the pool as a lease without a holder (no
+ * leak report: leased_ns is 0). A dead one is closed, so the refill that
+ * follows replaces it before a checkout meets it; a live one goes back with
+ * its idle clock untouched, or to a waiter. Releases mu. */
+static void keepalive_relock(cpool *p)
+{
+    CPOOL_ASSERT_HELD(p);
+    if (p->opts.keepalive_ms <= 0 || (p->cx->check == NULL && p->cx->ping == NULL))
+        return;
+    int64_t every = ms_to_ns(p->opts.keepalive_ms);
+    while (p->state == CPOOL_STATE_READY) {
+        int64_t now = cpool__now(p);
+        cpool_conn *c = p->available.tail;
+        for (; c != NULL; c = c->prev) {
+            int64_t since = atomic_load_explicit(&c->available_since_ns, memory_order_relaxed);
+            if (now - (c->kept_alive_ns > since ? c->kept_alive_ns : since) >= every)
+                break;
+        }
+        if (c == NULL)
+            return;
+        int64_t since = atomic_load_explicit(&c->available_since_ns, memory_order_relaxed);
+        c->kept_alive_ns = now;
+        cpool__set_state_locked(p, c, CONN_IN_USE);
+        atomic_store_explicit(&c->leased_ns, 0, memory_order_relaxed);
+        atomic_store_explicit(&c->leased, LEASE_HELD, memory_order_relaxed);
+        void *native = c->native;
+        cpool__unlock(p);
+        cpool_error ce;
+        memset(&ce, 0, sizeof ce);
+        /* A ping is bounded as an establishment is, and by 10 s when
+         * connect_timeout_ms is 0: the background thread must not hang. */
+        int64_t bound_ms = p->opts.connect_timeout_ms > 0 ? p->opts.connect_timeout_ms : 10000;
+        int rc = p->cx->check != NULL
+                     ? p->cx->check(p->cx_ctx, native, &ce)
+                     : p->cx->ping(p->cx_ctx, native,
+                                   real_deadline(p, deadline_after(cpool__now(p), bound_ms)),
+                                   &ce);
+        cpool__lock(p);
+        p->st_keepalives++;
+        atomic_store_explicit(&c->leased, LEASE_NONE, memory_order_relaxed);
+        int reason = cpool__unfit_reason_locked(p, c, rc != 0);
+        if (reason >= 0) {
+            if (rc != 0) {
+                p->st_keepalive_failures++;
+                if (ce.code == 0)
+                    ce.code = CPOOL_EIO;
+            }
+            cpool__close_conn_relock(p, c, reason, rc != 0 ? &ce : NULL);
+            continue;
+        }
+        if (cpool__next_waiter_locked(p) != NULL) {
+            cpool__make_available_locked(p, c);
+        } else {
+            cpool__set_state_locked(p, c, CONN_AVAILABLE);
+            atomic_store_explicit(&c->available_since_ns, since, memory_order_relaxed);
+        }
+    }
+}
+
+/* Opens one connection into the pool, not as a lease (the refill, and
+ * startup): it becomes available, or goes to the oldest waiter. Each
+ * establishment gets connect_timeout_ms, never past `until` (pool clock;
+ * NO_DEADLINE = none) -- a caller's bound. 0, CPOOL_ENOMEM (nothing was
+ * made), or the establishment's error in *e. Releases mu. */
+static int open_into_pool_relock(cpool *p, int64_t until, cpool_error *e)
+{
+    CPOOL_ASSERT_HELD(p);
+    cpool_conn *c = cpool__conn_new_locked(p);
+    if (c == NULL)
+        return cpool__err(e, CPOOL_ENOMEM, "open %s: out of memory", p->address);
+    cpool__emit_created_relock(p, c);
+    int64_t d = p->opts.connect_timeout_ms > 0
+                    ? deadline_after(cpool__now(p), p->opts.connect_timeout_ms)
+                    : NO_DEADLINE;
+    bool bound = until <= d;
+    int rc = cpool__establish_relock(p, c, bound ? until : d, false, bound, e);
+    return rc == ESTABLISH_RETRY ? 0 : rc;
+}
+
+/* One background run: close perished available connections (oldest first),
+ * check the ones idle for keepalive_ms, then populate up to minPoolSize
+ * while the pool is ready and a maxConnecting slot is free. It never waits
+ * for a slot. May release mu. */
+static void maintain_relock(cpool *p)
+{
+    CPOOL_ASSERT_HELD(p);
+    atomic_store_explicit(&p->tick_ns, cpool__now(p), memory_order_relaxed);
+    for (;;) {
+        int64_t now = cpool__now(p);
+        cpool_conn *c = p->available.tail;
+        int reason = -1;
+        for (; c != NULL; c = c->prev)
+            if ((reason = cpool__perished_locked(p, c, now)) >= 0)
+                break;
+        if (c == NULL)
+            break;
+        cpool__close_conn_relock(p, c, reason, NULL);
+    }
+    for (;;) {
+        int reason = -1;
+        cpool_conn *c = cpool__steal_parked_locked(p, /* perished_only= */ true, &reason);
+        if (c == NULL)
+            break;
+        cpool__close_conn_relock(p, c, reason, NULL);
+    }
+    cpool__interrupt_marked_relock(p);
+    if (p->opts.leak_threshold_ms > 0 || p->opts.leak_reclaim_ms > 0)
+        scan_leaks_relock(p);
+    keepalive_relock(p);
+    cpool__grant_capacity_relock(p); /* a backoff step may have ended */
+    cpool_error ce;
+    while (p->state == CPOOL_STATE_READY && total_locked(p) < p->opts.min_pool_size &&
+           cpool__can_create_locked(p)) {
+        if (open_into_pool_relock(p, NO_DEADLINE, &ce) != 0)
+            break; /* try again at the next run */
+    }
+}
+
+/* Whether the background thread probes the server now: establishments are
+ * failing, the backoff step has a while to run, and no establishment is in
+ * flight (the probe would tell nothing it will not). */
+static bool probe_due_locked(const cpool *p, int64_t now)
+{
+    CPOOL_ASSERT_HELD(p);
+    return p->opts.probe_interval_ms > 0 && p->cx->abi_version >= 3 &&
+           p->cx->probe != NULL && p->fail_streak > 0 && p->retry_at > now &&
+           !p->probing && now >= p->next_probe_at;
+}
+
+/* While establishments fail, the backoff keeps them from storming a server
+ * that is down; the probe, a connect that sends nothing, finds out cheaply
+ * when it is back, and ends the backoff step then rather than when it runs
+ * out (up to backoff_max_ms later): service comes back within a probe
+ * interval of the server. Runs on the background thread, one at a time.
+ * Releases mu during the probe. */
+static void probe_server_relock(cpool *p)
+{
+    CPOOL_ASSERT_HELD(p);
+    int64_t now = cpool__now(p);
+    if (!probe_due_locked(p, now))
+        return;
+    int64_t interval = ms_to_ns(p->opts.probe_interval_ms);
+    p->next_probe_at = now + interval;
+    int64_t bound = ms_to_ns(p->opts.connect_timeout_ms);
+    if (bound <= 0 || bound > 4 * interval)
+        bound = 4 * interval;
+    int64_t deadline = real_deadline(p, now + bound);
+    cpool_error e;
+    memset(&e, 0, sizeof e);
+    cpool__unlock(p);
+    int rc = p->cx->probe(p->cx_ctx, deadline, &e);
+    cpool__lock(p);
+    p->st_probes++;
+    if (rc != 0 || p->fail_streak == 0)
+        return;
+    p->st_probes_ok++;
+    p->retry_at = cpool__now(p); /* the step ends: the next attempt may run */
+}
+
+static void *maintenance_main(void *arg)
+{
+    cpool *p = arg;
+    cpool__lock(p);
+    while (p->state != CPOOL_STATE_CLOSED && p->maint_running) {
+        probe_server_relock(p);
+        maintain_relock(p);
+        if (p->state == CPOOL_STATE_CLOSED || !p->maint_running)
+            break;
+        int64_t pause = ms_to_ns(p->opts.maintenance_interval_ms);
+        if (p->fail_streak > 0 && p->retry_at > 0) {
+            /* Wake at the end of the backoff step to refill (or probe). */
+            int64_t left = p->retry_at - cpool__now(p);
+            if (left < pause)
+                pause = left > 1000000 ? left : 1000000;
+        }
+        if (p->fail_streak > 0 && p->opts.probe_interval_ms > 0 &&
+            pause > ms_to_ns(p->opts.probe_interval_ms))
+            pause = ms_to_ns(p->opts.probe_interval_ms); /* and probe meanwhile */
+        struct timespec ts = abs_real(pause);
+        while (!p->maint_kick && p->state != CPOOL_STATE_CLOSED && p->maint_running) {
+            if (cpool__cond_timedwait(p, &p->maint_cv, &ts) == ETIMEDOUT)
+                break;
+        }
+        p->maint_kick = false;
+    }
+    cpool__unlock(p);
+    return NULL;
+}
+
+int cpool__start_maintenance_locked(cpool *p)
+{
+    CPOOL_ASSERT_HELD(p);
+    if (p->opts.maintenance_interval_ms < 0 || p->maint_running)
+        return 0;
+    p->maint_running = true;
+    if (pthread_create(&p->maint, NULL, maintenance_main, p) != 0) {
+        p->maint_running = false;
+        return CPOOL_ESYS;
+    }
+    return 0;
+}
+
+int cpool_maintain(cpool *p, cpool_error *err)
+{
+    if (p != NULL && cpool__in_callback(p))
+        return cpool__callback_err(p, err, "maintain");
+    if (p == NULL)
+        return cpool__err(err, CPOOL_EINVAL, "maintain: pool is required");
+    cpool__lock(p);
+    cpool__check_fork_relock(p);
+    if (p->state == CPOOL_STATE_CLOSED) {
+        cpool__unlock(p);
+        return cpool__err(err, CPOOL_ECLOSED, "maintain %s: pool is closed", p->address);
+    }
+    maintain_relock(p);
+    cpool__unlock(p);
+    return 0;
+}
+
+int cpool_wait_connected(cpool *p, uint32_t n, int64_t timeout_ms, cpool_error *err)
+{
+    if (p != NULL && cpool__in_callback(p))
+        return cpool__callback_err(p, err, "wait_connected");
+    if (p == NULL || timeout_ms < 0)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "wait_connected: a pool and timeout_ms >= 0 are required");
+    if (n == 0)
+        n = p->opts.min_pool_size > 1 ? p->opts.min_pool_size : 1;
+    if (p->opts.max_pool_size != 0 && n > p->opts.max_pool_size)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "wait_connected %s: %u connections exceed maxPoolSize %u",
+                          p->address, n, p->opts.max_pool_size);
+    /* Connections are opened into the pool as the background refill opens
+     * them, not leased: a checkout would be a tenant's lease, and the slots
+     * other tenants reserve would stay out of reach (n = maxPoolSize never
+     * came). Failures follow the backoff, and an open circuit is waited
+     * out. */
+    int64_t deadline = deadline_after(cpool__now(p), timeout_ms);
+    uint32_t got = 0;
+    int rc = 0;
+    cpool_error e;
+    memset(&e, 0, sizeof e);
+    cpool__lock(p);
+    cpool__check_fork_relock(p);
+    for (;;) {
+        got = p->available.n + p->in_use.n;
+        if (got >= n)
+            break;
+        if (p->state == CPOOL_STATE_CLOSED || p->draining) {
+            rc = p->draining ? CPOOL_ESHUTDOWN : CPOOL_ECLOSED;
+            cpool__err(&e, rc, "wait_connected %s: the pool is closed", p->address);
+            break;
+        }
+        int64_t now = cpool__now(p);
+        if (now >= deadline) {
+            rc = CPOOL_ETIMEDOUT;
+            break;
+        }
+        if (p->state == CPOOL_STATE_READY && total_locked(p) < n && cpool__can_create_locked(p)) {
+            if ((rc = open_into_pool_relock(p, deadline, &e)) == CPOOL_ENOMEM)
+                break;
+            rc = 0; /* an establishment failure follows the backoff */
+            continue;
+        }
+        /* A backoff step, the maxConnecting limit or a paused pool: look
+         * again at the end of the step, or soon. */
+        int64_t wake = p->fail_streak > 0 && p->retry_at > now ? p->retry_at
+                                                                : now + 10000000;
+        if (wake > deadline)
+            wake = deadline;
+        cpool__unlock(p);
+        nanosleep(&(struct timespec){.tv_sec = (wake - now) / 1000000000,
+                                     .tv_nsec = (wake - now) % 1000000000},
+                  NULL);
+        cpool__lock(p);
+    }
+    cpool__unlock(p);
+    if (got >= n) {
+        if (err != NULL)
+            memset(err, 0, sizeof *err);
+        return 0;
+    }
+    cpool__lock(p);
+    bool have_last = p->fail_streak > 0; /* failing now, not long ago */
+    cpool_error last = p->last_fail;
+    cpool__unlock(p);
+    if (have_last && (rc == CPOOL_ECONNECT || rc == CPOOL_EUNAVAILABLE ||
+                      rc == CPOOL_ETIMEDOUT)) {
+        /* The last establishment error says why, with its labels. */
+        if (err != NULL) {
+            *err = last;
+            size_t len = strlen(err->message);
+            snprintf(err->message + len, sizeof err->message - len,
+                     " (startup: %u of %u connections after %lld ms)", got, n,
+                     (long long)timeout_ms);
+        }
+        return last.code;
+    }
+    if (err != NULL && rc == CPOOL_ETIMEDOUT)
+        cpool__err(err, rc, "wait_connected %s: %u of %u connections after %lld ms",
+                   p->address, got, n, (long long)timeout_ms);
+    else if (err != NULL)
+        *err = e;
+    return rc;
+}
