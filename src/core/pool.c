@@ -1161,6 +1161,354 @@ void cpool__put_back_locked(cpool *p, cpool_conn *c)
     cpool__set_state_locked(p, c, CONN_AVAILABLE);
 }
 
+/* One checkout in progress. Its steps below share it; each says whether it
+ * has a connection (STEP_OK), found none (STEP_NONE), must look again
+ * (STEP_AGAIN: it closed one, or the pool changed while it waited) or
+ * failed (STEP_FAIL: rc and cause say why). */
+typedef struct checkout {
+    cpool *p;
+    checkout_clock t;
+    tenant *tn;                   /* with tenants: whose checkout this is */
+    waiter w;                     /* its place in the queue, once it waits */
+    bool w_ready;                 /* w.sem is initialised */
+    cpool_conn *c;                /* the connection it is about to lease */
+    bool establish;               /* c is new: establish it */
+    bool handed;                  /* c came from a check-in: no liveness check */
+    bool fresh;                   /* c was established by this checkout */
+    int rc;                       /* STEP_FAIL: the code */
+    cpool_error ce;               /* a failure's details */
+    const cpool_error *cause;     /* STEP_FAIL: what the error carries */
+    cpool_error capacity_refused; /* the server's last "too many clients" */
+} checkout;
+
+enum { STEP_OK = 0, STEP_NONE, STEP_AGAIN, STEP_FAIL };
+
+static int step_fail(checkout *co, int rc)
+{
+    co->rc = rc;
+    return STEP_FAIL;
+}
+
+/* Takes mu and settles the checkout's tenant, then announces it. 0 with mu
+ * held, or an error with mu released. */
+static int checkout_start(checkout *co, const char *tenant_name, cpool_error *err)
+{
+    cpool *p = co->p;
+    cpool__lock(p);
+    cpool__check_fork_relock(p);
+    if (p->tenants) {
+        /* Checkouts without a tenant share the unnamed one (first in the
+         * list), so that every lease is counted against the limits. */
+        co->tn = tenant_name != NULL ? cpool__find_tenant_locked(p, tenant_name)
+                                     : p->tenant_list;
+        if (co->tn == NULL) {
+            cpool__unlock(p);
+            return cpool__err(err, CPOOL_EINVAL, "checkout from %s: unknown tenant \"%.64s\" "
+                              "(declare it with cpool_tenant_set)", p->address, tenant_name);
+        }
+    } else if (tenant_name != NULL) {
+        cpool__unlock(p);
+        return cpool__err(err, CPOOL_EINVAL, "checkout from %s: tenant \"%.64s\" given, but "
+                          "the pool has no tenants (cpool_tenant_set)", p->address, tenant_name);
+    }
+    if (p->observed) {
+        cpool_event ev;
+        cpool__event_init(p, &ev, CPOOL_EV_CHECKOUT_STARTED);
+        cpool__emit_relock(p, &ev);
+    }
+    return 0;
+}
+
+/* A pool that is not ready serves nobody. */
+static int ready_step_locked(checkout *co)
+{
+    const cpool *p = co->p;
+    CPOOL_ASSERT_HELD(p);
+    if (p->state == CPOOL_STATE_READY)
+        return STEP_OK;
+    return step_fail(co, p->state == CPOOL_STATE_CLOSED ? CPOOL_ECLOSED
+                         : p->draining                  ? CPOOL_ESHUTDOWN
+                                                        : CPOOL_ECLEARED);
+}
+
+/* Without waiting: an available connection (or a parked one), else a new
+ * one to establish when the limits allow. Strict FIFO: only when nobody is
+ * ahead (with tenants: nobody who may take one, and its own tenant may). */
+static int take_available_relock(checkout *co)
+{
+    cpool *p = co->p;
+    tenant *tn = co->tn;
+    CPOOL_ASSERT_HELD(p);
+    if (cpool__next_waiter_locked(p) != NULL ||
+        (tn != NULL && !cpool__tenant_allows_locked(p, tn)))
+        return STEP_NONE;
+    cpool_conn *c = tn != NULL ? cpool__affine_available_locked(p, tn) : p->available.head;
+    int reason = -1;
+    if (c != NULL) {
+        reason = cpool__perished_locked(p, c, perish_now(p));
+        if (reason < 0) {
+            cpool__set_state_locked(p, c, CONN_IN_USE);
+            atomic_store_explicit(&c->leased, LEASE_HELD, memory_order_relaxed);
+            assign_locked(p, c, tn);
+        }
+    } else {
+        c = cpool__steal_parked_locked(p, false, &reason);
+    }
+    if (c != NULL && reason >= 0) {
+        cpool__close_conn_relock(p, c, reason, NULL);
+        return STEP_AGAIN;
+    }
+    if (c == NULL && cpool__can_create_locked(p)) {
+        if ((c = cpool__conn_new_locked(p)) == NULL)
+            return step_fail(co, CPOOL_ENOMEM);
+        assign_locked(p, c, tn);
+        cpool__emit_created_relock(p, c);
+        co->establish = true;
+    }
+    co->c = c;
+    return c != NULL ? STEP_OK : STEP_NONE;
+}
+
+/* Only a new connection could serve this checkout and the backend keeps
+ * refusing them: say so now rather than at the deadline, whoever is queued
+ * already. */
+static int fail_fast_step_locked(checkout *co)
+{
+    const cpool *p = co->p;
+    CPOOL_ASSERT_HELD(p);
+    if (breaker_open(p) && !cpool__can_create_locked(p) && p->available.head == NULL &&
+        (p->opts.max_pool_size == 0 || total_locked(p) < p->opts.max_pool_size))
+        return step_fail(co, CPOOL_EUNAVAILABLE);
+    return STEP_NONE;
+}
+
+/* Joins the wait queue, then takes the waiter's half of the parking
+ * handshake (see the fast path): a connection parked meanwhile is taken at
+ * once (STEP_OK, or STEP_AGAIN when it had perished). STEP_NONE: queued. */
+static int queue_relock(checkout *co)
+{
+    cpool *p = co->p;
+    waiter *w = &co->w;
+    CPOOL_ASSERT_HELD(p);
+    if (!co->w_ready) {
+        if (sem_init(&w->sem, 0, 0) != 0)
+            return step_fail(co, CPOOL_ESYS);
+        co->w_ready = true;
+    }
+    w->conn = NULL;
+    w->fail = 0;
+    w->establish = false;
+    w->queued = true;
+    w->tenant = co->tn;
+    if (co->tn != NULL)
+        co->tn->waiting++;
+    atomic_store_explicit(&w->done, 0, memory_order_relaxed);
+    w->next = NULL;
+    w->prev = p->wq_tail;
+    if (p->wq_tail != NULL)
+        p->wq_tail->next = w;
+    else
+        p->wq_head = w;
+    p->wq_tail = w;
+    atomic_fetch_add(&p->nwaiting, 1);
+    int reason = -1;
+    cpool_conn *parked = cpool__steal_parked_locked(p, false, &reason);
+    if (parked == NULL)
+        return STEP_NONE;
+    wq_remove_locked(p, w);
+    if (reason >= 0) {
+        cpool__close_conn_relock(p, parked, reason, NULL);
+        return STEP_AGAIN;
+    }
+    co->c = parked;
+    co->handed = true; /* just checked in: as good as handed over */
+    return STEP_OK;
+}
+
+/* Waits, without mu, until the queued checkout is served or its deadline
+ * passes. Called with mu; returns without it. When a backoff step ends
+ * first, the queue may create again: it asks for capacity itself (the
+ * maintenance thread does the same; this covers pools without one). */
+static bool wait_unlock(checkout *co)
+{
+    cpool *p = co->p;
+    waiter *w = &co->w;
+    clock_start(&co->t);
+    int64_t wake = backoff_wake_locked(p, co->t.wait_deadline);
+    cpool__unlock(p);
+    bool served = wait_served(p, w, wake) && waiter_done(w);
+    while (!served && wake < co->t.wait_deadline) {
+        cpool__lock(p);
+        if (w->queued)
+            cpool__grant_capacity_relock(p);
+        wake = backoff_wake_locked(p, co->t.wait_deadline);
+        cpool__unlock(p);
+        served = wait_served(p, w, wake) && waiter_done(w);
+    }
+    return served;
+}
+
+/* The wait ended (mu taken again): what it was served with, or why not. */
+static int after_wait_locked(checkout *co, bool served)
+{
+    cpool *p = co->p;
+    waiter *w = &co->w;
+    tenant *tn = co->tn;
+    CPOOL_ASSERT_HELD(p);
+    if (!served && w->queued) { /* timed out */
+        wq_remove_locked(p, w);
+        if (co->capacity_refused.code != 0)
+            co->cause = &co->capacity_refused; /* why it had to wait */
+        if (tn == NULL || tn->max == 0 || tn->in_use < tn->max)
+            return step_fail(co, CPOOL_ETIMEDOUT);
+        /* Its own tenant's cap kept it waiting. */
+        tn->limit_timeouts++;
+        cpool__err(&co->ce, CPOOL_ETENANT,
+                   "Timed out while checking out a connection from connection pool %s: "
+                   "tenant \"%s\" holds %u of its %u connections (pool: in use %u, "
+                   "available %u, waiting %u, maxPoolSize %u)",
+                   p->address, tn->name, tn->in_use, tn->max, p->in_use.n, p->available.n,
+                   atomic_load(&p->nwaiting), p->opts.max_pool_size);
+        co->cause = &co->ce;
+        return step_fail(co, CPOOL_ETENANT);
+    }
+    if (!served) {
+        /* Served while the deadline passed: the post was made under mu, so
+         * it is there to take. */
+        while (sem_trywait(&w->sem) != 0)
+            ;
+    }
+    if (w->fail != 0)
+        return step_fail(co, w->fail);
+    co->c = w->conn;
+    co->establish = w->establish;
+    co->handed = !w->establish;
+    return STEP_OK;
+}
+
+/* Establishes the new connection within the checkout's deadline. */
+static int establish_step_relock(checkout *co)
+{
+    cpool *p = co->p;
+    CPOOL_ASSERT_HELD(p);
+    int64_t deadline = conn_deadline(&co->t);
+    int rc = cpool__establish_relock(p, co->c, deadline, true, co->t.caller_bound, &co->ce);
+    if (rc == ESTABLISH_RETRY)
+        return STEP_AGAIN;
+    if (rc == 0) {
+        co->fresh = true;
+        return STEP_OK;
+    }
+    cpool_fail_kind kind = co->ce.kind;
+    if (kind == CPOOL_FAIL_INTERRUPTED) {
+        /* An attempt the pool abandoned fails as the pool's state says
+         * (cleared: retryable; closed). */
+        rc = p->draining                      ? CPOOL_ESHUTDOWN
+             : p->state == CPOOL_STATE_CLOSED ? CPOOL_ECLOSED
+                                              : CPOOL_ECLEARED;
+    } else if (kind == CPOOL_FAIL_CAPACITY &&
+               (co->t.wait_deadline == NO_DEADLINE || cpool__now(p) < co->t.wait_deadline)) {
+        /* The server is full: wait for a lease or a free slot within the
+         * deadline, as for a full pool. */
+        co->capacity_refused = co->ce;
+        return STEP_AGAIN;
+    } else if (kind == CPOOL_FAIL_CAPACITY ||
+               (co->t.caller_bound && kind == CPOOL_FAIL_TIMEOUT && cpool__now(p) >= deadline)) {
+        rc = CPOOL_ETIMEDOUT; /* the caller's own deadline ran out */
+        if (co->capacity_refused.code != 0)
+            co->ce = co->capacity_refused; /* ... waiting for a free slot */
+    }
+    /* Others carry the connector's error and labels. */
+    co->cause = &co->ce;
+    return step_fail(co, rc);
+}
+
+/* The validation policy, outside the lock, within the same deadline as the
+ * rest of the checkout. Without time left for a ping the connection goes
+ * back, unblamed, and the caller gets its timeout. */
+static int validate_step_relock(checkout *co)
+{
+    cpool *p = co->p;
+    CPOOL_ASSERT_HELD(p);
+    int64_t deadline = conn_deadline(&co->t);
+    bool ping = wants_ping(p, co->c);
+    if (no_time_to_ping(p, ping, deadline)) {
+        cpool__put_back_locked(p, co->c);
+        return step_fail(co, CPOOL_ETIMEDOUT);
+    }
+    cpool__unlock(p);
+    int bad = validate_conn(p, co->c, ping, deadline, &co->ce);
+    cpool__lock(p);
+    if (bad != 0) {
+        cpool__close_conn_relock(p, co->c, CPOOL_CLOSE_ERROR, &co->ce);
+        return STEP_AGAIN;
+    }
+    return STEP_OK;
+}
+
+/* Makes the connection ready to lease: establish a new one; else validate
+ * it (unless a check-in just handed it over) and, with tenants, reset its
+ * session when another tenant used it last. */
+static int prepare_step_relock(checkout *co)
+{
+    cpool *p = co->p;
+    CPOOL_ASSERT_HELD(p);
+    if (co->establish)
+        return establish_step_relock(co);
+    if (!co->handed && p->opts.validation != CPOOL_VALIDATE_NONE) {
+        int step = validate_step_relock(co);
+        if (step != STEP_OK)
+            return step;
+    }
+    if (co->tn == NULL)
+        return STEP_OK;
+    int rc = cpool__tenant_switch_relock(p, co->c, co->tn, conn_deadline(&co->t), &co->ce);
+    if (rc == SWITCH_CLOSED)
+        return STEP_AGAIN;
+    return rc != 0 ? step_fail(co, rc) : STEP_OK;
+}
+
+/* The lease begins: counted, announced, mu released. */
+static int checkout_done_unlock(checkout *co, const char *label, cpool_conn **out)
+{
+    cpool *p = co->p;
+    cpool_conn *c = co->c;
+    if (co->w_ready)
+        sem_destroy(&co->w.sem);
+    lease_begin(p, c, co->t.start, !co->fresh, label);
+    if (c->tenant != NULL) {
+        c->tenant->checkouts_ok++;
+        c->last_tenant = c->tenant;
+    }
+    if (p->observed) {
+        cpool_event ev;
+        cpool__event_init(p, &ev, CPOOL_EV_CHECKED_OUT);
+        ev.connection_id = c->id;
+        ev.duration_ns = ev.time_ns - co->t.start;
+        cpool__emit_unlock(p, &ev);
+    } else {
+        cpool__unlock(p);
+    }
+    *out = c;
+    return 0;
+}
+
+/* The checkout failed: counted, announced, mu released. */
+static int checkout_fail_unlock(checkout *co, cpool_error *err)
+{
+    if (co->w_ready)
+        sem_destroy(&co->w.sem);
+    int rc = co->rc;
+    int why = rc == CPOOL_ECLOSED || rc == CPOOL_ESHUTDOWN   ? CPOOL_CHECKOUT_POOL_CLOSED
+              : rc == CPOOL_ETIMEDOUT || rc == CPOOL_ETENANT ? CPOOL_CHECKOUT_TIMEOUT
+                                                             : CPOOL_CHECKOUT_CONN_ERROR;
+    return fail_checkout(co->p, rc, why, &co->t, co->cause, err);
+}
+
+/* A checkout, step by step: this thread's parked connection without the
+ * lock; else under the lock an available one or a new one; else a place in
+ * the queue until a check-in or new capacity serves it; then establish or
+ * validate it (and reset it between tenants) outside the lock. */
 static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
                          const char *tenant_name, cpool_conn **out, cpool_error *err)
 {
@@ -1179,281 +1527,49 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
             return 0;
         }
     }
-
     /* The clock is read only when something needs it: an event, a deadline.
      * The uncontended path (an available connection, no subscriber) does
      * without. One deadline for the whole checkout: when the lock-free path
      * already spent time on a ping, its start is the checkout's. */
-    checkout_clock t = {.p = p, .timeout_ms = timeout_ms, .start = -1};
+    checkout co = {.p = p, .t = {.p = p, .timeout_ms = timeout_ms, .start = -1}};
+    co.capacity_refused.code = 0;
     if (fast_start >= 0)
-        clock_start_at(&t, fast_start);
+        clock_start_at(&co.t, fast_start);
     else if (p->observed)
-        clock_start(&t);
-
-    cpool__lock(p);
-    cpool__check_fork_relock(p);
-    tenant *tn = NULL;
-    if (p->tenants) {
-        /* Checkouts without a tenant share the unnamed one (first in the
-         * list), so that every lease is counted against the limits. */
-        tn = tenant_name != NULL ? cpool__find_tenant_locked(p, tenant_name) : p->tenant_list;
-        if (tn == NULL) {
-            cpool__unlock(p);
-            return cpool__err(err, CPOOL_EINVAL, "checkout from %s: unknown tenant \"%.64s\" "
-                              "(declare it with cpool_tenant_set)", p->address, tenant_name);
-        }
-    } else if (tenant_name != NULL) {
-        cpool__unlock(p);
-        return cpool__err(err, CPOOL_EINVAL, "checkout from %s: tenant \"%.64s\" given, but "
-                          "the pool has no tenants (cpool_tenant_set)", p->address, tenant_name);
-    }
-    if (p->observed) {
-        cpool_event ev;
-        cpool__event_init(p, &ev, CPOOL_EV_CHECKOUT_STARTED);
-        cpool__emit_relock(p, &ev);
-    }
-
-    waiter w;
-    bool w_ready = false;
-    cpool_conn *c;
-    /* Failure exits set these and leave through `fail`. */
-    int rc = 0, why = CPOOL_CHECKOUT_CONN_ERROR;
-    cpool_error ce;
-    const cpool_error *cause = NULL;
-    cpool_error capacity_refused; /* the server's last "too many clients" */
-    capacity_refused.code = 0;
-    bool fresh = false;
+        clock_start(&co.t);
+    int rc = checkout_start(&co, tenant_name, err);
+    if (rc != 0)
+        return rc;
     for (;;) {
-        c = NULL;
-        if (p->state != CPOOL_STATE_READY) {
-            rc = p->state == CPOOL_STATE_CLOSED ? CPOOL_ECLOSED
-                 : p->draining                  ? CPOOL_ESHUTDOWN
-                                                : CPOOL_ECLEARED;
-            goto fail;
-        }
-
-        bool establish = false, handed = false;
-        /* Strict FIFO: nobody is ahead of us (with tenants: nobody who may
-         * take one, and our own tenant may). */
-        if (cpool__next_waiter_locked(p) == NULL && (tn == NULL || cpool__tenant_allows_locked(p, tn))) {
-            c = tn != NULL ? cpool__affine_available_locked(p, tn) : p->available.head;
-            int reason = -1;
-            if (c != NULL) {
-                int64_t now = perish_now(p);
-                reason = cpool__perished_locked(p, c, now);
-                if (reason < 0) {
-                    cpool__set_state_locked(p, c, CONN_IN_USE);
-                    atomic_store_explicit(&c->leased, LEASE_HELD, memory_order_relaxed);
-                    assign_locked(p, c, tn);
-                }
-            } else {
-                c = cpool__steal_parked_locked(p, false, &reason);
-            }
-            if (c != NULL && reason >= 0) {
-                cpool__close_conn_relock(p, c, reason, NULL);
-                continue;
-            }
-            if (c == NULL && cpool__can_create_locked(p)) {
-                c = cpool__conn_new_locked(p);
-                if (c == NULL) {
-                    rc = CPOOL_ENOMEM;
-                    goto fail;
-                }
-                assign_locked(p, c, tn);
-                cpool__emit_created_relock(p, c);
-                establish = true;
-            }
-        }
-        if (c == NULL && breaker_open(p) && !cpool__can_create_locked(p) &&
-            p->available.head == NULL &&
-            (p->opts.max_pool_size == 0 || total_locked(p) < p->opts.max_pool_size)) {
-            /* Only a new connection could serve this checkout and the
-             * backend keeps refusing them: say so now rather than at the
-             * deadline, whoever is queued already. */
-            rc = CPOOL_EUNAVAILABLE;
-            goto fail;
-        }
-        if (c == NULL) {
-            if (!w_ready) {
-                if (sem_init(&w.sem, 0, 0) != 0) {
-                    rc = CPOOL_ESYS;
-                    goto fail;
-                }
-                w_ready = true;
-            }
-            w.conn = NULL;
-            w.fail = 0;
-            w.establish = false;
-            w.queued = true;
-            w.tenant = tn;
-            if (tn != NULL)
-                tn->waiting++;
-            atomic_store_explicit(&w.done, 0, memory_order_relaxed);
-            w.next = NULL;
-            w.prev = p->wq_tail;
-            if (p->wq_tail != NULL)
-                p->wq_tail->next = &w;
-            else
-                p->wq_head = &w;
-            p->wq_tail = &w;
-            atomic_fetch_add(&p->nwaiting, 1);
-            /* The waiter's half of the parking handshake (see above). */
-            int reason = -1;
-            cpool_conn *parked = cpool__steal_parked_locked(p, false, &reason);
-            if (parked != NULL) {
-                wq_remove_locked(p, &w);
-                if (reason >= 0) {
-                    cpool__close_conn_relock(p, parked, reason, NULL);
-                    continue;
-                }
-                c = parked;
-                break;
-            }
-            clock_start(&t);
-            int64_t wake = backoff_wake_locked(p, t.wait_deadline);
-            cpool__unlock(p);
-            bool served = wait_served(p, &w, wake) && waiter_done(&w);
-            while (!served && wake < t.wait_deadline) {
-                /* The backoff step ended: the queue may create again (the
-                 * maintenance thread does the same; this covers pools
-                 * without one). */
-                cpool__lock(p);
-                if (w.queued)
-                    cpool__grant_capacity_relock(p);
-                wake = backoff_wake_locked(p, t.wait_deadline);
-                cpool__unlock(p);
-                served = wait_served(p, &w, wake) && waiter_done(&w);
-            }
-            if (served && !w.establish && w.fail == 0 && !p->observed && tn == NULL) {
-                /* Handed a connection that was just checked in (and reset):
-                 * return without touching the pool lock at all. */
-                sem_destroy(&w.sem);
-                lease_begin(p, w.conn, t.start, true, NULL);
-                *out = w.conn;
+        co.c = NULL;
+        co.establish = co.handed = false;
+        int step = ready_step_locked(&co);
+        if (step == STEP_OK)
+            step = take_available_relock(&co);
+        if (step == STEP_NONE)
+            step = fail_fast_step_locked(&co);
+        if (step == STEP_NONE && (step = queue_relock(&co)) == STEP_NONE) {
+            bool served = wait_unlock(&co);
+            const waiter *w = &co.w;
+            if (served && !w->establish && w->fail == 0 && !p->observed && co.tn == NULL) {
+                /* Handed a connection that was just checked in (and
+                 * reset): return without touching the pool lock at all. */
+                sem_destroy(&co.w.sem);
+                lease_begin(p, w->conn, co.t.start, true, NULL);
+                *out = w->conn;
                 return 0;
             }
             cpool__lock(p);
-            if (!served) {
-                if (w.queued) { /* timed out */
-                    wq_remove_locked(p, &w);
-                    rc = CPOOL_ETIMEDOUT;
-                    if (capacity_refused.code != 0)
-                        cause = &capacity_refused; /* why it had to wait */
-                    if (tn != NULL && tn->max > 0 && tn->in_use >= tn->max) {
-                        /* Its own tenant's cap kept it waiting. */
-                        tn->limit_timeouts++;
-                        rc = CPOOL_ETENANT;
-                        cpool__err(&ce, rc,
-                                   "Timed out while checking out a connection from "
-                                   "connection pool %s: tenant \"%s\" holds %u of its "
-                                   "%u connections (pool: in use %u, available %u, "
-                                   "waiting %u, maxPoolSize %u)",
-                                   p->address, tn->name, tn->in_use, tn->max, p->in_use.n,
-                                   p->available.n, atomic_load(&p->nwaiting),
-                                   p->opts.max_pool_size);
-                        cause = &ce;
-                    }
-                    goto fail;
-                }
-                /* Served while the deadline passed: the post was made under
-                 * mu, so it is there to take. */
-                while (sem_trywait(&w.sem) != 0)
-                    ;
-            }
-            if (w.fail != 0) {
-                rc = w.fail;
-                goto fail;
-            }
-            c = w.conn;
-            establish = w.establish;
-            handed = !establish; /* at check-in: no liveness check needed */
+            step = after_wait_locked(&co, served);
         }
-        if (establish) {
-            int64_t deadline = conn_deadline(&t);
-            rc = cpool__establish_relock(p, c, deadline, true, t.caller_bound, &ce);
-            if (rc == ESTABLISH_RETRY)
-                continue;
-            fresh = rc == 0;
-            if (rc != 0) {
-                /* An attempt the pool abandoned fails as the pool's state
-                 * says (cleared: retryable; closed); others carry the
-                 * connector's error and labels. */
-                if (ce.kind == CPOOL_FAIL_INTERRUPTED) /* by whom? */
-                    rc = p->draining                    ? CPOOL_ESHUTDOWN
-                         : p->state == CPOOL_STATE_CLOSED ? CPOOL_ECLOSED
-                                                          : CPOOL_ECLEARED;
-                else if (ce.kind == CPOOL_FAIL_CAPACITY &&
-                         (t.wait_deadline == NO_DEADLINE || cpool__now(p) < t.wait_deadline)) {
-                    /* The server is full: wait for a lease or a free slot
-                     * within the deadline, as for a full pool. */
-                    capacity_refused = ce;
-                    continue;
-                } else if (ce.kind == CPOOL_FAIL_CAPACITY ||
-                           (t.caller_bound && ce.kind == CPOOL_FAIL_TIMEOUT &&
-                            cpool__now(p) >= deadline)) {
-                    rc = CPOOL_ETIMEDOUT; /* the caller's own deadline ran out */
-                    if (capacity_refused.code != 0)
-                        ce = capacity_refused; /* ... waiting for a free slot */
-                }
-                cause = &ce;
-                goto fail;
-            }
-        } else if (!handed && p->opts.validation != CPOOL_VALIDATE_NONE) {
-            /* The validation policy, outside the lock, within the same
-             * deadline as the rest of the checkout. Without time left for a
-             * ping the connection goes back, unblamed, and the caller gets
-             * its timeout. */
-            int64_t deadline = conn_deadline(&t);
-            bool ping = wants_ping(p, c);
-            if (no_time_to_ping(p, ping, deadline)) {
-                cpool__put_back_locked(p, c);
-                rc = CPOOL_ETIMEDOUT;
-                goto fail;
-            }
-            cpool__unlock(p);
-            int bad = validate_conn(p, c, ping, deadline, &ce);
-            cpool__lock(p);
-            if (bad != 0) {
-                cpool__close_conn_relock(p, c, CPOOL_CLOSE_ERROR, &ce);
-                continue;
-            }
-        }
-        if (!establish && tn != NULL) {
-            rc = cpool__tenant_switch_relock(p, c, tn, conn_deadline(&t), &ce);
-            if (rc == SWITCH_CLOSED)
-                continue;
-            if (rc != 0)
-                goto fail;
-        }
-        break;
+        if (step == STEP_OK)
+            step = prepare_step_relock(&co);
+        if (step == STEP_OK)
+            return checkout_done_unlock(&co, label, out);
+        if (step == STEP_FAIL)
+            return checkout_fail_unlock(&co, err);
+        /* STEP_AGAIN: the pool changed; look again. */
     }
-    if (w_ready)
-        sem_destroy(&w.sem);
-    lease_begin(p, c, t.start, !fresh, label);
-    if (c->tenant != NULL) {
-        c->tenant->checkouts_ok++;
-        c->last_tenant = c->tenant;
-    }
-    if (p->observed) {
-        cpool_event ev;
-        cpool__event_init(p, &ev, CPOOL_EV_CHECKED_OUT);
-        ev.connection_id = c->id;
-        ev.duration_ns = ev.time_ns - t.start;
-        cpool__emit_unlock(p, &ev);
-    } else {
-        cpool__unlock(p);
-    }
-    *out = c;
-    return 0;
-
-fail:
-    if (w_ready)
-        sem_destroy(&w.sem);
-    if (rc == CPOOL_ECLOSED || rc == CPOOL_ESHUTDOWN)
-        why = CPOOL_CHECKOUT_POOL_CLOSED;
-    else if (rc == CPOOL_ETIMEDOUT || rc == CPOOL_ETENANT)
-        why = CPOOL_CHECKOUT_TIMEOUT;
-    return fail_checkout(p, rc, why, &t, cause, err);
 }
 
 /* ------------------------------------------------------------------ checkin */
