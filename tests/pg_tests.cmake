@@ -134,7 +134,7 @@ if(cpool_pg_lib_type STREQUAL "STATIC_LIBRARY" AND CMAKE_SYSTEM_NAME STREQUAL "L
       connect_allocations
       savepoint_allocations)
   target_link_options(test_pg_oom PRIVATE
-    -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=strdup)
+    -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=aligned_alloc,--wrap=strdup)
 else()
   message(STATUS "cpool: pg_oom suite left out (needs a static libcpool on Linux)")
 endif()

@@ -217,7 +217,7 @@ cpool_unit_suite(stress LABEL stress TIMEOUT 180 CASES
   close_under_load_unobserved)
 
 # Allocation-failure injection: the executable wraps malloc, calloc, realloc,
-# strdup and strndup with the GNU linker's --wrap, which reaches the calls in
+# aligned_alloc, strdup and strndup with the GNU linker's --wrap, which reaches the calls in
 # the objects it links -- including libcpool.a's. It needs the static
 # library (a shared libcpool resolves its own calls at run time, past the
 # wrappers), so a BUILD_SHARED_LIBS build leaves the suite out.
@@ -230,7 +230,8 @@ if(cpool_lib_type STREQUAL "STATIC_LIBRARY" AND CMAKE_SYSTEM_NAME STREQUAL "Linu
     lb_service_entry_oom
     sweep)
   target_link_options(test_oom PRIVATE
-    -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=strdup,--wrap=strndup)
+    -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=aligned_alloc
+    -Wl,--wrap=strdup,--wrap=strndup)
 else()
   message(STATUS "cpool: oom suite left out (needs a static libcpool on Linux)")
 endif()

@@ -129,4 +129,21 @@ static inline struct timespec abs_real(int64_t left_ns)
 }
 
 
+bool cpool__is_stale_locked(const cpool *p, const cpool_conn *c);
+int64_t cpool__perish_now(const cpool *p);
+double cpool__random_unit_locked(cpool *p);
+void cpool__serve_waiter(waiter *w);
+int cpool__svc_attach_locked(cpool *p, cpool_conn *c, const char *id);
+void cpool__wq_remove_locked(cpool *p, waiter *w);
+int64_t cpool__backoff_wake_locked(const cpool *p, int64_t deadline);
+bool cpool__breaker_open(const cpool *p);
+void cpool__unavailable_error_locked(const cpool *p, cpool_error *e);
+void cpool__assign_locked(cpool *p, cpool_conn *c, tenant *t);
+
+/* Leases of a connection so far (its statistics cell counts them). */
+static inline uint64_t cpool__conn_uses(const cpool_conn *c)
+{
+    return atomic_load_explicit(&c->cell.checkouts_ok, memory_order_relaxed);
+}
+
 #endif /* CPOOL_CORE_H */

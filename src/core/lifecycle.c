@@ -394,7 +394,9 @@ int cpool_create(const cpool_options *opts, cpool **out, cpool_error *err)
     }
 
     pthread_once(&cpool__atfork_once, cpool__register_atfork);
-    cpool *p = calloc(1, sizeof *p);
+    cpool *p = aligned_alloc(CPOOL_CACHE_LINE, sizeof *p);
+    if (p != NULL)
+        memset(p, 0, sizeof *p);
     if (p == NULL) {
         free(target);
         return cpool__err(err, CPOOL_ENOMEM, "create: out of memory");

@@ -47,7 +47,7 @@ typedef enum conn_state {
 
 /* The lease flag of a connection. PARKED: checked in on the fast path and
  * kept in the returning thread's slot (see "thread-affine fast path" in
- * pool.c); the connection stays on the in-use list but is available to
+ * lease.h); the connection stays on the in-use list but is available to
  * anyone who wins a compare-exchange PARKED -> HELD. */
 enum {
     LEASE_NONE = 0,   /* the pool owns it */
@@ -89,10 +89,14 @@ typedef struct conn_cell {
     hist_cell wait, hold;
 } conn_cell;
 
+#define CPOOL_CACHE_LINE 64
+
 struct cpool_conn {
     /* Fields the lock-free path touches come first, so that a checkout and
-     * check-in stay within the first cache lines. */
-    uint32_t magic;           /* CONN_MAGIC; immutable */
+     * check-in stay within the first cache lines. Each connection starts a
+     * cache line of its own (and the size rounds up to whole lines), so two
+     * threads leasing neighbouring connections never write one line. */
+    _Alignas(CPOOL_CACHE_LINE) uint32_t magic; /* CONN_MAGIC; immutable */
     atomic_uint leased;       /* LEASE_HELD while a caller holds the lease. Set under
                                  mu at checkout; checkin clears it with a
                                  compare-exchange before taking mu, so a
@@ -162,7 +166,10 @@ typedef struct waiter {
 } waiter;
 
 struct cpool {
-    cpool *reg_prev, *reg_next; /* registry of live pools; g_registry_mu */
+    /* Cache-line aligned (and sized), so that no other object shares a line
+     * with the fields the lock-free path reads. */
+    _Alignas(CPOOL_CACHE_LINE) cpool *reg_prev;
+    cpool *reg_next; /* registry of live pools; g_registry_mu */
     pthread_mutex_t mu;
     _Atomic uintptr_t mu_owner; /* CPOOL_LOCK_CHECKS: the thread holding mu */
     pthread_mutex_t ev_mu; /* see the top of this file */
@@ -263,7 +270,7 @@ static inline void cpool__bump(_Atomic uint64_t *x)
                           memory_order_relaxed);
 }
 
-/* pool.c: range and consistency checks of resolved options (not the
+/* lifecycle.c: range and consistency checks of resolved options (not the
  * connector). */
 int cpool__options_check(const cpool_options *o, cpool_error *err);
 

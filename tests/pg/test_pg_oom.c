@@ -3,7 +3,8 @@
  * nothing (the ASan build checks the leaks).
  *
  * The executable is linked with -Wl,--wrap=malloc,--wrap=calloc,
- * --wrap=realloc,--wrap=strdup (pg_tests.cmake), which reaches the calls in
+ * --wrap=realloc,--wrap=aligned_alloc,--wrap=strdup (pg_tests.cmake), which
+ * reaches the calls in
  * the static libcpool.a -- the connector's own allocations. libpq's happen
  * inside libpq.so and are not affected. A countdown fails the Nth
  * allocation after arming; a sweep raises N until a run sees no failure,
@@ -13,10 +14,12 @@
 void *__real_malloc(size_t n);
 void *__real_calloc(size_t n, size_t size);
 void *__real_realloc(void *ptr, size_t n);
+void *__real_aligned_alloc(size_t align, size_t n);
 char *__real_strdup(const char *s);
 void *__wrap_malloc(size_t n);
 void *__wrap_calloc(size_t n, size_t size);
 void *__wrap_realloc(void *ptr, size_t n);
+void *__wrap_aligned_alloc(size_t align, size_t n);
 char *__wrap_strdup(const char *s);
 
 static atomic_bool g_armed;
@@ -36,6 +39,10 @@ static bool should_fail(void)
 void *__wrap_malloc(size_t n) { return should_fail() ? NULL : __real_malloc(n); }
 void *__wrap_calloc(size_t n, size_t s) { return should_fail() ? NULL : __real_calloc(n, s); }
 void *__wrap_realloc(void *p, size_t n) { return should_fail() ? NULL : __real_realloc(p, n); }
+void *__wrap_aligned_alloc(size_t a, size_t n)
+{
+    return should_fail() ? NULL : __real_aligned_alloc(a, n);
+}
 char *__wrap_strdup(const char *s) { return should_fail() ? NULL : __real_strdup(s); }
 
 static void arm(long nth)

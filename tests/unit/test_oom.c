@@ -1,7 +1,8 @@
 /* test_oom.c -- allocation failures, injected SQLite-style.
  *
  * The executable is linked with -Wl,--wrap=malloc,--wrap=calloc,
- * --wrap=realloc,--wrap=strdup,--wrap=strndup (see unit_tests.cmake), so
+ * --wrap=realloc,--wrap=aligned_alloc,--wrap=strdup,--wrap=strndup (see
+ * unit_tests.cmake), so
  * every call to those functions from the objects linked into it -- this file
  * and the static libcpool.a, core and in-memory connector alike -- goes
  * through the __wrap_* functions below. glibc's own internal allocations
@@ -25,11 +26,13 @@
 void *__real_malloc(size_t n);
 void *__real_calloc(size_t n, size_t size);
 void *__real_realloc(void *ptr, size_t n);
+void *__real_aligned_alloc(size_t align, size_t n);
 char *__real_strdup(const char *s);
 char *__real_strndup(const char *s, size_t n);
 void *__wrap_malloc(size_t n);
 void *__wrap_calloc(size_t n, size_t size);
 void *__wrap_realloc(void *ptr, size_t n);
+void *__wrap_aligned_alloc(size_t align, size_t n);
 char *__wrap_strdup(const char *s);
 char *__wrap_strndup(const char *s, size_t n);
 
@@ -72,6 +75,11 @@ void *__wrap_calloc(size_t n, size_t size)
 void *__wrap_realloc(void *ptr, size_t n)
 {
     return oom_should_fail() ? NULL : __real_realloc(ptr, n);
+}
+
+void *__wrap_aligned_alloc(size_t align, size_t n)
+{
+    return oom_should_fail() ? NULL : __real_aligned_alloc(align, n);
 }
 
 char *__wrap_strdup(const char *s)

@@ -1,0 +1,123 @@
+/* checkin.c -- cpool_checkin: the lock-free park for the returning thread,
+ * else reset and hand over or make available under mu; reclaimed and
+ * orphaned leases. */
+#include "lease.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+/* A reclaimed lease came back (or the pool is destroyed): its slot was
+ * already given back, so it is only closed and freed. While the reclaim's
+ * interrupt() still runs, the last unpin does it. */
+void cpool__close_reclaimed_relock(cpool *p, cpool_conn *c)
+{
+    CPOOL_ASSERT_HELD(p);
+    list_remove(&p->orphans, c);
+    c->state = CONN_FREE;
+    c->reclaimed = false;
+    cpool__cell_fold(&p->retired, &c->cell);
+    if (c->pins > 0) {
+        c->close_deferred = true;
+        return;
+    }
+    void *native = c->native;
+    cpool__unlock(p);
+    if (native != NULL)
+        p->cx->close(p->cx_ctx, native);
+    cpool__lock(p);
+    cpool__conn_free_locked(p, c);
+}
+
+/* A lease taken before fork() and returned in the child: the parent owns the
+ * server session, so the handle is dropped without any I/O. */
+static int checkin_orphan(cpool *p, cpool_conn *c)
+{
+    cpool__lock(p);
+    if (c->reclaimed)
+        cpool__close_reclaimed_relock(p, c);
+    else
+        cpool__abandon_locked(p, c);
+    cpool__unlock(p);
+    return 0;
+}
+
+int cpool_checkin(cpool *p, cpool_conn *c, unsigned flags, cpool_error *err)
+{
+    if (p == NULL || c == NULL)
+        return cpool__err(err, CPOOL_EINVAL, "checkin: pool and connection are required");
+    if (c->magic != CONN_MAGIC || c->pool != p)
+        return cpool__err(err, CPOOL_EFOREIGN,
+                          "checkin to %s: the connection belongs to another pool",
+                          p->address);
+    if (p->observed && cpool__in_callback(p))
+        return cpool__callback_err(p, err, "checkin");
+    if ((flags & ~CPOOL_CHECKIN_BROKEN) != 0)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "checkin to %s: unknown flags 0x%x (allowed CPOOL_CHECKIN_BROKEN); "
+                          "the lease is still yours",
+                          p->address, flags & ~CPOOL_CHECKIN_BROKEN);
+
+    if (fork_pending(p)) {
+        cpool__lock(p);
+        cpool__check_fork_relock(p);
+        cpool__unlock(p);
+    }
+    /* The lease flag refuses a second check-in of the same lease without the
+     * lock. The memory stays valid: closed connections go to the free list,
+     * not back to malloc, while the pool lives. */
+    unsigned seen = LEASE_HELD;
+    if (!atomic_compare_exchange_strong_explicit(&c->leased, &seen, LEASE_NONE,
+                                                 memory_order_acq_rel,
+                                                 memory_order_relaxed)) {
+        if (seen == LEASE_ORPHAN &&
+            atomic_compare_exchange_strong_explicit(&c->leased, &seen, LEASE_NONE,
+                                                    memory_order_acq_rel,
+                                                    memory_order_relaxed))
+            return checkin_orphan(p, c);
+        return cpool__err(err, CPOOL_EDOUBLE,
+                          "checkin to %s: connection %llu is not checked out",
+                          p->address, (unsigned long long)c->id);
+    }
+    /* Still ours until it is made available or parked below. */
+    int64_t since = atomic_load_explicit(&c->leased_ns, memory_order_relaxed);
+    if (since != 0) /* 0: an untimed lock-free lease */
+        cpool__hist_add(&c->cell.hold, cpool__now(p) - since);
+
+    bool broken = (flags & CPOOL_CHECKIN_BROKEN) != 0;
+    if (p->observed) {
+        cpool__lock(p);
+        cpool__check_fork_relock(p);
+        broken = broken || c->interrupt_requested;
+        atomic_store_explicit(&c->leased_ns, 0, memory_order_relaxed); /* no longer a lease */
+        cpool__unassign_locked(c);
+        cpool_event ev;
+        cpool__event_init(p, &ev, CPOOL_EV_CHECKED_IN);
+        ev.connection_id = c->id;
+        cpool__emit_unlock(p, &ev);
+    }
+    cpool_error ce;
+    ce.code = 0; /* a failing reset fills the rest; zeroing all of it costs
+                    more than the rest of an unobserved check-in */
+    if (!broken && p->cx->reset != NULL && p->cx->reset(p->cx_ctx, c->native, &ce) != 0)
+        broken = true;
+    if (p->can_park && !broken && try_park(p, c))
+        return 0;
+
+    cpool__lock(p);
+    int reason = cpool__unfit_reason_locked(p, c, broken);
+    if (reason >= 0)
+        cpool__close_conn_relock(p, c, reason, ce.code != 0 ? &ce : NULL);
+    else
+        cpool__make_available_locked(p, c);
+    cpool__unlock(p);
+    return 0;
+}

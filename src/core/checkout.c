@@ -1,0 +1,624 @@
+/* checkout.c -- cpool_checkout*: the thread-affine fast path's slow half,
+ * the checkout's clock and deadlines, and the checkout as its steps (see
+ * checkout_impl). Public entry points take mu themselves. */
+#include "lease.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+_Thread_local cpool__park_slot cpool__tl_park;
+_Thread_local uint64_t cpool__tl_tid;
+atomic_uint_fast64_t cpool__pool_serial;
+
+static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
+                         const char *tenant_name, cpool_conn **out, cpool_error *err);
+
+/* Takes a parked connection (any thread's) under mu; it is HELD by the
+ * caller afterwards. `perished_only` takes only perished ones. */
+cpool_conn *cpool__steal_parked_locked(cpool *p, bool perished_only, int *reason)
+{
+    CPOOL_ASSERT_HELD(p);
+    if (!p->can_park)
+        return NULL;
+    int64_t now = cpool__perish_now(p);
+    for (cpool_conn *c = p->in_use.head; c != NULL; c = c->next) {
+        if (atomic_load(&c->leased) != LEASE_PARKED)
+            continue;
+        int why = cpool__perished_locked(p, c, now);
+        if (perished_only && why < 0)
+            continue;
+        unsigned parked = LEASE_PARKED;
+        if (!atomic_compare_exchange_strong(&c->leased, &parked, LEASE_HELD))
+            continue;
+        if (reason != NULL)
+            *reason = why;
+        return c;
+    }
+    return NULL;
+}
+
+/* The start of a checkout and its deadlines, computed on first use. */
+typedef struct checkout_clock {
+    cpool *p;
+    int64_t timeout_ms;
+    int64_t start;         /* -1 until read */
+    int64_t wait_deadline; /* for the wait queue */
+    int64_t conn_deadline; /* for an establishment */
+    bool caller_bound;     /* conn_deadline() returned the caller's deadline */
+} checkout_clock;
+
+static void clock_start_at(checkout_clock *t, int64_t start)
+{
+    const cpool *p = t->p;
+    t->start = start;
+    if (t->timeout_ms >= 0) {
+        /* One deadline for everything the caller waits for. */
+        t->wait_deadline = t->conn_deadline = deadline_after(t->start, t->timeout_ms);
+    } else {
+        t->wait_deadline = p->opts.wait_queue_timeout_ms > 0
+                               ? deadline_after(t->start, p->opts.wait_queue_timeout_ms)
+                               : NO_DEADLINE;
+        t->conn_deadline = NO_DEADLINE; /* see conn_deadline() */
+    }
+}
+
+static void clock_start(checkout_clock *t)
+{
+    if (t->start < 0)
+        clock_start_at(t, cpool__now(t->p));
+}
+
+/* Each establishment gets connect_timeout_ms from the moment it starts,
+ * however long the wait before it was, and never more than what is left of
+ * the caller's own timeout (CMAP: min(connectTimeoutMS, remaining)). */
+static int64_t conn_deadline(checkout_clock *t)
+{
+    clock_start(t);
+    t->caller_bound = true;
+    if (t->p->opts.connect_timeout_ms == 0)
+        return t->conn_deadline;
+    int64_t own = deadline_after(cpool__now(t->p), t->p->opts.connect_timeout_ms);
+    t->caller_bound = t->conn_deadline <= own;
+    return t->caller_bound ? t->conn_deadline : own;
+}
+
+static int fail_checkout(cpool *p, int rc, int reason, checkout_clock *t,
+                         const cpool_error *cause, cpool_error *err)
+{
+    cpool_error e;
+    if (rc < 0 && -rc < CPOOL_ERROR_SLOTS)
+        p->st_failures[-rc]++;
+    switch (rc) {
+    case CPOOL_ECLOSED:
+        cpool__err(&e, rc, "Attempted to check out a connection from closed "
+                           "connection pool %s", p->address);
+        break;
+    case CPOOL_ECLEARED: cpool__cleared_error(p, &e); break;
+    case CPOOL_EUNAVAILABLE: cpool__unavailable_error_locked(p, &e); break;
+    case CPOOL_ESHUTDOWN:
+        cpool__err(&e, rc, "connection pool %s is shutting down: no new checkouts", p->address);
+        break;
+    case CPOOL_ETIMEDOUT:
+        if (cause != NULL) {
+            /* The deadline passed while connecting: where and why, without
+             * the backpressure labels (nothing is known against the
+             * server). */
+            e = *cause;
+            e.code = rc;
+            e.labels = 0;
+            snprintf(e.message, sizeof e.message,
+                     "Timed out: the checkout's deadline passed while connecting (%.190s)",
+                     cause->message);
+            break;
+        }
+        cpool__err(&e, rc,
+                   "Timed out while checking out a connection from connection pool "
+                   "%s (maxPoolSize: %u, in use: %u, available: %u, pending: %u, "
+                   "waiting: %u)",
+                   p->address, p->opts.max_pool_size, p->in_use.n, p->available.n,
+                   p->pending.n, atomic_load(&p->nwaiting));
+        break;
+    default:
+        if (cause != NULL)
+            e = *cause;
+        else
+            cpool__err(&e, rc, "checkout from %s: %s", p->address, cpool_strerror(rc));
+        break;
+    }
+    if (p->observed) {
+        cpool_event ev;
+        cpool__event_init(p, &ev, CPOOL_EV_CHECKOUT_FAILED);
+        ev.reason = reason;
+        clock_start(t);
+        ev.duration_ns = ev.time_ns - t->start;
+        ev.error = &e;
+        cpool__emit_unlock(p, &ev);
+    } else {
+        cpool__unlock(p);
+    }
+    if (err != NULL)
+        *err = e;
+    return rc;
+}
+
+/* Waits, without mu, until w is served or failed (returns true) or its
+ * deadline passes (false). Sleeps in slices so that a test clock that jumps
+ * is noticed. */
+static bool wait_served(const cpool *p, waiter *w, int64_t deadline)
+{
+    const int64_t slice = p->opts.clock != NULL ? 5000000 : 1000000000;
+    for (;;) {
+        if (deadline == NO_DEADLINE) {
+            if (sem_wait(&w->sem) == 0)
+                return true;
+            continue; /* EINTR */
+        }
+        int64_t left = deadline - cpool__now(p);
+        if (left <= 0)
+            return false;
+        struct timespec ts = abs_real(left < slice ? left : slice);
+        if (sem_clockwait(&w->sem, CLOCK_MONOTONIC, &ts) == 0)
+            return true;
+    }
+}
+
+/* After wait_served() returned true: the fields are ready to read. */
+static bool waiter_done(waiter *w)
+{
+    return atomic_load_explicit(&w->done, memory_order_acquire) == 1;
+}
+
+int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *err)
+{
+    return checkout_impl(p, timeout_ms, NULL, NULL, out, err);
+}
+
+int cpool_checkout_with(cpool *p, const cpool_checkout_opts *o, cpool_conn **out,
+                        cpool_error *err)
+{
+    if (out != NULL)
+        *out = NULL;
+    if (o == NULL || o->struct_size < offsetof(cpool_checkout_opts, label) + sizeof o->label)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "checkout: options required, with struct_size = sizeof them");
+    const char *tenant_name = o->struct_size >= offsetof(cpool_checkout_opts, tenant) +
+                                                    sizeof o->tenant
+                                  ? o->tenant
+                                  : NULL;
+    return checkout_impl(p, o->timeout_ms, o->label, tenant_name, out, err);
+}
+
+int cpool_checkout_at(cpool *p, int64_t timeout_ms, const char *label, cpool_conn **out,
+                      cpool_error *err)
+{
+    return checkout_impl(p, timeout_ms, label, NULL, out, err);
+}
+
+/* A connection taken for a checkout goes back, unblamed and unused. */
+void cpool__put_back_locked(cpool *p, cpool_conn *c)
+{
+    CPOOL_ASSERT_HELD(p);
+    cpool__unassign_locked(c);
+    atomic_store_explicit(&c->leased, LEASE_NONE, memory_order_relaxed);
+    cpool__set_state_locked(p, c, CONN_AVAILABLE);
+}
+
+/* One checkout in progress. Its steps below share it; each says whether it
+ * has a connection (STEP_OK), found none (STEP_NONE), must look again
+ * (STEP_AGAIN: it closed one, or the pool changed while it waited) or
+ * failed (STEP_FAIL: rc and cause say why). */
+typedef struct checkout {
+    cpool *p;
+    checkout_clock t;
+    tenant *tn;                   /* with tenants: whose checkout this is */
+    waiter w;                     /* its place in the queue, once it waits */
+    bool w_ready;                 /* w.sem is initialised */
+    cpool_conn *c;                /* the connection it is about to lease */
+    bool establish;               /* c is new: establish it */
+    bool handed;                  /* c came from a check-in: no liveness check */
+    bool fresh;                   /* c was established by this checkout */
+    int rc;                       /* STEP_FAIL: the code */
+    cpool_error ce;               /* a failure's details */
+    const cpool_error *cause;     /* STEP_FAIL: what the error carries */
+    cpool_error capacity_refused; /* the server's last "too many clients" */
+} checkout;
+
+enum { STEP_OK = 0, STEP_NONE, STEP_AGAIN, STEP_FAIL };
+
+static int step_fail(checkout *co, int rc)
+{
+    co->rc = rc;
+    return STEP_FAIL;
+}
+
+/* Takes mu and settles the checkout's tenant, then announces it. 0 with mu
+ * held, or an error with mu released. */
+static int checkout_start(checkout *co, const char *tenant_name, cpool_error *err)
+{
+    cpool *p = co->p;
+    cpool__lock(p);
+    cpool__check_fork_relock(p);
+    if (p->tenants) {
+        /* Checkouts without a tenant share the unnamed one (first in the
+         * list), so that every lease is counted against the limits. */
+        co->tn = tenant_name != NULL ? cpool__find_tenant_locked(p, tenant_name)
+                                     : p->tenant_list;
+        if (co->tn == NULL) {
+            cpool__unlock(p);
+            return cpool__err(err, CPOOL_EINVAL, "checkout from %s: unknown tenant \"%.64s\" "
+                              "(declare it with cpool_tenant_set)", p->address, tenant_name);
+        }
+    } else if (tenant_name != NULL) {
+        cpool__unlock(p);
+        return cpool__err(err, CPOOL_EINVAL, "checkout from %s: tenant \"%.64s\" given, but "
+                          "the pool has no tenants (cpool_tenant_set)", p->address, tenant_name);
+    }
+    if (p->observed) {
+        cpool_event ev;
+        cpool__event_init(p, &ev, CPOOL_EV_CHECKOUT_STARTED);
+        cpool__emit_relock(p, &ev);
+    }
+    return 0;
+}
+
+/* A pool that is not ready serves nobody. */
+static int ready_step_locked(checkout *co)
+{
+    const cpool *p = co->p;
+    CPOOL_ASSERT_HELD(p);
+    if (p->state == CPOOL_STATE_READY)
+        return STEP_OK;
+    return step_fail(co, p->state == CPOOL_STATE_CLOSED ? CPOOL_ECLOSED
+                         : p->draining                  ? CPOOL_ESHUTDOWN
+                                                        : CPOOL_ECLEARED);
+}
+
+/* Without waiting: an available connection (or a parked one), else a new
+ * one to establish when the limits allow. Strict FIFO: only when nobody is
+ * ahead (with tenants: nobody who may take one, and its own tenant may). */
+static int take_available_relock(checkout *co)
+{
+    cpool *p = co->p;
+    tenant *tn = co->tn;
+    CPOOL_ASSERT_HELD(p);
+    if (cpool__next_waiter_locked(p) != NULL ||
+        (tn != NULL && !cpool__tenant_allows_locked(p, tn)))
+        return STEP_NONE;
+    cpool_conn *c = tn != NULL ? cpool__affine_available_locked(p, tn) : p->available.head;
+    int reason = -1;
+    if (c != NULL) {
+        reason = cpool__perished_locked(p, c, cpool__perish_now(p));
+        if (reason < 0) {
+            cpool__set_state_locked(p, c, CONN_IN_USE);
+            atomic_store_explicit(&c->leased, LEASE_HELD, memory_order_relaxed);
+            cpool__assign_locked(p, c, tn);
+        }
+    } else {
+        c = cpool__steal_parked_locked(p, false, &reason);
+    }
+    if (c != NULL && reason >= 0) {
+        cpool__close_conn_relock(p, c, reason, NULL);
+        return STEP_AGAIN;
+    }
+    if (c == NULL && cpool__can_create_locked(p)) {
+        if ((c = cpool__conn_new_locked(p)) == NULL)
+            return step_fail(co, CPOOL_ENOMEM);
+        cpool__assign_locked(p, c, tn);
+        cpool__emit_created_relock(p, c);
+        co->establish = true;
+    }
+    co->c = c;
+    return c != NULL ? STEP_OK : STEP_NONE;
+}
+
+/* Only a new connection could serve this checkout and the backend keeps
+ * refusing them: say so now rather than at the deadline, whoever is queued
+ * already. */
+static int fail_fast_step_locked(checkout *co)
+{
+    const cpool *p = co->p;
+    CPOOL_ASSERT_HELD(p);
+    if (cpool__breaker_open(p) && !cpool__can_create_locked(p) && p->available.head == NULL &&
+        (p->opts.max_pool_size == 0 || total_locked(p) < p->opts.max_pool_size))
+        return step_fail(co, CPOOL_EUNAVAILABLE);
+    return STEP_NONE;
+}
+
+/* Joins the wait queue, then takes the waiter's half of the parking
+ * handshake (see the fast path): a connection parked meanwhile is taken at
+ * once (STEP_OK, or STEP_AGAIN when it had perished). STEP_NONE: queued. */
+static int queue_relock(checkout *co)
+{
+    cpool *p = co->p;
+    waiter *w = &co->w;
+    CPOOL_ASSERT_HELD(p);
+    if (!co->w_ready) {
+        if (sem_init(&w->sem, 0, 0) != 0)
+            return step_fail(co, CPOOL_ESYS);
+        co->w_ready = true;
+    }
+    w->conn = NULL;
+    w->fail = 0;
+    w->establish = false;
+    w->queued = true;
+    w->tenant = co->tn;
+    if (co->tn != NULL)
+        co->tn->waiting++;
+    atomic_store_explicit(&w->done, 0, memory_order_relaxed);
+    w->next = NULL;
+    w->prev = p->wq_tail;
+    if (p->wq_tail != NULL)
+        p->wq_tail->next = w;
+    else
+        p->wq_head = w;
+    p->wq_tail = w;
+    atomic_fetch_add(&p->nwaiting, 1);
+    int reason = -1;
+    cpool_conn *parked = cpool__steal_parked_locked(p, false, &reason);
+    if (parked == NULL)
+        return STEP_NONE;
+    cpool__wq_remove_locked(p, w);
+    if (reason >= 0) {
+        cpool__close_conn_relock(p, parked, reason, NULL);
+        return STEP_AGAIN;
+    }
+    co->c = parked;
+    co->handed = true; /* just checked in: as good as handed over */
+    return STEP_OK;
+}
+
+/* Waits, without mu, until the queued checkout is served or its deadline
+ * passes. Called with mu; returns without it. When a backoff step ends
+ * first, the queue may create again: it asks for capacity itself (the
+ * maintenance thread does the same; this covers pools without one). */
+static bool wait_unlock(checkout *co)
+{
+    cpool *p = co->p;
+    waiter *w = &co->w;
+    clock_start(&co->t);
+    int64_t wake = cpool__backoff_wake_locked(p, co->t.wait_deadline);
+    cpool__unlock(p);
+    bool served = wait_served(p, w, wake) && waiter_done(w);
+    while (!served && wake < co->t.wait_deadline) {
+        cpool__lock(p);
+        if (w->queued)
+            cpool__grant_capacity_relock(p);
+        wake = cpool__backoff_wake_locked(p, co->t.wait_deadline);
+        cpool__unlock(p);
+        served = wait_served(p, w, wake) && waiter_done(w);
+    }
+    return served;
+}
+
+/* The wait ended (mu taken again): what it was served with, or why not. */
+static int after_wait_locked(checkout *co, bool served)
+{
+    cpool *p = co->p;
+    waiter *w = &co->w;
+    tenant *tn = co->tn;
+    CPOOL_ASSERT_HELD(p);
+    if (!served && w->queued) { /* timed out */
+        cpool__wq_remove_locked(p, w);
+        if (co->capacity_refused.code != 0)
+            co->cause = &co->capacity_refused; /* why it had to wait */
+        if (tn == NULL || tn->max == 0 || tn->in_use < tn->max)
+            return step_fail(co, CPOOL_ETIMEDOUT);
+        /* Its own tenant's cap kept it waiting. */
+        tn->limit_timeouts++;
+        cpool__err(&co->ce, CPOOL_ETENANT,
+                   "Timed out while checking out a connection from connection pool %s: "
+                   "tenant \"%s\" holds %u of its %u connections (pool: in use %u, "
+                   "available %u, waiting %u, maxPoolSize %u)",
+                   p->address, tn->name, tn->in_use, tn->max, p->in_use.n, p->available.n,
+                   atomic_load(&p->nwaiting), p->opts.max_pool_size);
+        co->cause = &co->ce;
+        return step_fail(co, CPOOL_ETENANT);
+    }
+    if (!served) {
+        /* Served while the deadline passed: the post was made under mu, so
+         * it is there to take. */
+        while (sem_trywait(&w->sem) != 0)
+            ;
+    }
+    if (w->fail != 0)
+        return step_fail(co, w->fail);
+    co->c = w->conn;
+    co->establish = w->establish;
+    co->handed = !w->establish;
+    return STEP_OK;
+}
+
+/* Establishes the new connection within the checkout's deadline. */
+static int establish_step_relock(checkout *co)
+{
+    cpool *p = co->p;
+    CPOOL_ASSERT_HELD(p);
+    int64_t deadline = conn_deadline(&co->t);
+    int rc = cpool__establish_relock(p, co->c, deadline, true, co->t.caller_bound, &co->ce);
+    if (rc == ESTABLISH_RETRY)
+        return STEP_AGAIN;
+    if (rc == 0) {
+        co->fresh = true;
+        return STEP_OK;
+    }
+    cpool_fail_kind kind = co->ce.kind;
+    if (kind == CPOOL_FAIL_INTERRUPTED) {
+        /* An attempt the pool abandoned fails as the pool's state says
+         * (cleared: retryable; closed). */
+        rc = p->draining                      ? CPOOL_ESHUTDOWN
+             : p->state == CPOOL_STATE_CLOSED ? CPOOL_ECLOSED
+                                              : CPOOL_ECLEARED;
+    } else if (kind == CPOOL_FAIL_CAPACITY &&
+               (co->t.wait_deadline == NO_DEADLINE || cpool__now(p) < co->t.wait_deadline)) {
+        /* The server is full: wait for a lease or a free slot within the
+         * deadline, as for a full pool. */
+        co->capacity_refused = co->ce;
+        return STEP_AGAIN;
+    } else if (kind == CPOOL_FAIL_CAPACITY ||
+               (co->t.caller_bound && kind == CPOOL_FAIL_TIMEOUT && cpool__now(p) >= deadline)) {
+        rc = CPOOL_ETIMEDOUT; /* the caller's own deadline ran out */
+        if (co->capacity_refused.code != 0)
+            co->ce = co->capacity_refused; /* ... waiting for a free slot */
+    }
+    /* Others carry the connector's error and labels. */
+    co->cause = &co->ce;
+    return step_fail(co, rc);
+}
+
+/* The validation policy, outside the lock, within the same deadline as the
+ * rest of the checkout. Without time left for a ping the connection goes
+ * back, unblamed, and the caller gets its timeout. */
+static int validate_step_relock(checkout *co)
+{
+    cpool *p = co->p;
+    CPOOL_ASSERT_HELD(p);
+    int64_t deadline = conn_deadline(&co->t);
+    bool ping = wants_ping(p, co->c);
+    if (no_time_to_ping(p, ping, deadline)) {
+        cpool__put_back_locked(p, co->c);
+        return step_fail(co, CPOOL_ETIMEDOUT);
+    }
+    cpool__unlock(p);
+    int bad = validate_conn(p, co->c, ping, deadline, &co->ce);
+    cpool__lock(p);
+    if (bad != 0) {
+        cpool__close_conn_relock(p, co->c, CPOOL_CLOSE_ERROR, &co->ce);
+        return STEP_AGAIN;
+    }
+    return STEP_OK;
+}
+
+/* Makes the connection ready to lease: establish a new one; else validate
+ * it (unless a check-in just handed it over) and, with tenants, reset its
+ * session when another tenant used it last. */
+static int prepare_step_relock(checkout *co)
+{
+    cpool *p = co->p;
+    CPOOL_ASSERT_HELD(p);
+    if (co->establish)
+        return establish_step_relock(co);
+    if (!co->handed && p->opts.validation != CPOOL_VALIDATE_NONE) {
+        int step = validate_step_relock(co);
+        if (step != STEP_OK)
+            return step;
+    }
+    if (co->tn == NULL)
+        return STEP_OK;
+    int rc = cpool__tenant_switch_relock(p, co->c, co->tn, conn_deadline(&co->t), &co->ce);
+    if (rc == SWITCH_CLOSED)
+        return STEP_AGAIN;
+    return rc != 0 ? step_fail(co, rc) : STEP_OK;
+}
+
+/* The lease begins: counted, announced, mu released. */
+static int checkout_done_unlock(checkout *co, const char *label, cpool_conn **out)
+{
+    cpool *p = co->p;
+    cpool_conn *c = co->c;
+    if (co->w_ready)
+        sem_destroy(&co->w.sem);
+    lease_begin(p, c, co->t.start, !co->fresh, label);
+    if (c->tenant != NULL) {
+        c->tenant->checkouts_ok++;
+        c->last_tenant = c->tenant;
+    }
+    if (p->observed) {
+        cpool_event ev;
+        cpool__event_init(p, &ev, CPOOL_EV_CHECKED_OUT);
+        ev.connection_id = c->id;
+        ev.duration_ns = ev.time_ns - co->t.start;
+        cpool__emit_unlock(p, &ev);
+    } else {
+        cpool__unlock(p);
+    }
+    *out = c;
+    return 0;
+}
+
+/* The checkout failed: counted, announced, mu released. */
+static int checkout_fail_unlock(checkout *co, cpool_error *err)
+{
+    if (co->w_ready)
+        sem_destroy(&co->w.sem);
+    int rc = co->rc;
+    int why = rc == CPOOL_ECLOSED || rc == CPOOL_ESHUTDOWN   ? CPOOL_CHECKOUT_POOL_CLOSED
+              : rc == CPOOL_ETIMEDOUT || rc == CPOOL_ETENANT ? CPOOL_CHECKOUT_TIMEOUT
+                                                             : CPOOL_CHECKOUT_CONN_ERROR;
+    return fail_checkout(co->p, rc, why, &co->t, co->cause, err);
+}
+
+/* A checkout, step by step: this thread's parked connection without the
+ * lock; else under the lock an available one or a new one; else a place in
+ * the queue until a check-in or new capacity serves it; then establish or
+ * validate it (and reset it between tenants) outside the lock. */
+static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
+                         const char *tenant_name, cpool_conn **out, cpool_error *err)
+{
+    if (out != NULL)
+        *out = NULL;
+    if (p == NULL || out == NULL)
+        return cpool__err(err, CPOOL_EINVAL, "checkout: pool and out are required");
+    if (p->observed && cpool__in_callback(p))
+        return cpool__callback_err(p, err, "checkout");
+    int64_t fast_start = -1;
+    if (p->can_park) {
+        cpool_conn *fast = take_parked_fast(p, timeout_ms, &fast_start);
+        if (fast != NULL) {
+            lease_begin(p, fast, FAST_LEASE, true, NULL);
+            *out = fast;
+            return 0;
+        }
+    }
+    /* The clock is read only when something needs it: an event, a deadline.
+     * The uncontended path (an available connection, no subscriber) does
+     * without. One deadline for the whole checkout: when the lock-free path
+     * already spent time on a ping, its start is the checkout's. */
+    checkout co = {.p = p, .t = {.p = p, .timeout_ms = timeout_ms, .start = -1}};
+    co.capacity_refused.code = 0;
+    if (fast_start >= 0)
+        clock_start_at(&co.t, fast_start);
+    else if (p->observed)
+        clock_start(&co.t);
+    int rc = checkout_start(&co, tenant_name, err);
+    if (rc != 0)
+        return rc;
+    for (;;) {
+        co.c = NULL;
+        co.establish = co.handed = false;
+        int step = ready_step_locked(&co);
+        if (step == STEP_OK)
+            step = take_available_relock(&co);
+        if (step == STEP_NONE)
+            step = fail_fast_step_locked(&co);
+        if (step == STEP_NONE && (step = queue_relock(&co)) == STEP_NONE) {
+            bool served = wait_unlock(&co);
+            const waiter *w = &co.w;
+            if (served && !w->establish && w->fail == 0 && !p->observed && co.tn == NULL) {
+                /* Handed a connection that was just checked in (and
+                 * reset): return without touching the pool lock at all. */
+                sem_destroy(&co.w.sem);
+                lease_begin(p, w->conn, co.t.start, true, NULL);
+                *out = w->conn;
+                return 0;
+            }
+            cpool__lock(p);
+            step = after_wait_locked(&co, served);
+        }
+        if (step == STEP_OK)
+            step = prepare_step_relock(&co);
+        if (step == STEP_OK)
+            return checkout_done_unlock(&co, label, out);
+        if (step == STEP_FAIL)
+            return checkout_fail_unlock(&co, err);
+        /* STEP_AGAIN: the pool changed; look again. */
+    }
+}

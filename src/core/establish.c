@@ -1,0 +1,252 @@
+/* establish.c -- opening a connection: the connector's connect() outside
+ * the lock within a deadline, and what failures do to the pool (backoff,
+ * the circuit breaker, capacity refusals, clear on error). Needs mu; the
+ * establishment itself releases it, as its name says. */
+#include "core.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+/* The circuit is open: establishments keep failing (see cpool__can_create_locked). */
+bool cpool__breaker_open(const cpool *p)
+{
+    return p->opts.breaker_threshold > 0 && p->fail_streak >= p->opts.breaker_threshold;
+}
+
+/* The wait before the next establishment after the nth failure in a row:
+ * base * 2^(n-1), capped, randomised by +- backoff_jitter. */
+static int64_t backoff_delay_locked(cpool *p, uint32_t n)
+{
+    CPOOL_ASSERT_HELD(p);
+    int64_t base = ms_to_ns(p->opts.backoff_base_ms), cap = ms_to_ns(p->opts.backoff_max_ms);
+    if (base <= 0)
+        return 0;
+    int64_t d = base;
+    for (uint32_t i = 1; i < n && d < cap; i++)
+        d *= 2;
+    if (cap > 0 && d > cap)
+        d = cap;
+    double u = cpool__random_unit_locked(p);
+    return d + (int64_t)((double)d * p->opts.backoff_jitter * (2 * u - 1));
+}
+
+/* "backend unavailable": what a checkout gets while the circuit is open. */
+void cpool__unavailable_error_locked(const cpool *p, cpool_error *e)
+{
+    CPOOL_ASSERT_HELD(p);
+    int64_t now = cpool__now(p);
+    int64_t next = p->retry_at > now ? (p->retry_at - now) / 1000000 : 0;
+    cpool__err(e, CPOOL_EUNAVAILABLE,
+               "backend %s unavailable: %u establishment failures in a row (circuit "
+               "open); last %lld ms ago: %.120s; next attempt in %lld ms",
+               p->address, p->fail_streak, (long long)((now - p->last_fail_at) / 1000000),
+               p->last_fail.message, (long long)next);
+    e->native = p->last_fail.native;
+    e->phase = p->last_fail.phase;
+    e->kind = p->last_fail.kind;
+    e->labels = p->last_fail.labels;
+}
+
+/* An establishment failed for a reason the server may have caused: count
+ * it, schedule the next attempt, and open the circuit at the threshold,
+ * failing the waiters that only a new connection could serve. */
+static void note_connect_failure_locked(cpool *p, const cpool_error *ce)
+{
+    CPOOL_ASSERT_HELD(p);
+    p->fail_streak++;
+    p->last_fail = *ce;
+    p->last_fail_at = cpool__now(p);
+    int64_t d = backoff_delay_locked(p, p->fail_streak);
+    p->retry_at = d > 0 ? p->last_fail_at + d : 0;
+    /* The maintenance thread re-arms to wake at retry_at and serve the
+     * queue (waiters that queued before this failure sleep on), and to
+     * probe the server meanwhile. */
+    if (p->wq_head != NULL || p->opts.probe_interval_ms > 0)
+        cpool__kick_maintenance_locked(p);
+    if (!cpool__breaker_open(p))
+        return;
+    if (p->fail_streak == p->opts.breaker_threshold)
+        p->breaker_opens++;
+    /* The failed connection is still counted (it closes next). A full
+     * pool's waiters wait for check-ins, not connects. Every failure while
+     * the circuit is open flushes them: a checkout may have queued behind
+     * others that were waiting when it opened. */
+    if (p->opts.max_pool_size != 0 && total_locked(p) - 1 >= p->opts.max_pool_size)
+        return;
+    while (p->wq_head != NULL) {
+        waiter *w = p->wq_head;
+        cpool__wq_remove_locked(p, w);
+        w->fail = CPOOL_EUNAVAILABLE;
+        cpool__serve_waiter(w);
+    }
+}
+
+/* The server refused for lack of slots: not a failure of the backend (no
+ * backoff, no circuit), counted apart; the next attempt waits a moment. */
+static void note_capacity_refusal_locked(cpool *p)
+{
+    CPOOL_ASSERT_HELD(p);
+    p->st_capacity_refusals++;
+    int64_t d = ms_to_ns(CAPACITY_RETRY_MS);
+    d += (int64_t)((double)d * 0.2 * (2 * cpool__random_unit_locked(p) - 1));
+    p->cap_retry_at = cpool__now(p) + d;
+    if (p->wq_head != NULL)
+        cpool__kick_maintenance_locked(p);
+}
+
+static void note_connect_success_locked(cpool *p)
+{
+    CPOOL_ASSERT_HELD(p);
+    p->cap_retry_at = 0;
+    if (p->fail_streak == 0)
+        return;
+    p->fail_streak = 0;
+    p->retry_at = 0;
+    cpool__kick_maintenance_locked(p); /* refill to minPoolSize now */
+}
+
+/* Establishes pending connection c outside mu. On success c is in use (for a
+ * checkout) or made available (background population) and 0 is returned.
+ * On failure c is closed with reason "error" and the error is returned with
+ * its labels; with clear_on_connect_error an unlabelled failure first clears
+ * the pool, so PoolCleared precedes ConnectionClosed as CMAP's tests expect.
+ * ESTABLISH_RETRY: established, but a clear made it stale meanwhile; it was
+ * closed. Called with mu held; releases it during the connect. */
+int cpool__establish_relock(cpool *p, cpool_conn *c, int64_t deadline,
+                            bool for_checkout, bool caller_bound, cpool_error *e)
+{
+    CPOOL_ASSERT_HELD(p);
+    cpool_connect_args a;
+    memset(&a, 0, sizeof a);
+    a.target = p->target;
+    a.conn_id = c->id;
+    a.deadline_ns = real_deadline(p, deadline);
+    a.cancel_fd = c->cancel_fd;
+    void *native = NULL;
+    cpool_error ce;
+    memset(&ce, 0, sizeof ce);
+
+    cpool__unlock(p);
+    int rc = p->cx->connect(p->cx_ctx, &a, &native, &ce);
+    if (rc == 0 && native == NULL)
+        rc = cpool_error_set(&ce, CPOOL_ECONNECT, CPOOL_PHASE_HANDSHAKE,
+                             CPOOL_FAIL_OTHER, 0,
+                             "connect %s: connector returned no connection",
+                             p->address);
+    cpool__lock(p);
+    if (c->probe) {
+        c->probe = false;
+        p->probing = false;
+    }
+
+    if (rc == 0) {
+        c->native = native;
+        if (p->opts.load_balanced) {
+            if (a.service_id[0] == '\0')
+                rc = cpool_error_set(
+                    &ce, CPOOL_ECONNECT, CPOOL_PHASE_HANDSHAKE, CPOOL_FAIL_SERVER, 0,
+                    "Driver attempted to initialize in load balancing mode, but "
+                    "the server does not support this mode.");
+            else if (cpool__svc_attach_locked(p, c, a.service_id) != 0)
+                rc = cpool_error_set(&ce, CPOOL_ENOMEM, CPOOL_PHASE_HANDSHAKE,
+                                     CPOOL_FAIL_OTHER, 0, "out of memory");
+        }
+    }
+    if (rc != 0) {
+        if (ce.code == 0)
+            ce.code = rc;
+        if (ce.message[0] == '\0')
+            snprintf(ce.message, sizeof ce.message, "connect %s: %s", p->address,
+                     cpool_strerror(rc));
+        if (ce.kind == CPOOL_FAIL_INTERRUPTED) {
+            /* The pool abandoned this attempt (clear or close): retryable. */
+            ce.labels |= CPOOL_LABEL_RETRYABLE;
+        } else if (cpool_is_backpressure(ce.phase, ce.kind)) {
+            ce.labels |= CPOOL_LABEL_SYSTEM_OVERLOADED | CPOOL_LABEL_RETRYABLE;
+        } else if (p->opts.clear_on_connect_error && !p->opts.load_balanced &&
+                   ce.code != CPOOL_ENOMEM && p->state == CPOOL_STATE_READY &&
+                   !cpool__is_stale_locked(p, c)) {
+            /* Not in load-balanced mode: there an establishment error must
+             * never pause the whole pool (CMAP load-balancer rules). Nor for
+             * a local out-of-memory, which says nothing about the server. */
+            cpool__clear_relock(p, 0, &ce);
+        }
+        p->st_connect_failures++;
+        /* A caller's own short deadline ending the attempt says nothing
+         * about the backend (a checkout with timeout 0 would otherwise
+         * trip the breaker against a healthy server). */
+        if (ce.kind == CPOOL_FAIL_CAPACITY)
+            note_capacity_refusal_locked(p);
+        else if (ce.kind != CPOOL_FAIL_INTERRUPTED && ce.code != CPOOL_ENOMEM &&
+                 !(caller_bound && ce.kind == CPOOL_FAIL_TIMEOUT))
+            note_connect_failure_locked(p, &ce);
+        cpool__close_conn_relock(p, c, CPOOL_CLOSE_ERROR, &ce);
+        if (e != NULL)
+            *e = ce;
+        return ce.code;
+    }
+
+    /* CMAP requirement 41: the connection becomes available (or leased) in
+     * the same critical section that takes it off the pending count, before
+     * anything is emitted, so no thread ever sees a free maxConnecting slot
+     * without the connection that freed it. */
+    p->st_ready++;
+    cpool__hist_add(&p->connect_hist, cpool__now(p) - c->created_ns);
+    note_connect_success_locked(p);
+    bool stale = cpool__is_stale_locked(p, c) || p->state == CPOOL_STATE_CLOSED || p->draining;
+    if (stale) {
+        cpool__set_state_locked(p, c, CONN_IN_USE); /* owned by us until closed below */
+    } else if (for_checkout) {
+        cpool__set_state_locked(p, c, CONN_IN_USE);
+        atomic_store_explicit(&c->leased, LEASE_HELD, memory_order_relaxed);
+    } else {
+        cpool__make_available_locked(p, c); /* possibly straight to a waiter */
+    }
+    if (p->observed) {
+        cpool_event ev;
+        cpool__event_init(p, &ev, CPOOL_EV_CONN_READY);
+        ev.connection_id = c->id;
+        ev.duration_ns = ev.time_ns - c->created_ns;
+        cpool__emit_relock(p, &ev);
+    }
+    if (stale) {
+        cpool__close_conn_relock(p, c,
+                          p->state == CPOOL_STATE_CLOSED || p->draining
+                              ? CPOOL_CLOSE_POOL_CLOSED
+                              : CPOOL_CLOSE_STALE,
+                          NULL);
+        return ESTABLISH_RETRY;
+    }
+    cpool__grant_capacity_relock(p); /* a maxConnecting slot is free again */
+    return 0;
+}
+
+/* When a queued checkout should look again: the end of the current backoff
+ * step if that comes before its deadline. */
+int64_t cpool__backoff_wake_locked(const cpool *p, int64_t deadline)
+{
+    CPOOL_ASSERT_HELD(p);
+    if (p->opts.maintenance_interval_ms < 0) {
+        /* No maintenance thread to serve the queue when a backoff step
+         * that began after this checkout queued ends: look every 250 ms. */
+        int64_t look = cpool__now(p) + 250000000;
+        if (look < deadline)
+            deadline = look;
+    }
+    int64_t now = cpool__now(p);
+    /* After a capacity refusal, look again when the next attempt may run. */
+    if (p->cap_retry_at > now && p->cap_retry_at < deadline)
+        deadline = p->cap_retry_at;
+    if (p->fail_streak == 0 || p->retry_at == 0 || p->retry_at >= deadline || p->probing)
+        return deadline;
+    return p->retry_at > now ? p->retry_at : deadline;
+}

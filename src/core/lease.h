@@ -1,0 +1,246 @@
+/* lease.h -- the lease's hot path, inline for checkout.c and checkin.c:
+ * the thread-affine fast path (park at check-in, take back at checkout
+ * without the lock), the start of a lease, and validation. */
+#ifndef CPOOL_LEASE_H
+#define CPOOL_LEASE_H
+
+#include "core.h"
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include <unistd.h> /* gettid */
+
+/* The thread-affine fast path.
+ *
+ * With no subscriber and nobody waiting, a check-in *parks* the connection:
+ * it stays on the in-use list, its lease flag goes HELD -> PARKED, and the
+ * returning thread remembers it in a thread-local slot. That thread's next
+ * checkout takes it back with one compare-exchange PARKED -> HELD. Neither
+ * step takes the pool lock or writes a cache line another thread uses, so
+ * threads that each reuse their own connection do not contend at all.
+ *
+ * Anyone else may take a parked connection the same way under mu (a slow
+ * checkout that finds nothing available, close, the maintenance thread), so
+ * a parked connection is always available to the pool, and the winner of the
+ * compare-exchange owns it. Parking must not hide a connection from a waiter,
+ * which is a Dekker-style handshake on sequentially consistent operations: a
+ * check-in stores PARKED and then reads nwaiting; a waiter increments
+ * nwaiting and then scans for PARKED connections. At least one of them sees
+ * the other: either the check-in takes its connection back and hands it to
+ * the waiter, or the waiter takes the parked connection itself.
+ *
+ * The slot names the pool by a process-unique serial, not by pointer, so a
+ * slot left behind by a destroyed pool never matches a new one. */
+typedef struct cpool__park_slot {
+    uint64_t serial;
+    cpool_conn *conn;
+} cpool__park_slot;
+/* Defined in checkout.c: this thread's parked connection, and its kernel
+ * thread id once read (lease_begin). */
+extern _Thread_local cpool__park_slot cpool__tl_park __attribute__((visibility("hidden")));
+extern _Thread_local uint64_t cpool__tl_tid __attribute__((visibility("hidden")));
+/* "Now" for lifetimes on the lock-free path. A clock read costs as much as
+ * the rest of a lock-free checkout, and lifetimes are minutes long, so with
+ * a maintenance thread this is the time of its last run (it also closes
+ * expired parked connections); without one, the kernel's coarse clock. */
+static inline int64_t lifetime_now(const cpool *p)
+{
+    if (p->opts.clock == NULL && p->opts.maintenance_interval_ms > 0) {
+        int64_t t = atomic_load_explicit(&p->tick_ns, memory_order_relaxed);
+        if (t != 0)
+            return t;
+    }
+    return cpool__now_coarse(p);
+}
+
+static inline bool fast_usable(const cpool *p, const cpool_conn *c)
+{
+    if (atomic_load(&p->state) != CPOOL_STATE_READY ||
+        c->generation != atomic_load(&p->generation) || fork_pending(p))
+        return false;
+    if (p->opts.recycle_after_uses > 0 && cpool__conn_uses(c) >= p->opts.recycle_after_uses)
+        return false;
+    if (c->expires_ns != INT64_MAX && lifetime_now(p) >= c->expires_ns)
+        return false;
+    /* With a minimum to keep, idleness is judged under the lock, where the
+     * pool's size is known (cpool__perished_locked). */
+    return p->opts.max_idle_time_ms == 0 || p->opts.min_pool_size > 0 ||
+           cpool__now(p) - atomic_load_explicit(&c->available_since_ns,
+                                                 memory_order_relaxed) <=
+               ms_to_ns(p->opts.max_idle_time_ms);
+}
+
+/* Parks c (leased NONE, reset done) in this thread's slot. Returns false
+ * when the caller must finish the check-in under the lock instead. */
+static inline bool try_park(cpool *p, cpool_conn *c)
+{
+    if (p->stamp_idle)
+        atomic_store_explicit(&c->available_since_ns, cpool__now(p),
+                              memory_order_relaxed);
+    if (!fast_usable(p, c))
+        return false;
+    atomic_store(&c->leased, LEASE_PARKED);
+    /* The same handshake with cpool_close(), which stores CLOSED and then
+     * takes every parked connection: re-reading the state after the store
+     * means a connection is never left parked in a closed pool. */
+    if (atomic_load(&p->nwaiting) == 0 &&
+        atomic_load(&p->state) == CPOOL_STATE_READY) {
+        cpool__tl_park.serial = p->serial;
+        cpool__tl_park.conn = c;
+        return true;
+    }
+    unsigned parked = LEASE_PARKED;
+    if (atomic_compare_exchange_strong(&c->leased, &parked, LEASE_NONE))
+        return false; /* took it back: the locked path hands it over or closes it */
+    return true;      /* someone took it already */
+}
+
+static inline void lease_begin(cpool *p, cpool_conn *c, int64_t start, bool reused,
+                               const char *label)
+{
+    if (start == FAST_LEASE) {
+        /* Lock-free: it never waited. Time the hold of one lease in
+         * timing_sample only (leased_ns 0: not timed). */
+        bool timed = false;
+        if (p->opts.timing_sample != 0 && c->sample_left-- == 0) {
+            c->sample_left = p->opts.timing_sample - 1;
+            timed = true;
+        }
+        atomic_store_explicit(&c->leased_ns, timed ? cpool__now(p) : 0,
+                              memory_order_relaxed);
+        cpool__bump(&c->cell.checkouts_ok); /* its use count */
+        if (timed)
+            cpool__hist_add(&c->cell.wait, 0);
+        return;
+    }
+    int64_t now = cpool__now(p);
+    if (p->opts.leak_threshold_ms > 0) {
+        /* Under mu (leak detection makes the pool take the locked paths):
+         * the leak scan reads these under mu too. */
+        if (cpool__tl_tid == 0)
+            cpool__tl_tid = (uint64_t)gettid();
+        c->holder_tid = cpool__tl_tid;
+        snprintf(c->label, sizeof c->label, "%s", label != NULL ? label : "");
+    }
+    atomic_store_explicit(&c->leased_ns, now, memory_order_relaxed);
+    cpool__bump(&c->cell.checkouts_ok);
+    if (!reused)
+        cpool__bump(&c->cell.fresh);
+    cpool__hist_add(&c->cell.wait, start >= 0 ? now - start : 0);
+}
+
+/* Whether the validation policy pings c now: always, or when it has been
+ * idle at least validation_idle_ms. */
+static inline bool wants_ping(const cpool *p, const cpool_conn *c)
+{
+    cpool_validation v = p->opts.validation;
+    if (p->cx->ping == NULL || v == CPOOL_VALIDATE_NONE || v == CPOOL_VALIDATE_CHECK)
+        return false;
+    return v == CPOOL_VALIDATE_ALWAYS ||
+           cpool__now(p) - atomic_load_explicit(&c->available_since_ns,
+                                                memory_order_relaxed) >=
+               ms_to_ns(p->opts.validation_idle_ms);
+}
+
+/* True when a ping is due and the checkout's deadline (pool clock) has
+ * already passed: the step does not run, and nothing is held against the
+ * connection or the server -- the caller simply ran out of time. */
+static inline bool no_time_to_ping(const cpool *p, bool ping, int64_t deadline)
+{
+    return ping && deadline != NO_DEADLINE && cpool__now(p) >= deadline;
+}
+
+/* The validation policy, outside mu, on a connection that was available:
+ * the connector's cheap check, then the ping when `ping` (see wants_ping),
+ * bounded by `deadline` (pool clock; NO_DEADLINE = none). 0 = hand it out;
+ * otherwise ce says why it must be closed. */
+static inline int validate_conn(cpool *p, cpool_conn *c, bool ping, int64_t deadline,
+                                cpool_error *ce)
+{
+    /* Only the code: zeroing all of *ce costs more than the rest of a
+     * lock-free checkout; a failing check or ping fills the rest. */
+    ce->code = 0;
+    ce->message[0] = '\0';
+    if (p->opts.validation == CPOOL_VALIDATE_NONE)
+        return 0;
+    cpool__bump(&c->cell.validations);
+    if (p->cx->check != NULL && p->cx->check(p->cx_ctx, c->native, ce) != 0) {
+        cpool__bump(&c->cell.validation_failures);
+        return -1;
+    }
+    if (!ping)
+        return 0;
+    if (p->cx->ping(p->cx_ctx, c->native, real_deadline(p, deadline), ce) == 0)
+        return 0;
+    cpool__bump(&c->cell.validation_failures);
+    if (ce->code == 0)
+        ce->code = CPOOL_EIO;
+    if (ce->message[0] == '\0')
+        snprintf(ce->message, sizeof ce->message, "ping %s: no answer", p->address);
+    return -1;
+}
+
+/* A ping's deadline on the lock-free path, which has no checkout clock:
+ * connect_timeout_ms from `start` bounds a ping as it bounds an
+ * establishment, and the caller's timeout bounds both. */
+static inline int64_t fast_deadline(const cpool *p, int64_t start, int64_t timeout_ms)
+{
+    int64_t d = NO_DEADLINE;
+    if (p->opts.connect_timeout_ms > 0)
+        d = deadline_after(start, p->opts.connect_timeout_ms);
+    if (timeout_ms >= 0) {
+        int64_t own = deadline_after(start, timeout_ms);
+        if (own < d)
+            d = own;
+    }
+    return d;
+}
+
+/* Takes this thread's parked connection, if it is still parked and fit.
+ * When it had to be pinged and was not handed out, *start is when the
+ * checkout began (pool clock), so that the slow path goes on with the same
+ * deadline instead of a new one; else it is left alone. */
+static inline cpool_conn *take_parked_fast(cpool *p, int64_t timeout_ms, int64_t *start)
+{
+    cpool_conn *c = cpool__tl_park.conn;
+    if (cpool__tl_park.serial != p->serial || c == NULL || atomic_load(&p->nwaiting) != 0)
+        return NULL;
+    unsigned parked = LEASE_PARKED;
+    if (!atomic_compare_exchange_strong(&c->leased, &parked, LEASE_HELD))
+        return NULL;
+    /* The same validation as the slow path: a parked connection may have
+     * died while it waited. */
+    cpool_error ce;
+    ce.code = 0;
+    bool usable = fast_usable(p, c);
+    bool dead = false;
+    if (usable) {
+        bool ping = wants_ping(p, c);
+        int64_t deadline = NO_DEADLINE;
+        if (ping) {
+            *start = cpool__now(p);
+            deadline = fast_deadline(p, *start, timeout_ms);
+            if (no_time_to_ping(p, ping, deadline)) {
+                /* Left parked; the slow path fails the checkout. */
+                atomic_store(&c->leased, LEASE_PARKED);
+                return NULL;
+            }
+        }
+        dead = validate_conn(p, c, ping, deadline, &ce) != 0;
+    }
+    if (usable && !dead)
+        return c;
+    /* Ours now, but perished, dead or the pool changed: close it properly. */
+    cpool__lock(p);
+    cpool__check_fork_relock(p);
+    if (c->state == CONN_IN_USE) {
+        int reason = cpool__unfit_reason_locked(p, c, dead);
+        cpool__close_conn_relock(p, c, reason >= 0 ? reason : CPOOL_CLOSE_IDLE,
+                          dead ? &ce : NULL);
+    }
+    cpool__unlock(p);
+    return NULL;
+}
+
+
+#endif /* CPOOL_LEASE_H */
