@@ -146,4 +146,9 @@ static inline uint64_t cpool__conn_uses(const cpool_conn *c)
     return atomic_load_explicit(&c->cell.checkouts_ok, memory_order_relaxed);
 }
 
+/* options.c */
+unsigned cpool__options_set(const cpool_options *o);
+int cpool__options_validate(const cpool_options *o, cpool_error *err);
+int cpool__env_log_sink(cpool *p, cpool_options *o, cpool_error *err);
+
 #endif /* CPOOL_CORE_H */

@@ -114,6 +114,82 @@ static void note_connect_success_locked(cpool *p)
     cpool__kick_maintenance_locked(p); /* refill to minPoolSize now */
 }
 
+/* A failed establishment: labels the error, lets it clear the pool when
+ * the options say so, counts it against the backend unless it says nothing
+ * about it, and closes c. Returns the error's code. */
+static int establish_failed_relock(cpool *p, cpool_conn *c, int rc, bool caller_bound,
+                                   cpool_error *ce)
+{
+    CPOOL_ASSERT_HELD(p);
+    if (ce->code == 0)
+        ce->code = rc;
+    if (ce->message[0] == '\0')
+        snprintf(ce->message, sizeof ce->message, "connect %s: %s", p->address,
+                 cpool_strerror(rc));
+    if (ce->kind == CPOOL_FAIL_INTERRUPTED) {
+        /* The pool abandoned this attempt (clear or close): retryable. */
+        ce->labels |= CPOOL_LABEL_RETRYABLE;
+    } else if (cpool_is_backpressure(ce->phase, ce->kind)) {
+        ce->labels |= CPOOL_LABEL_SYSTEM_OVERLOADED | CPOOL_LABEL_RETRYABLE;
+    } else if (p->opts.clear_on_connect_error && !p->opts.load_balanced &&
+               ce->code != CPOOL_ENOMEM && p->state == CPOOL_STATE_READY &&
+               !cpool__is_stale_locked(p, c)) {
+        /* Not in load-balanced mode: there an establishment error must never
+         * pause the whole pool (CMAP load-balancer rules). Nor for a local
+         * out-of-memory, which says nothing about the server. */
+        cpool__clear_relock(p, 0, ce);
+    }
+    p->st_connect_failures++;
+    /* A caller's own short deadline ending the attempt says nothing about
+     * the backend (a checkout with timeout 0 would otherwise trip the
+     * breaker against a healthy server). */
+    if (ce->kind == CPOOL_FAIL_CAPACITY)
+        note_capacity_refusal_locked(p);
+    else if (ce->kind != CPOOL_FAIL_INTERRUPTED && ce->code != CPOOL_ENOMEM &&
+             !(caller_bound && ce->kind == CPOOL_FAIL_TIMEOUT))
+        note_connect_failure_locked(p, ce);
+    cpool__close_conn_relock(p, c, CPOOL_CLOSE_ERROR, ce);
+    return ce->code;
+}
+
+/* An established connection joins the pool. CMAP requirement 41: it
+ * becomes available (or leased) in the same critical section that takes it
+ * off the pending count, before anything is emitted, so no thread ever sees
+ * a free maxConnecting slot without the connection that freed it. */
+static int establish_succeeded_relock(cpool *p, cpool_conn *c, bool for_checkout)
+{
+    CPOOL_ASSERT_HELD(p);
+    p->st_ready++;
+    cpool__hist_add(&p->connect_hist, cpool__now(p) - c->created_ns);
+    note_connect_success_locked(p);
+    bool stale = cpool__is_stale_locked(p, c) || p->state == CPOOL_STATE_CLOSED || p->draining;
+    if (stale) {
+        cpool__set_state_locked(p, c, CONN_IN_USE); /* owned by us until closed below */
+    } else if (for_checkout) {
+        cpool__set_state_locked(p, c, CONN_IN_USE);
+        atomic_store_explicit(&c->leased, LEASE_HELD, memory_order_relaxed);
+    } else {
+        cpool__make_available_locked(p, c); /* possibly straight to a waiter */
+    }
+    if (p->observed) {
+        cpool_event ev;
+        cpool__event_init(p, &ev, CPOOL_EV_CONN_READY);
+        ev.connection_id = c->id;
+        ev.duration_ns = ev.time_ns - c->created_ns;
+        cpool__emit_relock(p, &ev);
+    }
+    if (stale) {
+        cpool__close_conn_relock(p, c,
+                                 p->state == CPOOL_STATE_CLOSED || p->draining
+                                     ? CPOOL_CLOSE_POOL_CLOSED
+                                     : CPOOL_CLOSE_STALE,
+                                 NULL);
+        return ESTABLISH_RETRY;
+    }
+    cpool__grant_capacity_relock(p); /* a maxConnecting slot is free again */
+    return 0;
+}
+
 /* Establishes pending connection c outside mu. On success c is in use (for a
  * checkout) or made available (background population) and 0 is returned.
  * On failure c is closed with reason "error" and the error is returned with
@@ -147,7 +223,6 @@ int cpool__establish_relock(cpool *p, cpool_conn *c, int64_t deadline,
         c->probe = false;
         p->probing = false;
     }
-
     if (rc == 0) {
         c->native = native;
         if (p->opts.load_balanced) {
@@ -161,73 +236,12 @@ int cpool__establish_relock(cpool *p, cpool_conn *c, int64_t deadline,
                                      CPOOL_FAIL_OTHER, 0, "out of memory");
         }
     }
-    if (rc != 0) {
-        if (ce.code == 0)
-            ce.code = rc;
-        if (ce.message[0] == '\0')
-            snprintf(ce.message, sizeof ce.message, "connect %s: %s", p->address,
-                     cpool_strerror(rc));
-        if (ce.kind == CPOOL_FAIL_INTERRUPTED) {
-            /* The pool abandoned this attempt (clear or close): retryable. */
-            ce.labels |= CPOOL_LABEL_RETRYABLE;
-        } else if (cpool_is_backpressure(ce.phase, ce.kind)) {
-            ce.labels |= CPOOL_LABEL_SYSTEM_OVERLOADED | CPOOL_LABEL_RETRYABLE;
-        } else if (p->opts.clear_on_connect_error && !p->opts.load_balanced &&
-                   ce.code != CPOOL_ENOMEM && p->state == CPOOL_STATE_READY &&
-                   !cpool__is_stale_locked(p, c)) {
-            /* Not in load-balanced mode: there an establishment error must
-             * never pause the whole pool (CMAP load-balancer rules). Nor for
-             * a local out-of-memory, which says nothing about the server. */
-            cpool__clear_relock(p, 0, &ce);
-        }
-        p->st_connect_failures++;
-        /* A caller's own short deadline ending the attempt says nothing
-         * about the backend (a checkout with timeout 0 would otherwise
-         * trip the breaker against a healthy server). */
-        if (ce.kind == CPOOL_FAIL_CAPACITY)
-            note_capacity_refusal_locked(p);
-        else if (ce.kind != CPOOL_FAIL_INTERRUPTED && ce.code != CPOOL_ENOMEM &&
-                 !(caller_bound && ce.kind == CPOOL_FAIL_TIMEOUT))
-            note_connect_failure_locked(p, &ce);
-        cpool__close_conn_relock(p, c, CPOOL_CLOSE_ERROR, &ce);
-        if (e != NULL)
-            *e = ce;
-        return ce.code;
-    }
-
-    /* CMAP requirement 41: the connection becomes available (or leased) in
-     * the same critical section that takes it off the pending count, before
-     * anything is emitted, so no thread ever sees a free maxConnecting slot
-     * without the connection that freed it. */
-    p->st_ready++;
-    cpool__hist_add(&p->connect_hist, cpool__now(p) - c->created_ns);
-    note_connect_success_locked(p);
-    bool stale = cpool__is_stale_locked(p, c) || p->state == CPOOL_STATE_CLOSED || p->draining;
-    if (stale) {
-        cpool__set_state_locked(p, c, CONN_IN_USE); /* owned by us until closed below */
-    } else if (for_checkout) {
-        cpool__set_state_locked(p, c, CONN_IN_USE);
-        atomic_store_explicit(&c->leased, LEASE_HELD, memory_order_relaxed);
-    } else {
-        cpool__make_available_locked(p, c); /* possibly straight to a waiter */
-    }
-    if (p->observed) {
-        cpool_event ev;
-        cpool__event_init(p, &ev, CPOOL_EV_CONN_READY);
-        ev.connection_id = c->id;
-        ev.duration_ns = ev.time_ns - c->created_ns;
-        cpool__emit_relock(p, &ev);
-    }
-    if (stale) {
-        cpool__close_conn_relock(p, c,
-                          p->state == CPOOL_STATE_CLOSED || p->draining
-                              ? CPOOL_CLOSE_POOL_CLOSED
-                              : CPOOL_CLOSE_STALE,
-                          NULL);
-        return ESTABLISH_RETRY;
-    }
-    cpool__grant_capacity_relock(p); /* a maxConnecting slot is free again */
-    return 0;
+    if (rc == 0)
+        return establish_succeeded_relock(p, c, for_checkout);
+    rc = establish_failed_relock(p, c, rc, caller_bound, &ce);
+    if (e != NULL)
+        *e = ce;
+    return rc;
 }
 
 /* When a queued checkout should look again: the end of the current backoff

@@ -105,146 +105,6 @@ void cpool__clear_relock(cpool *p, unsigned flags, const cpool_error *cause)
     }
 }
 
-void cpool_options_init(cpool_options *o, size_t size)
-{
-    if (o == NULL)
-        return;
-    cpool_options d;
-    memset(&d, 0, sizeof d);
-    d.struct_size = size;
-    /* Not CMAP's 100 and "wait forever" (docs/configuration.md, "Defaults
-     * and why"): ten connections per pool leave a default PostgreSQL
-     * (max_connections 100) room for several processes, and a checkout that
-     * cannot be served ends within 30 s. */
-    d.max_pool_size = 10;
-    d.wait_queue_timeout_ms = 30000;
-    d.max_connecting = 2;
-    d.connect_timeout_ms = 10000;
-    d.maintenance_interval_ms = 1000;
-    d.log_level = CPOOL_LOG_DEBUG;
-    d.validation = CPOOL_VALIDATE_CHECK;
-    d.validation_idle_ms = 1000;
-    d.max_lifetime_ms = 1800000;
-    d.lifetime_jitter = 0.05;
-    d.backoff_base_ms = 200;
-    d.backoff_max_ms = 10000;
-    d.backoff_jitter = 0.2;
-    d.breaker_threshold = 5;
-    d.probe_interval_ms = 250;
-    d.keepalive_ms = 60000;
-    d.timing_sample = 16;
-    memset(o, 0, size);
-    memcpy(o, &d, size < sizeof d ? size : sizeof d);
-}
-
-/* The CMAP options that differ from the specification's defaults
- * (maxPoolSize 100, minPoolSize 0, maxIdleTimeMS 0, maxConnecting 2,
- * waitQueueTimeoutMS 0): what ConnectionPoolCreated lists, as a driver's
- * event lists what its user set. This pool's own defaults differ for two
- * of them, so a default pool lists those two. */
-static unsigned options_set(const cpool_options *o)
-{
-    unsigned m = 0;
-    if (o->max_pool_size != 100) m |= CPOOL_OPT_MAX_POOL_SIZE;
-    if (o->min_pool_size != 0) m |= CPOOL_OPT_MIN_POOL_SIZE;
-    if (o->max_idle_time_ms != 0) m |= CPOOL_OPT_MAX_IDLE_TIME_MS;
-    if (o->max_connecting != 2) m |= CPOOL_OPT_MAX_CONNECTING;
-    if (o->wait_queue_timeout_ms != 0) m |= CPOOL_OPT_WAIT_QUEUE_TIMEOUT_MS;
-    return m;
-}
-
-static int validate(const cpool_options *o, cpool_error *err)
-{
-    if (o->connector == NULL)
-        return cpool__err(err, CPOOL_EINVAL, "option connector: required");
-    if (o->connector->abi_version < 1 || o->connector->connect == NULL ||
-        o->connector->close == NULL)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "option connector: abi_version %d without connect/close",
-                          o->connector->abi_version);
-    return cpool__options_check(o, err);
-}
-
-/* The checks that need no connector: ranges and options that must agree. */
-int cpool__options_check(const cpool_options *o, cpool_error *err)
-{
-    if (o->max_connecting == 0)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "option maxConnecting = 0: must be greater than 0");
-    if (o->max_pool_size > 0 && o->min_pool_size > o->max_pool_size)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "option minPoolSize = %u: must not exceed maxPoolSize (%u)",
-                          o->min_pool_size, o->max_pool_size);
-    /* Each connection holds at least one descriptor: a minimum the
-     * process's limit cannot hold is never reached (with maxPoolSize 0
-     * nothing else bounds it). */
-    struct rlimit nofile;
-    if (o->min_pool_size > 0 && getrlimit(RLIMIT_NOFILE, &nofile) == 0 &&
-        nofile.rlim_cur != RLIM_INFINITY && o->min_pool_size >= nofile.rlim_cur)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "option minPoolSize = %u: the process may open only %llu "
-                          "descriptors (RLIMIT_NOFILE), and each connection needs one",
-                          o->min_pool_size, (unsigned long long)nofile.rlim_cur);
-    if (o->max_idle_time_ms < 0)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "option maxIdleTimeMS = %lld: must be >= 0 (0 = no limit)",
-                          (long long)o->max_idle_time_ms);
-    if (o->wait_queue_timeout_ms < 0)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "option waitQueueTimeoutMS = %lld: must be >= 0 (0 = no limit)",
-                          (long long)o->wait_queue_timeout_ms);
-    if (o->connect_timeout_ms < 0)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "option connect_timeout_ms = %lld: must be >= 0 (0 = no limit)",
-                          (long long)o->connect_timeout_ms);
-    if (o->maintenance_interval_ms == 0)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "option maintenance_interval_ms = 0: must be > 0, or < 0 "
-                          "for no background thread");
-    if ((unsigned)o->log_level > CPOOL_LOG_DEBUG)
-        return cpool__err(err, CPOOL_EINVAL, "option log_level = %d: out of range",
-                          (int)o->log_level);
-    if ((unsigned)o->validation > CPOOL_VALIDATE_ALWAYS)
-        return cpool__err(err, CPOOL_EINVAL, "option validation = %d: out of range",
-                          (int)o->validation);
-    if (o->validation_idle_ms < 0)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "option validation_idle_ms = %lld: must be >= 0",
-                          (long long)o->validation_idle_ms);
-    if (o->max_lifetime_ms < 0)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "option max_lifetime_ms = %lld: must be >= 0 (0 = no limit)",
-                          (long long)o->max_lifetime_ms);
-    if (!(o->lifetime_jitter >= 0 && o->lifetime_jitter <= 0.5))
-        return cpool__err(err, CPOOL_EINVAL, "option lifetime_jitter = %g: allowed 0..0.5",
-                          o->lifetime_jitter);
-    if (o->backoff_base_ms < 0 || o->backoff_max_ms < 0)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "option backoff_base_ms = %lld, backoff_max_ms = %lld: must be >= 0",
-                          (long long)o->backoff_base_ms, (long long)o->backoff_max_ms);
-    if (o->backoff_max_ms > 0 && o->backoff_base_ms > o->backoff_max_ms)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "option backoff_base_ms = %lld: must not exceed backoff_max_ms "
-                          "(%lld)",
-                          (long long)o->backoff_base_ms, (long long)o->backoff_max_ms);
-    if (!(o->backoff_jitter >= 0 && o->backoff_jitter <= 1))
-        return cpool__err(err, CPOOL_EINVAL, "option backoff_jitter = %g: allowed 0..1",
-                          o->backoff_jitter);
-    if (o->leak_threshold_ms < 0 || o->leak_reclaim_ms < 0 || o->startup_wait_ms < 0)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "options leak_threshold_ms, leak_reclaim_ms, startup_wait_ms: "
-                          "must be >= 0");
-    if (o->leak_reclaim_ms > 0 &&
-        (o->leak_threshold_ms == 0 || o->leak_reclaim_ms < o->leak_threshold_ms))
-        return cpool__err(err, CPOOL_EINVAL,
-                          "option leak_reclaim_ms = %lld: needs leak_threshold_ms (now %lld) "
-                          "> 0 and not above it",
-                          (long long)o->leak_reclaim_ms, (long long)o->leak_threshold_ms);
-    if (o->clock != NULL && o->clock->now_ns == NULL)
-        return cpool__err(err, CPOOL_EINVAL, "option clock: now_ns is required");
-    return 0;
-}
-
 /* serverHost/serverPort for the log records: "host:port", "[v6]:port", a
  * unix socket path (no port) or anything else (host only). */
 static int split_address(cpool *p)
@@ -300,71 +160,83 @@ static void free_pool(cpool *p)
     free(p);
 }
 
-/* CPOOL_LOG's level into *lv (0..3; -1 when the variable is unset or
- * empty): 0, or a CPOOL_EINVAL naming it. */
-static int env_log_level(int *lv, cpool_error *err)
+/* A zeroed pool with its locks and condition variables; NULL when out of
+ * memory. */
+static cpool *pool_alloc(void)
 {
-    static const char *const names[] = {"error", "warn", "info", "debug"};
-    const char *level = getenv("CPOOL_LOG");
-    *lv = -1;
-    if (level == NULL || level[0] == '\0')
-        return 0;
-    for (int i = 0; i < 4; i++)
-        if (strcasecmp(level, names[i]) == 0)
-            return *lv = i, 0;
-    return cpool__err(err, CPOOL_EINVAL,
-                      "CPOOL_LOG = \"%.32s\" (from env): allowed error|warn|info|debug", level);
+    cpool *p = aligned_alloc(CPOOL_CACHE_LINE, sizeof *p);
+    if (p == NULL)
+        return NULL;
+    memset(p, 0, sizeof *p);
+    /* Critical sections are a few list operations: spinning briefly before
+     * sleeping beats a futex round trip when the holder runs on another core. */
+    pthread_mutexattr_t mattr;
+    pthread_mutexattr_init(&mattr);
+    pthread_mutexattr_settype(&mattr, PTHREAD_MUTEX_ADAPTIVE_NP);
+    pthread_mutex_init(&p->mu, &mattr);
+    pthread_mutexattr_destroy(&mattr);
+    pthread_mutex_init(&p->ev_mu, NULL);
+    cpool__init_monotonic_cond(&p->maint_cv);
+    cpool__init_monotonic_cond(&p->drain_cv);
+    return p;
 }
 
-/* What env_log_sink() would refuse, without opening anything: for
- * cpool_options_explain(), which must refuse what cpool_create() refuses. */
-int cpool__env_log_check(const cpool_options *o, cpool_error *err)
+/* The connector parses its part of the target now, so a bad parameter
+ * fails here rather than at the first connect. */
+static int bind_connector(cpool *p, const cpool_options *o, cpool_error *err)
 {
-    if (o->on_log != NULL || o->ignore_env)
+    p->cx = o->connector;
+    p->cx_ctx = o->connector_ctx;
+    if (p->target == NULL || p->cx_ctx != NULL || p->cx->abi_version < 2 ||
+        p->cx->ctx_new == NULL)
         return 0;
-    int lv, rc = env_log_level(&lv, err);
-    if (rc != 0 || lv < 0)
+    void *ctx = NULL;
+    int rc = p->cx->ctx_new(p->target, &ctx, err);
+    if (rc != 0)
         return rc;
-    const char *path = getenv("CPOOL_LOG_PATH");
-    if (path == NULL || path[0] == '\0' || access(path, W_OK) == 0)
-        return 0;
-    int missing = errno == ENOENT;
-    /* A file that does not exist yet is made in a writable directory. */
-    char dir[4096];
-    const char *slash = strrchr(path, '/');
-    snprintf(dir, sizeof dir, "%.*s", slash == NULL ? 1 : slash == path ? 1 : (int)(slash - path),
-             slash == NULL ? "." : path);
-    if (missing && access(dir, W_OK | X_OK) == 0)
-        return 0;
-    return cpool__err(err, CPOOL_EINVAL,
-                      "CPOOL_LOG_PATH = \"%.120s\" (from env): cannot be opened for appending",
-                      path);
-}
-
-/* CPOOL_LOG=error|warn|info|debug gives a pool without a log sink of its
- * own the built-in JSON-lines sink, on stderr or appended to
- * CPOOL_LOG_PATH: logs for a program that never asked for them, switched
- * on where it runs. */
-static int env_log_sink(cpool *p, cpool_options *o, cpool_error *err)
-{
-    int lv, rc = env_log_level(&lv, err);
-    if (rc != 0 || lv < 0)
-        return rc;
-    FILE *f = stderr;
-    const char *path = getenv("CPOOL_LOG_PATH");
-    if (path != NULL && path[0] != '\0') {
-        f = fopen(path, "ae");
-        if (f == NULL)
-            return cpool__err(err, CPOOL_EINVAL,
-                              "CPOOL_LOG_PATH = \"%.120s\" (from env): cannot be opened for "
-                              "appending: %s",
-                              path, strerror(errno));
-        p->log_file = f;
-    }
-    o->on_log = cpool_log_json;
-    o->log_ctx = f;
-    o->log_level = (cpool_log_level)lv;
+    p->cx_ctx = ctx;
+    p->owns_cx_ctx = true;
     return 0;
+}
+
+/* The address is in every event, log record and error message, so it is
+ * made from the target without its password; the name defaults to it. */
+static int name_pool(cpool *p, const cpool_options *o, cpool_error *err)
+{
+    char buf[256], redacted[512];
+    if (p->target != NULL)
+        cpool_redact(p->target, redacted, sizeof redacted);
+    const char *address = o->address;
+    if (address == NULL && p->target != NULL && p->cx->address != NULL &&
+        p->cx->address(p->cx_ctx, redacted, buf, sizeof buf) == 0)
+        address = buf;
+    if (address == NULL || address[0] == '\0')
+        address = p->target != NULL && p->target[0] != '\0' ? redacted : p->cx->name;
+    p->address = address != NULL ? strdup(address) : NULL;
+    p->name = o->name != NULL ? strdup(o->name) : p->address != NULL ? strdup(p->address) : NULL;
+    if (p->target == NULL || p->address == NULL || p->name == NULL || split_address(p) != 0)
+        return cpool__err(err, CPOOL_ENOMEM, "create: out of memory");
+    return 0;
+}
+
+/* What the resolved options decide once: the paths a lease may take. */
+static void settle_locked_paths(cpool *p)
+{
+    const cpool_options *o = &p->opts;
+    /* Leak detection reads the holder's label under mu, so its leases take
+     * the locked paths, as observed pools' do. */
+    p->observed = o->on_event != NULL || o->on_log != NULL || o->leak_threshold_ms > 0;
+    p->stamp_idle = o->max_idle_time_ms > 0 || o->validation == CPOOL_VALIDATE_PING_IDLE;
+    /* Parking skips the events and the per-service generations. */
+    p->can_park = !p->observed && !o->load_balanced;
+    p->serial = atomic_fetch_add(&cpool__pool_serial, 1) + 1;
+    p->rng = 0x9e3779b97f4a7c15ULL ^ (p->serial * 0xbf58476d1ce4e5b9ULL) ^
+             (uint64_t)cpool__mono_ns();
+    p->options_set = cpool__options_set(o);
+    p->state = CPOOL_STATE_PAUSED;
+    atomic_store_explicit(&p->fork_epoch,
+                          atomic_load_explicit(&cpool__fork_epoch, memory_order_relaxed),
+                          memory_order_relaxed);
 }
 
 int cpool_create(const cpool_options *opts, cpool **out, cpool_error *err)
@@ -387,92 +259,31 @@ int cpool_create(const cpool_options *opts, cpool **out, cpool_error *err)
     char *target = NULL;
     int rc = cpool__options_resolve(&code, &o, &target, err);
     if (rc == 0)
-        rc = validate(&o, err);
+        rc = cpool__options_validate(&o, err);
     if (rc != 0) {
         free(target);
         return rc;
     }
-
     pthread_once(&cpool__atfork_once, cpool__register_atfork);
-    cpool *p = aligned_alloc(CPOOL_CACHE_LINE, sizeof *p);
-    if (p != NULL)
-        memset(p, 0, sizeof *p);
+    cpool *p = pool_alloc();
     if (p == NULL) {
         free(target);
         return cpool__err(err, CPOOL_ENOMEM, "create: out of memory");
     }
-    /* Critical sections are a few list operations: spinning briefly before
-     * sleeping beats a futex round trip when the holder runs on another core. */
-    pthread_mutexattr_t mattr;
-    pthread_mutexattr_init(&mattr);
-    pthread_mutexattr_settype(&mattr, PTHREAD_MUTEX_ADAPTIVE_NP);
-    pthread_mutex_init(&p->mu, &mattr);
-    pthread_mutexattr_destroy(&mattr);
-    pthread_mutex_init(&p->ev_mu, NULL);
-    cpool__init_monotonic_cond(&p->maint_cv);
-    cpool__init_monotonic_cond(&p->drain_cv);
-
-    p->cx = o.connector;
-    p->cx_ctx = o.connector_ctx;
     p->target = target != NULL ? target : strdup("");
-    if (p->target != NULL && p->cx_ctx == NULL && p->cx->abi_version >= 2 &&
-        p->cx->ctx_new != NULL) {
-        /* The connector parses its part of the target now, so a bad
-         * parameter fails here rather than at the first connect. */
-        void *ctx = NULL;
-        rc = p->cx->ctx_new(p->target, &ctx, err);
-        if (rc != 0) {
-            free_pool(p);
-            return rc;
-        }
-        p->cx_ctx = ctx;
-        p->owns_cx_ctx = true;
-    }
-    /* The address is in every event, log record and error message, so it
-     * is made from the target without its password. */
-    char buf[256], redacted[512];
-    if (p->target != NULL)
-        cpool_redact(p->target, redacted, sizeof redacted);
-    const char *address = o.address;
-    if (address == NULL && p->target != NULL && p->cx->address != NULL &&
-        p->cx->address(p->cx_ctx, redacted, buf, sizeof buf) == 0)
-        address = buf;
-    if (address == NULL || address[0] == '\0') {
-        if (p->target != NULL && p->target[0] != '\0') {
-            address = redacted;
-        } else {
-            address = p->cx->name;
-        }
-    }
-    p->address = address != NULL ? strdup(address) : NULL;
-    p->name = o.name != NULL ? strdup(o.name) : p->address != NULL ? strdup(p->address) : NULL;
-    if (p->target == NULL || p->address == NULL || p->name == NULL || split_address(p) != 0) {
+    if ((rc = bind_connector(p, &o, err)) != 0 || (rc = name_pool(p, &o, err)) != 0) {
         free_pool(p);
-        return cpool__err(err, CPOOL_ENOMEM, "create: out of memory");
+        return rc;
     }
     o.target = p->target;
     o.address = p->address;
     o.name = p->name;
-    if (o.on_log == NULL && !o.ignore_env && (rc = env_log_sink(p, &o, err)) != 0) {
+    if (o.on_log == NULL && !o.ignore_env && (rc = cpool__env_log_sink(p, &o, err)) != 0) {
         free_pool(p);
         return rc;
     }
     p->opts = o;
-    /* Leak detection reads the holder's label under mu, so its leases take
-     * the locked paths, as observed pools' do. */
-    p->observed = o.on_event != NULL || o.on_log != NULL || o.leak_threshold_ms > 0;
-    p->stamp_idle = o.max_idle_time_ms > 0 || o.validation == CPOOL_VALIDATE_PING_IDLE;
-    /* Parking skips the events and the per-service generations. */
-    p->can_park = !p->observed && !o.load_balanced;
-    p->serial = atomic_fetch_add(&cpool__pool_serial, 1) + 1;
-    p->rng = 0x9e3779b97f4a7c15ULL ^ (p->serial * 0xbf58476d1ce4e5b9ULL) ^
-             (uint64_t)cpool__mono_ns();
-    p->options_set = options_set(&o);
-    p->state = CPOOL_STATE_PAUSED;
-    atomic_store_explicit(&p->fork_epoch,
-                          atomic_load_explicit(&cpool__fork_epoch, memory_order_relaxed),
-                          memory_order_relaxed);
-
+    settle_locked_paths(p);
     cpool__registry_add(p); /* before mu: the registry lock comes first */
     cpool__lock(p);
     if (cpool__start_maintenance_locked(p) != 0) {

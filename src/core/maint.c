@@ -328,6 +328,35 @@ int cpool_maintain(cpool *p, cpool_error *err)
     return 0;
 }
 
+/* Why cpool_wait_connected() ended short of n connections: while
+ * establishments fail, the last one's error with its labels; else a
+ * timeout's count, or what stopped it. */
+static int wait_connected_error(cpool *p, int rc, const cpool_error *e, uint32_t got,
+                                uint32_t n, int64_t timeout_ms, cpool_error *err)
+{
+    cpool__lock(p);
+    bool have_last = p->fail_streak > 0; /* failing now, not long ago */
+    cpool_error last = p->last_fail;
+    cpool__unlock(p);
+    if (have_last && (rc == CPOOL_ECONNECT || rc == CPOOL_EUNAVAILABLE ||
+                      rc == CPOOL_ETIMEDOUT)) {
+        if (err != NULL) {
+            *err = last;
+            size_t len = strlen(err->message);
+            snprintf(err->message + len, sizeof err->message - len,
+                     " (startup: %u of %u connections after %lld ms)", got, n,
+                     (long long)timeout_ms);
+        }
+        return last.code;
+    }
+    if (err != NULL && rc == CPOOL_ETIMEDOUT)
+        cpool__err(err, rc, "wait_connected %s: %u of %u connections after %lld ms",
+                   p->address, got, n, (long long)timeout_ms);
+    else if (err != NULL)
+        *err = *e;
+    return rc;
+}
+
 int cpool_wait_connected(cpool *p, uint32_t n, int64_t timeout_ms, cpool_error *err)
 {
     if (p != NULL && cpool__in_callback(p))
@@ -391,26 +420,5 @@ int cpool_wait_connected(cpool *p, uint32_t n, int64_t timeout_ms, cpool_error *
             memset(err, 0, sizeof *err);
         return 0;
     }
-    cpool__lock(p);
-    bool have_last = p->fail_streak > 0; /* failing now, not long ago */
-    cpool_error last = p->last_fail;
-    cpool__unlock(p);
-    if (have_last && (rc == CPOOL_ECONNECT || rc == CPOOL_EUNAVAILABLE ||
-                      rc == CPOOL_ETIMEDOUT)) {
-        /* The last establishment error says why, with its labels. */
-        if (err != NULL) {
-            *err = last;
-            size_t len = strlen(err->message);
-            snprintf(err->message + len, sizeof err->message - len,
-                     " (startup: %u of %u connections after %lld ms)", got, n,
-                     (long long)timeout_ms);
-        }
-        return last.code;
-    }
-    if (err != NULL && rc == CPOOL_ETIMEDOUT)
-        cpool__err(err, rc, "wait_connected %s: %u of %u connections after %lld ms",
-                   p->address, got, n, (long long)timeout_ms);
-    else if (err != NULL)
-        *err = e;
-    return rc;
+    return wait_connected_error(p, rc, &e, got, n, timeout_ms, err);
 }

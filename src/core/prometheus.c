@@ -229,6 +229,106 @@ static void histogram(ctx *c, const char *name, const char *help, const cpool_hi
     putf(c->o, "%" PRIu64 "\n", h->count);
 }
 
+/* Gauges: the pool as it is now. */
+static void gauges(ctx *c, const cpool_stats *s)
+{
+    family(c, "db_client_connection_count", "gauge",
+           "Connections open now, by state: idle (available) or used (checked out).");
+    sample_u64(c, "db_client_connection_count", "state", "idle", s->counts.available);
+    sample_u64(c, "db_client_connection_count", "state", "used", s->counts.in_use);
+    gauge(c, "db_client_connection_establishing",
+          "Connections being established (CMAP pending); they count toward the maximum.",
+          s->counts.pending);
+    gauge(c, "db_client_connection_pending_requests",
+          "Checkouts waiting in the queue for a connection.", s->counts.waiting);
+    family(c, "db_client_connection_max", "gauge",
+           "Most connections the pool may hold open (maxPoolSize); +Inf when unlimited.");
+    sample_head(c, "db_client_connection_max", NULL, NULL, NULL);
+    if (s->max_pool_size == 0)
+        put(c->o, "+Inf\n");
+    else
+        putf(c->o, "%" PRIu32 "\n", s->max_pool_size);
+    gauge(c, "db_client_connection_idle_min",
+          "Connections the pool keeps open even when idle (minPoolSize).", s->min_pool_size);
+    gauge(c, "db_client_connection_generation",
+          "The pool's generation; it grows by one at every clear.", s->counts.generation);
+    family(c, "db_client_connection_pool_state", "gauge",
+           "1 for the state the pool is in (paused, ready, closed), 0 for the others.");
+    static const char *const states[] = {"paused", "ready", "closed"};
+    for (int i = 0; i < 3; i++)
+        sample_u64(c, "db_client_connection_pool_state", "state", states[i],
+                   (int)s->counts.state == i);
+    gauge(c, "db_client_connection_breaker_open",
+          "1 while the circuit breaker is open (establishments keep failing).",
+          s->breaker_open ? 1 : 0);
+}
+
+/* Counters: what happened since the pool was created. */
+static void counters(ctx *c, const cpool_stats *s)
+{
+    counter(c, "db_client_connection_created_total",
+            "Connections the pool started to establish (ConnectionCreated).",
+            s->connections_created);
+    counter(c, "db_client_connection_connect_failures_total",
+            "Establishments that failed.", s->connect_failures);
+    counter(c, "db_client_connection_capacity_refusals_total",
+            "Establishments the server refused for lack of connection slots (too many "
+            "clients); they neither back off nor open the circuit.",
+            s->capacity_refusals);
+    family(c, "db_client_connection_closed_total", "counter",
+           "Connections closed, by reason (ConnectionClosed.reason).");
+    for (int r = 0; r < CPOOL_CLOSE_REASON_COUNT_ && r < CPOOL_CLOSE_REASON_SLOTS; r++)
+        sample_u64(c, "db_client_connection_closed_total", "reason",
+                   cpool_close_reason_name(r), s->closed[r]);
+    counter(c, "db_client_connection_checkouts_total",
+            "Checkouts started (ConnectionCheckOutStarted).", s->checkouts);
+    counter(c, "db_client_connection_checkouts_reused_total",
+            "Checkouts served by a connection that was already open.", s->checkouts_reused);
+    family(c, "db_client_connection_checkout_failures_total", "counter",
+           "Checkouts that failed, by error code.");
+    for (int i = 1; i < CPOOL_ERROR_SLOTS; i++) {
+        const char *name = cpool_err_name(-i);
+        char other[24];
+        if (strcmp(name, "CPOOL_E?") == 0) {
+            /* A code this build has no name for: shown only if it
+             * happened, under its number. */
+            if (s->checkout_failures[i] == 0)
+                continue;
+            snprintf(other, sizeof other, "%d", -i);
+            name = other;
+        }
+        sample_u64(c, "db_client_connection_checkout_failures_total", "error", name,
+                   s->checkout_failures[i]);
+    }
+    counter(c, "db_client_connection_timeouts_total",
+            "Checkouts that timed out waiting for a connection (CPOOL_ETIMEDOUT, and "
+            "CPOOL_ETENANT when the tenant's cap kept it waiting).",
+            s->checkout_failures[-CPOOL_ETIMEDOUT] + s->checkout_failures[-CPOOL_ETENANT]);
+    counter(c, "db_client_connection_validations_total",
+            "Validations run on reused connections before handing them out.",
+            s->validations);
+    counter(c, "db_client_connection_validation_failures_total",
+            "Validations that failed (the connection was closed and replaced).",
+            s->validation_failures);
+    counter(c, "db_client_connection_breaker_opens_total",
+            "Times the circuit breaker opened.", s->breaker_opens);
+    counter(c, "db_client_connection_leaks_suspected_total",
+            "Leases held longer than leak_threshold_ms.", s->leaks_suspected);
+    counter(c, "db_client_connection_leaks_reclaimed_total",
+            "Leases held longer than leak_reclaim_ms, interrupted and taken back.",
+            s->leaks_reclaimed);
+}
+
+static void histograms(ctx *c, const cpool_stats *s)
+{
+    histogram(c, "db_client_connection_wait_time_seconds",
+              "Time a checkout took, from its start to the lease.", &s->wait);
+    histogram(c, "db_client_connection_use_time_seconds",
+              "Time a lease was held, from checkout to checkin.", &s->hold);
+    histogram(c, "db_client_connection_create_time_seconds",
+              "Time a successful establishment took.", &s->connect);
+}
+
 size_t cpool_stats_prometheus(const cpool_stats *s, const char *pool_name,
                               const char *extra_labels, char *buf, size_t size)
 {
@@ -245,98 +345,9 @@ size_t cpool_stats_prometheus(const cpool_stats *s, const char *pool_name,
         c.extra = NULL;
     }
 
-    /* Gauges: the pool as it is now. */
-    family(&c, "db_client_connection_count", "gauge",
-           "Connections open now, by state: idle (available) or used (checked out).");
-    sample_u64(&c, "db_client_connection_count", "state", "idle", s->counts.available);
-    sample_u64(&c, "db_client_connection_count", "state", "used", s->counts.in_use);
-    gauge(&c, "db_client_connection_establishing",
-          "Connections being established (CMAP pending); they count toward the maximum.",
-          s->counts.pending);
-    gauge(&c, "db_client_connection_pending_requests",
-          "Checkouts waiting in the queue for a connection.", s->counts.waiting);
-    family(&c, "db_client_connection_max", "gauge",
-           "Most connections the pool may hold open (maxPoolSize); +Inf when unlimited.");
-    sample_head(&c, "db_client_connection_max", NULL, NULL, NULL);
-    if (s->max_pool_size == 0)
-        put(&o, "+Inf\n");
-    else
-        putf(&o, "%" PRIu32 "\n", s->max_pool_size);
-    gauge(&c, "db_client_connection_idle_min",
-          "Connections the pool keeps open even when idle (minPoolSize).", s->min_pool_size);
-    gauge(&c, "db_client_connection_generation",
-          "The pool's generation; it grows by one at every clear.", s->counts.generation);
-    family(&c, "db_client_connection_pool_state", "gauge",
-           "1 for the state the pool is in (paused, ready, closed), 0 for the others.");
-    static const char *const states[] = {"paused", "ready", "closed"};
-    for (int i = 0; i < 3; i++)
-        sample_u64(&c, "db_client_connection_pool_state", "state", states[i],
-                   (int)s->counts.state == i);
-    gauge(&c, "db_client_connection_breaker_open",
-          "1 while the circuit breaker is open (establishments keep failing).",
-          s->breaker_open ? 1 : 0);
-
-    /* Counters: what happened since the pool was created. */
-    counter(&c, "db_client_connection_created_total",
-            "Connections the pool started to establish (ConnectionCreated).",
-            s->connections_created);
-    counter(&c, "db_client_connection_connect_failures_total",
-            "Establishments that failed.", s->connect_failures);
-    counter(&c, "db_client_connection_capacity_refusals_total",
-            "Establishments the server refused for lack of connection slots (too many "
-            "clients); they neither back off nor open the circuit.",
-            s->capacity_refusals);
-    family(&c, "db_client_connection_closed_total", "counter",
-           "Connections closed, by reason (ConnectionClosed.reason).");
-    for (int r = 0; r < CPOOL_CLOSE_REASON_COUNT_ && r < CPOOL_CLOSE_REASON_SLOTS; r++)
-        sample_u64(&c, "db_client_connection_closed_total", "reason",
-                   cpool_close_reason_name(r), s->closed[r]);
-    counter(&c, "db_client_connection_checkouts_total",
-            "Checkouts started (ConnectionCheckOutStarted).", s->checkouts);
-    counter(&c, "db_client_connection_checkouts_reused_total",
-            "Checkouts served by a connection that was already open.", s->checkouts_reused);
-    family(&c, "db_client_connection_checkout_failures_total", "counter",
-           "Checkouts that failed, by error code.");
-    for (int i = 1; i < CPOOL_ERROR_SLOTS; i++) {
-        const char *name = cpool_err_name(-i);
-        char other[24];
-        if (strcmp(name, "CPOOL_E?") == 0) {
-            /* A code this build has no name for: shown only if it
-             * happened, under its number. */
-            if (s->checkout_failures[i] == 0)
-                continue;
-            snprintf(other, sizeof other, "%d", -i);
-            name = other;
-        }
-        sample_u64(&c, "db_client_connection_checkout_failures_total", "error", name,
-                   s->checkout_failures[i]);
-    }
-    counter(&c, "db_client_connection_timeouts_total",
-            "Checkouts that timed out waiting for a connection (CPOOL_ETIMEDOUT, and "
-            "CPOOL_ETENANT when the tenant's cap kept it waiting).",
-            s->checkout_failures[-CPOOL_ETIMEDOUT] + s->checkout_failures[-CPOOL_ETENANT]);
-    counter(&c, "db_client_connection_validations_total",
-            "Validations run on reused connections before handing them out.",
-            s->validations);
-    counter(&c, "db_client_connection_validation_failures_total",
-            "Validations that failed (the connection was closed and replaced).",
-            s->validation_failures);
-    counter(&c, "db_client_connection_breaker_opens_total",
-            "Times the circuit breaker opened.", s->breaker_opens);
-    counter(&c, "db_client_connection_leaks_suspected_total",
-            "Leases held longer than leak_threshold_ms.", s->leaks_suspected);
-    counter(&c, "db_client_connection_leaks_reclaimed_total",
-            "Leases held longer than leak_reclaim_ms, interrupted and taken back.",
-            s->leaks_reclaimed);
-
-    /* Histograms. */
-    histogram(&c, "db_client_connection_wait_time_seconds",
-              "Time a checkout took, from its start to the lease.", &s->wait);
-    histogram(&c, "db_client_connection_use_time_seconds",
-              "Time a lease was held, from checkout to checkin.", &s->hold);
-    histogram(&c, "db_client_connection_create_time_seconds",
-              "Time a successful establishment took.", &s->connect);
-
+    gauges(&c, s);
+    counters(&c, s);
+    histograms(&c, s);
     if (o.size > 0)
         buf[o.len < o.size ? o.len : o.size - 1] = '\0';
     return o.len;

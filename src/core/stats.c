@@ -3,7 +3,7 @@
  * Histogram buckets are spaced by a factor of sqrt(2) from 1 us, so a
  * quantile read from them is within about 20 % of the true value anywhere
  * from microseconds to seconds, with 48 fixed cells and no allocation. */
-#include "pool_int.h"
+#include "core.h"
 
 #include <string.h>
 
@@ -138,11 +138,11 @@ int cpool_get_stats(cpool *p, cpool_stats *out)
      * still out has come back. */
     uint64_t out_now = p->orphans.n;
     for (const cpool_conn *c = p->in_use.head; c != NULL; c = c->next)
-        out_now += atomic_load_explicit(&c->leased, memory_order_relaxed) == 1; /* HELD */
+        out_now += atomic_load_explicit(&c->leased, memory_order_relaxed) == LEASE_HELD;
     s.checkins = s.checkouts_ok - out_now;
     hist_sum(&s.connect, &p->connect_hist);
     s.connect_fail_streak = p->fail_streak;
-    s.breaker_open = p->opts.breaker_threshold > 0 && p->fail_streak >= p->opts.breaker_threshold;
+    s.breaker_open = cpool__breaker_open(p);
     s.breaker_opens = p->breaker_opens;
     s.leaks_suspected = p->leaks_suspected;
     s.leaks_reclaimed = p->leaks_reclaimed;
