@@ -410,9 +410,7 @@ int cpool_clear_service(cpool *p, const char *service_id, unsigned flags,
 
 void cpool_close(cpool *p)
 {
-    if (p != NULL && cpool__in_callback(p))
-        return;
-    if (p == NULL)
+    if (p == NULL || cpool__in_callback(p))
         return;
     cpool__lock(p);
     cpool__check_fork_relock(p);
@@ -491,9 +489,7 @@ int cpool_shutdown(cpool *p, int64_t grace_ms, cpool_shutdown_report *report,
 
 void cpool_destroy(cpool *p)
 {
-    if (p != NULL && cpool__in_callback(p))
-        return;
-    if (p == NULL)
+    if (p == NULL || cpool__in_callback(p))
         return;
     cpool_close(p);
     cpool__lock(p);
