@@ -12,6 +12,7 @@ function(cpool_unit_suite suite)
   add_executable(${exe} ${CMAKE_CURRENT_SOURCE_DIR}/unit/test_${suite}.c)
   target_include_directories(${exe} PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
   target_link_libraries(${exe} PRIVATE cpool_static Threads::Threads)
+  target_compile_definitions(${exe} PRIVATE CPOOL_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
   foreach(case IN LISTS S_CASES)
     add_test(NAME ${suite}/${case} COMMAND ${exe} ${case})
     set_tests_properties(${suite}/${case} PROPERTIES
@@ -124,7 +125,8 @@ cpool_unit_suite(config LABEL unit TIMEOUT 30 CASES
   bad_inputs_refused_with_clear_errors
   env_log_sink_writes_redacted_json_lines
   misspelt_env_variable_warned
-  param_table_parsing)
+  param_table_parsing
+  options_doc_table_matches_rows)
 
 cpool_unit_suite(lifecycle LABEL unit TIMEOUT 30 CASES
   lifetime_closes_returned_connection

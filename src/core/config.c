@@ -1,9 +1,12 @@
 /* config.c -- named options: defaults, profiles, environment, target query.
  *
- * One table describes every option that has a name. The same table parses
- * text from the environment, the query string and cpool_options_set(),
- * validates ranges, prints values and says where each came from, so a new
- * option is one line here plus its field. */
+ * One table describes every option that has a name: its names, type,
+ * default, range, and the text `cpool options` and docs/configuration.md
+ * show. The same table sets the defaults (cpool_options_init), parses text
+ * from the environment, the query string and cpool_options_set(), checks
+ * every value's range, prints values and says where each came from. A new
+ * option is one row here, its field in cpool_options, and its row in the
+ * documentation's table (config/options_doc_table_matches_rows checks). */
 #include "pool_int.h"
 
 #include <ctype.h>
@@ -31,6 +34,7 @@ typedef struct opt_def {
     const char *const *names; /* T_ENUM */
     const char *allowed;
     const char *help;
+    double dflt; /* the default: cpool_options_init() sets it */
 } opt_def;
 
 #define OFF(f) offsetof(cpool_options, f)
@@ -40,70 +44,70 @@ typedef struct opt_def {
 static const opt_def defs[] = {
     {"max_pool_size", "maxPoolSize", "CPOOL_MAX_POOL_SIZE", T_U32, OFF(max_pool_size),
      0, U32MAX, NULL, "0..4294967295 (0 = no limit)",
-     "most connections open at once (pending + available + in use)"},
+     "most connections open at once (pending + available + in use)", 10},
     {"min_pool_size", "minPoolSize", "CPOOL_MIN_POOL_SIZE", T_U32, OFF(min_pool_size),
      0, U32MAX, NULL, "0..max_pool_size",
-     "connections the background thread keeps open"},
+     "connections the background thread keeps open", 0},
     {"max_idle_time_ms", "maxIdleTimeMS", "CPOOL_MAX_IDLE_TIME_MS", T_MS,
      OFF(max_idle_time_ms), 0, MSMAX, NULL, ">= 0 ms (0 = no limit)",
-     "an available connection idle this long is closed"},
+     "an available connection idle this long is closed", 0},
     {"max_connecting", "maxConnecting", "CPOOL_MAX_CONNECTING", T_U32,
      OFF(max_connecting), 1, U32MAX, NULL, ">= 1",
-     "establishments in progress at once"},
+     "establishments in progress at once", 2},
     {"wait_queue_timeout_ms", "waitQueueTimeoutMS", "CPOOL_WAIT_QUEUE_TIMEOUT_MS", T_MS,
      OFF(wait_queue_timeout_ms), 0, MSMAX, NULL, ">= 0 ms (0 = no limit)",
-     "how long a checkout may wait in the queue (CMAP meaning)"},
+     "how long a checkout may wait in the queue (CMAP meaning)", 30000},
     {"connect_timeout_ms", "connectTimeoutMS", "CPOOL_CONNECT_TIMEOUT_MS", T_MS,
      OFF(connect_timeout_ms), 0, MSMAX, NULL, ">= 0 ms (0 = no limit)",
-     "bound on one establishment (connect, TLS, handshake, auth)"},
+     "bound on one establishment (connect, TLS, handshake, auth)", 10000},
     {"maintenance_interval_ms", NULL, "CPOOL_MAINTENANCE_INTERVAL_MS", T_MS,
      OFF(maintenance_interval_ms), -MSMAX, MSMAX, NULL,
      "> 0 ms, or < 0 = no background thread",
-     "pause between background maintenance runs"},
+     "pause between background maintenance runs", 1000},
     {"load_balanced", "loadBalanced", "CPOOL_LOAD_BALANCED", T_BOOL, OFF(load_balanced),
-     0, 1, NULL, "true|false", "one generation per service behind a load balancer"},
+     0, 1, NULL, "true|false", "one generation per service behind a load balancer", 0},
     {"clear_on_connect_error", NULL, "CPOOL_CLEAR_ON_CONNECT_ERROR", T_BOOL,
      OFF(clear_on_connect_error), 0, 1, NULL, "true|false",
-     "an establishment error that is not backpressure clears the pool"},
+     "an establishment error that is not backpressure clears the pool", 0},
     {"log_level", NULL, "CPOOL_LOG_LEVEL", T_ENUM, OFF(log_level), 0, 0, log_level_names,
-     "error|warn|info|debug", "log records above this level are dropped"},
+     "error|warn|info|debug", "log records above this level are dropped", CPOOL_LOG_DEBUG},
     {"validation", NULL, "CPOOL_VALIDATION", T_ENUM, OFF(validation), 0, 0,
      validation_names, "none|check|ping_idle|always",
-     "what is checked before a reused connection is handed out"},
+     "what is checked before a reused connection is handed out", CPOOL_VALIDATE_CHECK},
     {"validation_idle_ms", NULL, "CPOOL_VALIDATION_IDLE_MS", T_MS, OFF(validation_idle_ms),
-     0, MSMAX, NULL, ">= 0 ms", "ping_idle: idle time after which a ping is needed"},
+     0, MSMAX, NULL, ">= 0 ms", "ping_idle: idle time after which a ping is needed", 1000},
     {"max_lifetime_ms", "maxLifetimeMS", "CPOOL_MAX_LIFETIME_MS", T_MS, OFF(max_lifetime_ms),
      0, MSMAX, NULL, ">= 0 ms (0 = no limit)",
-     "a connection older than this is closed and replaced"},
+     "a connection older than this is closed and replaced", 1800000},
     {"lifetime_jitter", NULL, "CPOOL_LIFETIME_JITTER", T_DOUBLE, OFF(lifetime_jitter), 0, 0.5,
-     NULL, "0..0.5", "lifetimes are shortened by a random fraction up to this"},
+     NULL, "0..0.5", "lifetimes are shortened by a random fraction up to this", 0.05},
     {"recycle_after_uses", NULL, "CPOOL_RECYCLE_AFTER_USES", T_U64, OFF(recycle_after_uses),
-     0, 9.2e18, NULL, ">= 0 (0 = never)", "close a connection after this many leases"},
+     0, 9.2e18, NULL, ">= 0 (0 = never)", "close a connection after this many leases", 0},
     {"backoff_base_ms", NULL, "CPOOL_BACKOFF_BASE_MS", T_MS, OFF(backoff_base_ms), 0, MSMAX,
-     NULL, ">= 0 ms (0 = no backoff)", "first wait after an establishment failure; doubles"},
+     NULL, ">= 0 ms (0 = no backoff)", "first wait after an establishment failure; doubles", 200},
     {"backoff_max_ms", NULL, "CPOOL_BACKOFF_MAX_MS", T_MS, OFF(backoff_max_ms), 0, MSMAX, NULL,
-     ">= 0 ms", "longest wait between establishment attempts"},
+     ">= 0 ms", "longest wait between establishment attempts", 10000},
     {"backoff_jitter", NULL, "CPOOL_BACKOFF_JITTER", T_DOUBLE, OFF(backoff_jitter), 0, 1, NULL,
-     "0..1", "each wait is randomised by +- this fraction"},
+     "0..1", "each wait is randomised by +- this fraction", 0.2},
     {"breaker_threshold", NULL, "CPOOL_BREAKER_THRESHOLD", T_U32, OFF(breaker_threshold), 0,
      U32MAX, NULL, ">= 0 (0 = never opens)",
-     "failures in a row after which checkouts needing a connection fail at once"},
+     "failures in a row after which checkouts needing a connection fail at once", 5},
     {"keepalive_ms", NULL, "CPOOL_KEEPALIVE_MS", T_MS, OFF(keepalive_ms), 0, MSMAX, NULL,
-     ">= 0 ms (0 = off)", "check connections left available this long, in the background"},
+     ">= 0 ms (0 = off)", "check connections left available this long, in the background", 60000},
     {"probe_interval_ms", NULL, "CPOOL_PROBE_INTERVAL_MS", T_MS, OFF(probe_interval_ms), 0,
      MSMAX, NULL, ">= 0 ms (0 = off)",
-     "while establishments fail, ask the server this often whether it is back"},
+     "while establishments fail, ask the server this often whether it is back", 250},
     {"leak_threshold_ms", NULL, "CPOOL_LEAK_THRESHOLD_MS", T_MS, OFF(leak_threshold_ms), 0,
-     MSMAX, NULL, ">= 0 ms (0 = off)", "a lease held this long is reported as a suspected leak"},
+     MSMAX, NULL, ">= 0 ms (0 = off)", "a lease held this long is reported as a suspected leak", 0},
     {"leak_reclaim_ms", NULL, "CPOOL_LEAK_RECLAIM_MS", T_MS, OFF(leak_reclaim_ms), 0, MSMAX,
      NULL, "0 (never) or >= leak_threshold_ms",
-     "a lease held this long is interrupted and its slot taken back"},
+     "a lease held this long is interrupted and its slot taken back", 0},
     {"startup_wait_ms", NULL, "CPOOL_STARTUP_WAIT_MS", T_MS, OFF(startup_wait_ms), 0, MSMAX,
      NULL, ">= 0 ms (0 = do not wait)",
-     "cpool_open waits this long for the first (or minPoolSize) connections"},
+     "cpool_open waits this long for the first (or minPoolSize) connections", 0},
     {"timing_sample", NULL, "CPOOL_TIMING_SAMPLE", T_U32, OFF(timing_sample), 0, U32MAX, NULL,
      ">= 0 (1 = every lease, 0 = none)",
-     "lock-free path: time one lease in this many for the histograms"},
+     "lock-free path: time one lease in this many for the histograms", 16},
 };
 #define NDEFS (sizeof defs / sizeof defs[0])
 
@@ -292,6 +296,21 @@ static int check_code_value(const opt_def *d, double v, cpool_error *err)
         return 0;
     return cpool__err(err, CPOOL_EINVAL, "option %s = %g (from code): allowed %s", d->name,
                       v, d->allowed);
+}
+
+/* Every option's default is its row's; the other fields are zero. The
+ * defaults and why: docs/configuration.md, "Defaults and why". */
+void cpool_options_init(cpool_options *o, size_t size)
+{
+    if (o == NULL)
+        return;
+    cpool_options d;
+    memset(&d, 0, sizeof d);
+    d.struct_size = size;
+    for (size_t i = 0; i < NDEFS; i++)
+        set_num(&d, &defs[i], defs[i].dflt);
+    memset(o, 0, size);
+    memcpy(o, &d, size < sizeof d ? size : sizeof d);
 }
 
 const char *cpool_option_source_name(cpool_option_source s)

@@ -16,38 +16,6 @@
 #include <time.h>
 #include <unistd.h>
 
-void cpool_options_init(cpool_options *o, size_t size)
-{
-    if (o == NULL)
-        return;
-    cpool_options d;
-    memset(&d, 0, sizeof d);
-    d.struct_size = size;
-    /* Not CMAP's 100 and "wait forever" (docs/configuration.md, "Defaults
-     * and why"): ten connections per pool leave a default PostgreSQL
-     * (max_connections 100) room for several processes, and a checkout that
-     * cannot be served ends within 30 s. */
-    d.max_pool_size = 10;
-    d.wait_queue_timeout_ms = 30000;
-    d.max_connecting = 2;
-    d.connect_timeout_ms = 10000;
-    d.maintenance_interval_ms = 1000;
-    d.log_level = CPOOL_LOG_DEBUG;
-    d.validation = CPOOL_VALIDATE_CHECK;
-    d.validation_idle_ms = 1000;
-    d.max_lifetime_ms = 1800000;
-    d.lifetime_jitter = 0.05;
-    d.backoff_base_ms = 200;
-    d.backoff_max_ms = 10000;
-    d.backoff_jitter = 0.2;
-    d.breaker_threshold = 5;
-    d.probe_interval_ms = 250;
-    d.keepalive_ms = 60000;
-    d.timing_sample = 16;
-    memset(o, 0, size);
-    memcpy(o, &d, size < sizeof d ? size : sizeof d);
-}
-
 /* The CMAP options that differ from the specification's defaults
  * (maxPoolSize 100, minPoolSize 0, maxIdleTimeMS 0, maxConnecting 2,
  * waitQueueTimeoutMS 0): what ConnectionPoolCreated lists, as a driver's
@@ -76,12 +44,11 @@ int cpool__options_validate(const cpool_options *o, cpool_error *err)
     return cpool__options_check(o, err);
 }
 
-/* The checks that need no connector: ranges and options that must agree. */
+/* The checks that need no connector and no single option's row: options
+ * that must agree, and limits of the process. Each value's own range was
+ * checked against its row when the options were resolved (config.c). */
 int cpool__options_check(const cpool_options *o, cpool_error *err)
 {
-    if (o->max_connecting == 0)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "option maxConnecting = 0: must be greater than 0");
     if (o->max_pool_size > 0 && o->min_pool_size > o->max_pool_size)
         return cpool__err(err, CPOOL_EINVAL,
                           "option minPoolSize = %u: must not exceed maxPoolSize (%u)",
@@ -96,55 +63,15 @@ int cpool__options_check(const cpool_options *o, cpool_error *err)
                           "option minPoolSize = %u: the process may open only %llu "
                           "descriptors (RLIMIT_NOFILE), and each connection needs one",
                           o->min_pool_size, (unsigned long long)nofile.rlim_cur);
-    if (o->max_idle_time_ms < 0)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "option maxIdleTimeMS = %lld: must be >= 0 (0 = no limit)",
-                          (long long)o->max_idle_time_ms);
-    if (o->wait_queue_timeout_ms < 0)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "option waitQueueTimeoutMS = %lld: must be >= 0 (0 = no limit)",
-                          (long long)o->wait_queue_timeout_ms);
-    if (o->connect_timeout_ms < 0)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "option connect_timeout_ms = %lld: must be >= 0 (0 = no limit)",
-                          (long long)o->connect_timeout_ms);
     if (o->maintenance_interval_ms == 0)
         return cpool__err(err, CPOOL_EINVAL,
                           "option maintenance_interval_ms = 0: must be > 0, or < 0 "
                           "for no background thread");
-    if ((unsigned)o->log_level > CPOOL_LOG_DEBUG)
-        return cpool__err(err, CPOOL_EINVAL, "option log_level = %d: out of range",
-                          (int)o->log_level);
-    if ((unsigned)o->validation > CPOOL_VALIDATE_ALWAYS)
-        return cpool__err(err, CPOOL_EINVAL, "option validation = %d: out of range",
-                          (int)o->validation);
-    if (o->validation_idle_ms < 0)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "option validation_idle_ms = %lld: must be >= 0",
-                          (long long)o->validation_idle_ms);
-    if (o->max_lifetime_ms < 0)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "option max_lifetime_ms = %lld: must be >= 0 (0 = no limit)",
-                          (long long)o->max_lifetime_ms);
-    if (!(o->lifetime_jitter >= 0 && o->lifetime_jitter <= 0.5))
-        return cpool__err(err, CPOOL_EINVAL, "option lifetime_jitter = %g: allowed 0..0.5",
-                          o->lifetime_jitter);
-    if (o->backoff_base_ms < 0 || o->backoff_max_ms < 0)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "option backoff_base_ms = %lld, backoff_max_ms = %lld: must be >= 0",
-                          (long long)o->backoff_base_ms, (long long)o->backoff_max_ms);
     if (o->backoff_max_ms > 0 && o->backoff_base_ms > o->backoff_max_ms)
         return cpool__err(err, CPOOL_EINVAL,
                           "option backoff_base_ms = %lld: must not exceed backoff_max_ms "
                           "(%lld)",
                           (long long)o->backoff_base_ms, (long long)o->backoff_max_ms);
-    if (!(o->backoff_jitter >= 0 && o->backoff_jitter <= 1))
-        return cpool__err(err, CPOOL_EINVAL, "option backoff_jitter = %g: allowed 0..1",
-                          o->backoff_jitter);
-    if (o->leak_threshold_ms < 0 || o->leak_reclaim_ms < 0 || o->startup_wait_ms < 0)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "options leak_threshold_ms, leak_reclaim_ms, startup_wait_ms: "
-                          "must be >= 0");
     if (o->leak_reclaim_ms > 0 &&
         (o->leak_threshold_ms == 0 || o->leak_reclaim_ms < o->leak_threshold_ms))
         return cpool__err(err, CPOOL_EINVAL,

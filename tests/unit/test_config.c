@@ -807,6 +807,52 @@ TEST(param_table_parsing)
 
 }
 
+/* docs/configuration.md's table of options is the rows' own text: name,
+ * CMAP name, environment variable, default, what is allowed and what it
+ * means, in the rows' order. On a mismatch the expected row is printed,
+ * ready to paste. */
+TEST(options_doc_table_matches_rows)
+{
+    cpool_options o;
+    cpool_options_init(&o, sizeof o);
+    o.connector = cpool_mem_connector();
+    o.ignore_env = true;
+    cpool_option_info info[64];
+    size_t n = 0;
+    cpool_error e;
+    ASSERT_OK_E(cpool_options_explain(&o, info, 64, &n, NULL, NULL, 0, &e), &e);
+    ASSERT_TRUE(n > 20);
+    FILE *f = fopen(CPOOL_SOURCE_DIR "/docs/configuration.md", "r");
+    ASSERT_NOT_NULL(f);
+    char line[1024];
+    size_t row = 0;
+    bool in_table = false;
+    while (fgets(line, sizeof line, f) != NULL) {
+        line[strcspn(line, "\n")] = '\0';
+        if (strncmp(line, "| option | CMAP name | environment | default |", 45) == 0) {
+            in_table = true;
+            continue;
+        }
+        if (!in_table || strncmp(line, "| ---", 5) == 0)
+            continue;
+        if (line[0] != '|')
+            break;
+        char want[1024];
+        if (row < n)
+            snprintf(want, sizeof want, "| `%s` | %s%s%s | `%s` | %s | %s | %s |",
+                     info[row].name, info[row].cmap_name != NULL ? "`" : "",
+                     info[row].cmap_name != NULL ? info[row].cmap_name : "—",
+                     info[row].cmap_name != NULL ? "`" : "", info[row].env_name,
+                     info[row].default_value, info[row].allowed, info[row].help);
+        if (row >= n || strcmp(line, want) != 0)
+            FAIL("docs/configuration.md, options table row %zu:\n  is   %s\n  want %s", row + 1,
+                 line, row < n ? want : "(no such option)");
+        row++;
+    }
+    fclose(f);
+    ASSERT_EQ(n, row);
+}
+
 int main(int argc, char **argv)
 {
     static const test_case cases[] = {
@@ -832,6 +878,7 @@ int main(int argc, char **argv)
         TEST_ENTRY(env_log_sink_writes_redacted_json_lines),
         TEST_ENTRY(misspelt_env_variable_warned),
         TEST_ENTRY(param_table_parsing),
+        TEST_ENTRY(options_doc_table_matches_rows),
         TEST_ENTRY(bad_inputs_refused_with_clear_errors),
     };
     return test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
