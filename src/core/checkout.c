@@ -22,30 +22,6 @@ atomic_uint_fast64_t cpool__pool_serial;
 static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
                          const char *tenant_name, cpool_conn **out, cpool_error *err);
 
-/* Takes a parked connection (any thread's) under mu; it is HELD by the
- * caller afterwards. `perished_only` takes only perished ones. */
-cpool_conn *cpool__steal_parked_locked(cpool *p, bool perished_only, int *reason)
-{
-    CPOOL_ASSERT_HELD(p);
-    if (!p->can_park)
-        return NULL;
-    int64_t now = cpool__perish_now(p);
-    for (cpool_conn *c = p->in_use.head; c != NULL; c = c->next) {
-        if (atomic_load(&c->leased) != LEASE_PARKED)
-            continue;
-        int why = cpool__perished_locked(p, c, now);
-        if (perished_only && why < 0)
-            continue;
-        unsigned parked = LEASE_PARKED;
-        if (!atomic_compare_exchange_strong(&c->leased, &parked, LEASE_HELD))
-            continue;
-        if (reason != NULL)
-            *reason = why;
-        return c;
-    }
-    return NULL;
-}
-
 /* The start of a checkout and its deadlines, computed on first use. */
 typedef struct checkout_clock {
     cpool *p;
@@ -201,15 +177,6 @@ int cpool_checkout_at(cpool *p, int64_t timeout_ms, const char *label, cpool_con
                       cpool_error *err)
 {
     return checkout_impl(p, timeout_ms, label, NULL, out, err);
-}
-
-/* A connection taken for a checkout goes back, unblamed and unused. */
-void cpool__put_back_locked(cpool *p, cpool_conn *c)
-{
-    CPOOL_ASSERT_HELD(p);
-    cpool__unassign_locked(c);
-    atomic_store_explicit(&c->leased, LEASE_NONE, memory_order_relaxed);
-    cpool__set_state_locked(p, c, CONN_AVAILABLE);
 }
 
 /* One checkout in progress. Its steps below share it; each says whether it

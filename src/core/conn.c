@@ -1,7 +1,9 @@
 /* conn.c -- the connection layer: the per-state lists (the list is the
  * state), counts and their invariants, services (load-balanced mode),
- * perish checks, creating, closing and freeing connections, and the wait
- * queue's links. Policies above call it; everything here needs mu.
+ * perish checks, creating, interrupting, closing and freeing connections,
+ * and the wait queue with the capacity rules (tenant limits included) that
+ * decide who gets the next one. Policies above call it; everything here
+ * needs mu.
  *
  * What must stay true (asserted by check_counts_locked in debug builds):
  *   total = pending + available + in use, total <= maxPoolSize (when > 0),
@@ -114,7 +116,6 @@ bool cpool__is_stale_locked(const cpool *p, const cpool_conn *c)
         return c->generation != c->svc->generation;
     return c->generation != p->generation;
 }
-
 
 /* Returns the close reason of a perished available connection, or -1. */
 int cpool__perished_locked(const cpool *p, const cpool_conn *c, int64_t now)
@@ -348,4 +349,292 @@ void cpool__serve_waiter(waiter *w)
 {
     atomic_store_explicit(&w->done, 1, memory_order_release);
     sem_post(&w->sem);
+}
+
+void cpool__cleared_error(const cpool *p, cpool_error *e)
+{
+    if (p->has_clear_cause)
+        cpool__err(e, CPOOL_ECLEARED,
+                   "Connection pool for %s was cleared because another operation "
+                   "failed with: %s",
+                   p->address, p->clear_cause.message);
+    else if (p->generation > 0)
+        cpool__err(e, CPOOL_ECLEARED,
+                   "Connection pool for %s was cleared because another operation "
+                   "failed with: (no cause given to cpool_clear)",
+                   p->address);
+    else
+        cpool__err(e, CPOOL_ECLEARED,
+                   "Connection pool for %s is paused: cpool_ready() was not called",
+                   p->address);
+    if (e != NULL)
+        e->labels = CPOOL_LABEL_RETRYABLE;
+}
+
+/* Marks the connections a clear with interruptInUseConnections must reach.
+ * Pending ones are cancelled at once through their eventfd (a write, never
+ * blocks); in-use ones are interrupted by cpool__interrupt_marked_relock(). */
+void cpool__mark_interrupts_locked(cpool *p, const service *svc, uint64_t upto_gen)
+{
+    CPOOL_ASSERT_HELD(p);
+    for (cpool_conn *c = p->pending.head; c != NULL; c = c->next)
+        if (svc == NULL && c->generation <= upto_gen)
+            cpool__cancel_pending(c);
+    for (cpool_conn *c = p->in_use.head; c != NULL; c = c->next)
+        if (c->svc == svc || svc == NULL)
+            if (c->generation <= upto_gen)
+                c->interrupt_requested = true;
+}
+
+/* Calls the connector's interrupt on every marked in-use connection, one at
+ * a time outside mu. The connection is pinned meanwhile so that a concurrent
+ * check-in cannot free it under the connector. May release mu. */
+void cpool__interrupt_marked_relock(cpool *p)
+{
+    CPOOL_ASSERT_HELD(p);
+    for (;;) {
+        cpool_conn *c = p->in_use.head;
+        while (c != NULL && !(c->interrupt_requested && !c->interrupted))
+            c = c->next;
+        if (c == NULL)
+            return;
+        c->interrupted = true;
+        c->pins++;
+        void *native = c->native;
+        cpool__unlock(p);
+        if (p->cx->interrupt != NULL && native != NULL)
+            p->cx->interrupt(p->cx_ctx, native);
+        cpool__lock(p);
+        if (--c->pins == 0 && c->close_deferred) {
+            cpool__unlock(p);
+            if (native != NULL)
+                p->cx->close(p->cx_ctx, native);
+            cpool__lock(p);
+            cpool__conn_free_locked(p, c);
+        }
+    }
+}
+
+/* Takes a parked connection (any thread's) under mu; it is HELD by the
+ * caller afterwards. `perished_only` takes only perished ones. */
+cpool_conn *cpool__steal_parked_locked(cpool *p, bool perished_only, int *reason)
+{
+    CPOOL_ASSERT_HELD(p);
+    if (!p->can_park)
+        return NULL;
+    int64_t now = cpool__perish_now(p);
+    for (cpool_conn *c = p->in_use.head; c != NULL; c = c->next) {
+        if (atomic_load(&c->leased) != LEASE_PARKED)
+            continue;
+        int why = cpool__perished_locked(p, c, now);
+        if (perished_only && why < 0)
+            continue;
+        unsigned parked = LEASE_PARKED;
+        if (!atomic_compare_exchange_strong(&c->leased, &parked, LEASE_HELD))
+            continue;
+        if (reason != NULL)
+            *reason = why;
+        return c;
+    }
+    return NULL;
+}
+
+/* A connection taken for a checkout goes back, unblamed and unused. */
+void cpool__put_back_locked(cpool *p, cpool_conn *c)
+{
+    CPOOL_ASSERT_HELD(p);
+    cpool__unassign_locked(c);
+    atomic_store_explicit(&c->leased, LEASE_NONE, memory_order_relaxed);
+    cpool__set_state_locked(p, c, CONN_AVAILABLE);
+}
+
+/* ------------------------------------------------- wait queue and capacity
+ *
+ * Who gets the next connection: the fair wait queue (FIFO, with tenants
+ * the oldest whose tenant may take one more), direct handoff of a returned
+ * connection to the oldest waiter, and granting capacity for new
+ * connections within maxPoolSize, maxConnecting and the backoff. */
+
+/* The waiter to serve next: the oldest, or with tenants the oldest whose
+ * tenant may take one more. */
+waiter *cpool__next_waiter_locked(const cpool *p)
+{
+    CPOOL_ASSERT_HELD(p);
+    if (!p->tenants)
+        return p->wq_head;
+    for (waiter *w = p->wq_head; w != NULL; w = w->next)
+        if (cpool__tenant_allows_locked(p, w->tenant))
+            return w;
+    return NULL;
+}
+
+void cpool__assign_locked(cpool *p, cpool_conn *c, tenant *t)
+{
+    CPOOL_ASSERT_HELD(p);
+    if (!p->tenants || t == NULL)
+        return;
+    c->tenant = t;
+    t->in_use++;
+}
+
+/* A checked-in or freshly established connection: straight to the oldest
+ * waiter if there is one (direct handoff: no newcomer can barge in between),
+ * otherwise onto the available stack. */
+void cpool__make_available_locked(cpool *p, cpool_conn *c)
+{
+    CPOOL_ASSERT_HELD(p);
+    waiter *w = cpool__next_waiter_locked(p);
+    if (w != NULL && p->state == CPOOL_STATE_READY) {
+        cpool__wq_remove_locked(p, w);
+        cpool__assign_locked(p, c, w->tenant);
+        w->conn = c;
+        w->establish = false;
+        cpool__set_state_locked(p, c, CONN_IN_USE);
+        atomic_store_explicit(&c->leased, LEASE_HELD, memory_order_relaxed);
+        cpool__serve_waiter(w);
+        return;
+    }
+    /* The idle clock matters only with maxIdleTimeMS or ping-when-idle;
+     * skip the clock read on the hot path otherwise. */
+    if (p->stamp_idle)
+        atomic_store_explicit(&c->available_since_ns, cpool__now(p),
+                              memory_order_relaxed);
+    cpool__set_state_locked(p, c, CONN_AVAILABLE);
+}
+
+/* After a failure, establishments wait for the end of the backoff step,
+ * and then one runs at a time (the probe) until one succeeds: a backend
+ * that just failed is not sent maxConnecting handshakes at once. */
+static bool backoff_allows_locked(const cpool *p)
+{
+    CPOOL_ASSERT_HELD(p);
+    if (p->fail_streak == 0)
+        return true;
+    if (p->probing)
+        return false;
+    return p->retry_at == 0 || cpool__now(p) >= p->retry_at;
+}
+
+bool cpool__can_create_locked(const cpool *p)
+{
+    CPOOL_ASSERT_HELD(p);
+    if (p->pending.n >= p->opts.max_connecting)
+        return false;
+    if (!backoff_allows_locked(p))
+        return false;
+    if (p->cap_retry_at != 0 && cpool__now(p) < p->cap_retry_at)
+        return false;
+    return p->opts.max_pool_size == 0 || total_locked(p) < p->opts.max_pool_size;
+}
+
+/* Capacity freed (a close, or an establishment ended): the oldest waiter may
+ * now create a connection. The pending connection is created here, in queue
+ * order, and handed to the waiter to establish. May release mu. */
+/* With tenants, a tenant's count dropping (a lease closed rather than
+ * returned) can make a queued checkout eligible for a connection that is
+ * already available: offer it, so no waiter stays queued beside one. */
+static void offer_available_locked(cpool *p)
+{
+    CPOOL_ASSERT_HELD(p);
+    if (!p->tenants)
+        return;
+    for (cpool_conn *c = p->available.head; c != NULL && cpool__next_waiter_locked(p) != NULL;) {
+        cpool_conn *next = c->next;
+        cpool__make_available_locked(p, c);
+        c = next;
+    }
+}
+
+void cpool__grant_capacity_relock(cpool *p)
+{
+    CPOOL_ASSERT_HELD(p);
+    offer_available_locked(p);
+    waiter *w;
+    while ((w = cpool__next_waiter_locked(p)) != NULL && p->state == CPOOL_STATE_READY &&
+           cpool__can_create_locked(p)) {
+        cpool__wq_remove_locked(p, w);
+        cpool_conn *c = cpool__conn_new_locked(p);
+        if (c == NULL) {
+            w->fail = CPOOL_ENOMEM;
+            cpool__serve_waiter(w);
+            continue;
+        }
+        cpool__assign_locked(p, c, w->tenant);
+        w->conn = c;
+        w->establish = true;
+        cpool__serve_waiter(w);
+        cpool__emit_created_relock(p, c);
+    }
+}
+
+void cpool__fail_waiters_locked(cpool *p, int code)
+{
+    CPOOL_ASSERT_HELD(p);
+    while (p->wq_head != NULL) {
+        waiter *w = p->wq_head;
+        cpool__wq_remove_locked(p, w);
+        w->fail = code;
+        cpool__serve_waiter(w);
+    }
+}
+
+void cpool__kick_maintenance_locked(cpool *p)
+{
+    CPOOL_ASSERT_HELD(p);
+    p->maint_kick = true;
+    pthread_cond_signal(&p->maint_cv);
+}
+
+/* Untaken guaranteed minimums of the tenants other than t. */
+static uint32_t reserved_for_others_locked(const cpool *p, const tenant *t)
+{
+    CPOOL_ASSERT_HELD(p);
+    uint32_t r = 0;
+    for (const tenant *u = p->tenant_list; u != NULL; u = u->next)
+        if (u != t && u->in_use < u->min)
+            r += u->min - u->in_use;
+    return r;
+}
+
+/* May a checkout of tenant t take one more connection? Its own cap, and
+ * the others' untaken minimums, which nobody else may use. */
+bool cpool__tenant_allows_locked(const cpool *p, const tenant *t)
+{
+    CPOOL_ASSERT_HELD(p);
+    if (!p->tenants)
+        return true;
+    if (t->max > 0 && t->in_use >= t->max)
+        return false;
+    if (t->in_use < t->min || p->opts.max_pool_size == 0)
+        return true;
+    uint32_t assigned = 0;
+    for (const tenant *u = p->tenant_list; u != NULL; u = u->next)
+        assigned += u->in_use;
+    return assigned + reserved_for_others_locked(p, t) < p->opts.max_pool_size;
+}
+
+/* Bumps the generation and pauses. A paused pool emits nothing but still
+ * bumps (CMAP: the generation must move on every clear). May release mu. */
+void cpool__clear_relock(cpool *p, unsigned flags, const cpool_error *cause)
+{
+    CPOOL_ASSERT_HELD(p);
+    uint64_t old = p->generation++;
+    bool was_paused = p->state == CPOOL_STATE_PAUSED;
+    p->state = CPOOL_STATE_PAUSED;
+    if (cause != NULL) {
+        p->clear_cause = *cause;
+        p->has_clear_cause = true;
+    }
+    cpool__fail_waiters_locked(p, CPOOL_ECLEARED);
+    if (flags & CPOOL_CLEAR_INTERRUPT_IN_USE)
+        cpool__mark_interrupts_locked(p, NULL, old);
+    /* Stale available connections should not wait for the next scheduled
+     * run (CMAP: a clear schedules the background thread at once). */
+    cpool__kick_maintenance_locked(p);
+    if (!was_paused && p->observed) {
+        cpool_event ev;
+        cpool__event_init(p, &ev, CPOOL_EV_POOL_CLEARED);
+        ev.interrupt_in_use = (flags & CPOOL_CLEAR_INTERRUPT_IN_USE) != 0;
+        cpool__emit_relock(p, &ev);
+    }
 }

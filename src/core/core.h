@@ -136,7 +136,6 @@ void cpool__serve_waiter(waiter *w);
 int cpool__svc_attach_locked(cpool *p, cpool_conn *c, const char *id);
 void cpool__wq_remove_locked(cpool *p, waiter *w);
 int64_t cpool__backoff_wake_locked(const cpool *p, int64_t deadline);
-bool cpool__breaker_open(const cpool *p);
 void cpool__unavailable_error_locked(const cpool *p, cpool_error *e);
 void cpool__assign_locked(cpool *p, cpool_conn *c, tenant *t);
 
@@ -150,5 +149,17 @@ static inline uint64_t cpool__conn_uses(const cpool_conn *c)
 unsigned cpool__options_set(const cpool_options *o);
 int cpool__options_validate(const cpool_options *o, cpool_error *err);
 int cpool__env_log_sink(cpool *p, cpool_options *o, cpool_error *err);
+
+void cpool__counts_locked(const cpool *p, cpool_counts *out);
+void cpool__stats_locked(cpool *p, cpool_stats *out);
+void cpool__maintain_relock(cpool *p);
+int cpool__open_into_pool_relock(cpool *p, int64_t until, cpool_error *e);
+void cpool__mark_interrupts_locked(cpool *p, const service *svc, uint64_t upto_gen);
+
+/* The circuit is open: establishments keep failing (see cpool__can_create_locked). */
+static inline bool cpool__breaker_open(const cpool *p)
+{
+    return p->opts.breaker_threshold > 0 && p->fail_streak >= p->opts.breaker_threshold;
+}
 
 #endif /* CPOOL_CORE_H */

@@ -16,11 +16,6 @@
 #include <time.h>
 #include <unistd.h>
 
-/* The circuit is open: establishments keep failing (see cpool__can_create_locked). */
-bool cpool__breaker_open(const cpool *p)
-{
-    return p->opts.breaker_threshold > 0 && p->fail_streak >= p->opts.breaker_threshold;
-}
 
 /* The wait before the next establishment after the nth failure in a row:
  * base * 2^(n-1), capped, randomised by +- backoff_jitter. */

@@ -15,96 +15,6 @@
 #include <time.h>
 #include <unistd.h>
 
-void cpool__cleared_error(const cpool *p, cpool_error *e)
-{
-    if (p->has_clear_cause)
-        cpool__err(e, CPOOL_ECLEARED,
-                   "Connection pool for %s was cleared because another operation "
-                   "failed with: %s",
-                   p->address, p->clear_cause.message);
-    else if (p->generation > 0)
-        cpool__err(e, CPOOL_ECLEARED,
-                   "Connection pool for %s was cleared because another operation "
-                   "failed with: (no cause given to cpool_clear)",
-                   p->address);
-    else
-        cpool__err(e, CPOOL_ECLEARED,
-                   "Connection pool for %s is paused: cpool_ready() was not called",
-                   p->address);
-    if (e != NULL)
-        e->labels = CPOOL_LABEL_RETRYABLE;
-}
-
-/* Marks the connections a clear with interruptInUseConnections must reach.
- * Pending ones are cancelled at once through their eventfd (a write, never
- * blocks); in-use ones are interrupted by cpool__interrupt_marked_relock(). */
-static void mark_interrupts_locked(cpool *p, const service *svc, uint64_t upto_gen)
-{
-    CPOOL_ASSERT_HELD(p);
-    for (cpool_conn *c = p->pending.head; c != NULL; c = c->next)
-        if (svc == NULL && c->generation <= upto_gen)
-            cpool__cancel_pending(c);
-    for (cpool_conn *c = p->in_use.head; c != NULL; c = c->next)
-        if (c->svc == svc || svc == NULL)
-            if (c->generation <= upto_gen)
-                c->interrupt_requested = true;
-}
-
-/* Calls the connector's interrupt on every marked in-use connection, one at
- * a time outside mu. The connection is pinned meanwhile so that a concurrent
- * check-in cannot free it under the connector. May release mu. */
-void cpool__interrupt_marked_relock(cpool *p)
-{
-    CPOOL_ASSERT_HELD(p);
-    for (;;) {
-        cpool_conn *c = p->in_use.head;
-        while (c != NULL && !(c->interrupt_requested && !c->interrupted))
-            c = c->next;
-        if (c == NULL)
-            return;
-        c->interrupted = true;
-        c->pins++;
-        void *native = c->native;
-        cpool__unlock(p);
-        if (p->cx->interrupt != NULL && native != NULL)
-            p->cx->interrupt(p->cx_ctx, native);
-        cpool__lock(p);
-        if (--c->pins == 0 && c->close_deferred) {
-            cpool__unlock(p);
-            if (native != NULL)
-                p->cx->close(p->cx_ctx, native);
-            cpool__lock(p);
-            cpool__conn_free_locked(p, c);
-        }
-    }
-}
-
-/* Bumps the generation and pauses. A paused pool emits nothing but still
- * bumps (CMAP: the generation must move on every clear). May release mu. */
-void cpool__clear_relock(cpool *p, unsigned flags, const cpool_error *cause)
-{
-    CPOOL_ASSERT_HELD(p);
-    uint64_t old = p->generation++;
-    bool was_paused = p->state == CPOOL_STATE_PAUSED;
-    p->state = CPOOL_STATE_PAUSED;
-    if (cause != NULL) {
-        p->clear_cause = *cause;
-        p->has_clear_cause = true;
-    }
-    cpool__fail_waiters_locked(p, CPOOL_ECLEARED);
-    if (flags & CPOOL_CLEAR_INTERRUPT_IN_USE)
-        mark_interrupts_locked(p, NULL, old);
-    /* Stale available connections should not wait for the next scheduled
-     * run (CMAP: a clear schedules the background thread at once). */
-    cpool__kick_maintenance_locked(p);
-    if (!was_paused && p->observed) {
-        cpool_event ev;
-        cpool__event_init(p, &ev, CPOOL_EV_POOL_CLEARED);
-        ev.interrupt_in_use = (flags & CPOOL_CLEAR_INTERRUPT_IN_USE) != 0;
-        cpool__emit_relock(p, &ev);
-    }
-}
-
 /* serverHost/serverPort for the log records: "host:port", "[v6]:port", a
  * unix socket path (no port) or anything else (host only). */
 static int split_address(cpool *p)
@@ -394,7 +304,7 @@ int cpool_clear_service(cpool *p, const char *service_id, unsigned flags,
     if (s != NULL) {
         uint64_t old = s->generation++;
         if (flags & CPOOL_CLEAR_INTERRUPT_IN_USE)
-            mark_interrupts_locked(p, s, old);
+            cpool__mark_interrupts_locked(p, s, old);
     }
     cpool__kick_maintenance_locked(p);
     cpool_event ev;
@@ -525,26 +435,6 @@ void cpool_wake(cpool *p)
     cpool__unlock(p);
 }
 
-void cpool_get_counts(cpool *p, cpool_counts *out)
-{
-    if (p == NULL || out == NULL)
-        return;
-    cpool__lock(p);
-    cpool__check_fork_relock(p);
-    uint32_t parked = 0;
-    if (p->can_park)
-        for (const cpool_conn *c = p->in_use.head; c != NULL; c = c->next)
-            parked += atomic_load(&c->leased) == LEASE_PARKED;
-    out->pending = p->pending.n;
-    out->available = p->available.n + parked;
-    out->in_use = p->in_use.n - parked;
-    out->total = total_locked(p);
-    out->waiting = atomic_load(&p->nwaiting);
-    out->generation = p->generation;
-    out->state = p->state;
-    cpool__unlock(p);
-}
-
 const char *cpool_address(const cpool *p)
 {
     return p != NULL ? p->address : NULL;
@@ -588,4 +478,137 @@ int cpool_conn_execute(cpool_conn *c, const char *command, cpool_error *err)
     if (rc != 0 && err != NULL)
         *err = e;
     return rc != 0 ? e.code : 0;
+}
+
+int cpool_maintain(cpool *p, cpool_error *err)
+{
+    if (p != NULL && cpool__in_callback(p))
+        return cpool__callback_err(p, err, "maintain");
+    if (p == NULL)
+        return cpool__err(err, CPOOL_EINVAL, "maintain: pool is required");
+    cpool__lock(p);
+    cpool__check_fork_relock(p);
+    if (p->state == CPOOL_STATE_CLOSED) {
+        cpool__unlock(p);
+        return cpool__err(err, CPOOL_ECLOSED, "maintain %s: pool is closed", p->address);
+    }
+    cpool__maintain_relock(p);
+    cpool__unlock(p);
+    return 0;
+}
+
+/* Why cpool_wait_connected() ended short of n connections: while
+ * establishments fail, the last one's error with its labels; else a
+ * timeout's count, or what stopped it. */
+static int wait_connected_error(cpool *p, int rc, const cpool_error *e, uint32_t got,
+                                uint32_t n, int64_t timeout_ms, cpool_error *err)
+{
+    cpool__lock(p);
+    bool have_last = p->fail_streak > 0; /* failing now, not long ago */
+    cpool_error last = p->last_fail;
+    cpool__unlock(p);
+    if (have_last && (rc == CPOOL_ECONNECT || rc == CPOOL_EUNAVAILABLE ||
+                      rc == CPOOL_ETIMEDOUT)) {
+        if (err != NULL) {
+            *err = last;
+            size_t len = strlen(err->message);
+            snprintf(err->message + len, sizeof err->message - len,
+                     " (startup: %u of %u connections after %lld ms)", got, n,
+                     (long long)timeout_ms);
+        }
+        return last.code;
+    }
+    if (err != NULL && rc == CPOOL_ETIMEDOUT)
+        cpool__err(err, rc, "wait_connected %s: %u of %u connections after %lld ms",
+                   p->address, got, n, (long long)timeout_ms);
+    else if (err != NULL)
+        *err = *e;
+    return rc;
+}
+
+int cpool_wait_connected(cpool *p, uint32_t n, int64_t timeout_ms, cpool_error *err)
+{
+    if (p != NULL && cpool__in_callback(p))
+        return cpool__callback_err(p, err, "wait_connected");
+    if (p == NULL || timeout_ms < 0)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "wait_connected: a pool and timeout_ms >= 0 are required");
+    if (n == 0)
+        n = p->opts.min_pool_size > 1 ? p->opts.min_pool_size : 1;
+    if (p->opts.max_pool_size != 0 && n > p->opts.max_pool_size)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "wait_connected %s: %u connections exceed maxPoolSize %u",
+                          p->address, n, p->opts.max_pool_size);
+    /* Connections are opened into the pool as the background refill opens
+     * them, not leased: a checkout would be a tenant's lease, and the slots
+     * other tenants reserve would stay out of reach (n = maxPoolSize never
+     * came). Failures follow the backoff, and an open circuit is waited
+     * out. */
+    int64_t deadline = deadline_after(cpool__now(p), timeout_ms);
+    uint32_t got = 0;
+    int rc = 0;
+    cpool_error e;
+    memset(&e, 0, sizeof e);
+    cpool__lock(p);
+    cpool__check_fork_relock(p);
+    for (;;) {
+        got = p->available.n + p->in_use.n;
+        if (got >= n)
+            break;
+        if (p->state == CPOOL_STATE_CLOSED || p->draining) {
+            rc = p->draining ? CPOOL_ESHUTDOWN : CPOOL_ECLOSED;
+            cpool__err(&e, rc, "wait_connected %s: the pool is closed", p->address);
+            break;
+        }
+        int64_t now = cpool__now(p);
+        if (now >= deadline) {
+            rc = CPOOL_ETIMEDOUT;
+            break;
+        }
+        if (p->state == CPOOL_STATE_READY && total_locked(p) < n && cpool__can_create_locked(p)) {
+            if ((rc = cpool__open_into_pool_relock(p, deadline, &e)) == CPOOL_ENOMEM)
+                break;
+            rc = 0; /* an establishment failure follows the backoff */
+            continue;
+        }
+        /* A backoff step, the maxConnecting limit or a paused pool: look
+         * again at the end of the step, or soon. */
+        int64_t wake = p->fail_streak > 0 && p->retry_at > now ? p->retry_at
+                                                                : now + 10000000;
+        if (wake > deadline)
+            wake = deadline;
+        cpool__unlock(p);
+        nanosleep(&(struct timespec){.tv_sec = (wake - now) / 1000000000,
+                                     .tv_nsec = (wake - now) % 1000000000},
+                  NULL);
+        cpool__lock(p);
+    }
+    cpool__unlock(p);
+    if (got >= n) {
+        if (err != NULL)
+            memset(err, 0, sizeof *err);
+        return 0;
+    }
+    return wait_connected_error(p, rc, &e, got, n, timeout_ms, err);
+}
+
+void cpool_get_counts(cpool *p, cpool_counts *out)
+{
+    if (p == NULL || out == NULL)
+        return;
+    cpool__lock(p);
+    cpool__check_fork_relock(p);
+    cpool__counts_locked(p, out);
+    cpool__unlock(p);
+}
+
+int cpool_get_stats(cpool *p, cpool_stats *out)
+{
+    if (p == NULL || out == NULL || out->struct_size < sizeof(cpool_stats))
+        return CPOOL_EINVAL;
+    cpool__lock(p);
+    cpool__check_fork_relock(p);
+    cpool__stats_locked(p, out);
+    cpool__unlock(p);
+    return 0;
 }

@@ -173,7 +173,7 @@ static void keepalive_relock(cpool *p)
  * establishment gets connect_timeout_ms, never past `until` (pool clock;
  * NO_DEADLINE = none) -- a caller's bound. 0, CPOOL_ENOMEM (nothing was
  * made), or the establishment's error in *e. Releases mu. */
-static int open_into_pool_relock(cpool *p, int64_t until, cpool_error *e)
+int cpool__open_into_pool_relock(cpool *p, int64_t until, cpool_error *e)
 {
     CPOOL_ASSERT_HELD(p);
     cpool_conn *c = cpool__conn_new_locked(p);
@@ -192,7 +192,7 @@ static int open_into_pool_relock(cpool *p, int64_t until, cpool_error *e)
  * check the ones idle for keepalive_ms, then populate up to minPoolSize
  * while the pool is ready and a maxConnecting slot is free. It never waits
  * for a slot. May release mu. */
-static void maintain_relock(cpool *p)
+void cpool__maintain_relock(cpool *p)
 {
     CPOOL_ASSERT_HELD(p);
     atomic_store_explicit(&p->tick_ns, cpool__now(p), memory_order_relaxed);
@@ -222,7 +222,7 @@ static void maintain_relock(cpool *p)
     cpool_error ce;
     while (p->state == CPOOL_STATE_READY && total_locked(p) < p->opts.min_pool_size &&
            cpool__can_create_locked(p)) {
-        if (open_into_pool_relock(p, NO_DEADLINE, &ce) != 0)
+        if (cpool__open_into_pool_relock(p, NO_DEADLINE, &ce) != 0)
             break; /* try again at the next run */
     }
 }
@@ -274,7 +274,7 @@ static void *maintenance_main(void *arg)
     cpool__lock(p);
     while (p->state != CPOOL_STATE_CLOSED && p->maint_running) {
         probe_server_relock(p);
-        maintain_relock(p);
+        cpool__maintain_relock(p);
         if (p->state == CPOOL_STATE_CLOSED || !p->maint_running)
             break;
         int64_t pause = ms_to_ns(p->opts.maintenance_interval_ms);
@@ -309,116 +309,4 @@ int cpool__start_maintenance_locked(cpool *p)
         return CPOOL_ESYS;
     }
     return 0;
-}
-
-int cpool_maintain(cpool *p, cpool_error *err)
-{
-    if (p != NULL && cpool__in_callback(p))
-        return cpool__callback_err(p, err, "maintain");
-    if (p == NULL)
-        return cpool__err(err, CPOOL_EINVAL, "maintain: pool is required");
-    cpool__lock(p);
-    cpool__check_fork_relock(p);
-    if (p->state == CPOOL_STATE_CLOSED) {
-        cpool__unlock(p);
-        return cpool__err(err, CPOOL_ECLOSED, "maintain %s: pool is closed", p->address);
-    }
-    maintain_relock(p);
-    cpool__unlock(p);
-    return 0;
-}
-
-/* Why cpool_wait_connected() ended short of n connections: while
- * establishments fail, the last one's error with its labels; else a
- * timeout's count, or what stopped it. */
-static int wait_connected_error(cpool *p, int rc, const cpool_error *e, uint32_t got,
-                                uint32_t n, int64_t timeout_ms, cpool_error *err)
-{
-    cpool__lock(p);
-    bool have_last = p->fail_streak > 0; /* failing now, not long ago */
-    cpool_error last = p->last_fail;
-    cpool__unlock(p);
-    if (have_last && (rc == CPOOL_ECONNECT || rc == CPOOL_EUNAVAILABLE ||
-                      rc == CPOOL_ETIMEDOUT)) {
-        if (err != NULL) {
-            *err = last;
-            size_t len = strlen(err->message);
-            snprintf(err->message + len, sizeof err->message - len,
-                     " (startup: %u of %u connections after %lld ms)", got, n,
-                     (long long)timeout_ms);
-        }
-        return last.code;
-    }
-    if (err != NULL && rc == CPOOL_ETIMEDOUT)
-        cpool__err(err, rc, "wait_connected %s: %u of %u connections after %lld ms",
-                   p->address, got, n, (long long)timeout_ms);
-    else if (err != NULL)
-        *err = *e;
-    return rc;
-}
-
-int cpool_wait_connected(cpool *p, uint32_t n, int64_t timeout_ms, cpool_error *err)
-{
-    if (p != NULL && cpool__in_callback(p))
-        return cpool__callback_err(p, err, "wait_connected");
-    if (p == NULL || timeout_ms < 0)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "wait_connected: a pool and timeout_ms >= 0 are required");
-    if (n == 0)
-        n = p->opts.min_pool_size > 1 ? p->opts.min_pool_size : 1;
-    if (p->opts.max_pool_size != 0 && n > p->opts.max_pool_size)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "wait_connected %s: %u connections exceed maxPoolSize %u",
-                          p->address, n, p->opts.max_pool_size);
-    /* Connections are opened into the pool as the background refill opens
-     * them, not leased: a checkout would be a tenant's lease, and the slots
-     * other tenants reserve would stay out of reach (n = maxPoolSize never
-     * came). Failures follow the backoff, and an open circuit is waited
-     * out. */
-    int64_t deadline = deadline_after(cpool__now(p), timeout_ms);
-    uint32_t got = 0;
-    int rc = 0;
-    cpool_error e;
-    memset(&e, 0, sizeof e);
-    cpool__lock(p);
-    cpool__check_fork_relock(p);
-    for (;;) {
-        got = p->available.n + p->in_use.n;
-        if (got >= n)
-            break;
-        if (p->state == CPOOL_STATE_CLOSED || p->draining) {
-            rc = p->draining ? CPOOL_ESHUTDOWN : CPOOL_ECLOSED;
-            cpool__err(&e, rc, "wait_connected %s: the pool is closed", p->address);
-            break;
-        }
-        int64_t now = cpool__now(p);
-        if (now >= deadline) {
-            rc = CPOOL_ETIMEDOUT;
-            break;
-        }
-        if (p->state == CPOOL_STATE_READY && total_locked(p) < n && cpool__can_create_locked(p)) {
-            if ((rc = open_into_pool_relock(p, deadline, &e)) == CPOOL_ENOMEM)
-                break;
-            rc = 0; /* an establishment failure follows the backoff */
-            continue;
-        }
-        /* A backoff step, the maxConnecting limit or a paused pool: look
-         * again at the end of the step, or soon. */
-        int64_t wake = p->fail_streak > 0 && p->retry_at > now ? p->retry_at
-                                                                : now + 10000000;
-        if (wake > deadline)
-            wake = deadline;
-        cpool__unlock(p);
-        nanosleep(&(struct timespec){.tv_sec = (wake - now) / 1000000000,
-                                     .tv_nsec = (wake - now) % 1000000000},
-                  NULL);
-        cpool__lock(p);
-    }
-    cpool__unlock(p);
-    if (got >= n) {
-        if (err != NULL)
-            memset(err, 0, sizeof *err);
-        return 0;
-    }
-    return wait_connected_error(p, rc, &e, got, n, timeout_ms, err);
 }

@@ -108,15 +108,14 @@ static void list_sum(cpool_stats *s, const conn_list *l)
         cell_sum(s, &c->cell);
 }
 
-int cpool_get_stats(cpool *p, cpool_stats *out)
+/* The snapshot cpool_get_stats() returns, taken under mu. */
+void cpool__stats_locked(cpool *p, cpool_stats *out)
 {
-    if (p == NULL || out == NULL || out->struct_size < sizeof(cpool_stats))
-        return CPOOL_EINVAL;
+    CPOOL_ASSERT_HELD(p);
     cpool_stats s;
     memset(&s, 0, sizeof s);
     s.struct_size = sizeof s;
-    cpool_get_counts(p, &s.counts);
-    cpool__lock(p);
+    cpool__counts_locked(p, &s.counts);
     s.max_pool_size = p->opts.max_pool_size;
     s.min_pool_size = p->opts.min_pool_size;
     s.connections_created = p->st_created;
@@ -151,12 +150,10 @@ int cpool_get_stats(cpool *p, cpool_stats *out)
         s.last_connect_error = p->last_fail;
         s.last_connect_error_age_ns = cpool__now(p) - p->last_fail_at;
     }
-    cpool__unlock(p);
     s.checkouts = s.checkouts_ok;
     for (int i = 0; i < CPOOL_ERROR_SLOTS; i++)
         s.checkouts += s.checkout_failures[i];
     *out = s;
-    return 0;
 }
 
 int64_t cpool_histogram_quantile(const cpool_histogram *h, double q)
@@ -183,4 +180,22 @@ int64_t cpool_histogram_quantile(const cpool_histogram *h, double q)
         seen += h->buckets[i];
     }
     return (int64_t)h->max_ns;
+}
+
+/* The counts as cpool_get_counts() reports them: a parked connection is
+ * available to anyone, so it counts as available. */
+void cpool__counts_locked(const cpool *p, cpool_counts *out)
+{
+    CPOOL_ASSERT_HELD(p);
+    uint32_t parked = 0;
+    if (p->can_park)
+        for (const cpool_conn *c = p->in_use.head; c != NULL; c = c->next)
+            parked += atomic_load(&c->leased) == LEASE_PARKED;
+    out->pending = p->pending.n;
+    out->available = p->available.n + parked;
+    out->in_use = p->in_use.n - parked;
+    out->total = total_locked(p);
+    out->waiting = atomic_load(&p->nwaiting);
+    out->generation = p->generation;
+    out->state = p->state;
 }

@@ -16,34 +16,6 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Untaken guaranteed minimums of the tenants other than t. */
-static uint32_t reserved_for_others_locked(const cpool *p, const tenant *t)
-{
-    CPOOL_ASSERT_HELD(p);
-    uint32_t r = 0;
-    for (const tenant *u = p->tenant_list; u != NULL; u = u->next)
-        if (u != t && u->in_use < u->min)
-            r += u->min - u->in_use;
-    return r;
-}
-
-/* May a checkout of tenant t take one more connection? Its own cap, and
- * the others' untaken minimums, which nobody else may use. */
-bool cpool__tenant_allows_locked(const cpool *p, const tenant *t)
-{
-    CPOOL_ASSERT_HELD(p);
-    if (!p->tenants)
-        return true;
-    if (t->max > 0 && t->in_use >= t->max)
-        return false;
-    if (t->in_use < t->min || p->opts.max_pool_size == 0)
-        return true;
-    uint32_t assigned = 0;
-    for (const tenant *u = p->tenant_list; u != NULL; u = u->next)
-        assigned += u->in_use;
-    return assigned + reserved_for_others_locked(p, t) < p->opts.max_pool_size;
-}
-
 tenant *cpool__find_tenant_locked(const cpool *p, const char *name)
 {
     CPOOL_ASSERT_HELD(p);
