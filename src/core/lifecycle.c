@@ -213,18 +213,29 @@ int cpool_create(const cpool_options *opts, cpool **out, cpool_error *err)
     return 0;
 }
 
-int cpool_ready(cpool *p, cpool_error *err)
+/* The start of an entry point that needs an open pool: refuses a call
+ * from the pool's own callback, no pool, and a closed one. 0 with mu held;
+ * otherwise the error, mu released. */
+static int enter_open(cpool *p, const char *what, cpool_error *err)
 {
     if (p != NULL && cpool__in_callback(p))
-        return cpool__callback_err(p, err, "ready");
+        return cpool__callback_err(p, err, what);
     if (p == NULL)
-        return cpool__err(err, CPOOL_EINVAL, "ready: pool is required");
+        return cpool__err(err, CPOOL_EINVAL, "%s: pool is required", what);
     cpool__lock(p);
     cpool__check_fork_relock(p);
     if (p->state == CPOOL_STATE_CLOSED) {
         cpool__unlock(p);
-        return cpool__err(err, CPOOL_ECLOSED, "ready %s: pool is closed", p->address);
+        return cpool__err(err, CPOOL_ECLOSED, "%s %s: pool is closed", what, p->address);
     }
+    return 0;
+}
+
+int cpool_ready(cpool *p, cpool_error *err)
+{
+    int rc = enter_open(p, "ready", err);
+    if (rc != 0)
+        return rc;
     if (p->draining) {
         cpool__unlock(p);
         return cpool__err(err, CPOOL_ESHUTDOWN, "ready %s: pool is shutting down", p->address);
@@ -482,16 +493,9 @@ int cpool_conn_execute(cpool_conn *c, const char *command, cpool_error *err)
 
 int cpool_maintain(cpool *p, cpool_error *err)
 {
-    if (p != NULL && cpool__in_callback(p))
-        return cpool__callback_err(p, err, "maintain");
-    if (p == NULL)
-        return cpool__err(err, CPOOL_EINVAL, "maintain: pool is required");
-    cpool__lock(p);
-    cpool__check_fork_relock(p);
-    if (p->state == CPOOL_STATE_CLOSED) {
-        cpool__unlock(p);
-        return cpool__err(err, CPOOL_ECLOSED, "maintain %s: pool is closed", p->address);
-    }
+    int rc = enter_open(p, "maintain", err);
+    if (rc != 0)
+        return rc;
     cpool__maintain_relock(p);
     cpool__unlock(p);
     return 0;
