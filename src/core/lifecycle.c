@@ -256,22 +256,24 @@ int cpool_ready(cpool *p, cpool_error *err)
     return 0;
 }
 
+/* Flag bits cpool_clear() and cpool_clear_service() do not know are
+ * refused, not ignored. */
+static int clear_flags_check(const cpool *p, unsigned flags, cpool_error *err)
+{
+    if (p == NULL || (flags & ~CPOOL_CLEAR_INTERRUPT_IN_USE) == 0)
+        return 0;
+    return cpool__err(err, CPOOL_EINVAL,
+                      "clear %s: unknown flags 0x%x (allowed CPOOL_CLEAR_INTERRUPT_IN_USE)",
+                      p->address, flags & ~CPOOL_CLEAR_INTERRUPT_IN_USE);
+}
+
 int cpool_clear(cpool *p, unsigned flags, const cpool_error *cause, cpool_error *err)
 {
-    if (p != NULL && cpool__in_callback(p))
-        return cpool__callback_err(p, err, "clear");
-    if (p == NULL)
-        return cpool__err(err, CPOOL_EINVAL, "clear: pool is required");
-    if ((flags & ~CPOOL_CLEAR_INTERRUPT_IN_USE) != 0)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "clear %s: unknown flags 0x%x (allowed CPOOL_CLEAR_INTERRUPT_IN_USE)",
-                          p->address, flags & ~CPOOL_CLEAR_INTERRUPT_IN_USE);
-    cpool__lock(p);
-    cpool__check_fork_relock(p);
-    if (p->state == CPOOL_STATE_CLOSED) {
-        cpool__unlock(p);
-        return cpool__err(err, CPOOL_ECLOSED, "clear %s: pool is closed", p->address);
-    }
+    int rc = clear_flags_check(p, flags, err);
+    if (rc == 0)
+        rc = enter_open(p, "clear", err);
+    if (rc != 0)
+        return rc;
     if (p->opts.load_balanced) {
         cpool__unlock(p);
         return cpool__err(err, CPOOL_EINVAL,
@@ -288,20 +290,14 @@ int cpool_clear(cpool *p, unsigned flags, const cpool_error *cause, cpool_error 
 int cpool_clear_service(cpool *p, const char *service_id, unsigned flags,
                         const cpool_error *cause, cpool_error *err)
 {
-    if (p != NULL && cpool__in_callback(p))
-        return cpool__callback_err(p, err, "clear_service");
-    if (p == NULL || service_id == NULL)
-        return cpool__err(err, CPOOL_EINVAL, "clear_service: pool and service id are required");
-    if ((flags & ~CPOOL_CLEAR_INTERRUPT_IN_USE) != 0)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "clear %s: unknown flags 0x%x (allowed CPOOL_CLEAR_INTERRUPT_IN_USE)",
-                          p->address, flags & ~CPOOL_CLEAR_INTERRUPT_IN_USE);
-    cpool__lock(p);
-    cpool__check_fork_relock(p);
-    if (p->state == CPOOL_STATE_CLOSED) {
-        cpool__unlock(p);
-        return cpool__err(err, CPOOL_ECLOSED, "clear %s: pool is closed", p->address);
-    }
+    if (p != NULL && service_id == NULL)
+        return cpool__err(err, CPOOL_EINVAL, "clear_service %s: a service id is required",
+                          p->address);
+    int rc = clear_flags_check(p, flags, err);
+    if (rc == 0)
+        rc = enter_open(p, "clear", err);
+    if (rc != 0)
+        return rc;
     if (!p->opts.load_balanced) {
         cpool__unlock(p);
         return cpool__err(err, CPOOL_EINVAL,
