@@ -112,7 +112,8 @@ cpool_pg_suite(pg_session TIMEOUT 30
     reset_always_leaves_nothing
     default_reset_within_tenant
     tenant_switch_on_dead_backend_reconnects
-    reset_mode_checked)
+    reset_mode_checked
+    reset_query_setting_is_the_baseline)
 
 cpool_pg_suite(pg_txn TIMEOUT 30
   CASES

@@ -1397,6 +1397,33 @@ static int pg_ping(void *vctx, void *native, int64_t deadline_ns, cpool_error *e
     return 0;
 }
 
+/* reset_timeout_ms from now, or `cap` (CLOCK_MONOTONIC; 0 = none) when
+ * that comes first. */
+static int64_t reset_deadline(const pg_ctx *ctx, int64_t cap)
+{
+    int64_t timeout = ctx != NULL ? ctx->reset_timeout_ms : RESET_TIMEOUT_DEFAULT_MS;
+    int64_t deadline = cpool__mono_ns() + timeout * 1000000;
+    return cap > 0 && cap < deadline ? cap : deadline;
+}
+
+/* Rolls back an open transaction, and with `discard` ends the rest of what
+ * the session holds (DISCARD ALL, which cannot run inside a transaction),
+ * within deadline. 0, or CPOOL_EIO with err filled. */
+static int end_session_state(const pg_ctx *ctx, PGconn *conn, bool rollback, bool discard,
+                             int64_t deadline, const char *what, cpool_error *err)
+{
+    char label[48];
+    snprintf(label, sizeof label, "%s (ROLLBACK)", what);
+    if (rollback && run_bounded(ctx, conn, "ROLLBACK", /* want_empty= */ false, deadline,
+                                label, err) != 0)
+        return CPOOL_EIO;
+    snprintf(label, sizeof label, "%s (DISCARD ALL)", what);
+    if (discard && run_bounded(ctx, conn, "DISCARD ALL", /* want_empty= */ false, deadline,
+                               label, err) != 0)
+        return CPOOL_EIO;
+    return 0;
+}
+
 static int pg_reset(void *vctx, void *native, cpool_error *err)
 {
     const pg_ctx *ctx = vctx;
@@ -1444,15 +1471,8 @@ static int pg_reset(void *vctx, void *native, cpool_error *err)
         if (PQisnonblocking(conn) && PQsetnonblocking(conn, 0) != 0)
             return io_error(ctx, conn, "reset", CPOOL_FAIL_NETWORK, 0, NULL, err);
     } else {
-        int64_t timeout = ctx != NULL ? ctx->reset_timeout_ms : RESET_TIMEOUT_DEFAULT_MS;
-        int64_t deadline = cpool__mono_ns() + timeout * 1000000;
-        if (rollback &&
-            run_bounded(ctx, conn, "ROLLBACK", /* want_empty= */ false, deadline,
-                        "reset (ROLLBACK)", err) != 0)
-            return CPOOL_EIO;
-        if (discard &&
-            run_bounded(ctx, conn, "DISCARD ALL", /* want_empty= */ false, deadline,
-                        "reset (DISCARD ALL)", err) != 0)
+        int64_t deadline = reset_deadline(ctx, 0);
+        if (end_session_state(ctx, conn, rollback, discard, deadline, "reset", err) != 0)
             return CPOOL_EIO;
         if (ctx != NULL && ctx->reset_query != NULL &&
             run_bounded(ctx, conn, ctx->reset_query, /* want_empty= */ false, deadline,
@@ -1463,9 +1483,10 @@ static int pg_reset(void *vctx, void *native, cpool_error *err)
         if (PQtransactionStatus(conn) != PQTRANS_IDLE)
             return io_error(ctx, conn, "reset", CPOOL_FAIL_OTHER, 0,
                             "reset_query left a transaction open", err);
-        /* What the session reports now is what a new one would (a reload
-         * may have changed the server's defaults since it began). */
-        if (discard && st != NULL)
+        /* What the session reports now is what a reset one does: a reload
+         * may have changed the server's defaults since it began, and
+         * reset_query may set a reported setting itself. */
+        if (st != NULL)
             st->reported = reported_hash(conn);
     }
     const char *why = tsa_violation(conn, st);
@@ -1491,16 +1512,8 @@ static int pg_discard(void *vctx, void *native, int64_t deadline_ns, cpool_error
     if (ts == PQTRANS_ACTIVE || PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
         return io_error(ctx, conn, "discard", CPOOL_FAIL_OTHER, 0, "a query is in progress",
                         err);
-    int64_t timeout = ctx != NULL ? ctx->reset_timeout_ms : RESET_TIMEOUT_DEFAULT_MS;
-    int64_t deadline = cpool__mono_ns() + timeout * 1000000;
-    if (deadline_ns > 0 && deadline_ns < deadline)
-        deadline = deadline_ns;
-    if ((ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR) &&
-        run_bounded(ctx, conn, "ROLLBACK", /* want_empty= */ false, deadline,
-                    "discard (ROLLBACK)", err) != 0)
-        return CPOOL_EIO;
-    if (run_bounded(ctx, conn, "DISCARD ALL", /* want_empty= */ false, deadline,
-                    "discard (DISCARD ALL)", err) != 0)
+    if (end_session_state(ctx, conn, ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR, true,
+                          reset_deadline(ctx, deadline_ns), "discard", err) != 0)
         return CPOOL_EIO;
     if (PQtransactionStatus(conn) != PQTRANS_IDLE)
         return io_error(ctx, conn, "discard", CPOOL_FAIL_OTHER, 0,

@@ -189,12 +189,39 @@ TEST(reset_mode_checked)
     cpool_destroy(p);
 }
 
+/* A reset_query that sets a reported setting is the session's reset state:
+ * the next check-ins compare against it and send no DISCARD ALL, so what
+ * the default lets carry over within a tenant still does. */
+TEST(reset_query_setting_is_the_baseline)
+{
+    char uri[512];
+    cpool *p = pg_pool(pg_uri_with(uri, sizeof uri,
+                                   "reset_query=SET%20application_name%20%3D%20%27reset%27"),
+                       NULL);
+    cpool_conn *c = test_checkout(p);
+    int pid = pg_lease_pid(c);
+    pg_exec_ok(pg_lease_conn(c), "PREPARE kept_stmt AS SELECT 1");
+    test_checkin(p, c, 0);
+    for (int i = 0; i < 2; i++) {
+        c = test_checkout(p);
+        PGconn *conn = pg_lease_conn(c);
+        ASSERT_EQ(pid, PQbackendPID(conn));
+        char *v = pg_text(conn, "SHOW application_name");
+        ASSERT_STR_EQ("reset", v);
+        free(v);
+        ASSERT_EQ(1, pg_scalar(conn, "SELECT count(*) FROM pg_prepared_statements"));
+        test_checkin(p, c, 0);
+    }
+    cpool_destroy(p);
+}
+
 static const test_case cases[] = {
     TEST_ENTRY(tenant_switch_leaves_nothing),
     TEST_ENTRY(reset_always_leaves_nothing),
     TEST_ENTRY(default_reset_within_tenant),
     TEST_ENTRY(tenant_switch_on_dead_backend_reconnects),
     TEST_ENTRY(reset_mode_checked),
+    TEST_ENTRY(reset_query_setting_is_the_baseline),
 };
 
 TEST_MAIN(cases)
