@@ -279,6 +279,14 @@ TEST(first_tenant_refused_after_clear)
     cpool_mem_destroy(mem);
 }
 
+/* Declares tenants a and b, without limits, and readies the pool. */
+static void ready_with_tenants_ab(cpool *p)
+{
+    ASSERT_OK(cpool_tenant_set(p, "a", 0, 0, NULL));
+    ASSERT_OK(cpool_tenant_set(p, "b", 0, 0, NULL));
+    test_ready(p);
+}
+
 static uint64_t session_of(cpool_conn *c)
 {
     return cpool_mem_conn_session(cpool_conn_native(c));
@@ -298,9 +306,7 @@ TEST(session_never_crosses_tenants)
 {
     cpool_mem *mem;
     cpool *p = tenant_pool(&mem, 1);
-    ASSERT_OK(cpool_tenant_set(p, "a", 0, 0, NULL));
-    ASSERT_OK(cpool_tenant_set(p, "b", 0, 0, NULL));
-    test_ready(p);
+    ready_with_tenants_ab(p);
     cpool_conn *c;
     ASSERT_OK(take(p, "a", 1000, &c, NULL));
     cpool_mem_conn_set_session(cpool_conn_native(c), 0xA);
@@ -339,9 +345,7 @@ TEST(tenant_gets_its_own_connection_back)
 {
     cpool_mem *mem;
     cpool *p = tenant_pool(&mem, 2);
-    ASSERT_OK(cpool_tenant_set(p, "a", 0, 0, NULL));
-    ASSERT_OK(cpool_tenant_set(p, "b", 0, 0, NULL));
-    test_ready(p);
+    ready_with_tenants_ab(p);
     cpool_conn *a1, *b1;
     ASSERT_OK(take(p, "a", 1000, &a1, NULL));
     ASSERT_OK(take(p, "b", 1000, &b1, NULL));
@@ -366,9 +370,7 @@ TEST(handoff_to_other_tenant_resets_session)
 {
     cpool_mem *mem;
     cpool *p = tenant_pool(&mem, 1);
-    ASSERT_OK(cpool_tenant_set(p, "a", 0, 0, NULL));
-    ASSERT_OK(cpool_tenant_set(p, "b", 0, 0, NULL));
-    test_ready(p);
+    ready_with_tenants_ab(p);
     cpool_conn *a1;
     ASSERT_OK(take(p, "a", 1000, &a1, NULL));
     cpool_mem_conn_set_session(cpool_conn_native(a1), 0xA);
@@ -393,9 +395,7 @@ TEST(session_reset_failure_or_absence_closes)
 {
     cpool_mem *mem;
     cpool *p = tenant_pool(&mem, 2);
-    ASSERT_OK(cpool_tenant_set(p, "a", 0, 0, NULL));
-    ASSERT_OK(cpool_tenant_set(p, "b", 0, 0, NULL));
-    test_ready(p);
+    ready_with_tenants_ab(p);
     cpool_conn *c;
     ASSERT_OK(take(p, "a", 1000, &c, NULL));
     cpool_mem_conn_set_session(cpool_conn_native(c), 0xA);
@@ -419,9 +419,7 @@ TEST(session_reset_failure_or_absence_closes)
     o.connector = &cx;
     o.max_pool_size = 1;
     p = test_pool_create(&o);
-    ASSERT_OK(cpool_tenant_set(p, "a", 0, 0, NULL));
-    ASSERT_OK(cpool_tenant_set(p, "b", 0, 0, NULL));
-    test_ready(p);
+    ready_with_tenants_ab(p);
     ASSERT_OK(take(p, "a", 1000, &c, NULL));
     uint64_t first = cpool_mem_conn_id(cpool_conn_native(c));
     cpool_mem_conn_set_session(cpool_conn_native(c), 0xA);
