@@ -549,7 +549,13 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
      * The uncontended path (an available connection, no subscriber) does
      * without. One deadline for the whole checkout: when the lock-free path
      * already spent time on a ping, its start is the checkout's. */
-    checkout co = {.p = p, .t = {.p = p, .timeout_ms = timeout_ms, .start = -1}};
+    checkout co; /* field by field: its two cpool_error are only written when used */
+    co.p = p;
+    co.t = (checkout_clock){.p = p, .timeout_ms = timeout_ms, .start = -1};
+    co.tn = NULL;
+    co.w_ready = co.fresh = false;
+    co.rc = 0;
+    co.cause = NULL;
     co.capacity_refused.code = 0;
     if (fast_start >= 0)
         clock_start_at(&co.t, fast_start);
