@@ -1,12 +1,12 @@
 /* check.h -- the test framework every test executable shares, nothing
  * about pools in it.
  *
- * A test executable is one .c file holding a table of cases; CTest runs each
+ * A test executable is one .c file holding its cases; CTest runs each
  * case in its own process (`test_pool foreign_checkin_rejected`), so a crash,
  * a hang or a leak is charged to one case only. This header gives:
  *   - assertions that print the expression, file:line and both values, then
  *     end the process with status 1 (from any thread; see test_fail);
- *   - the dispatcher (test_main) and the case table macros;
+ *   - the cases (TEST, TEST_TAGGED) and the dispatcher (TEST_MAIN);
  *   - real-time helpers (sleep, monotonic now) used only as upper bounds;
  *   - starting a thread that fails the test when it cannot start.
  * The fixtures live in test.h. Everything is static inline so each
@@ -181,59 +181,61 @@ static inline void test_sleep_ms(int64_t ms) { test_sleep_us(ms * 1000); }
  * SKIP_RETURN_CODE). */
 #define TEST_SKIP 77
 
+/* A case is written once, with TEST(name) or TEST_TAGGED(name, "tags")
+ * before its body; a constructor adds it to the executable's list, and CMake
+ * registers one CTest test per line of `prog --list` (tests/cases.cmake).
+ * Tags are words the suite's CMake maps to test properties (a fixture, a
+ * serial run, a longer timeout); the C file only says what the case needs.
+ * A case compiled out by #if is neither listed nor registered. */
 typedef struct test_case {
     const char *name;
+    const char *tags;
     void (*fn)(void);
+    int line;
+    struct test_case *next;
 } test_case;
 
-#define TEST(name) static void name(void)
-#define TEST_ENTRY(name) {#name, name}
+static test_case *test_cases_;
 
-/* `prog CASE` runs one case; `prog --list` prints the table; `prog
- * --registered A B ...` fails unless the names given (the ones CMake
- * registered) are exactly the table, so a case added to a file but not to
- * unit_tests.cmake cannot silently never run. */
-static inline int test_main(int argc, char **argv, const test_case *cases,
-                            size_t ncases)
+/* Kept in source order whatever order the constructors run in, so the
+ * listing (and a tag's case numbering) follows the file. */
+static inline void test_register_(test_case *c)
 {
-    if (argc >= 2 && strcmp(argv[1], "--list") == 0) {
-        for (size_t i = 0; i < ncases; i++)
-            printf("%s\n", cases[i].name);
+    test_case **p = &test_cases_;
+    while (*p != NULL && (*p)->line < c->line)
+        p = &(*p)->next;
+    c->next = *p;
+    *p = c;
+}
+
+#define TEST_TAGGED(name, tag_words)                                          \
+    static void name(void);                                                   \
+    __attribute__((constructor)) static void name##_register_(void)           \
+    {                                                                         \
+        static test_case c = {#name, tag_words, name, __LINE__, NULL};        \
+        test_register_(&c);                                                   \
+    }                                                                         \
+    static void name(void)
+
+#define TEST(name) TEST_TAGGED(name, "")
+
+/* `prog CASE` runs one case; `prog --list` prints one line per case, its
+ * name then its tags. */
+static inline int test_main(int argc, char **argv)
+{
+    if (argc == 2 && strcmp(argv[1], "--list") == 0) {
+        for (const test_case *c = test_cases_; c != NULL; c = c->next)
+            printf("%s%s%s\n", c->name, c->tags[0] ? " " : "", c->tags);
         return 0;
     }
-    if (argc >= 2 && strcmp(argv[1], "--registered") == 0) {
-        int bad = 0;
-        for (size_t i = 0; i < ncases; i++) {
-            bool found = false;
-            for (int a = 2; a < argc; a++)
-                found = found || strcmp(argv[a], cases[i].name) == 0;
-            if (!found) {
-                fprintf(stderr, "case %s is not registered in CMake\n",
-                        cases[i].name);
-                bad = 1;
-            }
-        }
-        for (int a = 2; a < argc; a++) {
-            bool found = false;
-            for (size_t i = 0; i < ncases; i++)
-                found = found || strcmp(argv[a], cases[i].name) == 0;
-            if (!found) {
-                fprintf(stderr, "CMake registers %s, which is no case\n",
-                        argv[a]);
-                bad = 1;
-            }
-        }
-        return bad;
-    }
     if (argc != 2) {
-        fprintf(stderr, "usage: %s CASE | --list | --registered CASE...\n",
-                argv[0]);
+        fprintf(stderr, "usage: %s CASE | --list\n", argv[0]);
         return 2;
     }
-    for (size_t i = 0; i < ncases; i++) {
-        if (strcmp(argv[1], cases[i].name) == 0) {
-            cases[i].fn();
-            fprintf(stderr, "ok %s\n", cases[i].name);
+    for (const test_case *c = test_cases_; c != NULL; c = c->next) {
+        if (strcmp(argv[1], c->name) == 0) {
+            c->fn();
+            fprintf(stderr, "ok %s\n", c->name);
             return 0;
         }
     }
@@ -241,11 +243,8 @@ static inline int test_main(int argc, char **argv, const test_case *cases,
     return 2;
 }
 
-#define TEST_MAIN(table)                                                      \
-    int main(int argc, char **argv)                                           \
-    {                                                                         \
-        return test_main(argc, argv, table, sizeof table / sizeof table[0]);  \
-    }
+#define TEST_MAIN()                                                           \
+    int main(int argc, char **argv) { return test_main(argc, argv); }
 
 /* ------------------------------------------------------------------ threads */
 

@@ -4,8 +4,9 @@
 # accepts. One executable, one CTest test per drill, label `drill`.
 #
 # Each drill starts its own server through scripts/pg-server.sh on its own
-# port (CPOOL_TEST_PG_DRILL_PORT, +1 per drill; see tests/CMakeLists.txt) with its own state directory
-# under the build tree; a cleanup fixture stops it whatever the outcome.
+# port (from CPOOL_TEST_PG_DRILL_PORT, see tests/CMakeLists.txt) with its own
+# state directory under the build tree; a cleanup fixture stops it whatever
+# the outcome.
 # RESOURCE_LOCK pg_drill keeps drills from running at the same time: their
 # timing bounds assume the machine is not also running another drill.
 
@@ -13,40 +14,21 @@ add_executable(test_pg_drill ${CMAKE_CURRENT_SOURCE_DIR}/pg/test_pg_drill.c)
 target_include_directories(test_pg_drill PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
 target_link_libraries(test_pg_drill PRIVATE cpool_static Threads::Threads)
 
+# A drill tagged "server" gets its own server: the port
+# CPOOL_TEST_PG_DRILL_PORT + N (N numbers the server drills in the file's
+# order), a state directory named after it, a fixture and a cleanup test
+# drill/<case>/server_stop. One tagged "long" may run for four minutes (the
+# outage drill waits out 77 s of outages). A drill with neither opens its own
+# listener on an ephemeral port.
 set(drill_script ${PROJECT_SOURCE_DIR}/scripts/pg-server.sh)
-set(drill_server_cases
-  kill9_postmaster_and_restart
-  restart_fast
-  terminate_backends
-  max_connections_exhausted
-  breaker_restart_drill
-  sigstop_interrupts_holders
-  outages_recover_within_a_second)
-set(drill_cases ${drill_server_cases} listener_never_accepts)
-
-set(drill_port ${CPOOL_TEST_PG_DRILL_PORT})
-foreach(case IN LISTS drill_server_cases)
-  set(dir ${CMAKE_CURRENT_BINARY_DIR}/pg-drill/${case})
-  add_test(NAME drill/${case} COMMAND test_pg_drill ${case})
-  # The outage drill waits out 77 s of outages.
-  set(timeout 60)
-  if(case STREQUAL "outages_recover_within_a_second")
-    set(timeout 240)
-  endif()
-  set_tests_properties(drill/${case} PROPERTIES
-    TIMEOUT ${timeout} LABELS drill RESOURCE_LOCK pg_drill
-    FIXTURES_REQUIRED pg_drill_${case}
-    ENVIRONMENT "CPOOL_DRILL_PG_SCRIPT=${drill_script};CPOOL_DRILL_PG_DIR=${dir};CPOOL_DRILL_PG_PORT=${drill_port}")
-  add_test(NAME drill/${case}/server_stop COMMAND bash ${drill_script} stop ${dir})
-  set_tests_properties(drill/${case}/server_stop PROPERTIES
-    TIMEOUT 60 LABELS drill RESOURCE_LOCK pg_drill FIXTURES_CLEANUP pg_drill_${case})
-  math(EXPR drill_port "${drill_port} + 1")
-endforeach()
-
-# No server: the drill opens its own listener on an ephemeral port.
-add_test(NAME drill/listener_never_accepts COMMAND test_pg_drill listener_never_accepts)
-set_tests_properties(drill/listener_never_accepts PROPERTIES
-  TIMEOUT 60 LABELS drill RESOURCE_LOCK pg_drill)
-
-add_test(NAME drill/cases_registered COMMAND test_pg_drill --registered ${drill_cases})
-set_tests_properties(drill/cases_registered PROPERTIES TIMEOUT 10 LABELS drill)
+set(drill_dir ${CMAKE_CURRENT_BINARY_DIR}/pg-drill)
+cpool_test_cases(test_pg_drill SUITE drill
+  PROPERTIES TIMEOUT 60 LABELS drill RESOURCE_LOCK pg_drill
+  TAG long TIMEOUT 240
+  TAG server FIXTURES_REQUIRED pg_drill_@CASE@
+    CODE "math(EXPR cpool_drill_port \"${CPOOL_TEST_PG_DRILL_PORT} + @N@\")
+set_tests_properties(drill/@CASE@ PROPERTIES ENVIRONMENT
+  \"CPOOL_DRILL_PG_SCRIPT=${drill_script};CPOOL_DRILL_PG_DIR=${drill_dir}/@CASE@;CPOOL_DRILL_PG_PORT=\${cpool_drill_port}\")
+add_test(drill/@CASE@/server_stop bash [==[${drill_script}]==] stop [==[${drill_dir}/@CASE@]==])
+set_tests_properties(drill/@CASE@/server_stop PROPERTIES TIMEOUT 60 LABELS drill
+  RESOURCE_LOCK pg_drill FIXTURES_CLEANUP pg_drill_@CASE@)")

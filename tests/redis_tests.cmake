@@ -42,69 +42,27 @@ cpool_redis_server(redis redis_server ${cpool_redis_dir} ${CPOOL_TEST_REDIS_PORT
 cpool_redis_server(redis_drill redis_drill_server ${cpool_redis_drill_dir}
                    ${cpool_redis_drill_port})
 
-# cpool_redis_suite(<suite> FIXTURE <fixture> TIMEOUT <s> [LOCK <name>] CASES <case>...)
-# builds tests/redis/test_<suite>.c and registers <suite>/<case> for each
-# case, plus <suite>/cases_registered, which fails when the list here and
-# the file's table differ.
+# cpool_redis_suite(<suite> FIXTURE <fixture> TIMEOUT <s> [LOCK <name>])
+# builds tests/redis/test_<suite>.c and registers <suite>/<case> for each of
+# its cases (tests/cases.cmake).
 function(cpool_redis_suite suite)
-  cmake_parse_arguments(S "" "FIXTURE;TIMEOUT;LOCK" "CASES" ${ARGN})
+  cmake_parse_arguments(S "" "FIXTURE;TIMEOUT;LOCK" "" ${ARGN})
   set(exe test_${suite})
   add_executable(${exe} ${CMAKE_CURRENT_SOURCE_DIR}/redis/test_${suite}.c)
   target_include_directories(${exe} PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
   target_link_libraries(${exe} PRIVATE cpool_static Threads::Threads)
-  foreach(case IN LISTS S_CASES)
-    add_test(NAME ${suite}/${case} COMMAND ${exe} ${case})
-    set_tests_properties(${suite}/${case} PROPERTIES
-      FIXTURES_REQUIRED ${S_FIXTURE} ENVIRONMENT "${cpool_redis_env}"
-      LABELS redis TIMEOUT ${S_TIMEOUT})
-    if(S_LOCK)
-      set_tests_properties(${suite}/${case} PROPERTIES RESOURCE_LOCK ${S_LOCK})
-    endif()
-  endforeach()
-  add_test(NAME ${suite}/cases_registered COMMAND ${exe} --registered ${S_CASES})
-  set_tests_properties(${suite}/cases_registered PROPERTIES LABELS redis TIMEOUT 10)
+  set(lock "")
+  if(S_LOCK)
+    set(lock RESOURCE_LOCK ${S_LOCK})
+  endif()
+  cpool_test_cases(${exe} SUITE ${suite} PROPERTIES
+    FIXTURES_REQUIRED ${S_FIXTURE} ENVIRONMENT "${cpool_redis_env}"
+    LABELS redis TIMEOUT ${S_TIMEOUT} ${lock})
 endfunction()
 
-cpool_redis_suite(redis FIXTURE redis_server TIMEOUT 60 CASES
-  commands_reuse_connection
-  target_parsing
-  unknown_parameter_rejected_at_create
-  auth_acl_user
-  auth_wrong_password_unlabelled
-  auth_missing_password_unlabelled
-  select_db_applied
-  unix_socket_target
-  refused_port_labelled
-  dns_failure_unlabelled
-  silent_listener_handshake_timeout
-  establishment_interrupted_by_clear
-  establishment_interrupted_by_close
-  check_detects_client_kill
-  ping_round_trip
-  checkin_discards_open_multi
-  checkin_unwatches_and_restores_db
-  checkin_unsubscribes_pubsub
-  checkin_pubsub_with_pending_message_closed
-  checkin_unread_replies_closed
-  checkin_in_flight_replies_closed
-  checkin_unsent_commands_closed_not_sent
-  in_use_interrupt_blpop
-  command_timeout_applied
-  fork_abandon_keeps_parent_connection
-  describe_reports_version_and_role
-  execute_runs_commands
-  wrappers_track_state
-  tracked_reset_skips_round_trip
-  plain_commands_do_not_cross_leases
-  tenant_switch_resets_session
-  resets_add_no_server_errors
-  wrapper_no_sigpipe_on_dead_connection
-  connect_fills_phase_times)
+cpool_redis_suite(redis FIXTURE redis_server TIMEOUT 60)
 
-cpool_redis_suite(redis_drill FIXTURE redis_drill_server TIMEOUT 120 LOCK redis_drill CASES
-  kill9_restart_under_load
-  stopped_server_bounded
-  max_clients_waits_within_deadline)
+cpool_redis_suite(redis_drill FIXTURE redis_drill_server TIMEOUT 120 LOCK redis_drill)
 
 # The example of docs/redis.md, run against the shared server.
 add_executable(redis_example ${PROJECT_SOURCE_DIR}/examples/redis_example.c)

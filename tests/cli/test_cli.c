@@ -976,9 +976,8 @@ TEST(misspelt_env_variable_warned)
 
 TEST(options_show_url_and_env_sources)
 {
-    /* CMake sets CPOOL_MIN_POOL_SIZE=2 for this case. */
-    clean_env("CPOOL_MIN_POOL_SIZE");
-    ASSERT_STR_EQ("2", env_required("CPOOL_MIN_POOL_SIZE"));
+    clean_env(NULL);
+    ASSERT_EQ(0, setenv("CPOOL_MIN_POOL_SIZE", "2", 1)); /* the child inherits it */
     run_result r;
     RUN(&r, "options", "mem://x?maxPoolSize=7", "-o", "max_connecting=3");
     ASSERT_EXIT(0, &r);
@@ -1227,7 +1226,7 @@ TEST(bench_refused_port_exits_3)
 #endif
 
 #ifdef CLI_TEST_HAVE_PG
-TEST(bench_postgresql)
+TEST_TAGGED(bench_postgresql, "pg")
 {
     clean_env(NULL);
     const char *uri = env_required("CPOOL_TEST_PG_URI");
@@ -1264,7 +1263,7 @@ TEST(bench_postgresql)
 #endif
 
 #ifdef CLI_TEST_HAVE_REDIS
-TEST(bench_redis)
+TEST_TAGGED(bench_redis, "redis")
 {
     clean_env(NULL);
     const char *uri = env_required("CPOOL_TEST_REDIS_URI");
@@ -1303,45 +1302,4 @@ TEST(bench_redis)
 }
 #endif
 
-static const test_case cases[] = {
-    TEST_ENTRY(help_on_every_command),
-    TEST_ENTRY(bad_usage_exits_2_with_one_line),
-    TEST_ENTRY(bench_mem_json_report),
-    TEST_ENTRY(bench_no_events_counts_from_statistics),
-    TEST_ENTRY(bench_ops_limit_is_exact),
-    TEST_ENTRY(bench_progress_lines_when_not_a_terminal),
-    TEST_ENTRY(bench_progress_rewritten_on_a_terminal),
-    TEST_ENTRY(bench_errors_by_kind_and_exit_code),
-    TEST_ENTRY(bench_tenants_share_threads_by_weight),
-    TEST_ENTRY(bench_plot_builtin),
-#ifdef CLI_TEST_HAVE_GNUPLOT
-    TEST_ENTRY(bench_plot_gnuplot),
-#endif
-    TEST_ENTRY(passwords_never_shown),
-    TEST_ENTRY(probe_mem_reports_phases_and_server),
-    TEST_ENTRY(options_show_url_and_env_sources),
-    TEST_ENTRY(misspelt_env_variable_warned),
-#ifdef CLI_TEST_HAVE_MHD
-    TEST_ENTRY(metrics_serves_prometheus_and_stops_on_sigterm),
-    TEST_ENTRY(metrics_stops_on_sigint),
-#else
-    TEST_ENTRY(metrics_without_libmicrohttpd_says_so),
-#endif
-#ifdef CLI_TEST_HAVE_SQLITE
-    TEST_ENTRY(bench_default_embedded_sqlite),
-    TEST_ENTRY(options_connector_parameter_rejected),
-#endif
-#if defined(CLI_TEST_HAVE_PG) || defined(CLI_TEST_HAVE_REDIS)
-    TEST_ENTRY(probe_refused_port_explained),
-    TEST_ENTRY(probe_silent_listener_times_out),
-    TEST_ENTRY(bench_refused_port_exits_3),
-#endif
-#ifdef CLI_TEST_HAVE_PG
-    TEST_ENTRY(bench_postgresql),
-#endif
-#ifdef CLI_TEST_HAVE_REDIS
-    TEST_ENTRY(bench_redis),
-#endif
-};
-
-TEST_MAIN(cases)
+TEST_MAIN()

@@ -634,12 +634,4 @@ TEST(unlimited_max_and_bad_stats)
     test_fixture_free(&f);
 }
 
-static const test_case cases[] = {
-    TEST_ENTRY(exposition_parses_and_matches_stats),
-    TEST_ENTRY(label_values_escaped_and_round_trip),
-    TEST_ENTRY(extra_labels_added_or_left_out),
-    TEST_ENTRY(truncation_like_snprintf),
-    TEST_ENTRY(unlimited_max_and_bad_stats),
-};
-
-TEST_MAIN(cases)
+TEST_MAIN()

@@ -619,7 +619,7 @@ static void set_read_only(PGconn *admin, bool on)
  * validation=always the ping brings it at checkout. Observations are made
  * first and asserted after the setting is restored, so a failure does not
  * leave the shared server read-only. Runs alone (RUN_SERIAL). */
-TEST(session_attrs_follow_role_change)
+TEST_TAGGED(session_attrs_follow_role_change, "serial")
 {
     PGconn *admin = pg_admin();
     char uri[512];
@@ -797,7 +797,7 @@ static void *bouncer_main(void *arg)
 /* PgBouncer in transaction mode in front: several threads through a
  * small pool; checks, pings, the rollback at check-in and the transaction
  * helper all work without prepared statements. */
-TEST(pgbouncer_transaction_mode)
+TEST_TAGGED(pgbouncer_transaction_mode, "bouncer")
 {
     const char *uri = pg_env("CPOOL_TEST_PGBOUNCER_URI");
     cpool_options o;
@@ -825,25 +825,4 @@ TEST(pgbouncer_transaction_mode)
     cpool_destroy(p);
 }
 
-static const test_case cases[] = {
-    TEST_ENTRY(checkout_query_works),
-    TEST_ENTRY(connections_reused),
-    TEST_ENTRY(own_parameters_parsed_and_removed),
-    TEST_ENTRY(unknown_parameter_rejected),
-    TEST_ENTRY(check_detects_terminated_backend),
-    TEST_ENTRY(ping_round_trip),
-    TEST_ENTRY(checkin_in_transaction_rolled_back),
-    TEST_ENTRY(checkin_in_failed_transaction_rolled_back),
-    TEST_ENTRY(reset_query_runs),
-    TEST_ENTRY(client_settings_restored),
-    TEST_ENTRY(unfinished_query_closes),
-    TEST_ENTRY(interrupt_in_use_cancels_query),
-    TEST_ENTRY(interrupted_idle_lease_fails_next_command),
-    TEST_ENTRY(unfinished_queries_all_stop),
-    TEST_ENTRY(execute_bounded_by_command_timeout),
-    TEST_ENTRY(session_attrs_follow_role_change),
-    TEST_ENTRY(fork_abandon_keeps_parent_connection),
-    TEST_ENTRY(pgbouncer_transaction_mode),
-};
-
-TEST_MAIN(cases)
+TEST_MAIN()

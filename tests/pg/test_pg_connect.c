@@ -369,21 +369,4 @@ TEST(sqlstate_code_round_trip)
     ASSERT_STR_EQ("", cpool_pg_sqlstate_text(-5, buf));
 }
 
-static const test_case cases[] = {
-    TEST_ENTRY(connector_picked_for_both_target_forms),
-    TEST_ENTRY(refused_tcp_port),
-    TEST_ENTRY(refused_unix_socket),
-    TEST_ENTRY(silent_listener_deadline),
-    TEST_ENTRY(clear_interrupts_establishment),
-    TEST_ENTRY(close_interrupts_establishment),
-    TEST_ENTRY(bad_password_is_auth),
-    TEST_ENTRY(unknown_role_is_auth),
-    TEST_ENTRY(hba_reject_is_auth),
-    TEST_ENTRY(unknown_host_is_dns),
-    TEST_ENTRY(unknown_database_is_server_error),
-    TEST_ENTRY(connection_limit_waits_within_deadline),
-    TEST_ENTRY(phase_times_recorded),
-    TEST_ENTRY(sqlstate_code_round_trip),
-};
-
-TEST_MAIN(cases)
+TEST_MAIN()

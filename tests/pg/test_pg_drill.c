@@ -91,7 +91,7 @@ static int64_t bring_back(drill_run *r, const char *verb)
 
 /* kill -9 of the postmaster: its backends exit, every connection of the
  * pool dies at once, and new ones are refused until the restart. */
-TEST(kill9_postmaster_and_restart)
+TEST_TAGGED(kill9_postmaster_and_restart, "server")
 {
     drill_run r;
     server_start(&r);
@@ -125,7 +125,7 @@ TEST(kill9_postmaster_and_restart)
 
 /* pg_ctl restart -m fast: backends are terminated (in-flight queries fail),
  * the server is down for a few hundred milliseconds. */
-TEST(restart_fast)
+TEST_TAGGED(restart_fast, "server")
 {
     drill_run r;
     server_start(&r);
@@ -196,7 +196,7 @@ static bool processes_gone(const int *pids, int n)
  *   2. Under load, the sessions are busy: the query each was running fails
  *      (at most once per session: the loop checks it in BROKEN and the pool
  *      closes it), the others are caught by check(). */
-TEST(terminate_backends)
+TEST_TAGGED(terminate_backends, "server")
 {
     drill_run r;
     server_start(&r);
@@ -269,7 +269,7 @@ TEST(terminate_backends)
  * circuit stays closed (no flood of instant CPOOL_EUNAVAILABLE), checkouts
  * keep trying within their deadline and time out saying why, and when the
  * slots are released the pool serves at once. */
-TEST(max_connections_exhausted)
+TEST_TAGGED(max_connections_exhausted, "server")
 {
     drill_run r;
     server_start(&r);
@@ -362,7 +362,7 @@ TEST(max_connections_exhausted)
  * fails at once with CPOOL_EUNAVAILABLE naming the last error, and one
  * probe per backoff step is all the server sees; once it is back the first
  * successful probe closes the circuit and the pool refills to minPoolSize. */
-TEST(breaker_restart_drill)
+TEST_TAGGED(breaker_restart_drill, "server")
 {
     drill_run r;
     server_start(&r);
@@ -574,7 +574,7 @@ TEST(listener_never_accepts)
  * whatever the outage's length. Without the probe the last step alone
  * could be 60 s. */
 #define OUTAGE_RECOVERY_BOUND_MS 1000
-TEST(outages_recover_within_a_second)
+TEST_TAGGED(outages_recover_within_a_second, "server long")
 {
     static const int outages_ms[] = {2000, 15000, 60000};
     drill_run r;
@@ -643,7 +643,7 @@ static void *holder_main(void *arg)
  * within the interrupt grace and makes the idle lease's next command fail
  * at once, through the pool and through raw libpq; shutdown and destroy do
  * not wait for the server. After SIGCONT no socket or session is left. */
-TEST(sigstop_interrupts_holders)
+TEST_TAGGED(sigstop_interrupts_holders, "server")
 {
     drill_run r;
     server_start(&r);
@@ -741,15 +741,4 @@ TEST(sigstop_interrupts_holders)
     ASSERT_LE(down_ms, STOP_SHUTDOWN_GRACE_MS + STOP_MARGIN_MS);
 }
 
-static const test_case cases[] = {
-    TEST_ENTRY(kill9_postmaster_and_restart),
-    TEST_ENTRY(restart_fast),
-    TEST_ENTRY(terminate_backends),
-    TEST_ENTRY(listener_never_accepts),
-    TEST_ENTRY(max_connections_exhausted),
-    TEST_ENTRY(breaker_restart_drill),
-    TEST_ENTRY(sigstop_interrupts_holders),
-    TEST_ENTRY(outages_recover_within_a_second),
-};
-
-TEST_MAIN(cases)
+TEST_MAIN()

@@ -175,10 +175,4 @@ TEST(savepoint_allocations)
     PQfinish(conn);
 }
 
-static const test_case cases[] = {
-    TEST_ENTRY(ctx_new_allocations),
-    TEST_ENTRY(connect_allocations),
-    TEST_ENTRY(savepoint_allocations),
-};
-
-TEST_MAIN(cases)
+TEST_MAIN()

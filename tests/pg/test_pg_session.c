@@ -215,13 +215,4 @@ TEST(reset_query_setting_is_the_baseline)
     cpool_destroy(p);
 }
 
-static const test_case cases[] = {
-    TEST_ENTRY(tenant_switch_leaves_nothing),
-    TEST_ENTRY(reset_always_leaves_nothing),
-    TEST_ENTRY(default_reset_within_tenant),
-    TEST_ENTRY(tenant_switch_on_dead_backend_reconnects),
-    TEST_ENTRY(reset_mode_checked),
-    TEST_ENTRY(reset_query_setting_is_the_baseline),
-};
-
-TEST_MAIN(cases)
+TEST_MAIN()

@@ -233,13 +233,4 @@ TEST(savepoint_name_quoted_and_checked)
     txn_free(&f);
 }
 
-static const test_case cases[] = {
-    TEST_ENTRY(transaction_commits),
-    TEST_ENTRY(transaction_rolls_back_on_fn_error),
-    TEST_ENTRY(transaction_refused_inside_transaction),
-    TEST_ENTRY(transaction_commit_failure_reported),
-    TEST_ENTRY(savepoint_rollback_keeps_outer_work),
-    TEST_ENTRY(savepoint_name_quoted_and_checked),
-};
-
-TEST_MAIN(cases)
+TEST_MAIN()

@@ -1320,41 +1320,4 @@ TEST(connect_fills_phase_times)
     rt_ctx_free(ctx);
 }
 
-static const test_case cases[] = {
-    TEST_ENTRY(commands_reuse_connection),
-    TEST_ENTRY(target_parsing),
-    TEST_ENTRY(unknown_parameter_rejected_at_create),
-    TEST_ENTRY(auth_acl_user),
-    TEST_ENTRY(auth_wrong_password_unlabelled),
-    TEST_ENTRY(auth_missing_password_unlabelled),
-    TEST_ENTRY(select_db_applied),
-    TEST_ENTRY(unix_socket_target),
-    TEST_ENTRY(refused_port_labelled),
-    TEST_ENTRY(dns_failure_unlabelled),
-    TEST_ENTRY(silent_listener_handshake_timeout),
-    TEST_ENTRY(establishment_interrupted_by_clear),
-    TEST_ENTRY(establishment_interrupted_by_close),
-    TEST_ENTRY(check_detects_client_kill),
-    TEST_ENTRY(ping_round_trip),
-    TEST_ENTRY(checkin_discards_open_multi),
-    TEST_ENTRY(checkin_unwatches_and_restores_db),
-    TEST_ENTRY(checkin_unsubscribes_pubsub),
-    TEST_ENTRY(checkin_pubsub_with_pending_message_closed),
-    TEST_ENTRY(checkin_unread_replies_closed),
-    TEST_ENTRY(checkin_in_flight_replies_closed),
-    TEST_ENTRY(checkin_unsent_commands_closed_not_sent),
-    TEST_ENTRY(in_use_interrupt_blpop),
-    TEST_ENTRY(command_timeout_applied),
-    TEST_ENTRY(fork_abandon_keeps_parent_connection),
-    TEST_ENTRY(describe_reports_version_and_role),
-    TEST_ENTRY(execute_runs_commands),
-    TEST_ENTRY(wrappers_track_state),
-    TEST_ENTRY(tracked_reset_skips_round_trip),
-    TEST_ENTRY(plain_commands_do_not_cross_leases),
-    TEST_ENTRY(tenant_switch_resets_session),
-    TEST_ENTRY(resets_add_no_server_errors),
-    TEST_ENTRY(wrapper_no_sigpipe_on_dead_connection),
-    TEST_ENTRY(connect_fills_phase_times),
-};
-
-TEST_MAIN(cases)
+TEST_MAIN()

@@ -382,10 +382,4 @@ TEST(max_clients_waits_within_deadline)
     cpool_destroy(p);
 }
 
-static const test_case cases[] = {
-    TEST_ENTRY(kill9_restart_under_load),
-    TEST_ENTRY(stopped_server_bounded),
-    TEST_ENTRY(max_clients_waits_within_deadline),
-};
-
-TEST_MAIN(cases)
+TEST_MAIN()

@@ -1130,26 +1130,4 @@ TEST(establishment_cancelled_by_clear)
     scratch_remove(&s);
 }
 
-static const test_case cases[] = {
-    TEST_ENTRY(basic_query),
-    TEST_ENTRY(connections_reused),
-    TEST_ENTRY(file_db_defaults_and_parameters),
-    TEST_ENTRY(open_modes),
-    TEST_ENTRY(memory_shared_by_leases_and_anchored),
-    TEST_ENTRY(memory_pools_isolated_unless_named),
-    TEST_ENTRY(invalid_targets_rejected),
-    TEST_ENTRY(bad_path_unlabelled),
-    TEST_ENTRY(checkin_rolls_back_open_transaction),
-    TEST_ENTRY(checkin_resets_running_statement),
-    TEST_ENTRY(busy_timeout_bounds_lock_wait),
-    TEST_ENTRY(clear_interrupts_long_query),
-    TEST_ENTRY(clear_interrupts_lock_wait),
-    TEST_ENTRY(transaction_helper),
-    TEST_ENTRY(concurrent_inserts_wal),
-    TEST_ENTRY(fork_abandon_keeps_parent_database),
-    TEST_ENTRY(connector_table_contract),
-    TEST_ENTRY(establishment_lock_wait_bounded_by_deadline),
-    TEST_ENTRY(establishment_cancelled_by_clear),
-};
-
-TEST_MAIN(cases)
+TEST_MAIN()

@@ -141,21 +141,4 @@ TEST(clear_on_connect_error_spares_backpressure)
     test_fixture_free(&f);
 }
 
-static const test_case cases[] = {
-    TEST_ENTRY(connect_network),
-    TEST_ENTRY(connect_timeout),
-    TEST_ENTRY(tls_network),
-    TEST_ENTRY(tls_timeout),
-    TEST_ENTRY(handshake_network),
-    TEST_ENTRY(handshake_timeout),
-    TEST_ENTRY(dns_unlabelled),
-    TEST_ENTRY(tls_certificate_unlabelled),
-    TEST_ENTRY(auth_failure_unlabelled),
-    TEST_ENTRY(auth_network_unlabelled),
-    TEST_ENTRY(handshake_server_error_unlabelled),
-    TEST_ENTRY(population_error_labelled),
-    TEST_ENTRY(clear_on_connect_error_clears_unlabelled),
-    TEST_ENTRY(clear_on_connect_error_spares_backpressure),
-};
-
-TEST_MAIN(cases)
+TEST_MAIN()

@@ -853,33 +853,4 @@ TEST(options_doc_table_matches_rows)
     ASSERT_EQ(n, row);
 }
 
-int main(int argc, char **argv)
-{
-    static const test_case cases[] = {
-        TEST_ENTRY(uri_take_cases),
-        TEST_ENTRY(uri_next_cases),
-        TEST_ENTRY(redact_cases),
-        TEST_ENTRY(url_options_taken_out),
-        TEST_ENTRY(env_overrides_code_url_overrides_env),
-        TEST_ENTRY(ignore_env_skips_environment),
-        TEST_ENTRY(invalid_values_name_option_value_and_range),
-        TEST_ENTRY(near_miss_of_pool_option_rejected),
-        TEST_ENTRY(profiles_set_presets_below_code),
-        TEST_ENTRY(options_set_by_name),
-        TEST_ENTRY(connector_ctx_made_from_target),
-        TEST_ENTRY(validation_none_skips_check),
-        TEST_ENTRY(validation_check_never_pings),
-        TEST_ENTRY(validation_ping_idle_after_threshold),
-        TEST_ENTRY(validation_always_pings),
-        TEST_ENTRY(validation_failure_replaced_within_checkout),
-        TEST_ENTRY(validation_on_fast_path),
-        TEST_ENTRY(validation_and_establishment_share_one_deadline),
-        TEST_ENTRY(no_time_to_validate_condemns_nothing),
-        TEST_ENTRY(env_log_sink_writes_redacted_json_lines),
-        TEST_ENTRY(misspelt_env_variable_warned),
-        TEST_ENTRY(param_table_parsing),
-        TEST_ENTRY(options_doc_table_matches_rows),
-        TEST_ENTRY(bad_inputs_refused_with_clear_errors),
-    };
-    return test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
-}
+TEST_MAIN()

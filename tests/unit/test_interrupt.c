@@ -185,13 +185,4 @@ TEST(close_interrupts_pending_establishment)
     test_fixture_free(&f);
 }
 
-static const test_case cases[] = {
-    TEST_ENTRY(clear_interrupts_in_use),
-    TEST_ENTRY(clear_without_flag_does_not_interrupt),
-    TEST_ENTRY(clear_interrupt_spares_newer_connections),
-    TEST_ENTRY(clear_interrupts_pending_establishment),
-    TEST_ENTRY(clear_without_flag_leaves_pending),
-    TEST_ENTRY(close_interrupts_pending_establishment),
-};
-
-TEST_MAIN(cases)
+TEST_MAIN()

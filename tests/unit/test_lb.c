@@ -295,14 +295,4 @@ TEST(connect_error_never_pauses_lb_pool)
     expect_lb_pool_kept(CPOOL_PHASE_AUTH, CPOOL_FAIL_AUTH);
 }
 
-static const test_case cases[] = {
-    TEST_ENTRY(clear_service_bumps_only_that_service),
-    TEST_ENTRY(clear_service_keeps_waiters),
-    TEST_ENTRY(clear_modes_are_exclusive),
-    TEST_ENTRY(service_generation_dropped_when_unused),
-    TEST_ENTRY(missing_service_id_fails_establishment),
-    TEST_ENTRY(clear_service_interrupts_only_that_service),
-    TEST_ENTRY(connect_error_never_pauses_lb_pool),
-};
-
-TEST_MAIN(cases)
+TEST_MAIN()

@@ -311,20 +311,4 @@ TEST(histogram_buckets_and_quantiles)
     ASSERT_EQ(1000000, cpool_histogram_quantile(&h, 1.0));
 }
 
-int main(int argc, char **argv)
-{
-    static const test_case cases[] = {
-        TEST_ENTRY(lifetime_closes_returned_connection),
-        TEST_ENTRY(lifetime_expired_never_handed_out),
-        TEST_ENTRY(lifetime_unobserved_fast_path),
-        TEST_ENTRY(lifetime_jitter_spreads_expiry),
-        TEST_ENTRY(expired_replaced_without_herd),
-        TEST_ENTRY(recycle_after_uses),
-        TEST_ENTRY(recycle_after_uses_fast_path),
-        TEST_ENTRY(invalid_lifetime_options_rejected),
-        TEST_ENTRY(stats_count_what_happened),
-        TEST_ENTRY(stats_fast_path_counted),
-        TEST_ENTRY(histogram_buckets_and_quantiles),
-    };
-    return test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
-}
+TEST_MAIN()

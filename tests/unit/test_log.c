@@ -526,17 +526,4 @@ TEST(json_valid_for_every_input)
         ASSERT_TRUE(*c >= 0x20 && *c != 0x7f);
 }
 
-static const test_case cases[] = {
-    TEST_ENTRY(lifecycle_messages),
-    TEST_ENTRY(stale_reason),
-    TEST_ENTRY(idle_reason),
-    TEST_ENTRY(connection_error_reasons),
-    TEST_ENTRY(timeout_reason),
-    TEST_ENTRY(pool_closed_checkout_reason),
-    TEST_ENTRY(level_filters_debug_records),
-    TEST_ENTRY(json_format),
-    TEST_ENTRY(json_lines_carry_time_and_pool),
-    TEST_ENTRY(json_valid_for_every_input),
-};
-
-TEST_MAIN(cases)
+TEST_MAIN()

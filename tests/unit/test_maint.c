@@ -341,15 +341,4 @@ TEST(populated_connection_available_before_pending_released)
     test_fixture_free(&f);
 }
 
-static const test_case cases[] = {
-    TEST_ENTRY(idle_reaped_in_background),
-    TEST_ENTRY(idle_reaped_by_maintain),
-    TEST_ENTRY(idle_clock_restarts_at_checkin),
-    TEST_ENTRY(idle_minimum_kept),
-    TEST_ENTRY(keepalive_replaces_dead_idle_connections),
-    TEST_ENTRY(min_pool_size_populated_in_background),
-    TEST_ENTRY(no_population_while_paused),
-    TEST_ENTRY(populated_connection_available_before_pending_released),
-};
-
-TEST_MAIN(cases)
+TEST_MAIN()

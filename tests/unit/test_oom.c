@@ -734,12 +734,4 @@ TEST(sweep)
     }
 }
 
-static const test_case cases[] = {
-    TEST_ENTRY(create_fails_cleanly),
-    TEST_ENTRY(checkout_establishment_oom),
-    TEST_ENTRY(waiter_granted_oom),
-    TEST_ENTRY(lb_service_entry_oom),
-    TEST_ENTRY(sweep),
-};
-
-TEST_MAIN(cases)
+TEST_MAIN()

@@ -887,41 +887,4 @@ TEST(callback_reentry_refused_not_hung)
     cpool_mem_destroy(mem);
 }
 
-static const test_case cases[] = {
-    TEST_ENTRY(foreign_checkin_rejected),
-    TEST_ENTRY(double_checkin_rejected),
-    TEST_ENTRY(double_checkin_after_close_rejected),
-    TEST_ENTRY(null_arguments_rejected),
-    TEST_ENTRY(checkin_broken_flag_closes),
-    TEST_ENTRY(checkin_resets_session),
-    TEST_ENTRY(checkin_failed_reset_closes),
-    TEST_ENTRY(available_reused_newest_first),
-    TEST_ENTRY(destroy_closes_outstanding_lease),
-    TEST_ENTRY(create_rejects_min_above_max),
-    TEST_ENTRY(create_accepts_min_with_unlimited_max),
-    TEST_ENTRY(create_rejects_zero_max_connecting),
-    TEST_ENTRY(create_rejects_negative_wait_queue_timeout),
-    TEST_ENTRY(create_rejects_negative_max_idle_time),
-    TEST_ENTRY(create_rejects_zero_maintenance_interval),
-    TEST_ENTRY(create_rejects_null_connector),
-    TEST_ENTRY(create_rejects_incomplete_connector),
-    TEST_ENTRY(create_rejects_small_struct_size),
-    TEST_ENTRY(ready_after_close_fails),
-    TEST_ENTRY(checkout_after_close_fails),
-    TEST_ENTRY(clear_paused_pool_bumps_generation),
-    TEST_ENTRY(unlimited_pool_serves_concurrent_leases),
-    TEST_ENTRY(clear_fails_waiters_at_once),
-    TEST_ENTRY(default_checkout_wait_is_bounded),
-    TEST_ENTRY(callback_reentry_refused_not_hung),
-    TEST_ENTRY(wait_queue_timeout_reports_counts),
-    TEST_ENTRY(wait_queue_timeout_follows_fake_clock),
-    TEST_ENTRY(connect_timeout_bounds_establishment),
-    TEST_ENTRY(checkout_timeout_zero_does_not_wait),
-    TEST_ENTRY(unobserved_checkin_counts_available),
-    TEST_ENTRY(unobserved_stale_not_reused),
-    TEST_ENTRY(unobserved_dead_parked_not_reused),
-    TEST_ENTRY(unobserved_idle_reaped),
-    TEST_ENTRY(unobserved_close_closes_returned),
-};
-
-TEST_MAIN(cases)
+TEST_MAIN()

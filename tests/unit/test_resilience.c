@@ -885,39 +885,4 @@ TEST(reused_struct_starts_a_fresh_lease)
     test_fixture_free(&f);
 }
 
-int main(int argc, char **argv)
-{
-    static const test_case cases[] = {
-        TEST_ENTRY(backoff_delays_next_attempt),
-        TEST_ENTRY(backoff_capped),
-        TEST_ENTRY(backoff_jitter_bounds),
-        TEST_ENTRY(backoff_reset_by_success),
-        TEST_ENTRY(breaker_fails_fast_with_last_error),
-        TEST_ENTRY(breaker_still_serves_available),
-        TEST_ENTRY(breaker_single_probe_per_step),
-        TEST_ENTRY(breaker_closes_on_success_and_refills),
-        TEST_ENTRY(refill_obeys_backoff),
-        TEST_ENTRY(breaker_opening_fails_waiters),
-        TEST_ENTRY(shutdown_waits_for_returns),
-        TEST_ENTRY(shutdown_interrupts_after_grace),
-        TEST_ENTRY(shutdown_rejects_new_checkouts_at_once),
-        TEST_ENTRY(leak_reported_with_holder),
-        TEST_ENTRY(leak_reclaimed_frees_slot),
-        TEST_ENTRY(leak_reclaimed_never_returned_closed_at_destroy),
-        TEST_ENTRY(leak_options_validated),
-        TEST_ENTRY(wait_connected_fills_min_pool_size),
-        TEST_ENTRY(wait_connected_retries_then_fails_with_last_error),
-        TEST_ENTRY(wait_connected_succeeds_when_backend_comes_up),
-    TEST_ENTRY(wait_connected_reaches_max_with_tenant_reserve),
-    TEST_ENTRY(probe_ends_backoff_when_server_returns),
-        TEST_ENTRY(open_waits_for_startup_connections),
-        TEST_ENTRY(caller_deadline_does_not_trip_breaker),
-        TEST_ENTRY(shutdown_cancels_establishment_with_eshutdown),
-        TEST_ENTRY(wait_connected_reports_current_failure),
-        TEST_ENTRY(code_values_checked_without_overflow),
-        TEST_ENTRY(queued_checkout_served_after_backoff_step),
-        TEST_ENTRY(shutdown_counts_reclaimed_leases),
-        TEST_ENTRY(reused_struct_starts_a_fresh_lease),
-    };
-    return test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
-}
+TEST_MAIN()

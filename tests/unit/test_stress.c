@@ -358,11 +358,4 @@ static void close_run(bool observed)
 TEST(close_under_load) { close_run(/* observed= */ true); }
 TEST(close_under_load_unobserved) { close_run(/* observed= */ false); }
 
-static const test_case cases[] = {
-    TEST_ENTRY(clear_interrupt_churn),
-    TEST_ENTRY(clear_interrupt_churn_unobserved),
-    TEST_ENTRY(close_under_load),
-    TEST_ENTRY(close_under_load_unobserved),
-};
-
-TEST_MAIN(cases)
+TEST_MAIN()

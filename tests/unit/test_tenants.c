@@ -436,21 +436,4 @@ TEST(session_reset_failure_or_absence_closes)
     cpool_mem_destroy(mem);
 }
 
-int main(int argc, char **argv)
-{
-    static const test_case cases[] = {
-        TEST_ENTRY(tenant_cap_enforced),
-        TEST_ENTRY(capped_waiter_skipped_not_starved),
-        TEST_ENTRY(minimum_reserved_for_tenant),
-        TEST_ENTRY(saturating_tenant_capped_does_not_starve_other),
-        TEST_ENTRY(saturating_tenant_does_not_take_reserved_minimum),
-        TEST_ENTRY(tenant_configuration_errors),
-        TEST_ENTRY(closed_lease_frees_tenant_for_available_connection),
-        TEST_ENTRY(first_tenant_refused_after_clear),
-        TEST_ENTRY(session_never_crosses_tenants),
-        TEST_ENTRY(tenant_gets_its_own_connection_back),
-        TEST_ENTRY(handoff_to_other_tenant_resets_session),
-        TEST_ENTRY(session_reset_failure_or_absence_closes),
-    };
-    return test_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
-}
+TEST_MAIN()
