@@ -16,16 +16,10 @@ function(cpool_unit_suite suite)
     TIMEOUT ${S_TIMEOUT} LABELS ${S_LABEL} SKIP_RETURN_CODE 77)
 endfunction()
 
-cpool_unit_suite(pool LABEL unit TIMEOUT 30)
-cpool_unit_suite(interrupt LABEL unit TIMEOUT 30)
-cpool_unit_suite(lb LABEL unit TIMEOUT 30)
-cpool_unit_suite(backpressure LABEL unit TIMEOUT 30)
-cpool_unit_suite(maint LABEL unit TIMEOUT 30)
-cpool_unit_suite(config LABEL unit TIMEOUT 30)
-cpool_unit_suite(lifecycle LABEL unit TIMEOUT 30)
-cpool_unit_suite(resilience LABEL unit TIMEOUT 30)
+foreach(suite pool interrupt lb backpressure maint config lifecycle resilience log)
+  cpool_unit_suite(${suite} LABEL unit TIMEOUT 30)
+endforeach()
 cpool_unit_suite(tenants LABEL unit TIMEOUT 60)
-cpool_unit_suite(log LABEL unit TIMEOUT 30)
 
 # Three of the fork cases are not compiled under TSan (see test_fork.c), so
 # that build does not list them.
