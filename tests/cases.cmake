@@ -89,10 +89,13 @@ function(cpool_test_cases target)
   file(WRITE ${dir}/${target}.props.new "${text}")
   configure_file(${dir}/${target}.props.new ${dir}/${target}.props.cmake COPYONLY)
 
+  # After every link of the executable (so `make <exe>` alone is enough),
+  # and whenever the suite's properties or the discovery change.
   set(out ${dir}/${target}.tests.cmake)
-  add_custom_command(OUTPUT ${out}
-    COMMAND ${CMAKE_COMMAND} -D EXE=$<TARGET_FILE:${target}>
-            -D PROPS=${dir}/${target}.props.cmake -D OUT=${out} -P ${cpool_discover_script}
+  set(discover ${CMAKE_COMMAND} -D EXE=$<TARGET_FILE:${target}>
+               -D PROPS=${dir}/${target}.props.cmake -D OUT=${out} -P ${cpool_discover_script})
+  add_custom_command(TARGET ${target} POST_BUILD COMMAND ${discover} VERBATIM)
+  add_custom_command(OUTPUT ${out} COMMAND ${discover}
     DEPENDS ${target} ${dir}/${target}.props.cmake ${cpool_discover_script}
     COMMENT "Listing the cases of ${target}"
     VERBATIM)
