@@ -39,6 +39,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -127,7 +128,7 @@ static uint64_t hist_quantile(const uint64_t *h, uint64_t n, double q, uint64_t 
 
 /* ------------------------------------------------------------------ pools */
 
-/* The three pools behind one small interface, so that the worker loop is
+/* The pools behind one small interface, so that the worker loop is
  * the same code for all of them (one indirect call each way, for all). */
 typedef struct pool_impl {
     const char *name;
@@ -152,7 +153,8 @@ static void cp_close(void *self)
     free(b);
 }
 
-static int cp_open(unsigned conns, void **self, char *msg, size_t len)
+static int cp_open_mode(unsigned conns, cpool_handoff handoff, void **self, char *msg,
+                        size_t len)
 {
     bench_cpool *b = calloc(1, sizeof *b);
     cpool_error err = {0};
@@ -172,6 +174,7 @@ static int cp_open(unsigned conns, void **self, char *msg, size_t len)
     o.target = "mem://bench";
     o.max_pool_size = conns;
     o.wait_queue_timeout_ms = 0;
+    o.handoff = handoff;
     int rc = cpool_create(&o, &b->pool, &err);
     if (rc == 0)
         rc = cpool_ready(b->pool, &err);
@@ -182,6 +185,18 @@ static int cp_open(unsigned conns, void **self, char *msg, size_t len)
     }
     *self = b;
     return 0;
+}
+
+/* cpool as configured by default (handoff turns), and in CMAP's strict
+ * FIFO handoff. */
+static int cp_open(unsigned conns, void **self, char *msg, size_t len)
+{
+    return cp_open_mode(conns, CPOOL_HANDOFF_TURNS, self, msg, len);
+}
+
+static int cp_open_fifo(unsigned conns, void **self, char *msg, size_t len)
+{
+    return cp_open_mode(conns, CPOOL_HANDOFF_FIFO, self, msg, len);
 }
 
 static int cp_checkout(void *self, void **lease)
@@ -335,10 +350,11 @@ static int ar_checkin(void *self, void *lease)
 }
 #endif
 
-enum { POOL_CPOOL, POOL_NAIVE, POOL_APR, POOL_COUNT };
+enum { POOL_CPOOL, POOL_FIFO, POOL_NAIVE, POOL_APR, POOL_COUNT };
 
 static const pool_impl pool_impls[POOL_COUNT] = {
     {"cpool", cp_open, cp_checkout, cp_checkin, cp_close},
+    {"cpool-fifo", cp_open_fifo, cp_checkout, cp_checkin, cp_close},
     {"naive", naive_open, naive_checkout, naive_checkin, naive_close},
 #ifdef CPOOL_BENCH_HAVE_APR
     {"apr", ar_open, ar_checkout, ar_checkin, ar_close},
@@ -364,7 +380,10 @@ typedef struct run {
     const pool_impl *impl;
     void *pool;
     int64_t hold_ns;
+    bool hold_sleep;    /* sleep through the hold instead of spinning */
     uint64_t fixed_ops; /* > 0: every thread does exactly this many ops */
+    int64_t measure_t0; /* when the timed window began (written before the
+                           phase switch, read after it) */
     bool fifo;          /* measure overtakes */
     alignas(64) atomic_uint ready;  /* threads at the start barrier */
     alignas(64) atomic_bool go;     /* the barrier opens */
@@ -374,10 +393,14 @@ typedef struct run {
     alignas(64) atomic_uint_fast64_t done_seq;
 } run;
 
+/* Per-second fairness looks at the first MAX_SECONDS seconds of a window. */
+#define MAX_SECONDS 60
+
 typedef struct worker {
     alignas(64) run *r;
     uint64_t *hist;
     uint64_t ops;
+    uint64_t per_sec[MAX_SECONDS]; /* ops in each whole second of the window */
     uint64_t overtakers; /* sum over the thread's checkouts */
     uint64_t max_overtakers;
     uint64_t allocs;
@@ -414,6 +437,10 @@ static void *worker_main(void *arg)
     const bool fifo = r->fifo;
     uint64_t *hist = w->hist;
     uint64_t ops = 0, overtakers = 0, max_overtakers = 0, max_ns = 0;
+    /* A sleeping hold as exact as the kernel allows: the default timer
+     * slack (50 us) would add half of a 100 us hold to every sleep. */
+    if (r->hold_sleep)
+        prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
 
     /* Start barrier: the main thread lets the threads go once every one is
      * here, so thread creation stays out of the run. Yielding, not
@@ -465,7 +492,11 @@ static void *worker_main(void *arg)
             if (lat > max_ns)
                 max_ns = lat;
         }
-        if (hold_ns > 0) {
+        if (hold_ns > 0 && r->hold_sleep) {
+            struct timespec nap = {hold_ns / 1000000000, hold_ns % 1000000000};
+            while (nanosleep(&nap, &nap) == EINTR)
+                ;
+        } else if (hold_ns > 0) {
             int64_t end = t1 + hold_ns;
             while (now_ns() < end)
                 ;
@@ -476,8 +507,12 @@ static void *worker_main(void *arg)
             atomic_store(&r->phase, PHASE_STOP);
             break;
         }
-        if (rec)
+        if (rec) {
             ops++;
+            uint64_t sec = (uint64_t)(t1 - r->measure_t0) / 1000000000u;
+            if (sec < MAX_SECONDS)
+                w->per_sec[sec]++;
+        }
         if (!warm) {
             warm = true;
             atomic_fetch_add_explicit(&r->warm, 1, memory_order_relaxed);
@@ -499,6 +534,7 @@ typedef struct result {
     uint64_t p50, p99, p999, max;
     double jain;
     double minmax;
+    double minmax_sec; /* the worst second's min/max; < 0 = under a second */
     uint64_t min_ops, max_ops;
     double overtakers; /* mean per checkout; < 0 = not measured */
     uint64_t max_overtakers;
@@ -530,6 +566,30 @@ static void prefault(void *mem, size_t size)
     volatile unsigned char *b = mem;
     for (size_t i = 0; i < size; i += 4096)
         b[i] = 0;
+}
+
+static bool g_hold_sleep; /* --hold sleep */
+
+/* min/max of the per-thread counts in each whole second of the window, the
+ * worst of them: how even the service is over a second, not only over the
+ * run. */
+static double worst_second_minmax(const worker *ws, unsigned threads, int64_t window_ns)
+{
+    int64_t secs = window_ns / 1000000000;
+    if (secs > MAX_SECONDS)
+        secs = MAX_SECONDS;
+    double worst = secs > 0 ? 1.0 : -1.0;
+    for (int64_t s = 0; s < secs; s++) {
+        uint64_t lo = UINT64_MAX, hi = 0;
+        for (unsigned i = 0; i < threads; i++) {
+            uint64_t n = ws[i].per_sec[s];
+            lo = n < lo ? n : lo;
+            hi = n > hi ? n : hi;
+        }
+        double mm = hi ? (double)lo / (double)hi : 0;
+        worst = mm < worst ? mm : worst;
+    }
+    return worst;
 }
 
 static int measure(const pool_impl *impl, const config *c, int64_t duration_ns,
@@ -572,6 +632,8 @@ static int measure(const pool_impl *impl, const config *c, int64_t duration_ns,
     r->impl = impl;
     r->pool = pool;
     r->hold_ns = (int64_t)c->hold_us * 1000;
+    r->hold_sleep = g_hold_sleep;
+    r->measure_t0 = now_ns();
     r->fixed_ops = fixed_ops;
     r->fifo = want_fifo && c->threads > c->conns;
     atomic_init(&r->ready, 0);
@@ -610,6 +672,7 @@ static int measure(const pool_impl *impl, const config *c, int64_t duration_ns,
         out->warmup_ms = (double)(now_ns() - t0) / 1e6;
         out->cold_threads = c->threads - atomic_load(&r->warm);
         t0 = now_ns();
+        r->measure_t0 = t0;
         atomic_store(&r->phase, PHASE_MEASURE);
         struct timespec until;
         int64_t end = t0 + duration_ns;
@@ -666,6 +729,7 @@ static int measure(const pool_impl *impl, const config *c, int64_t duration_ns,
     out->min_ops = min_ops;
     out->max_ops = max_ops;
     out->minmax = max_ops ? (double)min_ops / (double)max_ops : 0;
+    out->minmax_sec = worst_second_minmax(ws, c->threads, fixed_ops ? 0 : t1 - t0);
     out->overtakers = r->fifo && samples ? (double)overtakers / (double)samples : -1;
     out->allocs_op = BENCH_COUNT_ALLOCS && total ? (double)allocs / (double)total : -1;
 
@@ -688,21 +752,21 @@ static double ceiling_ops(const config *c)
     unsigned k = c->threads;
     if (c->conns < k)
         k = c->conns;
-    if (g_cores < k)
+    if (!g_hold_sleep && g_cores < k) /* a spinning holder needs a core */
         k = g_cores;
     return (double)k * 1e6 / (double)c->hold_us;
 }
 
 static void print_header(void)
 {
-    printf("%4s %4s %5s  %-5s %11s %9s %9s %9s %10s %6s %7s %7s %8s %9s %8s\n", "T", "P",
-           "W_us", "pool", "ops/s", "p50_ns", "p99_ns", "p99.9_ns", "max_ns", "jain",
-           "min/max", "ovt_avg", "ovt_max", "allocs/op", "%ceil");
+    printf("%4s %4s %5s  %-10s %11s %9s %9s %9s %10s %6s %7s %7s %7s %8s %9s %8s\n", "T",
+           "P", "W_us", "pool", "ops/s", "p50_ns", "p99_ns", "p99.9_ns", "max_ns", "jain",
+           "min/max", "mm/1s", "ovt_avg", "ovt_max", "allocs/op", "%ceil");
 }
 
 static void print_row(const config *c, const char *name, const result *res)
 {
-    printf("%4u %4u %5u  %-5s ", c->threads, c->conns, c->hold_us, name);
+    printf("%4u %4u %5u  %-10s ", c->threads, c->conns, c->hold_us, name);
     if (res->skipped) {
         printf("skipped (built without apr-util)\n");
         return;
@@ -711,7 +775,11 @@ static void print_row(const config *c, const char *name, const result *res)
         printf("failed\n");
         return;
     }
-    char ot[16], om[24], al[16], ce[16];
+    char ot[16], om[24], al[16], ce[16], ms[16];
+    if (res->minmax_sec < 0)
+        snprintf(ms, sizeof ms, "-");
+    else
+        snprintf(ms, sizeof ms, "%.3f", res->minmax_sec);
     if (res->overtakers < 0) {
         snprintf(ot, sizeof ot, "-");
         snprintf(om, sizeof om, "-");
@@ -728,10 +796,10 @@ static void print_row(const config *c, const char *name, const result *res)
         snprintf(ce, sizeof ce, "%.1f", res->ops_s * 100 / ceil_ops);
     else
         snprintf(ce, sizeof ce, "-");
-    printf("%11.0f %9llu %9llu %9llu %10llu %6.3f %7.3f %7s %8s %9s %8s", res->ops_s,
+    printf("%11.0f %9llu %9llu %9llu %10llu %6.3f %7.3f %7s %7s %8s %9s %8s", res->ops_s,
            (unsigned long long)res->p50, (unsigned long long)res->p99,
            (unsigned long long)res->p999, (unsigned long long)res->max, res->jain,
-           res->minmax, ot, om, al, ce);
+           res->minmax, ms, ot, om, al, ce);
     if (res->cold_threads)
         printf("  (%u threads had no op after %.0f ms of warm-up)", res->cold_threads,
                res->warmup_ms);
@@ -808,11 +876,16 @@ static void usage(FILE *f)
             "  --rounds N          measure each configuration N times (1-9, default 1),\n"
             "                      pools interleaved; report the median round by ops/s\n"
             "  --ops N             instead of a duration: each thread does exactly N ops\n"
-            "  --pools LIST        any of cpool,naive,apr (default all three)\n"
+            "  --pools LIST        any of cpool,cpool-fifo,naive,apr (default all);\n"
+            "                      cpool is the default handoff (turns), cpool-fifo\n"
+            "                      CMAP's strict FIFO handoff\n"
+            "  --hold MODE         spin (default): busy-spin through the hold, as CPU\n"
+            "                      work does; sleep: sleep through it, as a thread\n"
+            "                      waiting on the network does\n"
             "  --no-overtakes      do not measure overtakes (saves two atomics per op)\n"
             "  --help              this text\n"
             "LIST is comma-separated, e.g. --threads 1,64. Each operation is checkout,\n"
-            "hold W us (busy-spin), checkin; latency is that of the checkout alone.\n");
+            "hold W us, checkin; latency is that of the checkout alone.\n");
 }
 
 /* Prints argv so that it can be pasted back into a shell. */
@@ -847,7 +920,7 @@ int main(int argc, char **argv)
     ulist threads = {{1, 2, 8, 64}, 4};
     ulist conns = {{4, 16}, 2};
     ulist holds = {{0, 20}, 2};
-    bool use[POOL_COUNT] = {true, true, true};
+    bool use[POOL_COUNT] = {true, true, true, true};
     int64_t duration_ms = 1000;
     int64_t warmup_ms = 200;
     unsigned rounds = 1;
@@ -892,6 +965,9 @@ int main(int argc, char **argv)
             unsigned long long n = strtoull(v, &end, 10);
             bad = *end || n == 0;
             fixed_ops = n;
+        } else if (!strcmp(a, "--hold")) {
+            bad = strcmp(v, "spin") != 0 && strcmp(v, "sleep") != 0;
+            g_hold_sleep = strcmp(v, "sleep") == 0;
         } else if (!strcmp(a, "--pools")) {
             char buf[64];
             snprintf(buf, sizeof buf, "%s", v);
@@ -937,7 +1013,9 @@ int main(int argc, char **argv)
         printf("# %u rounds per configuration, pools interleaved; each row is the pool's "
                "median round by ops/s\n",
                rounds);
-    printf("# pools: cpool (mem connector, maxPoolSize=P, no subscriber)");
+    printf("# pools: cpool (mem connector, maxPoolSize=P, no subscriber; handoff turns)");
+    if (use[POOL_FIFO])
+        printf(", cpool-fifo (the same, handoff fifo)");
     if (use[POOL_NAIVE])
         printf(", naive (mutex+condvar+stack)");
 #ifdef CPOOL_BENCH_HAVE_APR
@@ -951,12 +1029,16 @@ int main(int argc, char **argv)
     printf("# latency: of the checkout alone; jain, min/max: over per-thread op counts\n"
            "# ovt_avg, ovt_max: %s\n"
            "# allocs/op: %s\n"
-           "# %%ceil (W>0): ops/s as %% of min(T,P,cores) * 1e6 / W\n",
+           "# mm/1s: the worst whole second's min/max\n"
+           "# hold: %s\n"
+           "# %%ceil (W>0): ops/s as %% of %s * 1e6 / W\n",
            want_fifo ? "checkouts started later that returned earlier, per checkout: "
                        "mean and largest (a lower bound; T>P only)"
                      : "not measured (--no-overtakes)",
            BENCH_COUNT_ALLOCS ? "heap allocations per op in the worker threads"
-                              : "not counted in this build");
+                              : "not counted in this build",
+           g_hold_sleep ? "sleep (nanosleep W us)" : "spin (busy-spin W us)",
+           g_hold_sleep ? "min(T,P)" : "min(T,P,cores)");
 
 #ifdef CPOOL_BENCH_HAVE_APR
     if (use[POOL_APR])
