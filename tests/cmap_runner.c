@@ -1433,6 +1433,8 @@ static bool run_file(const char *path, const char *name)
      * additions, on by default). */
     o.backoff_base_ms = 0;
     o.breaker_threshold = 0;
+    /* CMAP's wait queue: every check-in goes to the oldest waiter. */
+    o.handoff = CPOOL_HANDOFF_FIFO;
     /* CMAP's own defaults where the test names none: this pool's defaults
      * are smaller and finite (docs/configuration.md). */
     o.max_pool_size = 100;

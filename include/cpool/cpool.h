@@ -206,6 +206,26 @@ typedef enum cpool_checkout_failure {
 
 typedef struct cpool_options cpool_options;
 
+/* How connections returned while others wait reach the waiters
+ * (docs/design.md, "Handoff"). In both modes waiters are served in the
+ * order they arrived, and a newcomer never takes a connection ahead of a
+ * waiter. */
+typedef enum cpool_handoff {
+    /* Every check-in hands the connection to the oldest waiter at once:
+     * CMAP's wait queue, one wake-up and one thread switch per lease when
+     * threads outnumber connections. */
+    CPOOL_HANDOFF_FIFO = 0,
+    /* A thread that checks in while others wait may take the same
+     * connection straight back, without the lock, for a turn of at most
+     * turn_us and turn_uses re-takes; then the oldest waiter gets it. A
+     * queued checkout waits for at most (its place in the queue / the
+     * pool's size) turns instead of leases, each turn_us plus one lease at
+     * the most. Used only where the lock-free path is (no event subscriber,
+     * log sink or tenants, not load-balanced) and the background thread
+     * runs; elsewhere the pool hands off as in FIFO. */
+    CPOOL_HANDOFF_TURNS = 1
+} cpool_handoff;
+
 /* What the pool does before it hands out a connection that was available. */
 typedef enum cpool_validation {
     CPOOL_VALIDATE_NONE = 0,  /* nothing */
@@ -401,6 +421,13 @@ struct cpool_options {
                                           when it has none) and replaces the
                                           dead before a checkout meets them;
                                           default 60000; 0 = off */
+    cpool_handoff handoff;             /* default CPOOL_HANDOFF_TURNS */
+    uint32_t turn_us;                  /* CPOOL_HANDOFF_TURNS: a turn lasts
+                                          at most this long (microseconds,
+                                          from its first check-in); default
+                                          100, 1..1000000 */
+    uint32_t turn_uses;                /* ... and at most this many re-takes;
+                                          default 32, 1..1000000 */
 };
 
 /* Fills opts with the defaults; `size` is sizeof the caller's struct. */

@@ -270,7 +270,7 @@ static int take_available_relock(checkout *co)
             cpool__assign_locked(p, c, tn);
         }
     } else {
-        c = cpool__steal_parked_locked(p, false, &reason);
+        c = cpool__steal_parked_locked(p, STEAL_ANY, &reason);
     }
     if (c != NULL && reason >= 0) {
         cpool__close_conn_relock(p, c, reason, NULL);
@@ -329,8 +329,13 @@ static int queue_relock(checkout *co)
         p->wq_head = w;
     p->wq_tail = w;
     atomic_fetch_add(&p->nwaiting, 1);
+    if (p->turns && !p->turn_watch)
+        pthread_cond_signal(&p->maint_cv); /* watch the turns (maint.c) */
     int reason = -1;
-    cpool_conn *parked = cpool__steal_parked_locked(p, false, &reason);
+    /* With turns, a connection its thread may still take again stays: the
+     * newcomer queues behind the waiters (and the background thread hands it
+     * over should its thread not come back). */
+    cpool_conn *parked = cpool__steal_parked_locked(p, STEAL_OUT_OF_TURN, &reason);
     if (parked == NULL)
         return STEP_NONE;
     cpool__wq_remove_locked(p, w);
@@ -537,6 +542,8 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
     if (p->observed && cpool__in_callback(p))
         return cpool__callback_err(p, err, "checkout");
     int64_t fast_start = -1;
+    if (p->turns)
+        note_return(p);
     if (p->can_park) {
         cpool_conn *fast = take_parked_fast(p, timeout_ms, &fast_start);
         if (fast != NULL) {

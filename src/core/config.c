@@ -23,6 +23,7 @@ typedef enum opt_type { T_U32, T_U64, T_MS, T_BOOL, T_DOUBLE, T_ENUM } opt_type;
 static const char *const validation_names[] = {"none", "check", "ping_idle", "always",
                                                NULL};
 static const char *const log_level_names[] = {"error", "warn", "info", "debug", NULL};
+static const char *const handoff_names[] = {"fifo", "turns", NULL};
 
 typedef struct opt_def {
     const char *name; /* snake_case, also the query name */
@@ -108,6 +109,13 @@ static const opt_def defs[] = {
     {"timing_sample", NULL, "CPOOL_TIMING_SAMPLE", T_U32, OFF(timing_sample), 0, U32MAX, NULL,
      ">= 0 (1 = every lease, 0 = none)",
      "lock-free path: time one lease in this many for the histograms", 16},
+    {"handoff", NULL, "CPOOL_HANDOFF", T_ENUM, OFF(handoff), 0, 0, handoff_names,
+     "fifo|turns", "how a connection returned while others wait reaches them",
+     CPOOL_HANDOFF_TURNS},
+    {"turn_us", NULL, "CPOOL_TURN_US", T_U32, OFF(turn_us), 1, 1000000, NULL, "1..1000000 us",
+     "turns: how long a thread may keep re-taking its connection while others wait", 100},
+    {"turn_uses", NULL, "CPOOL_TURN_USES", T_U32, OFF(turn_uses), 1, 1000000, NULL,
+     "1..1000000", "turns: how many times it may re-take it in one turn", 32},
 };
 #define NDEFS (sizeof defs / sizeof defs[0])
 

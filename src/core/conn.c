@@ -415,23 +415,46 @@ void cpool__interrupt_marked_relock(cpool *p)
     }
 }
 
+void cpool__set_parking(cpool *p, bool can_park)
+{
+    p->can_park = can_park;
+    /* Turns need the fast path (a turn is a lock-free re-take) and the
+     * background thread, which hands a connection whose thread did not come
+     * back for it to the waiters (maint.c). */
+    p->turns = can_park && p->opts.handoff == CPOOL_HANDOFF_TURNS &&
+               p->opts.maintenance_interval_ms > 0;
+    p->turn_ns = (int64_t)p->opts.turn_us * 1000;
+    p->turn_uses = p->opts.turn_uses;
+}
+
+/* Whether c is parked for its thread's handoff turn, which is still on. */
+static bool in_turn(const cpool *p, const cpool_conn *c, int64_t now)
+{
+    int64_t since = atomic_load_explicit(&c->turn_parked_ns, memory_order_relaxed);
+    return since != 0 && now - since < p->turn_ns;
+}
+
 /* Takes a parked connection (any thread's) under mu; it is HELD by the
- * caller afterwards. `perished_only` takes only perished ones. */
-cpool_conn *cpool__steal_parked_locked(cpool *p, bool perished_only, int *reason)
+ * caller afterwards. */
+cpool_conn *cpool__steal_parked_locked(cpool *p, steal_which which, int *reason)
 {
     CPOOL_ASSERT_HELD(p);
     if (!p->can_park)
         return NULL;
     int64_t now = cpool__perish_now(p);
+    int64_t turn_now = which == STEAL_OUT_OF_TURN && p->turns ? cpool__now(p) : 0;
     for (cpool_conn *c = p->in_use.head; c != NULL; c = c->next) {
         if (atomic_load(&c->leased) != LEASE_PARKED)
             continue;
         int why = cpool__perished_locked(p, c, now);
-        if (perished_only && why < 0)
+        if (which == STEAL_PERISHED && why < 0)
+            continue;
+        if (turn_now != 0 && why < 0 && in_turn(p, c, turn_now))
             continue;
         unsigned parked = LEASE_PARKED;
         if (!atomic_compare_exchange_strong(&c->leased, &parked, LEASE_HELD))
             continue;
+        atomic_store_explicit(&c->turn_parked_ns, 0, memory_order_relaxed);
         if (reason != NULL)
             *reason = why;
         return c;

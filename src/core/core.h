@@ -50,7 +50,16 @@ waiter *cpool__next_waiter_locked(const cpool *p);
 int cpool__perished_locked(const cpool *p, const cpool_conn *c, int64_t now);
 void cpool__put_back_locked(cpool *p, cpool_conn *c);
 void cpool__set_state_locked(cpool *p, cpool_conn *c, conn_state s);
-cpool_conn *cpool__steal_parked_locked(cpool *p, bool perished_only, int *reason);
+/* Which parked connections cpool__steal_parked_locked may take. */
+typedef enum steal_which {
+    STEAL_ANY,
+    STEAL_PERISHED,   /* only perished ones (the maintenance thread) */
+    STEAL_OUT_OF_TURN /* not one whose thread's handoff turn is still on */
+} steal_which;
+cpool_conn *cpool__steal_parked_locked(cpool *p, steal_which which, int *reason);
+/* Whether the lock-free path (and with it handoff turns) may be used; call
+ * when what decides it changes. */
+void cpool__set_parking(cpool *p, bool can_park);
 service *cpool__svc_find_locked(cpool *p, const char *id);
 void cpool__svc_release_locked(cpool *p, cpool_conn *c);
 void cpool__unassign_locked(cpool_conn *c);

@@ -29,11 +29,36 @@
  * the other: either the check-in takes its connection back and hands it to
  * the waiter, or the waiter takes the parked connection itself.
  *
+ * Handoff turns (CPOOL_HANDOFF_TURNS) relax "nobody waiting" for the thread
+ * whose turn it is: a check-in that finds waiters still parks, marking the
+ * connection with the time (turn_parked_ns), when the thread's turn on it
+ * began less than turn_ns ago and has had fewer than turn_uses re-takes;
+ * that thread's next checkout takes it back without the lock, waiters or
+ * not. A turn begins at the first check-in of a lease the thread did not
+ * re-take from its slot. A newcomer to the queue leaves such a connection
+ * alone, and the background thread gives the waiters any whose turn ran out
+ * before its thread came back (maint.c).
+ *
+ * Only a thread that comes back at once gains from a turn; one that does
+ * other work between its leases would leave the connection unused while
+ * others wait. So a check-in that parks for a turn notes the time and the
+ * thread's next checkout measures how long it stayed away: after a return
+ * later than turn_ns the thread hands its next 2, 4, ... up to 64
+ * connections straight over (as FIFO does) before it may park again, and a
+ * prompt return clears that. A thread with think time between leases thus
+ * parks for at most one lease in 65.
+ *
  * The slot names the pool by a process-unique serial, not by pointer, so a
  * slot left behind by a destroyed pool never matches a new one. */
 typedef struct cpool__park_slot {
     uint64_t serial;
     cpool_conn *conn;
+    int64_t turn_start; /* pool clock: the turn on conn began (turns only) */
+    uint32_t turn_uses; /* re-takes in this turn while others waited */
+    int64_t checkin_ns; /* parked for a turn at this time, for the next
+                           checkout to measure the time away; 0 = none */
+    uint32_t skip;      /* check-ins left that hand over without a turn */
+    uint8_t away;       /* late returns in a row (skip = 2^away after one) */
 } cpool__park_slot;
 /* Defined in checkout.c: this thread's parked connection, and its kernel
  * thread id once read (lease_begin). */
@@ -70,6 +95,44 @@ static inline bool fast_usable(const cpool *p, const cpool_conn *c)
                ms_to_ns(p->opts.max_idle_time_ms);
 }
 
+/* Whether the connection this thread just parked while others wait may
+ * stay parked for its turn (which began at its first park, see try_park);
+ * *now is read here when still 0. */
+static inline bool turn_goes_on(const cpool *p, int64_t *now)
+{
+    cpool__park_slot *s = &cpool__tl_park;
+    if (!p->turns)
+        return false;
+    if (s->skip > 0) {
+        s->skip--;
+        return false;
+    }
+    if (*now == 0)
+        *now = cpool__now(p);
+    if (*now - s->turn_start >= p->turn_ns || s->turn_uses >= p->turn_uses)
+        return false;
+    s->turn_uses++;
+    s->checkin_ns = *now;
+    return true;
+}
+
+/* At a checkout with turns: how long the thread stayed away since it last
+ * parked for a turn (see the top of this file). */
+static inline void note_return(const cpool *p)
+{
+    cpool__park_slot *s = &cpool__tl_park;
+    if (s->checkin_ns == 0)
+        return;
+    if (cpool__now(p) - s->checkin_ns < p->turn_ns) {
+        s->away = 0;
+    } else {
+        if (s->away < 6)
+            s->away++;
+        s->skip = 1u << s->away;
+    }
+    s->checkin_ns = 0;
+}
+
 /* Parks c (leased NONE, reset done) in this thread's slot. Returns false
  * when the caller must finish the check-in under the lock instead. */
 static inline bool try_park(cpool *p, cpool_conn *c)
@@ -77,18 +140,36 @@ static inline bool try_park(cpool *p, cpool_conn *c)
     if (p->stamp_idle)
         atomic_store_explicit(&c->available_since_ns, cpool__now(p),
                               memory_order_relaxed);
-    if (!fast_usable(p, c))
+    bool mine = cpool__tl_park.serial == p->serial && cpool__tl_park.conn == c;
+    if (!fast_usable(p, c)) {
+        cpool__tl_park.conn = NULL;
         return false;
+    }
+    int64_t now = 0;
+    if (p->turns && !mine) { /* a turn begins (if c stays parked) */
+        now = cpool__now(p);
+        cpool__tl_park.turn_start = now;
+        cpool__tl_park.turn_uses = 0;
+    }
     atomic_store(&c->leased, LEASE_PARKED);
     /* The same handshake with cpool_close(), which stores CLOSED and then
      * takes every parked connection: re-reading the state after the store
      * means a connection is never left parked in a closed pool. */
-    if (atomic_load(&p->nwaiting) == 0 &&
-        atomic_load(&p->state) == CPOOL_STATE_READY) {
-        cpool__tl_park.serial = p->serial;
-        cpool__tl_park.conn = c;
-        return true;
+    if (atomic_load(&p->state) == CPOOL_STATE_READY) {
+        bool park = atomic_load(&p->nwaiting) == 0;
+        if (!park && turn_goes_on(p, &now)) {
+            atomic_store_explicit(&c->turn_parked_ns, now, memory_order_relaxed);
+            park = true;
+        }
+        if (park) {
+            if (!mine) {
+                cpool__tl_park.serial = p->serial;
+                cpool__tl_park.conn = c;
+            }
+            return true;
+        }
     }
+    cpool__tl_park.conn = NULL; /* the turn, if any, ends here */
     unsigned parked = LEASE_PARKED;
     if (atomic_compare_exchange_strong(&c->leased, &parked, LEASE_NONE))
         return false; /* took it back: the locked path hands it over or closes it */
@@ -113,6 +194,9 @@ static inline void lease_begin(cpool *p, cpool_conn *c, int64_t start, bool reus
             cpool__hist_add(&c->cell.wait, 0);
         return;
     }
+    /* A lease the thread did not re-take from its slot: its next check-in
+     * starts a new turn (see try_park). */
+    cpool__tl_park.conn = NULL;
     int64_t now = cpool__now(p);
     if (p->opts.leak_threshold_ms > 0) {
         /* Under mu (leak detection makes the pool take the locked paths):
@@ -203,11 +287,16 @@ static inline int64_t fast_deadline(const cpool *p, int64_t start, int64_t timeo
 static inline cpool_conn *take_parked_fast(cpool *p, int64_t timeout_ms, int64_t *start)
 {
     cpool_conn *c = cpool__tl_park.conn;
-    if (cpool__tl_park.serial != p->serial || c == NULL || atomic_load(&p->nwaiting) != 0)
+    if (cpool__tl_park.serial != p->serial || c == NULL ||
+        (!p->turns && atomic_load(&p->nwaiting) != 0))
         return NULL;
     unsigned parked = LEASE_PARKED;
-    if (!atomic_compare_exchange_strong(&c->leased, &parked, LEASE_HELD))
+    if (!atomic_compare_exchange_strong(&c->leased, &parked, LEASE_HELD)) {
+        cpool__tl_park.conn = NULL; /* taken by someone else */
         return NULL;
+    }
+    if (p->turns)
+        atomic_store_explicit(&c->turn_parked_ns, 0, memory_order_relaxed);
     /* The same validation as the slow path: a parked connection may have
      * died while it waited. */
     cpool_error ce;

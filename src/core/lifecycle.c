@@ -138,7 +138,7 @@ static void settle_locked_paths(cpool *p)
     p->observed = o->on_event != NULL || o->on_log != NULL || o->leak_threshold_ms > 0;
     p->stamp_idle = o->max_idle_time_ms > 0 || o->validation == CPOOL_VALIDATE_PING_IDLE;
     /* Parking skips the events and the per-service generations. */
-    p->can_park = !p->observed && !o->load_balanced;
+    cpool__set_parking(p, !p->observed && !o->load_balanced);
     p->serial = atomic_fetch_add(&cpool__pool_serial, 1) + 1;
     p->rng = 0x9e3779b97f4a7c15ULL ^ (p->serial * 0xbf58476d1ce4e5b9ULL) ^
              (uint64_t)cpool__mono_ns();
@@ -344,7 +344,7 @@ void cpool_close(cpool *p)
      * ones are closed when they come back. */
     while (p->available.head != NULL)
         cpool__close_conn_relock(p, p->available.head, CPOOL_CLOSE_POOL_CLOSED, NULL);
-    for (cpool_conn *c; (c = cpool__steal_parked_locked(p, false, NULL)) != NULL;)
+    for (cpool_conn *c; (c = cpool__steal_parked_locked(p, STEAL_ANY, NULL)) != NULL;)
         cpool__close_conn_relock(p, c, CPOOL_CLOSE_POOL_CLOSED, NULL);
     cpool_event ev;
     cpool__event_init(p, &ev, CPOOL_EV_POOL_CLOSED);
@@ -377,7 +377,7 @@ int cpool_shutdown(cpool *p, int64_t grace_ms, cpool_shutdown_report *report,
         cpool__cancel_pending(c);
     while (p->available.head != NULL)
         cpool__close_conn_relock(p, p->available.head, CPOOL_CLOSE_POOL_CLOSED, NULL);
-    for (cpool_conn *c; (c = cpool__steal_parked_locked(p, false, NULL)) != NULL;)
+    for (cpool_conn *c; (c = cpool__steal_parked_locked(p, STEAL_ANY, NULL)) != NULL;)
         cpool__close_conn_relock(p, c, CPOOL_CLOSE_POOL_CLOSED, NULL);
     uint32_t at_start = p->in_use.n;
     struct timespec until = abs_real(ms_to_ns(grace_ms));

@@ -209,7 +209,7 @@ void cpool__maintain_relock(cpool *p)
     }
     for (;;) {
         int reason = -1;
-        cpool_conn *c = cpool__steal_parked_locked(p, /* perished_only= */ true, &reason);
+        cpool_conn *c = cpool__steal_parked_locked(p, STEAL_PERISHED, &reason);
         if (c == NULL)
             break;
         cpool__close_conn_relock(p, c, reason, NULL);
@@ -268,6 +268,47 @@ static void probe_server_relock(cpool *p)
     p->retry_at = cpool__now(p); /* the step ends: the next attempt may run */
 }
 
+/* Handoff turns: a connection parked for its thread's turn, whose turn ran
+ * out before the thread came back for it, goes to the oldest waiter, as a
+ * check-in would have sent it. May release mu. */
+static void end_turns_relock(cpool *p)
+{
+    CPOOL_ASSERT_HELD(p);
+    cpool_conn *c;
+    int reason = -1;
+    while (p->state == CPOOL_STATE_READY && cpool__next_waiter_locked(p) != NULL &&
+           (c = cpool__steal_parked_locked(p, STEAL_OUT_OF_TURN, &reason)) != NULL) {
+        if (reason >= 0) {
+            cpool__close_conn_relock(p, c, reason, NULL);
+            continue;
+        }
+        atomic_store_explicit(&c->leased, LEASE_NONE, memory_order_relaxed);
+        cpool__make_available_locked(p, c);
+    }
+}
+
+/* Sleeps until `until_ns` (monotonic) or a kick. While checkouts wait and
+ * handoff turns are on, it wakes every turn_ns meanwhile to end the turns
+ * nobody came back for (queue_relock wakes it when the first one queues). */
+static void maintenance_sleep_relock(cpool *p, int64_t until_ns)
+{
+    CPOOL_ASSERT_HELD(p);
+    while (!p->maint_kick && p->state != CPOOL_STATE_CLOSED && p->maint_running) {
+        p->turn_watch = p->turns && atomic_load(&p->nwaiting) > 0;
+        int64_t now = cpool__mono_ns();
+        int64_t wake = until_ns;
+        if (p->turn_watch && now + p->turn_ns < wake)
+            wake = now + p->turn_ns;
+        struct timespec ts = {.tv_sec = wake / 1000000000, .tv_nsec = wake % 1000000000};
+        int rc = cpool__cond_timedwait(p, &p->maint_cv, &ts);
+        if (p->turn_watch)
+            end_turns_relock(p);
+        if (rc == ETIMEDOUT && wake == until_ns)
+            break;
+    }
+    p->turn_watch = false;
+}
+
 static void *maintenance_main(void *arg)
 {
     cpool *p = arg;
@@ -287,11 +328,7 @@ static void *maintenance_main(void *arg)
         if (p->fail_streak > 0 && p->opts.probe_interval_ms > 0 &&
             pause > ms_to_ns(p->opts.probe_interval_ms))
             pause = ms_to_ns(p->opts.probe_interval_ms); /* and probe meanwhile */
-        struct timespec ts = abs_real(pause);
-        while (!p->maint_kick && p->state != CPOOL_STATE_CLOSED && p->maint_running) {
-            if (cpool__cond_timedwait(p, &p->maint_cv, &ts) == ETIMEDOUT)
-                break;
-        }
+        maintenance_sleep_relock(p, cpool__mono_ns() + pause);
         p->maint_kick = false;
     }
     cpool__unlock(p);

@@ -111,6 +111,10 @@ struct cpool_conn {
     bool interrupted;         /* interrupt() was called; mu */
     bool close_deferred;      /* closed while pinned: last unpin frees; mu */
     bool probe;               /* the circuit breaker's probe; mu */
+    _Atomic int64_t turn_parked_ns; /* handoff turns: pool clock when it was
+                                 parked although others waited, so that its
+                                 thread may take it again; 0 = not in a turn.
+                                 Cleared by whoever takes it */
     _Atomic int64_t leased_ns; /* pool clock at checkout (0: untimed lock-free
                                  lease); written by the holder, read by the
                                  leak scan */
@@ -188,6 +192,9 @@ struct cpool {
     bool stamp_idle;       /* available_since_ns is needed (idle limits) */
     bool observed;         /* a subscriber or a log sink is set */
     bool can_park;         /* the lock-free fast path may be used */
+    bool turns;            /* CPOOL_HANDOFF_TURNS in effect (cpool__set_parking) */
+    int64_t turn_ns;       /* options.turn_us in ns */
+    uint32_t turn_uses;    /* options.turn_uses */
     uint64_t serial;       /* unique per pool in this process */
     unsigned options_set;  /* CPOOL_OPT_* bits for POOL_CREATED */
 
@@ -244,6 +251,8 @@ struct cpool {
     pthread_cond_t maint_cv;
     bool maint_running;
     bool maint_kick; /* run again at once */
+    bool turn_watch; /* the thread wakes every turn_ns to hand waiters the
+                        connections whose turn ended (maint.c) */
     _Atomic int64_t tick_ns; /* pool clock at the last maintenance run: the
                                 lock-free path's clock for lifetimes */
 };

@@ -139,7 +139,7 @@ int cpool_tenant_set(cpool *p, const char *name, uint32_t max_in_use, uint32_t m
         }
         p->tenants = true;
         p->observed = true;
-        p->can_park = false;
+        cpool__set_parking(p, false);
     }
     tenant *t = cpool__find_tenant_locked(p, name);
     if (t == NULL && (t = tenant_new_locked(p, name)) == NULL) {

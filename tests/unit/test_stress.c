@@ -168,11 +168,13 @@ static void *poller_main(void *arg)
 }
 
 /* t == NULL: no event subscriber. A pool nobody observes may take faster
- * paths (no clock reads, no event ordering), which need the same checks. */
-static void setup(shared *sh, tally *t, cpool_options *o)
+ * paths (no clock reads, no event ordering, handoff turns), which need the
+ * same checks; `handoff` picks the mode those paths hand off in. */
+static void setup(shared *sh, tally *t, cpool_options *o, cpool_handoff handoff)
 {
     sh->mem = test_mem_create();
     test_options(o, sh->mem, NULL);
+    o->handoff = handoff;
     o->max_pool_size = MAX_POOL;
     o->max_connecting = MAX_CONNECTING;
     o->min_pool_size = 2;
@@ -251,13 +253,13 @@ static void *tracked_main(void *arg)
     return NULL;
 }
 
-static void churn(bool observed)
+static void churn(bool observed, cpool_handoff handoff)
 {
     static shared sh; /* 4 MiB of owner slots: not on the stack */
     tally t;
     cpool_options o;
     memset(&t, 0, sizeof t);
-    setup(&sh, observed ? &t : NULL, &o);
+    setup(&sh, observed ? &t : NULL, &o, handoff);
 
     worker w[WORKERS];
     pthread_t th[WORKERS], chaos_th, poll_th;
@@ -306,18 +308,21 @@ static void churn(bool observed)
     cpool_mem_destroy(sh.mem);
 }
 
-TEST(clear_interrupt_churn) { churn(/* observed= */ true); }
-TEST(clear_interrupt_churn_unobserved) { churn(/* observed= */ false); }
+/* An observed pool takes the locked paths, which hand off in FIFO order
+ * whatever the option says; unobserved, both modes run. */
+TEST(clear_interrupt_churn) { churn(/* observed= */ true, CPOOL_HANDOFF_FIFO); }
+TEST(clear_interrupt_churn_unobserved) { churn(false, CPOOL_HANDOFF_TURNS); }
+TEST(clear_interrupt_churn_unobserved_fifo) { churn(false, CPOOL_HANDOFF_FIFO); }
 
 /* t == NULL: no subscriber, so check-ins park connections in their threads
  * and close() races with that parking. */
-static void close_run(bool observed)
+static void close_run(bool observed, cpool_handoff handoff)
 {
     static shared sh;
     tally t;
     cpool_options o;
     memset(&t, 0, sizeof t);
-    setup(&sh, observed ? &t : NULL, &o);
+    setup(&sh, observed ? &t : NULL, &o, handoff);
     atomic_store(&sh.closing, true);
 
     worker w[WORKERS];
@@ -355,7 +360,8 @@ static void close_run(bool observed)
     cpool_mem_destroy(sh.mem);
 }
 
-TEST(close_under_load) { close_run(/* observed= */ true); }
-TEST(close_under_load_unobserved) { close_run(/* observed= */ false); }
+TEST(close_under_load) { close_run(/* observed= */ true, CPOOL_HANDOFF_FIFO); }
+TEST(close_under_load_unobserved) { close_run(false, CPOOL_HANDOFF_TURNS); }
+TEST(close_under_load_unobserved_fifo) { close_run(false, CPOOL_HANDOFF_FIFO); }
 
 TEST_MAIN()

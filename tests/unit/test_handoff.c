@@ -1,0 +1,283 @@
+/* test_handoff.c -- how a connection returned while others wait reaches
+ * them (cpool_options.handoff). FIFO hands every check-in to the oldest
+ * waiter. Turns let the thread that checks in take the same connection
+ * straight back for a turn bounded in re-takes and in time, then hand it to
+ * the oldest waiter; a turn its thread does not come back for is handed
+ * over by the background thread; newcomers queue behind the waiters in both
+ * modes. */
+#include "test.h"
+
+/* A pool of one connection on the lock-free path (no subscriber) with its
+ * background thread, which watches the turns. */
+static void handoff_fixture(test_fixture *f, cpool_handoff mode, uint32_t turn_us,
+                            uint32_t turn_uses)
+{
+    test_fixture_init(f);
+    f->opts.on_event = NULL;
+    f->opts.event_ctx = NULL;
+    f->opts.maintenance_interval_ms = 1000;
+    f->opts.max_pool_size = 1;
+    f->opts.wait_queue_timeout_ms = 30000;
+    f->opts.handoff = mode;
+    f->opts.turn_us = turn_us;
+    f->opts.turn_uses = turn_uses;
+    test_fixture_start(f);
+}
+
+/* A checkout that must not wait: the thread's own connection, back from
+ * its slot. */
+static cpool_conn *retake(cpool *p, uint64_t want_id)
+{
+    cpool_conn *c = NULL;
+    cpool_error e;
+    ASSERT_OK_E(cpool_checkout(p, 0, &c, &e), &e);
+    ASSERT_EQ(want_id, cpool_conn_id(c));
+    return c;
+}
+
+static void assert_cannot_take(cpool *p)
+{
+    cpool_conn *c = NULL;
+    ASSERT_RC(CPOOL_ETIMEDOUT, cpool_checkout(p, 0, &c, NULL));
+    ASSERT_NULL(c);
+}
+
+TEST(fifo_hands_each_checkin_to_the_oldest_waiter)
+{
+    test_fixture f;
+    handoff_fixture(&f, CPOOL_HANDOFF_FIFO, 100, 32);
+    cpool_conn *c = test_checkout(f.pool);
+    uint64_t id = cpool_conn_id(c);
+    test_job b;
+    test_job_start(&b, f.pool, 10000);
+    WAIT_UNTIL(test_counts(f.pool).waiting == 1, 5000);
+
+    test_checkin(f.pool, c, 0);
+    test_job_join(&b, 5000);
+    ASSERT_OK(b.rc);
+    ASSERT_EQ(id, cpool_conn_id(b.conn));
+    assert_cannot_take(f.pool); /* no re-take past the waiter */
+    test_checkin(f.pool, b.conn, 0);
+    test_fixture_free(&f);
+}
+
+/* A turn of turn_uses re-takes: the waiter gets the connection at the
+ * check-in after the last one, and not before. */
+TEST(turn_ends_after_its_uses)
+{
+    test_fixture f;
+    handoff_fixture(&f, CPOOL_HANDOFF_TURNS, 1000000 /* 1 s: uses end it */, 4);
+    cpool_conn *c = test_checkout(f.pool);
+    uint64_t id = cpool_conn_id(c);
+    test_job b;
+    test_job_start(&b, f.pool, 10000);
+    WAIT_UNTIL(test_counts(f.pool).waiting == 1, 5000);
+
+    for (int i = 0; i < 4; i++) {
+        test_checkin(f.pool, c, 0);
+        c = retake(f.pool, id);
+        ASSERT_FALSE(atomic_load(&b.done));
+        ASSERT_EQ(1, test_counts(f.pool).waiting);
+    }
+    test_checkin(f.pool, c, 0); /* the turn is over: handed over, not parked */
+    assert_cannot_take(f.pool);
+    test_job_join(&b, 5000);
+    ASSERT_OK(b.rc);
+    ASSERT_EQ(id, cpool_conn_id(b.conn));
+    test_checkin(f.pool, b.conn, 0);
+    test_fixture_free(&f);
+}
+
+/* A turn lasts turn_us from its first check-in, on the pool's clock. */
+TEST(turn_ends_after_its_time)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.clock = &f.clk.clock;
+    f.opts.on_event = NULL;
+    f.opts.event_ctx = NULL;
+    f.opts.maintenance_interval_ms = 1000;
+    f.opts.max_pool_size = 1;
+    f.opts.wait_queue_timeout_ms = 0;
+    f.opts.turn_us = 2000;
+    f.opts.turn_uses = 1000;
+    test_fixture_start(&f);
+    cpool_conn *c = test_checkout(f.pool);
+    uint64_t id = cpool_conn_id(c);
+    test_job b;
+    test_job_start(&b, f.pool, -1);
+    WAIT_UNTIL(test_counts(f.pool).waiting == 1, 5000);
+
+    test_checkin(f.pool, c, 0); /* the turn begins */
+    c = retake(f.pool, id);
+    test_clock_advance_ms(&f.clk, NULL, 1);
+    test_checkin(f.pool, c, 0);
+    c = retake(f.pool, id); /* 1 ms in: still its turn */
+    test_clock_advance_ms(&f.clk, NULL, 1);
+    test_checkin(f.pool, c, 0); /* 2 ms: over */
+    assert_cannot_take(f.pool);
+    test_job_join(&b, 5000);
+    ASSERT_OK(b.rc);
+    ASSERT_EQ(id, cpool_conn_id(b.conn));
+    test_checkin(f.pool, b.conn, 0);
+    test_fixture_free(&f);
+}
+
+/* A thread that checks in during a turn and never comes back does not keep
+ * the waiter waiting past the turn: the background thread hands it over
+ * once turn_us has passed since the check-in (and not before). */
+TEST(turn_not_taken_back_goes_to_the_waiter)
+{
+    const int64_t turn_ms = 50;
+    test_fixture f;
+    handoff_fixture(&f, CPOOL_HANDOFF_TURNS, (uint32_t)turn_ms * 1000, 32);
+    cpool_conn *c = test_checkout(f.pool);
+    uint64_t id = cpool_conn_id(c);
+    test_job b;
+    test_job_start(&b, f.pool, 10000);
+    WAIT_UNTIL(test_counts(f.pool).waiting == 1, 5000);
+
+    int64_t parked_at = test_now_ns();
+    test_checkin(f.pool, c, 0); /* parked for this thread's turn */
+    test_job_join(&b, 5000);
+    ASSERT_OK(b.rc);
+    ASSERT_EQ(id, cpool_conn_id(b.conn));
+    ASSERT_GE(b.end_ns - parked_at, turn_ms * 1000000);
+    assert_cannot_take(f.pool); /* the slot's claim ended with the turn */
+    test_checkin(f.pool, b.conn, 0);
+    test_fixture_free(&f);
+}
+
+/* A checkout that arrives during someone's turn queues behind the waiters:
+ * it neither takes the parked connection nor overtakes the oldest. */
+TEST(newcomer_queues_behind_the_waiters)
+{
+    test_fixture f;
+    handoff_fixture(&f, CPOOL_HANDOFF_TURNS, 1000000, 1);
+    cpool_conn *c = test_checkout(f.pool);
+    uint64_t id = cpool_conn_id(c);
+    test_job b, n;
+    test_job_start(&b, f.pool, 10000);
+    WAIT_UNTIL(test_counts(f.pool).waiting == 1, 5000);
+
+    test_checkin(f.pool, c, 0); /* parked for the turn */
+    test_job_start(&n, f.pool, 10000);
+    WAIT_UNTIL(test_counts(f.pool).waiting == 2, 5000);
+    c = retake(f.pool, id); /* the newcomer left it alone */
+    test_checkin(f.pool, c, 0); /* one re-take: the turn is over */
+    assert_cannot_take(f.pool);
+    test_job_join(&b, 5000);
+    ASSERT_OK(b.rc);
+    ASSERT_EQ(id, cpool_conn_id(b.conn));
+    ASSERT_FALSE(atomic_load(&n.done));
+    ASSERT_EQ(1, test_counts(f.pool).waiting);
+
+    cpool_close(f.pool); /* fails the newcomer's wait */
+    test_job_join(&n, 5000);
+    ASSERT_RC(CPOOL_ECLOSED, n.rc);
+    test_checkin(f.pool, b.conn, 0);
+    test_fixture_free(&f);
+}
+
+/* A checkout B waits for, and this thread's check-in of c while it does:
+ * returns whether B got c at once (true) or c stayed parked for this
+ * thread's turn (false: then this thread takes it back). */
+static bool checkin_hands_over(test_fixture *f, cpool_conn **c)
+{
+    uint64_t id = cpool_conn_id(*c);
+    test_job b;
+    test_job_start(&b, f->pool, -1);
+    WAIT_UNTIL(test_counts(f->pool).waiting == 1, 5000);
+    test_checkin(f->pool, *c, 0);
+    cpool_conn *again = NULL;
+    bool handed = cpool_checkout(f->pool, 0, &again, NULL) != CPOOL_OK;
+    if (!handed) {
+        ASSERT_EQ(id, cpool_conn_id(again));
+        test_checkin(f->pool, again, 0); /* the turn is over (one use) */
+    }
+    test_job_join(&b, 5000);
+    ASSERT_OK(b.rc);
+    ASSERT_EQ(id, cpool_conn_id(b.conn));
+    test_checkin(f->pool, b.conn, 0); /* nobody waits: parked here */
+    *c = retake(f->pool, id);
+    return handed;
+}
+
+/* A thread that stays away from a connection parked for its turn (here:
+ * longer than turn_us, so the background thread handed it over) makes the
+ * waiters wait for nothing; its next two check-ins under contention hand
+ * over at once, and the one after may park again. */
+TEST(thread_away_from_its_turn_hands_over_next_time)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.clock = &f.clk.clock;
+    f.opts.on_event = NULL;
+    f.opts.event_ctx = NULL;
+    f.opts.maintenance_interval_ms = 1000;
+    f.opts.max_pool_size = 1;
+    f.opts.wait_queue_timeout_ms = 0;
+    f.opts.turn_us = 1000;
+    f.opts.turn_uses = 1;
+    test_fixture_start(&f);
+    cpool_conn *c = test_checkout(f.pool);
+    uint64_t id = cpool_conn_id(c);
+    test_job b;
+    test_job_start(&b, f.pool, -1);
+    WAIT_UNTIL(test_counts(f.pool).waiting == 1, 5000);
+    test_checkin(f.pool, c, 0); /* parked for this thread's turn */
+    test_clock_advance_ms(&f.clk, NULL, 5); /* ... which it lets pass */
+    test_job_join(&b, 5000); /* handed over by the background thread */
+    ASSERT_EQ(id, cpool_conn_id(b.conn));
+    assert_cannot_take(f.pool); /* the late return is measured here */
+    test_checkin(f.pool, b.conn, 0);
+    c = retake(f.pool, id);
+
+    ASSERT_TRUE(checkin_hands_over(&f, &c));
+    ASSERT_TRUE(checkin_hands_over(&f, &c));
+    ASSERT_FALSE(checkin_hands_over(&f, &c)); /* came back at once: turns again */
+    test_checkin(f.pool, c, 0);
+    test_fixture_free(&f);
+}
+
+/* Where the lock-free path is off (an event subscriber), the pool hands
+ * off in FIFO order whatever the option says. */
+TEST(turns_need_the_lock_free_path)
+{
+    test_fixture f;
+    test_fixture_init(&f); /* with its recorder: observed */
+    f.opts.maintenance_interval_ms = 1000;
+    f.opts.max_pool_size = 1;
+    f.opts.handoff = CPOOL_HANDOFF_TURNS;
+    test_fixture_start(&f);
+    cpool_conn *c = test_checkout(f.pool);
+    test_job b;
+    test_job_start(&b, f.pool, 10000);
+    WAIT_UNTIL(test_counts(f.pool).waiting == 1, 5000);
+    test_checkin(f.pool, c, 0);
+    test_job_join(&b, 5000);
+    ASSERT_OK(b.rc);
+    assert_cannot_take(f.pool);
+    test_checkin(f.pool, b.conn, 0);
+    test_fixture_free(&f);
+}
+
+TEST(handoff_options_checked)
+{
+    cpool_options o;
+    cpool_options_init(&o, sizeof o);
+    ASSERT_EQ(CPOOL_HANDOFF_TURNS, o.handoff);
+    ASSERT_EQ(100, o.turn_us);
+    ASSERT_EQ(32, o.turn_uses);
+    cpool_error e;
+    ASSERT_OK(cpool_options_set(&o, "handoff", "fifo", &e));
+    ASSERT_EQ(CPOOL_HANDOFF_FIFO, o.handoff);
+    ASSERT_RC(CPOOL_EINVAL, cpool_options_set(&o, "handoff", "lifo", &e));
+    ASSERT_STR_CONTAINS(e.message, "fifo|turns");
+    ASSERT_RC(CPOOL_EINVAL, cpool_options_set(&o, "turn_us", "0", &e));
+    ASSERT_RC(CPOOL_EINVAL, cpool_options_set(&o, "turn_uses", "0", &e));
+    ASSERT_OK(cpool_options_set(&o, "turn_uses", "5", &e));
+    ASSERT_EQ(5, o.turn_uses);
+}
+
+TEST_MAIN()
