@@ -8,11 +8,14 @@
 #include "test.h"
 
 /* A pool of one connection on the lock-free path (no subscriber) with its
- * background thread, which watches the turns. */
+ * background thread, which watches the turns; on the fixture's fake clock
+ * when `fake_clock`. */
 static void handoff_fixture(test_fixture *f, cpool_handoff mode, uint32_t turn_us,
-                            uint32_t turn_uses)
+                            uint32_t turn_uses, bool fake_clock)
 {
     test_fixture_init(f);
+    if (fake_clock)
+        f->opts.clock = &f->clk.clock;
     f->opts.on_event = NULL;
     f->opts.event_ctx = NULL;
     f->opts.maintenance_interval_ms = 1000;
@@ -35,6 +38,23 @@ static cpool_conn *retake(cpool *p, uint64_t want_id)
     return c;
 }
 
+/* Takes the pool's one connection and queues a checkout (b) behind it. */
+static cpool_conn *hold_with_waiter(test_fixture *f, test_job *b)
+{
+    cpool_conn *c = test_checkout(f->pool);
+    test_job_start(b, f->pool, 10000);
+    WAIT_UNTIL(test_counts(f->pool).waiting == 1, 5000);
+    return c;
+}
+
+/* The queued checkout b ends with connection `id`. */
+static void waiter_served(test_job *b, uint64_t id)
+{
+    test_job_join(b, 5000);
+    ASSERT_OK(b->rc);
+    ASSERT_EQ(id, cpool_conn_id(b->conn));
+}
+
 static void assert_cannot_take(cpool *p)
 {
     cpool_conn *c = NULL;
@@ -45,17 +65,13 @@ static void assert_cannot_take(cpool *p)
 TEST(fifo_hands_each_checkin_to_the_oldest_waiter)
 {
     test_fixture f;
-    handoff_fixture(&f, CPOOL_HANDOFF_FIFO, 100, 32);
-    cpool_conn *c = test_checkout(f.pool);
-    uint64_t id = cpool_conn_id(c);
+    handoff_fixture(&f, CPOOL_HANDOFF_FIFO, 100, 32, false);
     test_job b;
-    test_job_start(&b, f.pool, 10000);
-    WAIT_UNTIL(test_counts(f.pool).waiting == 1, 5000);
+    cpool_conn *c = hold_with_waiter(&f, &b);
+    uint64_t id = cpool_conn_id(c);
 
     test_checkin(f.pool, c, 0);
-    test_job_join(&b, 5000);
-    ASSERT_OK(b.rc);
-    ASSERT_EQ(id, cpool_conn_id(b.conn));
+    waiter_served(&b, id);
     assert_cannot_take(f.pool); /* no re-take past the waiter */
     test_checkin(f.pool, b.conn, 0);
     test_fixture_free(&f);
@@ -66,12 +82,10 @@ TEST(fifo_hands_each_checkin_to_the_oldest_waiter)
 TEST(turn_ends_after_its_uses)
 {
     test_fixture f;
-    handoff_fixture(&f, CPOOL_HANDOFF_TURNS, 1000000 /* 1 s: uses end it */, 4);
-    cpool_conn *c = test_checkout(f.pool);
-    uint64_t id = cpool_conn_id(c);
+    handoff_fixture(&f, CPOOL_HANDOFF_TURNS, 1000000 /* 1 s: uses end it */, 4, false);
     test_job b;
-    test_job_start(&b, f.pool, 10000);
-    WAIT_UNTIL(test_counts(f.pool).waiting == 1, 5000);
+    cpool_conn *c = hold_with_waiter(&f, &b);
+    uint64_t id = cpool_conn_id(c);
 
     for (int i = 0; i < 4; i++) {
         test_checkin(f.pool, c, 0);
@@ -81,9 +95,7 @@ TEST(turn_ends_after_its_uses)
     }
     test_checkin(f.pool, c, 0); /* the turn is over: handed over, not parked */
     assert_cannot_take(f.pool);
-    test_job_join(&b, 5000);
-    ASSERT_OK(b.rc);
-    ASSERT_EQ(id, cpool_conn_id(b.conn));
+    waiter_served(&b, id);
     test_checkin(f.pool, b.conn, 0);
     test_fixture_free(&f);
 }
@@ -92,21 +104,10 @@ TEST(turn_ends_after_its_uses)
 TEST(turn_ends_after_its_time)
 {
     test_fixture f;
-    test_fixture_init(&f);
-    f.opts.clock = &f.clk.clock;
-    f.opts.on_event = NULL;
-    f.opts.event_ctx = NULL;
-    f.opts.maintenance_interval_ms = 1000;
-    f.opts.max_pool_size = 1;
-    f.opts.wait_queue_timeout_ms = 0;
-    f.opts.turn_us = 2000;
-    f.opts.turn_uses = 1000;
-    test_fixture_start(&f);
-    cpool_conn *c = test_checkout(f.pool);
-    uint64_t id = cpool_conn_id(c);
+    handoff_fixture(&f, CPOOL_HANDOFF_TURNS, 2000, 1000, true);
     test_job b;
-    test_job_start(&b, f.pool, -1);
-    WAIT_UNTIL(test_counts(f.pool).waiting == 1, 5000);
+    cpool_conn *c = hold_with_waiter(&f, &b);
+    uint64_t id = cpool_conn_id(c);
 
     test_checkin(f.pool, c, 0); /* the turn begins */
     c = retake(f.pool, id);
@@ -116,9 +117,7 @@ TEST(turn_ends_after_its_time)
     test_clock_advance_ms(&f.clk, NULL, 1);
     test_checkin(f.pool, c, 0); /* 2 ms: over */
     assert_cannot_take(f.pool);
-    test_job_join(&b, 5000);
-    ASSERT_OK(b.rc);
-    ASSERT_EQ(id, cpool_conn_id(b.conn));
+    waiter_served(&b, id);
     test_checkin(f.pool, b.conn, 0);
     test_fixture_free(&f);
 }
@@ -130,18 +129,14 @@ TEST(turn_not_taken_back_goes_to_the_waiter)
 {
     const int64_t turn_ms = 50;
     test_fixture f;
-    handoff_fixture(&f, CPOOL_HANDOFF_TURNS, (uint32_t)turn_ms * 1000, 32);
-    cpool_conn *c = test_checkout(f.pool);
-    uint64_t id = cpool_conn_id(c);
+    handoff_fixture(&f, CPOOL_HANDOFF_TURNS, (uint32_t)turn_ms * 1000, 32, false);
     test_job b;
-    test_job_start(&b, f.pool, 10000);
-    WAIT_UNTIL(test_counts(f.pool).waiting == 1, 5000);
+    cpool_conn *c = hold_with_waiter(&f, &b);
+    uint64_t id = cpool_conn_id(c);
 
     int64_t parked_at = test_now_ns();
     test_checkin(f.pool, c, 0); /* parked for this thread's turn */
-    test_job_join(&b, 5000);
-    ASSERT_OK(b.rc);
-    ASSERT_EQ(id, cpool_conn_id(b.conn));
+    waiter_served(&b, id);
     ASSERT_GE(b.end_ns - parked_at, turn_ms * 1000000);
     assert_cannot_take(f.pool); /* the slot's claim ended with the turn */
     test_checkin(f.pool, b.conn, 0);
@@ -153,12 +148,10 @@ TEST(turn_not_taken_back_goes_to_the_waiter)
 TEST(newcomer_queues_behind_the_waiters)
 {
     test_fixture f;
-    handoff_fixture(&f, CPOOL_HANDOFF_TURNS, 1000000, 1);
-    cpool_conn *c = test_checkout(f.pool);
-    uint64_t id = cpool_conn_id(c);
+    handoff_fixture(&f, CPOOL_HANDOFF_TURNS, 1000000, 1, false);
     test_job b, n;
-    test_job_start(&b, f.pool, 10000);
-    WAIT_UNTIL(test_counts(f.pool).waiting == 1, 5000);
+    cpool_conn *c = hold_with_waiter(&f, &b);
+    uint64_t id = cpool_conn_id(c);
 
     test_checkin(f.pool, c, 0); /* parked for the turn */
     test_job_start(&n, f.pool, 10000);
@@ -166,9 +159,7 @@ TEST(newcomer_queues_behind_the_waiters)
     c = retake(f.pool, id); /* the newcomer left it alone */
     test_checkin(f.pool, c, 0); /* one re-take: the turn is over */
     assert_cannot_take(f.pool);
-    test_job_join(&b, 5000);
-    ASSERT_OK(b.rc);
-    ASSERT_EQ(id, cpool_conn_id(b.conn));
+    waiter_served(&b, id);
     ASSERT_FALSE(atomic_load(&n.done));
     ASSERT_EQ(1, test_counts(f.pool).waiting);
 
@@ -195,10 +186,8 @@ static bool checkin_hands_over(test_fixture *f, cpool_conn **c)
         ASSERT_EQ(id, cpool_conn_id(again));
         test_checkin(f->pool, again, 0); /* the turn is over (one use) */
     }
-    test_job_join(&b, 5000);
-    ASSERT_OK(b.rc);
-    ASSERT_EQ(id, cpool_conn_id(b.conn));
-    test_checkin(f->pool, b.conn, 0); /* nobody waits: parked here */
+    waiter_served(&b, id);
+    test_checkin(f->pool, b.conn, 0); /* nobody waits now: parked here */
     *c = retake(f->pool, id);
     return handed;
 }
@@ -210,21 +199,10 @@ static bool checkin_hands_over(test_fixture *f, cpool_conn **c)
 TEST(thread_away_from_its_turn_hands_over_next_time)
 {
     test_fixture f;
-    test_fixture_init(&f);
-    f.opts.clock = &f.clk.clock;
-    f.opts.on_event = NULL;
-    f.opts.event_ctx = NULL;
-    f.opts.maintenance_interval_ms = 1000;
-    f.opts.max_pool_size = 1;
-    f.opts.wait_queue_timeout_ms = 0;
-    f.opts.turn_us = 1000;
-    f.opts.turn_uses = 1;
-    test_fixture_start(&f);
-    cpool_conn *c = test_checkout(f.pool);
-    uint64_t id = cpool_conn_id(c);
+    handoff_fixture(&f, CPOOL_HANDOFF_TURNS, 1000, 1, true);
     test_job b;
-    test_job_start(&b, f.pool, -1);
-    WAIT_UNTIL(test_counts(f.pool).waiting == 1, 5000);
+    cpool_conn *c = hold_with_waiter(&f, &b);
+    uint64_t id = cpool_conn_id(c);
     test_checkin(f.pool, c, 0); /* parked for this thread's turn */
     test_clock_advance_ms(&f.clk, NULL, 5); /* ... which it lets pass */
     test_job_join(&b, 5000); /* handed over by the background thread */
