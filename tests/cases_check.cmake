@@ -27,6 +27,8 @@ function(discover listing out rc_var err_var)
   execute_process(COMMAND ${CMAKE_COMMAND} -D EXE=${WORK}/exe.sh
                           -D PROPS=${WORK}/props.cmake -D OUT=${out} -P ${DISCOVER}
                   RESULT_VARIABLE rc ERROR_VARIABLE err OUTPUT_QUIET)
+  # CMake wraps a long message at any space (the paths make it long).
+  string(REGEX REPLACE "[ \n\t]+" " " err "${err}")
   set(${rc_var} ${rc} PARENT_SCOPE)
   set(${err_var} "${err}" PARENT_SCOPE)
 endfunction()
