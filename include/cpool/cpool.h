@@ -428,6 +428,11 @@ struct cpool_options {
                                           100, 1..1000000 */
     uint32_t turn_uses;                /* ... and at most this many re-takes;
                                           default 32, 1..1000000 */
+    uint32_t turn_wait_us;             /* turns get shorter while checkouts
+                                          wait longer than this, and longer
+                                          (up to turn_us) while they wait less
+                                          than half of it; default 3000,
+                                          1..100000000 */
 };
 
 /* Fills opts with the defaults; `size` is sizeof the caller's struct. */

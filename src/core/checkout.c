@@ -329,6 +329,8 @@ static int queue_relock(checkout *co)
         p->wq_head = w;
     p->wq_tail = w;
     atomic_fetch_add(&p->nwaiting, 1);
+    if (p->turns)
+        w->since = cpool__now(p); /* its wait adapts the turns' length */
     if (p->turns && !p->turn_watch)
         pthread_cond_signal(&p->maint_cv); /* watch the turns (maint.c) */
     int reason = -1;

@@ -425,6 +425,27 @@ void cpool__set_parking(cpool *p, bool can_park)
                p->opts.maintenance_interval_ms > 0;
     p->turn_ns = (int64_t)p->opts.turn_us * 1000;
     p->turn_uses = p->opts.turn_uses;
+    p->turn_wait_ns = (int64_t)p->opts.turn_wait_us * 1000;
+    atomic_store_explicit(&p->turn_eff_ns, p->turn_ns, memory_order_relaxed);
+}
+
+/* Turns: every handoff to a waiter tells how long it waited. While waits
+ * exceed turn_wait_us, each such handoff halves the turns' length; while
+ * they stay under half of it, each lengthens them by an eighth and a
+ * microsecond, up to turn_us. Every thread's turn has the same length at any
+ * moment (fairness), and waits stay near turn_wait_us. With long leases the
+ * turns shrink to nothing: FIFO, which is what long leases want anyway. */
+void cpool__adapt_turn_locked(cpool *p, int64_t waited)
+{
+    CPOOL_ASSERT_HELD(p);
+    int64_t t = atomic_load_explicit(&p->turn_eff_ns, memory_order_relaxed);
+    if (waited > p->turn_wait_ns)
+        t /= 2;
+    else if (waited < p->turn_wait_ns / 2)
+        t += t / 8 + 1000;
+    if (t > p->turn_ns)
+        t = p->turn_ns;
+    atomic_store_explicit(&p->turn_eff_ns, t, memory_order_relaxed);
 }
 
 /* Whether c is parked for its thread's handoff turn, which is still on. */
@@ -508,6 +529,8 @@ void cpool__make_available_locked(cpool *p, cpool_conn *c)
     CPOOL_ASSERT_HELD(p);
     waiter *w = cpool__next_waiter_locked(p);
     if (w != NULL && p->state == CPOOL_STATE_READY) {
+        if (p->turns)
+            cpool__adapt_turn_locked(p, cpool__now(p) - w->since);
         cpool__wq_remove_locked(p, w);
         cpool__assign_locked(p, c, w->tenant);
         w->conn = c;

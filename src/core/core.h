@@ -60,6 +60,7 @@ cpool_conn *cpool__steal_parked_locked(cpool *p, steal_which which, int *reason)
 /* Whether the lock-free path (and with it handoff turns) may be used; call
  * when what decides it changes. */
 void cpool__set_parking(cpool *p, bool can_park);
+void cpool__adapt_turn_locked(cpool *p, int64_t waited);
 service *cpool__svc_find_locked(cpool *p, const char *id);
 void cpool__svc_release_locked(cpool *p, cpool_conn *c);
 void cpool__unassign_locked(cpool_conn *c);

@@ -164,6 +164,7 @@ typedef struct waiter {
     bool establish;    /* conn is pending and this waiter establishes it */
     int fail;          /* CPOOL_ECLEARED / CPOOL_ECLOSED set by clear/close */
     tenant *tenant;    /* the checkout's tenant, or NULL */
+    int64_t since;     /* pool clock when it joined the queue (turns only) */
     bool queued;
     atomic_int done;   /* 1 once served or failed: published with release
                           before the post, read with acquire after the wait */
@@ -194,6 +195,9 @@ struct cpool {
     bool can_park;         /* the lock-free fast path may be used */
     bool turns;            /* CPOOL_HANDOFF_TURNS in effect (cpool__set_parking) */
     int64_t turn_ns;       /* options.turn_us in ns */
+    int64_t turn_wait_ns;  /* options.turn_wait_us in ns */
+    _Atomic int64_t turn_eff_ns; /* a turn's length now, <= turn_ns
+                                    (cpool__adapt_turn_locked) */
     uint32_t turn_uses;    /* options.turn_uses */
     uint64_t serial;       /* unique per pool in this process */
     unsigned options_set;  /* CPOOL_OPT_* bits for POOL_CREATED */

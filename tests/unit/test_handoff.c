@@ -10,10 +10,10 @@
 /* A pool of one connection on the lock-free path (no subscriber) with its
  * background thread, which watches the turns; on the fixture's fake clock
  * when `fake_clock`. */
-static void handoff_fixture(test_fixture *f, cpool_handoff mode, uint32_t turn_us,
-                            uint32_t turn_uses, bool fake_clock)
+/* The same on a fixture already initialised (and perhaps given options). */
+static void handoff_fixture_opts(test_fixture *f, cpool_handoff mode, uint32_t turn_us,
+                                 uint32_t turn_uses, bool fake_clock)
 {
-    test_fixture_init(f);
     if (fake_clock)
         f->opts.clock = &f->clk.clock;
     f->opts.on_event = NULL;
@@ -25,6 +25,13 @@ static void handoff_fixture(test_fixture *f, cpool_handoff mode, uint32_t turn_u
     f->opts.turn_us = turn_us;
     f->opts.turn_uses = turn_uses;
     test_fixture_start(f);
+}
+
+static void handoff_fixture(test_fixture *f, cpool_handoff mode, uint32_t turn_us,
+                            uint32_t turn_uses, bool fake_clock)
+{
+    test_fixture_init(f);
+    handoff_fixture_opts(f, mode, turn_us, turn_uses, fake_clock);
 }
 
 /* A checkout that must not wait: the thread's own connection, back from
@@ -218,6 +225,38 @@ TEST(thread_away_from_its_turn_hands_over_next_time)
     test_fixture_free(&f);
 }
 
+/* Handoffs to checkouts that waited longer than turn_wait_us halve the
+ * turns' length, for every thread. */
+TEST(turns_shrink_while_checkouts_wait_long)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.turn_wait_us = 1000;
+    handoff_fixture_opts(&f, CPOOL_HANDOFF_TURNS, 1000, 1000, true);
+    test_job b, late;
+    cpool_conn *c = hold_with_waiter(&f, &b);
+    uint64_t id = cpool_conn_id(c);
+    test_clock_advance_ms(&f.clk, NULL, 5); /* b waits 5 ms */
+    test_checkin(f.pool, c, 0);               /* a 1 ms turn begins */
+    c = retake(f.pool, id);
+    test_clock_advance_ms(&f.clk, NULL, 2);
+    test_checkin(f.pool, c, 0); /* over: b gets it after 7 ms, turns halve */
+    waiter_served(&b, id);
+    test_checkin(f.pool, b.conn, 0); /* nobody waits: parked here */
+    c = retake(f.pool, id);
+
+    test_job_start(&late, f.pool, -1);
+    WAIT_UNTIL(test_counts(f.pool).waiting == 1, 5000);
+    test_checkin(f.pool, c, 0); /* a turn, now of 0.5 ms */
+    c = retake(f.pool, id);
+    atomic_fetch_add(&f.clk.now_ns, 600000); /* 0.6 ms: within 1 ms, past 0.5 */
+    test_checkin(f.pool, c, 0);
+    assert_cannot_take(f.pool);
+    waiter_served(&late, id);
+    test_checkin(f.pool, late.conn, 0);
+    test_fixture_free(&f);
+}
+
 /* Where the lock-free path is off (an event subscriber), the pool hands
  * off in FIFO order whatever the option says. */
 TEST(turns_need_the_lock_free_path)
@@ -247,6 +286,7 @@ TEST(handoff_options_checked)
     ASSERT_EQ(CPOOL_HANDOFF_TURNS, o.handoff);
     ASSERT_EQ(100, o.turn_us);
     ASSERT_EQ(32, o.turn_uses);
+    ASSERT_EQ(3000, o.turn_wait_us);
     cpool_error e;
     ASSERT_OK(cpool_options_set(&o, "handoff", "fifo", &e));
     ASSERT_EQ(CPOOL_HANDOFF_FIFO, o.handoff);
@@ -254,6 +294,7 @@ TEST(handoff_options_checked)
     ASSERT_STR_CONTAINS(e.message, "fifo|turns");
     ASSERT_RC(CPOOL_EINVAL, cpool_options_set(&o, "turn_us", "0", &e));
     ASSERT_RC(CPOOL_EINVAL, cpool_options_set(&o, "turn_uses", "0", &e));
+    ASSERT_RC(CPOOL_EINVAL, cpool_options_set(&o, "turn_wait_us", "0", &e));
     ASSERT_OK(cpool_options_set(&o, "turn_uses", "5", &e));
     ASSERT_EQ(5, o.turn_uses);
 }
