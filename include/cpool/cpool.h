@@ -220,7 +220,8 @@ typedef enum cpool_handoff {
      * turn_us and turn_uses re-takes; then the oldest waiter gets it. A
      * queued checkout waits for at most (its place in the queue / the
      * pool's size) turns instead of leases, each turn_us plus one lease at
-     * the most. Used only where the lock-free path is (no event subscriber,
+     * the most; the turns shrink while checkouts wait longer than
+     * turn_wait_us, and grow back when they wait less. Used only where the lock-free path is (no event subscriber,
      * log sink or tenants, not load-balanced) and the background thread
      * runs; elsewhere the pool hands off as in FIFO. */
     CPOOL_HANDOFF_TURNS = 1

@@ -340,6 +340,12 @@ static int queue_relock(checkout *co)
     cpool_conn *parked = cpool__steal_parked_locked(p, STEAL_OUT_OF_TURN, &reason);
     if (parked == NULL)
         return STEP_NONE;
+    if (reason < 0 && cpool__next_waiter_locked(p) != w) {
+        /* Older checkouts wait (a turn ran out): the oldest gets it. */
+        atomic_store_explicit(&parked->leased, LEASE_NONE, memory_order_relaxed);
+        cpool__make_available_locked(p, parked);
+        return STEP_NONE;
+    }
     cpool__wq_remove_locked(p, w);
     if (reason >= 0) {
         cpool__close_conn_relock(p, parked, reason, NULL);

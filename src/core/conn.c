@@ -448,11 +448,13 @@ void cpool__adapt_turn_locked(cpool *p, int64_t waited)
     atomic_store_explicit(&p->turn_eff_ns, t, memory_order_relaxed);
 }
 
-/* Whether c is parked for its thread's handoff turn, which is still on. */
+/* Whether c is parked for its thread's handoff turn, which is still on: its
+ * thread may come back for it for as long as a turn lasts now. */
 static bool in_turn(const cpool *p, const cpool_conn *c, int64_t now)
 {
     int64_t since = atomic_load_explicit(&c->turn_parked_ns, memory_order_relaxed);
-    return since != 0 && now - since < p->turn_ns;
+    return since != 0 &&
+           now - since < atomic_load_explicit(&p->turn_eff_ns, memory_order_relaxed);
 }
 
 /* Takes a parked connection (any thread's) under mu; it is HELD by the

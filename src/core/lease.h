@@ -32,7 +32,9 @@
  * Handoff turns (CPOOL_HANDOFF_TURNS) relax "nobody waiting" for the thread
  * whose turn it is: a check-in that finds waiters still parks, marking the
  * connection with the time (turn_parked_ns), when the thread's turn on it
- * began less than turn_ns ago and has had fewer than turn_uses re-takes;
+ * began less than a turn's length ago (turn_us at most, less while
+ * checkouts wait long: cpool__adapt_turn_locked) and has had fewer than
+ * turn_uses re-takes;
  * that thread's next checkout takes it back without the lock, waiters or
  * not. A turn begins at the first check-in of a lease the thread did not
  * re-take from its slot. A newcomer to the queue leaves such a connection
@@ -112,7 +114,6 @@ static inline bool turn_goes_on(const cpool *p, int64_t *now)
     int64_t turn = atomic_load_explicit(&p->turn_eff_ns, memory_order_relaxed);
     if (*now - s->turn_start >= turn || s->turn_uses >= p->turn_uses)
         return false;
-
     s->turn_uses++;
     s->checkin_ns = *now;
     return true;

@@ -225,6 +225,29 @@ TEST(thread_away_from_its_turn_hands_over_next_time)
     test_fixture_free(&f);
 }
 
+/* A connection whose turn ran out (its thread did not come back) goes to
+ * the oldest waiter, also when a newcomer finds it first. The turn here is
+ * 1 s of the fake clock, so the background thread, which looks every turn
+ * of real time, leaves the handover to the newcomer's checkout. */
+TEST(expired_turn_goes_to_the_oldest_not_a_newcomer)
+{
+    test_fixture f;
+    handoff_fixture(&f, CPOOL_HANDOFF_TURNS, 1000000, 32, true);
+    test_job b, late;
+    cpool_conn *c = hold_with_waiter(&f, &b);
+    uint64_t id = cpool_conn_id(c);
+    test_checkin(f.pool, c, 0); /* parked for this thread's turn */
+    test_clock_advance_ms(&f.clk, NULL, 2000); /* ... which runs out */
+    test_job_start(&late, f.pool, 10000);
+    waiter_served(&b, id);
+    ASSERT_FALSE(atomic_load(&late.done));
+    cpool_close(f.pool); /* fails the newcomer's wait */
+    test_job_join(&late, 5000);
+    ASSERT_RC(CPOOL_ECLOSED, late.rc);
+    test_checkin(f.pool, b.conn, 0);
+    test_fixture_free(&f);
+}
+
 /* Handoffs to checkouts that waited longer than turn_wait_us halve the
  * turns' length, for every thread. */
 TEST(turns_shrink_while_checkouts_wait_long)
