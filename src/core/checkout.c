@@ -331,7 +331,8 @@ static int queue_relock(checkout *co)
     atomic_fetch_add(&p->nwaiting, 1);
     if (p->turns)
         w->since = cpool__now(p); /* its wait adapts the turns' length */
-    if (p->turns && !p->turn_watch)
+    if (p->turns && !p->turn_watch &&
+        atomic_load_explicit(&p->turn_eff_ns, memory_order_relaxed) >= TURN_FLOOR_NS)
         pthread_cond_signal(&p->maint_cv); /* watch the turns (maint.c) */
     int reason = -1;
     /* With turns, a connection its thread may still take again stays: the

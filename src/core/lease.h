@@ -112,7 +112,7 @@ static inline bool turn_goes_on(const cpool *p, int64_t *now)
     if (*now == 0)
         *now = cpool__now(p);
     int64_t turn = atomic_load_explicit(&p->turn_eff_ns, memory_order_relaxed);
-    if (*now - s->turn_start >= turn || s->turn_uses >= p->turn_uses)
+    if (turn < TURN_FLOOR_NS || *now - s->turn_start >= turn || s->turn_uses >= p->turn_uses)
         return false;
     s->turn_uses++;
     s->checkin_ns = *now;

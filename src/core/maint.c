@@ -287,14 +287,37 @@ static void end_turns_relock(cpool *p)
     }
 }
 
-/* Sleeps until `until_ns` (monotonic) or a kick. While checkouts wait and
- * handoff turns are on, it wakes every turn_ns meanwhile to end the turns
- * nobody came back for (queue_relock wakes it when the first one queues). */
+/* Whether any connection is parked for a turn. */
+static bool turn_parked_locked(const cpool *p)
+{
+    CPOOL_ASSERT_HELD(p);
+    for (const cpool_conn *c = p->in_use.head; c != NULL; c = c->next)
+        if (atomic_load(&c->leased) == LEASE_PARKED &&
+            atomic_load_explicit(&c->turn_parked_ns, memory_order_relaxed) != 0)
+            return true;
+    return false;
+}
+
+/* Whether turns need watching: checkouts wait, and turns are given (not
+ * shrunk below TURN_FLOOR_NS by long waits) or some connection is still
+ * parked for one. */
+static bool turns_to_watch_locked(const cpool *p)
+{
+    CPOOL_ASSERT_HELD(p);
+    if (!p->turns || atomic_load(&p->nwaiting) == 0)
+        return false;
+    return atomic_load_explicit(&p->turn_eff_ns, memory_order_relaxed) >= TURN_FLOOR_NS ||
+           turn_parked_locked(p);
+}
+
+/* Sleeps until `until_ns` (monotonic) or a kick. While turns need watching,
+ * it wakes every turn_ns meanwhile to end the turns nobody came back for
+ * (queue_relock wakes it when the first checkout queues). */
 static void maintenance_sleep_relock(cpool *p, int64_t until_ns)
 {
     CPOOL_ASSERT_HELD(p);
     while (!p->maint_kick && p->state != CPOOL_STATE_CLOSED && p->maint_running) {
-        p->turn_watch = p->turns && atomic_load(&p->nwaiting) > 0;
+        p->turn_watch = turns_to_watch_locked(p);
         int64_t now = cpool__mono_ns();
         int64_t wake = until_ns;
         if (p->turn_watch && now + p->turn_ns < wake)

@@ -31,6 +31,10 @@
 
 #define CONN_MAGIC 0x63706f6fu /* "cpoo": the struct belongs to some pool */
 
+/* Handoff turns shorter than this are not given at all: the pool hands off
+ * as FIFO does, and the background thread stops watching for turns. */
+#define TURN_FLOOR_NS 10000
+
 /* A connection's state is the list it is on. An IN_USE connection whose
  * `leased` flag is already clear is being checked in (its reset runs outside
  * the lock); it still counts as in use. ORPHANED is a lease inherited across fork(): it no longer
@@ -197,7 +201,8 @@ struct cpool {
     int64_t turn_ns;       /* options.turn_us in ns */
     int64_t turn_wait_ns;  /* options.turn_wait_us in ns */
     _Atomic int64_t turn_eff_ns; /* a turn's length now, <= turn_ns
-                                    (cpool__adapt_turn_locked) */
+                                    (cpool__adapt_turn_locked); below
+                                    TURN_FLOOR_NS no turn is given */
     uint32_t turn_uses;    /* options.turn_uses */
     uint64_t serial;       /* unique per pool in this process */
     unsigned options_set;  /* CPOOL_OPT_* bits for POOL_CREATED */
