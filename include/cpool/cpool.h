@@ -513,7 +513,11 @@ CPOOL_API int cpool_options_set(cpool_options *opts, const char *name,
 typedef enum cpool_state {
     CPOOL_STATE_PAUSED = 0,
     CPOOL_STATE_READY,
-    CPOOL_STATE_CLOSED
+    CPOOL_STATE_CLOSED,
+    /* 0.2: cpool_shutdown() is draining: no new checkouts, leases still
+     * coming back; CLOSED when it returns. Only ever reported (counts,
+     * statistics, Prometheus): CMAP's state machine is paused meanwhile. */
+    CPOOL_STATE_SHUTTING_DOWN
 } cpool_state;
 
 /* A consistent snapshot of the pool's counters. */

@@ -197,5 +197,8 @@ void cpool__counts_locked(const cpool *p, cpool_counts *out)
     out->total = total_locked(p);
     out->waiting = atomic_load(&p->nwaiting);
     out->generation = p->generation;
-    out->state = p->state;
+    /* A draining pool is paused underneath, but what it is doing is shutting
+     * down (until close() makes it CLOSED). */
+    out->state = p->draining && p->state != CPOOL_STATE_CLOSED ? CPOOL_STATE_SHUTTING_DOWN
+                                                               : p->state;
 }

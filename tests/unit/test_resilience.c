@@ -415,6 +415,37 @@ TEST(shutdown_rejects_new_checkouts_at_once)
     test_fixture_free(&f);
 }
 
+/* While cpool_shutdown() drains, the pool reads shutting_down in its
+ * counts, its statistics and the Prometheus text, not paused; closed once
+ * the shutdown returns. The lease goes back only when the test says so. */
+TEST(shutdown_reads_shutting_down_while_it_drains)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    test_fixture_start(&f);
+    cpool_conn *held = test_checkout(f.pool);
+    pthread_t sd;
+    cpool_shutdown_report rep;
+    shutdown_arg arg = {f.pool, &rep};
+    TEST_THREAD_START(&sd, shutdown_main, &arg);
+    WAIT_UNTIL(test_counts(f.pool).state == CPOOL_STATE_SHUTTING_DOWN, 5000);
+
+    cpool_stats s = {.struct_size = sizeof s};
+    ASSERT_OK(cpool_get_stats(f.pool, &s));
+    ASSERT_EQ(CPOOL_STATE_SHUTTING_DOWN, s.counts.state);
+    char text[16384];
+    size_t n = cpool_stats_prometheus(&s, "p", NULL, text, sizeof text);
+    ASSERT_LT(n, sizeof text);
+    ASSERT_STR_CONTAINS(text, "db_client_connection_pool_state{pool=\"p\",state=\"shutting_down\"} 1");
+    ASSERT_STR_CONTAINS(text, "db_client_connection_pool_state{pool=\"p\",state=\"paused\"} 0");
+
+    test_checkin(f.pool, held, 0);
+    pthread_join(sd, NULL);
+    ASSERT_EQ(1, rep.returned);
+    ASSERT_EQ(CPOOL_STATE_CLOSED, test_counts(f.pool).state);
+    test_fixture_free(&f);
+}
+
 /* ------------------------------------------------------------ leaks */
 
 typedef struct log_capture {
