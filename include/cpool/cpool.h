@@ -232,7 +232,7 @@ typedef enum cpool_validation {
     CPOOL_VALIDATE_NONE = 0,  /* nothing */
     CPOOL_VALIDATE_CHECK,     /* the connector's check(): no I/O (default) */
     CPOOL_VALIDATE_PING_IDLE, /* check(), and a round trip when the connection
-                                 was idle at least validation_idle_ms */
+                                 was idle longer than validation_idle_ms */
     CPOOL_VALIDATE_ALWAYS     /* check() and a round trip every time */
 } cpool_validation;
 
@@ -366,7 +366,7 @@ struct cpool_options {
     cpool_validation validation;       /* before a reused connection is handed
                                           out; default CPOOL_VALIDATE_CHECK */
     int64_t validation_idle_ms;        /* CPOOL_VALIDATE_PING_IDLE: ping when
-                                          idle at least this long; default 1000 */
+                                          idle longer than this; default 1000 */
     int64_t max_lifetime_ms;           /* a connection older than this is closed
                                           when next returned or found available
                                           ("lifetime"); default 1800000 (30 min);

@@ -51,7 +51,7 @@ static const opt_def defs[] = {
      "connections the background thread keeps open", 0},
     {"max_idle_time_ms", "maxIdleTimeMS", "CPOOL_MAX_IDLE_TIME_MS", T_MS,
      OFF(max_idle_time_ms), 0, MSMAX, NULL, ">= 0 ms (0 = no limit)",
-     "an available connection idle this long is closed", 0},
+     "an available connection idle longer than this is closed", 0},
     {"max_connecting", "maxConnecting", "CPOOL_MAX_CONNECTING", T_U32,
      OFF(max_connecting), 1, U32MAX, NULL, ">= 1",
      "establishments in progress at once", 2},

@@ -130,7 +130,7 @@ int cpool__perished_locked(const cpool *p, const cpool_conn *c, int64_t now)
         now - atomic_load_explicit(&c->available_since_ns, memory_order_relaxed) >
             ms_to_ns(p->opts.max_idle_time_ms))
         return CPOOL_CLOSE_IDLE;
-    if (now >= c->expires_ns)
+    if (now > c->expires_ns) /* older than its lifetime, as idleness above */
         return CPOOL_CLOSE_LIFETIME;
     return -1;
 }
@@ -156,7 +156,7 @@ int cpool__unfit_reason_locked(const cpool *p, const cpool_conn *c, bool broken)
         return CPOOL_CLOSE_ERROR;
     if (p->opts.recycle_after_uses > 0 && cpool__conn_uses(c) >= p->opts.recycle_after_uses)
         return CPOOL_CLOSE_USES;
-    if (c->expires_ns != INT64_MAX && cpool__now(p) >= c->expires_ns)
+    if (c->expires_ns != INT64_MAX && cpool__now(p) > c->expires_ns)
         return CPOOL_CLOSE_LIFETIME;
     return -1;
 }

@@ -87,7 +87,7 @@ static inline bool fast_usable(const cpool *p, const cpool_conn *c)
         return false;
     if (p->opts.recycle_after_uses > 0 && cpool__conn_uses(c) >= p->opts.recycle_after_uses)
         return false;
-    if (c->expires_ns != INT64_MAX && lifetime_now(p) >= c->expires_ns)
+    if (c->expires_ns != INT64_MAX && lifetime_now(p) > c->expires_ns)
         return false;
     /* With a minimum to keep, idleness is judged under the lock, where the
      * pool's size is known (cpool__perished_locked). */
@@ -217,7 +217,8 @@ static inline void lease_begin(cpool *p, cpool_conn *c, int64_t start, bool reus
 }
 
 /* Whether the validation policy pings c now: always, or when it has been
- * idle at least validation_idle_ms. */
+ * idle longer than validation_idle_ms (idleness and lifetime count the same
+ * way: a limit is passed when it is exceeded, not reached). */
 static inline bool wants_ping(const cpool *p, const cpool_conn *c)
 {
     cpool_validation v = p->opts.validation;
@@ -225,7 +226,7 @@ static inline bool wants_ping(const cpool *p, const cpool_conn *c)
         return false;
     return v == CPOOL_VALIDATE_ALWAYS ||
            cpool__now(p) - atomic_load_explicit(&c->available_since_ns,
-                                                memory_order_relaxed) >=
+                                                memory_order_relaxed) >
                ms_to_ns(p->opts.validation_idle_ms);
 }
 

@@ -397,11 +397,11 @@ TEST(validation_ping_idle_after_threshold)
     start_validating(&f, CPOOL_VALIDATE_PING_IDLE);
     cpool_conn *c = test_checkout(f.pool);
     test_checkin(f.pool, c, 0);
-    test_clock_advance_ms(&f.clk, f.pool, 99); /* idle 99 ms < 100 */
+    test_clock_advance_ms(&f.clk, f.pool, 100); /* idle exactly 100 ms: no ping */
     c = test_checkout(f.pool);
     ASSERT_EQ(0, test_mem_stats(f.mem).pings);
     test_checkin(f.pool, c, 0);
-    test_clock_advance_ms(&f.clk, f.pool, 100); /* idle 100 ms */
+    test_clock_advance_ms(&f.clk, f.pool, 101); /* idle longer than 100 ms */
     c = test_checkout(f.pool);
     ASSERT_EQ(1, test_mem_stats(f.mem).pings);
     test_checkin(f.pool, c, 0);

@@ -12,6 +12,8 @@ static void start_lifetime(test_fixture *f, int64_t lifetime_ms, double jitter)
     test_fixture_start(f);
 }
 
+/* A connection is closed once it is *older* than its lifetime: at exactly
+ * the lifetime it is still kept. */
 TEST(lifetime_closes_returned_connection)
 {
     test_fixture f;
@@ -19,6 +21,11 @@ TEST(lifetime_closes_returned_connection)
     cpool_conn *c = test_checkout(f.pool);
     uint64_t id = cpool_conn_id(c);
     test_clock_advance_ms(&f.clk, f.pool, 1000);
+    test_checkin(f.pool, c, 0); /* exactly its lifetime: kept */
+    ASSERT_EQ(0, test_rec_count(&f.rec, CPOOL_EV_CONN_CLOSED));
+    c = test_checkout(f.pool);
+    ASSERT_EQ(id, cpool_conn_id(c));
+    test_clock_advance_ms(&f.clk, f.pool, 1);
     test_checkin(f.pool, c, 0);
     test_event ev;
     ASSERT_TRUE(test_rec_find_closed(&f.rec, id, &ev));
@@ -33,9 +40,12 @@ TEST(lifetime_expired_never_handed_out)
     start_lifetime(&f, 1000, 0);
     cpool_conn *c = test_checkout(f.pool);
     uint64_t id = cpool_conn_id(c);
-    test_clock_advance_ms(&f.clk, f.pool, 999);
-    test_checkin(f.pool, c, 0); /* 1 ms left: kept */
+    test_clock_advance_ms(&f.clk, f.pool, 1000);
+    test_checkin(f.pool, c, 0); /* exactly its lifetime: kept */
     ASSERT_EQ(1, test_counts(f.pool).available);
+    c = test_checkout(f.pool); /* ... and still handed out */
+    ASSERT_EQ(id, cpool_conn_id(c));
+    test_checkin(f.pool, c, 0);
     test_clock_advance_ms(&f.clk, f.pool, 1);
     c = test_checkout(f.pool);
     ASSERT_NE(id, cpool_conn_id(c));
@@ -60,6 +70,10 @@ TEST(lifetime_unobserved_fast_path)
     uint64_t id = cpool_conn_id(c);
     test_checkin(p, c, 0); /* parked */
     test_clock_advance_ms(&clk, p, 1000);
+    c = test_checkout(p); /* exactly its lifetime: still handed out */
+    ASSERT_EQ(id, cpool_conn_id(c));
+    test_checkin(p, c, 0);
+    test_clock_advance_ms(&clk, p, 1);
     c = test_checkout(p);
     ASSERT_NE(id, cpool_conn_id(c));
     test_checkin(p, c, 0);
@@ -118,7 +132,7 @@ TEST(expired_replaced_without_herd)
     fp.times = -1;
     fp.block_ms = 20; /* establishments overlap if anything lets them */
     cpool_mem_set_failpoint(f.mem, &fp);
-    test_clock_advance_ms(&f.clk, f.pool, 1000);
+    test_clock_advance_ms(&f.clk, f.pool, 1001); /* older than their lifetime */
     uint32_t max_pending = 0;
     int64_t deadline = test_now_ms() + 5000;
     while (test_rec_count(&f.rec, CPOOL_EV_CONN_READY) < 12) {

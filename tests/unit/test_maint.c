@@ -69,6 +69,40 @@ TEST(idle_reaped_by_maintain)
     test_fixture_free(&f);
 }
 
+/* An idle connection is closed only when idle *longer* than maxIdleTimeMS,
+ * and the lock-free path (a thread taking back the connection it parked)
+ * and the locked path (an observed pool, and the maintenance pass) agree
+ * at the exact limit. */
+static void idle_boundary(bool observed)
+{
+    test_fixture f;
+    idle_fixture_init(&f);
+    if (!observed) {
+        f.opts.on_event = NULL;
+        f.opts.event_ctx = NULL;
+    }
+    test_fixture_start(&f);
+    cpool_conn *c = test_checkout(f.pool);
+    uint64_t id = cpool_conn_id(c);
+    test_checkin(f.pool, c, 0);
+    test_clock_advance_ms(&f.clk, f.pool, 100); /* idle exactly 100 ms */
+    ASSERT_OK(cpool_maintain(f.pool, NULL));
+    c = test_checkout(f.pool);
+    ASSERT_EQ(id, cpool_conn_id(c)); /* not perished */
+    test_checkin(f.pool, c, 0);
+    test_clock_advance_ms(&f.clk, f.pool, 101);
+    c = test_checkout(f.pool);
+    ASSERT_NE(id, cpool_conn_id(c)); /* idle longer: closed, a new one */
+    test_checkin(f.pool, c, 0);
+    cpool_stats s = {.struct_size = sizeof s};
+    ASSERT_OK(cpool_get_stats(f.pool, &s));
+    ASSERT_EQ(1, s.closed[CPOOL_CLOSE_IDLE]);
+    test_fixture_free(&f);
+}
+
+TEST(idle_limit_exact_locked_path) { idle_boundary(true); }
+TEST(idle_limit_exact_lock_free_path) { idle_boundary(false); }
+
 TEST(idle_clock_restarts_at_checkin)
 {
     test_fixture f;
