@@ -237,10 +237,13 @@ static void redact_conninfo(outbuf *o, const char *p)
         put(o, p, n);
         p += n;
         size_t vlen = conninfo_value_end(p);
-        if (cpool__secret_key(key, klen))
-            put(o, "***", 3);
-        else
+        if (!cpool__secret_key(key, klen))
             put(o, p, vlen);
+        else if (*p == '\'')
+            put(o, "'***'", 5); /* quoted, as libpq lets the next keyword
+                                   follow a closing quote at once */
+        else
+            put(o, "***", 3);
         p += vlen;
     }
 }
