@@ -329,11 +329,12 @@ static int queue_relock(checkout *co)
         p->wq_head = w;
     p->wq_tail = w;
     atomic_fetch_add(&p->nwaiting, 1);
-    if (p->turns)
+    if (p->turns) {
         w->since = cpool__now(p); /* its wait adapts the turns' length */
-    if (p->turns && !p->turn_watch &&
-        atomic_load_explicit(&p->turn_eff_ns, memory_order_relaxed) >= TURN_FLOOR_NS)
-        pthread_cond_signal(&p->maint_cv); /* watch the turns (maint.c) */
+        if (!p->turn_watch &&
+            atomic_load_explicit(&p->turn_eff_ns, memory_order_relaxed) >= TURN_FLOOR_NS)
+            pthread_cond_signal(&p->maint_cv); /* watch the turns (maint.c) */
+    }
     int reason = -1;
     /* With turns, a connection its thread may still take again stays: the
      * newcomer queues behind the waiters (and the background thread hands it
@@ -343,8 +344,7 @@ static int queue_relock(checkout *co)
         return STEP_NONE;
     if (reason < 0 && cpool__next_waiter_locked(p) != w) {
         /* Older checkouts wait (a turn ran out): the oldest gets it. */
-        atomic_store_explicit(&parked->leased, LEASE_NONE, memory_order_relaxed);
-        cpool__make_available_locked(p, parked);
+        cpool__return_parked_locked(p, parked);
         return STEP_NONE;
     }
     cpool__wq_remove_locked(p, w);

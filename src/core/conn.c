@@ -485,6 +485,16 @@ cpool_conn *cpool__steal_parked_locked(cpool *p, steal_which which, int *reason)
     return NULL;
 }
 
+/* A parked connection taken under mu (not by its thread) is checked in as
+ * its thread's check-in would have done: to the oldest waiter, or onto the
+ * available stack. */
+void cpool__return_parked_locked(cpool *p, cpool_conn *c)
+{
+    CPOOL_ASSERT_HELD(p);
+    atomic_store_explicit(&c->leased, LEASE_NONE, memory_order_relaxed);
+    cpool__make_available_locked(p, c);
+}
+
 /* A connection taken for a checkout goes back, unblamed and unused. */
 void cpool__put_back_locked(cpool *p, cpool_conn *c)
 {

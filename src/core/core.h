@@ -49,6 +49,7 @@ void cpool__make_available_locked(cpool *p, cpool_conn *c);
 waiter *cpool__next_waiter_locked(const cpool *p);
 int cpool__perished_locked(const cpool *p, const cpool_conn *c, int64_t now);
 void cpool__put_back_locked(cpool *p, cpool_conn *c);
+void cpool__return_parked_locked(cpool *p, cpool_conn *c);
 void cpool__set_state_locked(cpool *p, cpool_conn *c, conn_state s);
 /* Which parked connections cpool__steal_parked_locked may take. */
 typedef enum steal_which {

@@ -282,8 +282,7 @@ static void end_turns_relock(cpool *p)
             cpool__close_conn_relock(p, c, reason, NULL);
             continue;
         }
-        atomic_store_explicit(&c->leased, LEASE_NONE, memory_order_relaxed);
-        cpool__make_available_locked(p, c);
+        cpool__return_parked_locked(p, c);
     }
 }
 
