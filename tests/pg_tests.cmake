@@ -62,6 +62,8 @@ cpool_pg_suite(pg_session TIMEOUT 30)
 
 cpool_pg_suite(pg_txn TIMEOUT 30)
 
+cpool_pg_suite(pg_policy TIMEOUT 60)
+
 # Allocation failures in the connector, injected with the GNU linker's
 # --wrap, which reaches libcpool's calls only when it is a static library
 # (as in the core's oom suite).

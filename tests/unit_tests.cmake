@@ -16,7 +16,8 @@ function(cpool_unit_suite suite)
     TIMEOUT ${S_TIMEOUT} LABELS ${S_LABEL} SKIP_RETURN_CODE 77)
 endfunction()
 
-foreach(suite pool interrupt lb backpressure maint config lifecycle resilience log handoff)
+foreach(suite pool interrupt lb backpressure maint config lifecycle resilience log handoff
+    recycle)
   cpool_unit_suite(${suite} LABEL unit TIMEOUT 30)
 endforeach()
 cpool_unit_suite(tenants LABEL unit TIMEOUT 60)

@@ -167,6 +167,8 @@ typedef enum cpool_event_type {
     CPOOL_EV_CHECKED_IN,       /* ConnectionCheckedIn */
     /* The pool's own (not CMAP): */
     CPOOL_EV_CONN_LEAK_SUSPECTED, /* held longer than leak_threshold_ms */
+    CPOOL_EV_POOL_RECYCLED,       /* 0.2: cpool_recycle() marked every
+                                     connection for replacement */
     CPOOL_EV_COUNT_
 } cpool_event_type;
 
@@ -185,6 +187,8 @@ typedef enum cpool_close_reason {
     CPOOL_CLOSE_SESSION,    /* "session": another tenant's turn, and its
                                connector cannot reset a session (no
                                discard method, e.g. SQLite) */
+    CPOOL_CLOSE_RECYCLED,   /* "recycled": marked by cpool_recycle() or
+                               cpool_conn_recycle() (0.2) */
     CPOOL_CLOSE_REASON_COUNT_
 } cpool_close_reason;
 
@@ -252,6 +256,8 @@ typedef struct cpool_event {
     /* CONN_LEAK_SUSPECTED: who holds it (duration_ns: for how long). */
     const char *holder_label;     /* the checkout's label; "" when none */
     uint64_t holder_thread;       /* the holder's kernel thread id */
+    /* 0.2. POOL_RECYCLED: the connections it marked. */
+    uint32_t connections;
 } cpool_event;
 
 /* Event subscriber. Called from whichever thread changed the state, never
@@ -685,6 +691,29 @@ CPOOL_API CPOOL_NODISCARD int cpool_checkout(cpool *pool, int64_t timeout_ms,
 CPOOL_API int cpool_checkin(cpool *pool, cpool_conn *conn, unsigned flags,
                             cpool_error *err);
 
+/* ---------------------------------------------------------------- recycling
+ * Replacing connections without interrupting anyone, e.g. after rotating
+ * credentials (a new password in the passfile the connector reads) or a
+ * server-side setting that only new sessions pick up. Unlike cpool_clear()
+ * nothing pauses, no waiter fails and no lease is interrupted: a marked
+ * connection is closed with reason "recycled" when it comes back from its
+ * lease, when a checkout or the background thread finds it available, or
+ * as soon as its establishment ends; new connections replace it as the
+ * pool needs them (minPoolSize, checkouts). Generations do not move. */
+
+/* Marks every connection the pool has now (available, leased, being
+ * established) for recycling; *marked (may be NULL) gets their number.
+ * The statistics' recycle_pending counts those still open. CPOOL_ECLOSED
+ * on a closed pool. Since 0.2. */
+CPOOL_API int cpool_recycle(cpool *pool, uint32_t *marked, cpool_error *err);
+
+/* Marks one lease for recycling: it is closed with reason "recycled" at its
+ * check-in, whatever flags that passes (e.g. the lease changed session state
+ * that the connector's reset cannot undo). May be called any time during the
+ * lease. CPOOL_EINVAL for NULL, CPOOL_EDOUBLE when it is not checked out.
+ * Since 0.2. */
+CPOOL_API int cpool_conn_recycle(cpool_conn *conn);
+
 /* Lease accessors; valid until cpool_checkin(). */
 CPOOL_API uint64_t cpool_conn_id(const cpool_conn *conn);
 CPOOL_API uint64_t cpool_conn_generation(const cpool_conn *conn);
@@ -782,6 +811,10 @@ typedef struct cpool_stats {
     uint64_t probes, probes_ok;     /* server probes while establishments
                                        failed (probe_interval_ms), and those
                                        that found it accepting again */
+    uint64_t recycles;              /* cpool_recycle() calls */
+    uint32_t recycle_pending;       /* connections marked for recycling and
+                                       not closed yet; 0 once a recycle
+                                       has replaced everything */
 } cpool_stats;
 
 /* Fills `out` (out->struct_size must be set, e.g. with

@@ -50,6 +50,18 @@ static int checkin_orphan(cpool *p, cpool_conn *c)
     return 0;
 }
 
+int cpool_conn_recycle(cpool_conn *c)
+{
+    if (c == NULL || c->magic != CONN_MAGIC)
+        return CPOOL_EINVAL;
+    if (atomic_load_explicit(&c->leased, memory_order_acquire) != LEASE_HELD)
+        return CPOOL_EDOUBLE;
+    /* Only the holder writes it during the lease; the pool reads it once
+     * the lease flag is cleared (acq_rel in cpool_checkin). */
+    atomic_store_explicit(&c->recycle, true, memory_order_relaxed);
+    return 0;
+}
+
 int cpool_checkin(cpool *p, cpool_conn *c, unsigned flags, cpool_error *err)
 {
     if (p == NULL || c == NULL)

@@ -123,6 +123,8 @@ int cpool__perished_locked(const cpool *p, const cpool_conn *c, int64_t now)
     CPOOL_ASSERT_HELD(p);
     if (cpool__is_stale_locked(p, c))
         return CPOOL_CLOSE_STALE;
+    if (atomic_load_explicit(&c->recycle, memory_order_relaxed))
+        return CPOOL_CLOSE_RECYCLED;
     /* Idleness retires only what the pool has beyond minPoolSize: closing
      * one it must keep would only reopen it (an idle pool at its minimum
      * churned through 21 connections in 2 s with maxIdleTimeMS=300). */
@@ -154,6 +156,8 @@ int cpool__unfit_reason_locked(const cpool *p, const cpool_conn *c, bool broken)
         return CPOOL_CLOSE_STALE;
     if (broken || c->interrupt_requested)
         return CPOOL_CLOSE_ERROR;
+    if (atomic_load_explicit(&c->recycle, memory_order_relaxed))
+        return CPOOL_CLOSE_RECYCLED;
     if (p->opts.recycle_after_uses > 0 && cpool__conn_uses(c) >= p->opts.recycle_after_uses)
         return CPOOL_CLOSE_USES;
     if (c->expires_ns != INT64_MAX && cpool__now(p) > c->expires_ns)
@@ -216,6 +220,7 @@ cpool_conn *cpool__conn_new_locked(cpool *p)
     c->native = NULL;
     c->pins = 0;
     c->interrupt_requested = c->interrupted = c->close_deferred = false;
+    atomic_store_explicit(&c->recycle, false, memory_order_relaxed);
     c->created_ns = cpool__now(p);
     c->kept_alive_ns = c->created_ns;
     c->expires_ns = expiry_locked(p, c->created_ns);

@@ -157,7 +157,9 @@ static int establish_succeeded_relock(cpool *p, cpool_conn *c, bool for_checkout
     p->st_ready++;
     cpool__hist_add(&p->connect_hist, cpool__now(p) - c->created_ns);
     note_connect_success_locked(p);
-    bool stale = cpool__is_stale_locked(p, c) || p->state == CPOOL_STATE_CLOSED || p->draining;
+    bool recycle = atomic_load_explicit(&c->recycle, memory_order_relaxed);
+    bool stale = cpool__is_stale_locked(p, c) || recycle || p->state == CPOOL_STATE_CLOSED ||
+                 p->draining;
     if (stale) {
         cpool__set_state_locked(p, c, CONN_IN_USE); /* owned by us until closed below */
     } else if (for_checkout) {
@@ -177,7 +179,8 @@ static int establish_succeeded_relock(cpool *p, cpool_conn *c, bool for_checkout
         cpool__close_conn_relock(p, c,
                                  p->state == CPOOL_STATE_CLOSED || p->draining
                                      ? CPOOL_CLOSE_POOL_CLOSED
-                                     : CPOOL_CLOSE_STALE,
+                                 : cpool__is_stale_locked(p, c) ? CPOOL_CLOSE_STALE
+                                                                : CPOOL_CLOSE_RECYCLED,
                                  NULL);
         return ESTABLISH_RETRY;
     }
@@ -190,8 +193,8 @@ static int establish_succeeded_relock(cpool *p, cpool_conn *c, bool for_checkout
  * On failure c is closed with reason "error" and the error is returned with
  * its labels; with clear_on_connect_error an unlabelled failure first clears
  * the pool, so PoolCleared precedes ConnectionClosed as CMAP's tests expect.
- * ESTABLISH_RETRY: established, but a clear made it stale meanwhile; it was
- * closed. Called with mu held; releases it during the connect. */
+ * ESTABLISH_RETRY: established, but a clear made it stale (or a recycle
+ * marked it) meanwhile; it was closed. Called with mu held; releases it during the connect. */
 int cpool__establish_relock(cpool *p, cpool_conn *c, int64_t deadline,
                             bool for_checkout, bool caller_bound, cpool_error *e)
 {

@@ -35,6 +35,7 @@ static const char *const event_names[CPOOL_EV_COUNT_] = {
     [CPOOL_EV_CHECKED_OUT] = "ConnectionCheckedOut",
     [CPOOL_EV_CHECKED_IN] = "ConnectionCheckedIn",
     [CPOOL_EV_CONN_LEAK_SUSPECTED] = "ConnectionLeakSuspected",
+    [CPOOL_EV_POOL_RECYCLED] = "ConnectionPoolRecycled",
 };
 
 const char *cpool_event_name(cpool_event_type type)
@@ -55,6 +56,7 @@ const char *cpool_close_reason_name(int reason)
     case CPOOL_CLOSE_USES: return "uses";
     case CPOOL_CLOSE_RECLAIMED: return "reclaimed";
     case CPOOL_CLOSE_SESSION: return "session";
+    case CPOOL_CLOSE_RECYCLED: return "recycled";
     default: return "unknown";
     }
 }
@@ -86,6 +88,7 @@ static const char *close_reason_text(int reason)
         return "Connection was held longer than the leak reclaim time and was taken back";
     case CPOOL_CLOSE_SESSION:
         return "Connection was about to serve another tenant and its session cannot be reset";
+    case CPOOL_CLOSE_RECYCLED: return "Connection was marked for recycling";
     default: return "Connection pool was closed";
     }
 }
@@ -114,6 +117,7 @@ static const char *const log_messages[CPOOL_EV_COUNT_] = {
     [CPOOL_EV_CHECKED_OUT] = "Connection checked out",
     [CPOOL_EV_CHECKED_IN] = "Connection checked in",
     [CPOOL_EV_CONN_LEAK_SUSPECTED] = "Connection held longer than the leak threshold",
+    [CPOOL_EV_POOL_RECYCLED] = "Connection pool recycle requested",
 };
 
 int64_t cpool__now(const cpool *p)
@@ -187,10 +191,13 @@ static const char *describe_error(const cpool_error *err, char *buf, size_t size
     return buf;
 }
 
-/* The CMAP messages are DEBUG; a suspected leak is worth a WARN. */
+/* The CMAP messages are DEBUG; a suspected leak is worth a WARN, an
+ * operator's recycle an INFO. */
 static cpool_log_level event_level(cpool_event_type type)
 {
-    return type == CPOOL_EV_CONN_LEAK_SUSPECTED ? CPOOL_LOG_WARN : CPOOL_LOG_DEBUG;
+    if (type == CPOOL_EV_CONN_LEAK_SUSPECTED)
+        return CPOOL_LOG_WARN;
+    return type == CPOOL_EV_POOL_RECYCLED ? CPOOL_LOG_INFO : CPOOL_LOG_DEBUG;
 }
 
 static void log_event(cpool *p, const cpool_event *ev)
@@ -240,6 +247,9 @@ static void log_event(cpool *p, const cpool_event *ev)
         add_int(&b, "holderThread", (int64_t)ev->holder_thread);
         if (ev->holder_label != NULL && ev->holder_label[0] != '\0')
             add_str(&b, "holderLabel", ev->holder_label);
+        break;
+    case CPOOL_EV_POOL_RECYCLED:
+        add_int(&b, "connections", ev->connections);
         break;
     default:
         break;

@@ -83,7 +83,8 @@ static inline int64_t lifetime_now(const cpool *p)
 static inline bool fast_usable(const cpool *p, const cpool_conn *c)
 {
     if (atomic_load(&p->state) != CPOOL_STATE_READY ||
-        c->generation != atomic_load(&p->generation) || fork_pending(p))
+        c->generation != atomic_load(&p->generation) || fork_pending(p) ||
+        atomic_load_explicit(&c->recycle, memory_order_relaxed))
         return false;
     if (p->opts.recycle_after_uses > 0 && cpool__conn_uses(c) >= p->opts.recycle_after_uses)
         return false;

@@ -287,6 +287,40 @@ int cpool_clear(cpool *p, unsigned flags, const cpool_error *cause, cpool_error 
     return 0;
 }
 
+/* Marks every connection for recycling: the check-in, the checkout that
+ * finds it available, the background thread and the end of an establishment
+ * close it ("recycled"), as they would a stale one. Nothing else changes:
+ * no pause, no generation, no waiter fails. */
+static uint32_t mark_list_locked(cpool *p, const conn_list *l)
+{
+    CPOOL_ASSERT_HELD(p);
+    uint32_t n = 0;
+    for (cpool_conn *c = l->head; c != NULL; c = c->next)
+        if (!atomic_exchange_explicit(&c->recycle, true, memory_order_relaxed))
+            n++;
+    return n;
+}
+
+int cpool_recycle(cpool *p, uint32_t *marked, cpool_error *err)
+{
+    if (marked != NULL)
+        *marked = 0;
+    int rc = enter_open(p, "recycle", err);
+    if (rc != 0)
+        return rc;
+    uint32_t n = mark_list_locked(p, &p->pending) + mark_list_locked(p, &p->available) +
+                 mark_list_locked(p, &p->in_use);
+    p->st_recycles++;
+    if (marked != NULL)
+        *marked = n;
+    cpool__kick_maintenance_locked(p);
+    cpool_event ev;
+    cpool__event_init(p, &ev, CPOOL_EV_POOL_RECYCLED);
+    ev.connections = n;
+    cpool__emit_unlock(p, &ev);
+    return 0;
+}
+
 int cpool_clear_service(cpool *p, const char *service_id, unsigned flags,
                         const cpool_error *cause, cpool_error *err)
 {

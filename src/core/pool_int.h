@@ -115,6 +115,9 @@ struct cpool_conn {
     bool interrupted;         /* interrupt() was called; mu */
     bool close_deferred;      /* closed while pinned: last unpin frees; mu */
     bool probe;               /* the circuit breaker's probe; mu */
+    atomic_bool recycle;      /* close at the next check-in or when found
+                                 available ("recycled"); set under mu or by
+                                 the lease holder, read without mu */
     _Atomic int64_t turn_parked_ns; /* handoff turns: pool clock when it was
                                  parked although others waited, so that its
                                  thread may take it again; 0 = not in a turn.
@@ -244,6 +247,7 @@ struct cpool {
     uint64_t st_keepalives, st_keepalive_failures;
     uint64_t breaker_opens;
     uint64_t leaks_suspected, leaks_reclaimed;
+    uint64_t st_recycles;   /* cpool_recycle() calls */
 
     /* Tenants; mu. `tenants` is set before ready (see cpool_tenant_set). */
     tenant *tenant_list, *tenant_tail;

@@ -262,6 +262,8 @@ static void gauges(ctx *c, const cpool_stats *s)
     gauge(c, "db_client_connection_breaker_open",
           "1 while the circuit breaker is open (establishments keep failing).",
           s->breaker_open ? 1 : 0);
+    gauge(c, "db_client_connection_recycle_pending",
+          "Connections marked by a recycle and not yet replaced.", s->recycle_pending);
 }
 
 /* Counters: what happened since the pool was created. */
@@ -318,6 +320,8 @@ static void counters(ctx *c, const cpool_stats *s)
     counter(c, "db_client_connection_leaks_reclaimed_total",
             "Leases held longer than leak_reclaim_ms, interrupted and taken back.",
             s->leaks_reclaimed);
+    counter(c, "db_client_connection_recycles_total",
+            "Pool-wide recycles requested (cpool_recycle).", s->recycles);
 }
 
 static void histograms(ctx *c, const cpool_stats *s)

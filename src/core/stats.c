@@ -108,6 +108,14 @@ static void list_sum(cpool_stats *s, const conn_list *l)
         cell_sum(s, &c->cell);
 }
 
+static uint32_t marked_for_recycling(const conn_list *l)
+{
+    uint32_t n = 0;
+    for (const cpool_conn *c = l->head; c != NULL; c = c->next)
+        n += atomic_load_explicit(&c->recycle, memory_order_relaxed);
+    return n;
+}
+
 /* The snapshot cpool_get_stats() returns, taken under mu. */
 void cpool__stats_locked(cpool *p, cpool_stats *out)
 {
@@ -133,6 +141,8 @@ void cpool__stats_locked(cpool *p, cpool_stats *out)
     list_sum(&s, &p->available);
     list_sum(&s, &p->in_use);
     list_sum(&s, &p->orphans);
+    s.recycle_pending = marked_for_recycling(&p->pending) +
+                        marked_for_recycling(&p->available) + marked_for_recycling(&p->in_use);
     /* Check-ins are not counted on the hot path: every lease but those
      * still out has come back. */
     uint64_t out_now = p->orphans.n;
@@ -145,6 +155,7 @@ void cpool__stats_locked(cpool *p, cpool_stats *out)
     s.breaker_opens = p->breaker_opens;
     s.leaks_suspected = p->leaks_suspected;
     s.leaks_reclaimed = p->leaks_reclaimed;
+    s.recycles = p->st_recycles;
     s.last_connect_error_age_ns = -1;
     if (p->last_fail.code != 0) {
         s.last_connect_error = p->last_fail;

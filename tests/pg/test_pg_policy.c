@@ -1,0 +1,157 @@
+/* test_pg_policy.c -- operator policies against the real server: a soft
+ * recycle under load after a server-side change that only new sessions
+ * see. */
+#include "pg_test.h"
+
+#include <unistd.h>
+
+/* A role of the test's own, so that ALTER ROLE reaches no other test. */
+static void role_name(char *buf, size_t size)
+{
+    snprintf(buf, size, "cpool_recycle_%d", (int)getpid());
+}
+
+static void role_create(PGconn *admin, const char *role)
+{
+    char sql[256];
+    snprintf(sql, sizeof sql, "DROP ROLE IF EXISTS %s", role);
+    pg_exec_ok(admin, sql);
+    snprintf(sql, sizeof sql, "CREATE ROLE %s LOGIN", role);
+    pg_exec_ok(admin, sql);
+}
+
+static void role_drop(PGconn *admin, const char *role)
+{
+    char sql[256];
+    snprintf(sql, sizeof sql, "DROP ROLE IF EXISTS %s", role);
+    pg_exec_ok(admin, sql);
+}
+
+static long long role_sessions(PGconn *admin, const char *role)
+{
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM pg_stat_activity WHERE usename = '%s'", role);
+    return pg_scalar(admin, sql);
+}
+
+typedef struct worker {
+    cpool *pool;
+    atomic_bool *stop;
+    _Atomic int64_t *rotated_at; /* real ms when recycle_pending reached 0 */
+    int failures;
+    int leases;
+    int old_after_rotation; /* leases begun after the rotation that saw the old setting */
+    int new_seen;
+    cpool_error last;
+} worker;
+
+static void *worker_main(void *arg)
+{
+    worker *w = arg;
+    while (!atomic_load(w->stop)) {
+        int64_t began = test_now_ms();
+        cpool_conn *c = NULL;
+        int rc = cpool_checkout(w->pool, 5000, &c, &w->last);
+        if (rc != 0) {
+            w->failures++;
+            continue;
+        }
+        char *v = pg_text(pg_lease_conn(c), "SHOW work_mem");
+        bool fresh = strcmp(v, "7MB") == 0;
+        free(v);
+        int64_t rotated = atomic_load(w->rotated_at);
+        if (rotated != 0 && began > rotated && !fresh)
+            w->old_after_rotation++;
+        w->new_seen += fresh;
+        w->leases++;
+        test_sleep_us(500); /* the lease's own work */
+        if (cpool_checkin(w->pool, c, 0, &w->last) != 0)
+            w->failures++;
+    }
+    return NULL;
+}
+
+/* HikariCP's softEvictConnections: after ALTER ROLE ... SET, only new
+ * sessions see the setting. A recycle under load replaces every
+ * connection, with no failed checkout and no pause, within about a lease
+ * time plus a connect; afterwards every lease sees the new setting and the
+ * server holds exactly the pool's sessions. */
+TEST(soft_recycle_under_load_rotates_every_session)
+{
+    char role[64], uri[256];
+    role_name(role, sizeof role);
+    PGconn *admin = pg_admin();
+    role_create(admin, role);
+    cpool_options o;
+    pg_options(&o, pg_uri_for(uri, sizeof uri, role, "127.0.0.1", pg_port(), "postgres"),
+               NULL);
+    o.max_pool_size = 4;
+    o.min_pool_size = 4;
+    o.maintenance_interval_ms = 100;
+    cpool *p = test_pool_create(&o);
+    test_ready(p);
+    ASSERT_OK(cpool_wait_connected(p, 4, 10000, NULL));
+
+    enum { N = 8 };
+    atomic_bool stop = false;
+    _Atomic int64_t rotated_at = 0;
+    worker w[N];
+    pthread_t th[N];
+    for (int i = 0; i < N; i++) {
+        w[i] = (worker){.pool = p, .stop = &stop, .rotated_at = &rotated_at};
+        TEST_THREAD_START(&th[i], worker_main, &w[i]);
+    }
+    test_sleep_ms(200);
+
+    char sql[256];
+    snprintf(sql, sizeof sql, "ALTER ROLE %s SET work_mem = '7MB'", role);
+    pg_exec_ok(admin, sql);
+    int64_t t0 = test_now_ms();
+    uint32_t marked = 0;
+    ASSERT_OK(cpool_recycle(p, &marked, NULL));
+    ASSERT_GE(marked, 4); /* minPoolSize is kept, so at least those */
+    cpool_stats s = {.struct_size = sizeof s};
+    for (;;) {
+        ASSERT_OK(cpool_get_stats(p, &s));
+        if (s.recycle_pending == 0)
+            break;
+        /* A bound for a loaded machine, far above a lease (0.5 ms) plus a
+         * connect (~20 ms); the figure is printed below. */
+        if (test_now_ms() - t0 > 5000)
+            FAIL("%u connections still marked after 5 s", s.recycle_pending);
+        test_sleep_us(200);
+    }
+    int64_t took = test_now_ms() - t0;
+    atomic_store(&rotated_at, test_now_ms());
+    ASSERT_EQ(CPOOL_STATE_READY, s.counts.state);
+    test_sleep_ms(200);
+    atomic_store(&stop, true);
+    int leases = 0, new_seen = 0;
+    for (int i = 0; i < N; i++) {
+        pthread_join(th[i], NULL);
+        if (w[i].failures != 0)
+            FAIL("worker %d: %d failed calls, last: %s", i, w[i].failures, w[i].last.message);
+        ASSERT_EQ(0, w[i].old_after_rotation);
+        leases += w[i].leases;
+        new_seen += w[i].new_seen;
+    }
+    ASSERT_GT(new_seen, 0);
+    ASSERT_OK(cpool_get_stats(p, &s));
+    ASSERT_EQ(marked, s.closed[CPOOL_CLOSE_RECYCLED]);
+    ASSERT_EQ(0, s.closed[CPOOL_CLOSE_STALE] + s.closed[CPOOL_CLOSE_ERROR]);
+    for (int i = 0; i < CPOOL_ERROR_SLOTS; i++)
+        ASSERT_EQ(0, s.checkout_failures[i]);
+    printf("soft recycle: %u connections marked, all replaced %lld ms after the call; "
+           "%d leases by %d threads, none failed\n",
+           marked, (long long)took, leases, N);
+    /* The server holds the pool's sessions and no old one. */
+    uint32_t total = s.counts.total;
+    WAIT_UNTIL(role_sessions(admin, role) == total, 5000);
+    cpool_destroy(p);
+    WAIT_UNTIL(role_sessions(admin, role) == 0, 5000);
+    role_drop(admin, role);
+    PQfinish(admin);
+}
+
+TEST_MAIN()
