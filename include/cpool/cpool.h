@@ -232,6 +232,17 @@ typedef enum cpool_handoff {
 } cpool_handoff;
 
 /* What the pool does before it hands out a connection that was available. */
+/* Named backoff schedules (option `backoff`). Each sets the backoff_*
+ * options that are not set in code, the environment or the target. The
+ * maximum number of attempts before the pool reports the backend
+ * unavailable is breaker_threshold (see there). */
+typedef enum cpool_backoff_profile {
+    CPOOL_BACKOFF_QUICK = 0, /* "quick": 200 ms, x2, up to 10 s, +-20 % (the
+                                backoff_* defaults) */
+    CPOOL_BACKOFF_STEADY,    /* "steady": 1, 2, 4 ... 60 s, +-20 % */
+    CPOOL_BACKOFF_OFF        /* "off": no wait between attempts */
+} cpool_backoff_profile;
+
 typedef enum cpool_validation {
     CPOOL_VALIDATE_NONE = 0,  /* nothing */
     CPOOL_VALIDATE_CHECK,     /* the connector's check(): no I/O (default) */
@@ -440,6 +451,17 @@ struct cpool_options {
                                           (up to turn_us) while they wait less
                                           than half of it; default 3000,
                                           1..100000000 */
+    double backoff_multiplier;         /* each backoff step is the one before
+                                          times this: base * m^(n-1) for the
+                                          nth failure in a row, up to
+                                          backoff_max_ms; default 2, 1..16 */
+    cpool_backoff_profile backoff;     /* a named schedule for the backoff_*
+                                          fields not set otherwise; default
+                                          CPOOL_BACKOFF_QUICK */
+    int64_t stats_interval_ms;         /* the derived figures of cpool_stats
+                                          cover the last complete interval of
+                                          this length; default 10000; 0 =
+                                          since the pool was created */
 };
 
 /* Fills opts with the defaults; `size` is sizeof the caller's struct. */
@@ -691,6 +713,49 @@ CPOOL_API CPOOL_NODISCARD int cpool_checkout(cpool *pool, int64_t timeout_ms,
 CPOOL_API int cpool_checkin(cpool *pool, cpool_conn *conn, unsigned flags,
                             cpool_error *err);
 
+/* ---------------------------------------------------------------- run
+ * One call that checks out, runs a function with the lease and checks in,
+ * optionally retrying an idempotent operation on errors that carry
+ * CPOOL_LABEL_RETRYABLE (as MongoDB drivers retry reads). */
+
+/* The work: returns 0, or non-zero (preferably a negative CPOOL_E* code)
+ * with err filled; `err` is never NULL. Keep the lease to this call. */
+typedef int (*cpool_run_fn)(cpool_conn *conn, void *arg, cpool_error *err);
+
+/* Fill with `cpool_run_opts o = {.struct_size = sizeof o, .timeout_ms = -1}`. */
+typedef struct cpool_run_opts {
+    size_t struct_size;
+    int64_t timeout_ms;     /* one deadline for everything: checkouts, the
+                               function's attempts (as far as it honours
+                               it, see cpool_run_deadline_ms) and the pauses;
+                               < 0 = each checkout as cpool_checkout(-1) */
+    uint32_t retries;       /* further attempts after a failure labelled
+                               RetryableError; 0 = none */
+    int64_t retry_delay_ms; /* pause before the first retry, then times
+                               backoff_multiplier, +- backoff_jitter, never
+                               past the deadline; 0 = none */
+    const char *label;      /* as cpool_checkout_opts */
+    const char *tenant;
+} cpool_run_opts;
+
+/* Runs fn with a lease (o NULL: one attempt, the pool's limits). After
+ * fn returns, the lease is checked in; it is closed instead (checked in
+ * broken) when fn failed in a way that leaves the connection in doubt:
+ * any failure whose err->kind is not CPOOL_FAIL_SERVER (an answer from the
+ * server leaves the session usable; the connector's reset cleans it). A
+ * failure labelled RetryableError -- in fn or in the checkout -- is tried
+ * again while retries and time remain, so the next attempt never runs on a
+ * connection in doubt. Returns 0, or the last attempt's code with its error
+ * (CPOOL_EINVAL for a NULL pool or fn). Retries are counted in cpool_stats
+ * (retries, retries_succeeded, retries_exhausted). Since 0.2. */
+CPOOL_API int cpool_run(cpool *pool, const cpool_run_opts *o, cpool_run_fn fn, void *arg,
+                        cpool_error *err);
+
+/* Inside fn: the milliseconds left before cpool_run's deadline (for a
+ * statement timeout), -1 when it has none, 0 when it has passed. Only on
+ * the thread running fn; -1 elsewhere. Since 0.2. */
+CPOOL_API int64_t cpool_run_deadline_ms(void);
+
 /* ---------------------------------------------------------------- recycling
  * Replacing connections without interrupting anyone, e.g. after rotating
  * credentials (a new password in the passfile the connector reads) or a
@@ -815,6 +880,23 @@ typedef struct cpool_stats {
     uint32_t recycle_pending;       /* connections marked for recycling and
                                        not closed yet; 0 once a recycle
                                        has replaced everything */
+    /* cpool_run(): attempts after the first, calls that succeeded after a
+     * retry, and calls that failed on a retryable error with no retry or
+     * time left. */
+    uint64_t retries, retries_succeeded, retries_exhausted;
+    /* Derived figures, computed here rather than by every caller, over the
+     * last complete stats_interval_ms (until one has passed, and with
+     * stats_interval_ms 0: since the pool was created until now). A ratio
+     * is -1 and a time -1 when the interval had nothing to divide. The
+     * background thread closes intervals; without it cpool_get_stats()
+     * does, so an interval may then be longer (interval_ns says). */
+    int64_t interval_ns;             /* the length of that interval */
+    double reuse_ratio;              /* checkouts served by an open
+                                        connection / checkouts that got one */
+    double validation_failure_ratio; /* validation_failures / validations */
+    double checkout_success_ratio;   /* checkouts_ok / checkouts */
+    int64_t wait_mean_ns, wait_p99_ns; /* checkout wait (timed leases) */
+    int64_t hold_mean_ns, hold_p99_ns; /* lease hold time (timed leases) */
 } cpool_stats;
 
 /* Fills `out` (out->struct_size must be set, e.g. with

@@ -73,6 +73,26 @@ CPOOL_API int cpool_pg_transaction(cpool_conn *lease, cpool_pg_fn fn, void *arg,
 CPOOL_API int cpool_pg_savepoint(PGconn *conn, const char *name, cpool_pg_fn fn,
                                  void *arg, cpool_error *err);
 
+/* Fills err from a failed result (or, with res NULL, from the connection's
+ * last error) the way the connector's own calls do, and returns CPOOL_EIO:
+ * kind SERVER with the SQLSTATE packed in err->native when the server
+ * answered, NETWORK when the connection broke. Errors that an idempotent
+ * operation may simply try again carry CPOOL_LABEL_RETRYABLE (what
+ * cpool_run retries): a broken connection, serialization_failure (40001),
+ * deadlock_detected (40P01), the server shutting down or starting
+ * (57P01, 57P02, 57P03) and the connection-exception class 08. For use in
+ * a cpool_run function:
+ *
+ *     PGresult *r = PQexec(conn, "SELECT ...");
+ *     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+ *         int rc = cpool_pg_error(conn, r, err);
+ *         PQclear(r);
+ *         return rc;
+ *     }
+ *
+ * Since 0.2. */
+CPOOL_API int cpool_pg_error(PGconn *conn, const PGresult *res, cpool_error *err);
+
 /* A SQLSTATE ("28P01") packed into an int the way PostgreSQL's server packs
  * its error codes (six bits per character, first character lowest), e.g.
  * as found in cpool_error.native. 0 when `sqlstate` is not five characters

@@ -86,6 +86,16 @@ CPOOL_API redisReply *cpool_redis_command_argv(redisContext *c, int argc,
 /* The bits above for a pool connection; 0 for any other context or NULL. */
 CPOOL_API unsigned cpool_redis_state(const redisContext *c);
 
+/* Reads the outcome of a command: 0 when `reply` is a reply that is not an
+ * error. Otherwise fills err and returns CPOOL_EIO: with reply NULL from
+ * the context's error (kind NETWORK or TIMEOUT), for an error reply kind
+ * SERVER with its text. Errors that an idempotent command may simply try
+ * again carry CPOOL_LABEL_RETRYABLE (what cpool_run retries): a broken
+ * connection, and the replies LOADING, BUSY, MASTERDOWN and TRYAGAIN. The
+ * reply is not freed. Since 0.2. */
+CPOOL_API int cpool_redis_error(const redisContext *c, const redisReply *reply,
+                                cpool_error *err);
+
 /* Says the session changed outside the wrappers (plain redisCommand of a
  * MULTI or SELECT ...): with reset=tracked the next check-in then makes the
  * full reset round trip. No-op on a context that is not a pool's. */

@@ -1220,14 +1220,36 @@ static int wait_socket(PGconn *conn, short events, int64_t deadline)
     return w == CPOOL_WAIT_READY ? 0 : w == CPOOL_WAIT_TIMEOUT ? 1 : -1;
 }
 
+/* Whether an idempotent operation that failed this way may just be tried
+ * again (on another connection when this one broke). */
+static bool retryable_failure(cpool_fail_kind kind, int sqlstate)
+{
+    if (kind == CPOOL_FAIL_NETWORK)
+        return true;
+    if (kind != CPOOL_FAIL_SERVER || sqlstate == 0)
+        return false;
+    char s[6];
+    cpool_pg_sqlstate_text(sqlstate, s);
+    return strcmp(s, "40001") == 0 || strcmp(s, "40P01") == 0 || strcmp(s, "57P01") == 0 ||
+           strcmp(s, "57P02") == 0 || strcmp(s, "57P03") == 0 || strncmp(s, "08", 2) == 0;
+}
+
+static int label(int rc, cpool_error *err)
+{
+    if (err != NULL && retryable_failure(err->kind, err->native))
+        err->labels |= CPOOL_LABEL_RETRYABLE;
+    return rc;
+}
+
 static int io_error(const pg_ctx *ctx, PGconn *conn, const char *what, cpool_fail_kind kind,
                     int native, const char *detail, cpool_error *err)
 {
     char msg[200];
     one_line(detail != NULL ? detail : PQerrorMessage(conn), msg, sizeof msg);
-    return cpool_error_set(err, CPOOL_EIO, CPOOL_PHASE_QUERY, kind, native,
-                           "%s on %s (backend pid %d): %s", what, addr_of(ctx),
-                           PQbackendPID(conn), msg);
+    return label(cpool_error_set(err, CPOOL_EIO, CPOOL_PHASE_QUERY, kind, native,
+                                 "%s on %s (backend pid %d): %s", what, addr_of(ctx),
+                                 PQbackendPID(conn), msg),
+                 err);
 }
 
 /* Runs `sql` (possibly several statements) with the whole round trip
@@ -1775,14 +1797,24 @@ PGconn *cpool_pg_conn(const cpool_conn *lease)
 
 /* ------------------------------------------------------ transaction helpers */
 
-static int cmd_error(PGconn *conn, const char *what, PGresult *r, cpool_error *err)
+static int cmd_error(PGconn *conn, const char *what, const PGresult *r, cpool_error *err)
 {
     char msg[200];
     one_line(r != NULL ? PQresultErrorMessage(r) : PQerrorMessage(conn), msg, sizeof msg);
     cpool_fail_kind kind =
         PQstatus(conn) == CONNECTION_BAD ? CPOOL_FAIL_NETWORK : CPOOL_FAIL_SERVER;
-    return cpool_error_set(err, CPOOL_EIO, CPOOL_PHASE_QUERY, kind, result_sqlstate(r),
-                           "%s failed (backend pid %d): %s", what, PQbackendPID(conn), msg);
+    return label(cpool_error_set(err, CPOOL_EIO, CPOOL_PHASE_QUERY, kind, result_sqlstate(r),
+                                 "%s failed (backend pid %d): %s", what, PQbackendPID(conn),
+                                 msg),
+                 err);
+}
+
+int cpool_pg_error(PGconn *conn, const PGresult *res, cpool_error *err)
+{
+    if (conn == NULL)
+        return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_QUERY, CPOOL_FAIL_OTHER, 0,
+                               "pg_error: no connection");
+    return cmd_error(conn, "query", res, err);
 }
 
 /* Runs a utility command; 0 or CPOOL_EIO with err filled. */

@@ -1955,6 +1955,38 @@ unsigned cpool_redis_state(const redisContext *c)
     return st != NULL ? st->state : 0;
 }
 
+int cpool_redis_error(const redisContext *c, const redisReply *reply, cpool_error *err)
+{
+    if (reply != NULL && reply->type != REDIS_REPLY_ERROR)
+        return 0;
+    if (reply != NULL) {
+        const char *m = reply->str != NULL ? reply->str : "";
+        int rc = cpool_error_set(err, CPOOL_EIO, CPOOL_PHASE_QUERY, CPOOL_FAIL_SERVER, 0,
+                                 "redis: %.200s", m);
+        if (err != NULL && is_transient_error(m) &&
+            !starts_with(m, "ERR max number of clients reached"))
+            err->labels |= CPOOL_LABEL_RETRYABLE;
+        return rc;
+    }
+    if (c == NULL)
+        return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_QUERY, CPOOL_FAIL_OTHER, 0,
+                               "redis_error: no context and no reply");
+    cpool_fail_kind kind = CPOOL_FAIL_OTHER;
+    if (c->err == REDIS_ERR_EOF || c->err == REDIS_ERR_IO) {
+        if (strncmp(c->errstr, "timed out", 9) == 0)
+            kind = CPOOL_FAIL_TIMEOUT;
+        else if (strcmp(c->errstr, "interrupted") == 0)
+            kind = CPOOL_FAIL_INTERRUPTED;
+        else
+            kind = CPOOL_FAIL_NETWORK;
+    }
+    int rc = cpool_error_set(err, CPOOL_EIO, CPOOL_PHASE_QUERY, kind, 0, "redis: %s",
+                             c->err != 0 ? c->errstr : "no reply");
+    if (err != NULL && kind == CPOOL_FAIL_NETWORK)
+        err->labels |= CPOOL_LABEL_RETRYABLE;
+    return rc;
+}
+
 void cpool_redis_mark_dirty(redisContext *c)
 {
     redis_conn *st = conn_state(c);

@@ -24,6 +24,7 @@ static const char *const validation_names[] = {"none", "check", "ping_idle", "al
                                                NULL};
 static const char *const log_level_names[] = {"error", "warn", "info", "debug", NULL};
 static const char *const handoff_names[] = {"fifo", "turns", NULL};
+static const char *const backoff_names[] = {"quick", "steady", "off", NULL};
 
 typedef struct opt_def {
     const char *name; /* snake_case, also the query name */
@@ -90,9 +91,17 @@ static const opt_def defs[] = {
      ">= 0 ms", "longest wait between establishment attempts", 10000},
     {"backoff_jitter", NULL, "CPOOL_BACKOFF_JITTER", T_DOUBLE, OFF(backoff_jitter), 0, 1, NULL,
      "0..1", "each wait is randomised by +- this fraction", 0.2},
+    {"backoff_multiplier", NULL, "CPOOL_BACKOFF_MULTIPLIER", T_DOUBLE, OFF(backoff_multiplier),
+     1, 16, NULL, "1..16", "each wait is the one before times this", 2},
+    {"backoff", NULL, "CPOOL_BACKOFF", T_ENUM, OFF(backoff), 0, 0, backoff_names,
+     "quick|steady|off",
+     "named schedule for the backoff_* options not set otherwise: quick = 200 ms x2 to 10 s, "
+     "steady = 1 s x2 to 60 s (both +-20 %), off = none",
+     CPOOL_BACKOFF_QUICK},
     {"breaker_threshold", NULL, "CPOOL_BREAKER_THRESHOLD", T_U32, OFF(breaker_threshold), 0,
      U32MAX, NULL, ">= 0 (0 = never opens)",
-     "failures in a row after which checkouts needing a connection fail at once", 5},
+     "attempts (failures in a row) after which checkouts needing a connection fail at once "
+     "until a probe succeeds", 5},
     {"keepalive_ms", NULL, "CPOOL_KEEPALIVE_MS", T_MS, OFF(keepalive_ms), 0, MSMAX, NULL,
      ">= 0 ms (0 = off)", "check connections left available this long, in the background", 60000},
     {"probe_interval_ms", NULL, "CPOOL_PROBE_INTERVAL_MS", T_MS, OFF(probe_interval_ms), 0,
@@ -118,6 +127,9 @@ static const opt_def defs[] = {
      "1..1000000", "turns: how many times it may re-take it in one turn", 32},
     {"turn_wait_us", NULL, "CPOOL_TURN_WAIT_US", T_U32, OFF(turn_wait_us), 1, 100000000, NULL,
      "1..100000000 us", "turns: shorter while checkouts wait longer than this", 3000},
+    {"stats_interval_ms", NULL, "CPOOL_STATS_INTERVAL_MS", T_MS, OFF(stats_interval_ms), 0,
+     MSMAX, NULL, ">= 0 ms (0 = since creation)",
+     "derived statistics cover the last complete interval of this length", 10000},
 };
 #define NDEFS (sizeof defs / sizeof defs[0])
 
@@ -509,7 +521,47 @@ static int pick_profile(const cpool_options *code, const char *target, char *buf
     return 0;
 }
 
+/* The named backoff schedules: the values of the backoff_* options each
+ * sets where no layer set them. */
+typedef struct backoff_schedule {
+    double base_ms, max_ms, multiplier, jitter;
+} backoff_schedule;
+static const backoff_schedule schedules[] = {
+    [CPOOL_BACKOFF_QUICK] = {200, 10000, 2, 0.2},
+    [CPOOL_BACKOFF_STEADY] = {1000, 60000, 2, 0.2},
+    [CPOOL_BACKOFF_OFF] = {0, 10000, 2, 0.2},
+};
+
+static void apply_backoff_schedule(resolved *r)
+{
+    const backoff_schedule *b = &schedules[r->eff.backoff];
+    const struct {
+        const char *name;
+        double v;
+    } set[] = {{"backoff_base_ms", b->base_ms},
+               {"backoff_max_ms", b->max_ms},
+               {"backoff_multiplier", b->multiplier},
+               {"backoff_jitter", b->jitter}};
+    for (size_t i = 0; i < sizeof set / sizeof set[0]; i++) {
+        const opt_def *d = find_def(set[i].name);
+        if (r->src[d - defs] != CPOOL_SOURCE_DEFAULT || get_num(&r->eff, d) == set[i].v)
+            continue;
+        set_num(&r->eff, d, set[i].v);
+        r->src[d - defs] = CPOOL_SOURCE_PROFILE;
+    }
+}
+
+static int resolve_layers(const cpool_options *code, resolved *r, cpool_error *err);
+
 static int resolve(const cpool_options *code, resolved *r, cpool_error *err)
+{
+    int rc = resolve_layers(code, r, err);
+    if (rc == 0)
+        apply_backoff_schedule(r);
+    return rc;
+}
+
+static int resolve_layers(const cpool_options *code, resolved *r, cpool_error *err)
 {
     cpool_options def;
     cpool_options_init(&def, sizeof def);

@@ -18,20 +18,23 @@
 
 
 /* The wait before the next establishment after the nth failure in a row:
- * base * 2^(n-1), capped, randomised by +- backoff_jitter. */
+ * base * multiplier^(n-1), capped (backoff_max_ms 0: it does not grow),
+ * randomised by +- backoff_jitter. */
 static int64_t backoff_delay_locked(cpool *p, uint32_t n)
 {
     CPOOL_ASSERT_HELD(p);
     int64_t base = ms_to_ns(p->opts.backoff_base_ms), cap = ms_to_ns(p->opts.backoff_max_ms);
     if (base <= 0)
         return 0;
-    int64_t d = base;
-    for (uint32_t i = 1; i < n && d < cap; i++)
-        d *= 2;
-    if (cap > 0 && d > cap)
-        d = cap;
+    double d = (double)base;
+    for (uint32_t i = 1; i < n && d < (double)cap; i++)
+        d *= p->opts.backoff_multiplier;
+    if (cap > 0 && d > (double)cap)
+        d = (double)cap;
+    if (d > 4e18) /* a base or cap of centuries: jitter must not overflow */
+        d = 4e18;
     double u = cpool__random_unit_locked(p);
-    return d + (int64_t)((double)d * p->opts.backoff_jitter * (2 * u - 1));
+    return (int64_t)(d + d * p->opts.backoff_jitter * (2 * u - 1));
 }
 
 /* "backend unavailable": what a checkout gets while the circuit is open. */

@@ -196,6 +196,7 @@ int cpool_create(const cpool_options *opts, cpool **out, cpool_error *err)
     settle_locked_paths(p);
     cpool__registry_add(p); /* before mu: the registry lock comes first */
     cpool__lock(p);
+    cpool__stats_start_locked(p);
     if (cpool__start_maintenance_locked(p) != 0) {
         cpool__unlock(p);
         cpool__registry_remove(p);

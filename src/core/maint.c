@@ -196,6 +196,7 @@ void cpool__maintain_relock(cpool *p)
 {
     CPOOL_ASSERT_HELD(p);
     atomic_store_explicit(&p->tick_ns, cpool__now(p), memory_order_relaxed);
+    cpool__stats_tick_locked(p);
     for (;;) {
         int64_t now = cpool__now(p);
         cpool_conn *c = p->available.tail;

@@ -160,6 +160,13 @@ struct service {
     uint32_t count; /* connections whose handshake reached this service */
 };
 
+/* The totals the derived figures are computed from, at one moment. */
+typedef struct stats_mark {
+    int64_t at; /* pool clock */
+    uint64_t checkouts, checkouts_ok, reused, validations, validation_failures;
+    cpool_histogram wait, hold;
+} stats_mark;
+
 /* A checkout waiting in the FIFO queue. Lives on the waiting thread's stack.
  * Whoever serves or fails it does so under mu, dequeues it and posts its
  * semaphore exactly once: the wake-up goes to that one thread, and a waiter
@@ -248,6 +255,11 @@ struct cpool {
     uint64_t breaker_opens;
     uint64_t leaks_suspected, leaks_reclaimed;
     uint64_t st_recycles;   /* cpool_recycle() calls */
+    /* cpool_run(): rare, so shared atomics. */
+    _Atomic uint64_t st_retries, st_retries_ok, st_retries_exhausted;
+    /* Derived figures (stats.c): the totals at the start and the end of the
+     * last complete interval; mu. */
+    stats_mark mark_prev, mark_cur;
 
     /* Tenants; mu. `tenants` is set before ready (see cpool_tenant_set). */
     tenant *tenant_list, *tenant_tail;
@@ -285,6 +297,10 @@ int cpool__options_resolve(const cpool_options *code, cpool_options *eff, char *
 
 /* stats.c */
 void cpool__hist_add(hist_cell *h, int64_t ns);
+/* Starts the first interval of the derived figures (at creation). */
+void cpool__stats_start_locked(cpool *p);
+/* Closes the current interval when it is due (the background thread). */
+void cpool__stats_tick_locked(cpool *p);
 void cpool__cell_fold(conn_cell *into, conn_cell *from); /* and zeroes `from` */
 static inline void cpool__bump(_Atomic uint64_t *x)
 {

@@ -320,6 +320,13 @@ static void counters(ctx *c, const cpool_stats *s)
     counter(c, "db_client_connection_leaks_reclaimed_total",
             "Leases held longer than leak_reclaim_ms, interrupted and taken back.",
             s->leaks_reclaimed);
+    counter(c, "db_client_connection_retries_total",
+            "cpool_run attempts after the first (on a retryable error).", s->retries);
+    counter(c, "db_client_connection_retries_succeeded_total",
+            "cpool_run calls that succeeded after a retry.", s->retries_succeeded);
+    counter(c, "db_client_connection_retries_exhausted_total",
+            "cpool_run calls that failed on a retryable error with no retry or time left.",
+            s->retries_exhausted);
     counter(c, "db_client_connection_recycles_total",
             "Pool-wide recycles requested (cpool_recycle).", s->recycles);
 }

@@ -116,8 +116,113 @@ static uint32_t marked_for_recycling(const conn_list *l)
     return n;
 }
 
+/* ------------------------------------------------------------ derived */
+
+static void mark_from(stats_mark *m, const cpool_stats *s, int64_t at)
+{
+    m->at = at;
+    m->checkouts = s->checkouts;
+    m->checkouts_ok = s->checkouts_ok;
+    m->reused = s->checkouts_reused;
+    m->validations = s->validations;
+    m->validation_failures = s->validation_failures;
+    m->wait = s->wait;
+    m->hold = s->hold;
+}
+
+void cpool__stats_start_locked(cpool *p)
+{
+    CPOOL_ASSERT_HELD(p);
+    memset(&p->mark_prev, 0, sizeof p->mark_prev);
+    memset(&p->mark_cur, 0, sizeof p->mark_cur);
+    p->mark_prev.at = p->mark_cur.at = cpool__now(p);
+}
+
+static double ratio(uint64_t part, uint64_t whole)
+{
+    return whole == 0 ? -1.0 : (double)part / (double)whole;
+}
+
+/* `to` minus `from`, bucket by bucket. The maximum cannot be taken apart;
+ * the later one bounds the interpolation of the last bucket. */
+static cpool_histogram hist_since(const cpool_histogram *to, const cpool_histogram *from)
+{
+    cpool_histogram d = *to;
+    d.count -= from->count;
+    d.sum_ns -= from->sum_ns;
+    for (int i = 0; i < CPOOL_HIST_BUCKETS; i++)
+        d.buckets[i] -= from->buckets[i];
+    return d;
+}
+
+static void times_of(const cpool_histogram *h, int64_t *mean, int64_t *p99)
+{
+    *mean = h->count == 0 ? -1 : (int64_t)(h->sum_ns / h->count);
+    *p99 = h->count == 0 ? -1 : cpool_histogram_quantile(h, 0.99);
+}
+
+static void derive(cpool_stats *s, const stats_mark *from, const stats_mark *to)
+{
+    s->interval_ns = to->at - from->at;
+    s->reuse_ratio = ratio(to->reused - from->reused, to->checkouts_ok - from->checkouts_ok);
+    s->validation_failure_ratio = ratio(to->validation_failures - from->validation_failures,
+                                        to->validations - from->validations);
+    s->checkout_success_ratio =
+        ratio(to->checkouts_ok - from->checkouts_ok, to->checkouts - from->checkouts);
+    cpool_histogram w = hist_since(&to->wait, &from->wait);
+    cpool_histogram h = hist_since(&to->hold, &from->hold);
+    times_of(&w, &s->wait_mean_ns, &s->wait_p99_ns);
+    times_of(&h, &s->hold_mean_ns, &s->hold_p99_ns);
+}
+
+/* Closes the current interval when stats_interval_ms has passed: its end
+ * becomes the start of the next. Returns whether one is complete. */
+static bool rotate_locked(cpool *p, const cpool_stats *s, int64_t now)
+{
+    CPOOL_ASSERT_HELD(p);
+    int64_t every = ms_to_ns(p->opts.stats_interval_ms);
+    if (every <= 0)
+        return false;
+    if (now - p->mark_cur.at >= every) {
+        p->mark_prev = p->mark_cur;
+        mark_from(&p->mark_cur, s, now);
+    }
+    return p->mark_cur.at != p->mark_prev.at;
+}
+
+static void totals_locked(cpool *p, cpool_stats *out);
+
+void cpool__stats_tick_locked(cpool *p)
+{
+    CPOOL_ASSERT_HELD(p);
+    int64_t every = ms_to_ns(p->opts.stats_interval_ms);
+    int64_t now = cpool__now(p);
+    if (every <= 0 || now - p->mark_cur.at < every)
+        return;
+    cpool_stats s;
+    totals_locked(p, &s);
+    rotate_locked(p, &s, now);
+}
+
 /* The snapshot cpool_get_stats() returns, taken under mu. */
 void cpool__stats_locked(cpool *p, cpool_stats *out)
+{
+    CPOOL_ASSERT_HELD(p);
+    cpool_stats s;
+    totals_locked(p, &s);
+    int64_t now = cpool__now(p);
+    if (rotate_locked(p, &s, now)) {
+        derive(&s, &p->mark_prev, &p->mark_cur);
+    } else {
+        stats_mark m;
+        mark_from(&m, &s, now);
+        derive(&s, &p->mark_prev, &m); /* since creation */
+    }
+    *out = s;
+}
+
+/* The totals: everything but the derived figures. */
+static void totals_locked(cpool *p, cpool_stats *out)
 {
     CPOOL_ASSERT_HELD(p);
     cpool_stats s;
@@ -156,6 +261,9 @@ void cpool__stats_locked(cpool *p, cpool_stats *out)
     s.leaks_suspected = p->leaks_suspected;
     s.leaks_reclaimed = p->leaks_reclaimed;
     s.recycles = p->st_recycles;
+    s.retries = atomic_load_explicit(&p->st_retries, memory_order_relaxed);
+    s.retries_succeeded = atomic_load_explicit(&p->st_retries_ok, memory_order_relaxed);
+    s.retries_exhausted = atomic_load_explicit(&p->st_retries_exhausted, memory_order_relaxed);
     s.last_connect_error_age_ns = -1;
     if (p->last_fail.code != 0) {
         s.last_connect_error = p->last_fail;

@@ -11,6 +11,8 @@
  */
 #include "test.h"
 
+#include <math.h>
+
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
@@ -360,6 +362,15 @@ static void check_report(json_t *j)
               (long long)jnum(j, "events.ConnectionCheckedOut"));
     ASSERT_EQ((long long)jnum(j, "connections.created"),
               (long long)jnum(j, "events.ConnectionCreated"));
+    /* The library's derived figures agree with its totals over a run that
+     * (at a few seconds) is shorter than one 10 s interval. */
+    ASSERT_TRUE(jnum(j, "pool_stats.derived.interval_s") > 0);
+    double ok = jnum(j, "pool_stats.checkouts_ok"), all = jnum(j, "pool_stats.checkouts");
+    double success = jnum(j, "pool_stats.derived.checkout_success_ratio");
+    if (jnum(j, "elapsed_s") < 9 && all > 0 && fabs(success - ok / all) > 1e-9)
+        FAIL("derived checkout_success_ratio %g, totals say %g", success, ok / all);
+    double reuse = jnum(j, "pool_stats.derived.reuse_ratio");
+    ASSERT_TRUE(reuse == -1 || (reuse >= 0 && reuse <= 1));
 }
 
 /* ------------------------------------------------------------ HTTP */

@@ -1,6 +1,6 @@
-/* test_pg_policy.c -- operator policies against the real server: a soft
- * recycle under load after a server-side change that only new sessions
- * see. */
+/* test_pg_policy.c -- policies against the real server: a soft recycle
+ * under load after a server-side change that only new sessions see, and
+ * cpool_run's retries on the errors the connector labels retryable. */
 #include "pg_test.h"
 
 #include <unistd.h>
@@ -152,6 +152,99 @@ TEST(soft_recycle_under_load_rotates_every_session)
     WAIT_UNTIL(role_sessions(admin, role) == 0, 5000);
     role_drop(admin, role);
     PQfinish(admin);
+}
+
+/* ------------------------------------------------------------ cpool_run */
+
+typedef struct attempt_log {
+    PGconn *admin;
+    const char *first_sql; /* run by the first attempt instead of SELECT 1 */
+    bool kill_first;       /* the first attempt's backend is terminated */
+    int calls;
+    int pids[8];
+    cpool_error errs[8];
+} attempt_log;
+
+static int query_once(cpool_conn *c, void *arg, cpool_error *err)
+{
+    attempt_log *a = arg;
+    PGconn *conn = pg_lease_conn(c);
+    int n = a->calls++;
+    if (n < 8)
+        a->pids[n] = PQbackendPID(conn);
+    if (n == 0 && a->kill_first)
+        pg_terminate(a->admin, PQbackendPID(conn));
+    PGresult *r = PQexec(conn, n == 0 && a->first_sql != NULL ? a->first_sql : "SELECT 1");
+    int rc = 0;
+    if (PQresultStatus(r) != PGRES_TUPLES_OK && PQresultStatus(r) != PGRES_COMMAND_OK)
+        rc = cpool_pg_error(conn, r, err);
+    PQclear(r);
+    if (n < 8 && rc != 0)
+        a->errs[n] = *err;
+    return rc;
+}
+
+static cpool *run_pool(void)
+{
+    cpool_options o;
+    pg_options(&o, pg_uri(), NULL);
+    o.max_pool_size = 2;
+    cpool *p = test_pool_create(&o);
+    test_ready(p);
+    return p;
+}
+
+/* The backend dies under the first attempt: the error is NETWORK and
+ * retryable, the connection is closed, the retry runs on another backend. */
+TEST(run_retries_when_the_backend_dies)
+{
+    cpool *p = run_pool();
+    attempt_log a = {.admin = pg_admin(), .kill_first = true};
+    cpool_run_opts o = {.struct_size = sizeof o, .timeout_ms = 10000, .retries = 2,
+                        .retry_delay_ms = 10};
+    cpool_error e;
+    ASSERT_OK_E(cpool_run(p, &o, query_once, &a, &e), &e);
+    ASSERT_EQ(2, a.calls);
+    ASSERT_NE(a.pids[0], a.pids[1]);
+    ASSERT_EQ(CPOOL_FAIL_NETWORK, a.errs[0].kind);
+    ASSERT_TRUE(a.errs[0].labels & CPOOL_LABEL_RETRYABLE);
+    cpool_stats s = {.struct_size = sizeof s};
+    ASSERT_OK(cpool_get_stats(p, &s));
+    ASSERT_EQ(1, s.retries);
+    ASSERT_EQ(1, s.retries_succeeded);
+    ASSERT_EQ(1, s.closed[CPOOL_CLOSE_ERROR]);
+    cpool_destroy(p);
+    PQfinish(a.admin);
+}
+
+/* serialization_failure is retryable and the server's answer leaves the
+ * session usable: the retry may use the same backend. A syntax error is
+ * not retried. */
+TEST(run_retries_a_serialization_failure_not_a_syntax_error)
+{
+    cpool *p = run_pool();
+    attempt_log a = {
+        .first_sql = "DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '40001'; END $$"};
+    cpool_run_opts o = {.struct_size = sizeof o, .timeout_ms = 10000, .retries = 2};
+    cpool_error e;
+    ASSERT_OK_E(cpool_run(p, &o, query_once, &a, &e), &e);
+    ASSERT_EQ(2, a.calls);
+    ASSERT_EQ(a.pids[0], a.pids[1]);
+    ASSERT_EQ(CPOOL_FAIL_SERVER, a.errs[0].kind);
+    ASSERT_EQ(cpool_pg_sqlstate_code("40001"), a.errs[0].native);
+    ASSERT_TRUE(a.errs[0].labels & CPOOL_LABEL_RETRYABLE);
+
+    attempt_log b = {.first_sql = "SELEC 1"};
+    ASSERT_RC(CPOOL_EIO, cpool_run(p, &o, query_once, &b, &e));
+    ASSERT_EQ(1, b.calls);
+    ASSERT_EQ(cpool_pg_sqlstate_code("42601"), e.native);
+    ASSERT_EQ(0, e.labels & CPOOL_LABEL_RETRYABLE);
+    ASSERT_STR_CONTAINS(e.message, "syntax error");
+    cpool_stats s = {.struct_size = sizeof s};
+    ASSERT_OK(cpool_get_stats(p, &s));
+    ASSERT_EQ(1, s.retries);
+    ASSERT_EQ(0, s.closed[CPOOL_CLOSE_ERROR]);
+    cpool_destroy(p);
 }
 
 TEST_MAIN()

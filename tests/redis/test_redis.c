@@ -477,6 +477,72 @@ TEST(check_detects_client_kill)
     redisFree(sc);
 }
 
+/* cpool_redis_error: a killed connection is NETWORK and retryable, and
+ * cpool_run retries it on a new connection; an error reply is SERVER and
+ * retryable only when the server says to try again. */
+typedef struct redis_attempts {
+    redisContext *side;
+    int calls;
+    uint64_t ids[4];
+    cpool_error first;
+} redis_attempts;
+
+static int ping_after_kill(cpool_conn *c, void *arg, cpool_error *err)
+{
+    redis_attempts *a = arg;
+    redisContext *rc = cpool_redis_context(c);
+    int n = a->calls++;
+    if (n < 4)
+        a->ids[n] = cpool_conn_id(c);
+    if (n == 0) {
+        rt_kill_client(a->side, rt_client_id(rc));
+        test_sleep_ms(50); /* the FIN crosses loopback */
+    }
+    redisReply *r = cpool_redis_command(rc, "PING");
+    int rcode = cpool_redis_error(rc, r, err);
+    if (r != NULL)
+        freeReplyObject(r);
+    if (n == 0)
+        a->first = *err;
+    return rcode;
+}
+
+TEST(run_retries_a_killed_connection)
+{
+    cpool *p = pool_for(base_uri(), NULL);
+    redis_attempts a = {.side = side()};
+    cpool_run_opts o = {.struct_size = sizeof o, .timeout_ms = 10000, .retries = 1};
+    cpool_error e;
+    ASSERT_OK_E(cpool_run(p, &o, ping_after_kill, &a, &e), &e);
+    ASSERT_EQ(2, a.calls);
+    ASSERT_NE(a.ids[0], a.ids[1]);
+    ASSERT_EQ(CPOOL_FAIL_NETWORK, a.first.kind);
+    ASSERT_TRUE(a.first.labels & CPOOL_LABEL_RETRYABLE);
+
+    /* Error replies, as the server words them. */
+    redisReply loading = {.type = REDIS_REPLY_ERROR,
+                          .str = "LOADING Redis is loading the dataset in memory"};
+    redisReply wrong = {.type = REDIS_REPLY_ERROR,
+                        .str = "WRONGTYPE Operation against a key holding the wrong kind"};
+    redisReply ok = {.type = REDIS_REPLY_STATUS, .str = "OK"};
+    ASSERT_RC(CPOOL_EIO, cpool_redis_error(NULL, &loading, &e));
+    ASSERT_EQ(CPOOL_FAIL_SERVER, e.kind);
+    ASSERT_TRUE(e.labels & CPOOL_LABEL_RETRYABLE);
+    ASSERT_RC(CPOOL_EIO, cpool_redis_error(NULL, &wrong, &e));
+    ASSERT_EQ(0, e.labels);
+    ASSERT_STR_CONTAINS(e.message, "WRONGTYPE");
+    ASSERT_OK(cpool_redis_error(NULL, &ok, &e));
+    /* A real error reply from the server. */
+    cpool_conn *c = test_checkout(p);
+    redisReply *r = cpool_redis_command(cpool_redis_context(c), "NOSUCHCOMMAND");
+    ASSERT_RC(CPOOL_EIO, cpool_redis_error(cpool_redis_context(c), r, &e));
+    ASSERT_STR_CONTAINS(e.message, "unknown command");
+    freeReplyObject(r);
+    test_checkin(p, c, 0);
+    cpool_destroy(p);
+    redisFree(a.side);
+}
+
 TEST(ping_round_trip)
 {
     char target[512], name[64];

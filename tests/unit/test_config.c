@@ -203,6 +203,55 @@ TEST(env_overrides_code_url_overrides_env)
     ASSERT_STR_EQ("url", cpool_option_source_name(CPOOL_SOURCE_URL));
 }
 
+/* A named backoff schedule fills the backoff_* options no layer set; any
+ * layer's own value wins over it. */
+TEST(backoff_schedule_fills_what_is_not_set)
+{
+    cpool_options o, eff;
+    cpool_options_init(&o, sizeof o);
+    o.ignore_env = true;
+    o.target = "mem://db?backoff=steady";
+    char t[256];
+    resolve(&o, &eff, t, sizeof t);
+    ASSERT_EQ(CPOOL_BACKOFF_STEADY, eff.backoff);
+    ASSERT_EQ(1000, eff.backoff_base_ms);
+    ASSERT_EQ(60000, eff.backoff_max_ms);
+    ASSERT_TRUE(eff.backoff_multiplier == 2 && eff.backoff_jitter == 0.2);
+    ASSERT_STR_EQ("mem://db", t);
+
+    o.backoff_max_ms = 30000; /* code */
+    o.target = "mem://db?backoff=steady&backoff_multiplier=3";
+    cpool_option_info info[64];
+    size_t n = 0;
+    cpool_error e;
+    ASSERT_OK_E(cpool_options_explain(&o, info, 64, &n, &eff, t, sizeof t, &e), &e);
+    ASSERT_EQ(1000, eff.backoff_base_ms);
+    ASSERT_EQ(30000, eff.backoff_max_ms);
+    ASSERT_TRUE(eff.backoff_multiplier == 3);
+    ASSERT_EQ(CPOOL_SOURCE_PROFILE, info_of(info, n, "backoff_base_ms")->source);
+    ASSERT_EQ(CPOOL_SOURCE_CODE, info_of(info, n, "backoff_max_ms")->source);
+    ASSERT_EQ(CPOOL_SOURCE_URL, info_of(info, n, "backoff_multiplier")->source);
+    ASSERT_EQ(CPOOL_SOURCE_URL, info_of(info, n, "backoff")->source);
+    ASSERT_STR_EQ("steady", info_of(info, n, "backoff")->value);
+
+    o.backoff_max_ms = 10000;
+    o.target = "mem://db";
+    o.backoff = CPOOL_BACKOFF_OFF; /* code */
+    resolve(&o, &eff, t, sizeof t);
+    ASSERT_EQ(0, eff.backoff_base_ms);
+
+    o.backoff = CPOOL_BACKOFF_QUICK;
+    o.target = "mem://db?backoff_multiplier=0.5";
+    ASSERT_RC(CPOOL_EINVAL, cpool_options_explain(&o, NULL, 0, NULL, NULL, NULL, 0, &e));
+    ASSERT_STR_CONTAINS(e.message, "backoff_multiplier");
+    o.target = "mem://db?backoff=sometimes";
+    ASSERT_RC(CPOOL_EINVAL, cpool_options_explain(&o, NULL, 0, NULL, NULL, NULL, 0, &e));
+    ASSERT_STR_CONTAINS(e.message, "quick|steady|off");
+    o.target = NULL;
+    o.backoff = (cpool_backoff_profile)7;
+    ASSERT_RC(CPOOL_EINVAL, cpool_options_explain(&o, NULL, 0, NULL, NULL, NULL, 0, &e));
+}
+
 TEST(ignore_env_skips_environment)
 {
     cpool_options o, eff;
@@ -815,6 +864,19 @@ TEST(param_table_parsing)
  * CMAP name, environment variable, default, what is allowed and what it
  * means, in the rows' order. On a mismatch the expected row is printed,
  * ready to paste. */
+/* A table cell's text: '|' escaped so it does not end the cell. */
+static const char *cell(const char *text, char *buf, size_t size)
+{
+    size_t o = 0;
+    for (; *text != '\0' && o + 2 < size; text++) {
+        if (*text == '|')
+            buf[o++] = '\\';
+        buf[o++] = *text;
+    }
+    buf[o] = '\0';
+    return buf;
+}
+
 TEST(options_doc_table_matches_rows)
 {
     cpool_options o;
@@ -841,13 +903,14 @@ TEST(options_doc_table_matches_rows)
             continue;
         if (line[0] != '|')
             break;
-        char want[1024];
+        char want[1024], allowed[256], help[512];
         if (row < n)
             snprintf(want, sizeof want, "| `%s` | %s%s%s | `%s` | %s | %s | %s |",
                      info[row].name, info[row].cmap_name != NULL ? "`" : "",
                      info[row].cmap_name != NULL ? info[row].cmap_name : "—",
                      info[row].cmap_name != NULL ? "`" : "", info[row].env_name,
-                     info[row].default_value, info[row].allowed, info[row].help);
+                     info[row].default_value, cell(info[row].allowed, allowed, sizeof allowed),
+                     cell(info[row].help, help, sizeof help));
         if (row >= n || strcmp(line, want) != 0)
             FAIL("docs/configuration.md, options table row %zu:\n  is   %s\n  want %s", row + 1,
                  line, row < n ? want : "(no such option)");

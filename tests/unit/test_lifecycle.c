@@ -301,6 +301,129 @@ TEST(stats_fast_path_counted)
     cpool_mem_destroy(mem);
 }
 
+/* Derived figures: ratios and times over the last complete interval, the
+ * window moving only when an interval has passed. */
+static cpool_stats snapshot(cpool *p)
+{
+    cpool_stats s = {.struct_size = sizeof s};
+    ASSERT_OK(cpool_get_stats(p, &s));
+    return s;
+}
+
+/* One lease held for hold_ms on the fake clock; flags at check-in. */
+static void lease_for(test_fixture *f, int64_t hold_ms, unsigned flags)
+{
+    cpool_conn *c = test_checkout(f->pool);
+    test_clock_advance_ms(&f->clk, f->pool, hold_ms);
+    test_checkin(f->pool, c, flags);
+}
+
+TEST(derived_figures_cover_the_last_interval)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.clock = &f.clk.clock;
+    f.opts.max_pool_size = 1;
+    f.opts.maintenance_interval_ms = -1;
+    f.opts.stats_interval_ms = 1000;
+    test_fixture_start(&f);
+
+    cpool_stats s = snapshot(f.pool);
+    ASSERT_EQ(0, s.interval_ns); /* nothing yet, and no time passed */
+    ASSERT_TRUE(s.reuse_ratio == -1 && s.checkout_success_ratio == -1 &&
+                s.validation_failure_ratio == -1);
+    ASSERT_EQ(-1, s.wait_mean_ns);
+    ASSERT_EQ(-1, s.hold_p99_ns);
+
+    /* First interval: one fresh and three reused leases of 10, 10, 10 and
+     * 50 ms, and one checkout that fails. */
+    lease_for(&f, 10, 0);
+    lease_for(&f, 10, 0);
+    lease_for(&f, 10, 0);
+    cpool_conn *c = test_checkout(f.pool);
+    cpool_conn *none = NULL;
+    ASSERT_RC(CPOOL_ETIMEDOUT, cpool_checkout(f.pool, 0, &none, NULL));
+    test_clock_advance_ms(&f.clk, f.pool, 50);
+    test_checkin(f.pool, c, 0);
+    s = snapshot(f.pool); /* not complete: since creation */
+    ASSERT_EQ(80000000, s.interval_ns);
+    ASSERT_TRUE(s.reuse_ratio == 0.75);
+    ASSERT_TRUE(s.checkout_success_ratio == 0.8);
+    ASSERT_TRUE(s.validation_failure_ratio == 0.0); /* 3 validations, none failed */
+    ASSERT_EQ(20000000, s.hold_mean_ns);
+    ASSERT_LE(s.hold_p99_ns, 50000000);
+    ASSERT_GT(s.hold_p99_ns, 35000000); /* the 50 ms lease's bucket */
+    ASSERT_EQ(0, s.wait_mean_ns);
+
+    test_clock_advance_ms(&f.clk, f.pool, 920); /* the interval ends at 1 s */
+    s = snapshot(f.pool);
+    ASSERT_EQ(1000000000, s.interval_ns);
+    ASSERT_TRUE(s.reuse_ratio == 0.75);
+    ASSERT_EQ(20000000, s.hold_mean_ns);
+
+    /* Second interval: the connection dies while available, so validation
+     * fails once and the checkout is served by a new one; then two reused
+     * leases of 4 ms. Until it completes, the first one is reported. */
+    cpool_conn *d = test_checkout(f.pool);
+    void *native = cpool_conn_native(d);
+    test_checkin(f.pool, d, 0);
+    cpool_mem_conn_break(native);
+    lease_for(&f, 4, 0);
+    lease_for(&f, 4, 0);
+    s = snapshot(f.pool);
+    ASSERT_TRUE(s.reuse_ratio == 0.75);
+    test_clock_advance_ms(&f.clk, f.pool, 1000);
+    s = snapshot(f.pool); /* closed by this reader: [1000, 2008 ms] */
+    ASSERT_EQ(1008000000, s.interval_ns);
+    /* d (reused), a fresh one after the failed validation, one reused. */
+    ASSERT_TRUE(s.reuse_ratio == 2.0 / 3.0);
+    ASSERT_TRUE(s.checkout_success_ratio == 1.0);
+    /* d's and the last one's passed; the one between failed. */
+    ASSERT_TRUE(s.validation_failure_ratio == 1.0 / 3.0);
+    ASSERT_EQ(8000000 / 3, s.hold_mean_ns);
+    /* Totals are untouched by the windows. */
+    ASSERT_EQ(7, s.checkouts_ok);
+    test_fixture_free(&f);
+}
+
+/* stats_interval_ms = 0: always since creation; the background thread
+ * closes intervals without anyone reading. */
+TEST(derived_figures_since_creation_and_in_the_background)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.clock = &f.clk.clock;
+    f.opts.maintenance_interval_ms = -1;
+    f.opts.stats_interval_ms = 0;
+    test_fixture_start(&f);
+    lease_for(&f, 10, 0);
+    test_clock_advance_ms(&f.clk, f.pool, 5000);
+    lease_for(&f, 30, 0);
+    cpool_stats s = snapshot(f.pool);
+    ASSERT_EQ(5040000000, s.interval_ns);
+    ASSERT_EQ(20000000, s.hold_mean_ns);
+    ASSERT_TRUE(s.reuse_ratio == 0.5);
+    test_fixture_free(&f);
+
+    test_fixture_init(&f);
+    f.opts.clock = &f.clk.clock;
+    f.opts.maintenance_interval_ms = -1;
+    f.opts.stats_interval_ms = 100;
+    test_fixture_start(&f);
+    lease_for(&f, 10, 0);
+    test_clock_advance_ms(&f.clk, f.pool, 90);
+    ASSERT_OK(cpool_maintain(f.pool, NULL)); /* closes [0, 100 ms] */
+    lease_for(&f, 30, 0);
+    s = snapshot(f.pool); /* at 130 ms: the closed interval, not [0, 130] */
+    ASSERT_EQ(100000000, s.interval_ns);
+    ASSERT_EQ(10000000, s.hold_mean_ns);
+    test_clock_advance_ms(&f.clk, f.pool, 80); /* 210 ms: the reader closes [100, 210] */
+    s = snapshot(f.pool);
+    ASSERT_EQ(110000000, s.interval_ns);
+    ASSERT_EQ(30000000, s.hold_mean_ns);
+    test_fixture_free(&f);
+}
+
 TEST(histogram_buckets_and_quantiles)
 {
     for (int i = 1; i < CPOOL_HIST_BUCKETS; i++)

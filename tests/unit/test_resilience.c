@@ -113,6 +113,64 @@ TEST(backoff_jitter_bounds)
     ASSERT_LT(seen_min, seen_max);
 }
 
+/* backoff_multiplier 3: 100, 300, 900, then capped at 2000. */
+TEST(backoff_multiplier_sets_the_growth)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.clock = &f.clk.clock;
+    f.opts.backoff_base_ms = 100;
+    f.opts.backoff_max_ms = 2000;
+    f.opts.backoff_multiplier = 3;
+    f.opts.backoff_jitter = 0;
+    f.opts.breaker_threshold = 0;
+    test_fixture_start(&f);
+    refuse_all(f.mem);
+    ASSERT_RC(CPOOL_ECONNECT, try_checkout(f.pool, NULL));
+    int64_t steps[] = {100, 300, 900, 2000, 2000};
+    for (int i = 0; i < 5; i++) {
+        test_clock_advance_ms(&f.clk, f.pool, steps[i] - 1);
+        ASSERT_RC(CPOOL_ETIMEDOUT, try_checkout(f.pool, NULL));
+        test_clock_advance_ms(&f.clk, f.pool, 1);
+        ASSERT_RC(CPOOL_ECONNECT, try_checkout(f.pool, NULL));
+        ASSERT_EQ(i + 2, connects(&f));
+    }
+    test_fixture_free(&f);
+}
+
+/* The "steady" schedule: 1, 2, 4 ... 60 s (+-20 %); after
+ * breaker_threshold attempts the backend is reported unavailable until a
+ * probe succeeds. */
+TEST(backoff_steady_schedule_and_max_attempts)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.clock = &f.clk.clock;
+    f.opts.backoff = CPOOL_BACKOFF_STEADY;
+    /* The fixture turns backoff off in code; back to the default value, a
+     * field the schedule fills. Only the jitter is the test's own. */
+    f.opts.backoff_base_ms = 200;
+    f.opts.backoff_jitter = 0.0001;
+    f.opts.breaker_threshold = 8;
+    test_fixture_start(&f);
+    refuse_all(f.mem);
+    ASSERT_RC(CPOOL_ECONNECT, try_checkout(f.pool, NULL));
+    int64_t nominal[] = {1000, 2000, 4000, 8000, 16000, 32000, 60000};
+    for (int i = 0; i < 7; i++) {
+        int64_t lo = nominal[i] - nominal[i] / 1000 - 1;
+        test_clock_advance_ms(&f.clk, f.pool, lo);
+        ASSERT_RC(CPOOL_ETIMEDOUT, try_checkout(f.pool, NULL));
+        test_clock_advance_ms(&f.clk, f.pool, nominal[i] / 500 + 2);
+        ASSERT_RC(CPOOL_ECONNECT, try_checkout(f.pool, NULL));
+        ASSERT_EQ(i + 2, connects(&f));
+    }
+    /* Eight attempts: the circuit is open, checkouts fail at once. */
+    cpool_error e;
+    ASSERT_RC(CPOOL_EUNAVAILABLE, try_checkout(f.pool, &e));
+    ASSERT_STR_CONTAINS(e.message, "8 establishment failures in a row");
+    test_fixture_free(&f);
+}
+
 TEST(backoff_reset_by_success)
 {
     test_fixture f;

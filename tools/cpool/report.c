@@ -19,6 +19,38 @@ static bool is_key_option(const char *name)
     return false;
 }
 
+/* A ratio as a percentage, "-" when there was nothing to divide. */
+static const char *pct(double r, char *buf, size_t size)
+{
+    if (r < 0)
+        snprintf(buf, size, "-");
+    else
+        snprintf(buf, size, "%.1f %%", 100 * r);
+    return buf;
+}
+
+static const char *us(int64_t ns, char *buf, size_t size)
+{
+    if (ns < 0)
+        snprintf(buf, size, "-");
+    else
+        snprintf(buf, size, "%.0f us", (double)ns / 1000);
+    return buf;
+}
+
+/* The library's derived figures: over its last closed interval. */
+static void print_derived(FILE *f, const cpool_stats *s)
+{
+    char a[32], b[32], c[32], d[32], e[32], g[32], h[32];
+    fprintf(f, "derived      over %.1f s: reuse %s, validation failures %s, checkouts ok %s; "
+               "wait mean %s p99 %s; hold mean %s p99 %s\n",
+            (double)s->interval_ns / 1e9, pct(s->reuse_ratio, a, sizeof a),
+            pct(s->validation_failure_ratio, b, sizeof b),
+            pct(s->checkout_success_ratio, c, sizeof c), us(s->wait_mean_ns, d, sizeof d),
+            us(s->wait_p99_ns, e, sizeof e), us(s->hold_mean_ns, g, sizeof g),
+            us(s->hold_p99_ns, h, sizeof h));
+}
+
 void report_event_counts(const bench *b, uint64_t out[CPOOL_EV_COUNT_])
 {
     memset(out, 0, sizeof(uint64_t) * CPOOL_EV_COUNT_);
@@ -178,6 +210,7 @@ void report_text(const bench *b, FILE *f)
             (unsigned long long)s->checkouts, (unsigned long long)s->checkouts_reused,
             (unsigned long long)s->validations, (unsigned long long)s->validation_failures,
             peak_use, peak_wait);
+    print_derived(f, s);
     if (b->warmup_checkouts > 0)
         fprintf(f, "             (the pool's counts include %llu checkout%s before the timed "
                    "run)\n",
@@ -341,6 +374,16 @@ void report_json(const bench *b, FILE *f)
     json_pool_hist(&j, "wait_us", &s->wait);
     json_pool_hist(&j, "hold_us", &s->hold);
     json_pool_hist(&j, "connect_us", &s->connect);
+    json_obj(&j, "derived"); /* the library's, over its last closed interval; -1: none */
+    json_num(&j, "interval_s", (double)s->interval_ns / 1e9);
+    json_num(&j, "reuse_ratio", s->reuse_ratio);
+    json_num(&j, "validation_failure_ratio", s->validation_failure_ratio);
+    json_num(&j, "checkout_success_ratio", s->checkout_success_ratio);
+    json_int(&j, "wait_mean_ns", s->wait_mean_ns);
+    json_int(&j, "wait_p99_ns", s->wait_p99_ns);
+    json_int(&j, "hold_mean_ns", s->hold_mean_ns);
+    json_int(&j, "hold_p99_ns", s->hold_p99_ns);
+    json_end_obj(&j);
     json_end_obj(&j);
 
     uint64_t ev[CPOOL_EV_COUNT_];
