@@ -59,6 +59,9 @@ typedef struct test_event {
     cpool_error error; /* valid when has_error */
     int64_t duration_ns;
     int64_t time_ns;
+    char tenant[64];        /* LEAK_SUSPECTED: the holder's tenant */
+    bool over_tenant_limit;
+    uint32_t connections;   /* POOL_RECYCLED */
 } test_event;
 
 /* Records every event of a pool. Waits use CLOCK_MONOTONIC real time: the
@@ -115,6 +118,10 @@ static inline void test_rec_on_event(const cpool_event *ev, void *ctx)
     }
     e.duration_ns = ev->duration_ns;
     e.time_ns = ev->time_ns;
+    if (ev->tenant != NULL)
+        snprintf(e.tenant, sizeof e.tenant, "%s", ev->tenant);
+    e.over_tenant_limit = ev->over_tenant_limit;
+    e.connections = ev->connections;
 
     pthread_mutex_lock(&r->mu);
     if (r->n == r->cap) {

@@ -79,7 +79,8 @@ CPOOL_API int cpool_version_number(void);
     X(ESYS, -12, "system call failed")                                        \
     X(EUNAVAILABLE, -13, "backend unavailable: establishments keep failing")  \
     X(ESHUTDOWN, -14, "connection pool is shutting down")                     \
-    X(ETENANT, -15, "tenant's connection limit reached")
+    X(ETENANT, -15, "tenant's connection limit reached")                      \
+    X(ERATE, -16, "tenant's checkout rate exceeded")
 
 enum {
     CPOOL_OK = 0,
@@ -269,6 +270,11 @@ typedef struct cpool_event {
     uint64_t holder_thread;       /* the holder's kernel thread id */
     /* 0.2. POOL_RECYCLED: the connections it marked. */
     uint32_t connections;
+    /* 0.2. CONN_LEAK_SUSPECTED: the holder's tenant ("" for checkouts
+     * without one), NULL in pools without tenants; over_tenant_limit: it is
+     * reported for its tenant's max_hold_ms (cpool_tenant_budget). */
+    const char *tenant;
+    bool over_tenant_limit;
 } cpool_event;
 
 /* Event subscriber. Called from whichever thread changed the state, never
@@ -648,6 +654,17 @@ typedef struct cpool_checkout_opts {
 CPOOL_API CPOOL_NODISCARD int cpool_checkout_with(cpool *pool, const cpool_checkout_opts *o,
                                                   cpool_conn **out, cpool_error *err);
 
+/* A latency histogram with log-spaced buckets: bucket i counts values up to
+ * cpool_histogram_bound_ns(i) (1 us * 2^(i/2), rounded), the last one
+ * everything above. Exact count, sum and max. */
+#define CPOOL_HIST_BUCKETS 48
+typedef struct cpool_histogram {
+    uint64_t count;
+    uint64_t sum_ns;
+    uint64_t max_ns;
+    uint64_t buckets[CPOOL_HIST_BUCKETS];
+} cpool_histogram;
+
 /* ------------------------------------------------------------------ tenants
  * Several tenants may share one pool. Each has a cap on the connections it
  * holds at once (0 = none) and may have a guaranteed minimum that the
@@ -662,6 +679,23 @@ CPOOL_API CPOOL_NODISCARD int cpool_checkout_with(cpool *pool, const cpool_check
 CPOOL_API int cpool_tenant_set(cpool *pool, const char *tenant, uint32_t max_in_use,
                                uint32_t min_reserved, cpool_error *err);
 
+/* Budgets beyond the connection cap, per tenant. Fill with
+ * `cpool_tenant_budget b = {.struct_size = sizeof b}` (all off). */
+typedef struct cpool_tenant_budget {
+    size_t struct_size;
+    double rate;          /* checkouts per second, a token bucket: a checkout
+                             finding it empty fails at once with CPOOL_ERATE;
+                             0 = no limit */
+    uint32_t burst;       /* the bucket's size (checkouts at once after a
+                             quiet spell); 0 = one second's worth, at least 1 */
+    int64_t max_hold_ms;  /* a lease held longer is reported
+                             (ConnectionLeakSuspected with the tenant, WARN
+                             log record, holds_exceeded); 0 = none */
+    bool reclaim;         /* ... and taken back: interrupted, its slot
+                             returned, closed when it comes back
+                             ("reclaimed") */
+} cpool_tenant_budget;
+
 typedef struct cpool_tenant_stats {
     uint32_t max_in_use, min_reserved;
     uint32_t in_use;        /* leases held now */
@@ -672,12 +706,38 @@ typedef struct cpool_tenant_stats {
      * whose session was therefore reset in full first (connector discard),
      * and those served with one this tenant used last (no reset needed). */
     uint64_t switched, affine;
+    /* 0.2: checkouts started (leases are checkouts_ok), those that had to
+     * queue, the wait of its leases, refusals of its rate budget
+     * (CPOOL_ERATE; the cap's are limit_timeouts), leases held past its
+     * max_hold_ms and those reclaimed, and the budget in force. */
+    uint64_t checkouts, waits;
+    cpool_histogram wait;
+    uint64_t rate_refusals;
+    uint64_t holds_exceeded, holds_reclaimed;
+    cpool_tenant_budget budget;
 } cpool_tenant_stats;
+
+/* Sets (replaces) tenant's budgets; the tenant must be declared
+ * (cpool_tenant_set). Hold limits are checked by the background thread,
+ * within a maintenance interval. CPOOL_EINVAL for an unknown tenant or a
+ * bad value. */
+/* 0.2 */
+CPOOL_API int cpool_tenant_budget_set(cpool *pool, const char *tenant,
+                                      const cpool_tenant_budget *budget, cpool_error *err);
 
 /* CPOOL_EINVAL for an unknown tenant. */
 /* 0.2 */
 CPOOL_API int cpool_get_tenant_stats(cpool *pool, const char *tenant,
                                      cpool_tenant_stats *out);
+
+/* The tenants' statistics in the Prometheus text format, as
+ * cpool_stats_prometheus() writes the pool's: every db_client_connection_
+ * tenant_* family once, one series per tenant (label tenant="name"; the
+ * unnamed tenant of checkouts without one is tenant=""). Nothing for a pool
+ * without tenants. Returns the length it needed, like snprintf. */
+/* 0.2 */
+CPOOL_API size_t cpool_tenants_prometheus(cpool *pool, const char *pool_name,
+                                          const char *extra_labels, char *buf, size_t size);
 /* The name of the i-th tenant (0-based) in declaration order, NULL past the
  * end; borrowed until cpool_destroy(). */
 /* 0.2 */
@@ -806,16 +866,6 @@ CPOOL_API void cpool_get_counts(cpool *pool, cpool_counts *out);
 
 /* ------------------------------------------------------------------ stats */
 
-/* A latency histogram with log-spaced buckets: bucket i counts values up to
- * cpool_histogram_bound_ns(i) (1 us * 2^(i/2), rounded), the last one
- * everything above. Exact count, sum and max. */
-#define CPOOL_HIST_BUCKETS 48
-typedef struct cpool_histogram {
-    uint64_t count;
-    uint64_t sum_ns;
-    uint64_t max_ns;
-    uint64_t buckets[CPOOL_HIST_BUCKETS];
-} cpool_histogram;
 
 /* Upper bound of bucket i in ns; INT64_MAX for the last bucket. */
 /* 0.2 */

@@ -237,6 +237,27 @@ static int checkout_start(checkout *co, const char *tenant_name, cpool_error *er
     return 0;
 }
 
+/* A tenant over its rate budget is refused at once: waiting would only
+ * move its excess onto everyone's queue. */
+static bool rate_step_locked(checkout *co)
+{
+    cpool *p = co->p;
+    tenant *tn = co->tn;
+    CPOOL_ASSERT_HELD(p);
+    tn->checkouts++;
+    if (cpool__tenant_take_token_locked(p, tn))
+        return true;
+    cpool__err(&co->ce, CPOOL_ERATE,
+               "checkout from %s refused: tenant \"%s\" is over its rate of %g checkouts/s "
+               "(burst %u)",
+               p->address, tn->name, tn->budget.rate,
+               tn->budget.burst > 0 ? tn->budget.burst
+                                    : (unsigned)(tn->budget.rate >= 1 ? tn->budget.rate : 1));
+    co->cause = &co->ce;
+    co->rc = CPOOL_ERATE;
+    return false;
+}
+
 /* A pool that is not ready serves nobody. */
 static int ready_step_locked(checkout *co)
 {
@@ -318,8 +339,10 @@ static int queue_relock(checkout *co)
     w->establish = false;
     w->queued = true;
     w->tenant = co->tn;
-    if (co->tn != NULL)
+    if (co->tn != NULL) {
         co->tn->waiting++;
+        co->tn->waits++;
+    }
     atomic_store_explicit(&w->done, 0, memory_order_relaxed);
     w->next = NULL;
     w->prev = p->wq_tail;
@@ -511,6 +534,7 @@ static int checkout_done_unlock(checkout *co, const char *label, cpool_conn **ou
     if (c->tenant != NULL) {
         c->tenant->checkouts_ok++;
         c->last_tenant = c->tenant;
+        cpool__histogram_add(&c->tenant->wait, cpool__now(p) - co->t.start);
     }
     if (p->observed) {
         cpool_event ev;
@@ -580,6 +604,8 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
     int rc = checkout_start(&co, tenant_name, err);
     if (rc != 0)
         return rc;
+    if (co.tn != NULL && !rate_step_locked(&co))
+        return checkout_fail_unlock(&co, err);
     for (;;) {
         co.c = NULL;
         co.establish = co.handed = false;

@@ -228,6 +228,7 @@ cpool_conn *cpool__conn_new_locked(cpool *p)
      * window before this one's lease_begin (a leak scan would see them). */
     atomic_store_explicit(&c->leased_ns, 0, memory_order_relaxed);
     c->leak_lease = 0;
+    c->hold_lease = 0;
     c->probe = p->fail_streak > 0;
     if (c->probe)
         p->probing = true;

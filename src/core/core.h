@@ -68,6 +68,9 @@ void cpool__unassign_locked(cpool_conn *c);
 int cpool__unfit_reason_locked(const cpool *p, const cpool_conn *c, bool broken);
 cpool_conn *cpool__affine_available_locked(const cpool *p, const tenant *t);
 tenant *cpool__find_tenant_locked(const cpool *p, const char *name);
+/* A checkout of t may start: takes a token of its rate budget, or returns
+ * false (CPOOL_ERATE, counted). */
+bool cpool__tenant_take_token_locked(cpool *p, tenant *t);
 bool cpool__tenant_allows_locked(const cpool *p, const tenant *t);
 int cpool__tenant_switch_relock(cpool *p, cpool_conn *c, tenant *t, int64_t deadline,
                                 cpool_error *ce);

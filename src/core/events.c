@@ -247,6 +247,10 @@ static void log_event(cpool *p, const cpool_event *ev)
         add_int(&b, "holderThread", (int64_t)ev->holder_thread);
         if (ev->holder_label != NULL && ev->holder_label[0] != '\0')
             add_str(&b, "holderLabel", ev->holder_label);
+        if (ev->tenant != NULL)
+            add_str(&b, "tenant", ev->tenant);
+        if (ev->over_tenant_limit)
+            add_str(&b, "limit", "tenant max_hold_ms");
         break;
     case CPOOL_EV_POOL_RECYCLED:
         add_int(&b, "connections", ev->connections);

@@ -63,12 +63,33 @@ static bool reclaim_relock(cpool *p, cpool_conn *c, int64_t held)
     return true;
 }
 
-/* Reports leases held past leak_threshold_ms (once per lease) and takes
- * back those held past leak_reclaim_ms. May release mu; the scan starts
- * over after each report. */
+/* Reports leases held past leak_threshold_ms, or past their tenant's
+ * max_hold_ms (once per lease each), and takes back those held past
+ * leak_reclaim_ms or, when the tenant's budget says so, past its
+ * max_hold_ms. May release mu; the scan starts over after each report. */
+static void report_hold_relock(cpool *p, cpool_conn *c, int64_t held, bool tenant_limit)
+{
+    CPOOL_ASSERT_HELD(p);
+    cpool_event ev;
+    cpool__event_init(p, &ev, CPOOL_EV_CONN_LEAK_SUSPECTED);
+    ev.connection_id = c->id;
+    ev.duration_ns = held;
+    char label[sizeof c->label], tname[sizeof c->tenant->name];
+    memcpy(label, c->label, sizeof label);
+    ev.holder_label = label;
+    ev.holder_thread = c->holder_tid;
+    if (c->tenant != NULL) {
+        memcpy(tname, c->tenant->name, sizeof tname);
+        ev.tenant = tname;
+    }
+    ev.over_tenant_limit = tenant_limit;
+    cpool__emit_relock(p, &ev);
+}
+
 static void scan_leaks_relock(cpool *p)
 {
     CPOOL_ASSERT_HELD(p);
+    bool pool_limits = p->opts.leak_threshold_ms > 0 || p->opts.leak_reclaim_ms > 0;
     int64_t threshold = ms_to_ns(p->opts.leak_threshold_ms);
     int64_t reclaim = ms_to_ns(p->opts.leak_reclaim_ms);
     for (bool again = true; again;) {
@@ -79,29 +100,33 @@ static void scan_leaks_relock(cpool *p)
             if (since == 0 || atomic_load(&c->leased) != LEASE_HELD)
                 continue;
             int64_t held = now - since;
-            if (c->leak_lease == since) {
-                /* Reported already; reclaim when it is time. */
-                if (reclaim > 0 && held >= reclaim && reclaim_relock(p, c, held)) {
+            tenant *t = c->tenant;
+            bool over_tenant = t != NULL && t->max_hold_ns > 0 && held >= t->max_hold_ns;
+            bool tenant_reclaims = over_tenant && c->hold_lease == since && t->budget.reclaim;
+            bool pool_reclaims = c->leak_lease == since && reclaim > 0 && held >= reclaim;
+            if (tenant_reclaims || pool_reclaims) {
+                if (reclaim_relock(p, c, held)) {
+                    if (tenant_reclaims)
+                        t->holds_reclaimed++;
                     again = true;
                     break;
                 }
                 continue;
             }
-            if (held < threshold)
-                continue;
-            c->leak_lease = since;
-            p->leaks_suspected++;
-            cpool_event ev;
-            cpool__event_init(p, &ev, CPOOL_EV_CONN_LEAK_SUSPECTED);
-            ev.connection_id = c->id;
-            ev.duration_ns = held;
-            char label[sizeof c->label];
-            memcpy(label, c->label, sizeof label);
-            ev.holder_label = label;
-            ev.holder_thread = c->holder_tid;
-            cpool__emit_relock(p, &ev);
-            again = true;
-            break;
+            if (over_tenant && c->hold_lease != since) {
+                c->hold_lease = since;
+                t->holds_exceeded++;
+                report_hold_relock(p, c, held, true);
+                again = true;
+                break;
+            }
+            if (pool_limits && held >= threshold && c->leak_lease != since) {
+                c->leak_lease = since;
+                p->leaks_suspected++;
+                report_hold_relock(p, c, held, false);
+                again = true;
+                break;
+            }
         }
     }
 }
@@ -216,7 +241,7 @@ void cpool__maintain_relock(cpool *p)
         cpool__close_conn_relock(p, c, reason, NULL);
     }
     cpool__interrupt_marked_relock(p);
-    if (p->opts.leak_threshold_ms > 0 || p->opts.leak_reclaim_ms > 0)
+    if (p->opts.leak_threshold_ms > 0 || p->opts.leak_reclaim_ms > 0 || p->tenant_holds)
         scan_leaks_relock(p);
     keepalive_relock(p);
     cpool__grant_capacity_relock(p); /* a backoff step may have ended */

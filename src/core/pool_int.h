@@ -72,6 +72,12 @@ typedef struct tenant {
     uint32_t waiting;
     uint64_t checkouts_ok, limit_timeouts;
     uint64_t switched, affine; /* see cpool_tenant_stats */
+    uint64_t checkouts, waits, rate_refusals, holds_exceeded, holds_reclaimed;
+    cpool_histogram wait;
+    cpool_tenant_budget budget;
+    double tokens;      /* the rate's bucket */
+    int64_t refill_at;  /* pool clock of the last refill */
+    int64_t max_hold_ns; /* budget.max_hold_ms in ns; 0 = none */
 } tenant;
 
 /* Statistics cells. A connection's cell is written only by whoever owns the
@@ -140,6 +146,7 @@ struct cpool_conn {
     uint64_t holder_tid;      /* kernel thread id of the holder */
     char label[64];           /* the checkout's label */
     int64_t leak_lease;       /* leased_ns of the lease last reported; mu */
+    int64_t hold_lease;       /* ... reported for its tenant's max_hold_ms; mu */
     tenant *tenant;           /* whose checkout holds it (or establishes it); mu */
     tenant *last_tenant;      /* whose lease used it last; NULL = none since it
                                  was established or discarded; mu */
@@ -264,6 +271,7 @@ struct cpool {
     /* Tenants; mu. `tenants` is set before ready (see cpool_tenant_set). */
     tenant *tenant_list, *tenant_tail;
     bool tenants;
+    bool tenant_holds;      /* some tenant has a max_hold_ms */
 
     /* Graceful shutdown; mu. */
     bool draining;
@@ -297,6 +305,7 @@ int cpool__options_resolve(const cpool_options *code, cpool_options *eff, char *
 
 /* stats.c */
 void cpool__hist_add(hist_cell *h, int64_t ns);
+void cpool__histogram_add(cpool_histogram *h, int64_t ns); /* not atomic: under mu */
 /* Starts the first interval of the derived figures (at creation). */
 void cpool__stats_start_locked(cpool *p);
 /* Closes the current interval when it is due (the background thread). */
@@ -307,6 +316,14 @@ static inline void cpool__bump(_Atomic uint64_t *x)
     atomic_store_explicit(x, atomic_load_explicit(x, memory_order_relaxed) + 1,
                           memory_order_relaxed);
 }
+
+/* tenants.c: a copy of every tenant's statistics, in declaration order
+ * (the unnamed one first); *out is malloc'd (NULL with 0 tenants). */
+typedef struct tenant_row {
+    char name[64];
+    cpool_tenant_stats st;
+} tenant_row;
+size_t cpool__tenant_rows(cpool *p, tenant_row **out);
 
 /* lifecycle.c: range and consistency checks of resolved options (not the
  * connector). */

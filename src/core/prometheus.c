@@ -20,11 +20,13 @@
  * (it sums every finer bucket below it), only the resolution halves.
  */
 #include "cpool/cpool.h"
+#include "pool_int.h"
 
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* An output that counts what it would have written, like snprintf: the
@@ -203,9 +205,8 @@ static void counter(ctx *c, const char *name, const char *help, uint64_t v)
     sample_u64(c, name, NULL, NULL, v);
 }
 
-static void histogram(ctx *c, const char *name, const char *help, const cpool_histogram *h)
+static void histogram_samples(ctx *c, const char *name, const cpool_histogram *h)
 {
-    family(c, name, "histogram", help);
     uint64_t cum = 0;
     for (int i = 0; i < CPOOL_HIST_BUCKETS - 1; i++) {
         cum += h->buckets[i];
@@ -227,6 +228,12 @@ static void histogram(ctx *c, const char *name, const char *help, const cpool_hi
     put(c->o, "\n");
     sample_head(c, name, "_count", NULL, NULL);
     putf(c->o, "%" PRIu64 "\n", h->count);
+}
+
+static void histogram(ctx *c, const char *name, const char *help, const cpool_histogram *h)
+{
+    family(c, name, "histogram", help);
+    histogram_samples(c, name, h);
 }
 
 /* Gauges: the pool as it is now. */
@@ -360,6 +367,135 @@ size_t cpool_stats_prometheus(const cpool_stats *s, const char *pool_name,
     gauges(&c, s);
     counters(&c, s);
     histograms(&c, s);
+    if (o.size > 0)
+        buf[o.len < o.size ? o.len : o.size - 1] = '\0';
+    return o.len;
+}
+
+/* ------------------------------------------------------------ tenants */
+
+/* One family, one series per tenant: the tenant label goes first among the
+ * extra labels of each series. */
+typedef uint64_t (*tenant_value)(const cpool_tenant_stats *t);
+
+typedef struct tenant_ctx {
+    ctx base;
+    const tenant_row *rows;
+    size_t n;
+    char *labels; /* per row: tenant="..."[,extra]; room for the longest */
+    size_t label_size;
+} tenant_ctx;
+
+static ctx row_ctx(const tenant_ctx *tc, size_t i)
+{
+    ctx c = tc->base;
+    c.extra = tc->labels + i * tc->label_size;
+    return c;
+}
+
+static void tenant_family(tenant_ctx *tc, const char *name, const char *type, const char *help,
+                          tenant_value value, const char *key, const char *val)
+{
+    family(&tc->base, name, type, help);
+    for (size_t i = 0; i < tc->n; i++) {
+        ctx c = row_ctx(tc, i);
+        sample_u64(&c, name, key, val, value(&tc->rows[i].st));
+    }
+}
+
+static uint64_t t_in_use(const cpool_tenant_stats *t) { return t->in_use; }
+static uint64_t t_waiting(const cpool_tenant_stats *t) { return t->waiting; }
+static uint64_t t_max(const cpool_tenant_stats *t) { return t->max_in_use; }
+static uint64_t t_checkouts(const cpool_tenant_stats *t) { return t->checkouts; }
+static uint64_t t_leases(const cpool_tenant_stats *t) { return t->checkouts_ok; }
+static uint64_t t_waits(const cpool_tenant_stats *t) { return t->waits; }
+static uint64_t t_cap(const cpool_tenant_stats *t) { return t->limit_timeouts; }
+static uint64_t t_rate(const cpool_tenant_stats *t) { return t->rate_refusals; }
+static uint64_t t_exceeded(const cpool_tenant_stats *t) { return t->holds_exceeded; }
+static uint64_t t_reclaimed(const cpool_tenant_stats *t) { return t->holds_reclaimed; }
+static uint64_t t_switched(const cpool_tenant_stats *t) { return t->switched; }
+
+static void tenants_text(tenant_ctx *tc)
+{
+    tenant_family(tc, "db_client_connection_tenant_used", "gauge",
+                  "Connections a tenant holds now.", t_in_use, NULL, NULL);
+    tenant_family(tc, "db_client_connection_tenant_pending_requests", "gauge",
+                  "A tenant's checkouts waiting in the queue.", t_waiting, NULL, NULL);
+    tenant_family(tc, "db_client_connection_tenant_max", "gauge",
+                  "A tenant's connection cap; 0 = none.", t_max, NULL, NULL);
+    tenant_family(tc, "db_client_connection_tenant_checkouts_total", "counter",
+                  "A tenant's checkouts started.", t_checkouts, NULL, NULL);
+    tenant_family(tc, "db_client_connection_tenant_leases_total", "counter",
+                  "A tenant's checkouts that got a connection.", t_leases, NULL, NULL);
+    tenant_family(tc, "db_client_connection_tenant_waits_total", "counter",
+                  "A tenant's checkouts that had to queue.", t_waits, NULL, NULL);
+    family(&tc->base, "db_client_connection_tenant_refusals_total", "counter",
+           "A tenant's checkouts refused by its budgets: reason=\"cap\" timed out at its "
+           "connection cap (CPOOL_ETENANT), \"rate\" over its rate (CPOOL_ERATE).");
+    for (size_t i = 0; i < tc->n; i++) {
+        ctx c = row_ctx(tc, i);
+        sample_u64(&c, "db_client_connection_tenant_refusals_total", "reason", "cap",
+                   t_cap(&tc->rows[i].st));
+        sample_u64(&c, "db_client_connection_tenant_refusals_total", "reason", "rate",
+                   t_rate(&tc->rows[i].st));
+    }
+    tenant_family(tc, "db_client_connection_tenant_holds_exceeded_total", "counter",
+                  "A tenant's leases held past its max_hold_ms.", t_exceeded, NULL, NULL);
+    tenant_family(tc, "db_client_connection_tenant_holds_reclaimed_total", "counter",
+                  "... and taken back.", t_reclaimed, NULL, NULL);
+    tenant_family(tc, "db_client_connection_tenant_switched_total", "counter",
+                  "Leases served with a connection another tenant used last (session reset "
+                  "in full first).",
+                  t_switched, NULL, NULL);
+    family(&tc->base, "db_client_connection_tenant_wait_time_seconds", "histogram",
+           "Time a tenant's checkout took, from its start to the lease.");
+    for (size_t i = 0; i < tc->n; i++) {
+        ctx c = row_ctx(tc, i);
+        histogram_samples(&c, "db_client_connection_tenant_wait_time_seconds",
+                          &tc->rows[i].st.wait);
+    }
+}
+
+size_t cpool_tenants_prometheus(cpool *pool, const char *pool_name, const char *extra_labels,
+                                char *buf, size_t size)
+{
+    out o = {buf, buf != NULL ? size : 0, 0};
+    if (o.size > 0)
+        buf[0] = '\0';
+    if (pool == NULL)
+        return 0;
+    tenant_ctx tc = {.base = {&o, pool_name, extra_labels}};
+    if (extra_labels != NULL && !labels_valid(extra_labels)) {
+        put(&o, "# cpool: extra_labels left out: expected name=\"value\" pairs separated "
+                "by commas\n");
+        tc.base.extra = NULL;
+    }
+    tenant_row *rows = NULL;
+    tc.n = cpool__tenant_rows(pool, &rows);
+    tc.rows = rows;
+    /* tenant="<name escaped: at most 2 bytes per byte>"[,extra] */
+    size_t extra_len = tc.base.extra != NULL ? strlen(tc.base.extra) : 0;
+    tc.label_size = sizeof "tenant=\"\"," + 2 * sizeof rows->name + extra_len + 1;
+    tc.labels = tc.n > 0 ? malloc(tc.n * tc.label_size) : NULL;
+    if (tc.labels != NULL) {
+        for (size_t i = 0; i < tc.n; i++) {
+            char *l = tc.labels + i * tc.label_size;
+            out lo = {l, tc.label_size, 0};
+            put(&lo, "tenant=\"");
+            put_escaped(&lo, rows[i].name);
+            put(&lo, "\"");
+            if (extra_len > 0) {
+                put(&lo, ",");
+                put(&lo, tc.base.extra);
+            }
+            l[lo.len < tc.label_size ? lo.len : tc.label_size - 1] = '\0';
+        }
+        tenants_text(&tc);
+    } else if (tc.n > 0) {
+        put(&o, "# cpool: tenant series left out: out of memory\n");
+    }
+    free(tc.labels);
+    free(rows);
     if (o.size > 0)
         buf[o.len < o.size ? o.len : o.size - 1] = '\0';
     return o.len;

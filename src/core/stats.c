@@ -49,6 +49,17 @@ void cpool__hist_add(hist_cell *h, int64_t ns)
     cpool__bump(&h->b[bucket_of(ns)]);
 }
 
+void cpool__histogram_add(cpool_histogram *h, int64_t ns)
+{
+    if (ns < 0)
+        ns = 0;
+    h->count++;
+    h->sum_ns += (uint64_t)ns;
+    if ((uint64_t)ns > h->max_ns)
+        h->max_ns = (uint64_t)ns;
+    h->buckets[bucket_of(ns)]++;
+}
+
 static uint64_t take(_Atomic uint64_t *x)
 {
     uint64_t v = atomic_load_explicit(x, memory_order_relaxed);

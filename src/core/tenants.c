@@ -6,6 +6,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <stddef.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -84,6 +85,66 @@ int cpool__tenant_switch_relock(cpool *p, cpool_conn *c, tenant *t, int64_t dead
     return 0;
 }
 
+bool cpool__tenant_take_token_locked(cpool *p, tenant *t)
+{
+    CPOOL_ASSERT_HELD(p);
+    if (t->budget.rate <= 0)
+        return true;
+    int64_t now = cpool__now(p);
+    double cap = t->budget.burst > 0 ? t->budget.burst
+                 : t->budget.rate >= 1 ? t->budget.rate
+                                       : 1;
+    t->tokens += (double)(now - t->refill_at) * t->budget.rate / 1e9;
+    if (t->tokens > cap)
+        t->tokens = cap;
+    t->refill_at = now;
+    if (t->tokens >= 1) {
+        t->tokens -= 1;
+        return true;
+    }
+    t->rate_refusals++;
+    return false;
+}
+
+int cpool_tenant_budget_set(cpool *p, const char *name, const cpool_tenant_budget *b,
+                            cpool_error *err)
+{
+    if (p != NULL && cpool__in_callback(p))
+        return cpool__callback_err(p, err, "tenant_budget_set");
+    if (p == NULL || name == NULL || b == NULL)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "tenant_budget_set: a pool, a tenant name and a budget are required");
+    if (b->struct_size < offsetof(cpool_tenant_budget, reclaim) + sizeof b->reclaim)
+        return cpool__err(err, CPOOL_EINVAL, "tenant_budget_set \"%.64s\": struct_size %zu "
+                          "is too small; set it to sizeof the struct", name, b->struct_size);
+    if (!(b->rate >= 0 && b->rate <= 1e9) || b->max_hold_ms < 0 ||
+        b->max_hold_ms > 9000000000000000 || (b->reclaim && b->max_hold_ms == 0))
+        return cpool__err(err, CPOOL_EINVAL,
+                          "tenant_budget_set \"%.64s\": allowed rate 0..1e9 per second, "
+                          "max_hold_ms >= 0, and reclaim only with a max_hold_ms",
+                          name);
+    cpool__lock(p);
+    tenant *t = p->tenants ? cpool__find_tenant_locked(p, name) : NULL;
+    if (t == NULL) {
+        cpool__unlock(p);
+        return cpool__err(err, CPOOL_EINVAL, "tenant_budget_set %s: unknown tenant \"%.64s\" "
+                          "(declare it with cpool_tenant_set)", p->address, name);
+    }
+    t->budget = *b;
+    t->budget.struct_size = sizeof t->budget;
+    t->max_hold_ns = ms_to_ns(b->max_hold_ms);
+    /* A new budget starts with a full bucket. */
+    t->tokens = b->burst > 0 ? b->burst : b->rate >= 1 ? b->rate : 1;
+    t->refill_at = cpool__now(p);
+    p->tenant_holds = false;
+    for (const tenant *u = p->tenant_list; u != NULL; u = u->next)
+        p->tenant_holds = p->tenant_holds || u->max_hold_ns > 0;
+    if (p->tenant_holds)
+        cpool__kick_maintenance_locked(p);
+    cpool__unlock(p);
+    return 0;
+}
+
 static tenant *tenant_new_locked(cpool *p, const char *name)
 {
     CPOOL_ASSERT_HELD(p);
@@ -91,6 +152,7 @@ static tenant *tenant_new_locked(cpool *p, const char *name)
     if (t == NULL)
         return NULL;
     snprintf(t->name, sizeof t->name, "%s", name);
+    t->budget.struct_size = sizeof t->budget;
     if (p->tenant_tail != NULL)
         p->tenant_tail->next = t;
     else
@@ -154,24 +216,56 @@ out:
     return rc;
 }
 
+static void tenant_stats_locked(const tenant *t, cpool_tenant_stats *out)
+{
+    out->max_in_use = t->max;
+    out->min_reserved = t->min;
+    out->in_use = t->in_use;
+    out->waiting = t->waiting;
+    out->checkouts_ok = t->checkouts_ok;
+    out->limit_timeouts = t->limit_timeouts;
+    out->switched = t->switched;
+    out->affine = t->affine;
+    out->checkouts = t->checkouts;
+    out->waits = t->waits;
+    out->wait = t->wait;
+    out->rate_refusals = t->rate_refusals;
+    out->holds_exceeded = t->holds_exceeded;
+    out->holds_reclaimed = t->holds_reclaimed;
+    out->budget = t->budget;
+    out->budget.struct_size = sizeof out->budget;
+}
+
 int cpool_get_tenant_stats(cpool *p, const char *name, cpool_tenant_stats *out)
 {
     if (p == NULL || name == NULL || out == NULL)
         return CPOOL_EINVAL;
     cpool__lock(p);
     tenant *t = p->tenants ? cpool__find_tenant_locked(p, name) : NULL;
-    if (t != NULL) {
-        out->max_in_use = t->max;
-        out->min_reserved = t->min;
-        out->in_use = t->in_use;
-        out->waiting = t->waiting;
-        out->checkouts_ok = t->checkouts_ok;
-        out->limit_timeouts = t->limit_timeouts;
-        out->switched = t->switched;
-        out->affine = t->affine;
-    }
+    if (t != NULL)
+        tenant_stats_locked(t, out);
     cpool__unlock(p);
     return t != NULL ? 0 : CPOOL_EINVAL;
+}
+
+size_t cpool__tenant_rows(cpool *p, tenant_row **out)
+{
+    *out = NULL;
+    cpool__lock(p);
+    size_t n = 0;
+    for (const tenant *t = p->tenant_list; t != NULL; t = t->next)
+        n++;
+    tenant_row *rows = n > 0 ? calloc(n, sizeof *rows) : NULL;
+    if (rows == NULL)
+        n = 0;
+    size_t i = 0;
+    for (const tenant *t = p->tenant_list; t != NULL && i < n; t = t->next, i++) {
+        memcpy(rows[i].name, t->name, sizeof rows[i].name);
+        tenant_stats_locked(t, &rows[i].st);
+    }
+    cpool__unlock(p);
+    *out = rows;
+    return n;
 }
 
 const char *cpool_tenant_name(cpool *p, size_t i)

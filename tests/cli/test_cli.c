@@ -594,6 +594,7 @@ TEST(bad_usage_exits_2_with_one_line)
     USAGE_ERROR("invalid --plot-engine \"fancy\"", "bench", "mem://x", "--plot-engine", "fancy");
     USAGE_ERROR("invalid weight \"0\"", "bench", "mem://x", "--tenants", "a:0");
     USAGE_ERROR("invalid tenant name", "bench", "mem://x", "--tenants", "a b:1");
+    USAGE_ERROR("invalid rate \"fast\"", "bench", "mem://x", "--tenants", "a:1:0:0:fast");
     USAGE_ERROR("every tenant needs a thread", "bench", "mem://x", "-t", "1", "--tenants",
                 "a:1,b:1");
     USAGE_ERROR("invalid --max-error-rate", "bench", "mem://x", "--max-error-rate", "2");
@@ -797,7 +798,7 @@ TEST(bench_tenants_share_threads_by_weight)
     clean_env(NULL);
     run_result r;
     RUN(&r, "bench", "mem://x", "--duration", "0.5", "--interval-ms", "100", "-t", "4",
-        "--tenants", "a:3,b:1:1", "--json", "-", "-q");
+        "--tenants", "a:3,b:1:1:0:200", "--json", "-", "-q");
     ASSERT_EXIT(0, &r);
     json_t *j = parse_json(r.out, "stdout");
     check_report(j);
@@ -814,6 +815,12 @@ TEST(bench_tenants_share_threads_by_weight)
     /* The pool counted them as the tenants' checkouts. */
     ASSERT_EQ((long long)jnum(a, "ok"), (long long)jnum(a, "pool_checkouts_ok"));
     ASSERT_EQ((long long)jnum(b, "ok"), (long long)jnum(b, "pool_checkouts_ok"));
+    /* b's rate budget: 200/s with a burst of 200 over 0.5 s and the
+     * warm-up; what its one thread asked beyond that was refused. */
+    ASSERT_TRUE(jnum(b, "rate") == 200 && jnum(a, "rate") == 0);
+    ASSERT_TRUE(jnum(b, "ok") <= 200 + 200 * 0.5 * 1.5 + 10);
+    ASSERT_TRUE(jnum(b, "pool_rate_refusals") > 0);
+    ASSERT_EQ(0, (long long)jnum(a, "pool_rate_refusals"));
     json_decref(j);
     run_free(&r);
 }

@@ -600,6 +600,60 @@ TEST(truncation_like_snprintf)
     test_fixture_free(&f);
 }
 
+/* The tenants' series parse with the pool's in one exposition: every
+ * family once, one series per tenant, the values the statistics give. */
+TEST(tenant_series_parse_with_the_pool)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.max_pool_size = 3;
+    f.pool = test_pool_create(&f.opts);
+    ASSERT_OK(cpool_tenant_set(f.pool, "api", 0, 1, NULL));
+    ASSERT_OK(cpool_tenant_set(f.pool, "batch", 2, 0, NULL));
+    test_ready(f.pool);
+    const char *names[] = {"api", "batch", NULL};
+    for (int i = 0; i < 7; i++) {
+        cpool_checkout_opts o = {.struct_size = sizeof o, .timeout_ms = 1000,
+                                 .tenant = names[i % 3]};
+        cpool_conn *c = NULL;
+        ASSERT_OK(cpool_checkout_with(f.pool, &o, &c, NULL));
+        test_checkin(f.pool, c, 0);
+    }
+    cpool_stats st = {.struct_size = sizeof st};
+    ASSERT_OK(cpool_get_stats(f.pool, &st));
+    size_t np = cpool_stats_prometheus(&st, "db", "svc=\"x\"", NULL, 0);
+    size_t nt = cpool_tenants_prometheus(f.pool, "db", "svc=\"x\"", NULL, 0);
+    char *text = malloc(np + nt + 1);
+    ASSERT_NOT_NULL(text);
+    ASSERT_EQ(np, cpool_stats_prometheus(&st, "db", "svc=\"x\"", text, np + 1));
+    ASSERT_EQ(nt, cpool_tenants_prometheus(f.pool, "db", "svc=\"x\"", text + np, nt + 1));
+    expo *e = calloc(1, sizeof *e);
+    ASSERT_NOT_NULL(e);
+    parse(e, text);
+    const uint64_t want[] = {3, 2, 2}; /* api, batch, the unnamed tenant */
+    for (int i = 0; i < 3; i++) {
+        const char *t = names[i] != NULL ? names[i] : "";
+        cpool_tenant_stats ts;
+        ASSERT_OK(cpool_get_tenant_stats(f.pool, t, &ts));
+        ASSERT_EQ(want[i], ts.checkouts_ok);
+        const psample *lease = NULL;
+        for (int k = 0; k < e->n; k++)
+            if (strcmp(e->s[k].name, "db_client_connection_tenant_leases_total") == 0 &&
+                strcmp(label_of(&e->s[k], "tenant"), t) == 0)
+                lease = &e->s[k];
+        ASSERT_NOT_NULL(lease);
+        ASSERT_EQ(ts.checkouts_ok, value_u64(lease));
+        ASSERT_STR_EQ("db", label_of(lease, "pool"));
+        ASSERT_STR_EQ("x", label_of(lease, "svc"));
+    }
+    ASSERT_STR_EQ("counter", family_type(e, "db_client_connection_tenant_leases_total"));
+    ASSERT_STR_EQ("histogram", family_type(e, "db_client_connection_tenant_wait_time_seconds"));
+    ASSERT_STR_EQ("gauge", family_type(e, "db_client_connection_tenant_max"));
+    free(e);
+    free(text);
+    test_fixture_free(&f);
+}
+
 TEST(unlimited_max_and_bad_stats)
 {
     test_fixture f;

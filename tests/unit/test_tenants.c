@@ -436,4 +436,233 @@ TEST(session_reset_failure_or_absence_closes)
     cpool_mem_destroy(mem);
 }
 
+/* ------------------------------------------------------------ budgets */
+
+/* A pool with tenants "a" and "b" on the fake clock, without a background
+ * thread (cases run cpool_maintain themselves). */
+static void budget_fixture(test_fixture *f, uint32_t max)
+{
+    test_fixture_init(f);
+    f->opts.clock = &f->clk.clock;
+    f->opts.max_pool_size = max;
+    f->pool = test_pool_create(&f->opts);
+    ASSERT_OK(cpool_tenant_set(f->pool, "a", 0, 0, NULL));
+    ASSERT_OK(cpool_tenant_set(f->pool, "b", 0, 0, NULL));
+    test_ready(f->pool);
+}
+
+static cpool_tenant_stats tstats(cpool *p, const char *t)
+{
+    cpool_tenant_stats s;
+    ASSERT_OK(cpool_get_tenant_stats(p, t, &s));
+    return s;
+}
+
+static int lease_and_return(cpool *p, const char *tenant, cpool_error *e)
+{
+    cpool_conn *c = NULL;
+    /* Not 0: a connection another tenant used last is reset first, within
+     * the deadline (the fake clock does not move meanwhile). */
+    int rc = take(p, tenant, 1000, &c, e);
+    if (rc == 0)
+        test_checkin(p, c, 0);
+    return rc;
+}
+
+/* 10 checkouts/s with a burst of 2: two at once, then one per 100 ms; an
+ * empty bucket refuses at once, and only its own tenant. */
+TEST(rate_budget_refuses_at_once_and_refills)
+{
+    test_fixture f;
+    budget_fixture(&f, 4);
+    cpool_tenant_budget b = {.struct_size = sizeof b, .rate = 10, .burst = 2};
+    ASSERT_OK(cpool_tenant_budget_set(f.pool, "a", &b, NULL));
+    cpool_error e;
+    ASSERT_OK(lease_and_return(f.pool, "a", NULL));
+    ASSERT_OK(lease_and_return(f.pool, "a", NULL));
+    ASSERT_RC(CPOOL_ERATE, lease_and_return(f.pool, "a", &e));
+    ASSERT_STR_CONTAINS(e.message, "tenant \"a\" is over its rate of 10 checkouts/s (burst 2)");
+    ASSERT_OK(lease_and_return(f.pool, "b", NULL)); /* others are not limited */
+    test_clock_advance_ms(&f.clk, f.pool, 99);
+    ASSERT_RC(CPOOL_ERATE, lease_and_return(f.pool, "a", NULL));
+    test_clock_advance_ms(&f.clk, f.pool, 1);
+    ASSERT_OK(lease_and_return(f.pool, "a", NULL));
+    ASSERT_RC(CPOOL_ERATE, lease_and_return(f.pool, "a", NULL));
+    test_clock_advance_ms(&f.clk, f.pool, 10000); /* a quiet spell refills to the burst */
+    ASSERT_OK(lease_and_return(f.pool, "a", NULL));
+    ASSERT_OK(lease_and_return(f.pool, "a", NULL));
+    ASSERT_RC(CPOOL_ERATE, lease_and_return(f.pool, "a", NULL));
+
+    cpool_tenant_stats t = tstats(f.pool, "a");
+    ASSERT_EQ(9, t.checkouts);
+    ASSERT_EQ(5, t.checkouts_ok);
+    ASSERT_EQ(4, t.rate_refusals);
+    ASSERT_TRUE(t.budget.rate == 10 && t.budget.burst == 2);
+    cpool_stats s = {.struct_size = sizeof s};
+    ASSERT_OK(cpool_get_stats(f.pool, &s));
+    ASSERT_EQ(4, s.checkout_failures[-CPOOL_ERATE]);
+    ASSERT_EQ(4, test_rec_count(&f.rec, CPOOL_EV_CHECKOUT_FAILED));
+    ASSERT_STR_EQ("CPOOL_ERATE", cpool_err_name(CPOOL_ERATE));
+    /* Lifting the budget lifts the limit. */
+    b.rate = 0;
+    ASSERT_OK(cpool_tenant_budget_set(f.pool, "a", &b, NULL));
+    for (int i = 0; i < 5; i++)
+        ASSERT_OK(lease_and_return(f.pool, "a", NULL));
+    test_fixture_free(&f);
+}
+
+/* A lease held past its tenant's max_hold_ms is reported once, with the
+ * tenant, and (with reclaim) taken back. */
+TEST(hold_budget_reports_then_reclaims)
+{
+    test_fixture f;
+    budget_fixture(&f, 2);
+    cpool_tenant_budget b = {.struct_size = sizeof b, .max_hold_ms = 100};
+    ASSERT_OK(cpool_tenant_budget_set(f.pool, "a", &b, NULL));
+    cpool_conn *a = NULL, *other = NULL;
+    ASSERT_OK(take(f.pool, "a", 0, &a, NULL));
+    ASSERT_OK(take(f.pool, "b", 0, &other, NULL));
+    uint64_t id = cpool_conn_id(a);
+    test_clock_advance_ms(&f.clk, f.pool, 99);
+    ASSERT_OK(cpool_maintain(f.pool, NULL));
+    ASSERT_EQ(0, test_rec_count(&f.rec, CPOOL_EV_CONN_LEAK_SUSPECTED));
+    test_clock_advance_ms(&f.clk, f.pool, 1);
+    ASSERT_OK(cpool_maintain(f.pool, NULL));
+    ASSERT_OK(cpool_maintain(f.pool, NULL)); /* once per lease */
+    ASSERT_EQ(1, test_rec_count(&f.rec, CPOOL_EV_CONN_LEAK_SUSPECTED));
+    test_event ev;
+    ASSERT_TRUE(test_rec_find(&f.rec, CPOOL_EV_CONN_LEAK_SUSPECTED, 0, &ev));
+    ASSERT_EQ(id, ev.connection_id);
+    ASSERT_TRUE(ev.over_tenant_limit);
+    ASSERT_STR_EQ("a", ev.tenant);
+    ASSERT_EQ(1, tstats(f.pool, "a").holds_exceeded);
+    ASSERT_EQ(0, tstats(f.pool, "b").holds_exceeded); /* b has no hold limit */
+    cpool_stats s = {.struct_size = sizeof s};
+    ASSERT_OK(cpool_get_stats(f.pool, &s));
+    ASSERT_EQ(0, s.leaks_suspected); /* the pool's own threshold is off */
+    ASSERT_EQ(1, tstats(f.pool, "a").in_use); /* reported, not reclaimed */
+    test_checkin(f.pool, a, 0);
+
+    b.reclaim = true;
+    ASSERT_OK(cpool_tenant_budget_set(f.pool, "a", &b, NULL));
+    ASSERT_OK(take(f.pool, "a", 0, &a, NULL));
+    id = cpool_conn_id(a);
+    test_clock_advance_ms(&f.clk, f.pool, 150);
+    ASSERT_OK(cpool_maintain(f.pool, NULL));
+    cpool_tenant_stats t = tstats(f.pool, "a");
+    ASSERT_EQ(2, t.holds_exceeded);
+    ASSERT_EQ(1, t.holds_reclaimed);
+    ASSERT_EQ(0, t.in_use); /* its slot came back */
+    ASSERT_TRUE(cpool_mem_conn_interrupted(cpool_conn_native(a)));
+    test_event closed;
+    ASSERT_TRUE(test_rec_find_closed(&f.rec, id, &closed));
+    ASSERT_EQ(CPOOL_CLOSE_RECLAIMED, closed.reason);
+    /* The holder's late check-in is accepted and closes it. */
+    ASSERT_OK(cpool_checkin(f.pool, a, 0, NULL));
+    /* b's lease, held as long, is untouched. */
+    ASSERT_FALSE(cpool_mem_conn_interrupted(cpool_conn_native(other)));
+    test_checkin(f.pool, other, 0);
+    test_fixture_free(&f);
+}
+
+/* Per-tenant waits and their wait times. */
+TEST(tenant_statistics_count_waits_and_wait_time)
+{
+    test_fixture f;
+    budget_fixture(&f, 1);
+    cpool_conn *held = NULL;
+    ASSERT_OK(take(f.pool, "a", 0, &held, NULL));
+    pthread_t th;
+    waiter_arg arg = {f.pool, "a", NULL, -100, false};
+    TEST_THREAD_START(&th, tenant_waiter, &arg);
+    WAIT_UNTIL(test_counts(f.pool).waiting == 1, 5000);
+    test_clock_advance_ms(&f.clk, f.pool, 40); /* it waits 40 ms on the pool clock */
+    test_checkin(f.pool, held, 0);
+    pthread_join(th, NULL);
+    ASSERT_OK(arg.rc);
+    test_checkin(f.pool, arg.c, 0);
+    cpool_tenant_stats t = tstats(f.pool, "a");
+    ASSERT_EQ(2, t.checkouts);
+    ASSERT_EQ(2, t.checkouts_ok);
+    ASSERT_EQ(1, t.waits);
+    ASSERT_EQ(2, t.wait.count);
+    ASSERT_EQ(40000000, t.wait.max_ns);
+    ASSERT_EQ(40000000, cpool_histogram_quantile(&t.wait, 1.0));
+    ASSERT_EQ(0, tstats(f.pool, "b").checkouts);
+    test_fixture_free(&f);
+}
+
+static size_t count_of(const char *text, const char *needle)
+{
+    size_t n = 0;
+    for (const char *q = text; (q = strstr(q, needle)) != NULL; q++)
+        n++;
+    return n;
+}
+
+TEST(tenant_series_in_the_prometheus_text)
+{
+    test_fixture f;
+    budget_fixture(&f, 4);
+    ASSERT_OK(cpool_tenant_set(f.pool, "quo\"te", 0, 0, NULL));
+    cpool_tenant_budget b = {.struct_size = sizeof b, .rate = 1, .burst = 1};
+    ASSERT_OK(cpool_tenant_budget_set(f.pool, "b", &b, NULL));
+    ASSERT_OK(lease_and_return(f.pool, "a", NULL));
+    ASSERT_OK(lease_and_return(f.pool, "a", NULL));
+    ASSERT_OK(lease_and_return(f.pool, NULL, NULL)); /* the unnamed tenant */
+    ASSERT_OK(lease_and_return(f.pool, "b", NULL));
+    ASSERT_RC(CPOOL_ERATE, lease_and_return(f.pool, "b", NULL));
+    size_t need = cpool_tenants_prometheus(f.pool, "p", "svc=\"api\"", NULL, 0);
+    ASSERT_GT(need, 0);
+    char *text = malloc(need + 1);
+    ASSERT_NOT_NULL(text);
+    ASSERT_EQ(need, cpool_tenants_prometheus(f.pool, "p", "svc=\"api\"", text, need + 1));
+    ASSERT_EQ(strlen(text), need);
+    ASSERT_STR_CONTAINS(text,
+        "db_client_connection_tenant_leases_total{pool=\"p\",tenant=\"a\",svc=\"api\"} 2\n");
+    ASSERT_STR_CONTAINS(text,
+        "db_client_connection_tenant_leases_total{pool=\"p\",tenant=\"\",svc=\"api\"} 1\n");
+    ASSERT_STR_CONTAINS(text, "db_client_connection_tenant_refusals_total{pool=\"p\","
+                              "tenant=\"b\",svc=\"api\",reason=\"rate\"} 1\n");
+    ASSERT_STR_CONTAINS(text, "tenant=\"quo\\\"te\"");
+    ASSERT_STR_CONTAINS(text, "db_client_connection_tenant_wait_time_seconds_count{pool=\"p\","
+                              "tenant=\"a\",svc=\"api\"} 2\n");
+    /* Each family once, whatever the number of tenants. */
+    ASSERT_EQ(1, count_of(text, "# TYPE db_client_connection_tenant_leases_total counter"));
+    ASSERT_EQ(1, count_of(text, "# HELP db_client_connection_tenant_wait_time_seconds "));
+    ASSERT_EQ(4, count_of(text, "db_client_connection_tenant_used{"));
+    free(text);
+    test_fixture_free(&f);
+
+    /* A pool without tenants writes nothing. */
+    test_fixture_init(&f);
+    test_fixture_start(&f);
+    char small[64];
+    ASSERT_EQ(0, cpool_tenants_prometheus(f.pool, "p", NULL, small, sizeof small));
+    ASSERT_STR_EQ("", small);
+    test_fixture_free(&f);
+}
+
+TEST(budget_errors)
+{
+    test_fixture f;
+    budget_fixture(&f, 4);
+    cpool_error e;
+    cpool_tenant_budget b = {.struct_size = sizeof b, .rate = 5};
+    ASSERT_RC(CPOOL_EINVAL, cpool_tenant_budget_set(f.pool, "zz", &b, &e));
+    ASSERT_STR_CONTAINS(e.message, "unknown tenant");
+    b = (cpool_tenant_budget){.struct_size = sizeof b, .reclaim = true};
+    ASSERT_RC(CPOOL_EINVAL, cpool_tenant_budget_set(f.pool, "a", &b, &e));
+    b = (cpool_tenant_budget){.struct_size = sizeof b, .rate = -1};
+    ASSERT_RC(CPOOL_EINVAL, cpool_tenant_budget_set(f.pool, "a", &b, &e));
+    b = (cpool_tenant_budget){.struct_size = sizeof b, .max_hold_ms = -5};
+    ASSERT_RC(CPOOL_EINVAL, cpool_tenant_budget_set(f.pool, "a", &b, &e));
+    b = (cpool_tenant_budget){.struct_size = 4, .rate = 1};
+    ASSERT_RC(CPOOL_EINVAL, cpool_tenant_budget_set(f.pool, "a", &b, &e));
+    ASSERT_RC(CPOOL_EINVAL, cpool_tenant_budget_set(f.pool, "a", NULL, &e));
+    /* Nothing was applied. */
+    ASSERT_TRUE(tstats(f.pool, "a").budget.rate == 0);
+    test_fixture_free(&f);
+}
+
 TEST_MAIN()

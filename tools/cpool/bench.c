@@ -45,7 +45,7 @@ static const char bench_usage[] =
     "      --hold-ms X          keep each lease X ms longer (default 0)\n"
     "      --timeout-ms N       checkout timeout (wait + establish); -1 = the\n"
     "                           pool's own limits (default -1)\n"
-    "      --tenants SPEC       tenant mix, NAME:WEIGHT[:MAX[:MIN]],... e.g.\n"
+    "      --tenants SPEC       tenant mix, NAME:WEIGHT[:MAX[:MIN[:RATE]]],... e.g.\n"
     "                           \"a:3,b:1\": threads are shared out by weight,\n"
     "                           each checks out as its tenant; MAX caps the\n"
     "                           tenant's leases, MIN reserves some for it\n"
@@ -322,13 +322,13 @@ static int parse_tenants(bench *b, const char *spec)
                                    BENCH_MAX_TENANTS);
         tenant_cfg *t = &b->tenants[b->ntenants];
         memset(t, 0, sizeof *t);
-        char *fields[4] = {item, NULL, NULL, NULL};
+        char *fields[5] = {item, NULL, NULL, NULL, NULL};
         int nf = 1;
         for (char *q = item; *q != '\0'; q++) {
             if (*q == ':') {
-                if (nf == 4)
+                if (nf == 5)
                     return cli_usage_error(CMD, "invalid --tenants entry \"%s\": expected "
-                                                "NAME:WEIGHT[:MAX[:MIN]]",
+                                                "NAME:WEIGHT[:MAX[:MIN[:RATE]]]",
                                            orig);
                 *q = '\0';
                 fields[nf++] = q + 1;
@@ -361,6 +361,15 @@ static int parse_tenants(bench *b, const char *spec)
                                         "expected a number 0..4294967295",
                                    fields[3], t->name);
         t->min_reserved = (uint32_t)v;
+        if (nf >= 5) {
+            char *end = NULL;
+            t->rate = strtod(fields[4], &end);
+            if (end == fields[4] || *end != '\0' || !(t->rate >= 0 && t->rate <= 1e9))
+                return cli_usage_error(CMD, "invalid rate \"%s\" for tenant %s in --tenants: "
+                                            "expected checkouts per second, 0..1e9 (0 = no "
+                                            "limit)",
+                                       fields[4], t->name);
+        }
         b->ntenants++;
     }
     if (b->ntenants == 0)
@@ -651,6 +660,9 @@ static int create_pool(bench *b)
     for (int i = 0; i < b->ntenants; i++) {
         tenant_cfg *t = &b->tenants[i];
         if (cpool_tenant_set(b->pool, t->name, t->max_in_use, t->min_reserved, &err) != 0)
+            return cli_usage_error(CMD, "tenant %s: %s", t->name, err.message);
+        cpool_tenant_budget budget = {.struct_size = sizeof budget, .rate = t->rate};
+        if (t->rate > 0 && cpool_tenant_budget_set(b->pool, t->name, &budget, &err) != 0)
             return cli_usage_error(CMD, "tenant %s: %s", t->name, err.message);
     }
     snprintf(b->address, sizeof b->address, "%s", cpool_address(b->pool));

@@ -47,6 +47,7 @@ typedef struct tenant_cfg {
     unsigned weight;
     uint32_t max_in_use;   /* 0 = no cap */
     uint32_t min_reserved;
+    double rate;           /* checkouts/s budget; 0 = none */
     int threads;           /* given out by weight */
     bool have_stats;       /* stats read from the pool */
     cpool_tenant_stats stats;

@@ -106,11 +106,19 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
     cpool_stats st = {.struct_size = sizeof st};
     if (cpool_get_stats(s->pool, &st) != 0)
         return reply_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "cannot read the statistics\n");
+    /* The pool's series, then its tenants' (none without tenants). */
     size_t need = cpool_stats_prometheus(&st, s->pool_name, s->labels, NULL, 0);
-    char *body = malloc(need + 1);
+    size_t need_t = cpool_tenants_prometheus(s->pool, s->pool_name, s->labels, NULL, 0);
+    char *body = malloc(need + need_t + 1);
     if (body == NULL)
         return reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "out of memory\n");
     size_t got = cpool_stats_prometheus(&st, s->pool_name, s->labels, body, need + 1);
+    if (got > need)
+        got = need;
+    size_t got_t = cpool_tenants_prometheus(s->pool, s->pool_name, s->labels, body + got,
+                                            need_t + 1);
+    got += got_t < need_t ? got_t : need_t; /* tenants added meanwhile are cut */
+    need = got;
     atomic_fetch_add(&s->scrapes, 1);
     return reply(conn, MHD_HTTP_OK, body, got < need ? got : need,
                  "text/plain; version=0.0.4; charset=utf-8");

@@ -225,9 +225,9 @@ void report_text(const bench *b, FILE *f)
 
     if (b->ntenants > 0) {
         fputc('\n', f);
-        fprintf(f, "  %-16s %7s %12s %10s %8s %10s %6s %8s %14s %10s\n", "tenant", "threads",
-                "ops/s", "ok", "failed", "p99 wait", "cap", "reserve", "timeouts@cap",
-                "switched");
+        fprintf(f, "  %-16s %7s %12s %10s %8s %10s %6s %8s %14s %10s %8s %13s\n", "tenant",
+                "threads", "ops/s", "ok", "failed", "p99 wait", "cap", "reserve",
+                "timeouts@cap", "switched", "rate", "refused@rate");
         for (int t = 0; t < b->ntenants; t++) {
             tenant_sum *ts = calloc(1, sizeof *ts);
             if (ts == NULL)
@@ -237,12 +237,18 @@ void report_text(const bench *b, FILE *f)
             char p99[32];
             cli_fmt_duration(lat_quantile(&ts->wait, 0.99), p99, sizeof p99);
             double secs = elapsed_s(b);
-            fprintf(f, "  %-16s %7d %12.0f %10llu %8llu %10s %6u %8u %14llu %10llu\n",
+            char rate[24];
+            if (tc->rate > 0)
+                snprintf(rate, sizeof rate, "%g/s", tc->rate);
+            else
+                snprintf(rate, sizeof rate, "-");
+            fprintf(f, "  %-16s %7d %12.0f %10llu %8llu %10s %6u %8u %14llu %10llu %8s %13llu\n",
                     tc->name, tc->threads, secs > 0 ? (double)ts->ops / secs : 0,
                     (unsigned long long)ts->ok, (unsigned long long)(ts->ops - ts->ok), p99,
                     tc->max_in_use, tc->min_reserved,
                     (unsigned long long)(tc->have_stats ? tc->stats.limit_timeouts : 0),
-                    (unsigned long long)(tc->have_stats ? tc->stats.switched : 0));
+                    (unsigned long long)(tc->have_stats ? tc->stats.switched : 0), rate,
+                    (unsigned long long)(tc->have_stats ? tc->stats.rate_refusals : 0));
             free(ts);
         }
     }
@@ -406,6 +412,7 @@ void report_json(const bench *b, FILE *f)
         json_int(&j, "threads", tc->threads);
         json_uint(&j, "max_in_use", tc->max_in_use);
         json_uint(&j, "min_reserved", tc->min_reserved);
+        json_num(&j, "rate", tc->rate);
         json_uint(&j, "ops", ts->ops);
         json_uint(&j, "ok", ts->ok);
         json_latency(&j, "checkout_wait_us", &ts->wait);
@@ -414,6 +421,8 @@ void report_json(const bench *b, FILE *f)
             json_uint(&j, "pool_limit_timeouts", tc->stats.limit_timeouts);
             json_uint(&j, "pool_switched", tc->stats.switched);
             json_uint(&j, "pool_affine", tc->stats.affine);
+            json_uint(&j, "pool_rate_refusals", tc->stats.rate_refusals);
+            json_uint(&j, "pool_waits", tc->stats.waits);
         }
         json_end_obj(&j);
         free(ts);
