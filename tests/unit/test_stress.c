@@ -1,6 +1,6 @@
 /* test_stress.c -- many threads against one pool while another thread
- * clears (with and without interrupting), readies, maintains and injects
- * connect failures. Built to run under TSan as well. What must hold:
+ * clears (with and without interrupting), recycles, readies, maintains and
+ * injects connect failures; workers mark some leases for recycling. Built to run under TSan as well. What must hold:
  *   - every cpool_get_counts snapshot satisfies the counter identities and
  *     the limits (total <= maxPoolSize, pending <= maxConnecting);
  *   - no connection is ever leased to two threads at once: each lease
@@ -87,6 +87,8 @@ static void *worker_main(void *arg)
             cpool_mem_conn_begin(native); /* reset() must clear it */
         test_sleep_us(r % 500);
         unsigned flags = r % 32 == 0 ? CPOOL_CHECKIN_BROKEN : 0;
+        if (r % 32 == 1 && cpool_conn_recycle(c) != CPOOL_OK) /* closed at check-in */
+            FAIL("worker %d: conn_recycle refused its own lease", me);
         atomic_store(&sh->owner[id], 0); /* released before it can move */
         rc = cpool_checkin(sh->pool, c, flags, &e);
         if (rc != CPOOL_OK)
@@ -102,8 +104,8 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-/* Clears (half of them interrupting), readies, runs maintenance and arms a
- * fail point now and then. Ends with the pool ready. */
+/* Clears (half of them interrupting), recycles, readies, runs maintenance
+ * and arms a fail point now and then. Ends with the pool ready. */
 static void *chaos_main(void *arg)
 {
     shared *sh = arg;
@@ -122,6 +124,9 @@ static void *chaos_main(void *arg)
             rc = cpool_maintain(sh->pool, NULL);
             if (rc == CPOOL_ECONNECT) /* a population attempt hit the fault */
                 rc = CPOOL_OK;
+            break;
+        case 4:
+            rc = cpool_recycle(sh->pool, NULL, NULL);
             break;
         case 3: {
             cpool_mem_failpoint fp;
