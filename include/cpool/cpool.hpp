@@ -37,6 +37,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 
 #if defined(__cpp_exceptions) || defined(__EXCEPTIONS)
@@ -138,6 +139,12 @@ public:
     }
     std::uint64_t id() const noexcept { return conn_ != nullptr ? cpool_conn_id(conn_) : 0; }
     explicit operator bool() const noexcept { return conn_ != nullptr; }
+
+    /* cpool_conn_recycle: closed ("recycled") when it is checked in. */
+    int recycle() noexcept
+    {
+        return conn_ != nullptr ? cpool_conn_recycle(conn_) : CPOOL_EINVAL;
+    }
 
     /* cpool_conn_execute: one command through the connector. */
     int execute(const char *command, cpool_error *err = nullptr) noexcept
@@ -261,6 +268,34 @@ public:
         return rc;
     }
 
+    /* cpool_recycle: every connection is replaced, without a pause. */
+    int recycle(std::uint32_t *marked = nullptr, cpool_error *err = nullptr) noexcept
+    {
+        if (p_ == nullptr)
+            return lease::set(err, CPOOL_EINVAL, "recycle: the pool is empty");
+        return cpool_recycle(p_, marked, err);
+    }
+
+    /* cpool_run with a callable `int fn(cpool_conn *conn, cpool_error *err)`:
+     * checkout, fn, checkin, and the retries `o` asks for. An exception
+     * thrown by fn closes the connection (checked in broken), ends the
+     * retries and is rethrown once cpool_run has returned. */
+    template <class F>
+    int run(F &&fn, const cpool_run_opts *o = nullptr, cpool_error *err = nullptr)
+    {
+        if (p_ == nullptr)
+            return lease::set(err, CPOOL_EINVAL, "run: the pool is empty");
+        typedef run_call<typename std::remove_reference<F>::type> call_t;
+        call_t call;
+        call.fn = &fn;
+        int rc = cpool_run(p_, o, &call_t::trampoline, &call, err);
+#if CPOOLXX_EXCEPTIONS
+        if (call.thrown)
+            std::rethrow_exception(call.thrown);
+#endif
+        return rc;
+    }
+
 #if CPOOLXX_EXCEPTIONS
     static pool open(const char *target, const cpool_options *opts = nullptr)
     {
@@ -305,6 +340,27 @@ public:
     explicit operator bool() const noexcept { return p_ != nullptr; }
 
 private:
+    template <class F> struct run_call {
+        F *fn = nullptr;
+#if CPOOLXX_EXCEPTIONS
+        std::exception_ptr thrown;
+#endif
+        static int trampoline(cpool_conn *conn, void *arg, cpool_error *err) noexcept
+        {
+            run_call *self = static_cast<run_call *>(arg);
+#if CPOOLXX_EXCEPTIONS
+            try {
+                return (*self->fn)(conn, err);
+            } catch (...) {
+                self->thrown = std::current_exception();
+                return lease::set(err, CPOOL_EIO, "run: the function threw an exception");
+            }
+#else
+            return (*self->fn)(conn, err);
+#endif
+        }
+    };
+
     ::cpool *p_ = nullptr;
 };
 

@@ -3,8 +3,9 @@
 // with and without exceptions. It includes every public header, and checks
 // what cpool.hpp promises: a lease checks in on scope exit, is closed
 // (checked in broken) when an exception unwinds through it or it was marked
-// broken, moves without double check-ins, and errors come back as codes
-// (or as cpoolxx::error where exceptions exist).
+// broken, moves without double check-ins, errors come back as codes (or as
+// cpoolxx::error where exceptions exist), pool::run calls a lambda around a
+// lease (an exception inside it reaches the caller) and recycle() marks.
 #include <cpool/cpool.h>
 #include <cpool/cpool.hpp>
 #include <cpool/cpool_connector.h>
@@ -142,6 +143,53 @@ static void moves_and_errors()
     CHECK(counts(moved).total == 1);
 }
 
+// pool::run: a callable around a lease; recycling a lease and the pool.
+static void run_and_recycle()
+{
+    cpoolxx::pool pool = mem_pool(2);
+    std::uint64_t seen = 0;
+    CHECK(pool.run([&](cpool_conn *c, cpool_error *) -> int {
+        seen = cpool_conn_id(c);
+        return 0;
+    }) == 0);
+    CHECK(seen != 0);
+    CHECK(counts(pool).in_use == 0);
+    cpool_run_opts o;
+    std::memset(&o, 0, sizeof o);
+    o.struct_size = sizeof o;
+    o.timeout_ms = 1000;
+    o.retries = 2;
+    int calls = 0;
+    CHECK(pool.run(
+              [&](cpool_conn *, cpool_error *err) -> int {
+                  if (++calls < 3) {
+                      err->code = CPOOL_EIO;
+                      err->kind = CPOOL_FAIL_NETWORK;
+                      err->labels = CPOOL_LABEL_RETRYABLE;
+                      return CPOOL_EIO;
+                  }
+                  return 0;
+              },
+              &o) == 0);
+    CHECK(calls == 3);
+    std::uint64_t before = closed_total(pool);
+    {
+        cpoolxx::lease l;
+        CHECK(pool.checkout(l, 1000) == 0);
+        CHECK(l.recycle() == 0);
+    }
+    CHECK(closed_total(pool) == before + 1); // recycled at check-in
+    {
+        cpoolxx::lease l;
+        CHECK(pool.checkout(l, 1000) == 0); // a new one, kept
+    }
+    std::uint32_t marked = 99;
+    CHECK(pool.recycle(&marked) == 0);
+    CHECK(marked == 1);
+    cpoolxx::pool empty;
+    CHECK(empty.recycle() == CPOOL_EINVAL);
+}
+
 #if CPOOLXX_EXCEPTIONS
 static void exceptions()
 {
@@ -171,6 +219,21 @@ static void exceptions()
         thrown = e.code() == CPOOL_EINVAL;
     }
     CHECK(thrown);
+    // An exception thrown inside run: the connection is closed and the
+    // exception reaches the caller, past the C frames.
+    std::uint64_t before = closed_total(pool);
+    held.checkin();
+    thrown = false;
+    try {
+        pool.run([](cpool_conn *, cpool_error *) -> int {
+            throw std::runtime_error("inside run");
+        });
+    } catch (const std::runtime_error &e) {
+        thrown = std::strcmp(e.what(), "inside run") == 0;
+    }
+    CHECK(thrown);
+    CHECK(closed_total(pool) == before + 1);
+    CHECK(counts(pool).in_use == 0);
 }
 #endif
 
@@ -180,6 +243,7 @@ int main()
     sqlite_lease();
     scope_exit_and_broken();
     moves_and_errors();
+    run_and_recycle();
 #if CPOOLXX_EXCEPTIONS
     exceptions();
 #endif
