@@ -80,7 +80,8 @@ CPOOL_API int cpool_version_number(void);
     X(EUNAVAILABLE, -13, "backend unavailable: establishments keep failing")  \
     X(ESHUTDOWN, -14, "connection pool is shutting down")                     \
     X(ETENANT, -15, "tenant's connection limit reached")                      \
-    X(ERATE, -16, "tenant's checkout rate exceeded")
+    X(ERATE, -16, "tenant's checkout rate exceeded")                          \
+    X(EQUEUEFULL, -17, "too many checkouts are waiting already")
 
 enum {
     CPOOL_OK = 0,
@@ -190,6 +191,8 @@ typedef enum cpool_close_reason {
                                discard method, e.g. SQLite) */
     CPOOL_CLOSE_RECYCLED,   /* "recycled": marked by cpool_recycle() or
                                cpool_conn_recycle() (0.2) */
+    CPOOL_CLOSE_RESIZED,    /* "resized": beyond a maxPoolSize lowered by
+                               cpool_resize() (0.2) */
     CPOOL_CLOSE_REASON_COUNT_
 } cpool_close_reason;
 
@@ -464,6 +467,10 @@ struct cpool_options {
     cpool_backoff_profile backoff;     /* a named schedule for the backoff_*
                                           fields not set otherwise; default
                                           CPOOL_BACKOFF_QUICK */
+    uint32_t max_waiting;              /* checkouts that may wait in the queue
+                                          at once; one more fails at once with
+                                          CPOOL_EQUEUEFULL; default 0 = no
+                                          limit */
     int64_t stats_interval_ms;         /* the derived figures of cpool_stats
                                           cover the last complete interval of
                                           this length; default 10000; 0 =
@@ -551,7 +558,10 @@ typedef enum cpool_state {
     /* 0.2: cpool_shutdown() is draining: no new checkouts, leases still
      * coming back; CLOSED when it returns. Only ever reported (counts,
      * statistics, Prometheus): CMAP's state machine is paused meanwhile. */
-    CPOOL_STATE_SHUTTING_DOWN
+    CPOOL_STATE_SHUTTING_DOWN,
+    /* 0.2: cpool_suspend(): ready underneath, connections kept, checkouts
+     * wait until cpool_resume() (reported, not a CMAP state). */
+    CPOOL_STATE_SUSPENDED
 } cpool_state;
 
 /* A consistent snapshot of the pool's counters. */
@@ -852,6 +862,29 @@ CPOOL_API void *cpool_conn_native(const cpool_conn *conn);
  * database the same way. CPOOL_EINVAL when the connector cannot. */
 /* 0.2 */
 CPOOL_API int cpool_conn_execute(cpool_conn *conn, const char *command, cpool_error *err);
+
+/* ------------------------------------------------------------ runtime control */
+
+/* Changes maxPoolSize (0 = no limit) and minPoolSize of a live pool. A
+ * larger maximum serves waiters at once; a larger minimum is filled by the
+ * background thread. A smaller maximum closes available connections beyond
+ * it at once and leased ones as they come back (reason "resized"); no lease
+ * is interrupted. CPOOL_EINVAL when min > max or the tenants' guaranteed
+ * minimums would exceed max (nothing changes), CPOOL_ECLOSED on a closed
+ * pool. Since 0.2. */
+CPOOL_API int cpool_resize(cpool *pool, uint32_t max_pool_size, uint32_t min_pool_size,
+                           cpool_error *err);
+
+/* Suspends the pool without dropping anything (HikariCP's suspendPool,
+ * PgBouncer's PAUSE): connections stay open, leases go on and come back,
+ * but new and queued checkouts wait -- within their deadlines -- until
+ * cpool_resume(). The state reads CPOOL_STATE_SUSPENDED. Unlike
+ * cpool_clear() no generation moves and nobody fails at once. Idempotent;
+ * CPOOL_ECLOSED on a closed pool, CPOOL_ESTATE on a paused (cleared) one.
+ * Since 0.2. */
+CPOOL_API int cpool_suspend(cpool *pool, cpool_error *err);
+/* Serves the waiting checkouts in their order. Idempotent. Since 0.2. */
+CPOOL_API int cpool_resume(cpool *pool, cpool_error *err);
 
 /* Runs one maintenance pass now on the calling thread: closes perished
  * available connections, populates to minPoolSize. For pools without a

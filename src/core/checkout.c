@@ -279,7 +279,8 @@ static int take_available_relock(checkout *co)
     tenant *tn = co->tn;
     CPOOL_ASSERT_HELD(p);
     if (cpool__next_waiter_locked(p) != NULL ||
-        (tn != NULL && !cpool__tenant_allows_locked(p, tn)))
+        (tn != NULL && !cpool__tenant_allows_locked(p, tn)) ||
+        atomic_load_explicit(&p->suspended, memory_order_relaxed))
         return STEP_NONE;
     cpool_conn *c = tn != NULL ? cpool__affine_available_locked(p, tn) : p->available.head;
     int reason = -1;
@@ -329,6 +330,16 @@ static int queue_relock(checkout *co)
     cpool *p = co->p;
     waiter *w = &co->w;
     CPOOL_ASSERT_HELD(p);
+    uint32_t waiting = atomic_load(&p->nwaiting);
+    if (p->opts.max_waiting > 0 && waiting >= p->opts.max_waiting) {
+        cpool__err(&co->ce, CPOOL_EQUEUEFULL,
+                   "checkout from %s refused: %u checkouts are waiting already "
+                   "(max_waiting %u; in use %u, maxPoolSize %u)",
+                   p->address, waiting, p->opts.max_waiting, p->in_use.n,
+                   p->opts.max_pool_size);
+        co->cause = &co->ce;
+        return step_fail(co, CPOOL_EQUEUEFULL);
+    }
     if (!co->w_ready) {
         if (sem_init(&w->sem, 0, 0) != 0)
             return step_fail(co, CPOOL_ESYS);
@@ -361,7 +372,9 @@ static int queue_relock(checkout *co)
     int reason = -1;
     /* With turns, a connection its thread may still take again stays: the
      * newcomer queues behind the waiters (and the background thread hands it
-     * over should its thread not come back). */
+     * over should its thread not come back). Suspended: nothing is taken. */
+    if (atomic_load_explicit(&p->suspended, memory_order_relaxed))
+        return STEP_NONE;
     cpool_conn *parked = cpool__steal_parked_locked(p, STEAL_OUT_OF_TURN, &reason);
     if (parked == NULL)
         return STEP_NONE;

@@ -38,7 +38,7 @@ static void check_counts_locked(const cpool *p)
 {
     CPOOL_ASSERT_HELD(p);
 #ifndef NDEBUG
-    if (p->opts.max_pool_size > 0)
+    if (p->opts.max_pool_size > 0 && !atomic_load_explicit(&p->shrinking, memory_order_relaxed))
         assert(total_locked(p) <= p->opts.max_pool_size);
     assert(p->pending.n <= p->opts.max_connecting);
 #else
@@ -144,6 +144,14 @@ int64_t cpool__perish_now(const cpool *p)
     return p->opts.max_idle_time_ms > 0 || p->opts.max_lifetime_ms > 0 ? cpool__now(p) : 0;
 }
 
+/* After a resize lowered maxPoolSize: more connections than it allows. */
+bool cpool__over_max_locked(const cpool *p)
+{
+    CPOOL_ASSERT_HELD(p);
+    return atomic_load_explicit(&p->shrinking, memory_order_relaxed) &&
+           p->opts.max_pool_size > 0 && total_locked(p) > p->opts.max_pool_size;
+}
+
 /* Why a connection coming back from a lease must be closed, or -1 when it
  * may be reused: the pool closed, a clear made it stale, or it is broken
  * (the caller said so, a reset or check failed, or it was interrupted). */
@@ -158,6 +166,8 @@ int cpool__unfit_reason_locked(const cpool *p, const cpool_conn *c, bool broken)
         return CPOOL_CLOSE_ERROR;
     if (atomic_load_explicit(&c->recycle, memory_order_relaxed))
         return CPOOL_CLOSE_RECYCLED;
+    if (cpool__over_max_locked(p))
+        return CPOOL_CLOSE_RESIZED;
     if (p->opts.recycle_after_uses > 0 && cpool__conn_uses(c) >= p->opts.recycle_after_uses)
         return CPOOL_CLOSE_USES;
     if (c->expires_ns != INT64_MAX && cpool__now(p) > c->expires_ns)
@@ -306,6 +316,9 @@ void cpool__close_conn_relock(cpool *p, cpool_conn *c, int reason,
     if ((unsigned)reason < CPOOL_CLOSE_REASON_SLOTS)
         p->st_closed[reason]++;
     cpool__unassign_locked(c);
+    if (atomic_load_explicit(&p->shrinking, memory_order_relaxed) &&
+        (p->opts.max_pool_size == 0 || total_locked(p) <= p->opts.max_pool_size))
+        atomic_store(&p->shrinking, false); /* down to the new maximum */
     if (p->draining)
         pthread_cond_broadcast(&p->drain_cv);
     cpool__svc_release_locked(p, c);
@@ -522,6 +535,8 @@ void cpool__put_back_locked(cpool *p, cpool_conn *c)
 waiter *cpool__next_waiter_locked(const cpool *p)
 {
     CPOOL_ASSERT_HELD(p);
+    if (atomic_load_explicit(&p->suspended, memory_order_relaxed))
+        return NULL; /* suspended: waiters wait for cpool_resume() */
     if (!p->tenants)
         return p->wq_head;
     for (waiter *w = p->wq_head; w != NULL; w = w->next)
@@ -596,11 +611,12 @@ bool cpool__can_create_locked(const cpool *p)
  * order, and handed to the waiter to establish. May release mu. */
 /* With tenants, a tenant's count dropping (a lease closed rather than
  * returned) can make a queued checkout eligible for a connection that is
- * already available: offer it, so no waiter stays queued beside one. */
+ * already available, and a resume finds checkouts queued beside available
+ * connections: offer them, so no waiter stays queued beside one. */
 static void offer_available_locked(cpool *p)
 {
     CPOOL_ASSERT_HELD(p);
-    if (!p->tenants)
+    if (p->available.head == NULL || p->wq_head == NULL)
         return;
     for (cpool_conn *c = p->available.head; c != NULL && cpool__next_waiter_locked(p) != NULL;) {
         cpool_conn *next = c->next;

@@ -68,6 +68,7 @@ void cpool__unassign_locked(cpool_conn *c);
 int cpool__unfit_reason_locked(const cpool *p, const cpool_conn *c, bool broken);
 cpool_conn *cpool__affine_available_locked(const cpool *p, const tenant *t);
 tenant *cpool__find_tenant_locked(const cpool *p, const char *name);
+bool cpool__over_max_locked(const cpool *p);
 /* A checkout of t may start: takes a token of its rate budget, or returns
  * false (CPOOL_ERATE, counted). */
 bool cpool__tenant_take_token_locked(cpool *p, tenant *t);

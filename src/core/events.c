@@ -57,6 +57,7 @@ const char *cpool_close_reason_name(int reason)
     case CPOOL_CLOSE_RECLAIMED: return "reclaimed";
     case CPOOL_CLOSE_SESSION: return "session";
     case CPOOL_CLOSE_RECYCLED: return "recycled";
+    case CPOOL_CLOSE_RESIZED: return "resized";
     default: return "unknown";
     }
 }
@@ -89,6 +90,8 @@ static const char *close_reason_text(int reason)
     case CPOOL_CLOSE_SESSION:
         return "Connection was about to serve another tenant and its session cannot be reset";
     case CPOOL_CLOSE_RECYCLED: return "Connection was marked for recycling";
+    case CPOOL_CLOSE_RESIZED:
+        return "Connection was beyond the pool's maximum size after a resize";
     default: return "Connection pool was closed";
     }
 }

@@ -92,7 +92,8 @@ static inline bool fast_usable(const cpool *p, const cpool_conn *c)
         return false;
     /* With a minimum to keep, idleness is judged under the lock, where the
      * pool's size is known (cpool__perished_locked). */
-    return p->opts.max_idle_time_ms == 0 || p->opts.min_pool_size > 0 ||
+    return p->opts.max_idle_time_ms == 0 ||
+           atomic_load_explicit(&p->live_min, memory_order_relaxed) > 0 ||
            cpool__now(p) - atomic_load_explicit(&c->available_since_ns,
                                                  memory_order_relaxed) <=
                ms_to_ns(p->opts.max_idle_time_ms);
@@ -145,7 +146,10 @@ static inline bool try_park(cpool *p, cpool_conn *c)
         atomic_store_explicit(&c->available_since_ns, cpool__now(p),
                               memory_order_relaxed);
     bool mine = cpool__tl_park.serial == p->serial && cpool__tl_park.conn == c;
-    if (!fast_usable(p, c)) {
+    /* Suspended or shrinking: the locked path decides (keep it available,
+     * or close it). */
+    if (!fast_usable(p, c) || atomic_load_explicit(&p->suspended, memory_order_relaxed) ||
+        atomic_load_explicit(&p->shrinking, memory_order_relaxed)) {
         cpool__tl_park.conn = NULL;
         return false;
     }
@@ -158,8 +162,9 @@ static inline bool try_park(cpool *p, cpool_conn *c)
     atomic_store(&c->leased, LEASE_PARKED);
     /* The same handshake with cpool_close(), which stores CLOSED and then
      * takes every parked connection: re-reading the state after the store
-     * means a connection is never left parked in a closed pool. */
-    if (atomic_load(&p->state) == CPOOL_STATE_READY) {
+     * means a connection is never left parked in a closed pool (nor in a
+     * suspended one: cpool_suspend() stores the flag, then takes them). */
+    if (atomic_load(&p->state) == CPOOL_STATE_READY && !atomic_load(&p->suspended)) {
         bool park = atomic_load(&p->nwaiting) == 0;
         if (!park && turn_goes_on(p, &now)) {
             atomic_store_explicit(&c->turn_parked_ns, now, memory_order_relaxed);
@@ -293,7 +298,8 @@ static inline cpool_conn *take_parked_fast(cpool *p, int64_t timeout_ms, int64_t
 {
     cpool_conn *c = cpool__tl_park.conn;
     if (cpool__tl_park.serial != p->serial || c == NULL ||
-        (!p->turns && atomic_load(&p->nwaiting) != 0))
+        (!p->turns && atomic_load(&p->nwaiting) != 0) ||
+        atomic_load_explicit(&p->suspended, memory_order_relaxed))
         return NULL;
     unsigned parked = LEASE_PARKED;
     if (!atomic_compare_exchange_strong(&c->leased, &parked, LEASE_HELD)) {

@@ -143,6 +143,7 @@ static void settle_locked_paths(cpool *p)
     p->rng = 0x9e3779b97f4a7c15ULL ^ (p->serial * 0xbf58476d1ce4e5b9ULL) ^
              (uint64_t)cpool__mono_ns();
     p->options_set = cpool__options_set(o);
+    atomic_store_explicit(&p->live_min, o->min_pool_size, memory_order_relaxed);
     p->state = CPOOL_STATE_PAUSED;
     atomic_store_explicit(&p->fork_epoch,
                           atomic_load_explicit(&cpool__fork_epoch, memory_order_relaxed),

@@ -215,6 +215,12 @@ struct cpool {
     bool observed;         /* a subscriber or a log sink is set */
     bool can_park;         /* the lock-free fast path may be used */
     bool turns;            /* CPOOL_HANDOFF_TURNS in effect (cpool__set_parking) */
+    /* Runtime control (control.c): written under mu, read by the lock-free
+     * paths too. */
+    atomic_bool suspended; /* cpool_suspend(): checkouts wait, nothing is handed */
+    atomic_bool shrinking; /* a resize left more connections than the maximum:
+                              check-ins take the locked path, which closes */
+    _Atomic uint32_t live_min; /* opts.min_pool_size, for the lock-free path */
     int64_t turn_ns;       /* options.turn_us in ns */
     int64_t turn_wait_ns;  /* options.turn_wait_us in ns */
     _Atomic int64_t turn_eff_ns; /* a turn's length now, <= turn_ns

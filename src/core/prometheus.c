@@ -260,10 +260,11 @@ static void gauges(ctx *c, const cpool_stats *s)
     gauge(c, "db_client_connection_generation",
           "The pool's generation; it grows by one at every clear.", s->counts.generation);
     family(c, "db_client_connection_pool_state", "gauge",
-           "1 for the state the pool is in (paused, ready, closed, shutting_down), 0 for the "
-           "others.");
-    static const char *const states[] = {"paused", "ready", "closed", "shutting_down"};
-    for (int i = 0; i < 4; i++)
+           "1 for the state the pool is in (paused, ready, closed, shutting_down, "
+           "suspended), 0 for the others.");
+    static const char *const states[] = {"paused", "ready", "closed", "shutting_down",
+                                         "suspended"};
+    for (int i = 0; i < 5; i++)
         sample_u64(c, "db_client_connection_pool_state", "state", states[i],
                    (int)s->counts.state == i);
     gauge(c, "db_client_connection_breaker_open",

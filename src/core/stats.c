@@ -330,5 +330,7 @@ void cpool__counts_locked(const cpool *p, cpool_counts *out)
     /* A draining pool is paused underneath, but what it is doing is shutting
      * down (until close() makes it CLOSED). */
     out->state = p->draining && p->state != CPOOL_STATE_CLOSED ? CPOOL_STATE_SHUTTING_DOWN
-                                                               : p->state;
+                 : p->state == CPOOL_STATE_READY && atomic_load(&p->suspended)
+                     ? CPOOL_STATE_SUSPENDED
+                     : p->state;
 }

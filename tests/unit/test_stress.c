@@ -104,8 +104,9 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-/* Clears (half of them interrupting), recycles, readies, runs maintenance
- * and arms a fail point now and then. Ends with the pool ready. */
+/* Clears (half of them interrupting), recycles, resizes, suspends and
+ * resumes, readies, runs maintenance and arms a fail point now and then.
+ * Ends with the pool ready at its first size. */
 static void *chaos_main(void *arg)
 {
     shared *sh = arg;
@@ -113,7 +114,7 @@ static void *chaos_main(void *arg)
     while (!atomic_load(&sh->stop)) {
         test_sleep_us(1000 + rand_r(&seed) % 9000);
         int rc = CPOOL_OK;
-        switch (rand_r(&seed) % 8) {
+        switch (rand_r(&seed) % 10) {
         case 0:
             rc = cpool_clear(sh->pool, 0, NULL, NULL);
             break;
@@ -127,6 +128,18 @@ static void *chaos_main(void *arg)
             break;
         case 4:
             rc = cpool_recycle(sh->pool, NULL, NULL);
+            break;
+        case 5: /* shrink or grow, within the limits the poller checks */
+            rc = cpool_resize(sh->pool, 2 + (uint32_t)(rand_r(&seed) % (MAX_POOL - 1)),
+                              (uint32_t)(rand_r(&seed) % 3), NULL);
+            break;
+        case 6:
+            rc = cpool_suspend(sh->pool, NULL);
+            if (rc == CPOOL_ESTATE) /* paused by a clear */
+                rc = CPOOL_OK;
+            test_sleep_us(200 + rand_r(&seed) % 2000);
+            if (rc == CPOOL_OK)
+                rc = cpool_resume(sh->pool, NULL);
             break;
         case 3: {
             cpool_mem_failpoint fp;
@@ -145,8 +158,10 @@ static void *chaos_main(void *arg)
         if (rc != CPOOL_OK)
             FAIL("chaos: %s", cpool_err_name(rc));
     }
-    if (cpool_ready(sh->pool, NULL) != CPOOL_OK)
-        FAIL("chaos: final ready failed");
+    if (cpool_ready(sh->pool, NULL) != CPOOL_OK ||
+        cpool_resize(sh->pool, MAX_POOL, 2, NULL) != CPOOL_OK ||
+        cpool_resume(sh->pool, NULL) != CPOOL_OK)
+        FAIL("chaos: final ready, resize or resume failed");
     return NULL;
 }
 
