@@ -62,6 +62,7 @@ typedef struct test_event {
     char tenant[64];        /* LEAK_SUSPECTED: the holder's tenant */
     bool over_tenant_limit;
     uint32_t connections;   /* POOL_RECYCLED */
+    uint32_t failures;      /* BACKOFF_STARTED, BREAKER_* */
 } test_event;
 
 /* Records every event of a pool. Waits use CLOCK_MONOTONIC real time: the
@@ -122,6 +123,7 @@ static inline void test_rec_on_event(const cpool_event *ev, void *ctx)
         snprintf(e.tenant, sizeof e.tenant, "%s", ev->tenant);
     e.over_tenant_limit = ev->over_tenant_limit;
     e.connections = ev->connections;
+    e.failures = ev->failures;
 
     pthread_mutex_lock(&r->mu);
     if (r->n == r->cap) {

@@ -171,6 +171,11 @@ typedef enum cpool_event_type {
     CPOOL_EV_CONN_LEAK_SUSPECTED, /* held longer than leak_threshold_ms */
     CPOOL_EV_POOL_RECYCLED,       /* 0.2: cpool_recycle() marked every
                                      connection for replacement */
+    CPOOL_EV_BACKOFF_STARTED,     /* 0.2: an establishment failed; no new
+                                     one for duration_ns (the step) */
+    CPOOL_EV_BREAKER_OPENED,      /* 0.2: breaker_threshold failures in a
+                                     row: the circuit is open */
+    CPOOL_EV_BREAKER_CLOSED,      /* 0.2: an establishment succeeded again */
     CPOOL_EV_COUNT_
 } cpool_event_type;
 
@@ -278,6 +283,9 @@ typedef struct cpool_event {
      * reported for its tenant's max_hold_ms (cpool_tenant_budget). */
     const char *tenant;
     bool over_tenant_limit;
+    /* 0.2. BACKOFF_STARTED, BREAKER_OPENED: establishment failures in a row
+     * (error: the last one); BREAKER_CLOSED: the run it ended. */
+    uint32_t failures;
 } cpool_event;
 
 /* Event subscriber. Called from whichever thread changed the state, never
@@ -967,6 +975,9 @@ typedef struct cpool_stats {
      * retry, and calls that failed on a retryable error with no retry or
      * time left. */
     uint64_t retries, retries_succeeded, retries_exhausted;
+    /* How long the oldest queued checkout has waited (PgBouncer's maxwait);
+     * 0 when none waits. */
+    int64_t oldest_wait_ns;
     /* Derived figures, computed here rather than by every caller, over the
      * last complete stats_interval_ms (until one has passed, and with
      * stats_interval_ms 0: since the pool was created until now). A ratio

@@ -363,8 +363,10 @@ static int queue_relock(checkout *co)
         p->wq_head = w;
     p->wq_tail = w;
     atomic_fetch_add(&p->nwaiting, 1);
+    /* The queue's oldest wait is a statistic (maxwait); with turns, each
+     * wait also adapts the turns' length. */
+    w->since = cpool__now(p);
     if (p->turns) {
-        w->since = cpool__now(p); /* its wait adapts the turns' length */
         if (!p->turn_watch &&
             atomic_load_explicit(&p->turn_eff_ns, memory_order_relaxed) >= TURN_FLOOR_NS)
             pthread_cond_signal(&p->maint_cv); /* watch the turns (maint.c) */

@@ -54,10 +54,17 @@ void cpool__unavailable_error_locked(const cpool *p, cpool_error *e)
     e->labels = p->last_fail.labels;
 }
 
+/* What a counted failure started, for the events emitted once mu may be
+ * released: the backoff step's length, and whether the circuit opened. */
+typedef struct failure_news {
+    int64_t step_ns;
+    bool opened;
+} failure_news;
+
 /* An establishment failed for a reason the server may have caused: count
  * it, schedule the next attempt, and open the circuit at the threshold,
  * failing the waiters that only a new connection could serve. */
-static void note_connect_failure_locked(cpool *p, const cpool_error *ce)
+static void note_connect_failure_locked(cpool *p, const cpool_error *ce, failure_news *news)
 {
     CPOOL_ASSERT_HELD(p);
     p->fail_streak++;
@@ -65,6 +72,7 @@ static void note_connect_failure_locked(cpool *p, const cpool_error *ce)
     p->last_fail_at = cpool__now(p);
     int64_t d = backoff_delay_locked(p, p->fail_streak);
     p->retry_at = d > 0 ? p->last_fail_at + d : 0;
+    news->step_ns = d;
     /* The maintenance thread re-arms to wake at retry_at and serve the
      * queue (waiters that queued before this failure sleep on), and to
      * probe the server meanwhile. */
@@ -72,8 +80,10 @@ static void note_connect_failure_locked(cpool *p, const cpool_error *ce)
         cpool__kick_maintenance_locked(p);
     if (!cpool__breaker_open(p))
         return;
-    if (p->fail_streak == p->opts.breaker_threshold)
+    if (p->fail_streak == p->opts.breaker_threshold) {
         p->breaker_opens++;
+        news->opened = true;
+    }
     /* The failed connection is still counted (it closes next). A full
      * pool's waiters wait for check-ins, not connects. Every failure while
      * the circuit is open flushes them: a checkout may have queued behind
@@ -101,15 +111,43 @@ static void note_capacity_refusal_locked(cpool *p)
         cpool__kick_maintenance_locked(p);
 }
 
-static void note_connect_success_locked(cpool *p)
+/* A success ends a run of failures; returns the run's length when it had
+ * opened the circuit (0 otherwise), for the event. */
+static uint32_t note_connect_success_locked(cpool *p)
 {
     CPOOL_ASSERT_HELD(p);
     p->cap_retry_at = 0;
     if (p->fail_streak == 0)
-        return;
+        return 0;
+    uint32_t run = cpool__breaker_open(p) ? p->fail_streak : 0;
     p->fail_streak = 0;
     p->retry_at = 0;
     cpool__kick_maintenance_locked(p); /* refill to minPoolSize now */
+    return run;
+}
+
+/* The operator's signals of a failure's consequences (WARN log records). */
+static void emit_failure_news_relock(cpool *p, const failure_news *news, const cpool_error *ce)
+{
+    CPOOL_ASSERT_HELD(p);
+    if (!p->observed)
+        return;
+    uint32_t failures = p->fail_streak;
+    if (news->step_ns > 0) {
+        cpool_event ev;
+        cpool__event_init(p, &ev, CPOOL_EV_BACKOFF_STARTED);
+        ev.duration_ns = news->step_ns;
+        ev.failures = failures;
+        ev.error = ce;
+        cpool__emit_relock(p, &ev);
+    }
+    if (news->opened) {
+        cpool_event ev;
+        cpool__event_init(p, &ev, CPOOL_EV_BREAKER_OPENED);
+        ev.failures = failures;
+        ev.error = ce;
+        cpool__emit_relock(p, &ev);
+    }
 }
 
 /* A failed establishment: labels the error, lets it clear the pool when
@@ -141,12 +179,14 @@ static int establish_failed_relock(cpool *p, cpool_conn *c, int rc, bool caller_
     /* A caller's own short deadline ending the attempt says nothing about
      * the backend (a checkout with timeout 0 would otherwise trip the
      * breaker against a healthy server). */
+    failure_news news = {0, false};
     if (ce->kind == CPOOL_FAIL_CAPACITY)
         note_capacity_refusal_locked(p);
     else if (ce->kind != CPOOL_FAIL_INTERRUPTED && ce->code != CPOOL_ENOMEM &&
              !(caller_bound && ce->kind == CPOOL_FAIL_TIMEOUT))
-        note_connect_failure_locked(p, ce);
+        note_connect_failure_locked(p, ce, &news);
     cpool__close_conn_relock(p, c, CPOOL_CLOSE_ERROR, ce);
+    emit_failure_news_relock(p, &news, ce);
     return ce->code;
 }
 
@@ -159,7 +199,7 @@ static int establish_succeeded_relock(cpool *p, cpool_conn *c, bool for_checkout
     CPOOL_ASSERT_HELD(p);
     p->st_ready++;
     cpool__hist_add(&p->connect_hist, cpool__now(p) - c->created_ns);
-    note_connect_success_locked(p);
+    uint32_t closed_run = note_connect_success_locked(p);
     bool recycle = atomic_load_explicit(&c->recycle, memory_order_relaxed);
     bool stale = cpool__is_stale_locked(p, c) || recycle || p->state == CPOOL_STATE_CLOSED ||
                  p->draining;
@@ -177,6 +217,11 @@ static int establish_succeeded_relock(cpool *p, cpool_conn *c, bool for_checkout
         ev.connection_id = c->id;
         ev.duration_ns = ev.time_ns - c->created_ns;
         cpool__emit_relock(p, &ev);
+        if (closed_run > 0) {
+            cpool__event_init(p, &ev, CPOOL_EV_BREAKER_CLOSED);
+            ev.failures = closed_run;
+            cpool__emit_relock(p, &ev);
+        }
     }
     if (stale) {
         cpool__close_conn_relock(p, c,

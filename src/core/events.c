@@ -36,6 +36,9 @@ static const char *const event_names[CPOOL_EV_COUNT_] = {
     [CPOOL_EV_CHECKED_IN] = "ConnectionCheckedIn",
     [CPOOL_EV_CONN_LEAK_SUSPECTED] = "ConnectionLeakSuspected",
     [CPOOL_EV_POOL_RECYCLED] = "ConnectionPoolRecycled",
+    [CPOOL_EV_BACKOFF_STARTED] = "ConnectionPoolBackoffStarted",
+    [CPOOL_EV_BREAKER_OPENED] = "ConnectionPoolBreakerOpened",
+    [CPOOL_EV_BREAKER_CLOSED] = "ConnectionPoolBreakerClosed",
 };
 
 const char *cpool_event_name(cpool_event_type type)
@@ -121,6 +124,9 @@ static const char *const log_messages[CPOOL_EV_COUNT_] = {
     [CPOOL_EV_CHECKED_IN] = "Connection checked in",
     [CPOOL_EV_CONN_LEAK_SUSPECTED] = "Connection held longer than the leak threshold",
     [CPOOL_EV_POOL_RECYCLED] = "Connection pool recycle requested",
+    [CPOOL_EV_BACKOFF_STARTED] = "Connection pool backing off after an establishment failure",
+    [CPOOL_EV_BREAKER_OPENED] = "Connection pool circuit breaker opened",
+    [CPOOL_EV_BREAKER_CLOSED] = "Connection pool circuit breaker closed",
 };
 
 int64_t cpool__now(const cpool *p)
@@ -194,13 +200,19 @@ static const char *describe_error(const cpool_error *err, char *buf, size_t size
     return buf;
 }
 
-/* The CMAP messages are DEBUG; a suspected leak is worth a WARN, an
- * operator's recycle an INFO. */
+/* The CMAP messages are DEBUG. What an operator must see is a WARN: a
+ * suspected leak, a backoff step, the circuit opening; the circuit closing
+ * and a recycle are INFO. */
 static cpool_log_level event_level(cpool_event_type type)
 {
-    if (type == CPOOL_EV_CONN_LEAK_SUSPECTED)
-        return CPOOL_LOG_WARN;
-    return type == CPOOL_EV_POOL_RECYCLED ? CPOOL_LOG_INFO : CPOOL_LOG_DEBUG;
+    switch (type) {
+    case CPOOL_EV_CONN_LEAK_SUSPECTED:
+    case CPOOL_EV_BACKOFF_STARTED:
+    case CPOOL_EV_BREAKER_OPENED: return CPOOL_LOG_WARN;
+    case CPOOL_EV_POOL_RECYCLED:
+    case CPOOL_EV_BREAKER_CLOSED: return CPOOL_LOG_INFO;
+    default: return CPOOL_LOG_DEBUG;
+    }
 }
 
 static void log_event(cpool *p, const cpool_event *ev)
@@ -257,6 +269,17 @@ static void log_event(cpool *p, const cpool_event *ev)
         break;
     case CPOOL_EV_POOL_RECYCLED:
         add_int(&b, "connections", ev->connections);
+        break;
+    case CPOOL_EV_BACKOFF_STARTED:
+    case CPOOL_EV_BREAKER_OPENED:
+        add_int(&b, "failures", ev->failures);
+        if (ev->type == CPOOL_EV_BACKOFF_STARTED)
+            add_ms(&b, ev->duration_ns);
+        if (ev->error != NULL)
+            add_str(&b, "error", describe_error(ev->error, errbuf, sizeof errbuf));
+        break;
+    case CPOOL_EV_BREAKER_CLOSED:
+        add_int(&b, "failures", ev->failures);
         break;
     default:
         break;

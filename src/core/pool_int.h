@@ -185,7 +185,7 @@ typedef struct waiter {
     bool establish;    /* conn is pending and this waiter establishes it */
     int fail;          /* CPOOL_ECLEARED / CPOOL_ECLOSED set by clear/close */
     tenant *tenant;    /* the checkout's tenant, or NULL */
-    int64_t since;     /* pool clock when it joined the queue (turns only) */
+    int64_t since;     /* pool clock when it joined the queue */
     bool queued;
     atomic_int done;   /* 1 once served or failed: published with release
                           before the post, read with acquire after the wait */

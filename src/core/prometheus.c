@@ -270,6 +270,12 @@ static void gauges(ctx *c, const cpool_stats *s)
     gauge(c, "db_client_connection_breaker_open",
           "1 while the circuit breaker is open (establishments keep failing).",
           s->breaker_open ? 1 : 0);
+    family(c, "db_client_connection_oldest_wait_seconds", "gauge",
+           "How long the oldest queued checkout has waited (PgBouncer's maxwait); 0 when "
+           "none waits.");
+    sample_head(c, "db_client_connection_oldest_wait_seconds", NULL, NULL, NULL);
+    put_seconds(c->o, s->oldest_wait_ns > 0 ? (uint64_t)s->oldest_wait_ns : 0);
+    put(c->o, "\n");
     gauge(c, "db_client_connection_recycle_pending",
           "Connections marked by a recycle and not yet replaced.", s->recycle_pending);
 }

@@ -272,6 +272,7 @@ static void totals_locked(cpool *p, cpool_stats *out)
     s.leaks_suspected = p->leaks_suspected;
     s.leaks_reclaimed = p->leaks_reclaimed;
     s.recycles = p->st_recycles;
+    s.oldest_wait_ns = p->wq_head != NULL ? cpool__now(p) - p->wq_head->since : 0;
     s.retries = atomic_load_explicit(&p->st_retries, memory_order_relaxed);
     s.retries_succeeded = atomic_load_explicit(&p->st_retries_ok, memory_order_relaxed);
     s.retries_exhausted = atomic_load_explicit(&p->st_retries_exhausted, memory_order_relaxed);

@@ -202,4 +202,32 @@ TEST(wait_queue_limit_fails_at_once)
     test_fixture_free(&f);
 }
 
+/* The oldest queued checkout's wait (maxwait), in the statistics and the
+ * Prometheus text. */
+TEST(oldest_wait_is_reported)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.clock = &f.clk.clock;
+    f.opts.max_pool_size = 1;
+    test_fixture_start(&f);
+    ASSERT_EQ(0, stats_of(f.pool).oldest_wait_ns);
+    cpool_conn *held = test_checkout(f.pool);
+    test_job j;
+    test_job_start(&j, f.pool, 100000);
+    WAIT_UNTIL(test_counts(f.pool).waiting == 1, 5000);
+    test_clock_advance_ms(&f.clk, f.pool, 250);
+    cpool_stats s = stats_of(f.pool);
+    ASSERT_EQ(250000000, s.oldest_wait_ns);
+    char text[16384];
+    ASSERT_LT(cpool_stats_prometheus(&s, "p", NULL, text, sizeof text), sizeof text);
+    ASSERT_STR_CONTAINS(text, "db_client_connection_oldest_wait_seconds{pool=\"p\"} 0.25\n");
+    test_checkin(f.pool, held, 0);
+    test_job_join(&j, 5000);
+    ASSERT_OK(j.rc);
+    ASSERT_EQ(0, stats_of(f.pool).oldest_wait_ns);
+    test_checkin(f.pool, j.conn, 0);
+    test_fixture_free(&f);
+}
+
 TEST_MAIN()

@@ -171,6 +171,78 @@ TEST(backoff_steady_schedule_and_max_attempts)
     test_fixture_free(&f);
 }
 
+/* The operator's signals: each backoff step and the circuit opening are
+ * events with WARN log records, the circuit closing an INFO one. */
+typedef struct signal_log {
+    pthread_mutex_t mu;
+    int warns, infos;
+    char lines[8][600];
+    int n;
+} signal_log;
+
+static void keep_signals(const cpool_log_record *rec, void *ctx)
+{
+    signal_log *l = ctx;
+    if (rec->level > CPOOL_LOG_INFO)
+        return;
+    pthread_mutex_lock(&l->mu);
+    l->warns += rec->level == CPOOL_LOG_WARN;
+    l->infos += rec->level == CPOOL_LOG_INFO;
+    if (l->n < 8)
+        cpool_log_format_json(rec, l->lines[l->n++], sizeof l->lines[0]);
+    pthread_mutex_unlock(&l->mu);
+}
+
+TEST(backoff_and_breaker_are_signalled)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    signal_log lg = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    f.opts.clock = &f.clk.clock;
+    f.opts.backoff_base_ms = 100;
+    f.opts.backoff_jitter = 0;
+    f.opts.breaker_threshold = 2;
+    f.opts.on_log = keep_signals;
+    f.opts.log_ctx = &lg;
+    f.opts.log_level = CPOOL_LOG_DEBUG;
+    test_fixture_start(&f);
+    refuse_all(f.mem);
+    ASSERT_RC(CPOOL_ECONNECT, try_checkout(f.pool, NULL));
+    test_event ev;
+    ASSERT_TRUE(test_rec_find(&f.rec, CPOOL_EV_BACKOFF_STARTED, 0, &ev));
+    ASSERT_EQ(100000000, ev.duration_ns);
+    ASSERT_EQ(1, ev.failures);
+    ASSERT_TRUE(ev.has_error);
+    ASSERT_EQ(0, test_rec_count(&f.rec, CPOOL_EV_BREAKER_OPENED));
+    test_clock_advance_ms(&f.clk, f.pool, 100);
+    ASSERT_RC(CPOOL_ECONNECT, try_checkout(f.pool, NULL));
+    ASSERT_TRUE(test_rec_find(&f.rec, CPOOL_EV_BACKOFF_STARTED, 1, &ev));
+    ASSERT_EQ(200000000, ev.duration_ns);
+    ASSERT_TRUE(test_rec_find(&f.rec, CPOOL_EV_BREAKER_OPENED, 0, &ev));
+    ASSERT_EQ(2, ev.failures);
+    /* The server is back; after the step the probe checkout succeeds. */
+    cpool_mem_set_failpoint(f.mem, NULL);
+    test_clock_advance_ms(&f.clk, f.pool, 200);
+    ASSERT_OK(try_checkout(f.pool, NULL));
+    ASSERT_TRUE(test_rec_find(&f.rec, CPOOL_EV_BREAKER_CLOSED, 0, &ev));
+    ASSERT_EQ(2, ev.failures);
+    ASSERT_EQ(1, test_rec_count(&f.rec, CPOOL_EV_BREAKER_OPENED));
+    ASSERT_EQ(2, test_rec_count(&f.rec, CPOOL_EV_BACKOFF_STARTED));
+    pthread_mutex_lock(&lg.mu);
+    ASSERT_EQ(3, lg.warns); /* two steps, one opening */
+    ASSERT_EQ(1, lg.infos); /* the closing */
+    ASSERT_STR_CONTAINS(lg.lines[0], "\"message\":\"Connection pool backing off after an "
+                                     "establishment failure\"");
+    ASSERT_STR_CONTAINS(lg.lines[0], "\"durationMS\":100");
+    ASSERT_STR_CONTAINS(lg.lines[0], "\"failures\":1");
+    ASSERT_STR_CONTAINS(lg.lines[0], "\"error\":");
+    ASSERT_STR_CONTAINS(lg.lines[2], "\"message\":\"Connection pool circuit breaker opened\"");
+    ASSERT_STR_CONTAINS(lg.lines[3], "\"message\":\"Connection pool circuit breaker closed\"");
+    pthread_mutex_unlock(&lg.mu);
+    ASSERT_STR_EQ("ConnectionPoolBreakerOpened", cpool_event_name(CPOOL_EV_BREAKER_OPENED));
+    test_fixture_free(&f);
+}
+
 TEST(backoff_reset_by_success)
 {
     test_fixture f;
