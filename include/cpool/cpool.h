@@ -1010,6 +1010,16 @@ CPOOL_API int cpool_get_stats(cpool *pool, cpool_stats *out);
 CPOOL_API size_t cpool_stats_prometheus(const cpool_stats *stats, const char *pool_name,
                                         const char *extra_labels, char *buf,
                                         size_t size);
+/* Several pools in one exposition, as one /metrics endpoint serves them:
+ * each pool's statistics and its tenants' series (cpool_stats_prometheus,
+ * cpool_tenants_prometheus) with every family's HELP and TYPE written once
+ * and all the pools' samples under it. names[i] (or NULL, or names NULL)
+ * labels pool i; NULL = its name (options.name, else its address). Returns
+ * the length it needed, like snprintf. Since 0.2. */
+CPOOL_API size_t cpool_prometheus_pools(cpool *const *pools, const char *const *names,
+                                        size_t n, const char *extra_labels, char *buf,
+                                        size_t size);
+
 /* The pool's address; borrowed, valid until cpool_destroy(). */
 CPOOL_API const char *cpool_address(const cpool *pool);
 

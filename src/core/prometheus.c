@@ -507,3 +507,149 @@ size_t cpool_tenants_prometheus(cpool *pool, const char *pool_name, const char *
         buf[o.len < o.size ? o.len : o.size - 1] = '\0';
     return o.len;
 }
+
+/* ------------------------------------------------------------ several pools */
+
+/* One family's lines in one pool's text: the HELP and TYPE lines, then its
+ * samples. */
+typedef struct block {
+    const char *name; /* points into the text; name_len bytes */
+    size_t name_len;
+    const char *head, *samples; /* HELP+TYPE lines; sample lines */
+    size_t head_len, samples_len;
+} block;
+
+typedef struct blocks {
+    block *b;
+    size_t n, cap;
+    const char *comments; /* leading '#' lines that are neither HELP nor TYPE */
+    size_t comments_len;
+} blocks;
+
+static bool push_block(blocks *bs, const char *name, size_t len, const char *at)
+{
+    if (bs->n == bs->cap) {
+        size_t cap = bs->cap ? bs->cap * 2 : 64;
+        block *g = realloc(bs->b, cap * sizeof *g);
+        if (g == NULL)
+            return false;
+        bs->b = g;
+        bs->cap = cap;
+    }
+    bs->b[bs->n++] = (block){.name = name, .name_len = len, .head = at};
+    return true;
+}
+
+/* Splits text (as this file writes it: each family's HELP and TYPE, then
+ * its samples) into families. */
+static bool split_families(const char *text, blocks *bs)
+{
+    memset(bs, 0, sizeof *bs);
+    for (const char *line = text; *line != '\0';) {
+        const char *end = strchr(line, '\n');
+        size_t len = end != NULL ? (size_t)(end - line) + 1 : strlen(line);
+        if (strncmp(line, "# HELP ", 7) == 0) {
+            const char *name = line + 7;
+            size_t nl = strcspn(name, " \n");
+            if (!push_block(bs, name, nl, line))
+                return false;
+            bs->b[bs->n - 1].head_len = len;
+        } else if (strncmp(line, "# TYPE ", 7) == 0 && bs->n > 0) {
+            bs->b[bs->n - 1].head_len += len;
+        } else if (line[0] == '#' && bs->n == 0) {
+            if (bs->comments == NULL)
+                bs->comments = line;
+            bs->comments_len += len;
+        } else if (bs->n > 0) {
+            block *b = &bs->b[bs->n - 1];
+            if (b->samples == NULL)
+                b->samples = line;
+            b->samples_len += len;
+        }
+        line += len;
+    }
+    return true;
+}
+
+static const block *find_block(const blocks *bs, const block *like)
+{
+    for (size_t i = 0; i < bs->n; i++)
+        if (bs->b[i].name_len == like->name_len &&
+            memcmp(bs->b[i].name, like->name, like->name_len) == 0)
+            return &bs->b[i];
+    return NULL;
+}
+
+/* One pool's whole text: its statistics and its tenants'. malloc'd. */
+static char *pool_text(cpool *pool, const char *name, const char *extra)
+{
+    cpool_stats st = {.struct_size = sizeof st};
+    if (cpool_get_stats(pool, &st) != 0)
+        return NULL;
+    size_t a = cpool_stats_prometheus(&st, name, extra, NULL, 0);
+    size_t b = cpool_tenants_prometheus(pool, name, extra, NULL, 0);
+    char *t = malloc(a + b + 1);
+    if (t == NULL)
+        return NULL;
+    size_t got = cpool_stats_prometheus(&st, name, extra, t, a + 1);
+    if (got > a)
+        got = a;
+    size_t got_t = cpool_tenants_prometheus(pool, name, extra, t + got, b + 1);
+    t[got + (got_t < b ? got_t : b)] = '\0';
+    return t;
+}
+
+size_t cpool_prometheus_pools(cpool *const *pools, const char *const *names, size_t n,
+                              const char *extra_labels, char *buf, size_t size)
+{
+    out o = {buf, buf != NULL ? size : 0, 0};
+    if (o.size > 0)
+        buf[0] = '\0';
+    if (pools == NULL || n == 0)
+        return 0;
+    char **texts = calloc(n, sizeof *texts);
+    blocks *parts = calloc(n, sizeof *parts);
+    bool ok = texts != NULL && parts != NULL;
+    for (size_t i = 0; ok && i < n; i++) {
+        if (pools[i] == NULL) {
+            ok = false;
+            break;
+        }
+        const char *name = names != NULL && names[i] != NULL ? names[i] : pools[i]->name;
+        ok = (texts[i] = pool_text(pools[i], name, extra_labels)) != NULL &&
+             split_families(texts[i], &parts[i]);
+    }
+    if (!ok) {
+        put(&o, "# cpool: no exposition: a NULL pool or out of memory\n");
+    } else {
+        if (parts[0].comments != NULL)
+            put_n(&o, parts[0].comments, parts[0].comments_len);
+        /* Families in the order they first appear; each pool's samples under
+         * the one HELP and TYPE. */
+        for (size_t i = 0; i < n; i++) {
+            for (size_t f = 0; f < parts[i].n; f++) {
+                const block *fam = &parts[i].b[f];
+                bool seen = false;
+                for (size_t k = 0; k < i && !seen; k++)
+                    seen = find_block(&parts[k], fam) != NULL;
+                if (seen)
+                    continue;
+                put_n(&o, fam->head, fam->head_len);
+                for (size_t k = i; k < n; k++) {
+                    const block *mine = k == i ? fam : find_block(&parts[k], fam);
+                    if (mine != NULL && mine->samples != NULL)
+                        put_n(&o, mine->samples, mine->samples_len);
+                }
+            }
+        }
+    }
+    for (size_t i = 0; texts != NULL && i < n; i++)
+        free(texts[i]);
+    for (size_t i = 0; parts != NULL && i < n; i++)
+        free(parts[i].b);
+    free(texts);
+    free(parts);
+    if (o.size > 0)
+        buf[o.len < o.size ? o.len : o.size - 1] = '\0';
+    return o.len;
+}

@@ -1085,6 +1085,14 @@ TEST(metrics_serves_prometheus_and_stops_on_sigterm)
                                      "env=\"test\"} ");
         free(h.raw);
     }
+    http_get(b.port, "/health", &h);
+    ASSERT_EQ(200, h.status);
+    ASSERT_STR_EQ("ok\n", h.body);
+    free(h.raw);
+    http_get(b.port, "/ready", &h);
+    ASSERT_EQ(200, h.status);
+    ASSERT_STR_CONTAINS(h.body, "ready: ");
+    free(h.raw);
     http_get(b.port, "/nope", &h);
     ASSERT_EQ(404, h.status);
     free(h.raw);
@@ -1167,6 +1175,41 @@ static void refused_target(char *buf, size_t size, int port)
     snprintf(buf, size, "redis://:secret@127.0.0.1:%d", port);
 #endif
 }
+
+#ifdef CLI_TEST_HAVE_MHD
+/* /ready answers 503 with the reason while the backend refuses, and
+ * /health (liveness) still 200; no secret in either. */
+TEST(metrics_ready_says_why_not)
+{
+    clean_env(NULL);
+    setenv("CPOOL_BACKOFF", "off", 1); /* the circuit opens within milliseconds */
+    char target[160];
+    refused_target(target, sizeof target, free_port());
+    bg b;
+    metrics_start(&b, (const char *const[]){"metrics", target, "--listen", "127.0.0.1:0",
+                                            "--load", "1", NULL});
+    unsetenv("CPOOL_BACKOFF");
+    http_reply h;
+    int64_t deadline = test_now_ms() + 10000;
+    for (;;) {
+        http_get(b.port, "/ready", &h);
+        if (h.status == 503 && strstr(h.body, "backend is unavailable") != NULL)
+            break;
+        if (test_now_ms() > deadline)
+            FAIL("/ready: %d \"%s\" after 10 s against a refused port", h.status, h.body);
+        free(h.raw);
+        test_sleep_ms(50);
+    }
+    assert_no_secret("/ready", h.raw);
+    ASSERT_STR_CONTAINS(h.body, "establishment failures in a row");
+    free(h.raw);
+    http_get(b.port, "/health", &h);
+    ASSERT_EQ(200, h.status);
+    free(h.raw);
+    char err[1024];
+    metrics_stop(&b, SIGTERM, err, sizeof err);
+}
+#endif
 
 TEST(probe_refused_port_explained)
 {

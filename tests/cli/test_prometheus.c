@@ -654,6 +654,65 @@ TEST(tenant_series_parse_with_the_pool)
     test_fixture_free(&f);
 }
 
+/* Two pools in one exposition: one HELP and TYPE per family, the samples
+ * of both beneath, each with its pool label; the strict parser refuses a
+ * repeated HELP or a family split in two. */
+TEST(several_pools_in_one_exposition)
+{
+    test_fixture a, b;
+    test_fixture_init(&a);
+    test_fixture_init(&b);
+    a.opts.max_pool_size = 2;
+    b.opts.max_pool_size = 5;
+    a.pool = test_pool_create(&a.opts);
+    ASSERT_OK(cpool_tenant_set(a.pool, "api", 0, 0, NULL));
+    test_ready(a.pool);
+    test_fixture_start(&b);
+    for (int i = 0; i < 3; i++) {
+        cpool_checkout_opts o = {.struct_size = sizeof o, .timeout_ms = 1000, .tenant = "api"};
+        cpool_conn *c = NULL;
+        ASSERT_OK(cpool_checkout_with(a.pool, &o, &c, NULL));
+        test_checkin(a.pool, c, 0);
+    }
+    cpool_conn *held = test_checkout(b.pool);
+    cpool *pools[] = {a.pool, b.pool};
+    const char *names[] = {"orders", NULL}; /* b: its name, the address */
+    size_t need = cpool_prometheus_pools(pools, names, 2, "svc=\"x\"", NULL, 0);
+    char *text = malloc(need + 4096); /* the figures may move between calls */
+    ASSERT_NOT_NULL(text);
+    size_t got = cpool_prometheus_pools(pools, names, 2, "svc=\"x\"", text, need + 4096);
+    ASSERT_LT(got, need + 4096);
+    expo *e = calloc(1, sizeof *e);
+    ASSERT_NOT_NULL(e);
+    parse(e, text);
+    int max_samples = 0;
+    for (int k = 0; k < e->n; k++) {
+        if (strcmp(e->s[k].name, "db_client_connection_max") != 0)
+            continue;
+        max_samples++;
+        const char *pool = label_of(&e->s[k], "pool");
+        ASSERT_NOT_NULL(pool);
+        if (strcmp(pool, "orders") == 0)
+            ASSERT_EQ(2, (long long)e->s[k].value);
+        else if (strcmp(pool, cpool_address(b.pool)) == 0)
+            ASSERT_EQ(5, (long long)e->s[k].value);
+        else
+            FAIL("unexpected pool label \"%s\"", pool);
+        ASSERT_STR_EQ("x", label_of(&e->s[k], "svc"));
+    }
+    ASSERT_EQ(2, max_samples);
+    /* The tenant families come from the one pool that has tenants. */
+    ASSERT_EQ(3, (long long)find(e, "db_client_connection_tenant_leases_total", "tenant",
+                                 "api")->value);
+    ASSERT_STR_EQ("histogram", family_type(e, "db_client_connection_wait_time_seconds"));
+    free(e);
+    free(text);
+    ASSERT_EQ(0, cpool_prometheus_pools(NULL, NULL, 0, NULL, NULL, 0));
+    test_checkin(b.pool, held, 0);
+    test_fixture_free(&a);
+    test_fixture_free(&b);
+}
+
 TEST(unlimited_max_and_bad_stats)
 {
     test_fixture f;

@@ -85,6 +85,35 @@ static enum MHD_Result reply_text(struct MHD_Connection *conn, unsigned status, 
     return reply(conn, status, body, strlen(body), "text/plain; charset=utf-8");
 }
 
+/* Readiness: 200 while the pool can serve a checkout now (ready, the
+ * circuit closed), else 503 with the reason, for a load balancer or an
+ * orchestrator's readiness probe. */
+static enum MHD_Result reply_ready(struct MHD_Connection *conn, cpool *pool)
+{
+    cpool_stats st = {.struct_size = sizeof st};
+    if (cpool_get_stats(pool, &st) != 0)
+        return reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "not ready: no statistics\n");
+    static const char *const states[] = {"paused", "ready", "closed", "shutting down",
+                                         "suspended"};
+    const char *state = (unsigned)st.counts.state < 5 ? states[st.counts.state] : "unknown";
+    char text[512];
+    if (st.counts.state != CPOOL_STATE_READY) {
+        snprintf(text, sizeof text, "not ready: the pool is %s\n", state);
+        return reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, text);
+    }
+    if (st.breaker_open) {
+        snprintf(text, sizeof text,
+                 "not ready: the backend is unavailable (%u establishment failures in a row): "
+                 "%.300s\n",
+                 st.connect_fail_streak, st.last_connect_error.message);
+        cli_scrub(text, sizeof text);
+        return reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, text);
+    }
+    snprintf(text, sizeof text, "ready: %u in use, %u available, %u waiting\n",
+             st.counts.in_use, st.counts.available, st.counts.waiting);
+    return reply_text(conn, MHD_HTTP_OK, text);
+}
+
 static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char *url,
                               const char *method, const char *version, const char *upload,
                               size_t *upload_size, void **req_cls)
@@ -100,24 +129,36 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
     (void)req_cls;
     if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
         return reply_text(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+    if (strcmp(url, "/health") == 0)
+        return reply_text(conn, MHD_HTTP_OK, "ok\n"); /* liveness: the process answers */
+    if (strcmp(url, "/ready") == 0)
+        return reply_ready(conn, s->pool);
     if (strcmp(url, "/metrics") != 0)
-        return reply_text(conn, MHD_HTTP_NOT_FOUND, "not found; the metrics are at /metrics\n");
+        return reply_text(conn, MHD_HTTP_NOT_FOUND,
+                          "not found; served: /metrics, /health, /ready\n");
 
     cpool_stats st = {.struct_size = sizeof st};
     if (cpool_get_stats(s->pool, &st) != 0)
         return reply_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "cannot read the statistics\n");
-    /* The pool's series, then its tenants' (none without tenants). */
-    size_t need = cpool_stats_prometheus(&st, s->pool_name, s->labels, NULL, 0);
-    size_t need_t = cpool_tenants_prometheus(s->pool, s->pool_name, s->labels, NULL, 0);
-    char *body = malloc(need + need_t + 1);
-    if (body == NULL)
-        return reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "out of memory\n");
-    size_t got = cpool_stats_prometheus(&st, s->pool_name, s->labels, body, need + 1);
-    if (got > need)
-        got = need;
-    size_t got_t = cpool_tenants_prometheus(s->pool, s->pool_name, s->labels, body + got,
-                                            need_t + 1);
-    got += got_t < need_t ? got_t : need_t; /* tenants added meanwhile are cut */
+    /* The pool's series and its tenants' (none without tenants), as one
+     * exposition; the figures move between the sizing call and the real
+     * one, so there is room to spare and a retry when it was not enough. */
+    cpool *const pools[] = {s->pool};
+    const char *const names[] = {s->pool_name};
+    size_t need = cpool_prometheus_pools(pools, names, 1, s->labels, NULL, 0);
+    char *body = NULL;
+    size_t got = 0;
+    for (int attempt = 0; attempt < 3; attempt++) {
+        free(body);
+        size_t room = need + need / 8 + 256;
+        body = malloc(room);
+        if (body == NULL)
+            return reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "out of memory\n");
+        got = cpool_prometheus_pools(pools, names, 1, s->labels, body, room);
+        if (got < room)
+            break;
+        need = got;
+    }
     need = got;
     atomic_fetch_add(&s->scrapes, 1);
     return reply(conn, MHD_HTTP_OK, body, got < need ? got : need,
