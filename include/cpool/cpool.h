@@ -81,7 +81,8 @@ CPOOL_API int cpool_version_number(void);
     X(ESHUTDOWN, -14, "connection pool is shutting down")                     \
     X(ETENANT, -15, "tenant's connection limit reached")                      \
     X(ERATE, -16, "tenant's checkout rate exceeded")                          \
-    X(EQUEUEFULL, -17, "too many checkouts are waiting already")
+    X(EQUEUEFULL, -17, "too many checkouts are waiting already")              \
+    X(ECANCELED, -18, "checkout was cancelled")
 
 enum {
     CPOOL_OK = 0,
@@ -661,12 +662,33 @@ CPOOL_API void cpool_destroy(cpool *pool);
 /* Extended checkout: a label naming the holder for leak reports, and the
  * tenant whose limits apply (see cpool_tenant_set). Fill with
  * `cpool_checkout_opts o = {.struct_size = sizeof o, .timeout_ms = -1}`. */
+typedef struct cpool_cancel cpool_cancel;
+
 typedef struct cpool_checkout_opts {
     size_t struct_size;
     int64_t timeout_ms;   /* as cpool_checkout() */
     const char *label;    /* copied (up to 63 bytes); NULL = none */
     const char *tenant;   /* NULL = no tenant */
+    cpool_cancel *cancel; /* 0.2: cpool_cancel_trigger() on it ends the
+                             checkout's wait with CPOOL_ECANCELED; NULL =
+                             none */
 } cpool_checkout_opts;
+
+/* ------------------------------------------------------------ cancellation
+ * A token cancels the checkouts that wait with it, from any thread: each
+ * leaves the queue at once with CPOOL_ECANCELED, leaving nothing behind.
+ * Triggering is final (a checkout started with a triggered token fails at
+ * once). One token may serve any number of checkouts, of any pools; it
+ * must outlive them. A checkout that is already establishing or
+ * validating its connection, or was just handed one, completes. */
+/* 0.2 */
+CPOOL_API CPOOL_NODISCARD int cpool_cancel_new(cpool_cancel **out);
+/* 0.2: NULL is a no-op; no checkout may still be using it. */
+CPOOL_API void cpool_cancel_free(cpool_cancel *token);
+/* 0.2: async-signal-unsafe; idempotent. */
+CPOOL_API void cpool_cancel_trigger(cpool_cancel *token);
+/* 0.2 */
+CPOOL_API bool cpool_cancel_triggered(const cpool_cancel *token);
 
 /* 0.2 */
 CPOOL_API CPOOL_NODISCARD int cpool_checkout_with(cpool *pool, const cpool_checkout_opts *o,

@@ -20,7 +20,8 @@ _Thread_local uint64_t cpool__tl_tid;
 atomic_uint_fast64_t cpool__pool_serial;
 
 static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
-                         const char *tenant_name, cpool_conn **out, cpool_error *err);
+                         const char *tenant_name, cpool_cancel *cancel, cpool_conn **out,
+                         cpool_error *err);
 
 /* The start of a checkout and its deadlines, computed on first use. */
 typedef struct checkout_clock {
@@ -155,7 +156,7 @@ static bool waiter_done(waiter *w)
 
 int cpool_checkout(cpool *p, int64_t timeout_ms, cpool_conn **out, cpool_error *err)
 {
-    return checkout_impl(p, timeout_ms, NULL, NULL, out, err);
+    return checkout_impl(p, timeout_ms, NULL, NULL, NULL, out, err);
 }
 
 int cpool_checkout_with(cpool *p, const cpool_checkout_opts *o, cpool_conn **out,
@@ -170,13 +171,16 @@ int cpool_checkout_with(cpool *p, const cpool_checkout_opts *o, cpool_conn **out
                                                     sizeof o->tenant
                                   ? o->tenant
                                   : NULL;
-    return checkout_impl(p, o->timeout_ms, o->label, tenant_name, out, err);
+    cpool_cancel *cancel =
+        o->struct_size >= offsetof(cpool_checkout_opts, cancel) + sizeof o->cancel ? o->cancel
+                                                                                   : NULL;
+    return checkout_impl(p, o->timeout_ms, o->label, tenant_name, cancel, out, err);
 }
 
 int cpool_checkout_at(cpool *p, int64_t timeout_ms, const char *label, cpool_conn **out,
                       cpool_error *err)
 {
-    return checkout_impl(p, timeout_ms, label, NULL, out, err);
+    return checkout_impl(p, timeout_ms, label, NULL, NULL, out, err);
 }
 
 /* One checkout in progress. Its steps below share it; each says whether it
@@ -345,6 +349,12 @@ static int queue_relock(checkout *co)
             return step_fail(co, CPOOL_ESYS);
         co->w_ready = true;
     }
+    if (!cpool__cancel_register(w)) {
+        cpool__err(&co->ce, CPOOL_ECANCELED, "checkout from %s cancelled before it waited",
+                   p->address);
+        co->cause = &co->ce;
+        return step_fail(co, CPOOL_ECANCELED);
+    }
     w->conn = NULL;
     w->fail = 0;
     w->establish = false;
@@ -406,16 +416,24 @@ static bool wait_unlock(checkout *co)
     clock_start(&co->t);
     int64_t wake = cpool__backoff_wake_locked(p, co->t.wait_deadline);
     cpool__unlock(p);
-    bool served = wait_served(p, w, wake) && waiter_done(w);
-    while (!served && wake < co->t.wait_deadline) {
+    for (;;) {
+        bool posted = wait_served(p, w, wake);
+        if (posted && waiter_done(w))
+            return true;
+        /* A cancellation's post, or the token triggered meanwhile: the
+         * caller leaves the queue (after_wait_locked). */
+        if (w->cancel != NULL && cpool_cancel_triggered(w->cancel))
+            return false;
+        if (posted)
+            continue; /* a stale wake-up: wait on */
+        if (wake >= co->t.wait_deadline)
+            return false;
         cpool__lock(p);
         if (w->queued)
             cpool__grant_capacity_relock(p);
         wake = cpool__backoff_wake_locked(p, co->t.wait_deadline);
         cpool__unlock(p);
-        served = wait_served(p, w, wake) && waiter_done(w);
     }
-    return served;
 }
 
 /* The wait ended (mu taken again): what it was served with, or why not. */
@@ -425,6 +443,14 @@ static int after_wait_locked(checkout *co, bool served)
     waiter *w = &co->w;
     tenant *tn = co->tn;
     CPOOL_ASSERT_HELD(p);
+    if (!served && w->queued && w->cancel != NULL && cpool_cancel_triggered(w->cancel)) {
+        cpool__wq_remove_locked(p, w);
+        cpool__err(&co->ce, CPOOL_ECANCELED,
+                   "checkout from %s cancelled after waiting %.3f ms", p->address,
+                   (double)(cpool__now(p) - w->since) / 1e6);
+        co->cause = &co->ce;
+        return step_fail(co, CPOOL_ECANCELED);
+    }
     if (!served && w->queued) { /* timed out */
         cpool__wq_remove_locked(p, w);
         if (co->capacity_refused.code != 0)
@@ -543,6 +569,7 @@ static int checkout_done_unlock(checkout *co, const char *label, cpool_conn **ou
 {
     cpool *p = co->p;
     cpool_conn *c = co->c;
+    cpool__cancel_unregister(&co->w);
     if (co->w_ready)
         sem_destroy(&co->w.sem);
     lease_begin(p, c, co->t.start, !co->fresh, label);
@@ -567,6 +594,7 @@ static int checkout_done_unlock(checkout *co, const char *label, cpool_conn **ou
 /* The checkout failed: counted, announced, mu released. */
 static int checkout_fail_unlock(checkout *co, cpool_error *err)
 {
+    cpool__cancel_unregister(&co->w);
     if (co->w_ready)
         sem_destroy(&co->w.sem);
     int rc = co->rc;
@@ -581,7 +609,8 @@ static int checkout_fail_unlock(checkout *co, cpool_error *err)
  * the queue until a check-in or new capacity serves it; then establish or
  * validate it (and reset it between tenants) outside the lock. */
 static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
-                         const char *tenant_name, cpool_conn **out, cpool_error *err)
+                         const char *tenant_name, cpool_cancel *cancel, cpool_conn **out,
+                         cpool_error *err)
 {
     if (out != NULL)
         *out = NULL;
@@ -592,7 +621,9 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
     int64_t fast_start = -1;
     if (p->turns)
         note_return(p);
-    if (p->can_park) {
+    /* A checkout with a token takes the locked path: a triggered token
+     * must fail it even when a connection is parked right here. */
+    if (p->can_park && cancel == NULL) {
         cpool_conn *fast = take_parked_fast(p, timeout_ms, &fast_start);
         if (fast != NULL) {
             lease_begin(p, fast, FAST_LEASE, true, NULL);
@@ -612,6 +643,8 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
     co.rc = 0;
     co.cause = NULL;
     co.capacity_refused.code = 0;
+    co.w.cancel = cancel;
+    co.w.registered = false;
     if (fast_start >= 0)
         clock_start_at(&co.t, fast_start);
     else if (p->observed)
@@ -621,6 +654,10 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
         return rc;
     if (co.tn != NULL && !rate_step_locked(&co))
         return checkout_fail_unlock(&co, err);
+    if (cancel != NULL && cpool_cancel_triggered(cancel)) {
+        co.rc = CPOOL_ECANCELED;
+        return checkout_fail_unlock(&co, err);
+    }
     for (;;) {
         co.c = NULL;
         co.establish = co.handed = false;
@@ -635,6 +672,7 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
             if (served && !w->establish && w->fail == 0 && !p->observed && co.tn == NULL) {
                 /* Handed a connection that was just checked in (and
                  * reset): return without touching the pool lock at all. */
+                cpool__cancel_unregister(&co.w);
                 sem_destroy(&co.w.sem);
                 lease_begin(p, w->conn, co.t.start, true, NULL);
                 *out = w->conn;

@@ -189,7 +189,18 @@ typedef struct waiter {
     bool queued;
     atomic_int done;   /* 1 once served or failed: published with release
                           before the post, read with acquire after the wait */
+    /* The checkout's cancellation token (cancel.c): registered while it may
+     * wait, so that a trigger can wake it. The links are the token's. */
+    cpool_cancel *cancel;
+    struct waiter *cnext, *cprev;
+    bool registered;
 } waiter;
+
+/* cancel.c: a waiter joins its token's list before it waits and leaves it
+ * before its memory goes; register returns false when the token was
+ * triggered already (the checkout fails at once). */
+bool cpool__cancel_register(waiter *w);
+void cpool__cancel_unregister(waiter *w);
 
 struct cpool {
     /* Cache-line aligned (and sized), so that no other object shares a line

@@ -1,6 +1,6 @@
 /* test_control.c -- a live pool changed at runtime: resize (grow, shrink
- * without interrupting), suspend and resume without dropping anything, and
- * the wait-queue limit. */
+ * without interrupting), suspend and resume without dropping anything, the
+ * wait-queue limit, and cancelling queued checkouts. */
 #include "test.h"
 
 static cpool_stats stats_of(cpool *p)
@@ -229,5 +229,246 @@ TEST(oldest_wait_is_reported)
     test_checkin(f.pool, j.conn, 0);
     test_fixture_free(&f);
 }
+
+/* ------------------------------------------------------------ cancel */
+
+typedef struct cancel_job {
+    cpool *pool;
+    cpool_cancel *token;
+    int64_t timeout_ms;
+    int rc;
+    cpool_conn *conn;
+    cpool_error err;
+    atomic_bool done;
+} cancel_job;
+
+static void *cancel_job_main(void *arg)
+{
+    cancel_job *j = arg;
+    cpool_checkout_opts o = {.struct_size = sizeof o, .timeout_ms = j->timeout_ms,
+                             .cancel = j->token};
+    j->rc = cpool_checkout_with(j->pool, &o, &j->conn, &j->err);
+    atomic_store(&j->done, true);
+    return NULL;
+}
+
+/* A queued checkout, blocking without a deadline, leaves the queue at once
+ * with CPOOL_ECANCELED; the other waiters keep their places. */
+static void cancel_case(bool observed)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    if (!observed)
+        f.opts.on_event = NULL;
+    f.opts.max_pool_size = 1;
+    f.opts.wait_queue_timeout_ms = 0; /* no deadline: only the token ends it */
+    test_fixture_start(&f);
+    cpool_cancel *token = NULL;
+    ASSERT_OK(cpool_cancel_new(&token));
+    cpool_conn *held = test_checkout(f.pool);
+    cancel_job a = {.pool = f.pool, .token = token, .timeout_ms = -1};
+    cancel_job b = {.pool = f.pool, .token = NULL, .timeout_ms = 10000};
+    pthread_t ta, tb;
+    TEST_THREAD_START(&ta, cancel_job_main, &a);
+    WAIT_UNTIL(test_counts(f.pool).waiting == 1, 5000);
+    TEST_THREAD_START(&tb, cancel_job_main, &b);
+    WAIT_UNTIL(test_counts(f.pool).waiting == 2, 5000);
+    int64_t t0 = test_now_ms();
+    cpool_cancel_trigger(token);
+    WAIT_UNTIL(atomic_load(&a.done), 5000);
+    ASSERT_LT(test_now_ms() - t0, 1000);
+    pthread_join(ta, NULL);
+    ASSERT_RC(CPOOL_ECANCELED, a.rc);
+    ASSERT_NULL(a.conn);
+    ASSERT_STR_CONTAINS(a.err.message, "cancelled");
+    ASSERT_TRUE(cpool_cancel_triggered(token));
+    cpool_counts n = test_counts(f.pool);
+    ASSERT_EQ(1, n.waiting); /* b is still queued, nothing else left behind */
+    ASSERT_EQ(1, n.total);
+    test_checkin(f.pool, held, 0); /* b is next */
+    pthread_join(tb, NULL);
+    ASSERT_OK(b.rc);
+    test_checkin(f.pool, b.conn, 0);
+    /* A triggered token fails a new checkout at once, even with a free
+     * connection. */
+    cancel_job c = {.pool = f.pool, .token = token, .timeout_ms = 1000};
+    cancel_job_main(&c);
+    ASSERT_RC(CPOOL_ECANCELED, c.rc);
+    cpool_stats s = {.struct_size = sizeof s};
+    ASSERT_OK(cpool_get_stats(f.pool, &s));
+    ASSERT_EQ(2, s.checkout_failures[-CPOOL_ECANCELED]);
+    ASSERT_EQ(0, s.counts.waiting);
+    if (observed)
+        ASSERT_EQ(2, test_rec_count(&f.rec, CPOOL_EV_CHECKOUT_FAILED));
+    ASSERT_STR_EQ("CPOOL_ECANCELED", cpool_err_name(CPOOL_ECANCELED));
+    cpool_cancel_free(token);
+    test_fixture_free(&f);
+}
+
+TEST(cancel_ends_a_queued_checkout) { cancel_case(true); }
+TEST(cancel_ends_a_queued_checkout_unobserved) { cancel_case(false); }
+
+/* One token, many checkouts, two pools: one trigger ends them all. */
+TEST(cancel_one_token_many_waiters)
+{
+    test_fixture f, g;
+    test_fixture_init(&f);
+    test_fixture_init(&g);
+    f.opts.max_pool_size = g.opts.max_pool_size = 1;
+    test_fixture_start(&f);
+    test_fixture_start(&g);
+    cpool_cancel *token = NULL;
+    ASSERT_OK(cpool_cancel_new(&token));
+    cpool_conn *hf = test_checkout(f.pool), *hg = test_checkout(g.pool);
+    enum { N = 6 };
+    cancel_job j[N];
+    pthread_t th[N];
+    for (int i = 0; i < N; i++) {
+        j[i] = (cancel_job){.pool = i % 2 ? g.pool : f.pool, .token = token,
+                            .timeout_ms = 20000};
+        TEST_THREAD_START(&th[i], cancel_job_main, &j[i]);
+    }
+    WAIT_UNTIL(test_counts(f.pool).waiting == 3 && test_counts(g.pool).waiting == 3, 5000);
+    cpool_cancel_trigger(token);
+    cpool_cancel_trigger(token); /* idempotent */
+    for (int i = 0; i < N; i++) {
+        pthread_join(th[i], NULL);
+        ASSERT_RC(CPOOL_ECANCELED, j[i].rc);
+    }
+    ASSERT_EQ(0, test_counts(f.pool).waiting);
+    ASSERT_EQ(0, test_counts(g.pool).waiting);
+    test_checkin(f.pool, hf, 0);
+    test_checkin(g.pool, hg, 0);
+    cpool_cancel_free(token);
+    cpool_cancel_free(NULL);
+    ASSERT_RC(CPOOL_EINVAL, cpool_cancel_new(NULL));
+    ASSERT_FALSE(cpool_cancel_triggered(NULL));
+    test_fixture_free(&f);
+    test_fixture_free(&g);
+}
+
+/* A token that is never triggered changes nothing: checkouts are served. */
+TEST(cancel_token_untriggered_is_harmless)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.max_pool_size = 1;
+    test_fixture_start(&f);
+    cpool_cancel *token = NULL;
+    ASSERT_OK(cpool_cancel_new(&token));
+    for (int i = 0; i < 50; i++) {
+        cpool_conn *held = test_checkout(f.pool);
+        cancel_job j = {.pool = f.pool, .token = token, .timeout_ms = 5000};
+        pthread_t th;
+        TEST_THREAD_START(&th, cancel_job_main, &j);
+        WAIT_UNTIL(test_counts(f.pool).waiting == 1, 5000);
+        test_checkin(f.pool, held, 0);
+        pthread_join(th, NULL);
+        ASSERT_OK(j.rc);
+        test_checkin(f.pool, j.conn, 0);
+    }
+    cpool_cancel_free(token);
+    test_fixture_free(&f);
+}
+
+/* Triggers racing with handoffs, time-outs and check-ins: every checkout
+ * ends with a lease, ECANCELED or ETIMEDOUT, no lease is given twice, and
+ * nothing stays queued. Built to run under TSan too. */
+typedef struct racer {
+    cpool *pool;
+    pthread_mutex_t mu; /* guards token against the trigger thread */
+    cpool_cancel *token;
+    atomic_bool *stop;
+    atomic_int *owner;
+    uint64_t leases, cancels;
+} racer;
+
+static void *racer_main(void *arg)
+{
+    racer *r = arg;
+    unsigned seed = (unsigned)(uintptr_t)r;
+    while (!atomic_load(r->stop)) {
+        pthread_mutex_lock(&r->mu);
+        cpool_cancel *t = r->token;
+        pthread_mutex_unlock(&r->mu);
+        cpool_checkout_opts o = {.struct_size = sizeof o, .timeout_ms = 30, .cancel = t};
+        cpool_conn *c = NULL;
+        cpool_error e;
+        int rc = cpool_checkout_with(r->pool, &o, &c, &e);
+        if (rc == CPOOL_ECANCELED) {
+            r->cancels++;
+            cpool_cancel *fresh = NULL;
+            ASSERT_OK(cpool_cancel_new(&fresh));
+            pthread_mutex_lock(&r->mu);
+            r->token = fresh;
+            pthread_mutex_unlock(&r->mu);
+            cpool_cancel_free(t); /* nobody else uses it now */
+            continue;
+        }
+        if (rc == CPOOL_ETIMEDOUT)
+            continue;
+        if (rc != 0)
+            FAIL("checkout: %s: %s", cpool_err_name(rc), e.message);
+        uint64_t id = cpool_conn_id(c);
+        int none = 0;
+        if (id >= 1024 || !atomic_compare_exchange_strong(&r->owner[id], &none, 1))
+            FAIL("connection %llu leased twice", (unsigned long long)id);
+        test_sleep_us(rand_r(&seed) % 300);
+        atomic_store(&r->owner[id], 0);
+        test_checkin(r->pool, c, 0);
+        r->leases++;
+    }
+    return NULL;
+}
+
+static void cancel_race(bool observed)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    if (!observed)
+        f.opts.on_event = NULL;
+    f.opts.max_pool_size = 2;
+    f.opts.maintenance_interval_ms = 5;
+    test_fixture_start(&f);
+    enum { N = 8 };
+    static atomic_int owner[1024];
+    atomic_bool stop = false;
+    racer r[N];
+    pthread_t th[N];
+    for (int i = 0; i < N; i++) {
+        r[i] = (racer){.pool = f.pool, .stop = &stop, .owner = owner};
+        pthread_mutex_init(&r[i].mu, NULL);
+        ASSERT_OK(cpool_cancel_new(&r[i].token));
+        TEST_THREAD_START(&th[i], racer_main, &r[i]);
+    }
+    unsigned seed = 7;
+    int64_t end = test_now_ms() + 1500;
+    while (test_now_ms() < end) {
+        racer *x = &r[rand_r(&seed) % N];
+        pthread_mutex_lock(&x->mu);
+        cpool_cancel_trigger(x->token);
+        pthread_mutex_unlock(&x->mu);
+        test_sleep_us(200 + rand_r(&seed) % 800);
+    }
+    atomic_store(&stop, true);
+    uint64_t leases = 0, cancels = 0;
+    for (int i = 0; i < N; i++) {
+        pthread_join(th[i], NULL);
+        leases += r[i].leases;
+        cancels += r[i].cancels;
+        cpool_cancel_free(r[i].token);
+        pthread_mutex_destroy(&r[i].mu);
+    }
+    ASSERT_GT(leases, 50);
+    ASSERT_GT(cancels, 10);
+    cpool_counts n = test_counts(f.pool);
+    ASSERT_EQ(0, n.waiting);
+    ASSERT_EQ(0, n.in_use);
+    ASSERT_COUNTS_CONSISTENT(n);
+    test_fixture_free(&f);
+}
+
+TEST(cancel_races_with_handoffs) { cancel_race(true); }
+TEST(cancel_races_with_handoffs_unobserved) { cancel_race(false); }
 
 TEST_MAIN()
