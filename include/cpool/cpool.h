@@ -199,6 +199,8 @@ typedef enum cpool_close_reason {
                                cpool_conn_recycle() (0.2) */
     CPOOL_CLOSE_RESIZED,    /* "resized": beyond a maxPoolSize lowered by
                                cpool_resize() (0.2) */
+    CPOOL_CLOSE_HOOK,       /* "hook": an after_connect, before_lease or
+                               after_return hook failed (0.2) */
     CPOOL_CLOSE_REASON_COUNT_
 } cpool_close_reason;
 
@@ -360,6 +362,26 @@ CPOOL_API size_t cpool_log_format_json(const cpool_log_record *rec, char *buf,
 
 /* ------------------------------------------------------------------ options */
 
+/* Hooks: the application's code around connections (options.hooks). Each
+ * runs on the thread that does the step, never under the pool's lock, with
+ * `ctx` = hooks.ctx. A hook returns 0, or non-zero with err filled: the
+ * connection is then closed with reason "hook" and a checkout goes on as
+ * after a failed validation (another connection, within its deadline).
+ * Hooks must not check the connection in or out. */
+typedef int (*cpool_hook_fn)(cpool_conn *conn, void *ctx, cpool_error *err);
+typedef struct cpool_hooks {
+    cpool_hook_fn after_connect; /* once, when a connection is established,
+                                    before anyone leases it (prepare
+                                    statements, SET a session variable) */
+    cpool_hook_fn before_lease;  /* at every checkout, after validation */
+    cpool_hook_fn after_return;  /* at every check-in, after the connector's
+                                    reset; not when the lease is broken */
+    void (*before_close)(void *native, uint64_t conn_id, int reason, void *ctx);
+                                 /* before the connector closes it: reason
+                                    is its cpool_close_reason */
+    void *ctx;
+} cpool_hooks;
+
 /* Pool options. Fill with cpool_options_init(&o, sizeof o), then set fields.
  * cpool_create() copies the struct and the strings it points to, so the
  * caller may discard it at once. Fields are only ever appended. */
@@ -476,6 +498,8 @@ struct cpool_options {
     cpool_backoff_profile backoff;     /* a named schedule for the backoff_*
                                           fields not set otherwise; default
                                           CPOOL_BACKOFF_QUICK */
+    cpool_hooks hooks;                 /* code around connections; all NULL =
+                                          none (see cpool_hooks). Code only */
     uint32_t max_waiting;              /* checkouts that may wait in the queue
                                           at once; one more fails at once with
                                           CPOOL_EQUEUEFULL; default 0 = no
@@ -940,7 +964,7 @@ CPOOL_API int64_t cpool_histogram_quantile(const cpool_histogram *h, double q);
 
 /* Close reasons counted in cpool_stats.closed[]: the CMAP ones and the
  * pool's own. */
-#define CPOOL_CLOSE_REASON_SLOTS 10 /* > every cpool_close_reason */
+#define CPOOL_CLOSE_REASON_SLOTS 16 /* > every cpool_close_reason (0.2: was 10) */
 
 /* Checkout failures counted in cpool_stats.checkout_failures[], by code:
  * index = -code (CPOOL_ETIMEDOUT -> 3). */

@@ -32,7 +32,7 @@ void cpool__close_reclaimed_relock(cpool *p, cpool_conn *c)
     void *native = c->native;
     cpool__unlock(p);
     if (native != NULL)
-        p->cx->close(p->cx_ctx, native);
+        cpool__close_native(p, native, c->id, CPOOL_CLOSE_RECLAIMED);
     cpool__lock(p);
     cpool__conn_free_locked(p, c);
 }
@@ -121,11 +121,21 @@ int cpool_checkin(cpool *p, cpool_conn *c, unsigned flags, cpool_error *err)
                     more than the rest of an unobserved check-in */
     if (!broken && p->cx->reset != NULL && p->cx->reset(p->cx_ctx, c->native, &ce) != 0)
         broken = true;
+    bool hook_failed = false;
+    if (!broken && p->opts.hooks.after_return != NULL) {
+        memset(&ce, 0, sizeof ce);
+        hook_failed = p->opts.hooks.after_return(c, p->opts.hooks.ctx, &ce) != 0;
+        if (hook_failed && ce.code == 0)
+            cpool__err(&ce, CPOOL_EIO, "after_return hook failed on %s", p->address);
+        broken = hook_failed;
+    }
     if (p->can_park && !broken && try_park(p, c))
         return 0;
 
     cpool__lock(p);
     int reason = cpool__unfit_reason_locked(p, c, broken);
+    if (hook_failed && reason == CPOOL_CLOSE_ERROR)
+        reason = CPOOL_CLOSE_HOOK;
     if (reason >= 0)
         cpool__close_conn_relock(p, c, reason, ce.code != 0 ? &ce : NULL);
     else

@@ -85,6 +85,10 @@ static int fail_checkout(cpool *p, int rc, int reason, checkout_clock *t,
         cpool__err(&e, rc, "connection pool %s is shutting down: no new checkouts", p->address);
         break;
     case CPOOL_ETIMEDOUT:
+        if (cause != NULL && cause->code == CPOOL_ETIMEDOUT) {
+            e = *cause; /* worded already (hooks that kept failing) */
+            break;
+        }
         if (cause != NULL) {
             /* The deadline passed while connecting: where and why, without
              * the backpressure labels (nothing is known against the
@@ -201,6 +205,7 @@ typedef struct checkout {
     cpool_error ce;               /* a failure's details */
     const cpool_error *cause;     /* STEP_FAIL: what the error carries */
     cpool_error capacity_refused; /* the server's last "too many clients" */
+    bool hook_failed;             /* a hook failed: look again within the deadline */
 } checkout;
 
 enum { STEP_OK = 0, STEP_NONE, STEP_AGAIN, STEP_FAIL };
@@ -489,7 +494,9 @@ static int establish_step_relock(checkout *co)
     CPOOL_ASSERT_HELD(p);
     int64_t deadline = conn_deadline(&co->t);
     int rc = cpool__establish_relock(p, co->c, deadline, true, co->t.caller_bound, &co->ce);
-    if (rc == ESTABLISH_RETRY)
+    if (rc == ESTABLISH_HOOK)
+        co->hook_failed = true; /* co->ce has the hook's error */
+    if (rc == ESTABLISH_RETRY || rc == ESTABLISH_HOOK)
         return STEP_AGAIN;
     if (rc == 0) {
         co->fresh = true;
@@ -545,23 +552,70 @@ static int validate_step_relock(checkout *co)
 /* Makes the connection ready to lease: establish a new one; else validate
  * it (unless a check-in just handed it over) and, with tenants, reset its
  * session when another tenant used it last. */
+/* After a hook failed: whether the checkout's deadline has passed, and then
+ * the failure it ends with. */
+static bool hook_deadline_passed(checkout *co)
+{
+    clock_start(&co->t);
+    if (co->t.wait_deadline == NO_DEADLINE || cpool__now(co->p) < co->t.wait_deadline)
+        return false;
+    char last[sizeof co->ce.message];
+    snprintf(last, sizeof last, "%s", co->ce.message);
+    co->ce.code = CPOOL_ETIMEDOUT;
+    co->ce.labels = 0;
+    snprintf(co->ce.message, sizeof co->ce.message,
+             "Timed out while checking out a connection from %s: a hook failed on every "
+             "connection tried; the last: %.120s",
+             co->p->address, last);
+    co->cause = &co->ce;
+    co->rc = CPOOL_ETIMEDOUT;
+    return true;
+}
+
+/* The application's before_lease hook, outside the lock; a failure closes
+ * the connection ("hook") and the checkout looks again. */
+static int before_lease_step_relock(checkout *co)
+{
+    cpool *p = co->p;
+    CPOOL_ASSERT_HELD(p);
+    if (p->opts.hooks.before_lease == NULL)
+        return STEP_OK;
+    cpool__unlock(p);
+    cpool_error he;
+    memset(&he, 0, sizeof he);
+    int bad = p->opts.hooks.before_lease(co->c, p->opts.hooks.ctx, &he);
+    cpool__lock(p);
+    if (bad == 0)
+        return STEP_OK;
+    if (he.code == 0)
+        cpool__err(&he, CPOOL_EIO, "before_lease hook failed on %s", p->address);
+    co->ce = he;
+    co->hook_failed = true;
+    cpool__close_conn_relock(p, co->c, CPOOL_CLOSE_HOOK, &he);
+    return STEP_AGAIN;
+}
+
 static int prepare_step_relock(checkout *co)
 {
     cpool *p = co->p;
     CPOOL_ASSERT_HELD(p);
-    if (co->establish)
-        return establish_step_relock(co);
+    if (co->establish) {
+        int step = establish_step_relock(co);
+        return step == STEP_OK ? before_lease_step_relock(co) : step;
+    }
     if (!co->handed && p->opts.validation != CPOOL_VALIDATE_NONE) {
         int step = validate_step_relock(co);
         if (step != STEP_OK)
             return step;
     }
-    if (co->tn == NULL)
-        return STEP_OK;
-    int rc = cpool__tenant_switch_relock(p, co->c, co->tn, conn_deadline(&co->t), &co->ce);
-    if (rc == SWITCH_CLOSED)
-        return STEP_AGAIN;
-    return rc != 0 ? step_fail(co, rc) : STEP_OK;
+    if (co->tn != NULL) {
+        int rc = cpool__tenant_switch_relock(p, co->c, co->tn, conn_deadline(&co->t), &co->ce);
+        if (rc == SWITCH_CLOSED)
+            return STEP_AGAIN;
+        if (rc != 0)
+            return step_fail(co, rc);
+    }
+    return before_lease_step_relock(co);
 }
 
 /* The lease begins: counted, announced, mu released. */
@@ -643,6 +697,7 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
     co.rc = 0;
     co.cause = NULL;
     co.capacity_refused.code = 0;
+    co.hook_failed = false;
     co.w.cancel = cancel;
     co.w.registered = false;
     if (fast_start >= 0)
@@ -669,7 +724,8 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
         if (step == STEP_NONE && (step = queue_relock(&co)) == STEP_NONE) {
             bool served = wait_unlock(&co);
             const waiter *w = &co.w;
-            if (served && !w->establish && w->fail == 0 && !p->observed && co.tn == NULL) {
+            if (served && !w->establish && w->fail == 0 && !p->observed && co.tn == NULL &&
+                p->opts.hooks.before_lease == NULL) {
                 /* Handed a connection that was just checked in (and
                  * reset): return without touching the pool lock at all. */
                 cpool__cancel_unregister(&co.w);
@@ -687,6 +743,9 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
             return checkout_done_unlock(&co, label, out);
         if (step == STEP_FAIL)
             return checkout_fail_unlock(&co, err);
-        /* STEP_AGAIN: the pool changed; look again. */
+        /* STEP_AGAIN: the pool changed; look again -- but a hook that keeps
+         * failing on every new connection must not outlive the deadline. */
+        if (co.hook_failed && hook_deadline_passed(&co))
+            return checkout_fail_unlock(&co, err);
     }
 }

@@ -324,6 +324,7 @@ void cpool__close_conn_relock(cpool *p, cpool_conn *c, int reason,
     cpool__svc_release_locked(p, c);
     void *native = c->native;
     bool pinned = c->pins > 0;
+    c->closed_reason = reason;
     if (pinned)
         c->close_deferred = true;
 
@@ -331,14 +332,22 @@ void cpool__close_conn_relock(cpool *p, cpool_conn *c, int reason,
     cpool__event_init(p, &ev, CPOOL_EV_CONN_CLOSED);
     ev.connection_id = c->id;
     ev.reason = reason;
-    ev.error = reason == CPOOL_CLOSE_ERROR ? cause : NULL;
+    ev.error = reason == CPOOL_CLOSE_ERROR || reason == CPOOL_CLOSE_HOOK ? cause : NULL;
+    uint64_t id = c->id;
     cpool__emit_unlock(p, &ev);
     if (!pinned && native != NULL)
-        p->cx->close(p->cx_ctx, native);
+        cpool__close_native(p, native, id, reason);
     cpool__lock(p);
     if (!pinned)
         cpool__conn_free_locked(p, c);
     cpool__grant_capacity_relock(p);
+}
+
+void cpool__close_native(cpool *p, void *native, uint64_t id, int reason)
+{
+    if (p->opts.hooks.before_close != NULL)
+        p->opts.hooks.before_close(native, id, reason, p->opts.hooks.ctx);
+    p->cx->close(p->cx_ctx, native);
 }
 
 void cpool__wq_remove_locked(cpool *p, waiter *w)
@@ -427,7 +436,7 @@ void cpool__interrupt_marked_relock(cpool *p)
         if (--c->pins == 0 && c->close_deferred) {
             cpool__unlock(p);
             if (native != NULL)
-                p->cx->close(p->cx_ctx, native);
+                cpool__close_native(p, native, c->id, c->closed_reason);
             cpool__lock(p);
             cpool__conn_free_locked(p, c);
         }

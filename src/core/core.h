@@ -16,7 +16,9 @@
 #define FAST_LEASE INT64_MIN
 /* After a capacity refusal the next attempt waits a little. */
 #define CAPACITY_RETRY_MS 25
-enum { ESTABLISH_RETRY = 1 }; /* establishment: the new connection was stale */
+/* establishment: the new connection was stale (RETRY), or the after_connect
+ * hook failed and closed it (HOOK, with the hook's error) */
+enum { ESTABLISH_RETRY = 1, ESTABLISH_HOOK = 2 };
 #define SWITCH_CLOSED 1        /* tenant switch: the connection was closed */
 
 void cpool__check_fork_relock(cpool *p);
@@ -69,6 +71,9 @@ int cpool__unfit_reason_locked(const cpool *p, const cpool_conn *c, bool broken)
 cpool_conn *cpool__affine_available_locked(const cpool *p, const tenant *t);
 tenant *cpool__find_tenant_locked(const cpool *p, const char *name);
 bool cpool__over_max_locked(const cpool *p);
+/* Closes a connector handle: the before_close hook, then the connector.
+ * Without mu. */
+void cpool__close_native(cpool *p, void *native, uint64_t id, int reason);
 /* A checkout of t may start: takes a token of its rate budget, or returns
  * false (CPOOL_ERATE, counted). */
 bool cpool__tenant_take_token_locked(cpool *p, tenant *t);

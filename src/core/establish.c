@@ -264,6 +264,15 @@ int cpool__establish_relock(cpool *p, cpool_conn *c, int64_t deadline,
                              CPOOL_FAIL_OTHER, 0,
                              "connect %s: connector returned no connection",
                              p->address);
+    /* The application's after_connect runs before anyone can lease it; the
+     * connection is this thread's until it joins the pool below. */
+    cpool_error he;
+    bool hook_failed = false;
+    if (rc == 0 && p->opts.hooks.after_connect != NULL) {
+        c->native = native;
+        memset(&he, 0, sizeof he);
+        hook_failed = p->opts.hooks.after_connect(c, p->opts.hooks.ctx, &he) != 0;
+    }
     cpool__lock(p);
     if (c->probe) {
         c->probe = false;
@@ -281,6 +290,18 @@ int cpool__establish_relock(cpool *p, cpool_conn *c, int64_t deadline,
                 rc = cpool_error_set(&ce, CPOOL_ENOMEM, CPOOL_PHASE_HANDSHAKE,
                                      CPOOL_FAIL_OTHER, 0, "out of memory");
         }
+    }
+    if (rc == 0 && hook_failed) {
+        /* Not the backend's failure: no backoff. A checkout goes on with
+         * another connection, as after a failed validation. */
+        c->native = native;
+        if (he.code == 0)
+            cpool__err(&he, CPOOL_EIO, "after_connect hook failed on %s", p->address);
+        (void)note_connect_success_locked(p); /* the server itself answered */
+        cpool__close_conn_relock(p, c, CPOOL_CLOSE_HOOK, &he);
+        if (e != NULL)
+            *e = he;
+        return ESTABLISH_HOOK;
     }
     if (rc == 0)
         return establish_succeeded_relock(p, c, for_checkout);

@@ -61,6 +61,7 @@ const char *cpool_close_reason_name(int reason)
     case CPOOL_CLOSE_SESSION: return "session";
     case CPOOL_CLOSE_RECYCLED: return "recycled";
     case CPOOL_CLOSE_RESIZED: return "resized";
+    case CPOOL_CLOSE_HOOK: return "hook";
     default: return "unknown";
     }
 }
@@ -95,6 +96,7 @@ static const char *close_reason_text(int reason)
     case CPOOL_CLOSE_RECYCLED: return "Connection was marked for recycling";
     case CPOOL_CLOSE_RESIZED:
         return "Connection was beyond the pool's maximum size after a resize";
+    case CPOOL_CLOSE_HOOK: return "A hook of the application failed on the connection";
     default: return "Connection pool was closed";
     }
 }
@@ -248,7 +250,8 @@ static void log_event(cpool *p, const cpool_event *ev)
         break;
     case CPOOL_EV_CONN_CLOSED:
         add_str(&b, "reason", close_reason_text(ev->reason));
-        if (ev->reason == CPOOL_CLOSE_ERROR && ev->error != NULL)
+        if ((ev->reason == CPOOL_CLOSE_ERROR || ev->reason == CPOOL_CLOSE_HOOK) &&
+            ev->error != NULL)
             add_str(&b, "error", describe_error(ev->error, errbuf, sizeof errbuf));
         break;
     case CPOOL_EV_CHECKOUT_FAILED:

@@ -8,6 +8,7 @@
 
 #include <stdatomic.h>
 #include <stdint.h>
+#include <string.h>
 #include <unistd.h> /* gettid */
 
 /* The thread-affine fast path.
@@ -328,15 +329,22 @@ static inline cpool_conn *take_parked_fast(cpool *p, int64_t timeout_ms, int64_t
         }
         dead = validate_conn(p, c, ping, deadline, &ce) != 0;
     }
-    if (usable && !dead)
+    bool hook_failed = false;
+    if (usable && !dead && p->opts.hooks.before_lease != NULL) {
+        memset(&ce, 0, sizeof ce);
+        hook_failed = p->opts.hooks.before_lease(c, p->opts.hooks.ctx, &ce) != 0;
+        if (hook_failed && ce.code == 0)
+            ce.code = CPOOL_EIO;
+    }
+    if (usable && !dead && !hook_failed)
         return c;
     /* Ours now, but perished, dead or the pool changed: close it properly. */
     cpool__lock(p);
     cpool__check_fork_relock(p);
     if (c->state == CONN_IN_USE) {
-        int reason = cpool__unfit_reason_locked(p, c, dead);
+        int reason = hook_failed ? CPOOL_CLOSE_HOOK : cpool__unfit_reason_locked(p, c, dead);
         cpool__close_conn_relock(p, c, reason >= 0 ? reason : CPOOL_CLOSE_IDLE,
-                          dead ? &ce : NULL);
+                                 dead || hook_failed ? &ce : NULL);
     }
     cpool__unlock(p);
     return NULL;

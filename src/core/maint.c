@@ -55,7 +55,7 @@ static bool reclaim_relock(cpool *p, cpool_conn *c, int64_t held)
         c->close_deferred = false;
         cpool__unlock(p);
         if (native != NULL)
-            p->cx->close(p->cx_ctx, native);
+            cpool__close_native(p, native, c->id, CPOOL_CLOSE_RECLAIMED);
         cpool__lock(p);
         cpool__conn_free_locked(p, c);
     }
@@ -210,6 +210,8 @@ int cpool__open_into_pool_relock(cpool *p, int64_t until, cpool_error *e)
                     : NO_DEADLINE;
     bool bound = until <= d;
     int rc = cpool__establish_relock(p, c, bound ? until : d, false, bound, e);
+    if (rc == ESTABLISH_HOOK) /* the refill stops until the next run */
+        return e != NULL && e->code != 0 ? e->code : CPOOL_EIO;
     return rc == ESTABLISH_RETRY ? 0 : rc;
 }
 

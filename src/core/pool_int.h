@@ -152,6 +152,7 @@ struct cpool_conn {
                                  was established or discarded; mu */
     bool reclaimed;           /* taken back from its holder: closed, not
                                  abandoned, when it returns; mu */
+    int closed_reason;        /* why it was closed, for a deferred close; mu */
 };
 
 typedef struct conn_list {

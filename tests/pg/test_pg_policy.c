@@ -1,6 +1,7 @@
 /* test_pg_policy.c -- policies against the real server: a soft recycle
- * under load after a server-side change that only new sessions see, and
- * cpool_run's retries on the errors the connector labels retryable. */
+ * under load after a server-side change that only new sessions see,
+ * cpool_run's retries on the errors the connector labels retryable, and
+ * hooks that set up each connection. */
 #include "pg_test.h"
 
 #include <unistd.h>
@@ -245,6 +246,66 @@ TEST(run_retries_a_serialization_failure_not_a_syntax_error)
     ASSERT_EQ(1, s.retries);
     ASSERT_EQ(0, s.closed[CPOOL_CLOSE_ERROR]);
     cpool_destroy(p);
+}
+
+/* ------------------------------------------------------------ hooks */
+
+typedef struct pg_hooks {
+    atomic_int prepared, closed, leased;
+} pg_hooks;
+
+static int prepare_add1(cpool_conn *c, void *ctx, cpool_error *err)
+{
+    pg_hooks *h = ctx;
+    PGconn *conn = pg_lease_conn(c);
+    PGresult *r = PQexec(conn, "PREPARE add1(int) AS SELECT $1 + 1");
+    int rc = PQresultStatus(r) == PGRES_COMMAND_OK ? 0 : cpool_pg_error(conn, r, err);
+    PQclear(r);
+    if (rc == 0)
+        atomic_fetch_add(&h->prepared, 1);
+    return rc;
+}
+
+static int count_lease(cpool_conn *c, void *ctx, cpool_error *err)
+{
+    (void)c;
+    (void)err;
+    atomic_fetch_add(&((pg_hooks *)ctx)->leased, 1);
+    return 0;
+}
+
+static void count_close(void *native, uint64_t id, int reason, void *ctx)
+{
+    (void)id;
+    (void)reason;
+    if (PQstatus(native) == CONNECTION_OK) /* still open: the hook runs first */
+        atomic_fetch_add(&((pg_hooks *)ctx)->closed, 1);
+}
+
+/* after_connect prepares a statement once per connection on the real
+ * server; every lease can execute it; before_close sees each connection
+ * still open. */
+TEST(hooks_prepare_once_per_connection)
+{
+    pg_hooks h = {0};
+    cpool_options o;
+    pg_options(&o, pg_uri(), NULL);
+    o.max_pool_size = 2;
+    o.hooks = (cpool_hooks){.after_connect = prepare_add1, .before_lease = count_lease,
+                            .before_close = count_close, .ctx = &h};
+    cpool *p = test_pool_create(&o);
+    test_ready(p);
+    for (int i = 0; i < 10; i++) {
+        cpool_conn *a = test_checkout(p), *b = test_checkout(p);
+        ASSERT_EQ(42, pg_scalar(pg_lease_conn(a), "EXECUTE add1(41)"));
+        ASSERT_EQ(8, pg_scalar(pg_lease_conn(b), "EXECUTE add1(7)"));
+        test_checkin(p, a, 0);
+        test_checkin(p, b, 0);
+    }
+    ASSERT_EQ(2, atomic_load(&h.prepared));
+    ASSERT_EQ(20, atomic_load(&h.leased));
+    cpool_destroy(p);
+    ASSERT_EQ(2, atomic_load(&h.closed));
 }
 
 TEST_MAIN()
