@@ -82,4 +82,5 @@ add_executable(pg_example ${PROJECT_SOURCE_DIR}/examples/pg_example.c)
 target_link_libraries(pg_example PRIVATE cpool PkgConfig::CPOOL_DEP_PG)
 add_test(NAME pg/example COMMAND pg_example "${pg_uri}")
 set_tests_properties(pg/example PROPERTIES
-  TIMEOUT 30 LABELS pg FIXTURES_REQUIRED pg_server)
+  TIMEOUT 30 LABELS pg FIXTURES_REQUIRED pg_server
+  PASS_REGULAR_EXPRESSION "^hello from cpool\nPostgreSQL ")

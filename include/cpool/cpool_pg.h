@@ -93,6 +93,17 @@ CPOOL_API int cpool_pg_savepoint(PGconn *conn, const char *name, cpool_pg_fn fn,
  * Since 0.2. */
 CPOOL_API int cpool_pg_error(PGconn *conn, const PGresult *res, cpool_error *err);
 
+/* One statement, leased and returned for you: checks out (with o's
+ * deadline, label and tenant; o NULL = the pool's limits), runs `sql` with
+ * its text parameters ($1 ... $nparams; NULL = SQL NULL) as
+ * PQexecParams does, checks in, and returns the result (PGRES_TUPLES_OK or
+ * PGRES_COMMAND_OK) for the caller to PQclear(). NULL on failure, with err
+ * filled as cpool_pg_error() does; a failure labelled RetryableError is run
+ * again on another connection while o->retries allow (cpool_run). The
+ * statement must be idempotent when o asks for retries. Since 0.2. */
+CPOOL_API PGresult *cpool_pg_query(cpool *pool, const cpool_run_opts *o, const char *sql,
+                                   int nparams, const char *const *params, cpool_error *err);
+
 /* A SQLSTATE ("28P01") packed into an int the way PostgreSQL's server packs
  * its error codes (six bits per character, first character lowest), e.g.
  * as found in cpool_error.native. 0 when `sqlstate` is not five characters

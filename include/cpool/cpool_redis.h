@@ -96,6 +96,25 @@ CPOOL_API unsigned cpool_redis_state(const redisContext *c);
 CPOOL_API int cpool_redis_error(const redisContext *c, const redisReply *reply,
                                 cpool_error *err);
 
+/* One command, leased and returned for you: checks out (with o's deadline,
+ * label and tenant; o NULL = the pool's limits), sends the command through
+ * cpool_redis_command(), checks in, and returns the reply for the caller to
+ * freeReplyObject(). NULL on failure -- no connection, a broken one, or an
+ * error reply -- with err filled as cpool_redis_error() does; a failure
+ * labelled RetryableError is sent again on another connection while
+ * o->retries allow (cpool_run). The command must be idempotent when o asks
+ * for retries. Since 0.2. */
+CPOOL_API redisReply *cpool_redis_call(cpool *pool, const cpool_run_opts *o, cpool_error *err,
+                                       const char *format, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 4, 5)))
+#endif
+    ;
+/* The same with an argument vector (argvlen NULL: C strings). */
+CPOOL_API redisReply *cpool_redis_call_argv(cpool *pool, const cpool_run_opts *o, int argc,
+                                            const char **argv, const size_t *argvlen,
+                                            cpool_error *err);
+
 /* Says the session changed outside the wrappers (plain redisCommand of a
  * MULTI or SELECT ...): with reset=tracked the next check-in then makes the
  * full reset round trip. No-op on a context that is not a pool's. */

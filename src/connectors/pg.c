@@ -1809,6 +1809,44 @@ static int cmd_error(PGconn *conn, const char *what, const PGresult *r, cpool_er
                  err);
 }
 
+typedef struct one_query {
+    const char *sql;
+    int nparams;
+    const char *const *params;
+    PGresult *result;
+} one_query;
+
+static int run_query(cpool_conn *lease, void *arg, cpool_error *err)
+{
+    one_query *q = arg;
+    PGconn *conn = cpool_conn_native(lease);
+    PGresult *r = PQexecParams(conn, q->sql, q->nparams, NULL, q->params, NULL, NULL, 0);
+    ExecStatusType st = PQresultStatus(r);
+    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
+        q->result = r;
+        return 0;
+    }
+    int rc = cpool_pg_error(conn, r, err);
+    PQclear(r);
+    return rc;
+}
+
+PGresult *cpool_pg_query(cpool *pool, const cpool_run_opts *o, const char *sql, int nparams,
+                         const char *const *params, cpool_error *err)
+{
+    if (pool == NULL || sql == NULL || nparams < 0 || (nparams > 0 && params == NULL)) {
+        cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_QUERY, CPOOL_FAIL_OTHER, 0,
+                        "pg_query: a pool, a statement and its parameters are required");
+        return NULL;
+    }
+    one_query q = {sql, nparams, params, NULL};
+    if (cpool_run(pool, o, run_query, &q, err) != 0 && q.result != NULL) {
+        PQclear(q.result); /* the check-in failed after the statement ran */
+        q.result = NULL;
+    }
+    return q.result;
+}
+
 int cpool_pg_error(PGconn *conn, const PGresult *res, cpool_error *err)
 {
     if (conn == NULL)

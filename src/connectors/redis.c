@@ -1987,6 +1987,76 @@ int cpool_redis_error(const redisContext *c, const redisReply *reply, cpool_erro
     return rc;
 }
 
+typedef struct redis_call {
+    const char *format; /* or argv */
+    va_list *ap;
+    int argc;
+    const char **argv;
+    const size_t *argvlen;
+    redisReply *reply;
+} redis_call;
+
+static int run_call(cpool_conn *lease, void *arg, cpool_error *err)
+{
+    redis_call *k = arg;
+    redisContext *c = cpool_conn_native(lease);
+    redisReply *r;
+    if (k->format != NULL) {
+        va_list ap;
+        va_copy(ap, *k->ap); /* each attempt reads the arguments afresh */
+        r = cpool_redis_vcommand(c, k->format, ap);
+        va_end(ap);
+    } else {
+        r = cpool_redis_command_argv(c, k->argc, k->argv, k->argvlen);
+    }
+    int rc = cpool_redis_error(c, r, err);
+    if (rc == 0) {
+        k->reply = r;
+        return 0;
+    }
+    if (r != NULL)
+        freeReplyObject(r);
+    return rc;
+}
+
+static redisReply *call_in_pool(cpool *pool, const cpool_run_opts *o, redis_call *k,
+                                cpool_error *err)
+{
+    if (cpool_run(pool, o, run_call, k, err) != 0 && k->reply != NULL) {
+        freeReplyObject(k->reply); /* the check-in failed after the command ran */
+        k->reply = NULL;
+    }
+    return k->reply;
+}
+
+redisReply *cpool_redis_call(cpool *pool, const cpool_run_opts *o, cpool_error *err,
+                             const char *format, ...)
+{
+    if (pool == NULL || format == NULL) {
+        cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_QUERY, CPOOL_FAIL_OTHER, 0,
+                        "redis_call: a pool and a command are required");
+        return NULL;
+    }
+    va_list ap;
+    va_start(ap, format);
+    redis_call k = {.format = format, .ap = &ap};
+    redisReply *r = call_in_pool(pool, o, &k, err);
+    va_end(ap);
+    return r;
+}
+
+redisReply *cpool_redis_call_argv(cpool *pool, const cpool_run_opts *o, int argc,
+                                  const char **argv, const size_t *argvlen, cpool_error *err)
+{
+    if (pool == NULL || argc <= 0 || argv == NULL) {
+        cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_QUERY, CPOOL_FAIL_OTHER, 0,
+                        "redis_call: a pool and a command are required");
+        return NULL;
+    }
+    redis_call k = {.argc = argc, .argv = argv, .argvlen = argvlen};
+    return call_in_pool(pool, o, &k, err);
+}
+
 void cpool_redis_mark_dirty(redisContext *c)
 {
     redis_conn *st = conn_state(c);

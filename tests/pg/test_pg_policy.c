@@ -308,4 +308,63 @@ TEST(hooks_prepare_once_per_connection)
     ASSERT_EQ(2, atomic_load(&h.closed));
 }
 
+/* ------------------------------------------------------------ one-call query */
+
+TEST(pg_query_leases_runs_and_returns)
+{
+    cpool *p = run_pool();
+    const char *params[] = {"20", NULL};
+    cpool_error e;
+    PGresult *r = cpool_pg_query(p, NULL, "SELECT $1::int + 22, $2::text IS NULL", 2, params,
+                                 &e);
+    ASSERT_NOT_NULL(r);
+    ASSERT_STR_EQ("42", PQgetvalue(r, 0, 0));
+    ASSERT_STR_EQ("t", PQgetvalue(r, 0, 1));
+    PQclear(r);
+    ASSERT_EQ(0, test_counts(p).in_use); /* returned */
+    /* A server error: NULL, the error classified, the connection kept. */
+    ASSERT_NULL(cpool_pg_query(p, NULL, "SELECT 1/0", 0, NULL, &e));
+    ASSERT_EQ(CPOOL_EIO, e.code);
+    ASSERT_EQ(CPOOL_FAIL_SERVER, e.kind);
+    ASSERT_EQ(cpool_pg_sqlstate_code("22012"), e.native);
+    ASSERT_STR_CONTAINS(e.message, "division by zero");
+    ASSERT_EQ(1, test_counts(p).available);
+    r = cpool_pg_query(p, NULL, "CREATE TEMP TABLE IF NOT EXISTS t1 (x int)", 0, NULL, &e);
+    ASSERT_NOT_NULL(r); /* PGRES_COMMAND_OK */
+    PQclear(r);
+    ASSERT_NULL(cpool_pg_query(NULL, NULL, "SELECT 1", 0, NULL, &e));
+    ASSERT_EQ(CPOOL_EINVAL, e.code);
+    ASSERT_NULL(cpool_pg_query(p, NULL, "SELECT $1", 1, NULL, &e));
+    ASSERT_EQ(CPOOL_EINVAL, e.code);
+    cpool_destroy(p);
+}
+
+/* A backend terminated while idle in the pool: with validation off the
+ * query meets the dead socket, and the retry runs on a new connection. */
+TEST(pg_query_retries_a_dead_connection)
+{
+    cpool_options o;
+    pg_options(&o, pg_uri(), NULL);
+    o.validation = CPOOL_VALIDATE_NONE;
+    cpool *p = test_pool_create(&o);
+    test_ready(p);
+    PGresult *r = cpool_pg_query(p, NULL, "SELECT pg_backend_pid()", 0, NULL, NULL);
+    ASSERT_NOT_NULL(r);
+    int pid = atoi(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    PGconn *admin = pg_admin();
+    pg_terminate(admin, pid);
+    cpool_run_opts ro = {.struct_size = sizeof ro, .timeout_ms = 10000, .retries = 1};
+    cpool_error e;
+    r = cpool_pg_query(p, &ro, "SELECT pg_backend_pid()", 0, NULL, &e);
+    ASSERT_NOT_NULL(r);
+    ASSERT_NE(pid, atoi(PQgetvalue(r, 0, 0)));
+    PQclear(r);
+    cpool_stats s = {.struct_size = sizeof s};
+    ASSERT_OK(cpool_get_stats(p, &s));
+    ASSERT_EQ(1, s.retries_succeeded);
+    PQfinish(admin);
+    cpool_destroy(p);
+}
+
 TEST_MAIN()

@@ -543,6 +543,38 @@ TEST(run_retries_a_killed_connection)
     redisFree(a.side);
 }
 
+/* cpool_redis_call: one command, leased and returned; an error reply is
+ * NULL with the error, and the argv form sends binary-safe arguments. */
+TEST(call_leases_sends_and_returns)
+{
+    cpool *p = pool_for(base_uri(), NULL);
+    char key[64];
+    rt_key(key, sizeof key, "call");
+    cpool_error e;
+    redisReply *r = cpool_redis_call(p, NULL, &e, "SET %s %s", key, "v1");
+    ASSERT_NOT_NULL(r);
+    freeReplyObject(r);
+    const char *argv[] = {"APPEND", key, "\0x"};
+    size_t len[] = {6, strlen(key), 2};
+    r = cpool_redis_call_argv(p, NULL, 3, argv, len, &e);
+    ASSERT_NOT_NULL(r);
+    ASSERT_EQ(REDIS_REPLY_INTEGER, r->type);
+    ASSERT_EQ(4, r->integer);
+    freeReplyObject(r);
+    ASSERT_EQ(0, test_counts(p).in_use);
+    ASSERT_NULL(cpool_redis_call(p, NULL, &e, "INCR %s", key)); /* not an integer */
+    ASSERT_EQ(CPOOL_FAIL_SERVER, e.kind);
+    ASSERT_EQ(0, e.labels & CPOOL_LABEL_RETRYABLE);
+    ASSERT_STR_CONTAINS(e.message, "not an integer");
+    ASSERT_EQ(1, test_counts(p).available); /* an error reply keeps the connection */
+    r = cpool_redis_call(p, NULL, &e, "DEL %s", key);
+    ASSERT_NOT_NULL(r);
+    freeReplyObject(r);
+    ASSERT_NULL(cpool_redis_call(NULL, NULL, &e, "PING"));
+    ASSERT_EQ(CPOOL_EINVAL, e.code);
+    cpool_destroy(p);
+}
+
 TEST(ping_round_trip)
 {
     char target[512], name[64];
