@@ -650,11 +650,25 @@ typedef struct cpool_shutdown_report {
  * to grace_ms (real time) for the leases out to come back (each is closed
  * as it does). Then it interrupts those still held and closes the pool.
  * Returns within grace_ms plus the time to close connections and interrupt
- * (a cancel request each). report may be NULL. CPOOL_ECLOSED when the pool
- * is closed or a shutdown is already under way. */
+ * (a cancel request each). report may be NULL. After cpool_drain() it goes
+ * on with that drain. CPOOL_ECLOSED when the pool is closed or a shutdown is
+ * already under way. */
 /* 0.2 */
 CPOOL_API int cpool_shutdown(cpool *pool, int64_t grace_ms, cpool_shutdown_report *report,
                              cpool_error *err);
+
+/* Begins a graceful shutdown and returns at once: new checkouts and
+ * waiters fail with CPOOL_ESHUTDOWN, available connections close, the
+ * state reads shutting_down, and each lease still out is closed as it comes
+ * back. cpool_drain_status() tells the progress; cpool_shutdown() (with its
+ * grace period) or cpool_close() ends it. Idempotent; CPOOL_ECLOSED on a
+ * closed pool. Since 0.2. */
+CPOOL_API int cpool_drain(cpool *pool, cpool_error *err);
+/* The progress of a drain: leases out when it began, returned since,
+ * reclaimed, and elapsed_ms (interrupted stays 0 until cpool_shutdown()).
+ * The leases still out are in_use_at_start - returned - reclaimed.
+ * CPOOL_ESTATE when no drain began. Since 0.2. */
+CPOOL_API int cpool_drain_status(cpool *pool, cpool_shutdown_report *out);
 
 /* Waits until the pool holds `n` established connections (n = 0: the
  * larger of 1 and minPoolSize), making them through checkouts that follow

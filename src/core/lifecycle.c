@@ -387,6 +387,66 @@ void cpool_close(cpool *p)
     cpool__emit_unlock(p, &ev);
 }
 
+/* Stops new work at once: paused, so the fast path and the maintenance
+ * thread stand still, and draining, so checkouts say why. Waiters fail,
+ * establishments are cancelled, idle connections close. */
+static void drain_begin_relock(cpool *p)
+{
+    CPOOL_ASSERT_HELD(p);
+    p->draining = true;
+    p->drain_t0 = cpool__mono_ns();
+    p->state = CPOOL_STATE_PAUSED;
+    cpool__fail_waiters_locked(p, CPOOL_ESHUTDOWN);
+    for (cpool_conn *c = p->pending.head; c != NULL; c = c->next)
+        cpool__cancel_pending(c);
+    while (p->available.head != NULL)
+        cpool__close_conn_relock(p, p->available.head, CPOOL_CLOSE_POOL_CLOSED, NULL);
+    for (cpool_conn *c; (c = cpool__steal_parked_locked(p, STEAL_ANY, NULL)) != NULL;)
+        cpool__close_conn_relock(p, c, CPOOL_CLOSE_POOL_CLOSED, NULL);
+    p->drain_at_start = p->in_use.n;
+}
+
+/* Where a drain stands: the leases out when it began, those returned,
+ * reclaimed, still out. */
+static void drain_report_locked(const cpool *p, cpool_shutdown_report *r, uint32_t still_out)
+{
+    CPOOL_ASSERT_HELD(p);
+    r->in_use_at_start = p->drain_at_start;
+    r->reclaimed = p->drain_reclaimed;
+    r->returned = p->drain_at_start >= still_out + p->drain_reclaimed
+                      ? p->drain_at_start - still_out - p->drain_reclaimed
+                      : 0;
+    r->elapsed_ms = (cpool__mono_ns() - p->drain_t0) / 1000000;
+}
+
+int cpool_drain(cpool *p, cpool_error *err)
+{
+    int rc = enter_open(p, "drain", err);
+    if (rc != 0)
+        return rc;
+    if (!p->draining)
+        drain_begin_relock(p);
+    cpool__unlock(p);
+    if (err != NULL)
+        memset(err, 0, sizeof *err);
+    return 0;
+}
+
+int cpool_drain_status(cpool *p, cpool_shutdown_report *out)
+{
+    if (p == NULL || out == NULL)
+        return CPOOL_EINVAL;
+    memset(out, 0, sizeof *out);
+    cpool__lock(p);
+    int rc = p->draining ? 0 : CPOOL_ESTATE;
+    if (rc == 0) {
+        drain_report_locked(p, out, p->in_use.n);
+        out->interrupted = 0; /* none yet: cpool_shutdown() interrupts at its end */
+    }
+    cpool__unlock(p);
+    return rc;
+}
+
 int cpool_shutdown(cpool *p, int64_t grace_ms, cpool_shutdown_report *report,
                    cpool_error *err)
 {
@@ -396,44 +456,33 @@ int cpool_shutdown(cpool *p, int64_t grace_ms, cpool_shutdown_report *report,
         memset(report, 0, sizeof *report);
     if (p == NULL || grace_ms < 0)
         return cpool__err(err, CPOOL_EINVAL, "shutdown: a pool and grace_ms >= 0 are required");
-    int64_t t0 = cpool__mono_ns();
     cpool__lock(p);
     cpool__check_fork_relock(p);
-    if (p->state == CPOOL_STATE_CLOSED || p->draining) {
+    if (p->state == CPOOL_STATE_CLOSED || p->shutting_down) {
         cpool__unlock(p);
         return cpool__err(err, CPOOL_ECLOSED, "shutdown %s: pool is already %s", p->address,
-                          p->draining ? "shutting down" : "closed");
+                          p->shutting_down ? "shutting down" : "closed");
     }
-    /* Stop new work at once: paused, so the fast path and the maintenance
-     * thread stand still, and draining, so checkouts say why. */
-    p->draining = true;
-    p->state = CPOOL_STATE_PAUSED;
-    cpool__fail_waiters_locked(p, CPOOL_ESHUTDOWN);
-    for (cpool_conn *c = p->pending.head; c != NULL; c = c->next)
-        cpool__cancel_pending(c);
-    while (p->available.head != NULL)
-        cpool__close_conn_relock(p, p->available.head, CPOOL_CLOSE_POOL_CLOSED, NULL);
-    for (cpool_conn *c; (c = cpool__steal_parked_locked(p, STEAL_ANY, NULL)) != NULL;)
-        cpool__close_conn_relock(p, c, CPOOL_CLOSE_POOL_CLOSED, NULL);
-    uint32_t at_start = p->in_use.n;
+    p->shutting_down = true;
+    if (!p->draining) /* else cpool_drain() began it: go on from there */
+        drain_begin_relock(p);
     struct timespec until = abs_real(ms_to_ns(grace_ms));
     while (p->in_use.n > 0 &&
            cpool__cond_timedwait(p, &p->drain_cv, &until) != ETIMEDOUT) {
     }
     uint32_t held = p->in_use.n;
+    cpool_shutdown_report r;
+    memset(&r, 0, sizeof r);
+    drain_report_locked(p, &r, held);
+    r.interrupted = held;
     for (cpool_conn *c = p->in_use.head; c != NULL; c = c->next)
         c->interrupt_requested = true;
     cpool__interrupt_marked_relock(p);
     cpool__unlock(p);
     cpool_close(p);
     if (report != NULL) {
-        report->in_use_at_start = at_start;
-        report->reclaimed = p->drain_reclaimed;
-        report->returned = at_start >= held + p->drain_reclaimed
-                               ? at_start - held - p->drain_reclaimed
-                               : 0;
-        report->interrupted = held;
-        report->elapsed_ms = (cpool__mono_ns() - t0) / 1000000;
+        *report = r;
+        report->elapsed_ms = (cpool__mono_ns() - p->drain_t0) / 1000000;
     }
     if (err != NULL)
         memset(err, 0, sizeof *err);

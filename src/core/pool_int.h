@@ -292,8 +292,11 @@ struct cpool {
     bool tenant_holds;      /* some tenant has a max_hold_ms */
 
     /* Graceful shutdown; mu. */
-    bool draining;
+    bool draining;          /* cpool_drain() or cpool_shutdown() began */
+    bool shutting_down;     /* cpool_shutdown() is under way (or done) */
     uint32_t drain_reclaimed; /* leases reclaimed while draining */
+    uint32_t drain_at_start;  /* leases out when the drain began */
+    int64_t drain_t0;         /* when it began (monotonic) */
     bool ever_ready;        /* cpool_ready() succeeded once; mu */
     pthread_cond_t drain_cv; /* a lease came back while draining */
 

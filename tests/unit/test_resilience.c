@@ -514,6 +514,52 @@ static void *shutdown_main(void *arg)
     return NULL;
 }
 
+/* cpool_drain begins a shutdown and returns at once; its progress is
+ * readable while leases come back; cpool_shutdown then finishes it. */
+TEST(drain_returns_at_once_and_reports_progress)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    test_fixture_start(&f);
+    cpool_conn *a = test_checkout(f.pool), *b = test_checkout(f.pool);
+    cpool_conn *c = test_checkout(f.pool), *spare = test_checkout(f.pool);
+    test_checkin(f.pool, spare, 0); /* one idle: closed by the drain */
+    cpool_shutdown_report st;
+    ASSERT_RC(CPOOL_ESTATE, cpool_drain_status(f.pool, &st));
+    int64_t t0 = test_now_ms();
+    ASSERT_OK(cpool_drain(f.pool, NULL));
+    ASSERT_OK(cpool_drain(f.pool, NULL)); /* idempotent */
+    ASSERT_LT(test_now_ms() - t0, 1000);
+    ASSERT_EQ(CPOOL_STATE_SHUTTING_DOWN, test_counts(f.pool).state);
+    cpool_conn *none = NULL;
+    cpool_error e;
+    ASSERT_RC(CPOOL_ESHUTDOWN, cpool_checkout(f.pool, 1000, &none, &e));
+    ASSERT_OK(cpool_drain_status(f.pool, &st));
+    ASSERT_EQ(3, st.in_use_at_start);
+    ASSERT_EQ(0, st.returned);
+    ASSERT_EQ(1, test_rec_count_closed(&f.rec, CPOOL_CLOSE_POOL_CLOSED)); /* the idle one */
+    test_checkin(f.pool, a, 0);
+    ASSERT_OK(cpool_drain_status(f.pool, &st));
+    ASSERT_EQ(1, st.returned);
+    ASSERT_EQ(2, test_rec_count_closed(&f.rec, CPOOL_CLOSE_POOL_CLOSED)); /* closed, not kept */
+    /* The shutdown goes on from the drain: it waits for the other two. */
+    pthread_t sd;
+    cpool_shutdown_report rep;
+    shutdown_arg arg = {f.pool, &rep};
+    TEST_THREAD_START(&sd, shutdown_main, &arg);
+    test_sleep_ms(20);
+    test_checkin(f.pool, b, 0);
+    test_checkin(f.pool, c, 0);
+    pthread_join(sd, NULL);
+    ASSERT_EQ(3, rep.in_use_at_start);
+    ASSERT_EQ(3, rep.returned);
+    ASSERT_EQ(0, rep.interrupted);
+    ASSERT_EQ(CPOOL_STATE_CLOSED, test_counts(f.pool).state);
+    ASSERT_RC(CPOOL_ECLOSED, cpool_shutdown(f.pool, 0, NULL, &e));
+    ASSERT_RC(CPOOL_ECLOSED, cpool_drain(f.pool, &e));
+    test_fixture_free(&f);
+}
+
 TEST(shutdown_rejects_new_checkouts_at_once)
 {
     test_fixture f;
