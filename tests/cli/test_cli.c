@@ -1104,6 +1104,100 @@ TEST(metrics_serves_prometheus_and_stops_on_sigterm)
     ASSERT_STR_CONTAINS(err, "SIGTERM");
 }
 
+/* cpool top in a terminal: the screen is redrawn in place, the rates come
+ * from two scrapes of a running `cpool metrics`, and q quits. */
+TEST(top_in_a_terminal_redraws_and_quits_on_q)
+{
+    clean_env(NULL);
+    bg m;
+    metrics_start(&m, (const char *const[]){"metrics", "mem://x", "--listen", "127.0.0.1:0",
+                                            "--load", "2", NULL});
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/metrics", m.port);
+    int master = -1;
+    pid_t pid = forkpty(&master, NULL, NULL, NULL);
+    ASSERT_TRUE(pid >= 0);
+    if (pid == 0) {
+        execl(CPOOL_CLI_PATH, CPOOL_CLI_PATH, "top", url, "--interval-ms", "200",
+              (char *)NULL);
+        _exit(127);
+    }
+    char *out = NULL;
+    size_t len = 0;
+    append(&out, &len, "", 0);
+    int64_t deadline = test_now_ms() + 30000;
+    bool sent_q = false;
+    for (;;) {
+        if (test_now_ms() > deadline) {
+            kill(pid, SIGKILL);
+            FAIL("cpool top did not quit on q: %s", out);
+        }
+        /* Three refreshes, the later ones with a rate: then quit. */
+        if (!sent_q && count_of(out, "refresh 3") > 0) {
+            ASSERT_EQ(1, write(master, "q", 1));
+            sent_q = true;
+        }
+        struct pollfd pf = {master, POLLIN, 0};
+        if (poll(&pf, 1, 200) <= 0)
+            continue;
+        char buf[4096];
+        ssize_t got = read(master, buf, sizeof buf);
+        if (got <= 0)
+            break; /* EIO once the child closed the terminal */
+        append(&out, &len, buf, (size_t)got);
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    close(master);
+    ASSERT_EQ(0, exit_status(st));
+    ASSERT_TRUE(count_of(out, "\033[H\033[2J") >= 3); /* redrawn, not scrolled */
+    ASSERT_STR_CONTAINS(out, "POOL");
+    ASSERT_STR_CONTAINS(out, "MAXWAIT");
+    ASSERT_STR_CONTAINS(out, "mem:x");
+    ASSERT_STR_CONTAINS(out, "q or Ctrl-C quits");
+    /* The last refresh's checkout rate: the load runs, so it is above 0. */
+    const char *last = out;
+    for (const char *q = out; (q = strstr(q, "\nmem:x")) != NULL; q++)
+        last = q + 1;
+    double rate = -1;
+    char state[32];
+    ASSERT_EQ(2, sscanf(last, "mem:x %31s %*f %*f %*s %*f %*s %lf", state, &rate));
+    ASSERT_STR_EQ("ready", state);
+    ASSERT_TRUE(rate > 0);
+    free(out);
+    char err[1024];
+    metrics_stop(&m, SIGTERM, err, sizeof err);
+}
+
+/* Not a terminal: one block per refresh; an unreachable endpoint is exit 3
+ * with the reason. */
+TEST(top_on_a_pipe_and_unreachable)
+{
+    clean_env(NULL);
+    bg m;
+    metrics_start(&m, (const char *const[]){"metrics", "mem://y", "--listen", "127.0.0.1:0",
+                                            NULL});
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/metrics", m.port);
+    run_result r;
+    RUN(&r, "top", url, "--iterations", "2", "--interval-ms", "100");
+    ASSERT_EXIT(0, &r);
+    ASSERT_NULL(strchr(r.out, '\033'));
+    ASSERT_EQ(2, count_of(r.out, "cpool top "));
+    ASSERT_EQ(2, count_of(r.out, "\nmem:y "));
+    run_free(&r);
+    char err[1024];
+    metrics_stop(&m, SIGTERM, err, sizeof err);
+    snprintf(url, sizeof url, "http://127.0.0.1:1/metrics"); /* nothing listens */
+    RUN(&r, "top", url, "-n", "1");
+    ASSERT_EXIT(3, &r);
+    ASSERT_STR_CONTAINS(r.err, "Connection refused");
+    ASSERT_EQ(1, count_lines(r.err));
+    run_free(&r);
+    USAGE_ERROR("invalid URL", "top", "ftp://x/metrics");
+    USAGE_ERROR("a URL is required", "top");
+}
+
 TEST(metrics_stops_on_sigint)
 {
     clean_env(NULL);

@@ -14,6 +14,7 @@ static const command commands[] = {
     {"probe", cmd_probe, "open one connection and time each phase of the establishment"},
     {"options", cmd_options, "show the effective pool options and where each came from"},
     {"metrics", cmd_metrics, "serve a pool's statistics at /metrics for Prometheus"},
+    {"top", cmd_top, "watch a running service's pools through its /metrics endpoint"},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 
@@ -57,7 +58,7 @@ static const command *find(const char *name)
 int main(int argc, char **argv)
 {
     if (argc < 2)
-        return cli_usage_error(NULL, "a COMMAND is required: bench, probe, options or metrics "
+        return cli_usage_error(NULL, "a COMMAND is required: bench, probe, options, metrics or top "
                                      "(see cpool --help)");
     const char *name = argv[1];
     if (strcmp(name, "--help") == 0 || strcmp(name, "-h") == 0) {
@@ -76,7 +77,7 @@ int main(int argc, char **argv)
         const command *c = find(argv[2]);
         if (c == NULL)
             return cli_usage_error(NULL, "help: no command named \"%s\" (commands: bench, "
-                                         "probe, options, metrics)",
+                                         "probe, options, metrics, top)",
                                    argv[2]);
         char *help_argv[] = {argv[2], "--help", NULL};
         return c->run(2, help_argv);
@@ -84,7 +85,7 @@ int main(int argc, char **argv)
     const command *c = find(name);
     if (c == NULL)
         return cli_usage_error(NULL, "unknown command \"%s\" (commands: bench, probe, "
-                                     "options, metrics; see cpool --help)",
+                                     "options, metrics, top; see cpool --help)",
                                name);
     /* The command sees itself as argv[0], as getopt expects. */
     return c->run(argc - 1, argv + 1);
