@@ -712,6 +712,47 @@ typedef struct cpool_checkout_opts {
                              none */
 } cpool_checkout_opts;
 
+/* ------------------------------------------------------------ async checkout
+ * For event loops, where a blocking checkout would stall every request on
+ * the loop. A completion queue (one per loop thread) has a descriptor that
+ * becomes readable when checkouts completed; the loop then calls
+ * cpool_async_process(), which runs their callbacks on its thread. The
+ * semantics are cpool_checkout_with()'s: one FIFO queue with the blocking
+ * checkouts, the same deadlines, tenants, cancellation tokens, and clear,
+ * close and shutdown fail it. Nothing on the loop's thread blocks: an
+ * establishment, a validation ping, a session reset between tenants or a
+ * before_lease hook runs on a short-lived helper thread. The pool needs its
+ * background thread (maintenance_interval_ms >= 0), which ends waits at
+ * their deadlines. Check the lease in with cpool_checkin() as usual.
+ * Adapters: cpool_uv.h (libuv), cpool_event.h (libevent). Since 0.2. */
+typedef struct cpool_async cpool_async;
+
+/* conn is the lease (rc 0) or NULL (rc < 0, err says why); err is
+ * borrowed for the call. Runs inside cpool_async_process(), never under a
+ * pool lock; it may check out (async or not) and check in. */
+typedef void (*cpool_async_fn)(cpool_conn *conn, int rc, const cpool_error *err, void *arg);
+
+CPOOL_API CPOOL_NODISCARD int cpool_async_new(cpool_async **out);
+/* Frees a queue whose checkouts have all completed and been processed
+ * (cpool_async_pending() is 0). NULL is a no-op. */
+CPOOL_API void cpool_async_free(cpool_async *q);
+/* Readable (POLLIN) while completions wait for cpool_async_process(). */
+CPOOL_API int cpool_async_fd(const cpool_async *q);
+/* Runs the callbacks of the completed checkouts, in completion order, on
+ * the calling thread; returns how many ran. Completions arriving while it
+ * runs wait for the next call (the descriptor stays readable). */
+CPOOL_API int cpool_async_process(cpool_async *q);
+/* Checkouts accepted and not yet delivered to their callback. */
+CPOOL_API unsigned cpool_async_pending(const cpool_async *q);
+
+/* Starts a checkout; returns 0 once accepted, and the callback runs later
+ * from cpool_async_process() -- never from inside this call, even when a
+ * connection was free. An error return (CPOOL_EINVAL, CPOOL_ENOMEM) means
+ * no callback will run. o may be NULL (the pool's limits). Every
+ * completion must be processed before the pool is destroyed. */
+CPOOL_API int cpool_checkout_async(cpool *pool, cpool_async *q, const cpool_checkout_opts *o,
+                                   cpool_async_fn cb, void *arg, cpool_error *err);
+
 /* ------------------------------------------------------------ cancellation
  * A token cancels the checkouts that wait with it, from any thread: each
  * leaves the queue at once with CPOOL_ECANCELED, leaving nothing behind.

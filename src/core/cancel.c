@@ -50,8 +50,12 @@ void cpool_cancel_trigger(cpool_cancel *t)
         return;
     pthread_mutex_lock(&t->mu);
     atomic_store(&t->triggered, true);
-    for (waiter *w = t->head; w != NULL; w = w->cnext)
-        sem_post(&w->sem); /* a wake-up: the waiter sees the token and leaves */
+    for (waiter *w = t->head; w != NULL; w = w->cnext) {
+        if (w->async)
+            cpool__async_cancel_kick(w); /* its pool's background thread ends it */
+        else
+            sem_post(&w->sem); /* a wake-up: the waiter sees the token and leaves */
+    }
     pthread_mutex_unlock(&t->mu);
 }
 

@@ -700,6 +700,8 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
     co.hook_failed = false;
     co.w.cancel = cancel;
     co.w.registered = false;
+    co.w.async = false;
+    co.w.alink = NULL;
     if (fast_start >= 0)
         clock_start_at(&co.t, fast_start);
     else if (p->observed)
@@ -748,4 +750,273 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
         if (co.hook_failed && hook_deadline_passed(&co))
             return checkout_fail_unlock(&co, err);
     }
+}
+
+/* ------------------------------------------------------------ async checkout
+ *
+ * An asynchronous checkout is this file's checkout without its blocking
+ * parts: its steps run on the loop's thread under mu; when it must wait it
+ * stays in the one FIFO queue as an async waiter, and the pool serves it as
+ * any other (cpool__serve_waiter pushes it to its completion queue instead
+ * of posting); what may block (an establishment, a ping, a session reset,
+ * a before_lease hook) runs on a short-lived helper thread. The background
+ * thread ends waits at their deadline (cpool__async_expire_locked); a
+ * cancellation pushes the request to its loop directly. Every request ends
+ * with exactly one callback, from cpool_async_process(). */
+
+typedef struct async_req {
+    async_link link; /* first: the queue's handle on the request */
+    checkout co;
+    char label[64];
+    bool has_label;
+} async_req;
+
+static async_req *req_of(async_link *l)
+{
+    return (async_req *)(void *)l;
+}
+
+/* Whether taking co->c further may block the calling thread. */
+static bool needs_helper(const checkout *co)
+{
+    const cpool *p = co->p;
+    const cpool_conn *c = co->c;
+    if (co->establish || p->opts.hooks.before_lease != NULL)
+        return true;
+    if (co->tn != NULL && c->last_tenant != NULL && c->last_tenant != co->tn)
+        return true; /* a full session reset first */
+    return !co->handed && p->opts.validation != CPOOL_VALIDATE_NONE && wants_ping(p, c);
+}
+
+static void *async_helper_main(void *arg);
+
+/* Hands co->c's remaining steps to a helper thread (runs them here when no
+ * thread can be had). Called with mu; returns without it. True when the
+ * request finished here. */
+static bool async_step_unlock(async_req *r, int step, bool may_block);
+
+static bool start_helper_unlock(async_req *r)
+{
+    cpool *p = r->co.p;
+    p->async_helpers++;
+    cpool__unlock(p);
+    pthread_attr_t attr;
+    pthread_t th;
+    bool started = pthread_attr_init(&attr) == 0 &&
+                   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
+                   pthread_create(&th, &attr, async_helper_main, r) == 0;
+    pthread_attr_destroy(&attr);
+    if (started)
+        return false;
+    /* No thread: the steps run here, once, rather than fail the checkout. */
+    cpool__lock(p);
+    p->async_helpers--;
+    return async_step_unlock(r, STEP_OK, true);
+}
+
+/* The request's result, from checkout_done_unlock / checkout_fail_unlock. */
+static void finish_ok_unlock(async_req *r)
+{
+    r->link.rc = checkout_done_unlock(&r->co, r->has_label ? r->label : NULL, &r->link.conn);
+}
+
+static void finish_fail_unlock(async_req *r)
+{
+    memset(&r->link.err, 0, sizeof r->link.err);
+    r->link.rc = checkout_fail_unlock(&r->co, &r->link.err);
+    r->link.conn = NULL;
+}
+
+static bool async_step_unlock(async_req *r, int step, bool may_block)
+{
+    checkout *co = &r->co;
+    cpool *p = co->p;
+    CPOOL_ASSERT_HELD(p);
+    for (;;) {
+        if (step < 0) { /* look from the start */
+            co->c = NULL;
+            co->establish = co->handed = false;
+            step = ready_step_locked(co);
+            if (step == STEP_OK)
+                step = take_available_relock(co);
+            if (step == STEP_NONE)
+                step = fail_fast_step_locked(co);
+            if (step == STEP_NONE) {
+                atomic_store(&r->link.claimed, false); /* one push per stay */
+                step = queue_relock(co);
+                if (step == STEP_NONE) {
+                    p->async_waiting++;
+                    if (co->t.wait_deadline != NO_DEADLINE)
+                        pthread_cond_signal(&p->maint_cv); /* it ends the wait */
+                    cpool__unlock(p);
+                    return false;
+                }
+            }
+        }
+        if (step == STEP_OK && !may_block && needs_helper(co))
+            return start_helper_unlock(r);
+        if (step == STEP_OK)
+            step = prepare_step_relock(co);
+        if (step == STEP_OK) {
+            finish_ok_unlock(r);
+            return true;
+        }
+        if (step == STEP_FAIL) {
+            finish_fail_unlock(r);
+            return true;
+        }
+        /* STEP_AGAIN */
+        if (co->hook_failed && hook_deadline_passed(co)) {
+            finish_fail_unlock(r);
+            return true;
+        }
+        step = -1;
+    }
+}
+
+static void *async_helper_main(void *arg)
+{
+    async_req *r = arg;
+    cpool *p = r->co.p;
+    cpool__lock(p);
+    bool done = async_step_unlock(r, STEP_OK, true);
+    if (done)
+        cpool__async_push(&r->link, ASYNC_DONE); /* r is the loop's from here */
+    cpool__lock(p);
+    p->async_helpers--;
+    cpool__unlock(p);
+    return NULL;
+}
+
+bool cpool__async_finish(async_link *l)
+{
+    async_req *r = req_of(l);
+    checkout *co = &r->co;
+    cpool *p = co->p;
+    cpool__lock(p);
+    p->async_waiting--;
+    waiter *w = &co->w;
+    /* Out of the token's reach while it is finished: a trigger from now on
+     * is seen when (if) it queues again. */
+    cpool__cancel_unregister(w);
+    int step;
+    if (w->queued) {
+        /* Pushed by a cancellation while still queued: it leaves now. */
+        cpool__wq_remove_locked(p, w);
+        cpool__err(&co->ce, CPOOL_ECANCELED, "checkout from %s cancelled after waiting %.3f ms",
+                   p->address, (double)(cpool__now(p) - w->since) / 1e6);
+        co->cause = &co->ce;
+        step = step_fail(co, CPOOL_ECANCELED);
+    } else {
+        step = after_wait_locked(co, true); /* served, or failed by the pool */
+    }
+    return async_step_unlock(r, step, false);
+}
+
+void cpool__async_deliver(async_link *l)
+{
+    async_req *r = req_of(l);
+    l->cb(l->conn, l->rc, l->rc != 0 ? &l->err : NULL, l->arg);
+    free(r);
+}
+
+void cpool__async_cancel_kick(waiter *w)
+{
+    async_link *l = w->alink;
+    if (!atomic_exchange(&l->claimed, true))
+        cpool__async_push(l, ASYNC_SERVED);
+}
+
+int64_t cpool__async_expire_locked(cpool *p)
+{
+    CPOOL_ASSERT_HELD(p);
+    if (p->async_waiting == 0)
+        return NO_DEADLINE;
+    int64_t now = cpool__now(p), next = NO_DEADLINE;
+    for (waiter *w = p->wq_head; w != NULL;) {
+        waiter *after = w->next;
+        if (w->async) {
+            checkout *co = &req_of(w->alink)->co;
+            int64_t d = co->t.wait_deadline;
+            if (d != NO_DEADLINE && now >= d) {
+                tenant *tn = w->tenant;
+                bool capped = tn != NULL && tn->max > 0 && tn->in_use >= tn->max;
+                if (capped)
+                    tn->limit_timeouts++;
+                cpool__wq_remove_locked(p, w);
+                w->fail = capped ? CPOOL_ETENANT : CPOOL_ETIMEDOUT;
+                cpool__serve_waiter(w);
+            } else if (d != NO_DEADLINE && d < next) {
+                next = d;
+            }
+        }
+        w = after;
+    }
+    return next;
+}
+
+int cpool_checkout_async(cpool *p, cpool_async *q, const cpool_checkout_opts *o,
+                         cpool_async_fn cb, void *arg, cpool_error *err)
+{
+    if (p == NULL || q == NULL || cb == NULL)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "checkout_async: a pool, a completion queue and a callback are "
+                          "required");
+    if (o != NULL && o->struct_size < offsetof(cpool_checkout_opts, label) + sizeof o->label)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "checkout_async: options with struct_size = sizeof them");
+    if (p->opts.maintenance_interval_ms < 0)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "checkout_async from %s: needs the background thread, which ends "
+                          "waits at their deadline (maintenance_interval_ms >= 0)",
+                          p->address);
+    if (p->observed && cpool__in_callback(p))
+        return cpool__callback_err(p, err, "checkout_async");
+    async_req *r = calloc(1, sizeof *r);
+    if (r == NULL)
+        return cpool__err(err, CPOOL_ENOMEM, "checkout_async: out of memory");
+    r->link.q = q;
+    r->link.cb = cb;
+    r->link.arg = arg;
+    const char *tenant_name = NULL;
+    cpool_cancel *cancel = NULL;
+    int64_t timeout_ms = -1;
+    if (o != NULL) {
+        timeout_ms = o->timeout_ms;
+        if (o->label != NULL) {
+            snprintf(r->label, sizeof r->label, "%s", o->label);
+            r->has_label = true;
+        }
+        if (o->struct_size >= offsetof(cpool_checkout_opts, tenant) + sizeof o->tenant)
+            tenant_name = o->tenant;
+        if (o->struct_size >= offsetof(cpool_checkout_opts, cancel) + sizeof o->cancel)
+            cancel = o->cancel;
+    }
+    checkout *co = &r->co;
+    co->p = p;
+    co->t = (checkout_clock){.p = p, .timeout_ms = timeout_ms, .start = -1};
+    co->w.cancel = cancel;
+    co->w.async = true;
+    co->w.alink = &r->link;
+    clock_start(&co->t); /* the background thread needs the deadline */
+    int rc = checkout_start(co, tenant_name, err);
+    if (rc != 0) { /* refused before it began: no callback */
+        free(r);
+        return rc;
+    }
+    cpool__async_accepted(q);
+    bool done;
+    if (co->tn != NULL && !rate_step_locked(co)) {
+        finish_fail_unlock(r);
+        done = true;
+    } else if (cancel != NULL && cpool_cancel_triggered(cancel)) {
+        co->rc = CPOOL_ECANCELED;
+        finish_fail_unlock(r);
+        done = true;
+    } else {
+        done = async_step_unlock(r, -1, false);
+    }
+    if (done) /* the callback still runs from cpool_async_process() */
+        cpool__async_push(&r->link, ASYNC_DONE);
+    return 0;
 }

@@ -376,7 +376,11 @@ void cpool__wq_remove_locked(cpool *p, waiter *w)
 void cpool__serve_waiter(waiter *w)
 {
     atomic_store_explicit(&w->done, 1, memory_order_release);
-    sem_post(&w->sem);
+    if (w->async) {
+        if (!atomic_exchange(&w->alink->claimed, true)) /* a cancel may have been first */
+            cpool__async_push(w->alink, ASYNC_SERVED); /* the loop finishes it */
+    } else
+        sem_post(&w->sem);
 }
 
 void cpool__cleared_error(const cpool *p, cpool_error *e)

@@ -501,6 +501,15 @@ void cpool_destroy(cpool *p)
     cpool__unlock(p);
     if (join)
         pthread_join(p->maint, NULL);
+    /* Helper threads of asynchronous checkouts finish their step first. */
+    cpool__lock(p);
+    while (p->async_helpers > 0) {
+        cpool__unlock(p);
+        struct timespec ms = {0, 1000000};
+        nanosleep(&ms, NULL);
+        cpool__lock(p);
+    }
+    cpool__unlock(p);
     /* Leases that never came back: close them so the server sessions end. */
     cpool__lock(p);
     while (p->in_use.head != NULL)

@@ -349,6 +349,14 @@ static void maintenance_sleep_relock(cpool *p, int64_t until_ns)
         int64_t wake = until_ns;
         if (p->turn_watch && now + p->turn_ns < wake)
             wake = now + p->turn_ns;
+        /* Asynchronous checkouts that reached their deadline end now; the
+         * thread wakes again at the next one (a new one signals it). */
+        int64_t next_async = cpool__async_expire_locked(p);
+        if (next_async != NO_DEADLINE) {
+            int64_t in = next_async - cpool__now(p);
+            if (now + in < wake)
+                wake = now + (in > 0 ? in : 0);
+        }
         struct timespec ts = {.tv_sec = wake / 1000000000, .tv_nsec = wake % 1000000000};
         int rc = cpool__cond_timedwait(p, &p->maint_cv, &ts);
         if (p->turn_watch)

@@ -195,7 +195,47 @@ typedef struct waiter {
     cpool_cancel *cancel;
     struct waiter *cnext, *cprev;
     bool registered;
+    bool async;        /* an asynchronous checkout's: served by a completion,
+                          not a post; cancelled through the background thread */
+    struct async_link *alink; /* async: its request's link */
 } waiter;
+
+/* An asynchronous checkout's place in its completion queue (async.c); the
+ * rest of the request is checkout.c's. */
+typedef enum async_phase {
+    ASYNC_SERVED = 1, /* the pool served or failed its wait: finish it */
+    ASYNC_DONE        /* finished: run the callback */
+} async_phase;
+
+typedef struct async_link {
+    struct async_link *next;
+    async_phase phase;
+    atomic_bool claimed; /* set by the first to push it SERVED (a serve or a
+                            cancel) for one stay in the queue; mu clears it */
+    cpool_async *q;
+    cpool_async_fn cb;
+    void *arg;
+    cpool_conn *conn; /* ASYNC_DONE: the lease, or NULL */
+    int rc;
+    cpool_error err;
+} async_link;
+
+/* async.c: queue a request for cpool_async_process (any thread, any lock:
+ * the queue's mutex is taken last); count an accepted one. */
+void cpool__async_push(async_link *l, async_phase phase);
+void cpool__async_accepted(cpool_async *q);
+/* checkout.c: finish a served request on the loop's thread (ASYNC_SERVED):
+ * true when it is done now (deliver it), false when a helper thread took it
+ * or it waits again; deliver runs the callback and frees the request. */
+bool cpool__async_finish(async_link *l);
+void cpool__async_deliver(async_link *l);
+/* checkout.c, for the background thread: end the async waits whose
+ * deadline passed; the earliest deadline left (pool clock), NO_DEADLINE
+ * when none. */
+int64_t cpool__async_expire_locked(cpool *p);
+/* cancel.c -> checkout.c: a trigger reached an async waiter (under the
+ * token's mutex: pushes it to its loop, takes no pool lock). */
+void cpool__async_cancel_kick(waiter *w);
 
 /* cancel.c: a waiter joins its token's list before it waits and leaves it
  * before its memory goes; register returns false when the token was
@@ -290,6 +330,10 @@ struct cpool {
     tenant *tenant_list, *tenant_tail;
     bool tenants;
     bool tenant_holds;      /* some tenant has a max_hold_ms */
+
+    /* Asynchronous checkouts (checkout.c); mu. */
+    uint32_t async_waiting;  /* async waiters in the queue */
+    uint32_t async_helpers;  /* helper threads running: destroy waits */
 
     /* Graceful shutdown; mu. */
     bool draining;          /* cpool_drain() or cpool_shutdown() began */
