@@ -29,8 +29,11 @@ DEPS_redis=(redis-server libhiredis-dev)
 # The command line: /metrics endpoint, and gnuplot for --plot (the tool
 # also draws SVG itself; with gnuplot installed both are tested).
 DEPS_cli=(libmicrohttpd-dev gnuplot-nox)
+# The event-loop adapters (cpool_uv.h, cpool_event.h), their tests and
+# examples.
+DEPS_loops=(libuv1-dev libevent-dev)
 
-ALL_GROUPS=(toolchain build sanitizers sqlite pg redis cli)
+ALL_GROUPS=(toolchain build sanitizers sqlite pg redis cli loops)
 # `make demo`: a C toolchain, CMake and SQLite (gnuplot is optional).
 DEPS_demo=("${DEPS_toolchain[@]}" "${DEPS_sqlite[@]}")
 

@@ -9,10 +9,12 @@
 #include <cpool/cpool.h>
 #include <cpool/cpool.hpp>
 #include <cpool/cpool_connector.h>
+#include <cpool/cpool_event.h>
 #include <cpool/cpool_mem.h>
 #include <cpool/cpool_pg.h>
 #include <cpool/cpool_redis.h>
 #include <cpool/cpool_sqlite.h>
+#include <cpool/cpool_uv.h>
 
 #include <cstdio>
 #include <cstdlib>
