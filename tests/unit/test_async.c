@@ -292,6 +292,182 @@ static void flood_case(bool observed)
 TEST(many_in_flight_on_few_connections) { flood_case(true); }
 TEST(many_in_flight_on_few_connections_unobserved) { flood_case(false); }
 
+/* Async requests racing with everything else: blocking checkouts on other
+ * threads, clears (some interrupting), suspends, resizes, cancellations and
+ * short deadlines, with some establishments slowed. Every request gets
+ * exactly one callback, no lease is handed out twice, and nothing stays
+ * queued. Built to run under TSan too. */
+typedef struct storm {
+    cpool *pool;
+    cpool_async *q;
+    cpool_mem *mem;
+    atomic_bool stop;
+    atomic_int owner[1 << 20];
+    int issued, completed, ok;
+    cpool_cancel *tokens[8];
+    unsigned seed;
+} storm;
+
+static void claim(storm *s, cpool_conn *c)
+{
+    uint64_t id = cpool_conn_id(c);
+    int none = 0;
+    if (id >= (1u << 20) || !atomic_compare_exchange_strong(&s->owner[id], &none, 1))
+        FAIL("connection %llu leased twice", (unsigned long long)id);
+}
+
+static void unclaim(storm *s, cpool_conn *c)
+{
+    atomic_store(&s->owner[cpool_conn_id(c)], 0);
+}
+
+typedef struct storm_req {
+    storm *s;
+    atomic_int calls;
+} storm_req;
+
+static void storm_cb(cpool_conn *conn, int rc, const cpool_error *err, void *arg)
+{
+    storm_req *r = arg;
+    storm *s = r->s;
+    (void)err;
+    if (atomic_fetch_add(&r->calls, 1) != 0)
+        FAIL("a request got two callbacks");
+    s->completed++;
+    if (rc == 0) {
+        s->ok++;
+        claim(s, conn);
+        unclaim(s, conn);
+        ASSERT_OK(cpool_checkin(s->pool, conn, rand_r(&s->seed) % 16 == 0 ? CPOOL_CHECKIN_BROKEN
+                                                                           : 0,
+                                NULL));
+    } else if (rc != CPOOL_ETIMEDOUT && rc != CPOOL_ECLEARED && rc != CPOOL_ECANCELED &&
+               rc != CPOOL_ECONNECT) {
+        FAIL("async checkout: %s", cpool_err_name(rc));
+    }
+    free(r);
+}
+
+static void *blocking_main(void *arg)
+{
+    storm *s = arg;
+    unsigned seed = 99;
+    while (!atomic_load(&s->stop)) {
+        cpool_conn *c = NULL;
+        int rc = cpool_checkout(s->pool, 20, &c, NULL);
+        if (rc == 0) {
+            claim(s, c);
+            test_sleep_us(rand_r(&seed) % 300);
+            unclaim(s, c);
+            test_checkin(s->pool, c, 0);
+        } else {
+            test_sleep_us(100);
+        }
+    }
+    return NULL;
+}
+
+static void *storm_chaos(void *arg)
+{
+    storm *s = arg;
+    unsigned seed = 7;
+    while (!atomic_load(&s->stop)) {
+        test_sleep_us(500 + rand_r(&seed) % 3000);
+        switch (rand_r(&seed) % 6) {
+        case 0: cpool_clear(s->pool, rand_r(&seed) % 2 ? CPOOL_CLEAR_INTERRUPT_IN_USE : 0,
+                            NULL, NULL);
+                cpool_ready(s->pool, NULL);
+                break;
+        case 1:
+            if (cpool_suspend(s->pool, NULL) == 0) {
+                test_sleep_us(rand_r(&seed) % 2000);
+                cpool_resume(s->pool, NULL);
+            }
+            break;
+        case 2: cpool_resize(s->pool, 1 + (uint32_t)(rand_r(&seed) % 4), 0, NULL); break;
+        case 3: cpool_cancel_trigger(s->tokens[rand_r(&seed) % 8]); break;
+        case 4: {
+            cpool_mem_failpoint fp;
+            memset(&fp, 0, sizeof fp);
+            fp.times = 2;
+            fp.block_ms = 5;
+            cpool_mem_set_failpoint(s->mem, &fp);
+            break;
+        }
+        default: cpool_recycle(s->pool, NULL, NULL); break;
+        }
+    }
+    cpool_ready(s->pool, NULL);
+    cpool_resume(s->pool, NULL);
+    return NULL;
+}
+
+static void storm_case(bool observed)
+{
+    test_fixture f;
+    cpool_async *q;
+    async_fixture(&f, &q);
+    if (!observed)
+        f.opts.on_event = NULL;
+    f.opts.max_pool_size = 3;
+    f.opts.maintenance_interval_ms = 5;
+    test_fixture_start(&f);
+    storm *s = calloc(1, sizeof *s);
+    ASSERT_NOT_NULL(s);
+    s->pool = f.pool;
+    s->q = q;
+    s->mem = f.mem;
+    s->seed = 3;
+    for (int i = 0; i < 8; i++)
+        ASSERT_OK(cpool_cancel_new(&s->tokens[i]));
+    pthread_t blk[4], chaos;
+    for (int i = 0; i < 4; i++)
+        TEST_THREAD_START(&blk[i], blocking_main, s);
+    TEST_THREAD_START(&chaos, storm_chaos, s);
+    int64_t end = test_now_ms() + 1500;
+    while (test_now_ms() < end) {
+        while (s->issued - s->completed < 32) {
+            storm_req *r = calloc(1, sizeof *r);
+            ASSERT_NOT_NULL(r);
+            r->s = s;
+            int pick = rand_r(&s->seed) % 10;
+            cpool_checkout_opts o = {.struct_size = sizeof o,
+                                     .timeout_ms = pick < 3 ? 5 : 2000,
+                                     .cancel = pick == 9 ? s->tokens[rand_r(&s->seed) % 8]
+                                                         : NULL};
+            ASSERT_OK(cpool_checkout_async(s->pool, q, &o, storm_cb, r, NULL));
+            s->issued++;
+        }
+        if (readable(q, 10))
+            cpool_async_process(q);
+    }
+    atomic_store(&s->stop, true);
+    pthread_join(chaos, NULL);
+    for (int i = 0; i < 4; i++)
+        pthread_join(blk[i], NULL);
+    int64_t drain = test_now_ms() + 10000;
+    while (cpool_async_pending(q) > 0) {
+        if (test_now_ms() > drain)
+            FAIL("%u async requests never completed", cpool_async_pending(q));
+        if (readable(q, 50))
+            cpool_async_process(q);
+    }
+    ASSERT_EQ(s->issued, s->completed);
+    ASSERT_GT(s->ok, 50);
+    cpool_counts n = test_counts(f.pool);
+    ASSERT_EQ(0, n.waiting);
+    ASSERT_COUNTS_CONSISTENT(n);
+    fprintf(stderr, "async storm: %d requests, %d served\n", s->issued, s->ok);
+    cpool_async_free(q);
+    test_fixture_free(&f);
+    for (int i = 0; i < 8; i++)
+        cpool_cancel_free(s->tokens[i]);
+    free(s);
+}
+
+TEST(storm_with_chaos) { storm_case(true); }
+TEST(storm_with_chaos_unobserved) { storm_case(false); }
+
 TEST(bad_requests_are_refused_without_a_callback)
 {
     test_fixture f;
