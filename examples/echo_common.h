@@ -34,30 +34,43 @@ int echo_query_flush(PGconn *pg, bool *flush); /* 0, or -1 */
  * wait for more, -1 on an error (the lease must be checked in broken). */
 int echo_query_read(PGconn *pg, char *out, size_t size);
 
-/* How long loop callbacks ran: the longest in wall time, and the longest
- * during which the thread was not preempted (an involuntary context switch
- * would charge the machine's load to the loop). */
+/* How long the loop was kept, three ways, each the longest over the
+ * measured stretches (callbacks, or whole iterations):
+ *   cpu: the thread's CPU time in it -- the loop's own work, whatever the
+ *        machine's load; the pass criterion;
+ *   quiet: wall time in a stretch during which the thread was never
+ *        switched out (it neither blocked nor was preempted);
+ *   wall: wall time, whatever happened (a loaded machine's preemptions, a
+ *        lock held by a preempted thread, are in it). */
 typedef struct echo_meter {
-    int64_t t0;
-    long ivcsw0;
-    int64_t max_ns, max_clean_ns;
-    uint64_t callbacks;
+    int64_t t0, cpu0;
+    long switches0;
+    int64_t max_cpu_ns, max_quiet_ns, max_wall_ns;
+    uint64_t stretches, cpu_over_half_ms; /* ... of which took 0.5 ms of CPU or more */
 } echo_meter;
 
 void echo_meter_enter(echo_meter *m);
 void echo_meter_exit(echo_meter *m);
-/* One measured stretch of `ns`; clean: the thread was not preempted in it. */
-void echo_meter_add(echo_meter *m, int64_t ns, bool clean);
-/* The thread's involuntary context switches so far. */
-long echo_preemptions(void);
+/* One measured stretch. */
+void echo_meter_add(echo_meter *m, int64_t wall_ns, int64_t cpu_ns, bool quiet);
+/* The thread's CPU time, and its context switches (voluntary and not). */
+int64_t echo_thread_cpu_ns(void);
+long echo_switches(void);
 
-/* Runs `clients` threads against 127.0.0.1:port, each sending its share of
- * `requests` lines and checking every answer; returns the failures. */
-int echo_clients_run(int port, int clients, int requests, double *elapsed_s);
+/* The service listens on a Unix socket (a path of its own in /tmp): the
+ * loop's measure then holds the service's work, not loopback TCP's
+ * processing of 64 clients' packets, which the kernel charges to whichever
+ * thread receives. Fills path; -1 when no name could be made. */
+int echo_socket_path(char *path, size_t size);
+/* A listening Unix socket at path, non-blocking; -1 on failure. */
+int echo_listen(const char *path);
+/* Runs `clients` threads against the socket at path, each sending its share
+ * of `requests` lines and checking every answer; returns the failures. */
+int echo_clients_run(const char *path, int clients, int requests, double *elapsed_s);
 
 /* The report both programs print, and their exit status: 0 when every
- * request was answered and no measured stretch (`measured` names it) kept
- * the loop 1 ms, preemptions aside. */
+ * request was answered and no measured stretch (`measured` names it) took
+ * MAX_BLOCK_MS of the loop thread's CPU time. */
 int echo_report(const char *loop_name, const char *measured, const echo_config *c,
                 int served, int failures, double elapsed_s, const echo_meter *m);
 

@@ -11,7 +11,6 @@
 #include <cpool/cpool_event.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,7 +26,8 @@ typedef struct app {
     cpool *pool;
     cpool_async *q;
     echo_meter meter;
-    int served, failed, port;
+    int served, failed;
+    char path[108];
 } app;
 
 typedef struct client {
@@ -204,7 +204,7 @@ typedef struct load {
 static void *load_main(void *arg)
 {
     load *l = arg;
-    l->failures = echo_clients_run(l->a->port, l->c->in_flight, l->c->requests, &l->elapsed);
+    l->failures = echo_clients_run(l->a->path, l->c->in_flight, l->c->requests, &l->elapsed);
     uint64_t one = 1;
     if (write(l->a->done_fd, &one, sizeof one) != sizeof one)
         perror("event_echo: done");
@@ -222,19 +222,12 @@ int main(int argc, char **argv)
     if (a.base == NULL || echo_open_pool(&c, &a.pool) != 0 || cpool_async_new(&a.q) != 0 ||
         (a.watcher = cpool_event_start(a.base, a.q)) == NULL)
         return 1;
-    struct sockaddr_in sa = {.sin_family = AF_INET};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof sa;
-    a.listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     a.done_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (a.listen_fd < 0 || a.done_fd < 0 ||
-        bind(a.listen_fd, (struct sockaddr *)&sa, sizeof sa) != 0 ||
-        listen(a.listen_fd, 128) != 0 ||
-        getsockname(a.listen_fd, (struct sockaddr *)&sa, &len) != 0) {
+    if (echo_socket_path(a.path, sizeof a.path) != 0 || a.done_fd < 0 ||
+        (a.listen_fd = echo_listen(a.path)) < 0) {
         fprintf(stderr, "event_echo: cannot listen\n");
         return 1;
     }
-    a.port = ntohs(sa.sin_port);
     a.listener = event_new(a.base, a.listen_fd, EV_READ | EV_PERSIST, on_accept, &a);
     a.done = event_new(a.base, a.done_fd, EV_READ, on_done, &a);
     event_add(a.listener, NULL);
@@ -251,6 +244,7 @@ int main(int argc, char **argv)
     event_free(a.done);
     cpool_event_stop(a.watcher);
     close(a.listen_fd);
+    unlink(a.path);
     close(a.done_fd);
     event_base_free(a.base);
     cpool_destroy(a.pool);

@@ -727,9 +727,12 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
             bool served = wait_unlock(&co);
             const waiter *w = &co.w;
             if (served && !w->establish && w->fail == 0 && !p->observed && co.tn == NULL &&
-                p->opts.hooks.before_lease == NULL) {
+                p->opts.hooks.before_lease == NULL && w->cancel == NULL) {
                 /* Handed a connection that was just checked in (and
-                 * reset): return without touching the pool lock at all. */
+                 * reset): return without touching the pool lock at all.
+                 * Not with a token: its trigger posts too, so the post this
+                 * thread took may not be the server's, which may still be
+                 * inside cpool__serve_waiter -- taking mu waits it out. */
                 cpool__cancel_unregister(&co.w);
                 sem_destroy(&co.w.sem);
                 lease_begin(p, w->conn, co.t.start, true, NULL);
@@ -788,30 +791,26 @@ static bool needs_helper(const checkout *co)
     return !co->handed && p->opts.validation != CPOOL_VALIDATE_NONE && wants_ping(p, c);
 }
 
-static void *async_helper_main(void *arg);
-
-/* Hands co->c's remaining steps to a helper thread (runs them here when no
- * thread can be had). Called with mu; returns without it. True when the
- * request finished here. */
-static bool async_step_unlock(async_req *r, int step, bool may_block);
-
+/* Hands co->c's remaining steps to a helper thread: the job joins the
+ * pool's list and an idle helper, or the background thread (which starts
+ * one), is signalled -- the caller, a loop's thread, never creates a thread
+ * or waits. Called with mu; returns without it; false (not finished). */
 static bool start_helper_unlock(async_req *r)
 {
     cpool *p = r->co.p;
-    p->async_helpers++;
+    async_link *l = &r->link;
+    l->next_job = NULL;
+    if (p->job_tail != NULL)
+        p->job_tail->next_job = l;
+    else
+        p->job_head = l;
+    p->job_tail = l;
+    if (p->async_idle > 0)
+        pthread_cond_signal(&p->async_cv);
+    else
+        pthread_cond_signal(&p->maint_cv);
     cpool__unlock(p);
-    pthread_attr_t attr;
-    pthread_t th;
-    bool started = pthread_attr_init(&attr) == 0 &&
-                   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
-                   pthread_create(&th, &attr, async_helper_main, r) == 0;
-    pthread_attr_destroy(&attr);
-    if (started)
-        return false;
-    /* No thread: the steps run here, once, rather than fail the checkout. */
-    cpool__lock(p);
-    p->async_helpers--;
-    return async_step_unlock(r, STEP_OK, true);
+    return false;
 }
 
 /* The request's result, from checkout_done_unlock / checkout_fail_unlock. */
@@ -845,9 +844,14 @@ static bool async_step_unlock(async_req *r, int step, bool may_block)
                 atomic_store(&r->link.claimed, false); /* one push per stay */
                 step = queue_relock(co);
                 if (step == STEP_NONE) {
-                    p->async_waiting++;
-                    if (co->t.wait_deadline != NO_DEADLINE)
-                        pthread_cond_signal(&p->maint_cv); /* it ends the wait */
+                    if (p->async_waiting++ == 0)
+                        p->async_next = NO_DEADLINE;
+                    if (co->t.wait_deadline < p->async_next) {
+                        /* The background thread ends the wait: wake it only
+                         * when this one ends before any it knows. */
+                        p->async_next = co->t.wait_deadline;
+                        pthread_cond_signal(&p->maint_cv);
+                    }
                     cpool__unlock(p);
                     return false;
                 }
@@ -874,18 +878,54 @@ static bool async_step_unlock(async_req *r, int step, bool may_block)
     }
 }
 
+/* A helper: runs jobs in arrival order; leaves after 5 s without one, or
+ * when the pool closes with none left. */
 static void *async_helper_main(void *arg)
 {
-    async_req *r = arg;
-    cpool *p = r->co.p;
+    cpool *p = arg;
     cpool__lock(p);
-    bool done = async_step_unlock(r, STEP_OK, true);
-    if (done)
-        cpool__async_push(&r->link, ASYNC_DONE); /* r is the loop's from here */
-    cpool__lock(p);
+    for (;;) {
+        while (p->job_head == NULL && p->state != CPOOL_STATE_CLOSED) {
+            struct timespec until = abs_real(5000000000LL);
+            p->async_idle++;
+            int rc = cpool__cond_timedwait(p, &p->async_cv, &until);
+            p->async_idle--;
+            if (rc == ETIMEDOUT && p->job_head == NULL)
+                break;
+        }
+        async_link *l = p->job_head;
+        if (l == NULL)
+            break;
+        p->job_head = l->next_job;
+        if (p->job_head == NULL)
+            p->job_tail = NULL;
+        async_req *r = req_of(l);
+        if (async_step_unlock(r, STEP_OK, true))
+            cpool__async_push(&r->link, ASYNC_DONE); /* r is the loop's from here */
+        cpool__lock(p);
+    }
     p->async_helpers--;
     cpool__unlock(p);
     return NULL;
+}
+
+void cpool__async_helpers_relock(cpool *p)
+{
+    CPOOL_ASSERT_HELD(p);
+    uint32_t cap = p->opts.max_connecting > 2 ? p->opts.max_connecting : 2;
+    if (p->job_head == NULL || p->async_idle > 0 || p->async_helpers >= cap)
+        return;
+    p->async_helpers++;
+    cpool__unlock(p);
+    pthread_attr_t attr;
+    pthread_t th;
+    bool started = pthread_attr_init(&attr) == 0 &&
+                   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
+                   pthread_create(&th, &attr, async_helper_main, p) == 0;
+    pthread_attr_destroy(&attr);
+    cpool__lock(p);
+    if (!started)
+        p->async_helpers--; /* the next wake tries again */
 }
 
 bool cpool__async_finish(async_link *l)
@@ -933,6 +973,9 @@ int64_t cpool__async_expire_locked(cpool *p)
     if (p->async_waiting == 0)
         return NO_DEADLINE;
     int64_t now = cpool__now(p), next = NO_DEADLINE;
+    if (now < p->async_next)
+        return p->async_next; /* nothing ends yet: no scan (the thread may
+                                 wake every turn while checkouts wait) */
     for (waiter *w = p->wq_head; w != NULL;) {
         waiter *after = w->next;
         if (w->async) {
@@ -952,6 +995,7 @@ int64_t cpool__async_expire_locked(cpool *p)
         }
         w = after;
     }
+    p->async_next = next;
     return next;
 }
 

@@ -373,14 +373,19 @@ void cpool__wq_remove_locked(cpool *p, waiter *w)
 /* Wakes w once its conn or fail field is set (under mu). The flag carries
  * the fields to the waiter, which may read them without mu; the semaphore
  * only wakes it. */
+/* Called under mu, which the waiter takes before it may go whenever it was
+ * woken by anything but this post (a cancellation's, a deadline): so w
+ * stays valid to the end of this call. */
 void cpool__serve_waiter(waiter *w)
 {
+    bool async = w->async; /* read before the waiter can see `done` */
     atomic_store_explicit(&w->done, 1, memory_order_release);
-    if (w->async) {
+    if (async) {
         if (!atomic_exchange(&w->alink->claimed, true)) /* a cancel may have been first */
             cpool__async_push(w->alink, ASYNC_SERVED); /* the loop finishes it */
-    } else
+    } else {
         sem_post(&w->sem);
+    }
 }
 
 void cpool__cleared_error(const cpool *p, cpool_error *e)

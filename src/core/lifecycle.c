@@ -65,6 +65,7 @@ static void free_pool(cpool *p)
     free(p->host);
     pthread_cond_destroy(&p->maint_cv);
     pthread_cond_destroy(&p->drain_cv);
+    pthread_cond_destroy(&p->async_cv);
     pthread_mutex_destroy(&p->ev_mu);
     pthread_mutex_destroy(&p->mu);
     free(p);
@@ -88,6 +89,7 @@ static cpool *pool_alloc(void)
     pthread_mutex_init(&p->ev_mu, NULL);
     cpool__init_monotonic_cond(&p->maint_cv);
     cpool__init_monotonic_cond(&p->drain_cv);
+    cpool__init_monotonic_cond(&p->async_cv);
     return p;
 }
 
@@ -503,6 +505,7 @@ void cpool_destroy(cpool *p)
         pthread_join(p->maint, NULL);
     /* Helper threads of asynchronous checkouts finish their step first. */
     cpool__lock(p);
+    pthread_cond_broadcast(&p->async_cv); /* the idle ones leave */
     while (p->async_helpers > 0) {
         cpool__unlock(p);
         struct timespec ms = {0, 1000000};

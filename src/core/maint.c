@@ -349,8 +349,10 @@ static void maintenance_sleep_relock(cpool *p, int64_t until_ns)
         int64_t wake = until_ns;
         if (p->turn_watch && now + p->turn_ns < wake)
             wake = now + p->turn_ns;
-        /* Asynchronous checkouts that reached their deadline end now; the
-         * thread wakes again at the next one (a new one signals it). */
+        /* Helper jobs of asynchronous checkouts get a thread; those that
+         * reached their deadline end now, and the thread wakes again at the
+         * next one (a new one signals it). */
+        cpool__async_helpers_relock(p);
         int64_t next_async = cpool__async_expire_locked(p);
         if (next_async != NO_DEADLINE) {
             int64_t in = next_async - cpool__now(p);

@@ -209,6 +209,7 @@ typedef enum async_phase {
 
 typedef struct async_link {
     struct async_link *next;
+    struct async_link *next_job; /* the pool's helper jobs; mu */
     async_phase phase;
     atomic_bool claimed; /* set by the first to push it SERVED (a serve or a
                             cancel) for one stay in the queue; mu clears it */
@@ -233,6 +234,9 @@ void cpool__async_deliver(async_link *l);
  * deadline passed; the earliest deadline left (pool clock), NO_DEADLINE
  * when none. */
 int64_t cpool__async_expire_locked(cpool *p);
+/* checkout.c, for the background thread: starts a helper thread when jobs
+ * wait and none is idle. Releases mu around the creation. */
+void cpool__async_helpers_relock(cpool *p);
 /* cancel.c -> checkout.c: a trigger reached an async waiter (under the
  * token's mutex: pushes it to its loop, takes no pool lock). */
 void cpool__async_cancel_kick(waiter *w);
@@ -331,9 +335,17 @@ struct cpool {
     bool tenants;
     bool tenant_holds;      /* some tenant has a max_hold_ms */
 
-    /* Asynchronous checkouts (checkout.c); mu. */
+    /* Asynchronous checkouts (checkout.c); mu. What may block runs on
+     * helper threads the background thread starts (never the loop's), which
+     * take jobs from this list and leave after a while without any. */
     uint32_t async_waiting;  /* async waiters in the queue */
+    int64_t async_next;      /* no async wait ends before this (pool clock;
+                                NO_DEADLINE: none known): the background
+                                thread scans the queue only from then */
     uint32_t async_helpers;  /* helper threads running: destroy waits */
+    uint32_t async_idle;     /* ... of which waiting for a job */
+    struct async_link *job_head, *job_tail;
+    pthread_cond_t async_cv; /* a job, or the pool closing */
 
     /* Graceful shutdown; mu. */
     bool draining;          /* cpool_drain() or cpool_shutdown() began */
