@@ -86,6 +86,12 @@ void cpool__async_push(async_link *l, async_phase phase)
     }
 }
 
+void cpool__async_kick(async_link *l)
+{
+    if (!atomic_exchange(&l->claimed, true))
+        cpool__async_push(l, ASYNC_SERVED);
+}
+
 int cpool_async_process(cpool_async *q)
 {
     if (q == NULL)
@@ -104,9 +110,9 @@ int cpool_async_process(cpool_async *q)
         async_link *next = l->next;
         /* A served request is finished here: delivered at once when that
          * needs no helper thread and no new wait. */
-        if (l->phase == ASYNC_DONE || cpool__async_finish(l)) {
+        if (l->phase == ASYNC_DONE || l->finish(l)) {
             atomic_fetch_sub(&q->pending, 1);
-            cpool__async_deliver(l); /* runs the callback and frees the request */
+            l->deliver(l); /* runs the callback and frees the request */
             ran++;
         }
         l = next;

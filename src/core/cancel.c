@@ -52,7 +52,7 @@ void cpool_cancel_trigger(cpool_cancel *t)
     atomic_store(&t->triggered, true);
     for (waiter *w = t->head; w != NULL; w = w->cnext) {
         if (w->async)
-            cpool__async_cancel_kick(w); /* its pool's background thread ends it */
+            cpool__async_kick(w->alink); /* its loop finishes it, under its pool's lock */
         else
             sem_post(&w->sem); /* a wake-up: the waiter sees the token and leaves */
     }

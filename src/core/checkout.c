@@ -763,7 +763,7 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
  * any other (cpool__serve_waiter pushes it to its completion queue instead
  * of posting); what may block (an establishment, a ping, a session reset,
  * a before_lease hook) runs on a short-lived helper thread. The background
- * thread ends waits at their deadline (cpool__async_expire_locked); a
+ * thread ends waits at their deadline and starts the helpers (maint.c); a
  * cancellation pushes the request to its loop directly. Every request ends
  * with exactly one callback, from cpool_async_process(). */
 
@@ -791,6 +791,8 @@ static bool needs_helper(const checkout *co)
     return !co->handed && p->opts.validation != CPOOL_VALIDATE_NONE && wants_ping(p, c);
 }
 
+static void *async_helper_main(void *pool);
+
 /* Hands co->c's remaining steps to a helper thread: the job joins the
  * pool's list and an idle helper, or the background thread (which starts
  * one), is signalled -- the caller, a loop's thread, never creates a thread
@@ -805,6 +807,7 @@ static bool start_helper_unlock(async_req *r)
     else
         p->job_head = l;
     p->job_tail = l;
+    p->async_helper = async_helper_main; /* what the background thread starts */
     if (p->async_idle > 0)
         pthread_cond_signal(&p->async_cv);
     else
@@ -844,6 +847,7 @@ static bool async_step_unlock(async_req *r, int step, bool may_block)
                 atomic_store(&r->link.claimed, false); /* one push per stay */
                 step = queue_relock(co);
                 if (step == STEP_NONE) {
+                    co->w.deadline = co->t.wait_deadline; /* for the background thread */
                     if (p->async_waiting++ == 0)
                         p->async_next = NO_DEADLINE;
                     if (co->t.wait_deadline < p->async_next) {
@@ -880,9 +884,9 @@ static bool async_step_unlock(async_req *r, int step, bool may_block)
 
 /* A helper: runs jobs in arrival order; leaves after 5 s without one, or
  * when the pool closes with none left. */
-static void *async_helper_main(void *arg)
+static void *async_helper_main(void *pool)
 {
-    cpool *p = arg;
+    cpool *p = pool;
     cpool__lock(p);
     for (;;) {
         while (p->job_head == NULL && p->state != CPOOL_STATE_CLOSED) {
@@ -909,26 +913,7 @@ static void *async_helper_main(void *arg)
     return NULL;
 }
 
-void cpool__async_helpers_relock(cpool *p)
-{
-    CPOOL_ASSERT_HELD(p);
-    uint32_t cap = p->opts.max_connecting > 2 ? p->opts.max_connecting : 2;
-    if (p->job_head == NULL || p->async_idle > 0 || p->async_helpers >= cap)
-        return;
-    p->async_helpers++;
-    cpool__unlock(p);
-    pthread_attr_t attr;
-    pthread_t th;
-    bool started = pthread_attr_init(&attr) == 0 &&
-                   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
-                   pthread_create(&th, &attr, async_helper_main, p) == 0;
-    pthread_attr_destroy(&attr);
-    cpool__lock(p);
-    if (!started)
-        p->async_helpers--; /* the next wake tries again */
-}
-
-bool cpool__async_finish(async_link *l)
+static bool async_finish(async_link *l)
 {
     async_req *r = req_of(l);
     checkout *co = &r->co;
@@ -953,50 +938,11 @@ bool cpool__async_finish(async_link *l)
     return async_step_unlock(r, step, false);
 }
 
-void cpool__async_deliver(async_link *l)
+static void async_deliver(async_link *l)
 {
     async_req *r = req_of(l);
     l->cb(l->conn, l->rc, l->rc != 0 ? &l->err : NULL, l->arg);
     free(r);
-}
-
-void cpool__async_cancel_kick(waiter *w)
-{
-    async_link *l = w->alink;
-    if (!atomic_exchange(&l->claimed, true))
-        cpool__async_push(l, ASYNC_SERVED);
-}
-
-int64_t cpool__async_expire_locked(cpool *p)
-{
-    CPOOL_ASSERT_HELD(p);
-    if (p->async_waiting == 0)
-        return NO_DEADLINE;
-    int64_t now = cpool__now(p), next = NO_DEADLINE;
-    if (now < p->async_next)
-        return p->async_next; /* nothing ends yet: no scan (the thread may
-                                 wake every turn while checkouts wait) */
-    for (waiter *w = p->wq_head; w != NULL;) {
-        waiter *after = w->next;
-        if (w->async) {
-            checkout *co = &req_of(w->alink)->co;
-            int64_t d = co->t.wait_deadline;
-            if (d != NO_DEADLINE && now >= d) {
-                tenant *tn = w->tenant;
-                bool capped = tn != NULL && tn->max > 0 && tn->in_use >= tn->max;
-                if (capped)
-                    tn->limit_timeouts++;
-                cpool__wq_remove_locked(p, w);
-                w->fail = capped ? CPOOL_ETENANT : CPOOL_ETIMEDOUT;
-                cpool__serve_waiter(w);
-            } else if (d != NO_DEADLINE && d < next) {
-                next = d;
-            }
-        }
-        w = after;
-    }
-    p->async_next = next;
-    return next;
 }
 
 int cpool_checkout_async(cpool *p, cpool_async *q, const cpool_checkout_opts *o,
@@ -1022,6 +968,8 @@ int cpool_checkout_async(cpool *p, cpool_async *q, const cpool_checkout_opts *o,
     r->link.q = q;
     r->link.cb = cb;
     r->link.arg = arg;
+    r->link.finish = async_finish;
+    r->link.deliver = async_deliver;
     const char *tenant_name = NULL;
     cpool_cancel *cancel = NULL;
     int64_t timeout_ms = -1;

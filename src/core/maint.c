@@ -340,6 +340,62 @@ static bool turns_to_watch_locked(const cpool *p)
 /* Sleeps until `until_ns` (monotonic) or a kick. While turns need watching,
  * it wakes every turn_ns meanwhile to end the turns nobody came back for
  * (queue_relock wakes it when the first checkout queues). */
+/* Asynchronous checkouts wait in the queue without a thread: this thread
+ * ends their waits at their deadlines, the earliest of which it returns
+ * (pool clock; NO_DEADLINE when none). It scans only once one is due. */
+static int64_t expire_async_waits_locked(cpool *p)
+{
+    CPOOL_ASSERT_HELD(p);
+    if (p->async_waiting == 0)
+        return NO_DEADLINE;
+    int64_t now = cpool__now(p), next = NO_DEADLINE;
+    if (now < p->async_next)
+        return p->async_next; /* nothing ends yet: no scan (the thread may
+                                 wake every turn while checkouts wait) */
+    for (waiter *w = p->wq_head; w != NULL;) {
+        waiter *after = w->next;
+        if (w->async) {
+            int64_t d = w->deadline;
+            if (d != NO_DEADLINE && now >= d) {
+                tenant *tn = w->tenant;
+                bool capped = tn != NULL && tn->max > 0 && tn->in_use >= tn->max;
+                if (capped)
+                    tn->limit_timeouts++;
+                cpool__wq_remove_locked(p, w);
+                w->fail = capped ? CPOOL_ETENANT : CPOOL_ETIMEDOUT;
+                cpool__serve_waiter(w);
+            } else if (d != NO_DEADLINE && d < next) {
+                next = d;
+            }
+        }
+        w = after;
+    }
+    p->async_next = next;
+    return next;
+}
+
+/* What may block in an asynchronous checkout runs on helper threads, which
+ * this thread starts -- never the loop that queued the job. */
+static void start_async_helper_relock(cpool *p)
+{
+    CPOOL_ASSERT_HELD(p);
+    uint32_t cap = p->opts.max_connecting > 2 ? p->opts.max_connecting : 2;
+    if (p->job_head == NULL || p->async_idle > 0 || p->async_helpers >= cap)
+        return;
+    void *(*body)(void *) = p->async_helper; /* read under mu */
+    p->async_helpers++;
+    cpool__unlock(p);
+    pthread_attr_t attr;
+    pthread_t th;
+    bool started = pthread_attr_init(&attr) == 0 &&
+                   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
+                   pthread_create(&th, &attr, body, p) == 0;
+    pthread_attr_destroy(&attr);
+    cpool__lock(p);
+    if (!started)
+        p->async_helpers--; /* the next wake tries again */
+}
+
 static void maintenance_sleep_relock(cpool *p, int64_t until_ns)
 {
     CPOOL_ASSERT_HELD(p);
@@ -352,8 +408,8 @@ static void maintenance_sleep_relock(cpool *p, int64_t until_ns)
         /* Helper jobs of asynchronous checkouts get a thread; those that
          * reached their deadline end now, and the thread wakes again at the
          * next one (a new one signals it). */
-        cpool__async_helpers_relock(p);
-        int64_t next_async = cpool__async_expire_locked(p);
+        start_async_helper_relock(p);
+        int64_t next_async = expire_async_waits_locked(p);
         if (next_async != NO_DEADLINE) {
             int64_t in = next_async - cpool__now(p);
             if (now + in < wake)

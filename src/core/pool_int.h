@@ -198,6 +198,7 @@ typedef struct waiter {
     bool async;        /* an asynchronous checkout's: served by a completion,
                           not a post; cancelled through the background thread */
     struct async_link *alink; /* async: its request's link */
+    int64_t deadline;  /* async: when the background thread ends its wait */
 } waiter;
 
 /* An asynchronous checkout's place in its completion queue (async.c); the
@@ -219,27 +220,23 @@ typedef struct async_link {
     cpool_conn *conn; /* ASYNC_DONE: the lease, or NULL */
     int rc;
     cpool_error err;
+    /* The request's owner (checkout.c): finish a served request on the
+     * loop's thread -- true when it is done now, false when a helper took
+     * it or it waits again -- and run its callback, freeing it. Pointers,
+     * so that this queue calls no file above it. */
+    bool (*finish)(struct async_link *l);
+    void (*deliver)(struct async_link *l);
 } async_link;
 
 /* async.c: queue a request for cpool_async_process (any thread, any lock:
  * the queue's mutex is taken last); count an accepted one. */
 void cpool__async_push(async_link *l, async_phase phase);
 void cpool__async_accepted(cpool_async *q);
-/* checkout.c: finish a served request on the loop's thread (ASYNC_SERVED):
- * true when it is done now (deliver it), false when a helper thread took it
- * or it waits again; deliver runs the callback and frees the request. */
-bool cpool__async_finish(async_link *l);
-void cpool__async_deliver(async_link *l);
-/* checkout.c, for the background thread: end the async waits whose
- * deadline passed; the earliest deadline left (pool clock), NO_DEADLINE
- * when none. */
-int64_t cpool__async_expire_locked(cpool *p);
-/* checkout.c, for the background thread: starts a helper thread when jobs
- * wait and none is idle. Releases mu around the creation. */
-void cpool__async_helpers_relock(cpool *p);
-/* cancel.c -> checkout.c: a trigger reached an async waiter (under the
- * token's mutex: pushes it to its loop, takes no pool lock). */
-void cpool__async_cancel_kick(waiter *w);
+/* async.c: a cancellation reached an async waiter (called under the
+ * token's mutex): it goes to its loop, unless a serve pushed it first. */
+void cpool__async_kick(async_link *l);
+
+
 
 /* cancel.c: a waiter joins its token's list before it waits and leaves it
  * before its memory goes; register returns false when the token was
@@ -346,6 +343,7 @@ struct cpool {
     uint32_t async_idle;     /* ... of which waiting for a job */
     struct async_link *job_head, *job_tail;
     pthread_cond_t async_cv; /* a job, or the pool closing */
+    void *(*async_helper)(void *pool); /* checkout.c's helper body */
 
     /* Graceful shutdown; mu. */
     bool draining;          /* cpool_drain() or cpool_shutdown() began */
