@@ -232,6 +232,7 @@ int main(int argc, char **argv)
     a.done = event_new(a.base, a.done_fd, EV_READ, on_done, &a);
     event_add(a.listener, NULL);
     event_add(a.done, NULL);
+    a.meter.limit_ns = (int64_t)(c.max_block_ms * 1e6);
     load l = {.a = &a, .c = &c};
     pthread_t th;
     if (pthread_create(&th, NULL, load_main, &l) != 0)

@@ -284,6 +284,8 @@ int main(int argc, char **argv)
     uv_check_init(a.loop, &a.after_poll);
     a.after_poll.data = &a;
     uv_check_start(&a.after_poll, on_after_poll);
+    a.meter.limit_ns = (int64_t)(c.max_block_ms * 1e6);
+    a.iteration.limit_ns = (int64_t)(c.max_block_ms * 1e6);
     load l = {.a = &a, .c = &c};
     pthread_t th;
     if (pthread_create(&th, NULL, load_main, &l) != 0)
