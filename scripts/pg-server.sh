@@ -24,6 +24,11 @@
 #                          PgBouncer in transaction mode on 127.0.0.1:BPORT
 #                          (default PORT+2) in front of the instance.
 #   bouncer-stop DIR       stop that PgBouncer.
+#   replica-start DIR PORT PRIMARY_DIR
+#                          a streaming replica of the instance in PRIMARY_DIR
+#                          on 127.0.0.1:PORT: a fresh pg_basebackup (-X
+#                          stream) at every start, hot standby.
+#   promote DIR            pg_ctl promote: the replica becomes a primary.
 #   info DIR               print BASE=, PGDATA=, SOCKDIR=, PORT=, BOUNCER_PORT=.
 #
 # PORT may be left out (or "-") for every command but start: the port of the
@@ -225,7 +230,7 @@ stop_server() {
 }
 
 write_conf() {
-    local port=$1
+    local port=$1 primary_port=${2:-}
     # Rewritten at every start, so the port and paths follow the arguments.
     as_pg tee "$DATA/cpool.conf" >/dev/null <<EOF
 # Written by scripts/pg-server.sh at every start.
@@ -239,6 +244,12 @@ max_connections = 200
 logging_collector = off
 log_min_messages = warning
 EOF
+    # A replica follows its primary (replica-start); standby.signal, which
+    # pg_basebackup -R leaves, keeps it in recovery.
+    if [[ -n "$primary_port" ]]; then
+        echo "primary_conninfo = 'host=127.0.0.1 port=$primary_port user=postgres application_name=replica$port'" |
+            as_pg tee -a "$DATA/cpool.conf" >/dev/null
+    fi
     # A clean server at every start: ALTER SYSTEM settings of an earlier run
     # (one that died before restoring them) must not leak into this one.
     as_pg tee "$DATA/postgresql.auto.conf" >/dev/null <<EOF
@@ -257,6 +268,8 @@ init_cluster() {
     as_pg tee "$DATA/pg_hba.conf" >/dev/null <<EOF
 # Written by scripts/pg-server.sh. The first matching line wins.
 local all all trust
+local replication all trust
+host replication all 127.0.0.1/32 trust
 host all $PW_ROLE 127.0.0.1/32 scram-sha-256
 host all $REJECT_ROLE 127.0.0.1/32 reject
 host all all 127.0.0.1/32 trust
@@ -311,11 +324,7 @@ cmd_start() {
         fi
         die "postgres did not start on port $port within ${START_WAIT}s (log above: $LOG)"
     fi
-    local end=$((SECONDS + START_WAIT))
-    until "$BIN/pg_isready" -q -h 127.0.0.1 -p "$port" -d postgres -U postgres; do
-        [[ $SECONDS -lt $end ]] || die "postgres started but does not accept connections on 127.0.0.1:$port"
-        sleep 0.05
-    done
+    wait_ready "$port"
     run_psql "$port" -q -c "DO \$\$BEGIN
         IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PW_ROLE') THEN
             CREATE ROLE $PW_ROLE LOGIN PASSWORD '$PW_SECRET';
@@ -325,6 +334,49 @@ cmd_start() {
         END IF;
     END\$\$;" >/dev/null || die "could not create the test roles"
     echo "pg-server: postgres $(postmaster_pid) on 127.0.0.1:$port, data $DATA"
+}
+
+# Waits until the server on 127.0.0.1:$1 accepts connections.
+wait_ready() {
+    local end=$((SECONDS + START_WAIT))
+    until "$BIN/pg_isready" -q -h 127.0.0.1 -p "$1" -d postgres -U postgres; do
+        [[ $SECONDS -lt $end ]] || die "postgres started but does not accept connections on 127.0.0.1:$1"
+        sleep 0.05
+    done
+}
+
+cmd_replica_start() {
+    local port primary_dir=${1:-} primary_port
+    [[ -n "$port_arg" && "$port_arg" != "-" && -n "$primary_dir" ]] ||
+        die "replica-start needs a PORT and the PRIMARY_DIR"
+    port=$(port_of)
+    primary_port=$(cat "$primary_dir/port" 2>/dev/null) || die "no primary started in $primary_dir"
+    make_base
+    stop_server
+    if port_open "$port"; then
+        die "port $port on 127.0.0.1 is busy (another server listens there); pick another PORT"
+    fi
+    mkdir -p "$SOCK"
+    rm -rf "$DATA"
+    mkdir -p "$DATA"
+    if is_root; then chown postgres: "$SOCK" "$DATA"; fi
+    chmod 700 "$DATA"
+    as_pg "$BIN/pg_basebackup" -h 127.0.0.1 -p "$primary_port" -U postgres -D "$DATA" -R \
+        -X stream -c fast >"$BASE/basebackup.log" 2>&1 || {
+        cat "$BASE/basebackup.log" >&2
+        die "pg_basebackup from 127.0.0.1:$primary_port failed (log above)"
+    }
+    write_conf "$port" "$primary_port"
+    echo "$port" >"$dir/port"
+    echo "$primary_dir" >"$dir/primary"
+    : >"$LOG"
+    if is_root; then chown postgres: "$LOG"; fi
+    if ! as_pg "$BIN/pg_ctl" -D "$DATA" -l "$LOG" -w -t "$START_WAIT" start >/dev/null 2>&1; then
+        tail -n 20 "$LOG" >&2 || true
+        die "the replica did not start on port $port within ${START_WAIT}s (log above: $LOG)"
+    fi
+    wait_ready "$port"
+    echo "pg-server: replica $(postmaster_pid) on 127.0.0.1:$port of 127.0.0.1:$primary_port"
 }
 
 run_psql() {
@@ -443,6 +495,15 @@ psql)
     ;;
 bouncer-start)
     cmd_bouncer_start "$@"
+    ;;
+replica-start)
+    cmd_replica_start "$@"
+    ;;
+promote)
+    postmaster_pid >/dev/null || die "no server running for $dir"
+    as_pg "$BIN/pg_ctl" -D "$DATA" -w -t "$START_WAIT" promote >/dev/null 2>&1 ||
+        die "promote failed (see $LOG)"
+    echo "pg-server: promoted $dir"
     ;;
 bouncer-stop)
     cmd_bouncer_stop

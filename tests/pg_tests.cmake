@@ -76,6 +76,14 @@ else()
   message(STATUS "cpool: pg_oom suite left out (needs a static libcpool on Linux)")
 endif()
 
+# The replica set the multi-endpoint drills stand on: a primary and two
+# streaming replicas from scripts/pg-server.sh (replica-start, promote),
+# each started and stopped by the check itself on its own ports.
+add_test(NAME pg/cluster_replicas
+  COMMAND ${PROJECT_SOURCE_DIR}/tests/pg/cluster_check.sh ${pg_script}
+          ${PROJECT_BINARY_DIR}/pg-cluster ${CPOOL_TEST_PG_CLUSTER_PORT})
+set_tests_properties(pg/cluster_replicas PROPERTIES LABELS pg TIMEOUT 120)
+
 # The example program, built here (examples/CMakeLists.txt is shared) and
 # run against the fixture's server.
 add_executable(pg_example ${PROJECT_SOURCE_DIR}/examples/pg_example.c)
