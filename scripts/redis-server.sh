@@ -6,6 +6,8 @@
 #   redis-server.sh status  DIR
 #   redis-server.sh kill9   DIR
 #   redis-server.sh restart DIR [PORT [PASSWORD]]
+#   redis-server.sh replica-start  DIR PORT PRIMARY_PORT
+#   redis-server.sh sentinel-start DIR PORT PRIMARY_PORT [QUORUM]
 #
 # start    writes DIR/redis.conf and starts redis-server as a daemon bound to
 #          127.0.0.1:PORT and to the unix socket DIR/redis.sock, with no
@@ -21,6 +23,12 @@
 #          its parent to reap it counts as gone: its sockets are closed).
 # restart  starts again from DIR/redis.conf (written by an earlier start;
 #          PORT and PASSWORD are only needed when there is none).
+# replica-start  a server as start (no password) that replicates the one on
+#          127.0.0.1:PRIMARY_PORT (replicaof).
+# sentinel-start a Sentinel on 127.0.0.1:PORT (redis-server --sentinel)
+#          watching the primary on 127.0.0.1:PRIMARY_PORT as master "cpool",
+#          QUORUM (default 2) of them to agree; down after 1 s, failover
+#          timeout 5 s. stop, status and kill9 work on it too.
 #
 # Several instances may run at once, each with its own DIR and PORT.
 # Prints the pid and the port on success. Needs redis-server and redis-cli
@@ -33,7 +41,7 @@ die() {
 }
 
 usage() {
-    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -140,12 +148,28 @@ write_conf() {
     } >"$conf"
 }
 
+write_sentinel_conf() {
+    local primary=$1 quorum=$2
+    {
+        echo "port $port"
+        echo "bind 127.0.0.1"
+        echo "daemonize yes"
+        echo "pidfile $pidfile"
+        echo "logfile $logfile"
+        echo "dir $dir"
+        echo "sentinel monitor cpool 127.0.0.1 $primary $quorum"
+        echo "sentinel down-after-milliseconds cpool 1000"
+        echo "sentinel failover-timeout cpool 5000"
+        echo "sentinel parallel-syncs cpool 1"
+    } >"$conf"
+}
+
 do_start() {
     mkdir -p "$dir" || die "cannot create $dir"
     dir=$(cd "$dir" && pwd)
     conf=$dir/redis.conf pidfile=$dir/redis.pid logfile=$dir/redis.log sock=$dir/redis.sock
     rm -f "$logfile"
-    redis-server "$conf" >/dev/null 2>&1 || {
+    redis-server "$conf" "$@" >/dev/null 2>&1 || {
         tail -n 20 "$logfile" >&2 2>/dev/null || true
         die "redis-server failed to start with $conf"
     }
@@ -190,6 +214,24 @@ kill9)
     kill -KILL "$pid"
     wait_gone "$pid" 100 || die "server $pid still there 10 s after SIGKILL"
     echo "redis-server.sh: killed pid $pid"
+    ;;
+replica-start)
+    [[ -n $port && $password =~ ^[0-9]+$ ]] || usage
+    primary=$password
+    password=""
+    do_stop
+    write_conf
+    echo "replicaof 127.0.0.1 $primary" >>"$conf"
+    do_start
+    ;;
+sentinel-start)
+    [[ -n $port && $password =~ ^[0-9]+$ ]] || usage
+    primary=$password
+    password=""
+    quorum=${5:-2}
+    do_stop
+    write_sentinel_conf "$primary" "$quorum"
+    do_start --sentinel
     ;;
 restart)
     do_stop

@@ -64,6 +64,16 @@ cpool_redis_suite(redis FIXTURE redis_server TIMEOUT 60)
 
 cpool_redis_suite(redis_drill FIXTURE redis_drill_server TIMEOUT 120 LOCK redis_drill)
 
+# The Redis set the multi-endpoint drills stand on: a primary, a replica and
+# three Sentinels (scripts/redis-server.sh replica-start, sentinel-start),
+# started by the check on its own ports; the primary killed, the Sentinels
+# must promote the replica.
+add_test(NAME redis/sentinel_failover
+  COMMAND ${PROJECT_SOURCE_DIR}/tests/redis/sentinel_check.sh
+          ${PROJECT_SOURCE_DIR}/scripts/redis-server.sh ${PROJECT_BINARY_DIR}/redis-sentinel
+          ${CPOOL_TEST_REDIS_SENTINEL_PORT})
+set_tests_properties(redis/sentinel_failover PROPERTIES LABELS redis TIMEOUT 120)
+
 # The example of docs/redis.md, run against the shared server.
 add_executable(redis_example ${PROJECT_SOURCE_DIR}/examples/redis_example.c)
 target_link_libraries(redis_example PRIVATE cpool PkgConfig::CPOOL_DEP_REDIS)
