@@ -17,7 +17,7 @@ function(cpool_unit_suite suite)
 endfunction()
 
 foreach(suite pool interrupt lb backpressure maint config lifecycle resilience log handoff
-    recycle run control hooks async)
+    recycle run control hooks async cluster)
   cpool_unit_suite(${suite} LABEL unit TIMEOUT 30)
 endforeach()
 cpool_unit_suite(tenants LABEL unit TIMEOUT 60)

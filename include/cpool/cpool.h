@@ -82,7 +82,8 @@ CPOOL_API int cpool_version_number(void);
     X(ETENANT, -15, "tenant's connection limit reached")                      \
     X(ERATE, -16, "tenant's checkout rate exceeded")                          \
     X(EQUEUEFULL, -17, "too many checkouts are waiting already")              \
-    X(ECANCELED, -18, "checkout was cancelled")
+    X(ECANCELED, -18, "checkout was cancelled")                               \
+    X(ENOENDPOINT, -19, "no endpoint of the cluster can serve the checkout")
 
 enum {
     CPOOL_OK = 0,
@@ -965,6 +966,8 @@ CPOOL_API uint64_t cpool_conn_generation(const cpool_conn *conn);
 CPOOL_API const char *cpool_conn_service_id(const cpool_conn *conn);
 /* Borrowed PGconn *, redisContext *, sqlite3 * ...; valid until checkin. */
 CPOOL_API void *cpool_conn_native(const cpool_conn *conn);
+/* The pool a lease belongs to (a cluster's endpoint pool, for one). 0.2 */
+CPOOL_API cpool *cpool_conn_pool(const cpool_conn *conn);
 
 /* Runs one statement or command on a lease through its connector and
  * discards the result ("SELECT 1", "PING"): what tools use to drive any

@@ -17,7 +17,7 @@
 extern "C" {
 #endif
 
-#define CPOOL_CONNECTOR_ABI 4
+#define CPOOL_CONNECTOR_ABI 5
 #define CPOOL_PHASE_SLOTS 8 /* > every cpool_phase value */
 #define CPOOL_SERVICE_ID_MAX 64
 
@@ -39,6 +39,29 @@ typedef struct cpool_connect_args {
      * The core zeroes it; `cpool probe` prints it. */
     int64_t phase_ns[CPOOL_PHASE_SLOTS];
 } cpool_connect_args;
+
+/* What a server says of itself, for multi-endpoint pools (cpool_cluster.h).
+ * ABI 5. */
+typedef enum cpool_role {
+    CPOOL_ROLE_UNKNOWN = 0, /* not known (yet), or the connector cannot tell */
+    CPOOL_ROLE_PRIMARY,     /* takes writes */
+    CPOOL_ROLE_REPLICA      /* read-only copy of a primary */
+} cpool_role;
+
+typedef struct cpool_server_info {
+    cpool_role role;
+    int64_t lag_ms;  /* replica: how far its data is behind the primary's
+                        (0 = caught up); -1 = not known or not asked */
+    uint64_t epoch;  /* primary: grows each time a server becomes primary
+                        (PostgreSQL's timeline), so of two servers that both
+                        say "primary" the higher epoch is the newer; 0 = not
+                        known */
+} cpool_server_info;
+
+#define CPOOL_INFO_LAG 0x1u    /* measure lag_ms (may cost a query) */
+#define CPOOL_INFO_CACHED 0x2u /* no I/O: what the session already knows
+                                  (PostgreSQL 14+ reports in_hot_standby);
+                                  role UNKNOWN when it cannot tell */
 
 /* ------------------------------------------------------------ parameters
  * A connector declares the parameters its targets take in one table: the
@@ -167,6 +190,19 @@ struct cpool_connector {
      * (libpq's) are not listed. */
     const cpool_param *params;
     size_t nparams;
+
+    /* ---- ABI 5 (0.2) ---- */
+
+    /* Asks the server behind an established connection for its role (and,
+     * with CPOOL_INFO_LAG, its replication lag, and its epoch), bounded by
+     * deadline_ns: one round trip at most, none with CPOOL_INFO_CACHED. The
+     * monitors of a cpool_cluster call it every heartbeat on a connection
+     * of their own. 0 and *out filled; otherwise err filled (a failure that
+     * leaves the connection unusable sets err->kind to CPOOL_FAIL_NETWORK
+     * or CPOOL_FAIL_TIMEOUT). NULL = roles unknown: every endpoint serves
+     * only checkouts that accept any role. */
+    int (*server_info)(void *ctx, void *native, unsigned flags, int64_t deadline_ns,
+                       cpool_server_info *out, cpool_error *err);
 };
 
 /* Sets err to an establishment failure; the helper connectors use. Returns

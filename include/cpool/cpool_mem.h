@@ -46,6 +46,25 @@ CPOOL_API void cpool_mem_set_failpoint(cpool_mem *mem, const cpool_mem_failpoint
 CPOOL_API void cpool_mem_set_service_ids(cpool_mem *mem, const char *const *ids,
                                          size_t n);
 
+/* The server this cpool_mem plays, for multi-endpoint tests
+ * (cpool_cluster.h): the role and lag server_info() reports, and faults.
+ * Zeroed at creation: role unknown, up. */
+/* 0.2 */
+typedef struct cpool_mem_server {
+    cpool_role role;
+    uint64_t epoch;   /* reported while primary */
+    int64_t lag_ms;   /* reported while replica (-1 = unknown) */
+    int64_t rtt_us;   /* server_info() takes this long */
+    bool down;        /* connects are refused and server_info() breaks the
+                         connection it runs on: a killed server */
+    bool stopped;     /* connects and server_info() hang until their
+                         deadline (or the cancel descriptor): SIGSTOP */
+} cpool_mem_server;
+
+/* Copies `server` (NULL: back to the zeroed one). */
+/* 0.2 */
+CPOOL_API void cpool_mem_set_server(cpool_mem *mem, const cpool_mem_server *server);
+
 /* What the "server" saw. */
 typedef struct cpool_mem_stats {
     uint64_t connects;   /* establishment attempts */

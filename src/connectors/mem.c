@@ -35,6 +35,9 @@ struct cpool_mem {
     size_t next_service;   /* round-robin cursor */
     cpool_mem_stats stats; /* checks and resets: only of closed connections */
     struct mem_conn *live; /* open connections, for their counters */
+    cpool_mem_server server; /* the role it plays (cpool_mem_set_server) */
+    atomic_bool down;        /* server.down, read without the lock by
+                                every connection's check() */
 };
 
 /* check() and reset() run on every checkout and check-in. They count on the
@@ -77,8 +80,31 @@ int cpool_mem_create(cpool_mem **out)
         free(mem);
         return CPOOL_ESYS;
     }
+    atomic_init(&mem->down, false);
+    mem->server.lag_ms = -1;
     *out = mem;
     return 0;
+}
+
+void cpool_mem_set_server(cpool_mem *mem, const cpool_mem_server *server)
+{
+    if (mem == NULL)
+        return;
+    pthread_mutex_lock(&mem->mu);
+    if (server != NULL)
+        mem->server = *server;
+    else
+        memset(&mem->server, 0, sizeof mem->server);
+    atomic_store(&mem->down, mem->server.down);
+    pthread_mutex_unlock(&mem->mu);
+}
+
+static cpool_mem_server server_of(cpool_mem *mem)
+{
+    pthread_mutex_lock(&mem->mu);
+    cpool_mem_server s = mem->server;
+    pthread_mutex_unlock(&mem->mu);
+    return s;
 }
 
 static void free_service_ids(char **ids, size_t n)
@@ -322,6 +348,22 @@ static int mem_connect(void *ctx, cpool_connect_args *args, void **native,
     const char *target = args->target != NULL ? args->target : "";
     args->service_id[0] = '\0';
 
+    cpool_mem_server sv = server_of(mem);
+    if (sv.stopped) {
+        /* A stopped server: the handshake never completes. */
+        cpool_mem_failpoint hang = {.block_until_interrupted = true};
+        int rc = failpoint_block(&hang, args, err);
+        count_failure(mem);
+        return rc != 0 ? rc
+                       : cpool_error_set(err, CPOOL_ECONNECT, CPOOL_PHASE_HANDSHAKE,
+                                         CPOOL_FAIL_TIMEOUT, ETIMEDOUT,
+                                         "connect %s: no answer", target);
+    }
+    if (sv.down) {
+        count_failure(mem);
+        return cpool_error_set(err, CPOOL_ECONNECT, CPOOL_PHASE_CONNECT, CPOOL_FAIL_NETWORK,
+                               ECONNREFUSED, "connect %s: connection refused", target);
+    }
     cpool_mem_failpoint fp;
     if (failpoint_take(mem, target, &fp)) {
         if (fp.block_ms > 0 || fp.block_until_interrupted) {
@@ -436,6 +478,8 @@ static void bump(atomic_ulong *counter)
 /* 0 when the connection is usable, else fills err. */
 static int conn_alive(mem_conn *c, const char *what, cpool_error *err)
 {
+    if (atomic_load_explicit(&c->mem->down, memory_order_relaxed))
+        atomic_store(&c->broken, true);
     if (atomic_load(&c->interrupted))
         return cpool_error_set(err, CPOOL_EIO, CPOOL_PHASE_QUERY,
                                CPOOL_FAIL_NETWORK, 0,
@@ -655,6 +699,59 @@ static int mem_probe(void *ctx, int64_t deadline_ns, cpool_error *err)
     return 0;
 }
 
+/* Sleeps until `until` (CLOCK_MONOTONIC), or not at all when it passed. */
+static void sleep_until(int64_t until)
+{
+    int64_t left = until - cpool__mono_ns();
+    if (left <= 0)
+        return;
+    struct timespec ts = {left / 1000000000, left % 1000000000};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+/* The role cpool_mem_set_server() gives, after its round-trip time; a
+ * down server breaks the connection, a stopped one answers nothing before
+ * the deadline. */
+static int mem_server_info(void *ctx, void *native, unsigned flags, int64_t deadline_ns,
+                           cpool_server_info *out, cpool_error *err)
+{
+    cpool_mem *mem = ctx;
+    mem_conn *c = native;
+    if (mem == NULL || c == NULL || out == NULL)
+        return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_QUERY, CPOOL_FAIL_OTHER, 0,
+                               "server info: no connection");
+    cpool_mem_server sv = server_of(mem);
+    out->role = CPOOL_ROLE_UNKNOWN;
+    out->lag_ms = -1;
+    out->epoch = 0;
+    if (flags & CPOOL_INFO_CACHED) {
+        out->role = sv.role;
+        return 0;
+    }
+    if (sv.stopped) {
+        sleep_until(deadline_ns);
+        return cpool_error_set(err, CPOOL_EIO, CPOOL_PHASE_QUERY, CPOOL_FAIL_TIMEOUT,
+                               ETIMEDOUT, "server info on mem connection %llu: no answer",
+                               (unsigned long long)c->id);
+    }
+    int rc = conn_alive(c, "server info", err);
+    if (rc != 0)
+        return rc;
+    if (sv.rtt_us > 0) {
+        int64_t until = cpool__mono_ns() + sv.rtt_us * 1000;
+        sleep_until(deadline_ns > 0 && deadline_ns < until ? deadline_ns : until);
+        if (deadline_ns > 0 && deadline_ns < until)
+            return cpool_error_set(err, CPOOL_EIO, CPOOL_PHASE_QUERY, CPOOL_FAIL_TIMEOUT,
+                                   ETIMEDOUT, "server info on mem connection %llu: timed out",
+                                   (unsigned long long)c->id);
+    }
+    out->role = sv.role;
+    out->epoch = sv.role == CPOOL_ROLE_PRIMARY ? sv.epoch : 0;
+    out->lag_ms = sv.role == CPOOL_ROLE_REPLICA && (flags & CPOOL_INFO_LAG) ? sv.lag_ms : -1;
+    return 0;
+}
+
 static const char *const mem_schemes[] = {MEM_SCHEME, NULL};
 
 static const cpool_connector mem_connector = {
@@ -675,6 +772,7 @@ static const cpool_connector mem_connector = {
     .schemes = mem_schemes,
     .execute = mem_execute,
     .probe = mem_probe,
+    .server_info = mem_server_info,
 };
 
 const cpool_connector *cpool_mem_connector(void)

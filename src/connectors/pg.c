@@ -1254,12 +1254,15 @@ static int io_error(const pg_ctx *ctx, PGconn *conn, const char *what, cpool_fai
 
 /* Runs `sql` (possibly several statements) with the whole round trip
  * bounded by `deadline`, and reads every result; any error fails it, and
- * with want_empty so does any answer but an empty-query response. 0 on
- * success; otherwise err is filled and the connection may be left
- * mid-query: the caller must close it. */
-static int run_bounded(const pg_ctx *ctx, PGconn *conn, const char *sql, bool want_empty,
-                       int64_t deadline, const char *what, cpool_error *err)
+ * with want_empty so does any answer but an empty-query response. With
+ * `rows`, the first result with tuples is kept there for the caller to
+ * PQclear (NULL when none). 0 on success; otherwise err is filled and the
+ * connection may be left mid-query: the caller must close it. */
+static int run_rows(const pg_ctx *ctx, PGconn *conn, const char *sql, bool want_empty,
+                    int64_t deadline, const char *what, PGresult **rows, cpool_error *err)
 {
+    if (rows != NULL)
+        *rows = NULL;
     bool was_nonblocking = PQisnonblocking(conn);
     if (!was_nonblocking && PQsetnonblocking(conn, 1) != 0)
         return io_error(ctx, conn, what, CPOOL_FAIL_NETWORK, 0, NULL, err);
@@ -1287,11 +1290,13 @@ static int run_bounded(const pg_ctx *ctx, PGconn *conn, const char *sql, bool wa
         while (PQisBusy(conn)) {
             int w = wait_socket(conn, POLLIN, deadline);
             if (w == 1)
-                return io_error(ctx, conn, what, CPOOL_FAIL_TIMEOUT, ETIMEDOUT,
-                                "timed out waiting for the server", err);
-            if (w < 0 || !PQconsumeInput(conn))
-                return io_error(ctx, conn, what, CPOOL_FAIL_NETWORK, w < 0 ? errno : 0,
-                                NULL, err);
+                rc = io_error(ctx, conn, what, CPOOL_FAIL_TIMEOUT, ETIMEDOUT,
+                              "timed out waiting for the server", err);
+            else if (w < 0 || !PQconsumeInput(conn))
+                rc = io_error(ctx, conn, what, CPOOL_FAIL_NETWORK, w < 0 ? errno : 0, NULL,
+                              err);
+            if (w != 0 || rc != 0)
+                goto out;
         }
         PGresult *r = PQgetResult(conn);
         if (r == NULL)
@@ -1301,20 +1306,35 @@ static int run_bounded(const pg_ctx *ctx, PGconn *conn, const char *sql, bool wa
         all_empty = all_empty && s == PGRES_EMPTY_QUERY;
         if (s == PGRES_COPY_IN || s == PGRES_COPY_OUT || s == PGRES_COPY_BOTH) {
             PQclear(r);
-            return io_error(ctx, conn, what, CPOOL_FAIL_OTHER, 0, "unexpected COPY", err);
+            rc = io_error(ctx, conn, what, CPOOL_FAIL_OTHER, 0, "unexpected COPY", err);
+            goto out;
         }
         if ((s == PGRES_FATAL_ERROR || s == PGRES_BAD_RESPONSE) && rc == 0)
             rc = io_error(ctx, conn, what,
                           PQstatus(conn) == CONNECTION_BAD ? CPOOL_FAIL_NETWORK
                                                            : CPOOL_FAIL_SERVER,
                           result_sqlstate(r), PQresultErrorMessage(r), err);
-        PQclear(r);
+        if (rows != NULL && *rows == NULL && s == PGRES_TUPLES_OK)
+            *rows = r;
+        else
+            PQclear(r);
     }
     if (rc == 0 && want_empty && !(any && all_empty))
         rc = io_error(ctx, conn, what, CPOOL_FAIL_OTHER, 0, "no empty-query response", err);
     if (rc == 0 && !was_nonblocking && PQsetnonblocking(conn, 0) != 0)
         rc = io_error(ctx, conn, what, CPOOL_FAIL_NETWORK, 0, NULL, err);
+out:
+    if (rc != 0 && rows != NULL && *rows != NULL) {
+        PQclear(*rows);
+        *rows = NULL;
+    }
     return rc;
+}
+
+static int run_bounded(const pg_ctx *ctx, PGconn *conn, const char *sql, bool want_empty,
+                       int64_t deadline, const char *what, cpool_error *err)
+{
+    return run_rows(ctx, conn, sql, want_empty, deadline, what, NULL, err);
 }
 
 /* Common refusals of check, ping and reset: interrupted or broken. */
@@ -1678,6 +1698,66 @@ static int pg_describe(void *ctx, void *native, char *buf, size_t size)
     return w < 0 || (size_t)w >= size ? -1 : 0;
 }
 
+/* One round trip: in recovery or not; a primary's timeline (the first
+ * eight hex digits of its current WAL file's name), which promotion
+ * raises; a replica's lag: 0 while it has replayed all it received, else
+ * the age of the last transaction it replayed. A replica cut off from its
+ * primary therefore reads as caught up: lag measures the replay, not the
+ * link (the monitor sees the link through the primary's state). */
+static const char info_sql[] =
+    "SELECT pg_is_in_recovery(),"
+    " CASE WHEN pg_is_in_recovery() THEN 0"
+    " ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint END,"
+    " CASE WHEN NOT pg_is_in_recovery() THEN NULL"
+    " WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0"
+    " ELSE greatest(0, (extract(epoch FROM clock_timestamp() -"
+    " pg_last_xact_replay_timestamp()) * 1000))::bigint END";
+
+static int pg_server_info(void *vctx, void *native, unsigned flags, int64_t deadline_ns,
+                          cpool_server_info *out, cpool_error *err)
+{
+    const pg_ctx *ctx = vctx;
+    PGconn *conn = native;
+    if (out == NULL)
+        return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_QUERY, CPOOL_FAIL_OTHER, 0,
+                               "server info on %s: no output", addr_of(ctx));
+    out->role = CPOOL_ROLE_UNKNOWN;
+    out->lag_ms = -1;
+    out->epoch = 0;
+    if (flags & CPOOL_INFO_CACHED) {
+        /* PostgreSQL 14+ reports in_hot_standby at connect and whenever it
+         * changes; older servers leave the role unknown here. */
+        const char *hs = conn != NULL ? PQparameterStatus(conn, "in_hot_standby") : NULL;
+        if (hs != NULL)
+            out->role = strcmp(hs, "on") == 0 ? CPOOL_ROLE_REPLICA : CPOOL_ROLE_PRIMARY;
+        return 0;
+    }
+    pg_state *st = state_of(conn);
+    int rc = unusable(ctx, conn, st, "server info", err);
+    if (rc != 0)
+        return rc;
+    if (PQtransactionStatus(conn) != PQTRANS_IDLE)
+        return io_error(ctx, conn, "server info", CPOOL_FAIL_OTHER, 0,
+                        "the session is not idle", err);
+    PGresult *r = NULL;
+    rc = run_rows(ctx, conn, info_sql, false, deadline_ns, "server info", &r, err);
+    if (rc != 0)
+        return rc;
+    if (r == NULL || PQntuples(r) != 1 || PQnfields(r) != 3) {
+        PQclear(r);
+        return io_error(ctx, conn, "server info", CPOOL_FAIL_OTHER, 0,
+                        "unexpected answer to the role query", err);
+    }
+    bool standby = strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+    out->role = standby ? CPOOL_ROLE_REPLICA : CPOOL_ROLE_PRIMARY;
+    if (!standby)
+        out->epoch = strtoull(PQgetvalue(r, 0, 1), NULL, 10);
+    if (standby && (flags & CPOOL_INFO_LAG) && !PQgetisnull(r, 0, 2))
+        out->lag_ms = strtoll(PQgetvalue(r, 0, 2), NULL, 10);
+    PQclear(r);
+    return 0;
+}
+
 /* Runs the command non-blocking, bounded by command_timeout_ms (0 = no
  * bound): an interrupt shuts the socket down, which ends the wait at once.
  * A timeout or an interrupt leaves the connection mid-query; check-in
@@ -1783,6 +1863,7 @@ static const cpool_connector pg_connector = {
     .schemes = pg_schemes,
     .execute = pg_execute,
     .probe = pg_probe,
+    .server_info = pg_server_info,
 };
 
 const cpool_connector *cpool_pg_connector(void)

@@ -1777,6 +1777,56 @@ static int redis_describe(void *vctx, void *native, char *buf, size_t size)
     return n < 0 || (size_t)n >= size ? CPOOL_EINVAL : 0;
 }
 
+/* INFO replication: the role; a replica's lag is 0 while its link to the
+ * primary is up and the primary spoke within the last second, else the
+ * seconds since it last did, and unknown while the link is down. Redis
+ * has no ordered epoch: two primaries stay ambiguous (epoch 0). */
+static int redis_server_info(void *vctx, void *native, unsigned flags, int64_t deadline_ns,
+                             cpool_server_info *out, cpool_error *err)
+{
+    const redis_ctx *x = vctx;
+    redisContext *c = native;
+    redis_conn *st;
+    if (out == NULL)
+        return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_QUERY, CPOOL_FAIL_OTHER, 0,
+                               "server info: no output");
+    out->role = CPOOL_ROLE_UNKNOWN;
+    out->lag_ms = -1;
+    out->epoch = 0;
+    if (flags & CPOOL_INFO_CACHED)
+        return 0;
+    int rc = local_check(x, c, "server info", &st, err);
+    if (rc != 0)
+        return rc;
+    static const char req[] = "*2\r\n$4\r\nINFO\r\n$11\r\nreplication\r\n";
+    redisReply *r[1];
+    rc = round_trip(x, c, "server info", req, sizeof req - 1, r, 1,
+                    earlier(deadline_ns, deadline_after_ms(x->command_timeout_ms)), err);
+    if (rc != 0)
+        return rc;
+    char role[32] = "", link[16] = "", io[24] = "";
+    if (r[0]->type == REDIS_REPLY_STRING) {
+        info_field(r[0]->str, "role", role, sizeof role);
+        info_field(r[0]->str, "master_link_status", link, sizeof link);
+        info_field(r[0]->str, "master_last_io_seconds_ago", io, sizeof io);
+    }
+    freeReplyObject(r[0]);
+    if (strcmp(role, "master") == 0) {
+        out->role = CPOOL_ROLE_PRIMARY;
+    } else if (strcmp(role, "slave") == 0) {
+        out->role = CPOOL_ROLE_REPLICA;
+        if ((flags & CPOOL_INFO_LAG) && strcmp(link, "up") == 0 && io[0] != '\0') {
+            long long sec = strtoll(io, NULL, 10);
+            out->lag_ms = sec <= 1 ? 0 : sec * 1000;
+        }
+    } else {
+        return cpool_error_set(err, CPOOL_EIO, CPOOL_PHASE_QUERY, CPOOL_FAIL_OTHER, 0,
+                               "server info on redis %s: no role in INFO replication",
+                               x->address);
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------ state tracking */
 
 static bool name_is(const char *name, size_t len, const char *want)
@@ -2142,6 +2192,7 @@ static const cpool_connector redis_connector = {
     .schemes = redis_schemes,
     .execute = redis_execute,
     .probe = redis_probe,
+    .server_info = redis_server_info,
 };
 
 const cpool_connector *cpool_redis_connector(void)

@@ -559,6 +559,20 @@ const char *cpool_conn_service_id(const cpool_conn *c)
     return c != NULL && c->svc != NULL ? c->svc->id : NULL;
 }
 
+cpool *cpool_conn_pool(const cpool_conn *c)
+{
+    return c != NULL && c->magic == CONN_MAGIC ? c->pool : NULL;
+}
+
+/* For the cluster's selection (src/cluster/): the circuit is open. */
+bool cpool__pool_breaker_open(cpool *p)
+{
+    cpool__lock(p);
+    bool open = cpool__breaker_open(p);
+    cpool__unlock(p);
+    return open;
+}
+
 void *cpool_conn_native(const cpool_conn *c)
 {
     return c != NULL ? c->native : NULL;

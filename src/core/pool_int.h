@@ -465,6 +465,9 @@ static inline int cpool__cond_timedwait(cpool *p, pthread_cond_t *cv,
     return rc;
 }
 
+/* The circuit is open (takes mu); for the cluster's selection. */
+bool cpool__pool_breaker_open(cpool *p);
+
 #if CPOOL_LOCK_CHECKS
 /* A broken lock contract is a bug in the core: checked builds stop there. */
 void cpool__lock_violation(const char *func, const char *file, int line);
