@@ -130,6 +130,29 @@ static bool try_elsewhere(int rc)
            rc == CPOOL_EINTERRUPTED || rc == CPOOL_EIO;
 }
 
+/* What the session itself says, without a round trip where the server
+ * reports it (PostgreSQL 14+ in_hot_standby): a primary demoted since its
+ * monitor's last check is caught here. A session reports a change only
+ * after its next command, so one that still says "standby" while the
+ * monitor says "primary" (it was idle across a promotion) is pinged once
+ * and asked again. */
+static bool session_is_primary(endpoint *e, cpool_conn *conn)
+{
+    const cpool_connector *cx = e->cx;
+    if (cx->abi_version < 5 || cx->server_info == NULL)
+        return true;
+    void *native = cpool_conn_native(conn);
+    cpool_server_info si;
+    if (cx->server_info(e->mctx, native, CPOOL_INFO_CACHED, 0, &si, NULL) != 0 ||
+        si.role != CPOOL_ROLE_REPLICA)
+        return true;
+    int64_t deadline = cpool__cluster_now() + e->c->o.check_timeout_ms * 1000000;
+    if (cx->ping == NULL || cx->ping(e->mctx, native, deadline, NULL) != 0)
+        return false;
+    return cx->server_info(e->mctx, native, CPOOL_INFO_CACHED, 0, &si, NULL) != 0 ||
+           si.role != CPOOL_ROLE_REPLICA;
+}
+
 static struct timespec abs_time(int64_t ns)
 {
     struct timespec ts = {ns / 1000000000, ns % 1000000000};
@@ -215,21 +238,11 @@ int cpool_cluster_checkout(cpool_cluster *c, const cpool_cluster_checkout_opts *
                                   .cancel = d.cancel};
         cpool_conn *conn = NULL;
         int rc = cpool_checkout_with(e->pool, &po, &conn, &last);
-        if (rc == 0 && role == CPOOL_ROLE_PRIMARY && e->cx->abi_version >= 5 &&
-            e->cx->server_info != NULL) {
-            /* The session says what it is without a round trip where the
-             * server reports it (PostgreSQL 14+ in_hot_standby): a primary
-             * demoted since the monitor's last check is caught here. */
-            cpool_server_info si;
-            if (e->cx->server_info(e->mctx != NULL ? e->mctx : NULL, cpool_conn_native(conn),
-                                   CPOOL_INFO_CACHED, 0, &si, NULL) == 0 &&
-                si.role == CPOOL_ROLE_REPLICA) {
-                cpool_checkin(e->pool, conn, CPOOL_CHECKIN_BROKEN, NULL);
-                conn = NULL;
-                rc = cpool_error_set(&last, CPOOL_ECLEARED, CPOOL_PHASE_NONE,
-                                     CPOOL_FAIL_OTHER, 0, "%s: the session reports a standby",
-                                     e->address);
-            }
+        if (rc == 0 && role == CPOOL_ROLE_PRIMARY && !session_is_primary(e, conn)) {
+            cpool_checkin(e->pool, conn, CPOOL_CHECKIN_BROKEN, NULL);
+            conn = NULL;
+            rc = cpool_error_set(&last, CPOOL_ECLEARED, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
+                                 "%s: the session reports a standby", e->address);
         }
         if (rc == 0) {
             atomic_fetch_add(&e->selected, 1);

@@ -49,6 +49,14 @@ static int topo_count(tcluster *t, cpool_topology_change type, size_t endpoint)
 }
 
 /* n servers: the first primary (epoch 1), the others replicas (lag 0). */
+/* Exactly one such event: announced after the change is published, so
+ * waited for. */
+#define expect_one(t, type, ep)                                                \
+    do {                                                                       \
+        WAIT_UNTIL(topo_count(t, type, ep) >= 1, 5000);                        \
+        ASSERT_EQ(1, topo_count(t, type, ep));                                 \
+    } while (0)
+
 static void tc_init(tcluster *t, int n)
 {
     memset(t, 0, sizeof *t);
@@ -161,7 +169,7 @@ TEST(selects_by_role)
     ASSERT_GE(p.rtt_ns, 0);
     ASSERT_EQ(40, p.selected);
     ASSERT_STR_EQ("mem:server0", p.address);
-    ASSERT_EQ(1, topo_count(&t, CPOOL_TOPO_UP, 0));
+    expect_one(&t, CPOOL_TOPO_UP, 0);
 
     /* The replicas gone: replica_preferred falls back to the primary, and
      * replica fails, naming each endpoint and why. */
@@ -182,7 +190,7 @@ TEST(selects_by_role)
     ASSERT_STR_CONTAINS(e.message, "mem:server1 down (");
     ASSERT_STR_CONTAINS(e.message, "refused");
     ASSERT_STR_CONTAINS(e.message, "mem:server2 down");
-    ASSERT_EQ(1, topo_count(&t, CPOOL_TOPO_DOWN, 1));
+    expect_one(&t, CPOOL_TOPO_DOWN, 1);
     /* and the primary gone too, primary_preferred has nothing left */
     t.sv[0].down = true;
     tc_set(&t, 0);
@@ -312,7 +320,7 @@ TEST(failover_to_a_promoted_replica)
     pthread_join(w.th, NULL);
     ASSERT_OK_E(w.rc, &w.e);
     ASSERT_EQ(1, w.endpoint);
-    ASSERT_EQ(1, topo_count(&t, CPOOL_TOPO_ROLE, 1));
+    expect_one(&t, CPOOL_TOPO_ROLE, 1);
     /* The old primary comes back as it was (epoch 1): stale, never written. */
     t.sv[0].down = false;
     tc_set(&t, 0);
@@ -352,7 +360,7 @@ TEST(older_of_two_primaries_is_stale_and_interrupted)
     tc_set(&t, 1);
     WAIT_UNTIL(info_of(&t, 0).state == CPOOL_ENDPOINT_STALE, 5000);
     WAIT_UNTIL(cpool_mem_conn_interrupted(cpool_conn_native(lease)), 5000);
-    ASSERT_EQ(1, topo_count(&t, CPOOL_TOPO_STALE, 0));
+    expect_one(&t, CPOOL_TOPO_STALE, 0);
     ASSERT_OK(cpool_cluster_checkin(t.c, lease, CPOOL_CHECKIN_BROKEN, NULL));
     for (int k = 0; k < 50; k++)
         ASSERT_EQ(1, serve_ok(&t, CPOOL_WANT_PRIMARY));
@@ -378,7 +386,7 @@ TEST(demoted_primary_serves_no_write)
     WAIT_UNTIL(cpool_mem_conn_interrupted(cpool_conn_native(lease)), 5000);
     ASSERT_EQ(CPOOL_ROLE_REPLICA, info_of(&t, 0).role);
     ASSERT_GT(test_counts(info_of(&t, 0).pool).generation, gen);
-    ASSERT_EQ(1, topo_count(&t, CPOOL_TOPO_ROLE, 0));
+    expect_one(&t, CPOOL_TOPO_ROLE, 0);
     ASSERT_OK(cpool_cluster_checkin(t.c, lease, 0, NULL));
     int rc;
     cpool_error e;
