@@ -78,10 +78,12 @@ endif()
 
 # The replica set the multi-endpoint drills stand on: a primary and two
 # streaming replicas from scripts/pg-server.sh (replica-start, promote),
-# each started and stopped by the check itself on its own ports.
+# each started and stopped by the check itself on its own ports; and the
+# command line on it (cpool probe and bench on the host list).
 add_test(NAME pg/cluster_replicas
   COMMAND ${PROJECT_SOURCE_DIR}/tests/pg/cluster_check.sh ${pg_script}
-          ${PROJECT_BINARY_DIR}/pg-cluster ${CPOOL_TEST_PG_CLUSTER_PORT})
+          ${PROJECT_BINARY_DIR}/pg-cluster ${CPOOL_TEST_PG_CLUSTER_PORT}
+          $<TARGET_FILE:cpool_cli>)
 set_tests_properties(pg/cluster_replicas PROPERTIES LABELS pg TIMEOUT 120)
 
 # The example program, built here (examples/CMakeLists.txt is shared) and

@@ -194,6 +194,8 @@ typedef struct cpool_endpoint_info {
 } cpool_endpoint_info;
 
 CPOOL_API size_t cpool_cluster_size(const cpool_cluster *c);
+/* What checkouts without opts want (options.want, else the target's). */
+CPOOL_API cpool_want cpool_cluster_want(const cpool_cluster *c);
 /* Fills out for endpoint i: 0, or CPOOL_EINVAL. */
 CPOOL_API int cpool_cluster_endpoint_info(cpool_cluster *c, size_t i, cpool_endpoint_info *out);
 /* Asks every monitor for a check now (no sooner than min_heartbeat_ms). */

@@ -622,6 +622,11 @@ size_t cpool_cluster_size(const cpool_cluster *c)
     return c != NULL ? c->n : 0;
 }
 
+cpool_want cpool_cluster_want(const cpool_cluster *c)
+{
+    return c != NULL ? c->want : CPOOL_WANT_PRIMARY;
+}
+
 void cpool__cluster_ask_locked(cpool_cluster *c, endpoint *e)
 {
     e->asked = true;

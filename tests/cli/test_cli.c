@@ -351,7 +351,10 @@ static void check_report(json_t *j)
     /* Closed at the end: everything created was closed. */
     ASSERT_EQ((long long)jnum(j, "connections.created"),
               (long long)jnum(j, "events.ConnectionClosed"));
-    ASSERT_EQ(1, (long long)jnum(j, "events.ConnectionPoolClosed"));
+    /* one pool, or one per endpoint of a cluster */
+    json_t *eps = json_object_get(j, "endpoints");
+    long long pools = eps != NULL ? (long long)json_array_size(eps) : 1;
+    ASSERT_EQ(pools, (long long)jnum(j, "events.ConnectionPoolClosed"));
     /* The events agree with the pool's statistics, and count the
      * operations plus the tool's warm-up checkout. */
     ASSERT_EQ((long long)(ops + jnum(j, "pool_stats.warmup_checkouts")),
@@ -363,7 +366,12 @@ static void check_report(json_t *j)
     ASSERT_EQ((long long)jnum(j, "connections.created"),
               (long long)jnum(j, "events.ConnectionCreated"));
     /* The library's derived figures agree with its totals over a run that
-     * (at a few seconds) is shorter than one 10 s interval. */
+     * (at a few seconds) is shorter than one 10 s interval. A cluster's are
+     * its pools' own: none for their sum. */
+    if (eps != NULL) {
+        ASSERT_EQ(-1, (long long)jnum(j, "pool_stats.derived.checkout_success_ratio"));
+        return;
+    }
     ASSERT_TRUE(jnum(j, "pool_stats.derived.interval_s") > 0);
     double ok = jnum(j, "pool_stats.checkouts_ok"), all = jnum(j, "pool_stats.checkouts");
     double success = jnum(j, "pool_stats.derived.checkout_success_ratio");
@@ -965,6 +973,54 @@ TEST(probe_mem_reports_phases_and_server)
     ASSERT_TRUE(json_is_true(jat(j, "statement_ok")));
     ASSERT_EQ(0, (long long)jnum(j, "exit_code"));
     json_decref(j);
+    run_free(&r);
+}
+
+/* A multi-host target is a cluster: probe shows each endpoint, bench
+ * reports each endpoint's share (mem servers have no role: --want any). */
+TEST(probe_and_bench_on_a_host_list)
+{
+    clean_env(NULL);
+    run_result r;
+    RUN(&r, "probe", "mem://u:sekrit@a,b/x", "--json");
+    ASSERT_EXIT(0, &r);
+    json_t *j = parse_json(r.out, "probe --json");
+    ASSERT_EQ(2, (long long)json_array_size(jat(j, "endpoints")));
+    ASSERT_EQ(2, (long long)jnum(j, "up"));
+    ASSERT_STR_EQ("unknown", json_string_value(json_object_get(
+                                 json_array_get(jat(j, "endpoints"), 1), "role")));
+    ASSERT_TRUE(strstr(r.out, "sekrit") == NULL);
+    json_decref(j);
+    run_free(&r);
+    RUN(&r, "probe", "mem://a,b,c");
+    ASSERT_EXIT(0, &r);
+    ASSERT_STR_CONTAINS(r.out, "cluster    mem://a,b,c  (3 endpoints)");
+    ASSERT_STR_CONTAINS(r.out, "result     3 of 3 up");
+    run_free(&r);
+
+    RUN(&r, "bench", "mem://a,b", "--want", "any", "-d", "1", "-t", "4", "--json", "-", "-q");
+    ASSERT_EXIT(0, &r);
+    j = parse_json(r.out, "bench --json");
+    check_report(j);
+    ASSERT_STR_EQ("any", jstr(j, "want"));
+    json_t *eps = jat(j, "endpoints");
+    ASSERT_EQ(2, (long long)json_array_size(eps));
+    double r0 = json_number_value(json_object_get(json_array_get(eps, 0), "reads"));
+    double r1 = json_number_value(json_object_get(json_array_get(eps, 1), "reads"));
+    ASSERT_EQ((long long)jnum(j, "ok"), (long long)(r0 + r1));
+    ASSERT_TRUE(r0 > 0 && r1 > 0);
+    ASSERT_EQ(2, (long long)json_array_size(jat(j, "topology"))); /* each came up */
+    json_decref(j);
+    run_free(&r);
+    /* writes want a primary, which mem servers are not */
+    RUN(&r, "bench", "mem://a,b", "--write-ratio", "50%", "--timeout-ms", "100", "-d", "0.5",
+        "-q");
+    ASSERT_EXIT(3, &r);
+    ASSERT_STR_CONTAINS(r.err, "CPOOL_ENOENDPOINT");
+    run_free(&r);
+    RUN(&r, "bench", "mem://a,b", "--want", "nearest");
+    ASSERT_EXIT(2, &r);
+    ASSERT_STR_CONTAINS(r.err, "invalid --want \"nearest\"");
     run_free(&r);
 }
 

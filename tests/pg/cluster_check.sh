@@ -4,12 +4,17 @@
 # for what the drills rely on -- the replicas are in recovery and read-only,
 # a write on the primary reaches both, a promoted replica takes writes.
 #
-# Usage: cluster_check.sh SCRIPT STATE_DIR BASE_PORT   (uses BASE_PORT..+2)
+# With CPOOL (the command line), also `cpool probe` and `cpool bench` on the
+# host list before the promotion: every endpoint's role, and reads spread
+# over the replicas while writes go to the primary.
+#
+# Usage: cluster_check.sh SCRIPT STATE_DIR BASE_PORT [CPOOL]  (BASE_PORT..+2)
 set -euo pipefail
 
 script=$1
 state=$2
 base=$3
+cpool=${4:-}
 p0=$base p1=$((base + 1)) p2=$((base + 2))
 
 fail() {
@@ -58,6 +63,32 @@ for r in replica1 replica2; do
     wait_for "$state/$r" "SELECT coalesce(sum(v), 0) FROM probe" 42
 done
 lag_ms=$((($(date +%s%N) - t0) / 1000000))
+
+if [[ -n "$cpool" ]]; then
+    hosts="postgresql://postgres@127.0.0.1:$p0,127.0.0.1:$p1,127.0.0.1:$p2/postgres?sslmode=disable"
+    out=$("$cpool" probe "$hosts") || fail "cpool probe on the host list: $out"
+    grep -q "127.0.0.1:$p0 *up *primary" <<<"$out" || fail "probe: no primary :$p0 in: $out"
+    grep -q "127.0.0.1:$p2 *up *replica" <<<"$out" || fail "probe: no replica :$p2 in: $out"
+    grep -q "3 of 3 up" <<<"$out" || fail "probe: not 3 of 3 up: $out"
+    json=$("$cpool" bench "$hosts" --want replica --write-ratio 0.2 \
+        --write-statement "INSERT INTO probe VALUES (0)" -t 4 -d 1 -q --json -) ||
+        fail "cpool bench on the host list failed"
+    # role reads writes, one line per endpoint, from the pretty-printed JSON
+    rows=$(awk '/"endpoints": \[/ { on = 1 } on && /"topology": \[/ { on = 0 }
+        on && /"role":/ { gsub(/[",]/, "", $2); role = $2 }
+        on && /"reads":/ { gsub(/,/, "", $2); reads = $2 }
+        on && /"writes":/ { gsub(/,/, "", $2); print role, reads, $2 }' <<<"$json")
+    grep -q '"failed": 0,' <<<"$json" || fail "bench: operations failed: $json"
+    read -r r0 rd0 wr0 <<<"$(sed -n 1p <<<"$rows")"
+    read -r r1 rd1 wr1 <<<"$(sed -n 2p <<<"$rows")"
+    read -r r2 rd2 wr2 <<<"$(sed -n 3p <<<"$rows")"
+    [[ $r0 == primary && $wr0 -gt 0 && $rd0 -eq 0 ]] || fail "bench: primary row: $rows"
+    [[ $r1 == replica && $rd1 -gt 0 && $wr1 -eq 0 ]] || fail "bench: replica1 row: $rows"
+    [[ $r2 == replica && $rd2 -gt 0 && $wr2 -eq 0 ]] || fail "bench: replica2 row: $rows"
+    # two equal replicas share the reads (within 20 % of each other)
+    ((rd1 * 10 >= rd2 * 8 && rd2 * 10 >= rd1 * 8)) || fail "bench: reads $rd1 / $rd2 uneven"
+    echo "cluster_check: cpool probe and bench on the host list: roles seen, reads on the replicas, writes on the primary"
+fi
 
 "$script" promote "$state/replica1" >/dev/null
 wait_for "$state/replica1" "SELECT pg_is_in_recovery()" f

@@ -45,6 +45,16 @@ static const char bench_usage[] =
     "      --hold-ms X          keep each lease X ms longer (default 0)\n"
     "      --timeout-ms N       checkout timeout (wait + establish); -1 = the\n"
     "                           pool's own limits (default -1)\n"
+    "      --want PREF          a multi-host target (postgresql://h1:p1,h2:p2/db,\n"
+    "                           host=h1,h2 ..., redis://h1,h2) runs on a cluster,\n"
+    "                           one pool per endpoint (docs/cluster.md); what the\n"
+    "                           reads want: primary, primary_preferred, replica,\n"
+    "                           replica_preferred or any (default: the target's\n"
+    "                           target_session_attrs, else primary)\n"
+    "      --write-ratio F      this fraction of the operations are writes, sent\n"
+    "                           to the primary (default 0; \"10%\" works)\n"
+    "      --write-statement T  what a write runs (default: the statement)\n"
+    "      --max-lag-ms N       reads avoid replicas lagging more (default: any)\n"
     "      --tenants SPEC       tenant mix, NAME:WEIGHT[:MAX[:MIN[:RATE]]],... e.g.\n"
     "                           \"a:3,b:1\": threads are shared out by weight,\n"
     "                           each checks out as its tenant; MAX caps the\n"
@@ -209,15 +219,44 @@ static uint32_t xorshift(uint32_t *s)
     return *s = x;
 }
 
+/* A lease from the pool, or from the cluster for a read or a write. */
+static int lease(bench *b, bool write, const char *tenant, cpool_conn **c, size_t *endpoint,
+                 cpool_error *e)
+{
+    if (!b->cluster_mode) {
+        cpool_checkout_opts o = {.struct_size = sizeof o, .timeout_ms = b->timeout_ms,
+                                 .tenant = tenant};
+        return cpool_checkout_with(b->pool, &o, c, e);
+    }
+    cpool_cluster_checkout_opts o = {.struct_size = sizeof o,
+                                     .want = write ? CPOOL_WANT_PRIMARY : b->want,
+                                     .timeout_ms = b->timeout_ms,
+                                     .max_lag_ms = write ? 0 : b->max_lag_ms};
+    cpool_lease_origin from;
+    int rc = cpool_cluster_checkout(b->cluster, &o, c, &from, e);
+    if (rc == 0)
+        *endpoint = from.endpoint;
+    return rc;
+}
+
+static void release(bench *b, cpool_conn *c, unsigned flags)
+{
+    if (b->cluster_mode)
+        (void)cpool_cluster_checkin(b->cluster, c, flags, NULL);
+    else
+        (void)cpool_checkin(b->pool, c, flags, NULL);
+}
+
 static void one_op(bench *b, worker *w)
 {
-    cpool_checkout_opts o = {.struct_size = sizeof o, .timeout_ms = b->timeout_ms};
-    if (w->tenant >= 0)
-        o.tenant = b->tenants[w->tenant].name;
+    bool write = b->write_ratio > 0 && (double)(xorshift(&w->rng) >> 8) / (double)(1u << 24) <
+                                           b->write_ratio;
     cpool_conn *c = NULL;
     cpool_error e = {0};
+    size_t endpoint = 0;
     int64_t t0 = cli_now_ns();
-    int rc = cpool_checkout_with(b->pool, &o, &c, &e);
+    int rc = lease(b, write, w->tenant >= 0 ? b->tenants[w->tenant].name : NULL, &c,
+                   &endpoint, &e);
     int64_t t1 = cli_now_ns();
     if (rc != 0) {
         relaxed_add(&w->fail_checkout[slot_of(rc)], 1);
@@ -235,7 +274,7 @@ static void one_op(bench *b, worker *w)
     int64_t hold_ns = (int64_t)(b->hold_ms * 1e6);
     if (!b->no_execute) {
         char sql[96];
-        const char *stmt = b->statement;
+        const char *stmt = write ? b->write_statement : b->statement;
         if (b->stmt_kind == STMT_SQLITE_MIX) {
             uint32_t r = xorshift(&w->rng);
             unsigned k = 1 + (r >> 8) % SQLITE_ROWS;
@@ -263,8 +302,10 @@ static void one_op(bench *b, worker *w)
             flags = CPOOL_CHECKIN_BROKEN;
     } else {
         relaxed_add(&w->ok, 1);
+        if (b->cluster_mode && endpoint < BENCH_MAX_ENDPOINTS)
+            relaxed_add(write ? &w->ep_writes[endpoint] : &w->ep_reads[endpoint], 1);
     }
-    (void)cpool_checkin(b->pool, c, flags, NULL);
+    release(b, c, flags);
     relaxed_add(&w->ops, 1);
 }
 
@@ -509,6 +550,28 @@ static void snapshot(bench *b, uint64_t *ops, uint64_t *errors, lat_sum *wait)
     }
 }
 
+/* The pool's counts, or the sum over a cluster's endpoints. */
+static void total_counts(bench *b, cpool_counts *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!b->cluster_mode) {
+        cpool_get_counts(b->pool, out);
+        return;
+    }
+    for (size_t i = 0; i < b->nendpoints; i++) {
+        cpool_endpoint_info in;
+        cpool_counts k;
+        if (cpool_cluster_endpoint_info(b->cluster, i, &in) != 0)
+            continue;
+        cpool_get_counts(in.pool, &k);
+        out->total += k.total;
+        out->available += k.available;
+        out->pending += k.pending;
+        out->in_use += k.in_use;
+        out->waiting += k.waiting;
+    }
+}
+
 /* The main thread: samples every interval until the run ends. */
 static void sample_loop(bench *b)
 {
@@ -548,7 +611,7 @@ static void sample_loop(bench *b)
                 snapshot(b, &ops, &err, &dummy);
             }
             cpool_counts cnt;
-            cpool_get_counts(b->pool, &cnt);
+            total_counts(b, &cnt);
             s.t_s = (double)(now - b->t0_ns) / 1e9;
             s.ops_s = now > prev_t ? (double)(ops - prev_ops) * 1e9 / (double)(now - prev_t) : 0;
             s.in_use = cnt.in_use;
@@ -600,7 +663,12 @@ static int warm_up(bench *b)
 {
     cpool_conn *c = NULL;
     cpool_error e = {0};
-    int rc = cpool_checkout(b->pool, b->timeout_ms, &c, &e);
+    size_t endpoint;
+    int64_t saved = b->timeout_ms;
+    if (b->cluster_mode && b->timeout_ms < 0)
+        b->timeout_ms = 10000; /* the first checks of every endpoint */
+    int rc = lease(b, b->write_ratio > 0, NULL, &c, &endpoint, &e);
+    b->timeout_ms = saved;
     b->warmup_checkouts++;
     if (rc != 0) {
         char why[320];
@@ -622,7 +690,9 @@ static int warm_up(bench *b)
         b->no_execute = true; /* a connector without execute(): time the hold */
     else if (rc == 0 && b->stmt_kind == STMT_SQLITE_MIX)
         rc = cpool_conn_execute(c, "SELECT v FROM bench WHERE k = 1", &e);
-    (void)cpool_checkin(b->pool, c, rc != 0 ? CPOOL_CHECKIN_BROKEN : 0, NULL);
+    if (rc == 0 && b->write_ratio > 0 && b->write_statement != b->statement)
+        rc = cpool_conn_execute(c, b->write_statement, &e);
+    release(b, c, rc != 0 ? CPOOL_CHECKIN_BROKEN : 0);
     if (b->no_execute) {
         if (!b->quiet)
             cli_error(CMD, "note: the %s connector cannot run statements; each operation is "
@@ -635,6 +705,45 @@ static int warm_up(bench *b)
                   cpool_err_name(rc), e.message);
         return CLI_EXIT_ERRORS;
     }
+    return 0;
+}
+
+static void on_topology(const cpool_topology_event *ev, void *ctx)
+{
+    bench *b = ctx;
+    pthread_mutex_lock(&b->topo_mu);
+    if (b->ntopo < BENCH_MAX_TOPO)
+        b->topo[b->ntopo++] = (topo_note){
+            .time_ns = ev->time_ns,
+            .endpoint = ev->endpoint,
+            .type = ev->type,
+            .from = ev->from,
+            .to = ev->to};
+    pthread_mutex_unlock(&b->topo_mu);
+}
+
+static int create_cluster(bench *b)
+{
+    cpool_error err = {0};
+    if (b->ntenants > 0)
+        return cli_usage_error(CMD, "--tenants is for one pool; a multi-endpoint target "
+                                    "opens one pool per endpoint");
+    cpool_cluster_options o;
+    cpool_cluster_options_init(&o, sizeof o);
+    o.pool = &b->opts;
+    o.on_topology = on_topology;
+    o.topology_ctx = b;
+    if (b->want_set)
+        o.want = b->want;
+    int rc = cpool_cluster_open(b->target, &o, &b->cluster, &err);
+    if (rc != 0) {
+        cli_scrub(err.message, sizeof err.message);
+        cli_error(CMD, "cannot open a cluster for %s: %s", b->target_red, err.message);
+        return rc == CPOOL_EINVAL ? CLI_EXIT_USAGE : CLI_EXIT_CONNECT;
+    }
+    b->want = cpool_cluster_want(b->cluster); /* --want, else the target's */
+    b->nendpoints = cpool_cluster_size(b->cluster);
+    snprintf(b->address, sizeof b->address, "%zu endpoints", b->nendpoints);
     return 0;
 }
 
@@ -652,6 +761,8 @@ static int create_pool(bench *b)
     if (cpool_options_explain(&b->opts, b->info, count, &b->ninfo, NULL, NULL, 0, &err) != 0)
         return cli_usage_error(CMD, "%s", err.message);
 
+    if (b->cluster_mode)
+        return create_cluster(b);
     int rc = cpool_create(&b->opts, &b->pool, &err);
     if (rc != 0) {
         cli_error(CMD, "cannot create a pool for %s: %s", b->target_red, err.message);
@@ -672,6 +783,60 @@ static int create_pool(bench *b)
         return CLI_EXIT_CONNECT;
     }
     return 0;
+}
+
+static void add_hist(cpool_histogram *into, const cpool_histogram *h)
+{
+    into->count += h->count;
+    into->sum_ns += h->sum_ns;
+    if (h->max_ns > into->max_ns)
+        into->max_ns = h->max_ns;
+    for (int i = 0; i < CPOOL_HIST_BUCKETS; i++)
+        into->buckets[i] += h->buckets[i];
+}
+
+/* A cluster's report: each endpoint's statistics, and their sum where the
+ * report shows one pool's (counters and histograms; the first endpoint's
+ * options and sizes). */
+static void close_cluster_pools(bench *b)
+{
+    for (size_t i = 0; i < b->nendpoints && i < BENCH_MAX_ENDPOINTS; i++)
+        (void)cpool_cluster_endpoint_info(b->cluster, i, &b->endpoints[i]);
+    for (size_t i = 0; i < b->nendpoints && i < BENCH_MAX_ENDPOINTS; i++) {
+        cpool *p = b->endpoints[i].pool;
+        cpool_close(p);
+        cpool_stats *e = &b->ep_stats[i];
+        e->struct_size = sizeof *e;
+        (void)cpool_get_stats(p, e);
+        cpool_stats *s = &b->stats;
+        if (i == 0) {
+            *s = *e;
+            /* the derived figures are each pool's own: none for the sum */
+            s->interval_ns = 0;
+            s->reuse_ratio = s->validation_failure_ratio = s->checkout_success_ratio = -1;
+            s->wait_mean_ns = s->wait_p99_ns = s->hold_mean_ns = s->hold_p99_ns = -1;
+            continue;
+        }
+        s->connections_created += e->connections_created;
+        s->connections_ready += e->connections_ready;
+        s->connect_failures += e->connect_failures;
+        for (int r = 0; r < CPOOL_CLOSE_REASON_SLOTS; r++)
+            s->closed[r] += e->closed[r];
+        for (int k = 0; k < CPOOL_ERROR_SLOTS; k++)
+            s->checkout_failures[k] += e->checkout_failures[k];
+        s->checkouts += e->checkouts;
+        s->checkouts_ok += e->checkouts_ok;
+        s->checkouts_reused += e->checkouts_reused;
+        s->checkins += e->checkins;
+        s->validations += e->validations;
+        s->validation_failures += e->validation_failures;
+        s->leaks_suspected += e->leaks_suspected;
+        s->breaker_opens += e->breaker_opens;
+        s->counts.generation += e->counts.generation;
+        add_hist(&s->wait, &e->wait);
+        add_hist(&s->hold, &e->hold);
+        add_hist(&s->connect, &e->connect);
+    }
 }
 
 static int run(bench *b)
@@ -747,9 +912,13 @@ static int run(bench *b)
             cpool_get_tenant_stats(b->pool, b->tenants[i].name, &b->tenants[i].stats) == 0;
     /* Closed first, so that the report's closes and events include the
      * pool's own shutdown (reason poolClosed) and created = closed. */
-    cpool_close(b->pool);
-    b->stats.struct_size = sizeof b->stats;
-    (void)cpool_get_stats(b->pool, &b->stats);
+    if (b->cluster_mode) {
+        close_cluster_pools(b);
+    } else {
+        cpool_close(b->pool);
+        b->stats.struct_size = sizeof b->stats;
+        (void)cpool_get_stats(b->pool, &b->stats);
+    }
 
     double rate = b->ops > 0 ? (double)(b->ops - b->ok) / (double)b->ops : 0;
     b->exit_code = rate > b->max_error_rate ? CLI_EXIT_ERRORS : CLI_EXIT_OK;
@@ -795,6 +964,9 @@ static void cleanup(bench *b)
 {
     cpool_destroy(b->pool);
     b->pool = NULL;
+    cpool_cluster_close(b->cluster);
+    b->cluster = NULL;
+    pthread_mutex_destroy(&b->topo_mu);
     remove_tmpdir(b);
     free(b->workers);
     free(b->info);
@@ -806,7 +978,7 @@ static int parse_args(bench *b, int argc, char **argv, bool *help)
 {
     enum {
         O_HOLD = 256, O_TIMEOUT, O_TENANTS, O_JSON, O_PLOT, O_ENGINE, O_INTERVAL,
-        O_NO_EVENTS, O_MAX_ERR
+        O_NO_EVENTS, O_MAX_ERR, O_WANT, O_WRITE_RATIO, O_WRITE_STMT, O_MAX_LAG
     };
     static const struct option longs[] = {
         {"threads", required_argument, NULL, 't'},
@@ -823,6 +995,10 @@ static int parse_args(bench *b, int argc, char **argv, bool *help)
         {"interval-ms", required_argument, NULL, O_INTERVAL},
         {"no-events", no_argument, NULL, O_NO_EVENTS},
         {"max-error-rate", required_argument, NULL, O_MAX_ERR},
+        {"want", required_argument, NULL, O_WANT},
+        {"write-ratio", required_argument, NULL, O_WRITE_RATIO},
+        {"write-statement", required_argument, NULL, O_WRITE_STMT},
+        {"max-lag-ms", required_argument, NULL, O_MAX_LAG},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -900,22 +1076,38 @@ static int parse_args(bench *b, int argc, char **argv, bool *help)
         case O_NO_EVENTS:
             b->events = false;
             break;
-        case O_MAX_ERR: {
-            char buf[64];
-            snprintf(buf, sizeof buf, "%s", optarg);
-            size_t n = strlen(buf);
-            double scale = 1;
-            if (n > 0 && buf[n - 1] == '%') {
-                buf[n - 1] = '\0';
-                scale = 100;
-            }
-            if (!cli_parse_double(buf, 0, scale, &b->max_error_rate))
+        case O_MAX_ERR:
+            if (cli_parse_fraction(optarg, &b->max_error_rate) != 0)
                 return cli_usage_error(CMD, "invalid --max-error-rate \"%s\": expected a "
                                             "fraction 0..1 or a percentage 0%%..100%%",
                                        optarg);
-            b->max_error_rate /= scale;
             break;
-        }
+        case O_WANT:
+            if (cpool_want_parse(optarg, &b->want) != 0)
+                return cli_usage_error(CMD, "invalid --want \"%s\": expected primary, "
+                                            "primary_preferred, replica, replica_preferred "
+                                            "or any",
+                                       optarg);
+            b->want_set = true;
+            break;
+        case O_WRITE_RATIO:
+            if (cli_parse_fraction(optarg, &b->write_ratio) != 0)
+                return cli_usage_error(CMD, "invalid --write-ratio \"%s\": expected a "
+                                            "fraction 0..1 or a percentage 0%%..100%%",
+                                       optarg);
+            break;
+        case O_WRITE_STMT:
+            if (optarg[0] == '\0')
+                return cli_usage_error(CMD, "invalid --write-statement \"\": expected a "
+                                            "statement");
+            b->write_statement = optarg;
+            break;
+        case O_MAX_LAG:
+            if (!cli_parse_i64(optarg, 0, INT64_MAX / 1000000, &b->max_lag_ms))
+                return cli_usage_error(CMD, "invalid --max-lag-ms \"%s\": expected "
+                                            "milliseconds >= 0",
+                                       optarg);
+            break;
         case 'q':
             b->quiet = true;
             break;
@@ -949,6 +1141,7 @@ int cmd_bench(int argc, char **argv)
         return CLI_EXIT_ERRORS;
     }
     pthread_mutex_init(&b->msg_mu, NULL);
+    pthread_mutex_init(&b->topo_mu, NULL);
     b->threads = 8;
     b->duration_s = 10;
     b->timeout_ms = -1;
@@ -998,6 +1191,15 @@ int cmd_bench(int argc, char **argv)
                                                          "k = ?"
                        : strcmp(b->cx->name, "redis") == 0 ? "PING"
                                                            : "SELECT 1";
+    if (b->write_statement == NULL)
+        b->write_statement = b->statement;
+    b->cluster_mode = b->want_set || b->write_ratio > 0 || b->max_lag_ms > 0 ||
+                      cli_is_multi_host(b->target);
+    if (b->cluster_mode && b->stmt_kind == STMT_SQLITE_MIX) {
+        code = cli_usage_error(CMD, "--want, --write-ratio and --max-lag-ms are for "
+                                    "multi-endpoint targets, not the embedded database");
+        goto out;
+    }
     b->opts.target = b->target;
     b->opts.connector = b->cx;
     if (b->events) {

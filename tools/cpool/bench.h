@@ -5,6 +5,8 @@
 
 #include "cli.h"
 
+#include <cpool/cpool_cluster.h>
+
 #include <pthread.h>
 #include <stdatomic.h>
 
@@ -41,6 +43,16 @@ int64_t lat_quantile(const lat_sum *s, double q);
 /* ------------------------------------------------------------ the run */
 
 #define BENCH_MAX_TENANTS 32
+#define BENCH_MAX_ENDPOINTS 64 /* a cluster's, as cpool_cluster_open allows */
+#define BENCH_MAX_TOPO 64      /* topology changes the report lists */
+
+/* A topology change seen during the run. */
+typedef struct topo_note {
+    int64_t time_ns;           /* CLOCK_MONOTONIC */
+    size_t endpoint;
+    cpool_topology_change type;
+    cpool_role from, to;
+} topo_note;
 
 typedef struct tenant_cfg {
     char name[64];
@@ -67,6 +79,8 @@ typedef struct worker {
     _Atomic uint64_t fail_execute[CPOOL_ERROR_SLOTS];
     lat_hist wait; /* successful checkouts */
     lat_hist op;   /* statements, ok or not */
+    /* A cluster's operations by endpoint: reads and writes that went there. */
+    _Atomic uint64_t ep_reads[BENCH_MAX_ENDPOINTS], ep_writes[BENCH_MAX_ENDPOINTS];
 } worker;
 
 /* One point of the timeline, taken every interval. */
@@ -114,8 +128,23 @@ typedef struct bench {
     cpool_option_info *info;  /* options in effect, from cpool_options_explain */
     size_t ninfo;
 
+    /* A multi-endpoint target (or --want): a cluster instead of one pool. */
+    bool cluster_mode;
+    cpool_want want;
+    bool want_set;
+    double write_ratio;       /* fraction of operations that are writes */
+    const char *write_statement;
+    int64_t max_lag_ms;
+
     /* The run. */
-    cpool *pool;
+    cpool *pool;              /* NULL in cluster mode */
+    cpool_cluster *cluster;
+    size_t nendpoints;
+    cpool_endpoint_info endpoints[BENCH_MAX_ENDPOINTS]; /* at the end */
+    cpool_stats ep_stats[BENCH_MAX_ENDPOINTS];
+    pthread_mutex_t topo_mu;
+    topo_note topo[BENCH_MAX_TOPO];
+    int ntopo;
     worker *workers;
     atomic_bool stop;
     _Atomic uint64_t claimed; /* ops handed out in ops mode */

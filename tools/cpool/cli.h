@@ -92,6 +92,11 @@ int cli_apply_option(const char *cmd, cpool_options *opts, const char *arg);
 bool cli_parse_i64(const char *s, int64_t min, int64_t max, int64_t *out);
 /* Decimal number, possibly with a fraction, in [min, max]. */
 bool cli_parse_double(const char *s, double min, double max, double *out);
+/* "0.1" or "10%": a fraction 0..1 into *out; 0, or -1 when invalid. */
+int cli_parse_fraction(const char *s, double *out);
+/* The target names several hosts (a libpq or Redis host list): it opens a
+ * cluster rather than one pool. */
+bool cli_is_multi_host(const char *target);
 
 /* ------------------------------------------------------------ time */
 

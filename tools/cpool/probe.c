@@ -9,6 +9,8 @@
  */
 #include "cli.h"
 
+#include <cpool/cpool_cluster.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -21,6 +23,11 @@
 
 static const char probe_usage[] =
     "usage: cpool probe TARGET [--timeout-ms N] [--statement TEXT] [--json]\n"
+    "\n"
+    "A multi-host TARGET (postgresql://h1:p1,h2:p2/db, host=h1,h2 ...,\n"
+    "redis://h1,h2) is probed as a cluster: each endpoint's state, role, round\n"
+    "trip and replication lag as its monitor sees them (docs/cluster.md); the\n"
+    "exit code is 0 when every endpoint is up, else that of the first failure.\n"
     "\n"
     "Opens one connection by calling the connector directly (no pool), prints how\n"
     "long each phase took (DNS, connect, TLS, handshake, authentication; \"-\" when\n"
@@ -162,6 +169,108 @@ static void print_json(const probe *p)
     json_end_obj(&j);
 }
 
+/* A multi-host target: one check of every endpoint by the cluster's
+ * monitors, shown as a table. */
+static int probe_cluster(const char *target, const char *target_red, int64_t timeout_ms,
+                         bool json)
+{
+    cpool_cluster_options o;
+    cpool_cluster_options_init(&o, sizeof o);
+    o.check_timeout_ms = timeout_ms;
+    if (o.heartbeat_ms < timeout_ms)
+        o.heartbeat_ms = timeout_ms;
+    cpool_cluster *c = NULL;
+    cpool_error e = {0};
+    if (cpool_cluster_open(target, &o, &c, &e) != 0) {
+        cli_scrub(e.message, sizeof e.message);
+        return cli_usage_error(CMD, "%s", e.message);
+    }
+    size_t n = cpool_cluster_size(c);
+    int64_t deadline = cli_now_ns() + (timeout_ms + 1000) * 1000000;
+    for (;;) { /* until every monitor checked once */
+        size_t checked = 0;
+        for (size_t i = 0; i < n; i++) {
+            cpool_endpoint_info in;
+            if (cpool_cluster_endpoint_info(c, i, &in) == 0 && in.checks > 0)
+                checked++;
+        }
+        if (checked == n || cli_now_ns() > deadline)
+            break;
+        cli_sleep_ns(5000000);
+    }
+    int code = CLI_EXIT_OK;
+    size_t up = 0;
+    json_w j;
+    if (json) {
+        json_begin(&j, stdout, true);
+        json_obj(&j, NULL);
+        json_str(&j, "target", target_red);
+        json_arr(&j, "endpoints");
+    } else {
+        printf("cluster    %s  (%zu endpoints)\n", target_red, n);
+        printf("  %-28s %-8s %-8s %10s %9s %6s  %s\n", "endpoint", "state", "role", "rtt",
+               "lag", "epoch", "error");
+    }
+    for (size_t i = 0; i < n; i++) {
+        cpool_endpoint_info in;
+        if (cpool_cluster_endpoint_info(c, i, &in) != 0)
+            continue;
+        char addr[256], msg[256], rtt[32], lag[32], epoch[24];
+        snprintf(addr, sizeof addr, "%s", in.address);
+        cli_scrub(addr, sizeof addr);
+        snprintf(msg, sizeof msg, "%s", in.state == CPOOL_ENDPOINT_DOWN ? in.last_error.message
+                                                                         : "");
+        cli_scrub(msg, sizeof msg);
+        if (in.state == CPOOL_ENDPOINT_UP)
+            up++;
+        else if (code == CLI_EXIT_OK)
+            code = in.state == CPOOL_ENDPOINT_DOWN ? cli_exit_for_failure(&in.last_error)
+                                                   : CLI_EXIT_ERRORS;
+        if (in.rtt_ns >= 0)
+            cli_fmt_duration(in.rtt_ns, rtt, sizeof rtt);
+        else
+            snprintf(rtt, sizeof rtt, "-");
+        if (in.lag_ms >= 0)
+            snprintf(lag, sizeof lag, "%lld ms", (long long)in.lag_ms);
+        else
+            snprintf(lag, sizeof lag, "-");
+        if (in.epoch > 0)
+            snprintf(epoch, sizeof epoch, "%llu", (unsigned long long)in.epoch);
+        else
+            snprintf(epoch, sizeof epoch, "-");
+        if (json) {
+            json_obj(&j, NULL);
+            json_str(&j, "address", addr);
+            json_str(&j, "state", cpool_endpoint_state_name(in.state));
+            json_str(&j, "role", cpool_role_name(in.role));
+            if (in.rtt_ns >= 0)
+                json_num(&j, "rtt_ms", (double)in.rtt_ns / 1e6);
+            if (in.lag_ms >= 0)
+                json_int(&j, "lag_ms", in.lag_ms);
+            if (in.epoch > 0)
+                json_uint(&j, "epoch", in.epoch);
+            if (msg[0] != '\0')
+                json_str(&j, "error", msg);
+            json_end_obj(&j);
+        } else {
+            printf("  %-28s %-8s %-8s %10s %9s %6s  %s\n", addr,
+                   cpool_endpoint_state_name(in.state), cpool_role_name(in.role), rtt, lag,
+                   epoch, msg);
+        }
+    }
+    if (json) {
+        json_end_arr(&j);
+        json_uint(&j, "up", up);
+        json_int(&j, "exit_code", code);
+        json_end_obj(&j);
+    } else {
+        printf("result     %zu of %zu up\n", up, n);
+    }
+    fflush(stdout);
+    cpool_cluster_close(c);
+    return code;
+}
+
 int cmd_probe(int argc, char **argv)
 {
     enum { O_TIMEOUT = 256, O_JSON };
@@ -215,6 +324,12 @@ int cmd_probe(int argc, char **argv)
     const char *target = argv[optind];
     cli_secrets_from(target);
     cli_redact(target, p.target_red, sizeof p.target_red);
+    if (cli_is_multi_host(target)) {
+        if (p.statement != NULL)
+            return cli_usage_error(CMD, "--statement is for one server; a multi-host target "
+                                        "is probed endpoint by endpoint");
+        return probe_cluster(target, p.target_red, timeout_ms > 0 ? timeout_ms : 2000, json);
+    }
     p.cx = cli_connector(CMD, target);
     if (p.cx == NULL)
         return CLI_EXIT_USAGE;

@@ -153,12 +153,111 @@ static void error_rows(FILE *f, const bench *b, const uint64_t *counts, const ch
     }
 }
 
+/* A cluster's endpoint: reads and writes it served, summed over workers. */
+static void endpoint_ops(const bench *b, size_t i, uint64_t *reads, uint64_t *writes)
+{
+    *reads = *writes = 0;
+    for (int k = 0; k < b->threads; k++) {
+        *reads += atomic_load(&((worker *)&b->workers[k])->ep_reads[i]);
+        *writes += atomic_load(&((worker *)&b->workers[k])->ep_writes[i]);
+    }
+}
+
+static void endpoints_text(const bench *b, FILE *f)
+{
+    double secs = elapsed_s(b);
+    fputc('\n', f);
+    fprintf(f, "endpoints    %zu; reads want %s, %.0f %% writes (to the primary)\n",
+            b->nendpoints, cpool_want_name(b->want), b->write_ratio * 100);
+    fprintf(f, "  %-24s %-6s %-8s %9s %9s %10s %10s %8s %8s %8s\n", "endpoint", "state", "role",
+            "rtt", "lag", "reads/s", "writes/s", "created", "failed", "changes");
+    for (size_t i = 0; i < b->nendpoints && i < BENCH_MAX_ENDPOINTS; i++) {
+        const cpool_endpoint_info *in = &b->endpoints[i];
+        uint64_t r, w;
+        endpoint_ops(b, i, &r, &w);
+        char rtt[32], lag[32];
+        if (in->rtt_ns >= 0)
+            cli_fmt_duration(in->rtt_ns, rtt, sizeof rtt);
+        else
+            snprintf(rtt, sizeof rtt, "-");
+        if (in->lag_ms >= 0)
+            snprintf(lag, sizeof lag, "%lld ms", (long long)in->lag_ms);
+        else
+            snprintf(lag, sizeof lag, "-");
+        fprintf(f, "  %-24s %-6s %-8s %9s %9s %10.0f %10.0f %8llu %8llu %8llu\n", in->address,
+                cpool_endpoint_state_name(in->state), cpool_role_name(in->role), rtt, lag,
+                secs > 0 ? (double)r / secs : 0, secs > 0 ? (double)w / secs : 0,
+                (unsigned long long)b->ep_stats[i].connections_created,
+                (unsigned long long)b->ep_stats[i].connect_failures,
+                (unsigned long long)in->changes);
+    }
+    if (b->ntopo == 0)
+        return;
+    fprintf(f, "topology     (changes seen, from the start of the timed run)\n");
+    for (int i = 0; i < b->ntopo; i++) {
+        const topo_note *t = &b->topo[i];
+        fprintf(f, "  %+8.3f s  %-24s %-20s", (double)(t->time_ns - b->t0_ns) / 1e9,
+                t->endpoint < b->nendpoints ? b->endpoints[t->endpoint].address : "?",
+                cpool_topology_change_name(t->type));
+        if (t->type == CPOOL_TOPO_ROLE)
+            fprintf(f, " %s -> %s", cpool_role_name(t->from), cpool_role_name(t->to));
+        else if (t->type == CPOOL_TOPO_UP)
+            fprintf(f, " as %s", cpool_role_name(t->to));
+        fputc('\n', f);
+    }
+}
+
+static void endpoints_json(const bench *b, json_w *j)
+{
+    double secs = elapsed_s(b);
+    json_str(j, "want", cpool_want_name(b->want));
+    json_num(j, "write_ratio", b->write_ratio);
+    json_arr(j, "endpoints");
+    for (size_t i = 0; i < b->nendpoints && i < BENCH_MAX_ENDPOINTS; i++) {
+        const cpool_endpoint_info *in = &b->endpoints[i];
+        uint64_t r, w;
+        endpoint_ops(b, i, &r, &w);
+        json_obj(j, NULL);
+        json_str(j, "address", in->address);
+        json_str(j, "state", cpool_endpoint_state_name(in->state));
+        json_str(j, "role", cpool_role_name(in->role));
+        if (in->rtt_ns >= 0)
+            json_num(j, "rtt_us", (double)in->rtt_ns / 1e3);
+        if (in->lag_ms >= 0)
+            json_int(j, "lag_ms", in->lag_ms);
+        json_uint(j, "reads", r);
+        json_uint(j, "writes", w);
+        json_num(j, "reads_s", secs > 0 ? (double)r / secs : 0);
+        json_num(j, "writes_s", secs > 0 ? (double)w / secs : 0);
+        json_uint(j, "connections_created", b->ep_stats[i].connections_created);
+        json_uint(j, "connect_failures", b->ep_stats[i].connect_failures);
+        json_uint(j, "changes", in->changes);
+        json_end_obj(j);
+    }
+    json_end_arr(j);
+    json_arr(j, "topology");
+    for (int i = 0; i < b->ntopo; i++) {
+        const topo_note *t = &b->topo[i];
+        json_obj(j, NULL);
+        json_num(j, "t_s", (double)(t->time_ns - b->t0_ns) / 1e9);
+        json_uint(j, "endpoint", t->endpoint);
+        json_str(j, "change", cpool_topology_change_name(t->type));
+        json_str(j, "from", cpool_role_name(t->from));
+        json_str(j, "to", cpool_role_name(t->to));
+        json_end_obj(j);
+    }
+    json_end_arr(j);
+}
+
 void report_text(const bench *b, FILE *f)
 {
     const cpool_stats *s = &b->stats;
     fprintf(f, "cpool bench  %s  (connector %s)\n", b->target_red, b->cx->name);
     fprintf(f, "statement    %s%s\n", b->statement,
             b->no_execute ? "  (not run: the connector cannot run statements)" : "");
+    if (b->write_ratio > 0)
+        fprintf(f, "writes       %s  (%.0f %% of the operations)\n", b->write_statement,
+                b->write_ratio * 100);
     fprintf(f, "threads      %d, hold %g ms, checkout timeout ", b->threads, b->hold_ms);
     if (b->timeout_ms < 0)
         fprintf(f, "from the pool's options\n");
@@ -210,7 +309,8 @@ void report_text(const bench *b, FILE *f)
             (unsigned long long)s->checkouts, (unsigned long long)s->checkouts_reused,
             (unsigned long long)s->validations, (unsigned long long)s->validation_failures,
             peak_use, peak_wait);
-    print_derived(f, s);
+    if (!b->cluster_mode)
+        print_derived(f, s); /* a cluster's are per endpoint, in its statistics */
     if (b->warmup_checkouts > 0)
         fprintf(f, "             (the pool's counts include %llu checkout%s before the timed "
                    "run)\n",
@@ -252,6 +352,9 @@ void report_text(const bench *b, FILE *f)
             free(ts);
         }
     }
+
+    if (b->cluster_mode)
+        endpoints_text(b, f);
 
     fputc('\n', f);
     fprintf(f, "options      (set ones and the main ones; `cpool options` lists all)\n");
@@ -456,6 +559,8 @@ void report_json(const bench *b, FILE *f)
         json_end_obj(&j);
     }
     json_end_arr(&j);
+    if (b->cluster_mode)
+        endpoints_json(b, &j);
     json_int(&j, "exit_code", b->exit_code);
     json_end_obj(&j);
 }

@@ -356,6 +356,56 @@ bool cli_parse_i64(const char *s, int64_t min, int64_t max, int64_t *out)
     return true;
 }
 
+int cli_parse_fraction(const char *s, double *out)
+{
+    char buf[64];
+    snprintf(buf, sizeof buf, "%s", s);
+    size_t n = strlen(buf);
+    double scale = 1;
+    if (n > 0 && buf[n - 1] == '%') {
+        buf[n - 1] = '\0';
+        scale = 100;
+    }
+    if (!cli_parse_double(buf, 0, scale, out))
+        return -1;
+    *out /= scale;
+    return 0;
+}
+
+bool cli_is_multi_host(const char *target)
+{
+    const char *sep = strstr(target, "://");
+    if (sep != NULL) {
+        const char *auth = sep + 3;
+        size_t n = strcspn(auth, "/?");
+        const char *at = NULL;
+        for (size_t i = 0; i < n; i++)
+            if (auth[i] == '@')
+                at = auth + i;
+        const char *hosts = at != NULL ? at + 1 : auth;
+        return memchr(hosts, ',', (size_t)(auth + n - hosts)) != NULL;
+    }
+    /* a conninfo: host= or hostaddr= with a comma in its value */
+    for (const char *p = target; (p = strstr(p, "host")) != NULL; p++) {
+        if (p != target && p[-1] != ' ' && p[-1] != '\t')
+            continue;
+        const char *q = p + 4;
+        if (strncmp(q, "addr", 4) == 0)
+            q += 4;
+        while (*q == ' ')
+            q++;
+        if (*q != '=')
+            continue;
+        q++;
+        while (*q == ' ')
+            q++;
+        size_t len = *q == '\'' ? strcspn(q + 1, "'") + 1 : strcspn(q, " \t");
+        if (memchr(q, ',', len) != NULL)
+            return true;
+    }
+    return false;
+}
+
 bool cli_parse_double(const char *s, double min, double max, double *out)
 {
     if (s == NULL || *s == '\0')
