@@ -72,7 +72,24 @@ add_test(NAME redis/sentinel_failover
   COMMAND ${PROJECT_SOURCE_DIR}/tests/redis/sentinel_check.sh
           ${PROJECT_SOURCE_DIR}/scripts/redis-server.sh ${PROJECT_BINARY_DIR}/redis-sentinel
           ${CPOOL_TEST_REDIS_SENTINEL_PORT})
-set_tests_properties(redis/sentinel_failover PROPERTIES LABELS redis TIMEOUT 120)
+set_tests_properties(redis/sentinel_failover PROPERTIES LABELS redis TIMEOUT 120
+  RESOURCE_LOCK redis_sentinel)
+
+# The cluster drill on the same ports (tests/redis/test_redis_cluster.c):
+# a redis-sentinel:// target, the primary killed under load; the cleanup
+# stops whatever the drill left running.
+set(cpool_redis_cluster_dir ${PROJECT_BINARY_DIR}/redis-cdrill)
+add_executable(test_redis_cluster ${CMAKE_CURRENT_SOURCE_DIR}/redis/test_redis_cluster.c)
+target_include_directories(test_redis_cluster PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
+target_link_libraries(test_redis_cluster PRIVATE cpool_static Threads::Threads)
+cpool_test_cases(test_redis_cluster SUITE redis_cluster PROPERTIES
+  ENVIRONMENT "CPOOL_TEST_REDIS_SCRIPT=${cpool_redis_script};CPOOL_CLUSTER_REDIS_DIR=${cpool_redis_cluster_dir};CPOOL_CLUSTER_REDIS_PORT=${CPOOL_TEST_REDIS_SENTINEL_PORT}"
+  LABELS redis TIMEOUT 120 RESOURCE_LOCK redis_sentinel FIXTURES_REQUIRED redis_cluster_set)
+add_test(NAME redis_cluster/servers_stop
+  COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/redis/cluster_stop.sh ${cpool_redis_script}
+          ${cpool_redis_cluster_dir})
+set_tests_properties(redis_cluster/servers_stop PROPERTIES LABELS redis TIMEOUT 60
+  RESOURCE_LOCK redis_sentinel FIXTURES_CLEANUP redis_cluster_set)
 
 # The example of docs/redis.md, run against the shared server.
 add_executable(redis_example ${PROJECT_SOURCE_DIR}/examples/redis_example.c)

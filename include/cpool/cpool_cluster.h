@@ -166,6 +166,44 @@ CPOOL_API CPOOL_NODISCARD int cpool_cluster_checkout(cpool_cluster *c,
 CPOOL_API int cpool_cluster_checkin(cpool_cluster *c, cpool_conn *conn, unsigned flags,
                                     cpool_error *err);
 
+/* cpool_run() on a cluster: checks out what `want` asks for, runs fn,
+ * checks in (broken when fn failed other than with a server's answer), and
+ * tries again -- a new selection, so possibly another endpoint -- after a
+ * failure labelled RetryableError while retries and time remain, as the
+ * MongoDB drivers' retryable reads and writes do. Inside fn,
+ * cpool_run_deadline_ms() tells what is left. Fill with
+ * `cpool_cluster_run_opts o = {.struct_size = sizeof o, .timeout_ms = -1}`. */
+typedef struct cpool_cluster_run_opts {
+    size_t struct_size;
+    cpool_want want;
+    int64_t timeout_ms;     /* one deadline for all attempts and pauses;
+                               < 0 = each checkout the pool's own */
+    int64_t max_lag_ms;     /* as cpool_cluster_checkout_opts */
+    uint32_t retries;       /* further attempts after a RetryableError */
+    int64_t retry_delay_ms; /* first pause, then times backoff_multiplier */
+    const char *label;
+    const char *tenant;
+} cpool_cluster_run_opts;
+
+CPOOL_API int cpool_cluster_run(cpool_cluster *c, const cpool_cluster_run_opts *o,
+                                cpool_run_fn fn, void *arg, cpool_error *err);
+
+/* The cluster's own counters (each endpoint's pool has its statistics). */
+typedef struct cpool_cluster_stats {
+    size_t struct_size;      /* set by the caller: sizeof */
+    uint64_t checkouts;      /* cpool_cluster_checkout calls */
+    uint64_t checkouts_ok;
+    uint64_t no_endpoint;    /* failed with CPOOL_ENOENDPOINT */
+    uint64_t moved_on;       /* times a checkout left an endpoint that failed
+                                it for another */
+    uint64_t retries;        /* cpool_cluster_run attempts after the first */
+    uint64_t retries_succeeded;
+    uint64_t retries_exhausted;
+    uint64_t changes;        /* topology changes */
+} cpool_cluster_stats;
+
+CPOOL_API int cpool_cluster_get_stats(cpool_cluster *c, cpool_cluster_stats *out);
+
 typedef enum cpool_endpoint_state {
     CPOOL_ENDPOINT_UNKNOWN = 0, /* not checked yet */
     CPOOL_ENDPOINT_UP,

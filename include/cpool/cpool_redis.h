@@ -120,6 +120,16 @@ CPOOL_API redisReply *cpool_redis_call_argv(cpool *pool, const cpool_run_opts *o
  * full reset round trip. No-op on a context that is not a pool's. */
 CPOOL_API void cpool_redis_mark_dirty(redisContext *c);
 
+/* Asks the Sentinels of a "redis-sentinel://[user:pw@]s1[:p1],s2[:p2]/NAME[/DB]
+ * [?params]" target (port 26379 by default) for the primary named NAME and
+ * its replicas that are up, and writes "redis://[user:pw@]primary,replica,
+ * ...[/DB][?params]" to *out (free() it): the target cpool_cluster_open()
+ * opens. The Sentinels are asked in turn until one answers, within
+ * timeout_ms (<= 0: 2000); they are reached without a password. CPOOL_EINVAL
+ * for a malformed target; otherwise the last Sentinel's error. 0.2 */
+CPOOL_API int cpool_redis_sentinel_resolve(const char *target, int64_t timeout_ms, char **out,
+                                           cpool_error *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,7 +1,9 @@
 /* cluster.c -- a cluster's life: the endpoints a target names, their pools
  * and monitors, and what a reader sees (endpoint info, Prometheus text).
  * Selection is in select.c, the monitors in monitor.c; the locking rule
- * is in cluster_int.h.
+ * is in cluster_int.h. A redis-sentinel:// target is asked once, at open,
+ * for the primary and replicas; their roles are then followed by the
+ * monitors.
  */
 #include "cluster_int.h"
 
@@ -365,18 +367,22 @@ static int split_target(const char *target, hostlist *h, cpool_error *err)
 static int monitor_target(endpoint *e, cpool_error *err)
 {
     const char *t = e->target;
-    size_t n = strlen(t) + sizeof MONITOR_APP + 32;
+    size_t n = strlen(t) + sizeof MONITOR_APP + 40;
     char *m = malloc(n);
     if (m == NULL)
         return cpool_error_set(err, CPOOL_ENOMEM, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
                                "cluster: out of memory");
-    if (strcmp(e->cx->name, "pg") != 0)
+    /* PostgreSQL's application_name, Redis's client_name: the last one
+     * given wins in both. */
+    const char *key = strcmp(e->cx->name, "pg") == 0      ? "application_name"
+                      : strcmp(e->cx->name, "redis") == 0 ? "client_name"
+                                                          : NULL;
+    if (key == NULL)
         snprintf(m, n, "%s", t);
     else if (strstr(t, "://") != NULL)
-        snprintf(m, n, "%s%sapplication_name=" MONITOR_APP, t,
-                 strchr(t, '?') != NULL ? "&" : "?");
+        snprintf(m, n, "%s%s%s=" MONITOR_APP, t, strchr(t, '?') != NULL ? "&" : "?", key);
     else
-        snprintf(m, n, "%s application_name=" MONITOR_APP, t);
+        snprintf(m, n, "%s %s=" MONITOR_APP, t, key);
     cpool_options o;
     cpool_options_init(&o, sizeof o);
     o.target = m;
@@ -537,10 +543,16 @@ int cpool_cluster_open(const char *target, const cpool_cluster_options *opts,
     if (rc != 0)
         return rc;
     hostlist h = {0};
-    if (target != NULL && (rc = split_target(target, &h, err)) != 0) {
+    char *resolved = NULL; /* what a redis-sentinel:// target stands for */
+    if (target != NULL && (rc = cpool__resolve_target(target, o.check_timeout_ms * 2,
+                                                      &resolved, err)) != 0)
+        return rc;
+    if (target != NULL && (rc = split_target(resolved != NULL ? resolved : target, &h, err)) != 0) {
+        free(resolved);
         hostlist_free(&h);
         return rc;
     }
+    free(resolved);
     cpool_want want = CPOOL_WANT_PRIMARY;
     if (h.tsa[0] != '\0' && cpool_want_parse(h.tsa, &want) != 0) {
         hostlist_free(&h);

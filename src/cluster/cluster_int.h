@@ -4,7 +4,7 @@
  *   select.c   checkout and check-in: which endpoint serves.
  *
  * The cluster sits above the core, as the registry does: it reaches its
- * pools only through the public API (and cpool__pool_breaker_open).
+ * pools only through the public API and the few calls of core/above.h.
  *
  * Locking: `mu` guards every field marked "mu". It is never held while a
  * pool's function runs (a pool's lock is never taken under it), nor while
@@ -14,6 +14,8 @@
 #define CPOOL_CLUSTER_INT_H
 
 #include "cpool/cpool_cluster.h"
+#include "../connectors/registry.h"
+#include "../core/above.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -62,9 +64,11 @@ struct cpool_cluster {
     cpool_want want;           /* the default */
     uint64_t rng;              /* mu */
     uint64_t max_epoch;        /* mu: the newest primary epoch seen */
+    _Atomic uint64_t st_checkouts, st_checkouts_ok, st_no_endpoint, st_moved_on;
+    _Atomic uint64_t st_retries, st_retries_ok, st_retries_exhausted, st_changes;
 };
 
-bool cpool__pool_breaker_open(cpool *p);
+
 
 int64_t cpool__cluster_now(void);
 void cpool__cluster_ask_locked(struct cpool_cluster *c, endpoint *e);

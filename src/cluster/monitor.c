@@ -147,6 +147,7 @@ static void apply_locked(endpoint *e, int rc, const cpool_server_info *info, int
     }
     if (a->n > 0 || a->nstale > 0) {
         e->changes += (uint64_t)a->n;
+        atomic_fetch_add(&c->st_changes, (uint64_t)(a->n + a->nstale));
         e->since_ns = e->last_check_ns;
         c->version++;
         pthread_cond_broadcast(&c->changed);

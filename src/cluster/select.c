@@ -174,6 +174,7 @@ int cpool_cluster_checkout(cpool_cluster *c, const cpool_cluster_checkout_opts *
         return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
                                "cluster checkout: want %d or max_lag_ms %lld out of range",
                                (int)d.want, (long long)d.max_lag_ms);
+    atomic_fetch_add_explicit(&c->st_checkouts, 1, memory_order_relaxed);
     int64_t timeout = d.timeout_ms >= 0 ? d.timeout_ms : c->popts.wait_queue_timeout_ms;
     int64_t start = cpool__cluster_now();
     int64_t deadline = timeout > 0 ? start + timeout * 1000000 : INT64_MAX;
@@ -202,8 +203,12 @@ int cpool_cluster_checkout(cpool_cluster *c, const cpool_cluster_checkout_opts *
                 char msg[sizeof err->message];
                 explain_locked(c, d.want, d.max_lag_ms, failed, open, msg, sizeof msg);
                 pthread_mutex_unlock(&c->mu);
-                return cpool_error_set(err, CPOOL_ENOENDPOINT, last.phase, last.kind,
-                                       last.native, "%s", msg);
+                atomic_fetch_add_explicit(&c->st_no_endpoint, 1, memory_order_relaxed);
+                cpool_error_set(err, CPOOL_ENOENDPOINT, last.phase, last.kind, last.native,
+                                "%s", msg);
+                if (err != NULL) /* what the last endpoint tried said, e.g. retryable */
+                    err->labels = last.labels;
+                return CPOOL_ENOENDPOINT;
             }
             for (size_t i = 0; i < c->n; i++)
                 cpool__cluster_ask_locked(c, &c->ep[i]);
@@ -245,6 +250,7 @@ int cpool_cluster_checkout(cpool_cluster *c, const cpool_cluster_checkout_opts *
                                  "%s: the session reports a standby", e->address);
         }
         if (rc == 0) {
+            atomic_fetch_add_explicit(&c->st_checkouts_ok, 1, memory_order_relaxed);
             atomic_fetch_add(&e->selected, 1);
             *out = conn;
             if (origin != NULL) {
@@ -267,6 +273,7 @@ int cpool_cluster_checkout(cpool_cluster *c, const cpool_cluster_checkout_opts *
         failed[e->index] = true;
         cpool__cluster_ask_locked(c, e);
         pthread_mutex_unlock(&c->mu);
+        atomic_fetch_add_explicit(&c->st_moved_on, 1, memory_order_relaxed);
     }
 }
 
@@ -318,4 +325,93 @@ int cpool_cluster_wait(cpool_cluster *c, cpool_want want, int64_t timeout_ms, cp
     return closing ? cpool_error_set(err, CPOOL_ECLOSED, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
                                      "cluster wait: the cluster is closing")
                    : 0;
+}
+
+int cpool_cluster_get_stats(cpool_cluster *c, cpool_cluster_stats *out)
+{
+    if (c == NULL || out == NULL || out->struct_size < sizeof *out)
+        return CPOOL_EINVAL;
+    out->checkouts = atomic_load(&c->st_checkouts);
+    out->checkouts_ok = atomic_load(&c->st_checkouts_ok);
+    out->no_endpoint = atomic_load(&c->st_no_endpoint);
+    out->moved_on = atomic_load(&c->st_moved_on);
+    out->retries = atomic_load(&c->st_retries);
+    out->retries_succeeded = atomic_load(&c->st_retries_ok);
+    out->retries_exhausted = atomic_load(&c->st_retries_exhausted);
+    out->changes = atomic_load(&c->st_changes);
+    return 0;
+}
+
+/* ------------------------------------------------------------ run */
+
+int cpool_cluster_run(cpool_cluster *c, const cpool_cluster_run_opts *o, cpool_run_fn fn,
+                      void *arg, cpool_error *err)
+{
+    cpool_error local;
+    if (err == NULL)
+        err = &local;
+    if (c == NULL || fn == NULL)
+        return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
+                               "cluster run: a cluster and a function are required");
+    cpool_cluster_run_opts ro = {.struct_size = sizeof ro, .want = c->want, .timeout_ms = -1};
+    if (o != NULL)
+        memcpy(&ro, o, o->struct_size < sizeof ro ? o->struct_size : sizeof ro);
+    if (ro.retry_delay_ms < 0)
+        return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
+                               "cluster run: retry_delay_ms %lld is negative",
+                               (long long)ro.retry_delay_ms);
+    int64_t start = cpool__cluster_now();
+    int64_t deadline = ro.timeout_ms >= 0 ? start + ro.timeout_ms * 1000000 : INT64_MAX;
+    uint64_t rng = (uint64_t)start | 1;
+    for (uint32_t attempt = 0;; attempt++) {
+        cpool_cluster_checkout_opts co = {.struct_size = sizeof co,
+                                          .want = ro.want,
+                                          .timeout_ms = -1,
+                                          .max_lag_ms = ro.max_lag_ms,
+                                          .label = ro.label,
+                                          .tenant = ro.tenant};
+        if (deadline != INT64_MAX) {
+            int64_t left = deadline - cpool__cluster_now();
+            co.timeout_ms = left <= 0 ? 0 : (left + 999999) / 1000000;
+        }
+        cpool_conn *conn = NULL;
+        memset(err, 0, sizeof *err);
+        int rc = cpool_cluster_checkout(c, &co, &conn, NULL, err);
+        if (rc == 0) {
+            cpool__run_scope scope;
+            cpool__run_enter(cpool_conn_pool(conn), deadline, &scope);
+            memset(err, 0, sizeof *err);
+            rc = fn(conn, arg, err);
+            cpool__run_leave(&scope);
+            if (rc != 0 && err->code == 0) {
+                err->code = rc;
+                snprintf(err->message, sizeof err->message,
+                         "cluster run: the function failed with %s", cpool_err_name(rc));
+            }
+            unsigned flags = rc != 0 && err->kind != CPOOL_FAIL_SERVER ? CPOOL_CHECKIN_BROKEN : 0;
+            cpool_error ce;
+            int crc = cpool_cluster_checkin(c, conn, flags, &ce);
+            if (rc == 0 && crc != 0) {
+                *err = ce;
+                rc = crc;
+            }
+        }
+        if (rc == 0) {
+            if (attempt > 0)
+                atomic_fetch_add(&c->st_retries_ok, 1);
+            return 0;
+        }
+        if ((err->labels & CPOOL_LABEL_RETRYABLE) == 0)
+            return rc;
+        int64_t pause = cpool__retry_pause_ns(ro.retry_delay_ms, attempt + 1,
+                                              c->popts.backoff_multiplier,
+                                              c->popts.backoff_jitter, &rng);
+        if (attempt >= ro.retries ||
+            (deadline != INT64_MAX && cpool__cluster_now() + pause >= deadline)) {
+            atomic_fetch_add(&c->st_retries_exhausted, 1);
+            return rc;
+        }
+        cpool__sleep_ns(pause);
+        atomic_fetch_add(&c->st_retries, 1);
+    }
 }

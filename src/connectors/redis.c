@@ -1827,6 +1827,150 @@ static int redis_server_info(void *vctx, void *native, unsigned flags, int64_t d
     return 0;
 }
 
+/* ------------------------------------------------------------ Sentinel */
+
+#define SENTINEL_SCHEME "redis-sentinel://"
+#define SENTINEL_PORT "26379"
+
+/* One Sentinel's answer: the primary's address ("host:port") and the
+ * replicas it sees up, appended to `hosts` (comma-separated). */
+static int ask_sentinel(const char *host, const char *name, int64_t deadline, char *hosts,
+                        size_t size, cpool_error *err)
+{
+    char t[340];
+    snprintf(t, sizeof t, "redis://%.300s?client_name=", host);
+    void *vx = NULL;
+    int rc = redis_ctx_new(t, &vx, err);
+    if (rc != 0)
+        return rc;
+    redis_ctx *x = vx;
+    cpool_connect_args a;
+    memset(&a, 0, sizeof a);
+    a.target = t;
+    a.deadline_ns = deadline;
+    a.cancel_fd = -1;
+    void *native = NULL;
+    rc = redis_connect(x, &a, &native, err);
+    if (rc != 0) {
+        redis_ctx_free(x);
+        return rc;
+    }
+    size_t nl = strlen(name);
+    char req[600];
+    int len = snprintf(req, sizeof req,
+                       "*3\r\n$8\r\nSENTINEL\r\n$23\r\nget-master-addr-by-name\r\n$%zu\r\n%s\r\n"
+                       "*3\r\n$8\r\nSENTINEL\r\n$8\r\nreplicas\r\n$%zu\r\n%s\r\n",
+                       nl, name, nl, name);
+    redisReply *r[2] = {NULL, NULL};
+    rc = len > 0 && (size_t)len < sizeof req
+             ? round_trip(x, native, "sentinel", req, (size_t)len, r, 2, deadline, err)
+             : cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_QUERY, CPOOL_FAIL_OTHER, 0,
+                               "sentinel: the name is too long");
+    if (rc == 0) {
+        const redisReply *m = r[0];
+        if (m->type != REDIS_REPLY_ARRAY || m->elements != 2 ||
+            m->element[0]->type != REDIS_REPLY_STRING || m->element[1]->type != REDIS_REPLY_STRING)
+            rc = cpool_error_set(err, CPOOL_ECONNECT, CPOOL_PHASE_QUERY, CPOOL_FAIL_SERVER, 0,
+                                 "sentinel %s does not know a primary named \"%s\"", host,
+                                 name);
+        else
+            snprintf(hosts, size, "%s:%s", m->element[0]->str, m->element[1]->str);
+    }
+    for (size_t i = 0; rc == 0 && r[1]->type == REDIS_REPLY_ARRAY && i < r[1]->elements; i++) {
+        const redisReply *e = r[1]->element[i];
+        const char *ip = NULL, *port = NULL, *flags = "";
+        for (size_t k = 0; e->type == REDIS_REPLY_ARRAY && k + 1 < e->elements; k += 2) {
+            const char *key = e->element[k]->str, *v = e->element[k + 1]->str;
+            if (key == NULL || v == NULL)
+                continue;
+            if (strcmp(key, "ip") == 0)
+                ip = v;
+            else if (strcmp(key, "port") == 0)
+                port = v;
+            else if (strcmp(key, "flags") == 0)
+                flags = v;
+        }
+        if (ip != NULL && port != NULL && strstr(flags, "s_down") == NULL &&
+            strstr(flags, "o_down") == NULL && strstr(flags, "disconnected") == NULL) {
+            size_t o = strlen(hosts);
+            snprintf(hosts + o, size - o, ",%s:%s", ip, port);
+        }
+    }
+    for (int i = 0; i < 2; i++)
+        if (r[i] != NULL)
+            freeReplyObject(r[i]);
+    redis_close(x, native);
+    redis_ctx_free(x);
+    return rc;
+}
+
+int cpool_redis_sentinel_resolve(const char *target, int64_t timeout_ms, char **out,
+                                 cpool_error *err)
+{
+    if (out != NULL)
+        *out = NULL;
+    size_t sl = sizeof SENTINEL_SCHEME - 1;
+    if (target == NULL || out == NULL || strncasecmp(target, SENTINEL_SCHEME, sl) != 0)
+        return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
+                               "sentinel: expected redis-sentinel://HOST[:PORT],.../NAME");
+    const char *auth = target + sl;
+    const char *end = auth + strcspn(auth, "/?");
+    const char *hosts = auth;
+    for (const char *p = auth; p < end; p++)
+        if (*p == '@')
+            hosts = p + 1;
+    if (*end != '/' || end[1] == '\0' || end[1] == '?' || end[1] == '/')
+        return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
+                               "sentinel: the target names no primary "
+                               "(redis-sentinel://HOST[:PORT],.../NAME[/DB])");
+    char name[256], db[32] = "";
+    const char *np = end + 1;
+    size_t nn = strcspn(np, "/?");
+    if (nn >= sizeof name)
+        return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
+                               "sentinel: the primary's name is too long");
+    memcpy(name, np, nn);
+    name[nn] = '\0';
+    const char *rest = np + nn;
+    if (*rest == '/') {
+        size_t dn = strcspn(rest + 1, "?");
+        snprintf(db, sizeof db, "/%.*s", (int)(dn < 20 ? dn : 20), rest + 1);
+        rest += 1 + dn;
+    }
+    int64_t deadline = cpool__mono_ns() + (timeout_ms > 0 ? timeout_ms : 2000) * 1000000;
+    char found[2048] = "";
+    int rc = CPOOL_ECONNECT;
+    cpool_error last;
+    memset(&last, 0, sizeof last);
+    for (const char *p = hosts; p < end && rc != 0;) {
+        const char *comma = memchr(p, ',', (size_t)(end - p));
+        const char *stop = comma != NULL ? comma : end;
+        char host[300];
+        size_t hn = (size_t)(stop - p);
+        bool has_port = memchr(p, ':', hn) != NULL && p[0] != '[';
+        snprintf(host, sizeof host, "%.*s%s", (int)hn, p, has_port ? "" : ":" SENTINEL_PORT);
+        rc = ask_sentinel(host, name, deadline, found, sizeof found, &last);
+        p = comma != NULL ? comma + 1 : end;
+    }
+    if (rc != 0) {
+        if (err != NULL) {
+            *err = last;
+            if (last.code == 0)
+                cpool_error_set(err, CPOOL_ECONNECT, CPOOL_PHASE_CONNECT, CPOOL_FAIL_OTHER, 0,
+                                "sentinel: no Sentinel answered");
+        }
+        return last.code != 0 ? last.code : CPOOL_ECONNECT;
+    }
+    size_t n = strlen(target) + strlen(found) + 64;
+    char *t = malloc(n);
+    if (t == NULL)
+        return cpool_error_set(err, CPOOL_ENOMEM, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
+                               "sentinel: out of memory");
+    snprintf(t, n, "redis://%.*s%s%s%s", (int)(hosts - auth), auth, found, db, rest);
+    *out = t;
+    return 0;
+}
+
 /* ------------------------------------------------------------ state tracking */
 
 static bool name_is(const char *name, size_t len, const char *want)

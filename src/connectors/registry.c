@@ -16,6 +16,7 @@
 #endif
 
 #include "../core/params.h"
+#include "registry.h"
 
 #include <stddef.h>
 #include <string.h>
@@ -97,6 +98,21 @@ const cpool_connector *cpool_connector_for(const char *target)
     (void)looks_like_conninfo;
 #endif
     return NULL;
+}
+
+int cpool__resolve_target(const char *target, int64_t timeout_ms, char **out, cpool_error *err)
+{
+    *out = NULL;
+    if (strncasecmp(target, "redis-sentinel://", 17) != 0)
+        return 0;
+#ifdef CPOOL_HAVE_REDIS
+    return cpool_redis_sentinel_resolve(target, timeout_ms, out, err);
+#else
+    (void)timeout_ms;
+    return cpool_error_set(err, CPOOL_EINVAL, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,
+                           "open: redis-sentinel:// needs the Redis connector, left out of "
+                           "this build");
+#endif
 }
 
 int cpool_open(const char *target, const cpool_options *opts, cpool **out, cpool_error *err)

@@ -21,6 +21,7 @@
 
 #include "cpool/cpool.h"
 #include "cpool/cpool_connector.h"
+#include "above.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -465,8 +466,7 @@ static inline int cpool__cond_timedwait(cpool *p, pthread_cond_t *cv,
     return rc;
 }
 
-/* The circuit is open (takes mu); for the cluster's selection. */
-bool cpool__pool_breaker_open(cpool *p);
+/* What the layers above the core may use: above.h. */
 
 #if CPOOL_LOCK_CHECKS
 /* A broken lock contract is a bug in the core: checked builds stop there. */

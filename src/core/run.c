@@ -29,29 +29,56 @@ static bool retryable(const cpool_error *e)
 /* The pause before retry n (1-based): retry_delay_ms * multiplier^(n-1),
  * +- the pool's backoff jitter, bounded by what is left of the deadline.
  * Returns false when no time is left for another attempt. */
-static bool pause_before_retry(cpool *p, const cpool_run_opts *o, uint32_t n, int64_t deadline,
-                               uint64_t *rng)
+int64_t cpool__retry_pause_ns(int64_t first_ms, uint32_t n, double multiplier, double jitter,
+                              uint64_t *rng)
 {
-    double d = (double)ms_to_ns(o->retry_delay_ms);
+    double d = (double)ms_to_ns(first_ms);
     for (uint32_t i = 1; i < n && d < 6e16; i++)
-        d *= p->opts.backoff_multiplier;
+        d *= multiplier;
     *rng ^= *rng << 13;
     *rng ^= *rng >> 7;
     *rng ^= *rng << 17;
     double u = (double)(*rng >> 11) / 9007199254740992.0;
-    d += d * p->opts.backoff_jitter * (2 * u - 1);
+    d += d * jitter * (2 * u - 1);
+    return (int64_t)d;
+}
+
+void cpool__sleep_ns(int64_t ns)
+{
+    if (ns <= 0)
+        return;
+    struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000), .tv_nsec = (long)(ns % 1000000000)};
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+}
+
+void cpool__run_enter(const cpool *p, int64_t deadline, cpool__run_scope *saved)
+{
+    saved->pool = tl_run_pool;
+    saved->deadline = tl_run_deadline;
+    tl_run_pool = p;
+    tl_run_deadline = deadline;
+}
+
+void cpool__run_leave(const cpool__run_scope *saved)
+{
+    tl_run_pool = saved->pool;
+    tl_run_deadline = saved->deadline;
+}
+
+static bool pause_before_retry(cpool *p, const cpool_run_opts *o, uint32_t n, int64_t deadline,
+                               uint64_t *rng)
+{
+    int64_t d = cpool__retry_pause_ns(o->retry_delay_ms, n, p->opts.backoff_multiplier,
+                                      p->opts.backoff_jitter, rng);
     int64_t now = cpool__now(p);
-    int64_t wake = now + (int64_t)d;
-    if (deadline != NO_DEADLINE && wake >= deadline)
+    if (deadline != NO_DEADLINE && now + d >= deadline)
         return false;
     if (p->opts.clock != NULL) {
         /* A fake clock: the pause is the tests' to advance; only check. */
         return true;
     }
-    struct timespec ts = {.tv_sec = (time_t)((int64_t)d / 1000000000),
-                          .tv_nsec = (long)((int64_t)d % 1000000000)};
-    while (nanosleep(&ts, &ts) != 0)
-        ;
+    cpool__sleep_ns(d);
     return true;
 }
 
@@ -77,8 +104,6 @@ int cpool_run(cpool *p, const cpool_run_opts *o, cpool_run_fn fn, void *arg,
     int64_t start = cpool__now(p);
     int64_t deadline = ro.timeout_ms >= 0 ? deadline_after(start, ro.timeout_ms) : NO_DEADLINE;
     uint64_t rng = (uint64_t)start | 1;
-    const cpool *outer_pool = tl_run_pool;
-    int64_t outer_deadline = tl_run_deadline;
     int rc;
     for (uint32_t attempt = 0;; attempt++) {
         cpool_checkout_opts co = {.struct_size = sizeof co,
@@ -93,12 +118,11 @@ int cpool_run(cpool *p, const cpool_run_opts *o, cpool_run_fn fn, void *arg,
         memset(err, 0, sizeof *err);
         rc = cpool_checkout_with(p, &co, &c, err);
         if (rc == 0) {
-            tl_run_pool = p;
-            tl_run_deadline = deadline;
+            cpool__run_scope scope;
+            cpool__run_enter(p, deadline, &scope);
             memset(err, 0, sizeof *err);
             rc = fn(c, arg, err);
-            tl_run_pool = outer_pool;
-            tl_run_deadline = outer_deadline;
+            cpool__run_leave(&scope);
             if (rc != 0 && err->code == 0) {
                 err->code = rc;
                 snprintf(err->message, sizeof err->message,

@@ -443,6 +443,76 @@ TEST(a_failed_endpoint_is_skipped_within_the_checkout)
     tc_free(&t);
 }
 
+typedef struct flaky {
+    _Atomic int calls;
+    int fail_first;        /* calls that fail */
+    bool final;            /* ... without RetryableError */
+    size_t endpoints[8];
+    tcluster *t;
+} flaky;
+
+static int flaky_fn(cpool_conn *lease, void *arg, cpool_error *err)
+{
+    flaky *f = arg;
+    int n = atomic_fetch_add(&f->calls, 1);
+    cpool *p = cpool_conn_pool(lease);
+    for (size_t i = 0; i < (size_t)f->t->n; i++)
+        if (info_of(f->t, i).pool == p && n < 8)
+            f->endpoints[n] = i;
+    ASSERT_TRUE(cpool_run_deadline_ms() > 0); /* the run's deadline is known inside */
+    if (n < f->fail_first) {
+        cpool_error_set(err, CPOOL_EIO, CPOOL_PHASE_QUERY, CPOOL_FAIL_NETWORK, 0,
+                        "dropped (attempt %d)", n);
+        if (!f->final)
+            err->labels |= CPOOL_LABEL_RETRYABLE;
+        return CPOOL_EIO;
+    }
+    return 0;
+}
+
+/* cpool_cluster_run retries a RetryableError on a new selection, within its
+ * deadline and retries, and counts what it did. */
+TEST(run_retries_on_a_new_selection)
+{
+    tcluster t;
+    tc_init(&t, 3);
+    tc_open(&t);
+    WAIT_UNTIL(info_of(&t, 1).state == CPOOL_ENDPOINT_UP &&
+                   info_of(&t, 2).state == CPOOL_ENDPOINT_UP,
+               5000);
+    flaky f = {.fail_first = 2, .t = &t};
+    cpool_cluster_run_opts o = {.struct_size = sizeof o, .want = CPOOL_WANT_REPLICA,
+                                .timeout_ms = 5000, .retries = 2, .retry_delay_ms = 1};
+    cpool_error e;
+    ASSERT_OK_E(cpool_cluster_run(t.c, &o, flaky_fn, &f, &e), &e);
+    ASSERT_EQ(3, atomic_load(&f.calls));
+    for (int i = 0; i < 3; i++)
+        ASSERT_TRUE(f.endpoints[i] == 1 || f.endpoints[i] == 2);
+    cpool_cluster_stats cs = {.struct_size = sizeof cs};
+    ASSERT_OK(cpool_cluster_get_stats(t.c, &cs));
+    ASSERT_EQ(2, cs.retries);
+    ASSERT_EQ(1, cs.retries_succeeded);
+    ASSERT_EQ(3, cs.checkouts_ok);
+    /* the connections the failures left in doubt were closed */
+    cpool_stats s1 = {.struct_size = sizeof s1}, s2 = {.struct_size = sizeof s2};
+    ASSERT_OK(cpool_get_stats(info_of(&t, 1).pool, &s1));
+    ASSERT_OK(cpool_get_stats(info_of(&t, 2).pool, &s2));
+    ASSERT_EQ(2, s1.closed[CPOOL_CLOSE_ERROR] + s2.closed[CPOOL_CLOSE_ERROR]);
+    /* retries run out */
+    flaky g = {.fail_first = 10, .t = &t};
+    o.retries = 1;
+    ASSERT_RC(CPOOL_EIO, cpool_cluster_run(t.c, &o, flaky_fn, &g, &e));
+    ASSERT_STR_CONTAINS(e.message, "dropped (attempt 1)");
+    ASSERT_OK(cpool_cluster_get_stats(t.c, &cs));
+    ASSERT_EQ(1, cs.retries_exhausted);
+    /* a failure that is not retryable is not retried */
+    flaky h = {.fail_first = 10, .final = true, .t = &t};
+    o.retries = 5;
+    ASSERT_RC(CPOOL_EIO, cpool_cluster_run(t.c, &o, flaky_fn, &h, &e));
+    ASSERT_EQ(1, atomic_load(&h.calls));
+    tc_free(&t);
+}
+
 TEST(multi_host_targets_and_options)
 {
     cpool_cluster *c = NULL;
