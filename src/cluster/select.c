@@ -22,6 +22,9 @@ typedef struct pick {
     size_t n;
 } pick;
 
+static void suitable_locked(cpool_cluster *c, cpool_want w, int64_t max_lag,
+                            const bool *failed, const bool *open, struct pick *out);
+
 static bool role_ok(cpool_role r, cpool_want w, bool primary_pass)
 {
     switch (w) {
@@ -35,9 +38,21 @@ static bool role_ok(cpool_role r, cpool_want w, bool primary_pass)
     }
 }
 
-/* The suitable endpoints (step 1) within the latency window (step 2). */
+/* The suitable endpoints (step 1) within the latency window (step 2). An
+ * endpoint whose circuit is open is taken only when nothing else suits:
+ * its pool closes the circuit only after an establishment succeeds, which
+ * takes a checkout, so shunning it for good would keep it open for good. */
 static void candidates_locked(cpool_cluster *c, cpool_want w, int64_t max_lag,
                               const bool *failed, const bool *open, pick *out)
+{
+    static const bool none[MAX_EP];
+    suitable_locked(c, w, max_lag, failed, open, out);
+    if (out->n == 0 && open != none)
+        suitable_locked(c, w, max_lag, failed, none, out);
+}
+
+static void suitable_locked(cpool_cluster *c, cpool_want w, int64_t max_lag,
+                            const bool *failed, const bool *open, pick *out)
 {
     out->n = 0;
     for (int pass = 1; pass >= 0 && out->n == 0; pass--) {

@@ -513,6 +513,129 @@ TEST(run_retries_on_a_new_selection)
     tc_free(&t);
 }
 
+typedef struct chaos {
+    tcluster *t;
+    _Atomic bool stop;
+    _Atomic uint64_t ok, no_endpoint, timeouts;
+    _Atomic int64_t worst_over_ns; /* the most a checkout overran its timeout */
+    _Atomic int bad_rc;
+    _Atomic uint32_t seed; /* handed to the next worker started */
+} chaos;
+
+static uint32_t rnd(uint32_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 17;
+    *s ^= *s << 5;
+    return *s;
+}
+
+static void *chaos_worker(void *arg)
+{
+    chaos *ch = arg;
+    uint32_t seed = atomic_exchange(&ch->seed, 0);
+    if (seed == 0)
+        seed = 7;
+    while (!atomic_load(&ch->stop)) {
+        cpool_cluster_checkout_opts o = {.struct_size = sizeof o,
+                                         .want = (cpool_want)(rnd(&seed) % 5),
+                                         .timeout_ms = 20 + rnd(&seed) % 100,
+                                         .max_lag_ms = rnd(&seed) % 3 == 0 ? 500 : 0};
+        cpool_conn *conn = NULL;
+        cpool_lease_origin from;
+        int64_t t0 = test_now_ns();
+        int rc = cpool_cluster_checkout(ch->t->c, &o, &conn, &from, NULL);
+        int64_t over = test_now_ns() - t0 - o.timeout_ms * 1000000, w = atomic_load(&ch->worst_over_ns);
+        while (over > w && !atomic_compare_exchange_weak(&ch->worst_over_ns, &w, over))
+            ;
+        if (rc == 0) {
+            atomic_fetch_add(&ch->ok, 1);
+            if (cpool_conn_pool(conn) != info_of(ch->t, from.endpoint).pool)
+                atomic_store(&ch->bad_rc, 1000);
+            if (rnd(&seed) % 4 == 0)
+                test_sleep_ms(1);
+            cpool_cluster_checkin(ch->t->c, conn, rnd(&seed) % 10 == 0 ? CPOOL_CHECKIN_BROKEN : 0,
+                                  NULL);
+        } else if (rc == CPOOL_ENOENDPOINT) {
+            atomic_fetch_add(&ch->no_endpoint, 1);
+        } else if (rc == CPOOL_ETIMEDOUT) {
+            atomic_fetch_add(&ch->timeouts, 1);
+        } else {
+            atomic_store(&ch->bad_rc, rc);
+        }
+    }
+    return NULL;
+}
+
+/* Checkouts of every kind race a topology that keeps changing: roles
+ * swapped (epochs growing), servers refusing, stopped, slow, lagging.
+ * Every checkout ends by its deadline with a lease from the pool it names,
+ * CPOOL_ENOENDPOINT or CPOOL_ETIMEDOUT; nothing else, and no race (TSan). */
+TEST(chaos_checkouts_against_a_changing_topology)
+{
+    tcluster t;
+    tc_init(&t, 4);
+    t.o.heartbeat_ms = 20;
+    t.o.min_heartbeat_ms = 5;
+    t.o.check_timeout_ms = 30;
+    tc_open(&t);
+    chaos ch = {.t = &t};
+    pthread_t th[6];
+    for (int i = 0; i < 6; i++) {
+        atomic_store(&ch.seed, 2463534242u + (uint32_t)i * 977u);
+        ASSERT_EQ(0, pthread_create(&th[i], NULL, chaos_worker, &ch));
+        WAIT_UNTIL(atomic_load(&ch.seed) == 0, 5000);
+    }
+    uint32_t seed = 99;
+    uint64_t epoch = 1;
+    int64_t end = test_now_ns() + 3000000000LL;
+    while (test_now_ns() < end) {
+        int i = (int)(rnd(&seed) % 4);
+        cpool_mem_server *sv = &t.sv[i];
+        switch (rnd(&seed) % 6) {
+        case 0: /* promote i, demote the others */
+            for (int k = 0; k < 4; k++) {
+                t.sv[k].role = k == i ? CPOOL_ROLE_PRIMARY : CPOOL_ROLE_REPLICA;
+                tc_set(&t, k);
+            }
+            sv->epoch = ++epoch;
+            break;
+        case 1: sv->down = !sv->down; break;
+        case 2: sv->stopped = rnd(&seed) % 4 == 0; break;
+        case 3: sv->rtt_us = rnd(&seed) % 3 == 0 ? 20000 : 0; break;
+        case 4: sv->lag_ms = (int64_t)(rnd(&seed) % 1000); break;
+        default: sv->role = CPOOL_ROLE_UNKNOWN; break;
+        }
+        tc_set(&t, i);
+        test_sleep_ms(5 + (int)(rnd(&seed) % 20));
+    }
+    atomic_store(&ch.stop, true);
+    for (int i = 0; i < 6; i++)
+        pthread_join(th[i], NULL);
+    printf("chaos: %llu leases, %llu no endpoint, %llu timeouts; worst overrun %.1f ms\n",
+           (unsigned long long)ch.ok, (unsigned long long)ch.no_endpoint,
+           (unsigned long long)ch.timeouts, (double)ch.worst_over_ns / 1e6);
+    ASSERT_EQ(0, atomic_load(&ch.bad_rc));
+    ASSERT_GT(atomic_load(&ch.ok), 100);
+    ASSERT_LT(atomic_load(&ch.worst_over_ns), 1000000000LL); /* scheduling noise, TSan */
+    /* all well again: each endpoint's pool serves, and the counts hold */
+    for (int k = 0; k < 4; k++) {
+        t.sv[k] = (cpool_mem_server){.role = k == 0 ? CPOOL_ROLE_PRIMARY : CPOOL_ROLE_REPLICA,
+                                     .epoch = k == 0 ? epoch + 1 : 0};
+        tc_set(&t, k);
+    }
+    WAIT_UNTIL(info_of(&t, 0).role == CPOOL_ROLE_PRIMARY &&
+                   info_of(&t, 0).state == CPOOL_ENDPOINT_UP,
+               5000);
+    ASSERT_EQ(0, serve_ok(&t, CPOOL_WANT_PRIMARY));
+    for (int k = 0; k < 4; k++) {
+        cpool_counts n = test_counts(info_of(&t, (size_t)k).pool);
+        ASSERT_COUNTS_CONSISTENT(n);
+        ASSERT_EQ(0, n.in_use);
+    }
+    tc_free(&t);
+}
+
 TEST(multi_host_targets_and_options)
 {
     cpool_cluster *c = NULL;
