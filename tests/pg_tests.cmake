@@ -78,12 +78,17 @@ endif()
 
 # The replica set the multi-endpoint drills stand on: a primary and two
 # streaming replicas from scripts/pg-server.sh (replica-start, promote),
-# each started and stopped by the check itself on its own ports; and the
-# command line on it (cpool probe and bench on the host list).
+# each started and stopped by the check itself on its own ports (+ 0..2,
+# PgBouncers + 3..4); and the command line on it (cpool probe and bench on
+# the host list).
+# The cluster example (examples/cluster_example.c) runs there too, through
+# a PgBouncer in front of the primary and one in front of a replica.
+add_executable(cluster_example ${PROJECT_SOURCE_DIR}/examples/cluster_example.c)
+target_link_libraries(cluster_example PRIVATE cpool PkgConfig::CPOOL_DEP_PG)
 add_test(NAME pg/cluster_replicas
   COMMAND ${PROJECT_SOURCE_DIR}/tests/pg/cluster_check.sh ${pg_script}
           ${PROJECT_BINARY_DIR}/pg-cluster ${CPOOL_TEST_PG_CLUSTER_PORT}
-          $<TARGET_FILE:cpool_cli>)
+          $<TARGET_FILE:cpool_cli> $<TARGET_FILE:cluster_example>)
 set_tests_properties(pg/cluster_replicas PROPERTIES LABELS pg TIMEOUT 120)
 
 # The example program, built here (examples/CMakeLists.txt is shared) and

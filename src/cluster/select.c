@@ -58,6 +58,12 @@ static void suitable_locked(cpool_cluster *c, cpool_want w, int64_t max_lag,
     for (int pass = 1; pass >= 0 && out->n == 0; pass--) {
         if (pass == 0 && w != CPOOL_WANT_PRIMARY_PREFERRED && w != CPOOL_WANT_REPLICA_PREFERRED)
             break;
+        /* No falling back while an endpoint was never checked: it may be
+         * the one preferred (a first checkout would otherwise take the
+         * primary just because the replicas' first checks were slower). */
+        for (size_t i = 0; pass == 0 && i < c->n; i++)
+            if (c->ep[i].state == CPOOL_ENDPOINT_UNKNOWN)
+                return;
         for (size_t i = 0; i < c->n && out->n < MAX_EP; i++) {
             const endpoint *e = &c->ep[i];
             if (e->state != CPOOL_ENDPOINT_UP || failed[i] || open[i] ||

@@ -8,13 +8,20 @@
 # host list before the promotion: every endpoint's role, and reads spread
 # over the replicas while writes go to the primary.
 #
-# Usage: cluster_check.sh SCRIPT STATE_DIR BASE_PORT [CPOOL]  (BASE_PORT..+2)
+# With EXAMPLE (examples/cluster_example.c), a PgBouncer in transaction
+# mode in front of the primary and one in front of replica2 (BASE_PORT + 3,
+# + 4), and the example through them: its read lands on the replica, its
+# transaction on the primary.
+#
+# Usage: cluster_check.sh SCRIPT STATE_DIR BASE_PORT [CPOOL [EXAMPLE]]
+#        (BASE_PORT..+4)
 set -euo pipefail
 
 script=$1
 state=$2
 base=$3
 cpool=${4:-}
+example=${5:-}
 p0=$base p1=$((base + 1)) p2=$((base + 2))
 
 fail() {
@@ -23,6 +30,9 @@ fail() {
 }
 
 cleanup() {
+    for n in primary replica2; do
+        "$script" bouncer-stop "$state/$n" >/dev/null 2>&1 || true
+    done
     for n in replica2 replica1 primary; do
         "$script" stop "$state/$n" >/dev/null 2>&1 || true
     done
@@ -88,6 +98,17 @@ if [[ -n "$cpool" ]]; then
     # two equal replicas share the reads (within 20 % of each other)
     ((rd1 * 10 >= rd2 * 8 && rd2 * 10 >= rd1 * 8)) || fail "bench: reads $rd1 / $rd2 uneven"
     echo "cluster_check: cpool probe and bench on the host list: roles seen, reads on the replicas, writes on the primary"
+fi
+
+if [[ -n "$example" ]]; then
+    b0=$((base + 3)) b2=$((base + 4))
+    "$script" bouncer-start "$state/primary" "$p0" "$b0" >/dev/null
+    "$script" bouncer-start "$state/replica2" "$p2" "$b2" >/dev/null
+    out=$("$example" "postgresql://postgres@127.0.0.1:$b0,127.0.0.1:$b2/postgres?sslmode=disable") ||
+        fail "cluster_example through PgBouncer failed: $out"
+    want=$(printf 'hello from %s (replica)\nhello from %s (primary)' "$p2" "$p0")
+    [[ "$out" == "$want" ]] || fail "cluster_example printed '$out', not '$want'"
+    echo "cluster_check: cluster_example through two PgBouncers: read on the replica, transaction on the primary"
 fi
 
 "$script" promote "$state/replica1" >/dev/null
