@@ -754,6 +754,20 @@ size_t cpool_cluster_prometheus(cpool_cluster *c, const char *name, char *buf, s
         cpool_cluster_endpoint_info(c, i, &in[i]);
         label_value(in[i].address != NULL ? in[i].address : "", addr[i], sizeof addr[i]);
     }
+    cpool_cluster_stats cs = {.struct_size = sizeof cs};
+    cpool_cluster_get_stats(c, &cs);
+    put(&b, "# HELP db_client_cluster_checkouts_total Cluster checkouts by result\n"
+            "# TYPE db_client_cluster_checkouts_total counter\n");
+    put(&b, "db_client_cluster_checkouts_total{%s,result=\"ok\"} %llu\n", extra,
+        (unsigned long long)cs.checkouts_ok);
+    put(&b, "db_client_cluster_checkouts_total{%s,result=\"no_endpoint\"} %llu\n", extra,
+        (unsigned long long)cs.no_endpoint);
+    put(&b, "db_client_cluster_checkouts_total{%s,result=\"other\"} %llu\n", extra,
+        (unsigned long long)(cs.checkouts - cs.checkouts_ok - cs.no_endpoint));
+    put(&b, "# HELP db_client_cluster_retries_total cpool_cluster_run attempts after the "
+            "first\n# TYPE db_client_cluster_retries_total counter\n"
+            "db_client_cluster_retries_total{%s} %llu\n",
+        extra, (unsigned long long)cs.retries);
     for (size_t f = 0; f < sizeof fam / sizeof *fam; f++) {
         put(&b, "# HELP %s %s\n# TYPE %s %s\n", fam[f].name, fam[f].help, fam[f].name,
             fam[f].type);

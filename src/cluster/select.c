@@ -352,9 +352,10 @@ int cpool_cluster_get_stats(cpool_cluster *c, cpool_cluster_stats *out)
 {
     if (c == NULL || out == NULL || out->struct_size < sizeof *out)
         return CPOOL_EINVAL;
-    out->checkouts = atomic_load(&c->st_checkouts);
+    /* the outcomes before the total, so that the total is never the smaller */
     out->checkouts_ok = atomic_load(&c->st_checkouts_ok);
     out->no_endpoint = atomic_load(&c->st_no_endpoint);
+    out->checkouts = atomic_load(&c->st_checkouts);
     out->moved_on = atomic_load(&c->st_moved_on);
     out->retries = atomic_load(&c->st_retries);
     out->retries_succeeded = atomic_load(&c->st_retries_ok);

@@ -1361,6 +1361,36 @@ TEST(metrics_ready_says_why_not)
 }
 #endif
 
+#ifdef CLI_TEST_HAVE_MHD
+/* A host list serves the cluster: every endpoint's series and the
+ * cluster's own; /ready says why no checkout of the default kind could be
+ * served (mem servers have no role, and the default wants a primary). */
+TEST(metrics_on_a_host_list)
+{
+    clean_env(NULL);
+    bg b;
+    metrics_start(&b, (const char *const[]){"metrics", "mem://u:secret@a,b", "--listen",
+                                            "127.0.0.1:0", "--load", "1", NULL});
+    http_reply h;
+    WAIT_UNTIL((http_get(b.port, "/metrics", &h),
+                strstr(h.body, "db_client_cluster_endpoint_up{cluster=\"cluster\","
+                               "endpoint=\"mem:u:***@b\"} 1") != NULL ||
+                    (free(h.raw), false)),
+               5000);
+    ASSERT_STR_CONTAINS(h.body, "pool=\"mem:u:***@a\"");
+    ASSERT_STR_CONTAINS(h.body, "db_client_cluster_checkouts_total{cluster=\"cluster\",result=\"no_endpoint\"}");
+    assert_no_secret("/metrics", h.raw);
+    free(h.raw);
+    http_get(b.port, "/ready", &h);
+    ASSERT_EQ(503, h.status);
+    ASSERT_STR_CONTAINS(h.body, "not ready: no endpoint for primary: mem:u:***@a unknown");
+    assert_no_secret("/ready", h.raw);
+    free(h.raw);
+    char err[1024];
+    metrics_stop(&b, SIGTERM, err, sizeof err);
+}
+#endif
+
 TEST(probe_refused_port_explained)
 {
     clean_env(NULL);

@@ -11,6 +11,8 @@
  */
 #include "test.h"
 
+#include <cpool/cpool_cluster.h>
+
 #include <math.h>
 
 /* ------------------------------------------------------------ the parser */
@@ -711,6 +713,59 @@ TEST(several_pools_in_one_exposition)
     test_checkin(b.pool, held, 0);
     test_fixture_free(&a);
     test_fixture_free(&b);
+}
+
+/* A cluster's exposition: its endpoints' pools and its own families parse
+ * strictly together (HELP and TYPE once each), and the figures agree. */
+TEST(cluster_exposition_parses)
+{
+    cpool_mem *m[2];
+    cpool_cluster_endpoint ep[2];
+    cpool_mem_server sv[2] = {{.role = CPOOL_ROLE_PRIMARY, .epoch = 3},
+                              {.role = CPOOL_ROLE_REPLICA, .lag_ms = 250}};
+    const char *targets[2] = {"mem://p", "mem://r"};
+    for (int i = 0; i < 2; i++) {
+        m[i] = test_mem_create();
+        cpool_mem_set_server(m[i], &sv[i]);
+        ep[i] = (cpool_cluster_endpoint){.target = targets[i],
+                                         .connector = cpool_mem_connector(),
+                                         .connector_ctx = m[i]};
+    }
+    cpool_cluster_options o;
+    cpool_cluster_options_init(&o, sizeof o);
+    o.endpoints = ep;
+    o.nendpoints = 2;
+    cpool_cluster *c = NULL;
+    ASSERT_OK(cpool_cluster_open(NULL, &o, &c, NULL));
+    ASSERT_OK(cpool_cluster_wait(c, CPOOL_WANT_REPLICA, 5000, NULL));
+    cpool_cluster_checkout_opts co = {.struct_size = sizeof co, .want = CPOOL_WANT_REPLICA,
+                                      .timeout_ms = 5000};
+    cpool_conn *conn = NULL;
+    ASSERT_OK(cpool_cluster_checkout(c, &co, &conn, NULL, NULL));
+    size_t need = cpool_cluster_prometheus(c, "db \"main\"", NULL, 0);
+    char *text = malloc(need + 4096);
+    ASSERT_NOT_NULL(text);
+    ASSERT_LT(cpool_cluster_prometheus(c, "db \"main\"", text, need + 4096), need + 4096);
+    expo *e = calloc(1, sizeof *e);
+    ASSERT_NOT_NULL(e);
+    parse(e, text);
+    ASSERT_EQ(1, (long long)find(e, "db_client_cluster_endpoint_up", "endpoint", "mem:r")->value);
+    ASSERT_STR_EQ("db \"main\"",
+                  label_of(find(e, "db_client_cluster_endpoint_up", "endpoint", "mem:r"),
+                           "cluster"));
+    ASSERT_EQ(1, (long long)find(e, "db_client_cluster_endpoint_selected_total", "endpoint",
+                                 "mem:r")->value);
+    ASSERT_TRUE(find(e, "db_client_cluster_endpoint_lag_seconds", "endpoint", "mem:r")->value ==
+                0.25);
+    ASSERT_STR_EQ("counter", family_type(e, "db_client_cluster_checkouts_total"));
+    ASSERT_EQ(1, (long long)find(e, "db_client_cluster_checkouts_total", "result", "ok")->value);
+    ASSERT_EQ(10, (long long)find(e, "db_client_connection_max", "pool", "mem:r")->value);
+    free(e);
+    free(text);
+    ASSERT_OK(cpool_cluster_checkin(c, conn, 0, NULL));
+    cpool_cluster_close(c);
+    for (int i = 0; i < 2; i++)
+        cpool_mem_destroy(m[i]);
 }
 
 TEST(unlimited_max_and_bad_stats)

@@ -10,6 +10,8 @@
  */
 #include "cli.h"
 
+#include <cpool/cpool_cluster.h>
+
 #ifdef CPOOL_CLI_HAVE_MHD
 
 #include <arpa/inet.h>
@@ -31,6 +33,8 @@ static const char metrics_usage[] =
     "usage: cpool metrics TARGET --listen HOST:PORT [--load THREADS] [options]\n"
     "\n"
     "Creates a pool for TARGET and serves its statistics at http://HOST:PORT/metrics\n"
+    "(a multi-host TARGET: a cluster, with every endpoint's series and its own,\n"
+    "docs/cluster.md)\n"
     "in the Prometheus text format (version 0.0.4); other paths answer 404. Runs\n"
     "until SIGINT or SIGTERM, then stops cleanly and exits 0. PORT 0 picks a free\n"
     "port; the address actually served is printed on stdout.\n"
@@ -50,7 +54,8 @@ static const char metrics_usage[] =
     "\n";
 
 typedef struct server {
-    cpool *pool;
+    cpool *pool;              /* one pool, or */
+    cpool_cluster *cluster;   /* a cluster for a multi-host target */
     const char *statement;
     const char *pool_name;
     const char *labels;
@@ -114,6 +119,48 @@ static enum MHD_Result reply_ready(struct MHD_Connection *conn, cpool *pool)
     return reply_text(conn, MHD_HTTP_OK, text);
 }
 
+/* A cluster is ready when a checkout of its default kind could be served
+ * now; else 503 with why, endpoint by endpoint. */
+static enum MHD_Result reply_ready_cluster(struct MHD_Connection *conn, cpool_cluster *c)
+{
+    cpool_error e = {0};
+    char text[512];
+    if (cpool_cluster_wait(c, cpool_cluster_want(c), 0, &e) != 0) {
+        snprintf(text, sizeof text, "not ready: %.400s\n", e.message);
+        cli_scrub(text, sizeof text);
+        return reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, text);
+    }
+    size_t up = 0, n = cpool_cluster_size(c);
+    for (size_t i = 0; i < n; i++) {
+        cpool_endpoint_info in;
+        if (cpool_cluster_endpoint_info(c, i, &in) == 0 && in.state == CPOOL_ENDPOINT_UP)
+            up++;
+    }
+    snprintf(text, sizeof text, "ready: %zu of %zu endpoints up, %s served\n", up, n,
+             cpool_want_name(cpool_cluster_want(c)));
+    return reply_text(conn, MHD_HTTP_OK, text);
+}
+
+static enum MHD_Result reply_cluster(struct MHD_Connection *conn, server *s)
+{
+    size_t need = cpool_cluster_prometheus(s->cluster, s->pool_name, NULL, 0);
+    char *body = NULL;
+    size_t got = 0;
+    for (int attempt = 0; attempt < 3; attempt++) { /* the figures move meanwhile */
+        free(body);
+        size_t room = need + need / 8 + 256;
+        body = malloc(room);
+        if (body == NULL)
+            return reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "out of memory\n");
+        got = cpool_cluster_prometheus(s->cluster, s->pool_name, body, room);
+        if (got < room)
+            break;
+        need = got;
+    }
+    atomic_fetch_add(&s->scrapes, 1);
+    return reply(conn, MHD_HTTP_OK, body, got, "text/plain; version=0.0.4; charset=utf-8");
+}
+
 static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char *url,
                               const char *method, const char *version, const char *upload,
                               size_t *upload_size, void **req_cls)
@@ -132,7 +179,10 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
     if (strcmp(url, "/health") == 0)
         return reply_text(conn, MHD_HTTP_OK, "ok\n"); /* liveness: the process answers */
     if (strcmp(url, "/ready") == 0)
-        return reply_ready(conn, s->pool);
+        return s->cluster != NULL ? reply_ready_cluster(conn, s->cluster)
+                                  : reply_ready(conn, s->pool);
+    if (s->cluster != NULL && strcmp(url, "/metrics") == 0)
+        return reply_cluster(conn, s);
     if (strcmp(url, "/metrics") != 0)
         return reply_text(conn, MHD_HTTP_NOT_FOUND,
                           "not found; served: /metrics, /health, /ready\n");
@@ -174,14 +224,23 @@ static void *load_main(void *arg)
         cpool_conn *c = NULL;
         cpool_error e = {0};
         int64_t t0 = cli_now_ns();
-        if (cpool_checkout(s->pool, 1000, &c, &e) == 0) {
+        cpool_cluster_checkout_opts co = {.struct_size = sizeof co,
+                                          .want = s->cluster != NULL
+                                                      ? cpool_cluster_want(s->cluster)
+                                                      : CPOOL_WANT_ANY,
+                                          .timeout_ms = 1000};
+        if (s->cluster != NULL ? cpool_cluster_checkout(s->cluster, &co, &c, NULL, &e) == 0
+                               : cpool_checkout(s->pool, 1000, &c, &e) == 0) {
             int rc = cpool_conn_execute(c, s->statement, &e);
             cli_sleep_ns((int64_t)(s->hold_ms * 1e6));
             unsigned flags = rc != 0 && (e.kind == CPOOL_FAIL_NETWORK ||
                                          e.kind == CPOOL_FAIL_TIMEOUT)
                                  ? CPOOL_CHECKIN_BROKEN
                                  : 0;
-            (void)cpool_checkin(s->pool, c, flags, NULL);
+            if (s->cluster != NULL)
+                (void)cpool_cluster_checkin(s->cluster, c, flags, NULL);
+            else
+                (void)cpool_checkin(s->pool, c, flags, NULL);
         } else if (cli_now_ns() - t0 < 1000000) {
             /* Failing at once (breaker open): do not spin. */
             cli_sleep_ns(100000000);
@@ -326,17 +385,27 @@ int cmd_metrics(int argc, char **argv)
     opts.target = target;
     opts.connector = cx;
     cpool_error err = {0};
-    int rc = cpool_create(&opts, &s.pool, &err);
-    if (rc == 0)
-        rc = cpool_ready(s.pool, &err);
+    int rc;
+    if (cli_is_multi_host(target)) {
+        cpool_cluster_options co;
+        cpool_cluster_options_init(&co, sizeof co);
+        co.pool = &opts;
+        rc = cpool_cluster_open(target, &co, &s.cluster, &err);
+    } else {
+        rc = cpool_create(&opts, &s.pool, &err);
+        if (rc == 0)
+            rc = cpool_ready(s.pool, &err);
+    }
     if (rc != 0) {
+        cli_scrub(err.message, sizeof err.message);
         cli_error(CMD, "cannot create a pool for %s: %s", red, err.message);
         code = rc == CPOOL_EINVAL ? CLI_EXIT_USAGE : CLI_EXIT_CONNECT;
         goto out;
     }
     char address[256];
     if (s.pool_name == NULL) {
-        snprintf(address, sizeof address, "%s", cpool_address(s.pool));
+        snprintf(address, sizeof address, "%s",
+                 s.cluster != NULL ? "cluster" : cpool_address(s.pool));
         cli_scrub(address, sizeof address);
         s.pool_name = address;
     }
@@ -393,6 +462,7 @@ out:
     for (int i = 0; i < nthreads; i++)
         pthread_join(threads[i], NULL);
     cpool_destroy(s.pool);
+    cpool_cluster_close(s.cluster);
     /* The signals stay blocked: a second one arriving now must not turn a
      * clean stop into a kill. */
     return code;
