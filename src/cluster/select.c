@@ -157,7 +157,7 @@ static bool try_elsewhere(int rc)
  * after its next command, so one that still says "standby" while the
  * monitor says "primary" (it was idle across a promotion) is pinged once
  * and asked again. */
-static bool session_is_primary(endpoint *e, cpool_conn *conn)
+static bool session_is_primary(endpoint *e, cpool_conn *conn, int64_t checkout_deadline)
 {
     const cpool_connector *cx = e->cx;
     if (cx->abi_version < 5 || cx->server_info == NULL)
@@ -168,6 +168,8 @@ static bool session_is_primary(endpoint *e, cpool_conn *conn)
         si.role != CPOOL_ROLE_REPLICA)
         return true;
     int64_t deadline = cpool__cluster_now() + e->c->o.check_timeout_ms * 1000000;
+    if (checkout_deadline < deadline)
+        deadline = checkout_deadline;
     if (cx->ping == NULL || cx->ping(e->mctx, native, deadline, NULL) != 0)
         return false;
     return cx->server_info(e->mctx, native, CPOOL_INFO_CACHED, 0, &si, NULL) != 0 ||
@@ -231,9 +233,19 @@ int cpool_cluster_checkout(cpool_cluster *c, const cpool_cluster_checkout_opts *
                     err->labels = last.labels;
                 return CPOOL_ENOENDPOINT;
             }
+            if (d.cancel != NULL && cpool_cancel_triggered(d.cancel)) {
+                pthread_mutex_unlock(&c->mu);
+                return cpool_error_set(err, CPOOL_ECANCELED, CPOOL_PHASE_NONE,
+                                       CPOOL_FAIL_OTHER, 0,
+                                       "cluster checkout: cancelled while no endpoint could "
+                                       "serve it");
+            }
             for (size_t i = 0; i < c->n; i++)
                 cpool__cluster_ask_locked(c, &c->ep[i]);
-            int64_t until = now + c->o.min_heartbeat_ms * 1000000;
+            /* a cancellation token is looked at every 10 ms at the most */
+            int64_t slice = d.cancel != NULL && c->o.min_heartbeat_ms > 10 ? 10
+                                                                            : c->o.min_heartbeat_ms;
+            int64_t until = now + slice * 1000000;
             struct timespec ts = abs_time(until < deadline ? until : deadline);
             pthread_cond_timedwait(&c->changed, &c->mu, &ts);
             pthread_mutex_unlock(&c->mu);
@@ -264,7 +276,7 @@ int cpool_cluster_checkout(cpool_cluster *c, const cpool_cluster_checkout_opts *
                                   .cancel = d.cancel};
         cpool_conn *conn = NULL;
         int rc = cpool_checkout_with(e->pool, &po, &conn, &last);
-        if (rc == 0 && role == CPOOL_ROLE_PRIMARY && !session_is_primary(e, conn)) {
+        if (rc == 0 && role == CPOOL_ROLE_PRIMARY && !session_is_primary(e, conn, deadline)) {
             cpool_checkin(e->pool, conn, CPOOL_CHECKIN_BROKEN, NULL);
             conn = NULL;
             rc = cpool_error_set(&last, CPOOL_ECLEARED, CPOOL_PHASE_NONE, CPOOL_FAIL_OTHER, 0,

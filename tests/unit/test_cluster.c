@@ -443,6 +443,57 @@ TEST(a_failed_endpoint_is_skipped_within_the_checkout)
     tc_free(&t);
 }
 
+typedef struct canceller {
+    cpool_cancel *token;
+    int delay_ms;
+} canceller;
+
+static void *cancel_main(void *arg)
+{
+    canceller *k = arg;
+    test_sleep_ms(k->delay_ms);
+    cpool_cancel_trigger(k->token);
+    return NULL;
+}
+
+/* A checkout waiting for the topology (no endpoint can serve) ends at once
+ * when its token is triggered, and a deadline of its own ends it too. */
+TEST(waiting_for_the_topology_is_cancellable_and_bounded)
+{
+    tcluster t;
+    tc_init(&t, 2);
+    t.sv[0].down = true;
+    tc_set(&t, 0);
+    tc_open(&t);
+    WAIT_UNTIL(info_of(&t, 0).state == CPOOL_ENDPOINT_DOWN, 5000);
+    cpool_cancel *token = NULL;
+    ASSERT_OK(cpool_cancel_new(&token));
+    canceller k = {.token = token, .delay_ms = 100};
+    pthread_t th;
+    ASSERT_EQ(0, pthread_create(&th, NULL, cancel_main, &k));
+    cpool_cluster_checkout_opts o = {.struct_size = sizeof o, .want = CPOOL_WANT_PRIMARY,
+                                     .timeout_ms = 10000, .cancel = token};
+    cpool_conn *conn = NULL;
+    cpool_error e;
+    int64_t t0 = test_now_ms();
+    ASSERT_RC(CPOOL_ECANCELED, cpool_cluster_checkout(t.c, &o, &conn, NULL, &e));
+    int64_t took = test_now_ms() - t0;
+    pthread_join(th, NULL);
+    ASSERT_GE(took, 90);
+    ASSERT_LT(took, 2000); /* 10 ms slices; scheduling under load */
+    ASSERT_NULL(conn);
+    cpool_cancel_free(token);
+    /* the deadline: 150 ms, give or take a slice and scheduling */
+    int rc;
+    t0 = test_now_ms();
+    ASSERT_EQ(-1, serve(&t, CPOOL_WANT_PRIMARY, 150, 0, &rc, &e));
+    ASSERT_RC(CPOOL_ENOENDPOINT, rc);
+    took = test_now_ms() - t0;
+    ASSERT_GE(took, 145);
+    ASSERT_LT(took, 1500);
+    tc_free(&t);
+}
+
 typedef struct flaky {
     _Atomic int calls;
     int fail_first;        /* calls that fail */
