@@ -210,7 +210,8 @@ TEST(spread_even_and_latency_window)
     t.sv[3].rtt_us = 60000; /* 60 ms: out of a 15 ms window */
     tc_set(&t, 3);
     tc_open(&t);
-    WAIT_UNTIL(info_of(&t, 1).state == CPOOL_ENDPOINT_UP &&
+    WAIT_UNTIL(info_of(&t, 0).state == CPOOL_ENDPOINT_UP &&
+                   info_of(&t, 1).state == CPOOL_ENDPOINT_UP &&
                    info_of(&t, 2).state == CPOOL_ENDPOINT_UP &&
                    info_of(&t, 3).state == CPOOL_ENDPOINT_UP,
                5000);
@@ -755,7 +756,9 @@ TEST(prometheus_has_every_endpoint)
     tcluster t;
     tc_init(&t, 2);
     tc_open(&t);
-    WAIT_UNTIL(info_of(&t, 1).state == CPOOL_ENDPOINT_UP, 5000);
+    WAIT_UNTIL(info_of(&t, 0).state == CPOOL_ENDPOINT_UP &&
+                   info_of(&t, 1).state == CPOOL_ENDPOINT_UP,
+               5000);
     serve_ok(&t, CPOOL_WANT_REPLICA);
     char buf[65536];
     size_t n = cpool_cluster_prometheus(t.c, "db", buf, sizeof buf);
