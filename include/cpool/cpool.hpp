@@ -34,6 +34,7 @@
 #define CPOOL_HPP
 
 #include "cpool.h"
+#include "cpool_cluster.h"
 
 #include <cstddef>
 #include <cstdint>
@@ -82,6 +83,7 @@ inline int uncaught() noexcept
 #endif
 
 class pool;
+class cluster;
 
 /* A checked-out connection. Move-only; empty when default-constructed,
  * moved from, or checked in. */
@@ -120,10 +122,15 @@ public:
             flags |= CPOOL_CHECKIN_BROKEN;
         cpool_conn *c = conn_;
         ::cpool *p = pool_;
+        ::cpool_cluster *cl = cluster_;
         conn_ = nullptr;
         pool_ = nullptr;
+        cluster_ = nullptr;
         broken_ = false;
-        return cpool_checkin(p, c, flags, err);
+        /* a cluster's lease goes back through the cluster, which asks for
+         * a check of its endpoint when it broke */
+        return cl != nullptr ? cpool_cluster_checkin(cl, c, flags, err)
+                             : cpool_checkin(p, c, flags, err);
     }
 
     /* The session's state is unknown (a failed statement, a protocol
@@ -154,8 +161,12 @@ public:
         return cpool_conn_execute(conn_, command, err);
     }
 
+    /* A cluster's lease: the endpoint it came from (cpool_lease_origin). */
+    const cpool_lease_origin &origin() const noexcept { return origin_; }
+
 private:
     friend class pool;
+    friend class cluster;
     static int set(cpool_error *err, int code, const char *msg) noexcept
     {
         if (err != nullptr) {
@@ -172,12 +183,15 @@ private:
     {
         pool_ = o.pool_;
         conn_ = o.conn_;
+        cluster_ = o.cluster_;
+        origin_ = o.origin_;
         broken_ = o.broken_;
 #if CPOOLXX_EXCEPTIONS
         uncaught_ = o.uncaught_;
 #endif
         o.pool_ = nullptr;
         o.conn_ = nullptr;
+        o.cluster_ = nullptr;
         o.broken_ = false;
     }
     void adopt(::cpool *p, cpool_conn *c) noexcept
@@ -192,6 +206,8 @@ private:
 
     ::cpool *pool_ = nullptr;
     cpool_conn *conn_ = nullptr;
+    ::cpool_cluster *cluster_ = nullptr;
+    cpool_lease_origin origin_ = cpool_lease_origin();
     bool broken_ = false;
 #if CPOOLXX_EXCEPTIONS
     int uncaught_ = 0;
@@ -340,6 +356,7 @@ public:
     explicit operator bool() const noexcept { return p_ != nullptr; }
 
 private:
+    friend class cluster;
     template <class F> struct run_call {
         F *fn = nullptr;
 #if CPOOLXX_EXCEPTIONS
@@ -362,6 +379,121 @@ private:
     };
 
     ::cpool *p_ = nullptr;
+};
+
+/* Owns a cluster (cpool_cluster.h): a pool per endpoint of a primary and
+ * its replicas. Move-only; empty when default-constructed or moved from.
+ * Its leases are ordinary leases. */
+class cluster {
+public:
+    cluster() noexcept = default;
+    explicit cluster(::cpool_cluster *c) noexcept : c_(c) {}
+    cluster(const cluster &) = delete;
+    cluster &operator=(const cluster &) = delete;
+    cluster(cluster &&o) noexcept : c_(o.c_) { o.c_ = nullptr; }
+    cluster &operator=(cluster &&o) noexcept
+    {
+        if (this != &o) {
+            reset();
+            c_ = o.c_;
+            o.c_ = nullptr;
+        }
+        return *this;
+    }
+    ~cluster() { reset(); }
+
+    /* cpool_cluster_open(): a host list, or o->endpoints with target NULL. */
+    static int open(const char *target, const cpool_cluster_options *o, cluster &out,
+                    cpool_error *err = nullptr) noexcept
+    {
+        ::cpool_cluster *c = nullptr;
+        int rc = cpool_cluster_open(target, o, &c, err);
+        if (rc == 0)
+            out = cluster(c);
+        return rc;
+    }
+
+    /* Leases what `want` asks for into `out` (cpool_cluster_checkout). */
+    int checkout(lease &out, cpool_want want, std::int64_t timeout_ms = -1,
+                 cpool_error *err = nullptr) noexcept
+    {
+        cpool_cluster_checkout_opts o = cpool_cluster_checkout_opts();
+        o.struct_size = sizeof o;
+        o.want = want;
+        o.timeout_ms = timeout_ms;
+        return checkout(out, o, err);
+    }
+    int checkout(lease &out, const cpool_cluster_checkout_opts &o,
+                 cpool_error *err = nullptr) noexcept
+    {
+        out.checkin(0, nullptr);
+        if (c_ == nullptr)
+            return lease::set(err, CPOOL_EINVAL, "checkout: the cluster handle is empty");
+        cpool_conn *conn = nullptr;
+        cpool_lease_origin from = cpool_lease_origin();
+        int rc = cpool_cluster_checkout(c_, &o, &conn, &from, err);
+        if (rc == 0) {
+            out.adopt(cpool_conn_pool(conn), conn);
+            out.cluster_ = c_;
+            out.origin_ = from;
+        }
+        return rc;
+    }
+
+    /* cpool_cluster_run with a callable `int fn(cpool_conn *, cpool_error *)`;
+     * an exception thrown by fn is rethrown once the run has returned. */
+    template <class F>
+    int run(F &&fn, const cpool_cluster_run_opts *o = nullptr, cpool_error *err = nullptr)
+    {
+        if (c_ == nullptr)
+            return lease::set(err, CPOOL_EINVAL, "run: the cluster is empty");
+        typedef pool::run_call<typename std::remove_reference<F>::type> call_t;
+        call_t call;
+        call.fn = &fn;
+        int rc = cpool_cluster_run(c_, o, &call_t::trampoline, &call, err);
+#if CPOOLXX_EXCEPTIONS
+        if (call.thrown)
+            std::rethrow_exception(call.thrown);
+#endif
+        return rc;
+    }
+
+#if CPOOLXX_EXCEPTIONS
+    static cluster open(const char *target, const cpool_cluster_options *o = nullptr)
+    {
+        cluster out;
+        cpool_error e;
+        if (open(target, o, out, &e) != 0)
+            throw error(e);
+        return out;
+    }
+    lease checkout(cpool_want want, std::int64_t timeout_ms = -1)
+    {
+        lease l;
+        cpool_error e;
+        if (checkout(l, want, timeout_ms, &e) != 0)
+            throw error(e);
+        return l;
+    }
+#endif
+
+    ::cpool_cluster *get() const noexcept { return c_; }
+    ::cpool_cluster *release() noexcept
+    {
+        ::cpool_cluster *c = c_;
+        c_ = nullptr;
+        return c;
+    }
+    void reset() noexcept
+    {
+        if (c_ != nullptr)
+            cpool_cluster_close(c_);
+        c_ = nullptr;
+    }
+    explicit operator bool() const noexcept { return c_ != nullptr; }
+
+private:
+    ::cpool_cluster *c_ = nullptr;
 };
 
 } // namespace cpoolxx

@@ -5,9 +5,12 @@
 // (checked in broken) when an exception unwinds through it or it was marked
 // broken, moves without double check-ins, errors come back as codes (or as
 // cpoolxx::error where exceptions exist), pool::run calls a lambda around a
-// lease (an exception inside it reaches the caller) and recycle() marks.
+// lease (an exception inside it reaches the caller) and recycle() marks;
+// and a cluster of in-memory servers: a lease by role, its origin, back
+// through the cluster.
 #include <cpool/cpool.h>
 #include <cpool/cpool.hpp>
+#include <cpool/cpool_cluster.h>
 #include <cpool/cpool_connector.h>
 #include <cpool/cpool_event.h>
 #include <cpool/cpool_mem.h>
@@ -239,6 +242,52 @@ static void exceptions()
 }
 #endif
 
+static void cluster_leases()
+{
+    cpool_mem *m[2];
+    cpool_cluster_endpoint ep[2];
+    const char *targets[2] = {"mem://cxx-primary", "mem://cxx-replica"};
+    for (int i = 0; i < 2; i++) {
+        CHECK(cpool_mem_create(&m[i]) == 0);
+        cpool_mem_server sv;
+        std::memset(&sv, 0, sizeof sv);
+        sv.role = i == 0 ? CPOOL_ROLE_PRIMARY : CPOOL_ROLE_REPLICA;
+        sv.epoch = i == 0 ? 1 : 0;
+        cpool_mem_set_server(m[i], &sv);
+        ep[i].target = targets[i];
+        ep[i].connector = cpool_mem_connector();
+        ep[i].connector_ctx = m[i];
+    }
+    cpool_cluster_options o;
+    cpool_cluster_options_init(&o, sizeof o);
+    o.endpoints = ep;
+    o.nendpoints = 2;
+    {
+        cpoolxx::cluster c;
+        cpool_error err;
+        CHECK(cpoolxx::cluster::open(nullptr, &o, c, &err) == 0);
+        CHECK(cpool_cluster_wait(c.get(), CPOOL_WANT_REPLICA, 5000, &err) == 0);
+        {
+            cpoolxx::lease r;
+            CHECK(c.checkout(r, CPOOL_WANT_REPLICA, 5000, &err) == 0);
+            CHECK(r.origin().endpoint == 1);
+            CHECK(r.origin().role == CPOOL_ROLE_REPLICA);
+            CHECK(r.execute("PING", &err) == 0);
+        } // back through the cluster
+        cpool_endpoint_info in;
+        CHECK(cpool_cluster_endpoint_info(c.get(), 1, &in) == 0);
+        cpool_counts k;
+        cpool_get_counts(in.pool, &k);
+        CHECK(k.in_use == 0 && k.available == 1);
+        int calls = 0;
+        CHECK(cpool_cluster_wait(c.get(), CPOOL_WANT_PRIMARY, 5000, &err) == 0);
+        CHECK(c.run([&calls](cpool_conn *, cpool_error *) { return ++calls, 0; }) == 0);
+        CHECK(calls == 1);
+    }
+    for (int i = 0; i < 2; i++)
+        cpool_mem_destroy(m[i]);
+}
+
 int main()
 {
     CHECK(std::strcmp(cpool_version(), CPOOL_VERSION_STRING) == 0);
@@ -246,6 +295,7 @@ int main()
     scope_exit_and_broken();
     moves_and_errors();
     run_and_recycle();
+    cluster_leases();
 #if CPOOLXX_EXCEPTIONS
     exceptions();
 #endif
