@@ -11,7 +11,8 @@
  *   lagging        a replica applying WAL 3 s late: a max-lag read avoids it;
  *   split brain    a replica promoted while the primary runs: the old
  *                  primary is stale at once and takes no write through the
- *                  cluster afterwards.
+ *                  cluster afterwards; rebuilt as a replica of the new one,
+ *                  it serves reads again.
  * Each drill ends with every server's session count equal to the pool's
  * count for it. */
 #include "pg/drill.h"
@@ -98,6 +99,14 @@ static void set_up(pgset *s)
         snprintf(s->dir[i], sizeof s->dir[i], "%s/%s", dir, node_names[i]);
         s->port[i] = atoi(port) + i;
     }
+    /* A fresh set: an earlier run may have left the primary's directory
+     * holding a replica (the split-brain drill rebuilds it as one). */
+    char cmd[2400];
+    snprintf(cmd, sizeof cmd, "for d in '%s' '%s' '%s'; do [ -d \"$d\" ] && bash '%s' stop \"$d\" "
+             ">/dev/null 2>&1; rm -rf \"$d\"; done; true",
+             s->dir[0], s->dir[1], s->dir[2], s->script);
+    if (system(cmd) != 0)
+        FAIL("cannot clear %s", dir);
     run_script(s, "start", 0, "");
     run_script(s, "replica-start", 1, s->dir[0]);
     run_script(s, "replica-start", 2, s->dir[0]);
@@ -483,6 +492,36 @@ TEST_TAGGED(split_brain_old_primary_takes_no_write, "set")
     ASSERT_EQ(CPOOL_ENDPOINT_STALE, in.state);
     /* the stale primary's pool holds nothing */
     WAIT_UNTIL(test_counts(in.pool).total == 0, DRILL_SETTLE_MS);
+    sessions_match(&s, (bool[]){true, true, true});
+
+    /* Demoted for good: the old primary is rebuilt as a replica of the new
+     * one on its port, and comes back into selection as a replica. */
+    load_start(&l, &s, READERS, WRITERS, 0);
+    run_script(&s, "stop", 0, NULL);
+    int64_t t_stop = test_now_ns();
+    run_script(&s, "replica-start", 0, s.dir[1]);
+    int64_t t_started = test_now_ns();
+    WAIT_UNTIL(({
+                   cpool_endpoint_info x;
+                   cpool_cluster_endpoint_info(s.c, 0, &x);
+                   x.state == CPOOL_ENDPOINT_UP && x.role == CPOOL_ROLE_REPLICA;
+               }),
+               10000);
+    int64_t t_back = test_now_ns();
+    uint64_t reads_before = atomic_load(&l.per_endpoint[0]);
+    test_sleep_ms(1000);
+    load_stop(&l);
+    uint64_t reads_there = atomic_load(&l.per_endpoint[0]) - reads_before;
+    printf("split brain: the old primary stopped, rebuilt as a replica of the new one in %.0f "
+           "ms, back in selection as a replica %.0f ms after it started; then %llu reads "
+           "there; writes failed %llu, reads failed %llu\n",
+           (double)(t_started - t_stop) / 1e6, (double)(t_back - t_started) / 1e6,
+           (unsigned long long)reads_there, (unsigned long long)atomic_load(&l.writes_failed),
+           (unsigned long long)atomic_load(&l.reads_failed));
+    ASSERT_GT(reads_there, 10);
+    ASSERT_EQ(0, atomic_load(&l.writes_failed));
+    ASSERT_OK(cpool_cluster_endpoint_info(s.c, 1, &in));
+    ASSERT_EQ(CPOOL_ROLE_PRIMARY, in.role);
     sessions_match(&s, (bool[]){true, true, true});
     tear_down(&s);
 }
