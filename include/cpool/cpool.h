@@ -484,7 +484,7 @@ struct cpool_options {
     uint32_t turn_us;                  /* CPOOL_HANDOFF_TURNS: a turn lasts
                                           at most this long (microseconds,
                                           from its first check-in); default
-                                          100, 1..1000000 */
+                                          1000, 1..1000000 */
     uint32_t turn_uses;                /* ... and at most this many re-takes;
                                           default 32, 1..1000000 */
     uint32_t turn_wait_us;             /* turns get shorter while checkouts

@@ -122,7 +122,7 @@ static const opt_def defs[] = {
      "fifo|turns", "how a connection returned while others wait reaches them",
      CPOOL_HANDOFF_TURNS},
     {"turn_us", NULL, "CPOOL_TURN_US", T_U32, OFF(turn_us), 1, 1000000, NULL, "1..1000000 us",
-     "turns: how long a thread may keep re-taking its connection while others wait", 100},
+     "turns: how long a thread may keep re-taking its connection while others wait", 1000},
     {"turn_uses", NULL, "CPOOL_TURN_USES", T_U32, OFF(turn_uses), 1, 1000000, NULL,
      "1..1000000", "turns: how many times it may re-take it in one turn", 32},
     {"turn_wait_us", NULL, "CPOOL_TURN_WAIT_US", T_U32, OFF(turn_wait_us), 1, 100000000, NULL,

@@ -338,7 +338,7 @@ static bool turns_to_watch_locked(const cpool *p)
 }
 
 /* Sleeps until `until_ns` (monotonic) or a kick. While turns need watching,
- * it wakes every turn_ns meanwhile to end the turns nobody came back for
+ * it wakes every turn's length meanwhile to end the turns nobody came back for
  * (queue_relock wakes it when the first checkout queues). */
 /* Asynchronous checkouts wait in the queue without a thread: this thread
  * ends their waits at their deadlines, the earliest of which it returns
@@ -403,8 +403,18 @@ static void maintenance_sleep_relock(cpool *p, int64_t until_ns)
         p->turn_watch = turns_to_watch_locked(p);
         int64_t now = cpool__mono_ns();
         int64_t wake = until_ns;
-        if (p->turn_watch && now + p->turn_ns < wake)
-            wake = now + p->turn_ns;
+        if (p->turn_watch) {
+            /* A turn nobody came back for ends a turn's length after its
+             * park: wake at that granularity (the current length, which
+             * the waits keep adapting), but no more often than turn_us or
+             * 100 us. */
+            int64_t t = atomic_load_explicit(&p->turn_eff_ns, memory_order_relaxed);
+            int64_t least = p->turn_ns < TURN_PROMPT_NS ? p->turn_ns : TURN_PROMPT_NS;
+            if (t < least)
+                t = least;
+            if (now + t < wake)
+                wake = now + t;
+        }
         /* Helper jobs of asynchronous checkouts get a thread; those that
          * reached their deadline end now, and the thread wakes again at the
          * next one (a new one signals it). */

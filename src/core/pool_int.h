@@ -35,6 +35,7 @@
 /* Handoff turns shorter than this are not given at all: the pool hands off
  * as FIFO does, and the background thread stops watching for turns. */
 #define TURN_FLOOR_NS 10000
+#define TURN_PROMPT_NS 100000 /* see turn_prompt_ns() in lease.h */
 
 /* A connection's state is the list it is on. An IN_USE connection whose
  * `leased` flag is already clear is being checked in (its reset runs outside

@@ -307,7 +307,7 @@ TEST(handoff_options_checked)
     cpool_options o;
     cpool_options_init(&o, sizeof o);
     ASSERT_EQ(CPOOL_HANDOFF_TURNS, o.handoff);
-    ASSERT_EQ(100, o.turn_us);
+    ASSERT_EQ(1000, o.turn_us);
     ASSERT_EQ(32, o.turn_uses);
     ASSERT_EQ(3000, o.turn_wait_us);
     cpool_error e;
