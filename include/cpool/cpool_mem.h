@@ -55,6 +55,8 @@ typedef struct cpool_mem_server {
     uint64_t epoch;   /* reported while primary */
     int64_t lag_ms;   /* reported while replica (-1 = unknown) */
     int64_t rtt_us;   /* server_info() takes this long */
+    int64_t first_rtt_us; /* ... but the first on a connection this long,
+                             when > 0 (a new backend's start-up work) */
     bool down;        /* connects are refused and server_info() breaks the
                          connection it runs on: a killed server */
     bool stopped;     /* connects and server_info() hang until their

@@ -55,6 +55,7 @@ typedef struct mem_conn {
     atomic_bool interrupted;
     atomic_bool in_txn;    /* atomic only so that a test thread may read it */
     _Atomic uint64_t session; /* see cpool_mem_conn_set_session */
+    bool answered;         /* server_info() ran on it (cpool_mem_server) */
 } mem_conn;
 
 static char *dup_str(const char *s)
@@ -738,8 +739,10 @@ static int mem_server_info(void *ctx, void *native, unsigned flags, int64_t dead
     int rc = conn_alive(c, "server info", err);
     if (rc != 0)
         return rc;
-    if (sv.rtt_us > 0) {
-        int64_t until = cpool__mono_ns() + sv.rtt_us * 1000;
+    int64_t rtt_us = !c->answered && sv.first_rtt_us > 0 ? sv.first_rtt_us : sv.rtt_us;
+    c->answered = true;
+    if (rtt_us > 0) {
+        int64_t until = cpool__mono_ns() + rtt_us * 1000;
         sleep_until(deadline_ns > 0 && deadline_ns < until ? deadline_ns : until);
         if (deadline_ns > 0 && deadline_ns < until)
             return cpool_error_set(err, CPOOL_EIO, CPOOL_PHASE_QUERY, CPOOL_FAIL_TIMEOUT,

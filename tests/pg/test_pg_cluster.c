@@ -512,12 +512,17 @@ TEST_TAGGED(split_brain_old_primary_takes_no_write, "set")
     test_sleep_ms(1000);
     load_stop(&l);
     uint64_t reads_there = atomic_load(&l.per_endpoint[0]) - reads_before;
+    cpool_endpoint_info e0, e2;
+    ASSERT_OK(cpool_cluster_endpoint_info(s.c, 0, &e0));
+    ASSERT_OK(cpool_cluster_endpoint_info(s.c, 2, &e2));
     printf("split brain: the old primary stopped, rebuilt as a replica of the new one in %.0f "
            "ms, back in selection as a replica %.0f ms after it started; then %llu reads "
-           "there; writes failed %llu, reads failed %llu\n",
+           "there; writes failed %llu, reads failed %llu; its rtt %.2f ms (replica2 %.2f ms), "
+           "circuit %s\n",
            (double)(t_started - t_stop) / 1e6, (double)(t_back - t_started) / 1e6,
            (unsigned long long)reads_there, (unsigned long long)atomic_load(&l.writes_failed),
-           (unsigned long long)atomic_load(&l.reads_failed));
+           (unsigned long long)atomic_load(&l.reads_failed), (double)e0.rtt_ns / 1e6,
+           (double)e2.rtt_ns / 1e6, e0.breaker_open ? "open" : "closed");
     ASSERT_GT(reads_there, 10);
     ASSERT_EQ(0, atomic_load(&l.writes_failed));
     ASSERT_OK(cpool_cluster_endpoint_info(s.c, 1, &in));

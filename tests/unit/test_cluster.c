@@ -233,6 +233,29 @@ TEST(spread_even_and_latency_window)
     tc_free(&t);
 }
 
+/* A slow first answer on a new monitor connection (a new backend's
+ * start-up) does not start the round-trip average alone: the endpoint stays
+ * in the latency window and serves its share. */
+TEST(slow_first_answer_does_not_set_the_round_trip)
+{
+    tcluster t;
+    tc_init(&t, 3);
+    t.o.heartbeat_ms = 60000; /* no later check to average it away */
+    t.sv[2].first_rtt_us = 80000; /* 80 ms, against a 15 ms window */
+    tc_set(&t, 2);
+    tc_open(&t);
+    WAIT_UNTIL(info_of(&t, 1).state == CPOOL_ENDPOINT_UP &&
+                   info_of(&t, 2).state == CPOOL_ENDPOINT_UP,
+               5000);
+    ASSERT_LT(info_of(&t, 2).rtt_ns, 15000000);
+    int hits[MAXN] = {0};
+    for (int k = 0; k < 400; k++)
+        hits[serve_ok(&t, CPOOL_WANT_REPLICA)]++;
+    ASSERT_GE(hits[2], 120);
+    ASSERT_GE(hits[1], 120);
+    tc_free(&t);
+}
+
 /* Of two candidates the less busy is taken: with one replica's
  * connections all leased, the other serves. */
 TEST(less_busy_of_two)
