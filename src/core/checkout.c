@@ -4,6 +4,7 @@
 #include "lease.h"
 
 #include <assert.h>
+#include <sched.h>
 #include <errno.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -410,6 +411,27 @@ static int queue_relock(checkout *co)
     return STEP_OK;
 }
 
+/* Woken early as the next to be served (nudge_next_locked in conn.c):
+ * spins, yielding the CPU to the threads that hold connections, until it is
+ * served, NUDGE_SPIN_NS pass, its wake-up time (pool clock) comes or its
+ * token is triggered. Returns true once served, its post taken. */
+static bool spin_until_served(const cpool *p, waiter *w, int64_t wake)
+{
+    int64_t until = cpool__mono_ns() + NUDGE_SPIN_NS;
+    while (!waiter_done(w) && cpool__mono_ns() < until &&
+           (wake == NO_DEADLINE || cpool__now(p) < wake) &&
+           (w->cancel == NULL || !cpool_cancel_triggered(w->cancel)))
+        sched_yield();
+    atomic_store(&w->nudged, 0);
+    if (!waiter_done(w))
+        return false;
+    /* Served: the post follows `done` under mu; take it, as a sleeping
+     * waiter would have. */
+    while (sem_wait(&w->sem) != 0)
+        ;
+    return true;
+}
+
 /* Waits, without mu, until the queued checkout is served or its deadline
  * passes. Called with mu; returns without it. When a backoff step ends
  * first, the queue may create again: it asks for capacity itself (the
@@ -429,6 +451,11 @@ static bool wait_unlock(checkout *co)
          * caller leaves the queue (after_wait_locked). */
         if (w->cancel != NULL && cpool_cancel_triggered(w->cancel))
             return false;
+        if (posted && atomic_load(&w->nudged)) {
+            if (spin_until_served(p, w, wake))
+                return true;
+            continue;
+        }
         if (posted)
             continue; /* a stale wake-up: wait on */
         if (wake >= co->t.wait_deadline)
@@ -701,6 +728,7 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
     co.w.cancel = cancel;
     co.w.registered = false;
     co.w.async = false;
+    atomic_init(&co.w.nudged, 0);
     co.w.alink = NULL;
     if (fast_start >= 0)
         clock_start_at(&co.t, fast_start);

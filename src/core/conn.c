@@ -578,6 +578,26 @@ void cpool__assign_locked(cpool *p, cpool_conn *c, tenant *t)
     t->in_use++;
 }
 
+/* Turns: after a handoff, wakes the waiter that is now next in line ahead
+ * of its turn, so that it spins on a CPU instead of sleeping (wait_unlock in
+ * checkout.c). When the next handoff comes, it is running: no connection
+ * sits idle while the scheduler brings a sleeping thread back, and the
+ * check-in does not pay for a wake-up. Only while turns are given: with
+ * leases long enough to shrink them to nothing, the next handoff is far off
+ * and spinning for it would waste a CPU. The post is a stale wake-up for a
+ * waiter that is not spinning. */
+static void nudge_next_locked(cpool *p)
+{
+    CPOOL_ASSERT_HELD(p);
+    if (!p->turns || atomic_load_explicit(&p->turn_eff_ns, memory_order_relaxed) < TURN_FLOOR_NS)
+        return;
+    waiter *n = cpool__next_waiter_locked(p);
+    if (n == NULL || n->async || atomic_load(&n->nudged))
+        return;
+    atomic_store(&n->nudged, 1);
+    sem_post(&n->sem);
+}
+
 /* A checked-in or freshly established connection: straight to the oldest
  * waiter if there is one (direct handoff: no newcomer can barge in between),
  * otherwise onto the available stack. */
@@ -595,6 +615,7 @@ void cpool__make_available_locked(cpool *p, cpool_conn *c)
         cpool__set_state_locked(p, c, CONN_IN_USE);
         atomic_store_explicit(&c->leased, LEASE_HELD, memory_order_relaxed);
         cpool__serve_waiter(w);
+        nudge_next_locked(p);
         return;
     }
     /* The idle clock matters only with maxIdleTimeMS or ping-when-idle;

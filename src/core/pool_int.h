@@ -36,6 +36,9 @@
  * as FIFO does, and the background thread stops watching for turns. */
 #define TURN_FLOOR_NS 10000
 #define TURN_PROMPT_NS 100000 /* see turn_prompt_ns() in lease.h */
+/* A waiter woken early as the next to be served spins (yielding the CPU)
+ * at most this long before it sleeps again (checkout.c, wait_unlock). */
+#define NUDGE_SPIN_NS 200000
 
 /* A connection's state is the list it is on. An IN_USE connection whose
  * `leased` flag is already clear is being checked in (its reset runs outside
@@ -190,6 +193,8 @@ typedef struct waiter {
     tenant *tenant;    /* the checkout's tenant, or NULL */
     int64_t since;     /* pool clock when it joined the queue */
     bool queued;
+    atomic_int nudged; /* woken early to spin, as the next to be served
+                          (turns only, see cpool__make_available_locked) */
     atomic_int done;   /* 1 once served or failed: published with release
                           before the post, read with acquire after the wait */
     /* The checkout's cancellation token (cancel.c): registered while it may

@@ -302,6 +302,90 @@ TEST(turns_need_the_lock_free_path)
     test_fixture_free(&f);
 }
 
+typedef struct token_job {
+    cpool *pool;
+    cpool_cancel *token;
+    int rc;
+    cpool_conn *conn;
+    atomic_bool done;
+    int64_t end_ns;
+} token_job;
+
+static void *token_job_main(void *arg)
+{
+    token_job *j = arg;
+    cpool_checkout_opts o = {.struct_size = sizeof o, .timeout_ms = 10000, .cancel = j->token};
+    j->rc = cpool_checkout_with(j->pool, &o, &j->conn, NULL);
+    j->end_ns = test_now_ns();
+    atomic_store(&j->done, true);
+    return NULL;
+}
+
+/* Each handoff in turns wakes the waiter next in line early, to spin until
+ * the following one. It keeps its place: it is served only when its turn
+ * comes, and what B holds stays B's. Run both with the next waiter left to
+ * its turn and with its token triggered while it may still spin: it leaves
+ * at once with CPOOL_ECANCELED, and a later checkout queues as usual. */
+static void next_waiter_case(bool cancel_it)
+{
+    test_fixture f;
+    handoff_fixture(&f, CPOOL_HANDOFF_TURNS, 1000000, 1, false);
+    test_job b;
+    cpool_conn *c = hold_with_waiter(&f, &b);
+    uint64_t id = cpool_conn_id(c);
+    cpool_cancel *token = NULL;
+    ASSERT_OK(cpool_cancel_new(&token));
+    token_job cj = {.pool = f.pool, .token = token};
+    pthread_t tc;
+    TEST_THREAD_START(&tc, token_job_main, &cj);
+    WAIT_UNTIL(test_counts(f.pool).waiting == 2, 5000);
+
+    test_checkin(f.pool, c, 0); /* the turn begins */
+    c = retake(f.pool, id);
+    test_checkin(f.pool, c, 0); /* one re-take: to B, and C is woken early */
+    waiter_served(&b, id);
+    int64_t t_trigger = 0;
+    if (cancel_it) {
+        t_trigger = test_now_ns();
+        cpool_cancel_trigger(token);
+        WAIT_UNTIL(atomic_load(&cj.done), 5000);
+        ASSERT_RC(CPOOL_ECANCELED, cj.rc);
+        ASSERT_LT(cj.end_ns - t_trigger, 1000000000LL);
+        ASSERT_EQ(0, test_counts(f.pool).waiting);
+    } else {
+        test_sleep_ms(5); /* well past any spin */
+        ASSERT_FALSE(atomic_load(&cj.done));
+        ASSERT_EQ(1, test_counts(f.pool).waiting);
+    }
+    /* B's lease, then its turn of one re-take, then the handover. */
+    test_checkin(f.pool, b.conn, 0);
+    c = retake(f.pool, id);
+    test_checkin(f.pool, c, 0);
+    if (!cancel_it) {
+        WAIT_UNTIL(atomic_load(&cj.done), 5000);
+        ASSERT_OK(cj.rc);
+        ASSERT_EQ(id, cpool_conn_id(cj.conn));
+        test_checkin(f.pool, cj.conn, 0);
+    } else {
+        cpool_conn *d = test_checkout(f.pool);
+        ASSERT_EQ(id, cpool_conn_id(d));
+        test_checkin(f.pool, d, 0);
+    }
+    pthread_join(tc, NULL);
+    cpool_cancel_free(token);
+    test_fixture_free(&f);
+}
+
+TEST(next_waiter_woken_early_keeps_its_place)
+{
+    next_waiter_case(false);
+}
+
+TEST(next_waiter_woken_early_leaves_on_its_token)
+{
+    next_waiter_case(true);
+}
+
 TEST(handoff_options_checked)
 {
     cpool_options o;
