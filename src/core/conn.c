@@ -461,6 +461,7 @@ void cpool__set_parking(cpool *p, bool can_park)
     p->turns = can_park && p->opts.handoff == CPOOL_HANDOFF_TURNS &&
                p->opts.maintenance_interval_ms > 0;
     p->turn_ns = (int64_t)p->opts.turn_us * 1000;
+    p->turn_prompt_ns = p->turn_ns < TURN_PROMPT_NS ? p->turn_ns : TURN_PROMPT_NS;
     p->turn_uses = p->opts.turn_uses;
     p->turn_wait_ns = (int64_t)p->opts.turn_wait_us * 1000;
     atomic_store_explicit(&p->turn_eff_ns, p->turn_ns, memory_order_relaxed);

@@ -46,7 +46,7 @@
  * other work between its leases would leave the connection unused while
  * others wait. So a check-in that parks for a turn notes the time and the
  * thread's next checkout measures how long it stayed away: after a return
- * later than turn_prompt_ns() (100 us at most) the thread hands its next 2, 4, ... up to 64
+ * later than turn_prompt_ns (100 us at most) the thread hands its next 2, 4, ... up to 64
  * connections straight over (as FIFO does) before it may park again, and a
  * prompt return clears that. A thread with think time between leases thus
  * parks for at most one lease in 65.
@@ -122,14 +122,6 @@ static inline bool turn_goes_on(const cpool *p, int64_t *now)
     return true;
 }
 
-/* A thread that comes back for its parked connection within this long has
- * come back at once: turn_us, but no more than TURN_PROMPT_NS however long
- * turns may grow. */
-static inline int64_t turn_prompt_ns(const cpool *p)
-{
-    return p->turn_ns < TURN_PROMPT_NS ? p->turn_ns : TURN_PROMPT_NS;
-}
-
 /* At a checkout with turns: how long the thread stayed away since it last
  * parked for a turn (see the top of this file). */
 static inline void note_return(const cpool *p)
@@ -137,7 +129,7 @@ static inline void note_return(const cpool *p)
     cpool__park_slot *s = &cpool__tl_park;
     if (s->checkin_ns == 0)
         return;
-    if (cpool__now(p) - s->checkin_ns < turn_prompt_ns(p)) {
+    if (cpool__now(p) - s->checkin_ns < p->turn_prompt_ns) {
         s->away = 0;
     } else {
         if (s->away < 6)

@@ -409,9 +409,8 @@ static void maintenance_sleep_relock(cpool *p, int64_t until_ns)
              * the waits keep adapting), but no more often than turn_us or
              * 100 us. */
             int64_t t = atomic_load_explicit(&p->turn_eff_ns, memory_order_relaxed);
-            int64_t least = p->turn_ns < TURN_PROMPT_NS ? p->turn_ns : TURN_PROMPT_NS;
-            if (t < least)
-                t = least;
+            if (t < p->turn_prompt_ns)
+                t = p->turn_prompt_ns;
             if (now + t < wake)
                 wake = now + t;
         }

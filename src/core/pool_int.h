@@ -35,7 +35,7 @@
 /* Handoff turns shorter than this are not given at all: the pool hands off
  * as FIFO does, and the background thread stops watching for turns. */
 #define TURN_FLOOR_NS 10000
-#define TURN_PROMPT_NS 100000 /* see turn_prompt_ns() in lease.h */
+#define TURN_PROMPT_NS 100000 /* see cpool.turn_prompt_ns */
 /* A waiter woken early as the next to be served spins (yielding the CPU)
  * at most this long before it sleeps again (checkout.c, wait_unlock). */
 #define NUDGE_SPIN_NS 200000
@@ -282,6 +282,10 @@ struct cpool {
                               check-ins take the locked path, which closes */
     _Atomic uint32_t live_min; /* opts.min_pool_size, for the lock-free path */
     int64_t turn_ns;       /* options.turn_us in ns */
+    int64_t turn_prompt_ns; /* min(turn_ns, TURN_PROMPT_NS): a thread back for
+                              its parked connection within this long came
+                              back at once; and how often, at most, the
+                              background thread watches turns */
     int64_t turn_wait_ns;  /* options.turn_wait_us in ns */
     _Atomic int64_t turn_eff_ns; /* a turn's length now, <= turn_ns
                                     (cpool__adapt_turn_locked); below
