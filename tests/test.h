@@ -12,6 +12,7 @@
 #include "check.h"
 
 #include <cpool/cpool.h>
+#include <cpool/cpool_cluster.h>
 #include <cpool/cpool_connector.h>
 #include <cpool/cpool_mem.h>
 
@@ -483,6 +484,27 @@ static inline bool test_mentions(const char *text, const char *word)
     }
     norm[n] = '\0';
     return strstr(norm, word) != NULL;
+}
+
+/* The options the real-server cluster drills share: small pools that give
+ * up on a dead server within a second, a 500 ms heartbeat, checks on
+ * demand 50 ms apart, and a server that does not answer in 400 ms counted
+ * as down. */
+#define TEST_DRILL_HEARTBEAT_MS 500
+#define TEST_DRILL_CHECK_TIMEOUT_MS 400
+static inline void test_drill_cluster_options(cpool_options *po, cpool_cluster_options *o)
+{
+    cpool_options_init(po, sizeof *po);
+    po->ignore_env = true;
+    po->max_pool_size = 4;
+    po->connect_timeout_ms = 1000;
+    po->backoff_base_ms = 50;
+    po->backoff_max_ms = 500;
+    cpool_cluster_options_init(o, sizeof *o);
+    o->pool = po;
+    o->heartbeat_ms = TEST_DRILL_HEARTBEAT_MS;
+    o->min_heartbeat_ms = 50;
+    o->check_timeout_ms = TEST_DRILL_CHECK_TIMEOUT_MS;
 }
 
 #endif /* CPOOL_TEST_H */

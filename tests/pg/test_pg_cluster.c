@@ -24,8 +24,8 @@
 #define READERS 4
 #define WRITERS 2
 #define CHECKOUT_MS 1000
-#define HEARTBEAT_MS 500
-#define CHECK_TIMEOUT_MS 400
+#define HEARTBEAT_MS TEST_DRILL_HEARTBEAT_MS
+#define CHECK_TIMEOUT_MS TEST_DRILL_CHECK_TIMEOUT_MS
 
 static const char *const node_names[3] = {"primary", "replica1", "replica2"};
 
@@ -124,18 +124,8 @@ static void set_up(pgset *s)
              "sslmode=disable&gssencmode=disable&application_name=" DRILL_APP,
              s->port[0], s->port[1], s->port[2]);
     cpool_options po;
-    cpool_options_init(&po, sizeof po);
-    po.ignore_env = true;
-    po.max_pool_size = 4;
-    po.connect_timeout_ms = 1000;
-    po.backoff_base_ms = 50;
-    po.backoff_max_ms = 500;
     cpool_cluster_options o;
-    cpool_cluster_options_init(&o, sizeof o);
-    o.pool = &po;
-    o.heartbeat_ms = HEARTBEAT_MS;
-    o.min_heartbeat_ms = 50;
-    o.check_timeout_ms = CHECK_TIMEOUT_MS;
+    test_drill_cluster_options(&po, &o);
     o.on_topology = on_topo;
     o.topology_ctx = s;
     cpool_error e;

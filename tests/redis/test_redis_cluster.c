@@ -218,18 +218,8 @@ TEST(sentinel_failover_through_the_cluster)
              "redis-sentinel://127.0.0.1:%d,127.0.0.1:%d,127.0.0.1:%d/cpool", s.port[2],
              s.port[3], s.port[4]);
     cpool_options po;
-    cpool_options_init(&po, sizeof po);
-    po.ignore_env = true;
-    po.max_pool_size = 4;
-    po.connect_timeout_ms = 1000;
-    po.backoff_base_ms = 50;
-    po.backoff_max_ms = 500;
     cpool_cluster_options o;
-    cpool_cluster_options_init(&o, sizeof o);
-    o.pool = &po;
-    o.heartbeat_ms = 500;
-    o.min_heartbeat_ms = 50;
-    o.check_timeout_ms = 400;
+    test_drill_cluster_options(&po, &o);
     cpool_error e;
     ASSERT_OK_E(cpool_cluster_open(target, &o, &s.c, &e), &e);
     ASSERT_EQ(2, cpool_cluster_size(s.c)); /* the Sentinels named both */

@@ -146,6 +146,34 @@ static int serve_ok(tcluster *t, cpool_want want)
     return i;
 }
 
+/* Waits for the primary and leases it (5 s at most); *from when not NULL. */
+static cpool_conn *lease_primary(tcluster *t, cpool_lease_origin *from)
+{
+    ASSERT_OK(cpool_cluster_wait(t->c, CPOOL_WANT_PRIMARY, 5000, NULL));
+    cpool_cluster_checkout_opts o = {.struct_size = sizeof o, .want = CPOOL_WANT_PRIMARY,
+                                     .timeout_ms = 5000};
+    cpool_conn *lease = NULL;
+    ASSERT_OK(cpool_cluster_checkout(t->c, &o, &lease, from, NULL));
+    return lease;
+}
+
+/* Endpoint i's server turns into a replica (no epoch). */
+static void make_replica(tcluster *t, int i)
+{
+    t->sv[i].role = CPOOL_ROLE_REPLICA;
+    t->sv[i].epoch = 0;
+    tc_set(t, i);
+}
+
+/* Endpoint i serves a read within 200 replica checkouts. */
+static bool serves_a_read(tcluster *t, int i)
+{
+    for (int k = 0; k < 200; k++)
+        if (serve_ok(t, CPOOL_WANT_REPLICA) == i)
+            return true;
+    return false;
+}
+
 TEST(selects_by_role)
 {
     tcluster t;
@@ -353,14 +381,9 @@ TEST(failover_to_a_promoted_replica)
         ASSERT_EQ(1, serve_ok(&t, CPOOL_WANT_PRIMARY));
     ASSERT_EQ(CPOOL_ROLE_PRIMARY, info_of(&t, 0).role);
     /* ... until it rejoins as a replica, and then serves reads. */
-    t.sv[0].role = CPOOL_ROLE_REPLICA;
-    t.sv[0].epoch = 0;
-    tc_set(&t, 0);
+    make_replica(&t, 0);
     WAIT_UNTIL(info_of(&t, 0).state == CPOOL_ENDPOINT_UP, 5000);
-    bool read0 = false;
-    for (int k = 0; k < 200 && !read0; k++)
-        read0 = serve_ok(&t, CPOOL_WANT_REPLICA) == 0;
-    ASSERT_TRUE(read0);
+    ASSERT_TRUE(serves_a_read(&t, 0));
     tc_free(&t);
 }
 
@@ -371,12 +394,8 @@ TEST(older_of_two_primaries_is_stale_and_interrupted)
     tcluster t;
     tc_init(&t, 2);
     tc_open(&t);
-    ASSERT_OK(cpool_cluster_wait(t.c, CPOOL_WANT_PRIMARY, 5000, NULL));
-    cpool_cluster_checkout_opts o = {.struct_size = sizeof o, .want = CPOOL_WANT_PRIMARY,
-                                     .timeout_ms = 5000};
-    cpool_conn *lease = NULL;
     cpool_lease_origin from;
-    ASSERT_OK(cpool_cluster_checkout(t.c, &o, &lease, &from, NULL));
+    cpool_conn *lease = lease_primary(&t, &from);
     ASSERT_EQ(0, from.endpoint);
     ASSERT_EQ(CPOOL_ROLE_PRIMARY, from.role);
     t.sv[1].role = CPOOL_ROLE_PRIMARY;
@@ -398,15 +417,9 @@ TEST(demoted_primary_serves_no_write)
     tcluster t;
     tc_init(&t, 2);
     tc_open(&t);
-    ASSERT_OK(cpool_cluster_wait(t.c, CPOOL_WANT_PRIMARY, 5000, NULL));
-    cpool_cluster_checkout_opts o = {.struct_size = sizeof o, .want = CPOOL_WANT_PRIMARY,
-                                     .timeout_ms = 5000};
-    cpool_conn *lease = NULL;
-    ASSERT_OK(cpool_cluster_checkout(t.c, &o, &lease, NULL, NULL));
+    cpool_conn *lease = lease_primary(&t, NULL);
     uint64_t gen = info_of(&t, 0).pool != NULL ? test_counts(info_of(&t, 0).pool).generation : 0;
-    t.sv[0].role = CPOOL_ROLE_REPLICA;
-    t.sv[0].epoch = 0;
-    tc_set(&t, 0);
+    make_replica(&t, 0);
     WAIT_UNTIL(cpool_mem_conn_interrupted(cpool_conn_native(lease)), 5000);
     ASSERT_EQ(CPOOL_ROLE_REPLICA, info_of(&t, 0).role);
     ASSERT_GT(test_counts(info_of(&t, 0).pool).generation, gen);
@@ -417,10 +430,7 @@ TEST(demoted_primary_serves_no_write)
     ASSERT_EQ(-1, serve(&t, CPOOL_WANT_PRIMARY, 100, 0, &rc, &e));
     ASSERT_RC(CPOOL_ENOENDPOINT, rc);
     /* it still serves reads: the pool was made ready again */
-    bool read0 = false;
-    for (int k = 0; k < 200 && !read0; k++)
-        read0 = serve_ok(&t, CPOOL_WANT_REPLICA) == 0;
-    ASSERT_TRUE(read0);
+    ASSERT_TRUE(serves_a_read(&t, 0));
     tc_free(&t);
 }
 
