@@ -459,10 +459,12 @@ TEST(shutdown_waits_for_returns)
                      {f.pool, test_checkout(f.pool), 80, 0}};
     cpool_conn *idle = test_checkout(f.pool);
     test_checkin(f.pool, idle, 0);
+    /* Timed from before the returners start: the later one checks in no
+     * sooner than 80 ms after this, however late this thread runs next. */
+    int64_t t0 = test_now_ms();
     for (int i = 0; i < 2; i++)
         TEST_THREAD_START(&r[i].thread, return_later, &r[i]);
     cpool_shutdown_report rep;
-    int64_t t0 = test_now_ms();
     ASSERT_OK(cpool_shutdown(f.pool, 5000, &rep, NULL));
     int64_t took = test_now_ms() - t0;
     for (int i = 0; i < 2; i++)
