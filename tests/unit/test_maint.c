@@ -315,6 +315,9 @@ static void *poller_main(void *arg)
     watch *w = arg;
     bool saw_pending = false;
     while (!atomic_load(&w->stop)) {
+        /* The round read before the snapshot: main moves on only once the
+         * pool is empty, so what this snapshot shows belongs to it. */
+        int round = atomic_load(&w->round);
         cpool_counts c = test_counts(w->pool);
         atomic_fetch_add(&w->snapshots, 1);
         ASSERT_COUNTS_CONSISTENT(c);
@@ -329,11 +332,11 @@ static void *poller_main(void *arg)
                      c.available, c.in_use, c.total, atomic_load(&w->round));
             saw_pending = false;
             atomic_fetch_add(&w->pending_seen, 1);
-            atomic_store(&w->available_round, atomic_load(&w->round));
+            atomic_store(&w->available_round, round);
         } else if (c.available == 1) {
             /* Not scheduled during this round's pending phase (a loaded
              * machine): nothing to compare, but the round may go on. */
-            atomic_store(&w->available_round, atomic_load(&w->round));
+            atomic_store(&w->available_round, round);
         }
         if (c.total == 1 && c.pending == 0 && c.available == 0)
             FAIL("snapshot shows the connection neither pending nor available "
