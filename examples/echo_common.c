@@ -233,22 +233,29 @@ int echo_clients_run(const char *path, int clients, int requests, double *elapse
 int echo_report(const char *loop_name, const char *measured, const echo_config *c,
                 int served, int failures, double elapsed_s, const echo_meter *m)
 {
+    /* A loaded machine now and then charges a thread with kernel work done
+     * for others (network softirqs on its CPU, which this kernel does not
+     * account apart): a few stretches over the limit in tens of thousands
+     * are the machine. A blocking path on the loop repeats, or lasts: more
+     * than one stretch in OUTLIERS_PER, or one of ten times the limit,
+     * fails the run. */
+    enum { OUTLIERS_PER = 2000 };
+    unsigned long long allowed = m->stretches / OUTLIERS_PER;
+    if (allowed < 1)
+        allowed = 1;
+    bool over = m->cpu_over_limit > allowed ||
+                (double)m->max_cpu_ns >= 10 * c->max_block_ms * 1e6;
     printf("%s echo: %d requests served from one loop thread through a pool of %d "
            "PostgreSQL connections, %d in flight, in %.2f s (%.0f/s); %d failed\n",
            loop_name, served, c->pool_size, c->in_flight, elapsed_s,
            elapsed_s > 0 ? served / elapsed_s : 0, failures);
     printf("longest %s: %.3f ms of the loop thread's CPU (%s); %.3f ms wall when it was "
            "never switched out; %.3f ms wall in all (the machine's load included); over %llu, "
-           "%llu of them MAX_BLOCK_MS (%.3g ms) of CPU or more\n",
+           "%llu of them MAX_BLOCK_MS (%.3g ms) of CPU or more (%llu allowed)\n",
            measured, (double)m->max_cpu_ns / 1e6, m->max_where != NULL ? m->max_where : "-",
            (double)m->max_quiet_ns / 1e6,
            (double)m->max_wall_ns / 1e6, (unsigned long long)m->stretches,
-           (unsigned long long)m->cpu_over_limit, c->max_block_ms);
-    /* A loaded machine now and then charges a thread with kernel work done
-     * for others (network softirqs on its CPU): one stretch over the limit
-     * in tens of thousands is the machine; a blocking path on the loop
-     * repeats, or lasts. */
-    bool over = m->cpu_over_limit > 1 || (double)m->max_cpu_ns >= 10 * c->max_block_ms * 1e6;
+           (unsigned long long)m->cpu_over_limit, c->max_block_ms, allowed);
     bool ok = failures == 0 && served == c->requests && !over;
     if (!ok)
         printf("FAILED: %s\n", failures != 0 || served != c->requests
