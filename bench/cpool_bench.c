@@ -153,6 +153,8 @@ static void cp_close(void *self)
     free(b);
 }
 
+static uint32_t g_turn_wait_us; /* --turn-wait-us; 0 = the pool's default */
+
 static int cp_open_mode(unsigned conns, cpool_handoff handoff, void **self, char *msg,
                         size_t len)
 {
@@ -175,6 +177,8 @@ static int cp_open_mode(unsigned conns, cpool_handoff handoff, void **self, char
     o.max_pool_size = conns;
     o.wait_queue_timeout_ms = 0;
     o.handoff = handoff;
+    if (g_turn_wait_us > 0)
+        o.turn_wait_us = g_turn_wait_us;
     int rc = cpool_create(&o, &b->pool, &err);
     if (rc == 0)
         rc = cpool_ready(b->pool, &err);
@@ -882,6 +886,8 @@ static void usage(FILE *f)
             "  --hold MODE         spin (default): busy-spin through the hold, as CPU\n"
             "                      work does; sleep: sleep through it, as a thread\n"
             "                      waiting on the network does\n"
+            "  --turn-wait-us N    the cpool pool's turn_wait_us (default: the pool's\n"
+            "                      default): longer turns, longer waits\n"
             "  --no-overtakes      do not measure overtakes (saves two atomics per op)\n"
             "  --help              this text\n"
             "LIST is comma-separated, e.g. --threads 1,64. Each operation is checkout,\n"
@@ -965,6 +971,11 @@ int main(int argc, char **argv)
             unsigned long long n = strtoull(v, &end, 10);
             bad = *end || n == 0;
             fixed_ops = n;
+        } else if (!strcmp(a, "--turn-wait-us")) {
+            char *end;
+            unsigned long n = strtoul(v, &end, 10);
+            bad = *end || n < 1 || n > 100000000;
+            g_turn_wait_us = (uint32_t)n;
         } else if (!strcmp(a, "--hold")) {
             bad = strcmp(v, "spin") != 0 && strcmp(v, "sleep") != 0;
             g_hold_sleep = strcmp(v, "sleep") == 0;
@@ -1013,7 +1024,10 @@ int main(int argc, char **argv)
         printf("# %u rounds per configuration, pools interleaved; each row is the pool's "
                "median round by ops/s\n",
                rounds);
-    printf("# pools: cpool (mem connector, maxPoolSize=P, no subscriber; handoff turns)");
+    printf("# pools: cpool (mem connector, maxPoolSize=P, no subscriber; handoff turns");
+    if (g_turn_wait_us > 0)
+        printf(", turn_wait_us=%u", (unsigned)g_turn_wait_us);
+    printf(")");
     if (use[POOL_FIFO])
         printf(", cpool-fifo (the same, handoff fifo)");
     if (use[POOL_NAIVE])
