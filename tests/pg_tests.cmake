@@ -99,3 +99,20 @@ add_test(NAME pg/example COMMAND pg_example "${pg_uri}")
 set_tests_properties(pg/example PROPERTIES
   TIMEOUT 30 LABELS pg FIXTURES_REQUIRED pg_server
   PASS_REGULAR_EXPRESSION "^hello from cpool\nPostgreSQL ")
+
+# bench/pg_ab (built with the benchmarks): one short round each way, so
+# that the program keeps building and running; its figures are for
+# docs/benchmarks.md, not for a pass/fail test. The A/A run must report
+# its ratio too, and neither may fail a request.
+if(TARGET pg_ab)
+  add_test(NAME pg/bench_ab COMMAND pg_ab "${pg_uri}" -t 2 -d 0.2 -r 2)
+  add_test(NAME pg/bench_ab_aa COMMAND pg_ab "${pg_uri}" -t 2 -d 0.2 -r 1 -b raw -v none)
+  set_tests_properties(pg/bench_ab PROPERTIES
+    TIMEOUT 60 LABELS pg FIXTURES_REQUIRED pg_server
+    PASS_REGULAR_EXPRESSION "pool/raw: median [0-9.]+ .*over 2 rounds"
+    FAIL_REGULAR_EXPRESSION "FAILED")
+  set_tests_properties(pg/bench_ab_aa PROPERTIES
+    TIMEOUT 60 LABELS pg FIXTURES_REQUIRED pg_server
+    PASS_REGULAR_EXPRESSION "raw2/raw: median [0-9.]+ .*over 1 rounds"
+    FAIL_REGULAR_EXPRESSION "FAILED")
+endif()
