@@ -111,6 +111,7 @@ typedef struct pg_state {
     PQnoticeReceiver notice_receiver;
     PQnoticeProcessor notice_processor;
     uint64_t reported;      /* reported_hash() of a fresh session */
+    unsigned reported_mask; /* which of reported_names[] the server reports */
 } pg_state;
 
 /* ------------------------------------------------------------- SQLSTATE */
@@ -649,6 +650,47 @@ static cancel_ref *cancel_make(PGconn *conn)
     return ref;
 }
 
+/* The session parameters the server reports to the client whenever they
+ * change (GUC_REPORT), hashed. A lease that changed one changed the
+ * session: SET SESSION AUTHORIZATION, SET ROLE by a superuser (which flips
+ * is_superuser), SET TimeZone, application_name ... (search_path too from
+ * PostgreSQL 18). Comparing at check-in costs no round trip. */
+static const char *const reported_names[] = {
+    "session_authorization", "is_superuser",  "application_name",
+    "client_encoding",       "DateStyle",     "IntervalStyle",
+    "TimeZone",              "standard_conforming_strings",
+    "default_transaction_read_only", "search_path", NULL};
+
+/* Which of reported_names[] the server reports (a bit each). The set is
+ * fixed by the server's version, so it is read once per session: libpq
+ * finds a parameter by walking its list, and a name the server does not
+ * report (search_path before PostgreSQL 18) walks all of it for nothing at
+ * every check-in. */
+static unsigned reported_mask_of(const PGconn *conn)
+{
+    unsigned mask = 0;
+    for (int i = 0; reported_names[i] != NULL; i++)
+        if (PQparameterStatus(conn, reported_names[i]) != NULL)
+            mask |= 1u << i;
+    return mask;
+}
+
+static uint64_t reported_hash(const PGconn *conn, unsigned mask)
+{
+    uint64_t h = 14695981039346656037ULL; /* FNV-1a */
+    for (int i = 0; reported_names[i] != NULL; i++) {
+        if (!(mask & (1u << i)))
+            continue;
+        const char *v = PQparameterStatus(conn, reported_names[i]);
+        for (const char *q = v != NULL ? v : "\x01"; ; q++) {
+            h = (h ^ (unsigned char)*q) * 1099511628211ULL;
+            if (*q == '\0')
+                break;
+        }
+    }
+    return h;
+}
+
 static int pg_event(PGEventId id, void *info, void *pass);
 
 static pg_state *state_of(const PGconn *conn)
@@ -691,6 +733,9 @@ static int pg_event(PGEventId id, void *info, void *pass)
         int old_sock = st->sock;
         st->sock = sock;
         pthread_mutex_unlock(&st->mu);
+        /* A fresh session: what it reports now is the baseline. */
+        st->reported_mask = reported_mask_of(conn);
+        st->reported = reported_hash(conn, st->reported_mask);
         cancel_release(old);
         if (old_sock >= 0)
             close(old_sock);
@@ -847,30 +892,6 @@ static int conn_tsa(PGconn *conn)
     return i > 0 ? i : TSA_ANY;
 }
 
-/* The session parameters the server reports to the client whenever they
- * change (GUC_REPORT), hashed. A lease that changed one changed the
- * session: SET SESSION AUTHORIZATION, SET ROLE by a superuser (which flips
- * is_superuser), SET TimeZone, application_name ... (search_path too from
- * PostgreSQL 18). Comparing at check-in costs no round trip. */
-static uint64_t reported_hash(const PGconn *conn)
-{
-    static const char *const names[] = {
-        "session_authorization", "is_superuser",  "application_name",
-        "client_encoding",       "DateStyle",     "IntervalStyle",
-        "TimeZone",              "standard_conforming_strings",
-        "default_transaction_read_only", "search_path", NULL};
-    uint64_t h = 14695981039346656037ULL; /* FNV-1a */
-    for (int i = 0; names[i] != NULL; i++) {
-        const char *v = PQparameterStatus(conn, names[i]);
-        for (const char *q = v != NULL ? v : "\x01"; ; q++) {
-            h = (h ^ (unsigned char)*q) * 1099511628211ULL;
-            if (*q == '\0')
-                break;
-        }
-    }
-    return h;
-}
-
 /* Attaches the state to a fresh connection. */
 static int state_attach(PGconn *conn)
 {
@@ -890,7 +911,8 @@ static int state_attach(PGconn *conn)
     /* A NULL hook changes nothing and returns the current one. */
     st->notice_receiver = PQsetNoticeReceiver(conn, NULL, NULL);
     st->notice_processor = PQsetNoticeProcessor(conn, NULL, NULL);
-    st->reported = reported_hash(conn);
+    st->reported_mask = reported_mask_of(conn);
+    st->reported = reported_hash(conn, st->reported_mask);
     if (st->cancel == NULL || st->sock < 0 || tsa < 0 ||
         !PQregisterEventProc(conn, pg_event, "cpool", NULL) ||
         !PQsetInstanceData(conn, pg_event, st)) {
@@ -1506,7 +1528,7 @@ static int pg_reset(void *vctx, void *native, cpool_error *err)
     /* DISCARD ALL when asked to always, or when a reported parameter shows
      * the lease changed the session (see reported_hash). */
     bool discard = (ctx != NULL && ctx->reset_always) ||
-                   (st != NULL && reported_hash(conn) != st->reported);
+                   (st != NULL && reported_hash(conn, st->reported_mask) != st->reported);
     if (!rollback && !discard && (ctx == NULL || ctx->reset_query == NULL)) {
         /* Nothing to send: no round trip on the common path. A user who
          * switched to non-blocking mode hands the next one the default. */
@@ -1529,7 +1551,7 @@ static int pg_reset(void *vctx, void *native, cpool_error *err)
          * may have changed the server's defaults since it began, and
          * reset_query may set a reported setting itself. */
         if (st != NULL)
-            st->reported = reported_hash(conn);
+            st->reported = reported_hash(conn, st->reported_mask);
     }
     const char *why = tsa_violation(conn, st);
     if (why != NULL)
@@ -1561,7 +1583,7 @@ static int pg_discard(void *vctx, void *native, int64_t deadline_ns, cpool_error
         return io_error(ctx, conn, "discard", CPOOL_FAIL_OTHER, 0,
                         "a transaction is still open", err);
     if (st != NULL)
-        st->reported = reported_hash(conn);
+        st->reported = reported_hash(conn, st->reported_mask);
     const char *why = tsa_violation(conn, st);
     if (why != NULL)
         return io_error(ctx, conn, "discard", CPOOL_FAIL_OTHER, 0, why, err);

@@ -215,4 +215,37 @@ TEST(reset_query_setting_is_the_baseline)
     cpool_destroy(p);
 }
 
+/* A lease that calls PQreset() gets a new backend. What the new session
+ * reports becomes the baseline (libpq may have reached another server of
+ * the host list, which may report other parameters): a temporary table, not
+ * reported, stays across the check-in as in any session; a role change,
+ * reported, still makes the check-in DISCARD ALL. */
+TEST(pqreset_by_a_lease_keeps_tracking)
+{
+    cpool *p = pg_pool(pg_uri(), NULL);
+    cpool_conn *c = test_checkout(p);
+    PGconn *conn = pg_lease_conn(c);
+    int old_pid = PQbackendPID(conn);
+    PQreset(conn);
+    ASSERT_EQ(CONNECTION_OK, PQstatus(conn));
+    int pid = PQbackendPID(conn);
+    ASSERT_NE(old_pid, pid);
+    pg_exec_ok(conn, "CREATE TEMP TABLE after_reset AS SELECT 1 AS v");
+    test_checkin(p, c, 0);
+
+    c = test_checkout(p);
+    ASSERT_EQ(pid, pg_lease_pid(c));
+    char *v = pg_text(pg_lease_conn(c), "SELECT to_regclass('pg_temp.after_reset') IS NOT NULL");
+    ASSERT_STR_EQ("t", v); /* no DISCARD ALL: the reset session is the baseline */
+    free(v);
+    pg_exec_ok(pg_lease_conn(c), "SET ROLE " PG_AUTH_USER); /* reported: is_superuser */
+    test_checkin(p, c, 0);
+
+    c = test_checkout(p);
+    ASSERT_EQ(pid, pg_lease_pid(c));
+    ASSERT_FRESH(c);
+    test_checkin(p, c, 0);
+    cpool_destroy(p);
+}
+
 TEST_MAIN()
