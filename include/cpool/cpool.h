@@ -225,8 +225,9 @@ typedef struct cpool_options cpool_options;
 
 /* How connections returned while others wait reach the waiters
  * (docs/design.md, "Handoff"). In both modes waiters are served in the
- * order they arrived, and a newcomer never takes a connection ahead of a
- * waiter. */
+ * order they arrived (with turns, a waiter may be passed once, by one woken
+ * early on the CPU that hands over), and a newcomer never takes a
+ * connection ahead of a waiter. */
 typedef enum cpool_handoff {
     /* Every check-in hands the connection to the oldest waiter at once:
      * CMAP's wait queue, one wake-up and one thread switch per lease when
@@ -235,7 +236,7 @@ typedef enum cpool_handoff {
     /* A thread that checks in while others wait may take the same
      * connection straight back, without the lock, for a turn of at most
      * turn_us and turn_uses re-takes; then the oldest waiter gets it. A
-     * queued checkout waits for at most (its place in the queue / the
+     * queued checkout waits for at most ((its place in the queue + 1) / the
      * pool's size) turns instead of leases, each turn_us plus one lease at
      * the most; the turns shrink while checkouts wait longer than
      * turn_wait_us, and grow back when they wait less. Used only where the lock-free path is (no event subscriber,

@@ -379,6 +379,8 @@ static int queue_relock(checkout *co)
         p->wq_head = w;
     p->wq_tail = w;
     atomic_fetch_add(&p->nwaiting, 1);
+    w->cpu = p->turns ? sched_getcpu() : -1;
+    w->passed = 0;
     /* The queue's oldest wait is a statistic (maxwait); with turns, each
      * wait also adapts the turns' length. */
     w->since = cpool__now(p);

@@ -13,6 +13,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -365,6 +366,8 @@ void cpool__wq_remove_locked(cpool *p, waiter *w)
         p->wq_tail = w->prev;
     w->prev = w->next = NULL;
     w->queued = false;
+    if (p->wq_picked == w)
+        p->wq_picked = NULL;
     if (w->tenant != NULL)
         w->tenant->waiting--;
     atomic_fetch_sub(&p->nwaiting, 1);
@@ -579,24 +582,61 @@ void cpool__assign_locked(cpool *p, cpool_conn *c, tenant *t)
     t->in_use++;
 }
 
-/* Turns: after a handoff, wakes the waiter that is now next in line ahead
- * of its turn, so that it spins on a CPU instead of sleeping (wait_unlock in
+/* Turns: after a handoff, wakes a waiter near the head ahead of its turn,
+ * so that it spins on a CPU instead of sleeping (wait_unlock in
  * checkout.c). When the next handoff comes, it is running: no connection
  * sits idle while the scheduler brings a sleeping thread back, and the
  * check-in does not pay for a wake-up. Only while turns are given: with
  * leases long enough to shrink them to nothing, the next handoff is far off
  * and spinning for it would waste a CPU. The post is a stale wake-up for a
- * waiter that is not spinning. */
+ * waiter that is not spinning.
+ *
+ * Which one: the head, unless the queue is deep (NUDGE_PASS_MIN_TURNS) and
+ * one of the first NUDGE_WINDOW waiters queued on this thread's CPU and may
+ * pass those ahead of it (each is passed at most NUDGE_PASS_LIMIT times):
+ * the kernel wakes a thread where it last ran, so that wake-up needs no
+ * other CPU. The one picked is served next (picked_locked), whether it
+ * still spins then or has gone back to sleep. */
 static void nudge_next_locked(cpool *p)
 {
     CPOOL_ASSERT_HELD(p);
-    if (!p->turns || atomic_load_explicit(&p->turn_eff_ns, memory_order_relaxed) < TURN_FLOOR_NS)
+    if (!p->turns || p->wq_picked != NULL ||
+        atomic_load_explicit(&p->turn_eff_ns, memory_order_relaxed) < TURN_FLOOR_NS)
         return;
     waiter *n = cpool__next_waiter_locked(p);
-    if (n == NULL || n->async || atomic_load(&n->nudged))
+    if (n == NULL || n->async)
         return;
+    bool deep = atomic_load_explicit(&p->nwaiting, memory_order_relaxed) >=
+                (uint32_t)NUDGE_PASS_MIN_TURNS * p->opts.max_pool_size;
+    int me = deep && !p->tenants ? sched_getcpu() : -1;
+    int k = 0;
+    for (waiter *x = n; me >= 0 && x != NULL && k < NUDGE_WINDOW && !x->async;
+         x = x->next, k++) {
+        if (x->cpu == me) {
+            n = x;
+            break;
+        }
+        if (x->passed >= NUDGE_PASS_LIMIT)
+            break; /* nobody may pass it again */
+    }
+    p->wq_picked = n;
+    if (atomic_load(&n->nudged))
+        return; /* it spins already */
     atomic_store(&n->nudged, 1);
     sem_post(&n->sem);
+}
+
+/* Turns: the waiter to serve instead of the head `w`: the one woken early,
+ * with each waiter ahead of it counted as passed; NULL to serve the head. */
+static waiter *picked_locked(cpool *p, waiter *w)
+{
+    CPOOL_ASSERT_HELD(p);
+    waiter *n = p->wq_picked;
+    if (n == NULL || n == w || p->tenants)
+        return NULL;
+    for (waiter *y = w; y != n; y = y->next)
+        y->passed++;
+    return n;
 }
 
 /* A checked-in or freshly established connection: straight to the oldest
@@ -607,6 +647,9 @@ void cpool__make_available_locked(cpool *p, cpool_conn *c)
     CPOOL_ASSERT_HELD(p);
     waiter *w = cpool__next_waiter_locked(p);
     if (w != NULL && p->state == CPOOL_STATE_READY) {
+        waiter *ahead = picked_locked(p, w);
+        if (ahead != NULL)
+            w = ahead;
         if (p->turns)
             cpool__adapt_turn_locked(p, cpool__now(p) - w->since);
         cpool__wq_remove_locked(p, w);

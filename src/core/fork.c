@@ -115,6 +115,7 @@ static void after_fork_relock(cpool *p)
     cpool__init_monotonic_cond(&p->drain_cv);
     p->maint_running = false;
     p->wq_head = p->wq_tail = NULL;
+    p->wq_picked = NULL;
     atomic_store(&p->nwaiting, 0);
     while (p->available.head != NULL)
         cpool__abandon_locked(p, p->available.head);

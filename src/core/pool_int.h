@@ -39,6 +39,18 @@
 /* A waiter woken early as the next to be served spins (yielding the CPU)
  * at most this long before it sleeps again (checkout.c, wait_unlock). */
 #define NUDGE_SPIN_NS 200000
+/* Which waiter is woken early (conn.c, nudge_next_locked): the head, or
+ * one of the first NUDGE_WINDOW waiters that queued on the CPU of the
+ * thread handing over, whose wake-up then stays on that CPU (one across
+ * CPUs costs twenty times as much on a virtual machine: bench/wake_cost).
+ * The one picked is served next, before those ahead of it; each waiter can
+ * be passed so at most NUDGE_PASS_LIMIT times, and only while the queue is
+ * at least NUDGE_PASS_MIN_TURNS turns deep (waiting checkouts /
+ * maxPoolSize): a pass costs the passed waiter one turn, so it lengthens
+ * that wait by at most an eighth. */
+#define NUDGE_WINDOW 4
+#define NUDGE_PASS_LIMIT 1
+#define NUDGE_PASS_MIN_TURNS 8
 
 /* A connection's state is the list it is on. An IN_USE connection whose
  * `leased` flag is already clear is being checked in (its reset runs outside
@@ -195,6 +207,9 @@ typedef struct waiter {
     bool queued;
     atomic_int nudged; /* woken early to spin, as the next to be served
                           (turns only, see cpool__make_available_locked) */
+    int cpu;           /* turns: the CPU it queued on (sched_getcpu), or -1 */
+    int passed;        /* waiters served before it though queued after it
+                          (at most NUDGE_PASS_LIMIT) */
     atomic_int done;   /* 1 once served or failed: published with release
                           before the post, read with acquire after the wait */
     /* The checkout's cancellation token (cancel.c): registered while it may
@@ -301,6 +316,8 @@ struct cpool {
     uint64_t next_id;
     conn_list pending, available, in_use, orphans, free_list;
     waiter *wq_head, *wq_tail;
+    waiter *wq_picked; /* turns: the waiter woken early, served next (conn.c,
+                          nudge_next_locked); NULL once it left the queue */
     atomic_uint nwaiting;
     service *services;
     cpool_error clear_cause;

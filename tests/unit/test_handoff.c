@@ -386,6 +386,111 @@ TEST(next_waiter_woken_early_leaves_on_its_token)
     next_waiter_case(true);
 }
 
+/* The first two CPUs this thread may run on (-1 when there is no second). */
+static void two_cpus(int *x, int *y)
+{
+    cpu_set_t set;
+    *x = *y = -1;
+    if (pthread_getaffinity_np(pthread_self(), sizeof set, &set) != 0)
+        return;
+    for (int c = 0; c < CPU_SETSIZE && *y < 0; c++)
+        if (CPU_ISSET(c, &set)) {
+            if (*x < 0)
+                *x = c;
+            else
+                *y = c;
+        }
+}
+
+static void pin_to(int cpu)
+{
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    ASSERT_EQ(0, pthread_setaffinity_np(pthread_self(), sizeof set, &set));
+}
+
+typedef struct pinned_job {
+    cpool *pool;
+    int cpu;
+    atomic_int *served; /* the order of service, from 1 */
+    int order;
+    int rc;
+    cpool_conn *conn;
+    atomic_bool done;
+    pthread_t thread;
+} pinned_job;
+
+static void *pinned_job_main(void *arg)
+{
+    pinned_job *j = arg;
+    pin_to(j->cpu);
+    j->rc = cpool_checkout(j->pool, 10000, &j->conn, NULL);
+    j->order = atomic_fetch_add(j->served, 1) + 1;
+    atomic_store(&j->done, true);
+    return NULL;
+}
+
+/* With the queue at least NUDGE_PASS_MIN_TURNS (8) turns deep, the waiter
+ * woken early is one of the first four that queued on the CPU of the
+ * thread handing over, and it is served before those ahead of it; each
+ * waiter is passed at most once. Eleven waiters on a pool of one: 1 and 2
+ * on CPU x, 3 and 4 on CPU y (the main thread's), 5 on x, 6 on y, the rest
+ * on x. Served: 1 (the head: nobody was woken early), 3 (picked from y,
+ * passing 2), 2 (passed once already, so 4 may not pass it), 4 (picked
+ * from y), then, with fewer than 8 waiting, the rest in order: 6 does not
+ * pass 5. On a machine with a single CPU all share it and the order is the
+ * queue's. */
+TEST(waiter_woken_early_on_this_cpu_passes_each_at_most_once)
+{
+    int x, y;
+    two_cpus(&x, &y);
+    bool two = y >= 0;
+    if (!two)
+        y = x;
+    cpu_set_t saved;
+    ASSERT_EQ(0, pthread_getaffinity_np(pthread_self(), sizeof saved, &saved));
+    pin_to(y);
+    test_fixture f;
+    handoff_fixture(&f, CPOOL_HANDOFF_TURNS, 1000000, 1, false);
+    cpool_conn *c = test_checkout(f.pool);
+    uint64_t id = cpool_conn_id(c);
+    enum { N = 11 };
+    static const bool on_y[N] = {false, false, true, true, false, true};
+    pinned_job jobs[N];
+    atomic_int served;
+    atomic_init(&served, 0);
+    for (int i = 0; i < N; i++) {
+        jobs[i] = (pinned_job){.pool = f.pool, .cpu = on_y[i] ? y : x, .served = &served};
+        atomic_init(&jobs[i].done, false);
+        TEST_THREAD_START(&jobs[i].thread, pinned_job_main, &jobs[i]);
+        WAIT_UNTIL(test_counts(f.pool).waiting == (uint32_t)i + 1, 5000);
+    }
+    /* Each handover: the main thread (on y) checks the connection in, its
+     * turn of one re-take, and the check-in that hands it over. */
+    for (int h = 0; h < N; h++) {
+        test_checkin(f.pool, c, 0);
+        c = retake(f.pool, id);
+        test_checkin(f.pool, c, 0);
+        WAIT_UNTIL(atomic_load(&served) == h + 1, 5000);
+        c = NULL;
+        for (int i = 0; i < N; i++)
+            if (atomic_load(&jobs[i].done) && jobs[i].order == h + 1)
+                c = jobs[i].conn;
+        ASSERT_NOT_NULL(c);
+        ASSERT_EQ(id, cpool_conn_id(c));
+    }
+    test_checkin(f.pool, c, 0);
+    static const int want_two[N] = {1, 3, 2, 4, 5, 6, 7, 8, 9, 10, 11};
+    for (int i = 0; i < N; i++) {
+        pthread_join(jobs[i].thread, NULL);
+        ASSERT_OK(jobs[i].rc);
+        ASSERT_EQ(two ? want_two[i] : i + 1, jobs[i].order);
+    }
+    test_fixture_free(&f);
+    ASSERT_EQ(0, pthread_setaffinity_np(pthread_self(), sizeof saved, &saved));
+}
+
 TEST(handoff_options_checked)
 {
     cpool_options o;
