@@ -647,11 +647,13 @@ void cpool__make_available_locked(cpool *p, cpool_conn *c)
     CPOOL_ASSERT_HELD(p);
     waiter *w = cpool__next_waiter_locked(p);
     if (w != NULL && p->state == CPOOL_STATE_READY) {
+        /* The turns adapt to the oldest wait, the head's, even when a
+         * waiter behind it is served first. */
+        if (p->turns)
+            cpool__adapt_turn_locked(p, cpool__now(p) - w->since);
         waiter *ahead = picked_locked(p, w);
         if (ahead != NULL)
             w = ahead;
-        if (p->turns)
-            cpool__adapt_turn_locked(p, cpool__now(p) - w->since);
         cpool__wq_remove_locked(p, w);
         cpool__assign_locked(p, c, w->tenant);
         w->conn = c;
