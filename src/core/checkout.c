@@ -4,8 +4,8 @@
 #include "lease.h"
 
 #include <assert.h>
-#include <sched.h>
 #include <errno.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -381,6 +381,9 @@ static int queue_relock(checkout *co)
     atomic_fetch_add(&p->nwaiting, 1);
     w->cpu = p->turns ? sched_getcpu() : -1;
     w->passed = 0;
+    /* Not woken early yet: a waiter queued again (after a connection that
+     * failed its check) may still carry the flag from its last wait. */
+    atomic_store(&w->nudged, 0);
     /* The queue's oldest wait is a statistic (maxwait); with turns, each
      * wait also adapts the turns' length. */
     w->since = cpool__now(p);

@@ -608,7 +608,7 @@ static void nudge_next_locked(cpool *p)
         return;
     bool deep = atomic_load_explicit(&p->nwaiting, memory_order_relaxed) >=
                 (uint32_t)NUDGE_PASS_MIN_TURNS * p->opts.max_pool_size;
-    int me = deep && !p->tenants ? sched_getcpu() : -1;
+    int me = deep ? sched_getcpu() : -1;
     int k = 0;
     for (waiter *x = n; me >= 0 && x != NULL && k < NUDGE_WINDOW && !x->async;
          x = x->next, k++) {
@@ -620,8 +620,6 @@ static void nudge_next_locked(cpool *p)
             break; /* nobody may pass it again */
     }
     p->wq_picked = n;
-    if (atomic_load(&n->nudged))
-        return; /* it spins already */
     atomic_store(&n->nudged, 1);
     sem_post(&n->sem);
 }
@@ -632,7 +630,7 @@ static waiter *picked_locked(cpool *p, waiter *w)
 {
     CPOOL_ASSERT_HELD(p);
     waiter *n = p->wq_picked;
-    if (n == NULL || n == w || p->tenants)
+    if (n == NULL || n == w || !p->turns) /* turns ended since: FIFO */
         return NULL;
     for (waiter *y = w; y != n; y = y->next)
         y->passed++;
