@@ -447,12 +447,19 @@ static inline void *test_job_main_(void *arg)
     return NULL;
 }
 
-static inline void test_job_start(test_job *j, cpool *p, int64_t timeout_ms)
+/* A job not started yet; a thread of the test's own may run
+ * test_job_main_() on it (after pinning itself, say). */
+static inline void test_job_init(test_job *j, cpool *p, int64_t timeout_ms)
 {
     memset(j, 0, sizeof *j);
     j->pool = p;
     j->timeout_ms = timeout_ms;
     atomic_init(&j->done, false);
+}
+
+static inline void test_job_start(test_job *j, cpool *p, int64_t timeout_ms)
+{
+    test_job_init(j, p, timeout_ms);
     TEST_THREAD_START(&j->thread, test_job_main_, j);
 }
 

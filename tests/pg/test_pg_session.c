@@ -50,6 +50,18 @@ static void assert_fresh_at_(cpool_conn *c, const char *file, int line)
     }
 }
 
+/* Fails unless the next lease is on backend `pid` (reset, not reconnected)
+ * and its session is as fresh as a new connection's; checks it back in. */
+#define ASSERT_NEXT_LEASE_FRESH(p, pid) next_lease_fresh_at_(p, pid, __FILE__, __LINE__)
+static void next_lease_fresh_at_(cpool *p, int pid, const char *file, int line)
+{
+    cpool_conn *c = test_checkout(p);
+    if (pg_lease_pid(c) != pid)
+        test_fail(file, line, "backend %d, expected the same backend %d", pg_lease_pid(c), pid);
+    assert_fresh_at_(c, file, line);
+    test_checkin(p, c, 0);
+}
+
 static int take(cpool *p, const char *tenant, cpool_conn **c)
 {
     cpool_checkout_opts o = {.struct_size = sizeof o, .timeout_ms = 5000, .tenant = tenant};
@@ -94,10 +106,7 @@ TEST(reset_always_leaves_nothing)
     cpool_conn *c = test_checkout(p);
     int pid = dirty_session(c);
     test_checkin(p, c, 0);
-    c = test_checkout(p);
-    ASSERT_EQ(pid, pg_lease_pid(c));
-    ASSERT_FRESH(c);
-    test_checkin(p, c, 0);
+    ASSERT_NEXT_LEASE_FRESH(p, pid);
     cpool_destroy(p);
 }
 
@@ -240,11 +249,7 @@ TEST(pqreset_by_a_lease_keeps_tracking)
     free(v);
     pg_exec_ok(pg_lease_conn(c), "SET ROLE " PG_AUTH_USER); /* reported: is_superuser */
     test_checkin(p, c, 0);
-
-    c = test_checkout(p);
-    ASSERT_EQ(pid, pg_lease_pid(c));
-    ASSERT_FRESH(c);
-    test_checkin(p, c, 0);
+    ASSERT_NEXT_LEASE_FRESH(p, pid);
     cpool_destroy(p);
 }
 

@@ -410,25 +410,26 @@ static void pin_to(int cpu)
     ASSERT_EQ(0, pthread_setaffinity_np(pthread_self(), sizeof set, &set));
 }
 
+/* A queued checkout (test_job) from a thread pinned to one CPU. */
 typedef struct pinned_job {
-    cpool *pool;
+    test_job job;
     int cpu;
-    atomic_int *served; /* the order of service, from 1 */
-    int order;
-    int rc;
-    cpool_conn *conn;
-    atomic_bool done;
-    pthread_t thread;
 } pinned_job;
 
 static void *pinned_job_main(void *arg)
 {
     pinned_job *j = arg;
     pin_to(j->cpu);
-    j->rc = cpool_checkout(j->pool, 10000, &j->conn, NULL);
-    j->order = atomic_fetch_add(j->served, 1) + 1;
-    atomic_store(&j->done, true);
-    return NULL;
+    return test_job_main_(&j->job);
+}
+
+/* The index of a job that is done but has no place in `order` yet, or -1. */
+static int newly_done(pinned_job *jobs, const int *order, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (order[i] == 0 && atomic_load(&jobs[i].job.done))
+            return i;
+    return -1;
 }
 
 /* With the queue at least NUDGE_PASS_MIN_TURNS (8) turns deep, the waiter
@@ -458,34 +459,33 @@ TEST(waiter_woken_early_on_this_cpu_passes_each_at_most_once)
     enum { N = 11 };
     static const bool on_y[N] = {false, false, true, true, false, true};
     pinned_job jobs[N];
-    atomic_int served;
-    atomic_init(&served, 0);
+    int order[N] = {0}; /* when each was served, from 1 */
     for (int i = 0; i < N; i++) {
-        jobs[i] = (pinned_job){.pool = f.pool, .cpu = on_y[i] ? y : x, .served = &served};
-        atomic_init(&jobs[i].done, false);
-        TEST_THREAD_START(&jobs[i].thread, pinned_job_main, &jobs[i]);
+        test_job_init(&jobs[i].job, f.pool, 10000);
+        jobs[i].cpu = on_y[i] ? y : x;
+        TEST_THREAD_START(&jobs[i].job.thread, pinned_job_main, &jobs[i]);
         WAIT_UNTIL(test_counts(f.pool).waiting == (uint32_t)i + 1, 5000);
     }
     /* Each handover: the main thread (on y) checks the connection in, its
-     * turn of one re-take, and the check-in that hands it over. */
+     * turn of one re-take, and the check-in that hands it over; then waits
+     * for the one job it served (one connection: one at a time). */
     for (int h = 0; h < N; h++) {
         test_checkin(f.pool, c, 0);
         c = retake(f.pool, id);
         test_checkin(f.pool, c, 0);
-        WAIT_UNTIL(atomic_load(&served) == h + 1, 5000);
-        c = NULL;
-        for (int i = 0; i < N; i++)
-            if (atomic_load(&jobs[i].done) && jobs[i].order == h + 1)
-                c = jobs[i].conn;
+        int got = -1;
+        WAIT_UNTIL((got = newly_done(jobs, order, N)) >= 0, 5000);
+        order[got] = h + 1;
+        c = jobs[got].job.conn;
         ASSERT_NOT_NULL(c);
         ASSERT_EQ(id, cpool_conn_id(c));
     }
     test_checkin(f.pool, c, 0);
     static const int want_two[N] = {1, 3, 2, 4, 5, 6, 7, 8, 9, 10, 11};
     for (int i = 0; i < N; i++) {
-        pthread_join(jobs[i].thread, NULL);
-        ASSERT_OK(jobs[i].rc);
-        ASSERT_EQ(two ? want_two[i] : i + 1, jobs[i].order);
+        test_job_join(&jobs[i].job, 5000);
+        ASSERT_OK(jobs[i].job.rc);
+        ASSERT_EQ(two ? want_two[i] : i + 1, order[i]);
     }
     test_fixture_free(&f);
     ASSERT_EQ(0, pthread_setaffinity_np(pthread_self(), sizeof saved, &saved));
