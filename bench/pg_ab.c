@@ -55,14 +55,16 @@ typedef struct round_ctl {
     atomic_bool stop;
 } round_ctl;
 
-typedef struct worker {
+typedef struct worker worker;
+struct worker {
     round_ctl *ctl;
+    bool (*request)(worker *); /* one request: raw_request or pool_request */
     PGconn *own; /* raw side: this thread's connection */
     cpool *pool; /* pool side */
     long ops;
     long failed;
     int64_t cpu_ns;
-} worker;
+};
 
 static bool select_one(PGconn *conn)
 {
@@ -72,36 +74,27 @@ static bool select_one(PGconn *conn)
     return ok;
 }
 
-static void *raw_main(void *arg)
+static bool raw_request(worker *w)
 {
-    worker *w = arg;
-    pthread_barrier_wait(&w->ctl->start);
-    int64_t cpu0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
-    while (!atomic_load_explicit(&w->ctl->stop, memory_order_relaxed)) {
-        if (select_one(w->own))
-            w->ops++;
-        else
-            w->failed++;
-    }
-    w->cpu_ns = clock_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0;
-    return NULL;
+    return select_one(w->own);
 }
 
-static void *pool_main(void *arg)
+static bool pool_request(worker *w)
+{
+    cpool_conn *lease;
+    if (cpool_checkout(w->pool, 5000, &lease, NULL) != 0)
+        return false;
+    bool ok = select_one(cpool_pg_conn(lease));
+    return cpool_checkin(w->pool, lease, 0, NULL) == 0 && ok;
+}
+
+static void *worker_main(void *arg)
 {
     worker *w = arg;
     pthread_barrier_wait(&w->ctl->start);
     int64_t cpu0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
     while (!atomic_load_explicit(&w->ctl->stop, memory_order_relaxed)) {
-        cpool_conn *lease;
-        if (cpool_checkout(w->pool, 5000, &lease, NULL) != 0) {
-            w->failed++;
-            continue;
-        }
-        bool ok = select_one(cpool_pg_conn(lease));
-        if (cpool_checkin(w->pool, lease, 0, NULL) != 0)
-            ok = false;
-        if (ok)
+        if (w->request(w))
             w->ops++;
         else
             w->failed++;
@@ -200,15 +193,16 @@ int main(int argc, char **argv)
         atomic_init(&ctl.stop, false);
         pthread_t th[2 * MAX_THREADS];
         for (int i = 0; i < n; i++) {
-            raw[i] = (worker){.ctl = &ctl, .own = raw[i].own};
-            pooled[i] = (worker){.ctl = &ctl, .own = pooled[i].own, .pool = pool};
+            raw[i] = (worker){.ctl = &ctl, .request = raw_request, .own = raw[i].own};
+            pooled[i] = (worker){.ctl = &ctl,
+                                 .request = aa ? raw_request : pool_request,
+                                 .own = pooled[i].own,
+                                 .pool = pool};
             /* Which side's threads start first alternates by round. */
             worker *first = r % 2 ? &pooled[i] : &raw[i];
             worker *second = r % 2 ? &raw[i] : &pooled[i];
-            void *(*second_main)(void *) = r % 2 || aa ? raw_main : pool_main;
-            void *(*first_main)(void *) = r % 2 && !aa ? pool_main : raw_main;
-            if (pthread_create(&th[2 * i], NULL, first_main, first) != 0 ||
-                pthread_create(&th[2 * i + 1], NULL, second_main, second) != 0) {
+            if (pthread_create(&th[2 * i], NULL, worker_main, first) != 0 ||
+                pthread_create(&th[2 * i + 1], NULL, worker_main, second) != 0) {
                 fprintf(stderr, "pg_ab: pthread_create failed\n");
                 return 1;
             }
