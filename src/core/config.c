@@ -24,6 +24,7 @@ static const char *const validation_names[] = {"none", "check", "ping_idle", "al
                                                NULL};
 static const char *const log_level_names[] = {"error", "warn", "info", "debug", NULL};
 static const char *const handoff_names[] = {"fifo", "turns", NULL};
+static const char *const early_wake_names[] = {"auto", "on", "off", NULL};
 static const char *const backoff_names[] = {"quick", "steady", "off", NULL};
 
 typedef struct opt_def {
@@ -127,6 +128,11 @@ static const opt_def defs[] = {
      "1..1000000", "turns: how many times it may re-take it in one turn", 32},
     {"turn_wait_us", NULL, "CPOOL_TURN_WAIT_US", T_U32, OFF(turn_wait_us), 1, 100000000, NULL,
      "1..100000000 us", "turns: shorter while checkouts wait longer than this", 3000},
+    {"early_wake", NULL, "CPOOL_EARLY_WAKE", T_ENUM, OFF(early_wake), 0, 0, early_wake_names,
+     "auto|on|off",
+     "turns: wake the next waiter ahead of its handoff (auto: while other processes leave "
+     "the CPUs to this one)",
+     CPOOL_EARLY_WAKE_AUTO},
     {"max_waiting", NULL, "CPOOL_MAX_WAITING", T_U32, OFF(max_waiting), 0, U32MAX, NULL,
      ">= 0 (0 = no limit)",
      "checkouts that may wait at once; one more fails at once (CPOOL_EQUEUEFULL)", 0},

@@ -468,6 +468,9 @@ void cpool__set_parking(cpool *p, bool can_park)
     p->turn_uses = p->opts.turn_uses;
     p->turn_wait_ns = (int64_t)p->opts.turn_wait_us * 1000;
     atomic_store_explicit(&p->turn_eff_ns, p->turn_ns, memory_order_relaxed);
+    /* auto: off until a measurement shows the CPUs are this process's */
+    if (p->opts.early_wake != CPOOL_EARLY_WAKE_AUTO || p->cpu_prev.at_ns == 0)
+        p->wake_early = p->opts.early_wake == CPOOL_EARLY_WAKE_ON;
 }
 
 /* Turns: every handoff to a waiter tells how long it waited. While waits
@@ -596,7 +599,12 @@ void cpool__assign_locked(cpool *p, cpool_conn *c, tenant *t)
  * pass those ahead of it (each is passed at most NUDGE_PASS_LIMIT times):
  * the kernel wakes a thread where it last ran, so that wake-up needs no
  * other CPU. The one picked is served next (picked_locked), whether it
- * still spins then or has gone back to sleep. */
+ * still spins then or has gone back to sleep.
+ *
+ * Without wake_early (option early_wake: off, or auto while other processes
+ * want the CPUs, maint.c) the pick is the same but nobody is woken: the
+ * picked waiter sleeps until its handoff wakes it, on the CPU of the thread
+ * that hands over. */
 static void nudge_next_locked(cpool *p)
 {
     CPOOL_ASSERT_HELD(p);
@@ -620,6 +628,9 @@ static void nudge_next_locked(cpool *p)
             break; /* nobody may pass it again */
     }
     p->wq_picked = n;
+    if (!p->wake_early)
+        return; /* it sleeps until it is served */
+    p->st_early_wakeups++;
     atomic_store(&n->nudged, 1);
     sem_post(&n->sem);
 }

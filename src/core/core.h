@@ -63,6 +63,10 @@ cpool_conn *cpool__steal_parked_locked(cpool *p, steal_which which, int *reason)
 /* Whether the lock-free path (and with it handoff turns) may be used; call
  * when what decides it changes. */
 void cpool__set_parking(cpool *p, bool can_park);
+/* cpuload.c: the early wake-ups' measure of other processes' CPU use. */
+int cpool__cpu_sample(cpu_sample *s);
+double cpool__cpu_others(const cpu_sample *before, const cpu_sample *after);
+bool cpool__early_wake_decide(bool on, double others, long ncpu);
 void cpool__adapt_turn_locked(cpool *p, int64_t waited);
 service *cpool__svc_find_locked(cpool *p, const char *id);
 void cpool__svc_release_locked(cpool *p, cpool_conn *c);

@@ -117,6 +117,8 @@ static void after_fork_relock(cpool *p)
     p->wq_head = p->wq_tail = NULL;
     p->wq_picked = NULL;
     atomic_store(&p->nwaiting, 0);
+    /* The child's CPU time starts from zero: measure afresh. */
+    p->cpu_prev.at_ns = 0;
     while (p->available.head != NULL)
         cpool__abandon_locked(p, p->available.head);
     while (p->pending.head != NULL) /* no handle yet: its connect runs in

@@ -139,6 +139,8 @@ static void settle_locked_paths(cpool *p)
      * the locked paths, as observed pools' do. */
     p->observed = o->on_event != NULL || o->on_log != NULL || o->leak_threshold_ms > 0;
     p->stamp_idle = o->max_idle_time_ms > 0 || o->validation == CPOOL_VALIDATE_PING_IDLE;
+    p->ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    p->cpu_others = -1;
     /* Parking skips the events and the per-service generations. */
     cpool__set_parking(p, !p->observed && !o->load_balanced);
     p->serial = atomic_fetch_add(&cpool__pool_serial, 1) + 1;

@@ -396,11 +396,44 @@ static void start_async_helper_relock(cpool *p)
         p->async_helpers--; /* the next wake tries again */
 }
 
+/* early_wake = auto: while turns are watched (checkouts wait), measures
+ * every CPU_SAMPLE_NS how much CPU other processes used since the last
+ * measurement, and turns the early wake-ups off or on (cpuload.c). A
+ * measurement older than two periods (nobody waited meanwhile) only starts
+ * a new one. The reading runs without mu; returns whether it did. */
+static bool watch_cpu_relock(cpool *p)
+{
+    CPOOL_ASSERT_HELD(p);
+    int64_t now = cpool__mono_ns();
+    if (p->opts.early_wake != CPOOL_EARLY_WAKE_AUTO ||
+        (p->cpu_prev.at_ns != 0 && now - p->cpu_prev.at_ns < CPU_SAMPLE_NS))
+        return false;
+    cpool__unlock(p);
+    cpu_sample s;
+    bool ok = cpool__cpu_sample(&s) == 0;
+    cpool__lock(p);
+    if (!ok) {
+        /* No /proc: nothing to decide by; the wake-ups stay as they are. */
+        p->cpu_prev = (cpu_sample){.at_ns = now, .busy_ns = -1};
+        p->cpu_others = -1;
+        return true;
+    }
+    if (p->cpu_prev.busy_ns >= 0 && p->cpu_prev.at_ns != 0 &&
+        s.at_ns - p->cpu_prev.at_ns <= 2 * CPU_SAMPLE_NS) {
+        p->cpu_others = cpool__cpu_others(&p->cpu_prev, &s);
+        p->wake_early = cpool__early_wake_decide(p->wake_early, p->cpu_others, p->ncpu);
+    }
+    p->cpu_prev = s;
+    return true;
+}
+
 static void maintenance_sleep_relock(cpool *p, int64_t until_ns)
 {
     CPOOL_ASSERT_HELD(p);
     while (!p->maint_kick && p->state != CPOOL_STATE_CLOSED && p->maint_running) {
         p->turn_watch = turns_to_watch_locked(p);
+        if (p->turn_watch && watch_cpu_relock(p))
+            continue; /* mu was released: look again */
         int64_t now = cpool__mono_ns();
         int64_t wake = until_ns;
         if (p->turn_watch) {

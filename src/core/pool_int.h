@@ -51,6 +51,20 @@
 #define NUDGE_WINDOW 4
 #define NUDGE_PASS_LIMIT 1
 #define NUDGE_PASS_MIN_TURNS 8
+/* early_wake = auto (cpuload.c): while checkouts wait, the background
+ * thread measures every CPU_SAMPLE_NS how much CPU other processes used,
+ * and stops the early wake-ups while that is over CPU_OTHERS_OFF of the
+ * machine's CPUs; below CPU_OTHERS_ON they start again. */
+#define CPU_SAMPLE_NS 100000000
+#define CPU_OTHERS_OFF 0.25
+#define CPU_OTHERS_ON 0.125
+
+/* One measurement of CPU use (cpuload.c). */
+typedef struct cpu_sample {
+    int64_t at_ns;   /* monotonic; 0 = none yet */
+    int64_t busy_ns; /* the machine's busy time, all CPUs; -1 = unknown */
+    int64_t own_ns;  /* this process's CPU time */
+} cpu_sample;
 
 /* A connection's state is the list it is on. An IN_USE connection whose
  * `leased` flag is already clear is being checked in (its reset runs outside
@@ -316,8 +330,17 @@ struct cpool {
     uint64_t next_id;
     conn_list pending, available, in_use, orphans, free_list;
     waiter *wq_head, *wq_tail;
-    waiter *wq_picked; /* turns: the waiter woken early, served next (conn.c,
-                          nudge_next_locked); NULL once it left the queue */
+    waiter *wq_picked; /* turns: the waiter picked to be served next, woken
+                          early when wake_early (conn.c, nudge_next_locked);
+                          NULL once it left the queue */
+    bool wake_early;     /* turns: the picked waiter is woken early (option
+                            early_wake; with auto, the background thread's
+                            latest decision, maint.c) */
+    long ncpu;           /* online CPUs, at creation */
+    cpu_sample cpu_prev; /* early_wake auto: the background thread's latest
+                            measurement */
+    double cpu_others;   /* ... CPUs other processes used, -1 = unknown */
+    uint64_t st_early_wakeups;
     atomic_uint nwaiting;
     service *services;
     cpool_error clear_cause;

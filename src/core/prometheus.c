@@ -343,6 +343,9 @@ static void counters(ctx *c, const cpool_stats *s)
             s->retries_exhausted);
     counter(c, "db_client_connection_recycles_total",
             "Pool-wide recycles requested (cpool_recycle).", s->recycles);
+    counter(c, "db_client_connection_early_wakeups_total",
+            "Handoff turns: waiters woken ahead of their handoff (early_wake).",
+            s->early_wakeups);
 }
 
 static void histograms(ctx *c, const cpool_stats *s)

@@ -250,6 +250,9 @@ static void totals_locked(cpool *p, cpool_stats *out)
     s.keepalive_failures = p->st_keepalive_failures;
     s.probes = p->st_probes;
     s.probes_ok = p->st_probes_ok;
+    s.early_wakeups = p->st_early_wakeups;
+    s.early_wake = p->turns && p->wake_early;
+    s.cpu_others = p->cpu_others;
     memcpy(s.closed, p->st_closed, sizeof s.closed);
     memcpy(s.checkout_failures, p->st_failures, sizeof s.checkout_failures);
     cell_sum(&s, &p->retired);

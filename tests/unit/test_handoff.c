@@ -7,6 +7,11 @@
  * modes. */
 #include "test.h"
 
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 /* A pool of one connection on the lock-free path (no subscriber) with its
  * background thread, which watches the turns; on the fixture's fake clock
  * when `fake_clock`. */
@@ -31,6 +36,9 @@ static void handoff_fixture(test_fixture *f, cpool_handoff mode, uint32_t turn_u
                             uint32_t turn_uses, bool fake_clock)
 {
     test_fixture_init(f);
+    /* The order of service does not depend on it, but the cases that wake
+     * a waiter early need the wake-up whatever else runs meanwhile. */
+    f->opts.early_wake = CPOOL_EARLY_WAKE_ON;
     handoff_fixture_opts(f, mode, turn_us, turn_uses, fake_clock);
 }
 
@@ -491,6 +499,197 @@ TEST(waiter_woken_early_on_this_cpu_passes_each_at_most_once)
     ASSERT_EQ(0, pthread_setaffinity_np(pthread_self(), sizeof saved, &saved));
 }
 
+/* Threads that each loop: checkout, spin 30 us, check-in; on a pool of
+ * one, so that every handover has waiters. */
+enum { LOOPERS = 4 };
+typedef struct looper {
+    cpool *pool;
+    atomic_bool *stop;
+    long ops;
+    int rc; /* the first failure */
+    pthread_t thread;
+} looper;
+
+static void *looper_main(void *arg)
+{
+    looper *l = arg;
+    while (!atomic_load(l->stop)) {
+        cpool_conn *c = NULL;
+        int rc = cpool_checkout(l->pool, 5000, &c, NULL);
+        if (rc != 0) {
+            l->rc = rc;
+            break;
+        }
+        int64_t until = test_now_ns() + 30000;
+        while (test_now_ns() < until)
+            ;
+        rc = cpool_checkin(l->pool, c, 0, NULL);
+        if (rc != 0) {
+            l->rc = rc;
+            break;
+        }
+        l->ops++;
+    }
+    return NULL;
+}
+
+static void loopers_start(looper *l, cpool *p, atomic_bool *stop)
+{
+    for (int i = 0; i < LOOPERS; i++) {
+        l[i] = (looper){.pool = p, .stop = stop};
+        TEST_THREAD_START(&l[i].thread, looper_main, &l[i]);
+    }
+}
+
+/* Stops them; each must have made progress, so connections were handed
+ * over between them. */
+static void loopers_stop(looper *l, atomic_bool *stop)
+{
+    atomic_store(stop, true);
+    for (int i = 0; i < LOOPERS; i++) {
+        pthread_join(l[i].thread, NULL);
+        ASSERT_OK(l[i].rc);
+        ASSERT_GT(l[i].ops, 0);
+    }
+}
+
+static cpool_stats stats_of(cpool *p)
+{
+    cpool_stats s = {.struct_size = sizeof s};
+    ASSERT_OK(cpool_get_stats(p, &s));
+    return s;
+}
+
+/* early_wake on or off, forced: waiters are woken ahead of their handoff,
+ * or never. */
+static void forced_early_wake_case(cpool_early_wake mode)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.early_wake = mode;
+    handoff_fixture_opts(&f, CPOOL_HANDOFF_TURNS, 200, 32, false);
+    atomic_bool stop = false;
+    looper l[LOOPERS];
+    loopers_start(l, f.pool, &stop);
+    test_sleep_ms(300);
+    loopers_stop(l, &stop);
+    cpool_stats s = stats_of(f.pool);
+    if (mode == CPOOL_EARLY_WAKE_ON) {
+        ASSERT_GT(s.early_wakeups, 0);
+        ASSERT_TRUE(s.early_wake);
+    } else {
+        ASSERT_EQ(0, s.early_wakeups);
+        ASSERT_FALSE(s.early_wake);
+    }
+    ASSERT_EQ(-1, s.cpu_others); /* only auto measures */
+    test_fixture_free(&f);
+}
+
+TEST(early_wake_on_wakes_the_next_waiter)
+{
+    forced_early_wake_case(CPOOL_EARLY_WAKE_ON);
+}
+
+TEST(early_wake_off_lets_waiters_sleep)
+{
+    forced_early_wake_case(CPOOL_EARLY_WAKE_OFF);
+}
+
+/* Processes that only burn CPU, two per CPU, until killed (or their
+ * parent dies, or 20 s pass). */
+static int start_hogs(pid_t *pids, int max)
+{
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int n = ncpu > 0 && 2 * ncpu < max ? (int)(2 * ncpu) : max;
+    for (int i = 0; i < n; i++) {
+        pids[i] = fork();
+        ASSERT_GE(pids[i], 0);
+        if (pids[i] == 0) {
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            alarm(20);
+            volatile unsigned long x = 0;
+            for (;;)
+                x++;
+        }
+    }
+    return n;
+}
+
+static void stop_hogs(pid_t *pids, int n)
+{
+    for (int i = 0; i < n; i++) {
+        kill(pids[i], SIGKILL);
+        waitpid(pids[i], NULL, 0);
+    }
+}
+
+/* early_wake auto: while other processes take the CPUs, the background
+ * thread measures it and nobody is woken early any more. */
+TEST(early_wake_auto_stops_while_other_processes_take_the_cpus)
+{
+    pid_t hogs[16];
+    int n = start_hogs(hogs, 16);
+    test_fixture f;
+    test_fixture_init(&f);
+    handoff_fixture_opts(&f, CPOOL_HANDOFF_TURNS, 200, 32, false);
+    atomic_bool stop = false;
+    looper l[LOOPERS];
+    loopers_start(l, f.pool, &stop);
+    cpool_stats s;
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int64_t until = test_now_ms() + 10000;
+    do {
+        test_sleep_ms(20);
+        s = stats_of(f.pool);
+    } while ((s.cpu_others < 0 || s.early_wake) && test_now_ms() < until);
+    ASSERT_GT(s.cpu_others, 0.25 * (double)ncpu);
+    ASSERT_FALSE(s.early_wake);
+    uint64_t woken = s.early_wakeups;
+    test_sleep_ms(300); /* three more measurements */
+    s = stats_of(f.pool);
+    ASSERT_FALSE(s.early_wake);
+    ASSERT_EQ(woken, s.early_wakeups);
+    /* Without them, the wake-ups come back once a measurement finds the
+     * others under an eighth of the machine -- which other tests running
+     * beside this one may not allow, so what is checked is that the
+     * snapshot agrees with its measurement: on, the latest found at most a
+     * quarter (it would have turned them off); off, at least an eighth. */
+    stop_hogs(hogs, n);
+    until = test_now_ms() + 2000;
+    do {
+        test_sleep_ms(20);
+        s = stats_of(f.pool);
+    } while (!s.early_wake && test_now_ms() < until);
+    printf("after the hogs: early_wake %d, cpu_others %.2f of %ld CPUs\n", s.early_wake,
+           s.cpu_others, ncpu);
+    if (s.early_wake)
+        ASSERT_TRUE(s.cpu_others >= 0 && s.cpu_others <= 0.25 * (double)ncpu);
+    else
+        ASSERT_TRUE(s.cpu_others >= 0.125 * (double)ncpu);
+    loopers_stop(l, &stop);
+    test_fixture_free(&f);
+}
+
+/* The rule auto follows (cpuload.c): off above a quarter of the machine's
+ * CPUs used by others, on again below an eighth, unchanged between and
+ * when nothing could be measured. */
+bool cpool__early_wake_decide(bool on, double others, long ncpu);
+
+TEST(early_wake_auto_rule)
+{
+    ASSERT_TRUE(cpool__early_wake_decide(true, 0.0, 2));
+    ASSERT_TRUE(cpool__early_wake_decide(true, 0.5, 2));
+    ASSERT_FALSE(cpool__early_wake_decide(true, 0.51, 2));
+    ASSERT_FALSE(cpool__early_wake_decide(false, 0.3, 2)); /* between: stays off */
+    ASSERT_FALSE(cpool__early_wake_decide(false, 0.25, 2));
+    ASSERT_TRUE(cpool__early_wake_decide(false, 0.24, 2));
+    ASSERT_TRUE(cpool__early_wake_decide(true, 0.3, 2)); /* between: stays on */
+    ASSERT_TRUE(cpool__early_wake_decide(true, 3.9, 16));
+    ASSERT_FALSE(cpool__early_wake_decide(true, 4.1, 16));
+    ASSERT_TRUE(cpool__early_wake_decide(true, -1, 2)); /* unknown: unchanged */
+    ASSERT_FALSE(cpool__early_wake_decide(false, -1, 2));
+}
+
 TEST(handoff_options_checked)
 {
     cpool_options o;
@@ -509,6 +708,11 @@ TEST(handoff_options_checked)
     ASSERT_RC(CPOOL_EINVAL, cpool_options_set(&o, "turn_wait_us", "0", &e));
     ASSERT_OK(cpool_options_set(&o, "turn_uses", "5", &e));
     ASSERT_EQ(5, o.turn_uses);
+    ASSERT_EQ(CPOOL_EARLY_WAKE_AUTO, o.early_wake);
+    ASSERT_OK(cpool_options_set(&o, "early_wake", "off", &e));
+    ASSERT_EQ(CPOOL_EARLY_WAKE_OFF, o.early_wake);
+    ASSERT_RC(CPOOL_EINVAL, cpool_options_set(&o, "early_wake", "sometimes", &e));
+    ASSERT_STR_CONTAINS(e.message, "auto|on|off");
 }
 
 TEST_MAIN()

@@ -189,12 +189,17 @@ static void *poller_main(void *arg)
 
 /* t == NULL: no event subscriber. A pool nobody observes may take faster
  * paths (no clock reads, no event ordering, handoff turns), which need the
- * same checks; `handoff` picks the mode those paths hand off in. */
-static void setup(shared *sh, tally *t, cpool_options *o, cpool_handoff handoff)
+ * same checks; `handoff` picks the mode those paths hand off in, and
+ * `early_wake` whether turns wake waiters early (on: always, so that the
+ * spinning waiters are in the mix; auto: as the background thread's
+ * measurements decide, which it changes meanwhile). */
+static void setup(shared *sh, tally *t, cpool_options *o, cpool_handoff handoff,
+                  cpool_early_wake early_wake)
 {
     sh->mem = test_mem_create();
     test_options(o, sh->mem, NULL);
     o->handoff = handoff;
+    o->early_wake = early_wake;
     o->max_pool_size = MAX_POOL;
     o->max_connecting = MAX_CONNECTING;
     o->min_pool_size = 2;
@@ -279,7 +284,7 @@ static void churn(bool observed, cpool_handoff handoff)
     tally t;
     cpool_options o;
     memset(&t, 0, sizeof t);
-    setup(&sh, observed ? &t : NULL, &o, handoff);
+    setup(&sh, observed ? &t : NULL, &o, handoff, CPOOL_EARLY_WAKE_ON);
 
     worker w[WORKERS];
     pthread_t th[WORKERS], chaos_th, poll_th;
@@ -342,7 +347,7 @@ static void close_run(bool observed, cpool_handoff handoff)
     tally t;
     cpool_options o;
     memset(&t, 0, sizeof t);
-    setup(&sh, observed ? &t : NULL, &o, handoff);
+    setup(&sh, observed ? &t : NULL, &o, handoff, CPOOL_EARLY_WAKE_AUTO);
     atomic_store(&sh.closing, true);
 
     worker w[WORKERS];
