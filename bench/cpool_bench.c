@@ -154,6 +154,7 @@ static void cp_close(void *self)
 }
 
 static uint32_t g_turn_wait_us; /* --turn-wait-us; 0 = the pool's default */
+static const char *g_early_wake; /* --early-wake; NULL = the pool's default */
 
 static int cp_open_mode(unsigned conns, cpool_handoff handoff, void **self, char *msg,
                         size_t len)
@@ -179,7 +180,9 @@ static int cp_open_mode(unsigned conns, cpool_handoff handoff, void **self, char
     o.handoff = handoff;
     if (g_turn_wait_us > 0)
         o.turn_wait_us = g_turn_wait_us;
-    int rc = cpool_create(&o, &b->pool, &err);
+    int rc = g_early_wake != NULL ? cpool_options_set(&o, "early_wake", g_early_wake, &err) : 0;
+    if (rc == 0)
+        rc = cpool_create(&o, &b->pool, &err);
     if (rc == 0)
         rc = cpool_ready(b->pool, &err);
     if (rc != 0) {
@@ -888,6 +891,8 @@ static void usage(FILE *f)
             "                      waiting on the network does\n"
             "  --turn-wait-us N    the cpool pool's turn_wait_us (default: the pool's\n"
             "                      default): longer turns, longer waits\n"
+            "  --early-wake MODE   the cpool pool's early_wake: auto (the default), on\n"
+            "                      or off\n"
             "  --no-overtakes      do not measure overtakes (saves two atomics per op)\n"
             "  --help              this text\n"
             "LIST is comma-separated, e.g. --threads 1,64. Each operation is checkout,\n"
@@ -976,6 +981,9 @@ int main(int argc, char **argv)
             unsigned long n = strtoul(v, &end, 10);
             bad = *end || n < 1 || n > 100000000;
             g_turn_wait_us = (uint32_t)n;
+        } else if (!strcmp(a, "--early-wake")) {
+            bad = strcmp(v, "auto") != 0 && strcmp(v, "on") != 0 && strcmp(v, "off") != 0;
+            g_early_wake = v;
         } else if (!strcmp(a, "--hold")) {
             bad = strcmp(v, "spin") != 0 && strcmp(v, "sleep") != 0;
             g_hold_sleep = strcmp(v, "sleep") == 0;
@@ -1027,6 +1035,8 @@ int main(int argc, char **argv)
     printf("# pools: cpool (mem connector, maxPoolSize=P, no subscriber; handoff turns");
     if (g_turn_wait_us > 0)
         printf(", turn_wait_us=%u", (unsigned)g_turn_wait_us);
+    if (g_early_wake != NULL)
+        printf(", early_wake=%s", g_early_wake);
     printf(")");
     if (use[POOL_FIFO])
         printf(", cpool-fifo (the same, handoff fifo)");

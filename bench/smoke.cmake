@@ -1,5 +1,6 @@
 # smoke.cmake -- run by `cmake -DBENCH=<path to cpool_bench> -P smoke.cmake`.
-# Runs one 50 ms configuration with each kind of hold and checks the exit
+# Runs one 50 ms configuration with each kind of hold (and with the cpool
+# pool's turn_wait_us and early_wake set) and checks the exit
 # code and that the output has a result line for each pool (apr may say
 # "skipped" when the build has no apr-util) and the ratio table.
 function(smoke)
@@ -23,4 +24,8 @@ smoke(--hold sleep)
 smoke(--turn-wait-us 500)
 if(NOT last_out MATCHES "handoff turns, turn_wait_us=500\\)")
   message(FATAL_ERROR "cpool_bench --turn-wait-us 500: the header does not name it")
+endif()
+smoke(--early-wake off)
+if(NOT last_out MATCHES "handoff turns, early_wake=off\\)")
+  message(FATAL_ERROR "cpool_bench --early-wake off: the header does not name it")
 endif()
