@@ -685,6 +685,38 @@ TEST(bench_no_events_counts_from_statistics)
     run_free(&r);
 }
 
+/* Handoff turns on a pool of one shared by eight threads: the report
+ * counts the waiters woken ahead of their handoff, and says whether that
+ * is on. */
+TEST(bench_reports_early_wakeups)
+{
+    clean_env(NULL);
+    static const char *const modes[] = {"on", "off"};
+    for (int m = 0; m < 2; m++) {
+        char opt[32];
+        snprintf(opt, sizeof opt, "early_wake=%s", modes[m]);
+        run_result r;
+        tmp_begin();
+        const char *json = tmp_path("report.json");
+        RUN(&r, "bench", "mem://x", "-n", "20000", "-t", "8", "--no-events", "-o",
+            "max_pool_size=1", "-o", opt, "--json", json, "-q");
+        ASSERT_EXIT(0, &r);
+        ASSERT_STR_CONTAINS(r.out, m == 0 ? "; now on" : "; now off");
+        json_t *j = load_json(json);
+        check_report(j);
+        double woken = jnum(j, "pool_stats.early_wakeups");
+        if (m == 0)
+            ASSERT_TRUE(woken > 0);
+        else
+            ASSERT_EQ(0, (long long)woken);
+        ASSERT_EQ(m == 0, json_is_true(jat(j, "pool_stats.early_wake")));
+        ASSERT_EQ(-1, (long long)jnum(j, "pool_stats.cpu_others")); /* forced: not measured */
+        json_decref(j);
+        run_free(&r);
+        tmp_end();
+    }
+}
+
 TEST(bench_ops_limit_is_exact)
 {
     clean_env(NULL);

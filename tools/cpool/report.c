@@ -51,6 +51,18 @@ static void print_derived(FILE *f, const cpool_stats *s)
             us(s->hold_p99_ns, h, sizeof h));
 }
 
+/* Handoff turns: the waiters woken ahead of their handoff, and whether
+ * that is on now (with early_wake=auto, as the last measurement of the
+ * other processes' CPU decided). */
+static void print_early_wake(FILE *f, const cpool_stats *s)
+{
+    fprintf(f, "early wake   %llu waiters woken ahead of their handoff; now %s",
+            (unsigned long long)s->early_wakeups, s->early_wake ? "on" : "off");
+    if (s->cpu_others >= 0)
+        fprintf(f, " (other processes used %.2f CPUs)", s->cpu_others);
+    fputc('\n', f);
+}
+
 void report_event_counts(const bench *b, uint64_t out[CPOOL_EV_COUNT_])
 {
     memset(out, 0, sizeof(uint64_t) * CPOOL_EV_COUNT_);
@@ -309,8 +321,10 @@ void report_text(const bench *b, FILE *f)
             (unsigned long long)s->checkouts, (unsigned long long)s->checkouts_reused,
             (unsigned long long)s->validations, (unsigned long long)s->validation_failures,
             peak_use, peak_wait);
-    if (!b->cluster_mode)
+    if (!b->cluster_mode) {
         print_derived(f, s); /* a cluster's are per endpoint, in its statistics */
+        print_early_wake(f, s);
+    }
     if (b->warmup_checkouts > 0)
         fprintf(f, "             (the pool's counts include %llu checkout%s before the timed "
                    "run)\n",
@@ -476,6 +490,9 @@ void report_json(const bench *b, FILE *f)
     json_uint(&j, "validation_failures", s->validation_failures);
     json_uint(&j, "breaker_opens", s->breaker_opens);
     json_uint(&j, "leaks_suspected", s->leaks_suspected);
+    json_uint(&j, "early_wakeups", s->early_wakeups);
+    json_bool(&j, "early_wake", s->early_wake);
+    json_num(&j, "cpu_others", s->cpu_others);
     json_uint(&j, "warmup_checkouts", b->warmup_checkouts);
     json_uint(&j, "peak_in_use", peak_use);
     json_uint(&j, "peak_waiting", peak_wait);
