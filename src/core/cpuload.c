@@ -19,11 +19,11 @@
 #include <time.h>
 #include <unistd.h>
 
-/* The machine's busy CPU time in ns, summed over its CPUs, from the first
- * line of /proc/stat (user, nice, system, irq and softirq; guest time is
- * inside user). Steal is left out: it is another machine's. -1 when it
- * cannot be read. */
-static int64_t machine_busy_ns(void)
+/* The machine's busy CPU time in clock ticks, summed over its CPUs, from
+ * the first line of /proc/stat (user, nice, system, irq and softirq; guest
+ * time is inside user). Steal is left out: it is another machine's. -1
+ * when it cannot be read. */
+static int64_t machine_busy_ticks(void)
 {
     int fd = open("/proc/stat", O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -42,18 +42,14 @@ static int64_t machine_busy_ns(void)
                     " %" SCNu64 " %" SCNu64,
                &user, &nice, &system, &idle, &iowait, &irq, &softirq) != 7)
         return -1;
-    long hz = sysconf(_SC_CLK_TCK);
-    if (hz <= 0)
-        return -1;
-    uint64_t ticks = user + nice + system + irq + softirq;
-    return (int64_t)(ticks * (1000000000u / (uint64_t)hz));
+    return (int64_t)((user + nice + system + irq + softirq) & INT64_MAX);
 }
 
 int cpool__cpu_sample(cpu_sample *s)
 {
     struct timespec own;
-    s->busy_ns = machine_busy_ns();
-    if (s->busy_ns < 0 || clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &own) != 0)
+    s->busy_ticks = machine_busy_ticks();
+    if (s->busy_ticks < 0 || clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &own) != 0)
         return -1;
     s->own_ns = (int64_t)own.tv_sec * 1000000000 + own.tv_nsec;
     s->at_ns = cpool__mono_ns();
@@ -63,12 +59,14 @@ int cpool__cpu_sample(cpu_sample *s)
 double cpool__cpu_others(const cpu_sample *before, const cpu_sample *after)
 {
     int64_t wall = after->at_ns - before->at_ns;
-    if (wall <= 0)
+    long hz = sysconf(_SC_CLK_TCK);
+    if (wall <= 0 || hz <= 0)
         return -1;
-    int64_t others = (after->busy_ns - before->busy_ns) - (after->own_ns - before->own_ns);
+    double busy = (double)(after->busy_ticks - before->busy_ticks) * 1e9 / (double)hz;
+    double others = busy - (double)(after->own_ns - before->own_ns);
     /* The machine's figure is counted in clock ticks, this process's
      * exactly: a difference below zero is that rounding. */
-    return others > 0 ? (double)others / (double)wall : 0;
+    return others > 0 ? others / (double)wall : 0;
 }
 
 bool cpool__early_wake_decide(bool on, double others, long ncpu)

@@ -414,11 +414,11 @@ static bool watch_cpu_relock(cpool *p)
     cpool__lock(p);
     if (!ok) {
         /* No /proc: nothing to decide by; the wake-ups stay as they are. */
-        p->cpu_prev = (cpu_sample){.at_ns = now, .busy_ns = -1};
+        p->cpu_prev = (cpu_sample){.at_ns = now, .busy_ticks = -1};
         p->cpu_others = -1;
         return true;
     }
-    if (p->cpu_prev.busy_ns >= 0 && p->cpu_prev.at_ns != 0 &&
+    if (p->cpu_prev.busy_ticks >= 0 && p->cpu_prev.at_ns != 0 &&
         s.at_ns - p->cpu_prev.at_ns <= 2 * CPU_SAMPLE_NS) {
         p->cpu_others = cpool__cpu_others(&p->cpu_prev, &s);
         p->wake_early = cpool__early_wake_decide(p->wake_early, p->cpu_others, p->ncpu);

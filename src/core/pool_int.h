@@ -62,7 +62,8 @@
 /* One measurement of CPU use (cpuload.c). */
 typedef struct cpu_sample {
     int64_t at_ns;   /* monotonic; 0 = none yet */
-    int64_t busy_ns; /* the machine's busy time, all CPUs; -1 = unknown */
+    int64_t busy_ticks; /* the machine's busy time, all CPUs, in clock
+                           ticks (_SC_CLK_TCK); -1 = unknown */
     int64_t own_ns;  /* this process's CPU time */
 } cpu_sample;
 
