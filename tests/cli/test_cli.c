@@ -685,9 +685,10 @@ TEST(bench_no_events_counts_from_statistics)
     run_free(&r);
 }
 
-/* Handoff turns on a pool of one shared by eight threads: the report
- * counts the waiters woken ahead of their handoff, and says whether that
- * is on. */
+/* Handoff turns on a pool of one shared by eight threads, each lease held
+ * 50 us for half a second (long enough for every thread to queue, however
+ * loaded the machine): the report counts the waiters woken ahead of their
+ * handoff, and says whether that is on. */
 TEST(bench_reports_early_wakeups)
 {
     clean_env(NULL);
@@ -698,8 +699,8 @@ TEST(bench_reports_early_wakeups)
         run_result r;
         tmp_begin();
         const char *json = tmp_path("report.json");
-        RUN(&r, "bench", "mem://x", "-n", "20000", "-t", "8", "--no-events", "-o",
-            "max_pool_size=1", "-o", opt, "--json", json, "-q");
+        RUN(&r, "bench", "mem://x", "--duration", "0.5", "--hold-ms", "0.05", "-t", "8",
+            "--no-events", "-o", "max_pool_size=1", "-o", opt, "--json", json, "-q");
         ASSERT_EXIT(0, &r);
         ASSERT_STR_CONTAINS(r.out, m == 0 ? "; now on" : "; now off");
         json_t *j = load_json(json);
