@@ -298,20 +298,24 @@ static void probe_server_relock(cpool *p)
 
 /* Handoff turns: a connection parked for its thread's turn, whose turn ran
  * out before the thread came back for it, goes to the oldest waiter, as a
- * check-in would have sent it. May release mu. */
-static void end_turns_relock(cpool *p)
+ * check-in would have sent it. Returns whether there was one. May release
+ * mu. */
+static bool end_turns_relock(cpool *p)
 {
     CPOOL_ASSERT_HELD(p);
     cpool_conn *c;
     int reason = -1;
+    bool any = false;
     while (p->state == CPOOL_STATE_READY && cpool__next_waiter_locked(p) != NULL &&
            (c = cpool__steal_parked_locked(p, STEAL_OUT_OF_TURN, &reason)) != NULL) {
+        any = true;
         if (reason >= 0) {
             cpool__close_conn_relock(p, c, reason, NULL);
             continue;
         }
         cpool__return_parked_locked(p, c);
     }
+    return any;
 }
 
 /* Whether any connection is parked for a turn. */
@@ -440,12 +444,22 @@ static void maintenance_sleep_relock(cpool *p, int64_t until_ns)
             /* A turn nobody came back for ends a turn's length after its
              * park: wake at that granularity (the current length, which
              * the waits keep adapting), but no more often than turn_us or
-             * 100 us. */
+             * 100 us. Each look that found nothing to hand over doubles
+             * the interval, up to turn_us (or the turn, if longer): where
+             * threads come back at once, as a saturated service's do,
+             * every look is wasted, and its wake-up takes CPU from the
+             * leases. A look that hands one over starts again short. */
             int64_t t = atomic_load_explicit(&p->turn_eff_ns, memory_order_relaxed);
             if (t < p->turn_prompt_ns)
                 t = p->turn_prompt_ns;
+            int64_t cap = p->turn_ns > t ? p->turn_ns : t;
+            t <<= p->watch_shift;
+            if (t > cap)
+                t = cap;
             if (now + t < wake)
                 wake = now + t;
+        } else {
+            p->watch_shift = 0;
         }
         /* Helper jobs of asynchronous checkouts get a thread; those that
          * reached their deadline end now, and the thread wakes again at the
@@ -459,8 +473,12 @@ static void maintenance_sleep_relock(cpool *p, int64_t until_ns)
         }
         struct timespec ts = {.tv_sec = wake / 1000000000, .tv_nsec = wake % 1000000000};
         int rc = cpool__cond_timedwait(p, &p->maint_cv, &ts);
-        if (p->turn_watch)
-            end_turns_relock(p);
+        if (p->turn_watch) {
+            if (end_turns_relock(p))
+                p->watch_shift = 0;
+            else if (p->watch_shift < WATCH_SHIFT_MAX)
+                p->watch_shift++;
+        }
         if (rc == ETIMEDOUT && wake == until_ns)
             break;
     }

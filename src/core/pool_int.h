@@ -36,6 +36,10 @@
  * as FIFO does, and the background thread stops watching for turns. */
 #define TURN_FLOOR_NS 10000
 #define TURN_PROMPT_NS 100000 /* see cpool.turn_prompt_ns */
+/* The background thread's look for turns nobody came back for backs off
+ * (maint.c, maintenance_sleep_relock): doubled at most this many times,
+ * and never past turn_us. */
+#define WATCH_SHIFT_MAX 4
 /* A waiter woken early as the next to be served spins (yielding the CPU)
  * at most this long before it sleeps again (checkout.c, wait_unlock). */
 #define NUDGE_SPIN_NS 200000
@@ -413,6 +417,9 @@ struct cpool {
     bool maint_kick; /* run again at once */
     bool turn_watch; /* the thread wakes every turn_ns to hand waiters the
                         connections whose turn ended (maint.c) */
+    uint8_t watch_shift; /* ... its interval doubled this many times: looks
+                            in a row that found nothing (at most
+                            WATCH_SHIFT_MAX) */
     _Atomic int64_t tick_ns; /* pool clock at the last maintenance run: the
                                 lock-free path's clock for lifetimes */
 };

@@ -233,6 +233,48 @@ TEST(thread_away_from_its_turn_hands_over_next_time)
     test_fixture_free(&f);
 }
 
+/* The background thread looks for turns nobody came back for every turn's
+ * length, doubling the interval after each look that found nothing, but
+ * never past turn_us: a parked connection waits for its thread at most a
+ * turn and turn_us. Turns of 100 ms (turn_us), shrunk to 50 ms by one
+ * handoff to a checkout that waited 2 ms of the fake clock (> turn_wait_us);
+ * a turn that lasts 1 s of real time (the fake clock stands still), so the
+ * thread looks every 50, then 100 ms; then the turn runs out on the pool's
+ * clock, and the waiter is served at the next look: within 100 ms, where an
+ * interval doubled without the cap (up to 800 ms) would come some 500 ms
+ * late. */
+TEST(turn_watch_backs_off_no_further_than_turn_us)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.early_wake = CPOOL_EARLY_WAKE_ON;
+    f.opts.turn_wait_us = 1000;
+    handoff_fixture_opts(&f, CPOOL_HANDOFF_TURNS, 100000, 1, true);
+    test_job b;
+    cpool_conn *c = hold_with_waiter(&f, &b);
+    uint64_t id = cpool_conn_id(c);
+    test_clock_advance_ms(&f.clk, NULL, 2);
+    test_checkin(f.pool, c, 0); /* a turn of one re-take */
+    c = retake(f.pool, id);
+    test_checkin(f.pool, c, 0); /* to b, which waited 2 ms: turns halve */
+    waiter_served(&b, id);
+    test_checkin(f.pool, b.conn, 0); /* nobody waits: parked in this slot */
+    c = retake(f.pool, id);
+
+    test_job late;
+    test_job_start(&late, f.pool, 10000);
+    WAIT_UNTIL(test_counts(f.pool).waiting == 1, 5000);
+    test_checkin(f.pool, c, 0); /* parked for this thread's 50 ms turn */
+    test_sleep_ms(1000);
+    ASSERT_FALSE(atomic_load(&late.done)); /* the pool's clock stood still */
+    test_clock_advance_ms(&f.clk, NULL, 60); /* the turn runs out */
+    int64_t t0 = test_now_ns();
+    waiter_served(&late, id);
+    ASSERT_LT(late.end_ns - t0, 350 * 1000000LL);
+    test_checkin(f.pool, late.conn, 0);
+    test_fixture_free(&f);
+}
+
 /* A connection whose turn ran out (its thread did not come back) goes to
  * the oldest waiter, also when a newcomer finds it first. The turn here is
  * 1 s of the fake clock, so the background thread, which looks every turn
