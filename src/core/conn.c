@@ -468,9 +468,6 @@ void cpool__set_parking(cpool *p, bool can_park)
     p->turn_uses = p->opts.turn_uses;
     p->turn_wait_ns = (int64_t)p->opts.turn_wait_us * 1000;
     atomic_store_explicit(&p->turn_eff_ns, p->turn_ns, memory_order_relaxed);
-    /* auto: off until a measurement shows the CPUs are this process's */
-    if (p->opts.early_wake != CPOOL_EARLY_WAKE_AUTO || p->cpu_prev.at_ns == 0)
-        p->wake_early = p->opts.early_wake == CPOOL_EARLY_WAKE_ON;
 }
 
 /* Turns: every handoff to a waiter tells how long it waited. While waits

@@ -139,6 +139,9 @@ static void settle_locked_paths(cpool *p)
      * the locked paths, as observed pools' do. */
     p->observed = o->on_event != NULL || o->on_log != NULL || o->leak_threshold_ms > 0;
     p->stamp_idle = o->max_idle_time_ms > 0 || o->validation == CPOOL_VALIDATE_PING_IDLE;
+    /* early_wake: auto is off until a measurement shows the CPUs are this
+     * process's (maint.c, watch_cpu_relock). */
+    p->wake_early = o->early_wake == CPOOL_EARLY_WAKE_ON;
     p->ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     p->cpu_others = -1;
     /* Parking skips the events and the per-service generations. */

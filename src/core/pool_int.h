@@ -345,7 +345,7 @@ struct cpool {
     cpu_sample cpu_prev; /* early_wake auto: the background thread's latest
                             measurement */
     double cpu_others;   /* ... CPUs other processes used, -1 = unknown */
-    uint64_t st_early_wakeups;
+    uint64_t st_early_wakeups; /* waiters woken early, for the statistics */
     atomic_uint nwaiting;
     service *services;
     cpool_error clear_cause;
