@@ -387,11 +387,7 @@ static int queue_relock(checkout *co)
     /* The queue's oldest wait is a statistic (maxwait); with turns, each
      * wait also adapts the turns' length. */
     w->since = cpool__now(p);
-    if (p->turns) {
-        if (!p->turn_watch &&
-            atomic_load_explicit(&p->turn_eff_ns, memory_order_relaxed) >= TURN_FLOOR_NS)
-            pthread_cond_signal(&p->maint_cv); /* watch the turns (maint.c) */
-    }
+    cpool__watch_turns_locked(p);
     int reason = -1;
     /* With turns, a connection its thread may still take again stays: the
      * newcomer queues behind the waiters (and the background thread hands it

@@ -485,7 +485,8 @@ void cpool__set_parking(cpool *p, bool can_park)
 void cpool__adapt_turn_locked(cpool *p, int64_t waited)
 {
     CPOOL_ASSERT_HELD(p);
-    int64_t t = atomic_load_explicit(&p->turn_eff_ns, memory_order_relaxed);
+    int64_t was = atomic_load_explicit(&p->turn_eff_ns, memory_order_relaxed);
+    int64_t t = was;
     if (waited > p->turn_wait_ns)
         t /= 2;
     else if (waited < p->turn_wait_ns / 2)
@@ -493,6 +494,8 @@ void cpool__adapt_turn_locked(cpool *p, int64_t waited)
     if (t > p->turn_ns)
         t = p->turn_ns;
     atomic_store_explicit(&p->turn_eff_ns, t, memory_order_relaxed);
+    if (was < TURN_FLOOR_NS && t >= TURN_FLOOR_NS)
+        cpool__watch_turns_locked(p); /* turns again, for waiters already queued */
 }
 
 /* Whether c is parked for its thread's handoff turn, which is still on: its

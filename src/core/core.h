@@ -68,6 +68,8 @@ int cpool__cpu_sample(cpu_sample *s);
 double cpool__cpu_others(const cpu_sample *before, const cpu_sample *after);
 bool cpool__early_wake_decide(bool on, double others, long ncpu);
 void cpool__adapt_turn_locked(cpool *p, int64_t waited);
+/* maint.c: tells the background thread the turns need watching now. */
+void cpool__watch_turns_locked(cpool *p);
 service *cpool__svc_find_locked(cpool *p, const char *id);
 void cpool__svc_release_locked(cpool *p, cpool_conn *c);
 void cpool__unassign_locked(cpool_conn *c);

@@ -341,9 +341,22 @@ static bool turns_to_watch_locked(const cpool *p)
            turn_parked_locked(p);
 }
 
+/* Wakes the background thread when the turns need watching and it is not
+ * watching them. It decides that itself whenever it wakes, but asleep until
+ * its next maintenance run it must be told, wherever the answer can change
+ * under it: a checkout queues, or the turns grow back to TURN_FLOOR_NS
+ * while checkouts wait. Else a turn begun then, whose thread never came
+ * back, would hold the waiters until that run. */
+void cpool__watch_turns_locked(cpool *p)
+{
+    CPOOL_ASSERT_HELD(p);
+    if (!p->turn_watch && turns_to_watch_locked(p))
+        pthread_cond_signal(&p->maint_cv);
+}
+
 /* Sleeps until `until_ns` (monotonic) or a kick. While turns need watching,
  * it wakes every turn's length meanwhile to end the turns nobody came back for
- * (queue_relock wakes it when the first checkout queues). */
+ * (cpool__watch_turns_locked wakes it when that may have become needed). */
 /* Asynchronous checkouts wait in the queue without a thread: this thread
  * ends their waits at their deadlines, the earliest of which it returns
  * (pool clock; NO_DEADLINE when none). It scans only once one is due. */

@@ -275,6 +275,64 @@ TEST(turn_watch_backs_off_no_further_than_turn_us)
     test_fixture_free(&f);
 }
 
+/* Turns shrunk below TURN_FLOOR_NS (10 us) are not watched: none is given.
+ * When they grow back while checkouts already wait, and nobody queues after
+ * that, a turn begun then must still be watched, or the waiters wait for
+ * the background thread's next maintenance run (20 s here) if its thread
+ * never comes back -- as at the end of a burst, when the threads that just
+ * took their turns go idle. Turns of 16 us halve to 8 us on a handoff to a
+ * checkout that waited 5 ms (> turn_wait_us); c, d and e queue while they
+ * are that short; two prompt handoffs grow them to 9.1 and then 10.3 us;
+ * the third check-in parks for a turn that then runs out on the pool's
+ * clock, and e must be served within the bound (a turn and turn_us), not
+ * at the next maintenance run. */
+TEST(turns_grown_back_while_checkouts_wait_are_watched)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.clock = &f.clk.clock;
+    f.opts.on_event = NULL; /* the lock-free path, which turns need */
+    f.opts.event_ctx = NULL;
+    f.opts.maintenance_interval_ms = 20000;
+    f.opts.max_pool_size = 1;
+    f.opts.wait_queue_timeout_ms = 60000;
+    f.opts.handoff = CPOOL_HANDOFF_TURNS;
+    f.opts.turn_us = 16;
+    f.opts.turn_uses = 32;
+    f.opts.turn_wait_us = 1000;
+    test_fixture_start(&f);
+    test_job b;
+    cpool_conn *c = hold_with_waiter(&f, &b);
+    uint64_t id = cpool_conn_id(c);
+    test_clock_advance_ms(&f.clk, NULL, 5);
+    test_checkin(f.pool, c, 0); /* a turn begins */
+    c = retake(f.pool, id);
+    atomic_fetch_add(&f.clk.now_ns, 20000); /* 20 us: the turn is over */
+    test_checkin(f.pool, c, 0);              /* to b, which waited 5 ms: 8 us turns */
+    waiter_served(&b, id);
+
+    test_job w[3]; /* c, d, e */
+    for (int i = 0; i < 3; i++) {
+        test_job_start(&w[i], f.pool, 60000);
+        WAIT_UNTIL(test_counts(f.pool).waiting == (uint32_t)i + 1, 5000);
+    }
+    test_sleep_ms(100); /* time for the background thread to stop looking */
+    test_checkin(f.pool, b.conn, 0); /* to c: 9.1 us, no turn yet */
+    test_job_join(&w[0], 5000);
+    test_checkin(f.pool, w[0].conn, 0); /* to d: 10.3 us, turns again */
+    test_job_join(&w[1], 5000);
+    test_checkin(f.pool, w[1].conn, 0); /* parked for this thread's turn */
+    ASSERT_FALSE(atomic_load(&w[2].done));
+    test_clock_advance_ms(&f.clk, NULL, 1); /* the turn runs out; never back */
+    int64_t t0 = test_now_ns();
+    test_job_join(&w[2], 10000);
+    ASSERT_OK(w[2].rc);
+    ASSERT_EQ(id, cpool_conn_id(w[2].conn));
+    ASSERT_LT(w[2].end_ns - t0, 1000 * 1000000LL);
+    test_checkin(f.pool, w[2].conn, 0);
+    test_fixture_free(&f);
+}
+
 /* A connection whose turn ran out (its thread did not come back) goes to
  * the oldest waiter, also when a newcomer finds it first. The turn here is
  * 1 s of the fake clock, so the background thread, which looks every turn
