@@ -388,6 +388,7 @@ typedef struct run {
     void *pool;
     int64_t hold_ns;
     bool hold_sleep;    /* sleep through the hold instead of spinning */
+    int64_t think_ns;   /* sleep after each check-in, outside the lease */
     uint64_t fixed_ops; /* > 0: every thread does exactly this many ops */
     int64_t measure_t0; /* when the timed window began (written before the
                            phase switch, read after it) */
@@ -446,7 +447,7 @@ static void *worker_main(void *arg)
     uint64_t ops = 0, overtakers = 0, max_overtakers = 0, max_ns = 0;
     /* A sleeping hold as exact as the kernel allows: the default timer
      * slack (50 us) would add half of a 100 us hold to every sleep. */
-    if (r->hold_sleep)
+    if (r->hold_sleep || r->think_ns > 0)
         prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
 
     /* Start barrier: the main thread lets the threads go once every one is
@@ -524,6 +525,13 @@ static void *worker_main(void *arg)
             warm = true;
             atomic_fetch_add_explicit(&r->warm, 1, memory_order_relaxed);
         }
+        if (r->think_ns > 0) {
+            /* What a request thread does between leases: waits for its
+             * next request, away from the pool. */
+            struct timespec nap = {r->think_ns / 1000000000, r->think_ns % 1000000000};
+            while (nanosleep(&nap, &nap) == EINTR)
+                ;
+        }
     }
     w->allocs = measuring ? bench_allocs_self() - allocs0 : 0;
     w->ops = ops;
@@ -576,6 +584,7 @@ static void prefault(void *mem, size_t size)
 }
 
 static bool g_hold_sleep; /* --hold sleep */
+static uint32_t g_think_us; /* --think-us */
 
 /* min/max of the per-thread counts in each whole second of the window, the
  * worst of them: how even the service is over a second, not only over the
@@ -640,6 +649,7 @@ static int measure(const pool_impl *impl, const config *c, int64_t duration_ns,
     r->pool = pool;
     r->hold_ns = (int64_t)c->hold_us * 1000;
     r->hold_sleep = g_hold_sleep;
+    r->think_ns = (int64_t)g_think_us * 1000;
     r->measure_t0 = now_ns();
     r->fixed_ops = fixed_ops;
     r->fifo = want_fifo && c->threads > c->conns;
@@ -761,7 +771,10 @@ static double ceiling_ops(const config *c)
         k = c->conns;
     if (!g_hold_sleep && g_cores < k) /* a spinning holder needs a core */
         k = g_cores;
-    return (double)k * 1e6 / (double)c->hold_us;
+    double ceiling = (double)k * 1e6 / (double)c->hold_us;
+    /* With think time each thread asks for at most one lease per W + Z. */
+    double asked = (double)c->threads * 1e6 / (double)(c->hold_us + g_think_us);
+    return g_think_us > 0 && asked < ceiling ? asked : ceiling;
 }
 
 static void print_header(void)
@@ -889,6 +902,9 @@ static void usage(FILE *f)
             "  --hold MODE         spin (default): busy-spin through the hold, as CPU\n"
             "                      work does; sleep: sleep through it, as a thread\n"
             "                      waiting on the network does\n"
+            "  --think-us N        after each check-in, each thread sleeps N us before\n"
+            "                      its next checkout, as a request thread waits for\n"
+            "                      its next request (default 0)\n"
             "  --turn-wait-us N    the cpool pool's turn_wait_us (default: the pool's\n"
             "                      default): longer turns, longer waits\n"
             "  --early-wake MODE   the cpool pool's early_wake: auto (the default), on\n"
@@ -984,6 +1000,11 @@ int main(int argc, char **argv)
         } else if (!strcmp(a, "--early-wake")) {
             bad = strcmp(v, "auto") != 0 && strcmp(v, "on") != 0 && strcmp(v, "off") != 0;
             g_early_wake = v;
+        } else if (!strcmp(a, "--think-us")) {
+            char *end;
+            unsigned long n = strtoul(v, &end, 10);
+            bad = *end || n > 10000000;
+            g_think_us = (uint32_t)n;
         } else if (!strcmp(a, "--hold")) {
             bad = strcmp(v, "spin") != 0 && strcmp(v, "sleep") != 0;
             g_hold_sleep = strcmp(v, "sleep") == 0;
@@ -1063,6 +1084,10 @@ int main(int argc, char **argv)
                               : "not counted in this build",
            g_hold_sleep ? "sleep (nanosleep W us)" : "spin (busy-spin W us)",
            g_hold_sleep ? "min(T,P)" : "min(T,P,cores)");
+    if (g_think_us > 0)
+        printf("# think: each thread sleeps %u us after each check-in; %%ceil is also capped "
+               "at T * 1e6 / (W + %u), what the threads ask for\n",
+               (unsigned)g_think_us, (unsigned)g_think_us);
 
 #ifdef CPOOL_BENCH_HAVE_APR
     if (use[POOL_APR])

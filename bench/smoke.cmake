@@ -1,6 +1,6 @@
 # smoke.cmake -- run by `cmake -DBENCH=<path to cpool_bench> -P smoke.cmake`.
 # Runs one 50 ms configuration with each kind of hold (and with the cpool
-# pool's turn_wait_us and early_wake set) and checks the exit
+# pool's turn_wait_us and early_wake set, and with think time) and checks the exit
 # code and that the output has a result line for each pool (apr may say
 # "skipped" when the build has no apr-util) and the ratio table.
 function(smoke)
@@ -29,3 +29,19 @@ smoke(--early-wake off)
 if(NOT last_out MATCHES "handoff turns, early_wake=off\\)")
   message(FATAL_ERROR "cpool_bench --early-wake off: the header does not name it")
 endif()
+# Think time: 3 threads that sleep 20 ms after each check-in ask for at most
+# 150 leases a second, so no pool can report much more (without the sleep
+# they make some 100,000).
+smoke(--think-us 20000 --duration-ms 200)
+if(NOT last_out MATCHES "# think: each thread sleeps 20000 us")
+  message(FATAL_ERROR "cpool_bench --think-us 20000: the header does not name it")
+endif()
+foreach(pool "cpool" "cpool-fifo" "naive")
+  if(NOT last_out MATCHES "  ${pool} +([0-9]+)")
+    message(FATAL_ERROR "cpool_bench --think-us: no ops/s for ${pool}")
+  endif()
+  if(CMAKE_MATCH_1 GREATER 200 OR CMAKE_MATCH_1 LESS 1)
+    message(FATAL_ERROR "cpool_bench --think-us 20000: ${pool} made ${CMAKE_MATCH_1} ops/s, "
+                        "not at most the 150 the threads ask for")
+  endif()
+endforeach()
