@@ -998,7 +998,10 @@ int main(int argc, char **argv)
             bad = *end || n < 1 || n > 100000000;
             g_turn_wait_us = (uint32_t)n;
         } else if (!strcmp(a, "--early-wake")) {
-            bad = strcmp(v, "auto") != 0 && strcmp(v, "on") != 0 && strcmp(v, "off") != 0;
+            cpool_options probe; /* the pool's own check of the name */
+            cpool_error err;
+            cpool_options_init(&probe, sizeof probe);
+            bad = cpool_options_set(&probe, "early_wake", v, &err) != 0;
             g_early_wake = v;
         } else if (!strcmp(a, "--think-us")) {
             char *end;

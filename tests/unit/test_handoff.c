@@ -19,7 +19,8 @@
  * test thread longer than 100 us between the two counts as a thread that
  * stayed away (note_return), and its next check-ins hand over instead of
  * parking. */
-/* The same on a fixture already initialised (and perhaps given options). */
+/* The same on a fixture already initialised (and perhaps given options,
+ * the background thread's interval among them; else it runs every 1 s). */
 static void handoff_fixture_opts(test_fixture *f, cpool_handoff mode, uint32_t turn_us,
                                  uint32_t turn_uses, bool fake_clock)
 {
@@ -27,7 +28,8 @@ static void handoff_fixture_opts(test_fixture *f, cpool_handoff mode, uint32_t t
         f->opts.clock = &f->clk.clock;
     f->opts.on_event = NULL;
     f->opts.event_ctx = NULL;
-    f->opts.maintenance_interval_ms = 1000;
+    if (f->opts.maintenance_interval_ms < 0) /* turns need the thread */
+        f->opts.maintenance_interval_ms = 1000;
     f->opts.max_pool_size = 1;
     f->opts.wait_queue_timeout_ms = 30000;
     f->opts.handoff = mode;
@@ -294,17 +296,9 @@ TEST(turns_grown_back_while_checkouts_wait_are_watched)
 {
     test_fixture f;
     test_fixture_init(&f);
-    f.opts.clock = &f.clk.clock;
-    f.opts.on_event = NULL; /* the lock-free path, which turns need */
-    f.opts.event_ctx = NULL;
     f.opts.maintenance_interval_ms = 20000;
-    f.opts.max_pool_size = 1;
-    f.opts.wait_queue_timeout_ms = 60000;
-    f.opts.handoff = CPOOL_HANDOFF_TURNS;
-    f.opts.turn_us = 16;
-    f.opts.turn_uses = 32;
     f.opts.turn_wait_us = 1000;
-    test_fixture_start(&f);
+    handoff_fixture_opts(&f, CPOOL_HANDOFF_TURNS, 16, 32, true);
     test_job b;
     cpool_conn *c = hold_with_waiter(&f, &b);
     uint64_t id = cpool_conn_id(c);
