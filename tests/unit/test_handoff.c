@@ -76,6 +76,23 @@ static void waiter_served(test_job *b, uint64_t id)
     ASSERT_EQ(id, cpool_conn_id(b->conn));
 }
 
+/* Halves the turns (turn_wait_us below `wait_ns`): b queues behind this
+ * thread's lease and waits `wait_ns` of the fake clock; this thread then
+ * takes a turn of one re-take, which ends `turn_ns` later (or by its
+ * uses), and b is served. Returns the connection's id; b holds it. */
+static uint64_t halve_turns(test_fixture *f, test_job *b, int64_t wait_ns, int64_t turn_ns)
+{
+    cpool_conn *c = hold_with_waiter(f, b);
+    uint64_t id = cpool_conn_id(c);
+    atomic_fetch_add(&f->clk.now_ns, wait_ns);
+    test_checkin(f->pool, c, 0); /* a turn begins */
+    c = retake(f->pool, id);
+    atomic_fetch_add(&f->clk.now_ns, turn_ns);
+    test_checkin(f->pool, c, 0); /* over: to b, which waited long */
+    waiter_served(b, id);
+    return id;
+}
+
 static void assert_cannot_take(cpool *p)
 {
     cpool_conn *c = NULL;
@@ -257,15 +274,9 @@ TEST(turn_watch_backs_off_no_further_than_turn_us)
     f.opts.turn_wait_us = 1000;
     handoff_fixture_opts(&f, CPOOL_HANDOFF_TURNS, 100000, 1, true);
     test_job b;
-    cpool_conn *c = hold_with_waiter(&f, &b);
-    uint64_t id = cpool_conn_id(c);
-    test_clock_advance_ms(&f.clk, NULL, 2);
-    test_checkin(f.pool, c, 0); /* a turn of one re-take */
-    c = retake(f.pool, id);
-    test_checkin(f.pool, c, 0); /* to b, which waited 2 ms: turns halve */
-    waiter_served(&b, id);
+    uint64_t id = halve_turns(&f, &b, 2000000, 0); /* b waited 2 ms */
     test_checkin(f.pool, b.conn, 0); /* nobody waits: parked in this slot */
-    c = retake(f.pool, id);
+    cpool_conn *c = retake(f.pool, id);
 
     test_job late;
     test_job_start(&late, f.pool, 10000);
@@ -300,14 +311,7 @@ TEST(turns_grown_back_while_checkouts_wait_are_watched)
     f.opts.turn_wait_us = 1000;
     handoff_fixture_opts(&f, CPOOL_HANDOFF_TURNS, 16, 32, true);
     test_job b;
-    cpool_conn *c = hold_with_waiter(&f, &b);
-    uint64_t id = cpool_conn_id(c);
-    test_clock_advance_ms(&f.clk, NULL, 5);
-    test_checkin(f.pool, c, 0); /* a turn begins */
-    c = retake(f.pool, id);
-    atomic_fetch_add(&f.clk.now_ns, 20000); /* 20 us: the turn is over */
-    test_checkin(f.pool, c, 0);              /* to b, which waited 5 ms: 8 us turns */
-    waiter_served(&b, id);
+    uint64_t id = halve_turns(&f, &b, 5000000, 20000); /* 8 us turns */
 
     test_job w[3]; /* c, d, e */
     for (int i = 0; i < 3; i++) {
@@ -363,16 +367,10 @@ TEST(turns_shrink_while_checkouts_wait_long)
     f.opts.turn_wait_us = 1000;
     handoff_fixture_opts(&f, CPOOL_HANDOFF_TURNS, 1000, 1000, true);
     test_job b, late;
-    cpool_conn *c = hold_with_waiter(&f, &b);
-    uint64_t id = cpool_conn_id(c);
-    test_clock_advance_ms(&f.clk, NULL, 5); /* b waits 5 ms */
-    test_checkin(f.pool, c, 0);               /* a 1 ms turn begins */
-    c = retake(f.pool, id);
-    test_clock_advance_ms(&f.clk, NULL, 2);
-    test_checkin(f.pool, c, 0); /* over: b gets it after 7 ms, turns halve */
-    waiter_served(&b, id);
+    /* b waits 5 ms; a 1 ms turn is over 2 ms later: b gets it after 7 ms */
+    uint64_t id = halve_turns(&f, &b, 5000000, 2000000);
     test_checkin(f.pool, b.conn, 0); /* nobody waits: parked here */
-    c = retake(f.pool, id);
+    cpool_conn *c = retake(f.pool, id);
 
     test_job_start(&late, f.pool, -1);
     WAIT_UNTIL(test_counts(f.pool).waiting == 1, 5000);
