@@ -1124,6 +1124,10 @@ typedef struct cpool_stats {
     uint64_t early_wakeups;
     bool early_wake;
     double cpu_others;
+    /* Turns: checkouts by threads back from elsewhere that took a
+     * connection left free ahead of queued checkouts, while the oldest of
+     * those had waited less than turn_wait_us. */
+    uint64_t barges;
 } cpool_stats;
 
 /* Fills `out` (out->struct_size must be set, e.g. with

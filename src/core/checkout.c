@@ -280,6 +280,39 @@ static int ready_step_locked(checkout *co)
                                                         : CPOOL_ECLEARED);
 }
 
+/* Whether this thread comes back from elsewhere: its last two returns to a
+ * turn were late (note_return), as a thread with think time between leases
+ * is; a single preemption does not make one. */
+static bool came_from_away(void)
+{
+    return cpool__tl_park.away >= 2;
+}
+
+/* Woken because a connection was left free beside the queue: takes one if
+ * it is still there, staying queued otherwise. STEP_NONE: wait on. */
+static int take_free_locked(checkout *co)
+{
+    cpool *p = co->p;
+    waiter *w = &co->w;
+    CPOOL_ASSERT_HELD(p);
+    atomic_store(&w->retry, 0);
+    for (;;) {
+        cpool_conn *c = p->available.head;
+        if (!w->queued || c == NULL || cpool__next_waiter_locked(p) == NULL)
+            return STEP_NONE;
+        int reason = cpool__perished_locked(p, c, cpool__perish_now(p));
+        if (reason >= 0) {
+            cpool__close_conn_relock(p, c, reason, NULL);
+            continue;
+        }
+        cpool__wq_remove_locked(p, w);
+        cpool__set_state_locked(p, c, CONN_IN_USE);
+        atomic_store_explicit(&c->leased, LEASE_HELD, memory_order_relaxed);
+        co->c = c;
+        return STEP_OK;
+    }
+}
+
 /* Without waiting: an available connection (or a parked one), else a new
  * one to establish when the limits allow. Strict FIFO: only when nobody is
  * ahead (with tenants: nobody who may take one, and its own tenant may). */
@@ -288,10 +321,14 @@ static int take_available_relock(checkout *co)
     cpool *p = co->p;
     tenant *tn = co->tn;
     CPOOL_ASSERT_HELD(p);
-    if (cpool__next_waiter_locked(p) != NULL ||
-        (tn != NULL && !cpool__tenant_allows_locked(p, tn)) ||
+    waiter *head = cpool__next_waiter_locked(p);
+    bool barge = head != NULL && p->available.head != NULL && tn == NULL &&
+                 came_from_away() && cpool__barge_window_locked(p, head);
+    if ((head != NULL && !barge) || (tn != NULL && !cpool__tenant_allows_locked(p, tn)) ||
         atomic_load_explicit(&p->suspended, memory_order_relaxed))
         return STEP_NONE;
+    if (barge)
+        p->st_barges++;
     cpool_conn *c = tn != NULL ? cpool__affine_available_locked(p, tn) : p->available.head;
     int reason = -1;
     if (c != NULL) {
@@ -381,6 +418,9 @@ static int queue_relock(checkout *co)
     atomic_fetch_add(&p->nwaiting, 1);
     w->cpu = p->turns ? sched_getcpu() : -1;
     w->passed = 0;
+    w->from_away = p->turns && came_from_away();
+    atomic_store(&w->retry, 0);
+    atomic_store_explicit(&w->posted, 0, memory_order_relaxed);
     /* Not woken early yet: a waiter queued again (after a connection that
      * failed its check) may still carry the flag from its last wait. */
     atomic_store(&w->nudged, 0);
@@ -437,7 +477,9 @@ static bool spin_until_served(const cpool *p, waiter *w, int64_t wake)
  * passes. Called with mu; returns without it. When a backoff step ends
  * first, the queue may create again: it asks for capacity itself (the
  * maintenance thread does the same; this covers pools without one). */
-static bool wait_unlock(checkout *co)
+enum { WAIT_NOT = 0, WAIT_SERVED, WAIT_FREE };
+
+static int wait_unlock(checkout *co)
 {
     cpool *p = co->p;
     waiter *w = &co->w;
@@ -447,20 +489,22 @@ static bool wait_unlock(checkout *co)
     for (;;) {
         bool posted = wait_served(p, w, wake);
         if (posted && waiter_done(w))
-            return true;
+            return WAIT_SERVED;
         /* A cancellation's post, or the token triggered meanwhile: the
          * caller leaves the queue (after_wait_locked). */
         if (w->cancel != NULL && cpool_cancel_triggered(w->cancel))
-            return false;
+            return WAIT_NOT;
+        if (posted && atomic_load(&w->retry))
+            return WAIT_FREE;
         if (posted && atomic_load(&w->nudged)) {
             if (spin_until_served(p, w, wake))
-                return true;
+                return WAIT_SERVED;
             continue;
         }
         if (posted)
             continue; /* a stale wake-up: wait on */
         if (wake >= co->t.wait_deadline)
-            return false;
+            return WAIT_NOT;
         cpool__lock(p);
         if (w->queued)
             cpool__grant_capacity_relock(p);
@@ -753,23 +797,36 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
         if (step == STEP_NONE)
             step = fail_fast_step_locked(&co);
         if (step == STEP_NONE && (step = queue_relock(&co)) == STEP_NONE) {
-            bool served = wait_unlock(&co);
-            const waiter *w = &co.w;
-            if (served && !w->establish && w->fail == 0 && !p->observed && co.tn == NULL &&
-                p->opts.hooks.before_lease == NULL && w->cancel == NULL) {
-                /* Handed a connection that was just checked in (and
-                 * reset): return without touching the pool lock at all.
-                 * Not with a token: its trigger posts too, so the post this
-                 * thread took may not be the server's, which may still be
-                 * inside cpool__serve_waiter -- taking mu waits it out. */
-                cpool__cancel_unregister(&co.w);
-                sem_destroy(&co.w.sem);
-                lease_begin(p, w->conn, co.t.start, true, NULL);
-                *out = w->conn;
-                return 0;
+            int got;
+            while ((got = wait_unlock(&co)) == WAIT_FREE) {
+                cpool__lock(p);
+                if ((step = take_free_locked(&co)) != STEP_NONE)
+                    break;
             }
-            cpool__lock(p);
-            step = after_wait_locked(&co, served);
+            if (got != WAIT_FREE) {
+                bool served = got == WAIT_SERVED;
+                const waiter *w = &co.w;
+                if (served && !w->establish && w->fail == 0 && !p->observed && co.tn == NULL &&
+                    p->opts.hooks.before_lease == NULL && w->cancel == NULL) {
+                    /* Handed a connection that was just checked in (and
+                     * reset): return without touching the pool lock at all.
+                     * Not with a token: its trigger posts too, so the post
+                     * this thread took may not be the server's, which may
+                     * still be inside cpool__serve_waiter -- taking mu
+                     * waits it out. An early wake-up's or a free
+                     * connection's post (made under mu) can be the one
+                     * taken too: the server's own post is waited for. */
+                    while (!atomic_load_explicit(&w->posted, memory_order_acquire))
+                        sched_yield();
+                    cpool__cancel_unregister(&co.w);
+                    sem_destroy(&co.w.sem);
+                    lease_begin(p, w->conn, co.t.start, true, NULL);
+                    *out = w->conn;
+                    return 0;
+                }
+                cpool__lock(p);
+                step = after_wait_locked(&co, served);
+            }
         }
         if (step == STEP_OK)
             step = prepare_step_relock(&co);

@@ -351,6 +351,9 @@ void cpool__close_native(cpool *p, void *native, uint64_t id, int reason)
     p->cx->close(p->cx_ctx, native);
 }
 
+static void wake_for_free_locked(cpool *p);
+static void offer_available_locked(cpool *p);
+
 void cpool__wq_remove_locked(cpool *p, waiter *w)
 {
     CPOOL_ASSERT_HELD(p);
@@ -368,6 +371,10 @@ void cpool__wq_remove_locked(cpool *p, waiter *w)
     w->queued = false;
     if (p->wq_picked == w)
         p->wq_picked = NULL;
+    /* It was woken for a connection left free and leaves without it: the
+     * next waiter comes for it instead. */
+    if (atomic_load_explicit(&w->retry, memory_order_relaxed) && p->available.head != NULL)
+        wake_for_free_locked(p);
     if (w->tenant != NULL)
         w->tenant->waiting--;
     atomic_fetch_sub(&p->nwaiting, 1);
@@ -379,6 +386,9 @@ void cpool__wq_remove_locked(cpool *p, waiter *w)
 /* Called under mu, which the waiter takes before it may go whenever it was
  * woken by anything but this post (a cancellation's, a deadline): so w
  * stays valid to the end of this call. */
+/* Tests only (test_handoff): called between `done` and the post. */
+_Atomic(cpool__hook_fn) cpool__serve_pause;
+
 void cpool__serve_waiter(waiter *w)
 {
     bool async = w->async; /* read before the waiter can see `done` */
@@ -387,7 +397,12 @@ void cpool__serve_waiter(waiter *w)
         if (!atomic_exchange(&w->alink->claimed, true)) /* a cancel may have been first */
             cpool__async_push(w->alink, ASYNC_SERVED); /* the loop finishes it */
     } else {
+        cpool__hook_fn pause = atomic_load_explicit(&cpool__serve_pause, memory_order_relaxed);
+        if (pause != NULL)
+            pause();
         sem_post(&w->sem);
+        /* The last touch: the waiter may be gone once it sees this. */
+        atomic_store_explicit(&w->posted, 1, memory_order_release);
     }
 }
 
@@ -648,30 +663,76 @@ static waiter *picked_locked(cpool *p, waiter *w)
     return n;
 }
 
+/* Direct handoff of c to w, the next waiter (or the one picked ahead of it). */
+static void hand_over_locked(cpool *p, cpool_conn *c, waiter *w)
+{
+    CPOOL_ASSERT_HELD(p);
+    /* The turns adapt to the oldest wait, the head's, even when a waiter
+     * behind it is served first. */
+    if (p->turns)
+        cpool__adapt_turn_locked(p, cpool__now(p) - w->since);
+    waiter *ahead = picked_locked(p, w);
+    if (ahead != NULL)
+        w = ahead;
+    cpool__wq_remove_locked(p, w);
+    cpool__assign_locked(p, c, w->tenant);
+    w->conn = c;
+    w->establish = false;
+    cpool__set_state_locked(p, c, CONN_IN_USE);
+    atomic_store_explicit(&c->leased, LEASE_HELD, memory_order_relaxed);
+    cpool__serve_waiter(w);
+    nudge_next_locked(p);
+}
+
+/* Whether a connection may be left free beside the queue whose oldest
+ * waiter is `head` (see cpool__make_available_locked). */
+bool cpool__barge_window_locked(const cpool *p, const waiter *head)
+{
+    CPOOL_ASSERT_HELD(p);
+    return p->turns && head->from_away && !head->async &&
+           cpool__now(p) - head->since < p->turn_wait_ns;
+}
+
+/* A connection left free beside queued checkouts: wakes the oldest waiter
+ * not woken for one yet, to come and take it (it may find it gone). */
+static void wake_for_free_locked(cpool *p)
+{
+    CPOOL_ASSERT_HELD(p);
+    for (waiter *x = p->wq_head; x != NULL; x = x->next) {
+        if (x->async || atomic_load_explicit(&x->retry, memory_order_relaxed))
+            continue;
+        atomic_store(&x->retry, 1);
+        sem_post(&x->sem);
+        return;
+    }
+}
+
 /* A checked-in or freshly established connection: straight to the oldest
  * waiter if there is one (direct handoff: no newcomer can barge in between),
- * otherwise onto the available stack. */
+ * otherwise onto the available stack.
+ *
+ * One exception, with turns: while the oldest waiter is a thread that came
+ * back late to its turns (from_away) and has waited less than turn_wait_us,
+ * the connection stays available and a waiter is woken to come for it;
+ * threads that came back late may take it first (take_available_relock in
+ * checkout.c). Such threads, handed every connection in FIFO order, keep
+ * the pool in a convoy: each handoff idles the connection until its waiter
+ * gets a CPU. Only a young head is passed, and everyone behind it is
+ * younger, so a checkout that has waited turn_wait_us is passed no more. */
 void cpool__make_available_locked(cpool *p, cpool_conn *c)
 {
     CPOOL_ASSERT_HELD(p);
     waiter *w = cpool__next_waiter_locked(p);
+    bool keep = false;
     if (w != NULL && p->state == CPOOL_STATE_READY) {
-        /* The turns adapt to the oldest wait, the head's, even when a
-         * waiter behind it is served first. */
-        if (p->turns)
-            cpool__adapt_turn_locked(p, cpool__now(p) - w->since);
-        waiter *ahead = picked_locked(p, w);
-        if (ahead != NULL)
-            w = ahead;
-        cpool__wq_remove_locked(p, w);
-        cpool__assign_locked(p, c, w->tenant);
-        w->conn = c;
-        w->establish = false;
-        cpool__set_state_locked(p, c, CONN_IN_USE);
-        atomic_store_explicit(&c->leased, LEASE_HELD, memory_order_relaxed);
-        cpool__serve_waiter(w);
-        nudge_next_locked(p);
-        return;
+        if (!cpool__barge_window_locked(p, w)) {
+            hand_over_locked(p, c, w);
+            /* Any left free while the head was young goes to the queue
+             * too: its waiter woken for it may be slow to come. */
+            offer_available_locked(p);
+            return;
+        }
+        keep = true;
     }
     /* The idle clock matters only with maxIdleTimeMS or ping-when-idle;
      * skip the clock read on the hot path otherwise. */
@@ -679,6 +740,8 @@ void cpool__make_available_locked(cpool *p, cpool_conn *c)
         atomic_store_explicit(&c->available_since_ns, cpool__now(p),
                               memory_order_relaxed);
     cpool__set_state_locked(p, c, CONN_AVAILABLE);
+    if (keep)
+        wake_for_free_locked(p);
 }
 
 /* After a failure, establishments wait for the end of the backoff step,
@@ -718,11 +781,10 @@ static void offer_available_locked(cpool *p)
     CPOOL_ASSERT_HELD(p);
     if (p->available.head == NULL || p->wq_head == NULL)
         return;
-    for (cpool_conn *c = p->available.head; c != NULL && cpool__next_waiter_locked(p) != NULL;) {
-        cpool_conn *next = c->next;
-        cpool__make_available_locked(p, c);
-        c = next;
-    }
+    waiter *w;
+    while (p->available.head != NULL && p->state == CPOOL_STATE_READY &&
+           (w = cpool__next_waiter_locked(p)) != NULL)
+        hand_over_locked(p, p->available.head, w);
 }
 
 void cpool__grant_capacity_relock(cpool *p)

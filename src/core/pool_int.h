@@ -240,6 +240,15 @@ typedef struct waiter {
                           not a post; cancelled through the background thread */
     struct async_link *alink; /* async: its request's link */
     int64_t deadline;  /* async: when the background thread ends its wait */
+    bool from_away;    /* turns: its thread came back late from elsewhere
+                          (twice in a row, lease.h note_return): while it is
+                          the head and young, others like it may take a
+                          connection left free ahead of it */
+    atomic_int retry;  /* woken to take a connection left free (conn.c,
+                          wake_for_free_locked); mu clears it */
+    atomic_int posted; /* 1 once cpool__serve_waiter has made its post: a
+                          waiter that leaves without mu waits for it, since
+                          the post it took may have been another's */
 } waiter;
 
 /* An asynchronous checkout's place in its completion queue (async.c); the
@@ -346,6 +355,8 @@ struct cpool {
                             measurement */
     double cpu_others;   /* ... CPUs other processes used, -1 = unknown */
     uint64_t st_early_wakeups; /* waiters woken early, for the statistics */
+    uint64_t st_barges;  /* checkouts that took a connection left free
+                            ahead of queued ones (turns, conn.c) */
     atomic_uint nwaiting;
     service *services;
     cpool_error clear_cause;

@@ -346,6 +346,9 @@ static void counters(ctx *c, const cpool_stats *s)
     counter(c, "db_client_connection_early_wakeups_total",
             "Handoff turns: waiters woken ahead of their handoff (early_wake).",
             s->early_wakeups);
+    counter(c, "db_client_connection_barges_total",
+            "Handoff turns: checkouts that took a connection left free ahead of queued ones.",
+            s->barges);
 }
 
 static void histograms(ctx *c, const cpool_stats *s)

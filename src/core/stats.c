@@ -253,6 +253,7 @@ static void totals_locked(cpool *p, cpool_stats *out)
     s.early_wakeups = p->st_early_wakeups;
     s.early_wake = p->turns && p->wake_early;
     s.cpu_others = p->cpu_others;
+    s.barges = p->st_barges;
     memcpy(s.closed, p->st_closed, sizeof s.closed);
     memcpy(s.checkout_failures, p->st_failures, sizeof s.checkout_failures);
     cell_sum(&s, &p->retired);

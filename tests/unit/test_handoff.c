@@ -7,6 +7,9 @@
  * modes. */
 #include "test.h"
 
+#include "../src/core/lease.h"
+
+#include <errno.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -784,6 +787,253 @@ TEST(early_wake_auto_rule)
     ASSERT_FALSE(cpool__early_wake_decide(true, 4.1, 16));
     ASSERT_TRUE(cpool__early_wake_decide(true, -1, 2)); /* unknown: unchanged */
     ASSERT_FALSE(cpool__early_wake_decide(false, -1, 2));
+}
+
+/* ------------------------------------- a free connection while the head is young
+ *
+ * Whether a thread comes back from elsewhere is what the pool learnt from
+ * its returns to a turn (note_return; thread_away_from_its_turn_hands_over_
+ * next_time above shows one late return counted). These cases set that
+ * count directly: `away` late returns in a row, and the check-ins a late
+ * returner hands straight over. */
+static void set_late_returns(uint8_t away)
+{
+    cpool__tl_park.away = away;
+    cpool__tl_park.skip = away > 0 ? 1u << away : 0;
+    cpool__tl_park.checkin_ns = 0;
+}
+
+/* A queued checkout on a thread with `away` late returns, with a
+ * cancellation token when `token` is set. */
+typedef struct away_job {
+    test_job j;
+    uint8_t away;
+    cpool_cancel *token;
+} away_job;
+
+static void *away_job_main(void *arg)
+{
+    away_job *a = arg;
+    set_late_returns(a->away);
+    if (a->token == NULL)
+        return test_job_main_(&a->j);
+    cpool_checkout_opts o = {.struct_size = sizeof o, .timeout_ms = 10000, .cancel = a->token};
+    a->j.rc = cpool_checkout_with(a->j.pool, &o, &a->j.conn, &a->j.err);
+    atomic_store(&a->j.done, true);
+    return NULL;
+}
+
+/* Holds a thread still inside a signal handler until thawed, so that the
+ * pool's wake-up cannot reach it meanwhile. */
+static int g_thaw[2] = {-1, -1};
+static atomic_bool g_frozen;
+
+static void freeze_handler(int sig)
+{
+    (void)sig;
+    atomic_store(&g_frozen, true);
+    char ch;
+    while (read(g_thaw[0], &ch, 1) < 0 && errno == EINTR)
+        ;
+    atomic_store(&g_frozen, false);
+}
+
+/* Queues a checkout on a thread with `away` late returns (and `token`)
+ * and freezes it once it waits without the pool lock (counts are read under
+ * it). */
+static void queue_frozen_with(test_fixture *f, away_job *a, uint8_t away, cpool_cancel *token)
+{
+    if (g_thaw[0] < 0) {
+        ASSERT_EQ(0, pipe(g_thaw));
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = freeze_handler;
+        sigemptyset(&sa.sa_mask);
+        ASSERT_EQ(0, sigaction(SIGUSR1, &sa, NULL));
+    }
+    test_job_init(&a->j, f->pool, 10000);
+    a->away = away;
+    a->token = token;
+    uint32_t before = test_counts(f->pool).waiting;
+    TEST_THREAD_START(&a->j.thread, away_job_main, a);
+    WAIT_UNTIL(test_counts(f->pool).waiting == before + 1, 5000);
+    ASSERT_EQ(0, pthread_kill(a->j.thread, SIGUSR1));
+    WAIT_UNTIL(atomic_load(&g_frozen), 5000);
+}
+
+static void queue_frozen(test_fixture *f, away_job *a, uint8_t away)
+{
+    queue_frozen_with(f, a, away, NULL);
+}
+
+static void thaw(void)
+{
+    ASSERT_EQ(1, write(g_thaw[1], "x", 1));
+    WAIT_UNTIL(!atomic_load(&g_frozen), 5000);
+}
+
+/* This thread and the checkout w it leases the one connection ahead of
+ * both came back late twice in a row; w has waited 0 us. The check-in
+ * leaves the connection free and wakes w for it (frozen: it cannot come),
+ * and this thread takes it first. Returns it. */
+static cpool_conn *take_ahead_of_frozen_head(test_fixture *f, away_job *w)
+{
+    handoff_fixture(f, CPOOL_HANDOFF_TURNS, 1000, 32, true);
+    set_late_returns(6);
+    cpool_conn *c = test_checkout(f->pool);
+    uint64_t id = cpool_conn_id(c);
+    queue_frozen(f, w, 6);
+    test_checkin(f->pool, c, 0);
+    return retake(f->pool, id);
+}
+
+/* A thread that came back late takes a connection left free ahead of an
+ * oldest waiter that came back late too and is young. The waiter, woken
+ * for a connection already gone, keeps its place; once it has waited
+ * turn_wait_us, this thread's check-in hands the connection to it. */
+TEST(late_returner_takes_a_free_connection_while_the_head_is_young)
+{
+    test_fixture f;
+    away_job w;
+    cpool_conn *c = take_ahead_of_frozen_head(&f, &w);
+    uint64_t id = cpool_conn_id(c);
+    ASSERT_EQ(1, stats_of(f.pool).barges);
+    thaw();                     /* finds it gone: waits on */
+    test_sleep_ms(20);
+    ASSERT_FALSE(atomic_load(&w.j.done));
+    ASSERT_EQ(1, test_counts(f.pool).waiting);
+
+    atomic_fetch_add(&f.clk.now_ns, 3000 * 1000); /* turn_wait_us */
+    test_checkin(f.pool, c, 0); /* the head is not young now: handed over */
+    assert_cannot_take(f.pool);
+    waiter_served(&w.j, id);
+    ASSERT_EQ(1, stats_of(f.pool).barges);
+    test_checkin(f.pool, w.j.conn, 0);
+    test_fixture_free(&f);
+}
+
+/* Neither a single late return of this thread nor a head that did not come
+ * back late lets this thread pass the head: in the first case the
+ * connection waits for the woken head, in the second it is handed to it. */
+static void no_barge_case(uint8_t my_away, uint8_t head_away)
+{
+    test_fixture f;
+    handoff_fixture(&f, CPOOL_HANDOFF_TURNS, 1000, 32, true);
+    set_late_returns(my_away);
+    cpool_conn *c = test_checkout(f.pool);
+    uint64_t id = cpool_conn_id(c);
+    if (my_away < 2)
+        cpool__tl_park.skip = 64; /* hands over, not parked for a turn */
+    away_job w;
+    queue_frozen(&f, &w, head_away);
+
+    test_checkin(f.pool, c, 0);
+    assert_cannot_take(f.pool);
+    thaw();
+    waiter_served(&w.j, id);
+    ASSERT_EQ(0, stats_of(f.pool).barges);
+    test_checkin(f.pool, w.j.conn, 0);
+    test_fixture_free(&f);
+}
+
+TEST(one_late_return_does_not_pass_the_head)
+{
+    no_barge_case(1, 6);
+}
+
+TEST(head_not_back_late_is_not_passed)
+{
+    no_barge_case(6, 1);
+}
+
+/* The head, woken for a connection left free, leaves on its token instead
+ * of taking it: the next waiter is woken for it. (The background thread,
+ * which would offer it at its next run, runs every 20 s here.) */
+TEST(waiter_woken_for_a_free_connection_that_leaves_passes_it_on)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.early_wake = CPOOL_EARLY_WAKE_ON;
+    f.opts.maintenance_interval_ms = 20000;
+    handoff_fixture_opts(&f, CPOOL_HANDOFF_TURNS, 1000, 32, true);
+    set_late_returns(6);
+    cpool_conn *c = test_checkout(f.pool);
+    uint64_t id = cpool_conn_id(c);
+    cpool_cancel *token = NULL;
+    ASSERT_OK(cpool_cancel_new(&token));
+    away_job head;
+    queue_frozen_with(&f, &head, 6, token);
+    test_job next;
+    test_job_start(&next, f.pool, 10000);
+    WAIT_UNTIL(test_counts(f.pool).waiting == 2, 5000);
+
+    test_checkin(f.pool, c, 0); /* left free for the head (frozen) */
+    cpool_cancel_trigger(token);
+    thaw();
+    test_job_join(&head.j, 5000);
+    ASSERT_RC(CPOOL_ECANCELED, head.j.rc);
+    waiter_served(&next, id);
+    test_checkin(f.pool, next.conn, 0);
+    cpool_cancel_free(token);
+    test_fixture_free(&f);
+}
+
+/* A server paused between a waiter's `done` and its post (the hook runs
+ * there), until released. */
+static atomic_bool g_server_paused, g_server_release;
+
+static void pause_server(void)
+{
+    atomic_store(&g_server_paused, true);
+    while (!atomic_load(&g_server_release))
+        test_sleep_ms(1);
+}
+
+typedef struct checkin_job {
+    cpool *pool;
+    cpool_conn *conn;
+    pthread_t thread;
+    atomic_bool done;
+} checkin_job;
+
+static void *checkin_job_main(void *arg)
+{
+    checkin_job *j = arg;
+    set_late_returns(6); /* hands over rather than parking for a turn */
+    test_checkin(j->pool, j->conn, 0);
+    atomic_store(&j->done, true);
+    return NULL;
+}
+
+/* A waiter holding another post (here: the wake-up for a connection left
+ * free) when it is served may see itself served before its server has
+ * posted. It takes its connection without the pool lock, so it must not
+ * leave -- and its semaphore, on its stack, with it -- until that post is
+ * made. */
+TEST(waiter_served_with_another_post_waits_for_its_own)
+{
+    test_fixture f;
+    away_job w; /* posted for the connection left free, frozen */
+    cpool_conn *c = take_ahead_of_frozen_head(&f, &w);
+    uint64_t id = cpool_conn_id(c);
+    atomic_fetch_add(&f.clk.now_ns, 3000 * 1000); /* the head is not young now */
+
+    atomic_store(&g_server_paused, false);
+    atomic_store(&g_server_release, false);
+    atomic_store(&cpool__serve_pause, pause_server);
+    checkin_job h = {.pool = f.pool, .conn = c};
+    atomic_init(&h.done, false);
+    TEST_THREAD_START(&h.thread, checkin_job_main, &h);
+    WAIT_UNTIL(atomic_load(&g_server_paused), 5000); /* done set, no post yet */
+    atomic_store(&cpool__serve_pause, NULL);
+    thaw(); /* takes the earlier post and sees itself served */
+    test_sleep_ms(50);
+    ASSERT_FALSE(atomic_load(&w.j.done));
+    atomic_store(&g_server_release, true);
+    pthread_join(h.thread, NULL);
+    waiter_served(&w.j, id);
+    test_checkin(f.pool, w.j.conn, 0);
+    test_fixture_free(&f);
 }
 
 TEST(handoff_options_checked)

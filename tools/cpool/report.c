@@ -61,6 +61,9 @@ static void print_early_wake(FILE *f, const cpool_stats *s)
     if (s->cpu_others >= 0)
         fprintf(f, " (other processes used %.2f CPUs)", s->cpu_others);
     fputc('\n', f);
+    if (s->barges > 0)
+        fprintf(f, "barged       %llu checkouts took a connection left free ahead of the queue\n",
+                (unsigned long long)s->barges);
 }
 
 void report_event_counts(const bench *b, uint64_t out[CPOOL_EV_COUNT_])
@@ -491,6 +494,7 @@ void report_json(const bench *b, FILE *f)
     json_uint(&j, "breaker_opens", s->breaker_opens);
     json_uint(&j, "leaks_suspected", s->leaks_suspected);
     json_uint(&j, "early_wakeups", s->early_wakeups);
+    json_uint(&j, "barges", s->barges);
     json_bool(&j, "early_wake", s->early_wake);
     json_num(&j, "cpu_others", s->cpu_others);
     json_uint(&j, "warmup_checkouts", b->warmup_checkouts);
