@@ -473,12 +473,15 @@ static bool spin_until_served(const cpool *p, waiter *w, int64_t wake)
     return true;
 }
 
+enum { WAIT_NOT = 0, WAIT_SERVED, WAIT_FREE };
+
 /* Waits, without mu, until the queued checkout is served or its deadline
  * passes. Called with mu; returns without it. When a backoff step ends
  * first, the queue may create again: it asks for capacity itself (the
- * maintenance thread does the same; this covers pools without one). */
-enum { WAIT_NOT = 0, WAIT_SERVED, WAIT_FREE };
-
+ * maintenance thread does the same; this covers pools without one).
+ * Returns WAIT_SERVED (served or failed), WAIT_FREE (woken for a
+ * connection left free: the caller takes mu and looks) or WAIT_NOT (the
+ * deadline passed, or the token was triggered). */
 static int wait_unlock(checkout *co)
 {
     cpool *p = co->p;

@@ -4,7 +4,9 @@
  * straight back for a turn bounded in re-takes and in time, then hand it to
  * the oldest waiter; a turn its thread does not come back for is handed
  * over by the background thread; newcomers queue behind the waiters in both
- * modes. */
+ * modes, except that with turns a thread that came back late may take a
+ * connection left free ahead of a queue whose oldest waiter came back late
+ * too and is younger than turn_wait_us. */
 #include "test.h"
 
 #include "../src/core/lease.h"
