@@ -190,8 +190,9 @@ int cpool_checkout_at(cpool *p, int64_t timeout_ms, const char *label, cpool_con
 
 /* One checkout in progress. Its steps below share it; each says whether it
  * has a connection (STEP_OK), found none (STEP_NONE), must look again
- * (STEP_AGAIN: it closed one, or the pool changed while it waited) or
- * failed (STEP_FAIL: rc and cause say why). */
+ * (STEP_AGAIN: it closed one, or the pool changed while it waited),
+ * failed (STEP_FAIL: rc and cause say why) or is queued and waits
+ * (STEP_WAIT). */
 typedef struct checkout {
     cpool *p;
     checkout_clock t;
@@ -209,7 +210,7 @@ typedef struct checkout {
     bool hook_failed;             /* a hook failed: look again within the deadline */
 } checkout;
 
-enum { STEP_OK = 0, STEP_NONE, STEP_AGAIN, STEP_FAIL };
+enum { STEP_OK = 0, STEP_NONE, STEP_AGAIN, STEP_FAIL, STEP_WAIT };
 
 static int step_fail(checkout *co, int rc)
 {
@@ -288,8 +289,25 @@ static bool came_from_away(void)
     return cpool__tl_park.away >= 2;
 }
 
+/* Takes the available connection c for a lease of tenant tn, unless it
+ * perished: then returns why (CPOOL_CLOSE_*) and leaves it for the caller
+ * to close; -1 once taken. */
+static int take_conn_locked(cpool *p, cpool_conn *c, tenant *tn)
+{
+    CPOOL_ASSERT_HELD(p);
+    int reason = cpool__perished_locked(p, c, cpool__perish_now(p));
+    if (reason < 0) {
+        cpool__set_state_locked(p, c, CONN_IN_USE);
+        atomic_store_explicit(&c->leased, LEASE_HELD, memory_order_relaxed);
+        cpool__assign_locked(p, c, tn);
+    }
+    return reason;
+}
+
 /* Woken because a connection was left free beside the queue: takes one if
- * it is still there, staying queued otherwise. STEP_NONE: wait on. */
+ * it is still there, staying queued otherwise (STEP_WAIT). The flag is
+ * cleared first, so that leaving the queue with it does not pass the
+ * wake-up on (cpool__wq_remove_locked). Suspended: nothing is taken. */
 static int take_free_locked(checkout *co)
 {
     cpool *p = co->p;
@@ -299,15 +317,13 @@ static int take_free_locked(checkout *co)
     for (;;) {
         cpool_conn *c = p->available.head;
         if (!w->queued || c == NULL || cpool__next_waiter_locked(p) == NULL)
-            return STEP_NONE;
-        int reason = cpool__perished_locked(p, c, cpool__perish_now(p));
+            return STEP_WAIT;
+        int reason = take_conn_locked(p, c, co->tn);
         if (reason >= 0) {
             cpool__close_conn_relock(p, c, reason, NULL);
             continue;
         }
         cpool__wq_remove_locked(p, w);
-        cpool__set_state_locked(p, c, CONN_IN_USE);
-        atomic_store_explicit(&c->leased, LEASE_HELD, memory_order_relaxed);
         co->c = c;
         return STEP_OK;
     }
@@ -331,16 +347,10 @@ static int take_available_relock(checkout *co)
         p->st_barges++;
     cpool_conn *c = tn != NULL ? cpool__affine_available_locked(p, tn) : p->available.head;
     int reason = -1;
-    if (c != NULL) {
-        reason = cpool__perished_locked(p, c, cpool__perish_now(p));
-        if (reason < 0) {
-            cpool__set_state_locked(p, c, CONN_IN_USE);
-            atomic_store_explicit(&c->leased, LEASE_HELD, memory_order_relaxed);
-            cpool__assign_locked(p, c, tn);
-        }
-    } else {
+    if (c != NULL)
+        reason = take_conn_locked(p, c, tn);
+    else
         c = cpool__steal_parked_locked(p, STEAL_ANY, &reason);
-    }
     if (c != NULL && reason >= 0) {
         cpool__close_conn_relock(p, c, reason, NULL);
         return STEP_AGAIN;
@@ -516,13 +526,18 @@ static int wait_unlock(checkout *co)
     }
 }
 
-/* The wait ended (mu taken again): what it was served with, or why not. */
-static int after_wait_locked(checkout *co, bool served)
+/* The wait ended (mu taken again): what it was served with, or why not;
+ * STEP_WAIT: still queued, wait again. `got` is what wait_unlock returned
+ * (an asynchronous checkout's wait ends served or failed: WAIT_SERVED). */
+static int after_wait_locked(checkout *co, int got)
 {
     cpool *p = co->p;
     waiter *w = &co->w;
     tenant *tn = co->tn;
     CPOOL_ASSERT_HELD(p);
+    if (got == WAIT_FREE)
+        return take_free_locked(co);
+    bool served = got == WAIT_SERVED;
     if (!served && w->queued && w->cancel != NULL && cpool_cancel_triggered(w->cancel)) {
         cpool__wq_remove_locked(p, w);
         cpool__err(&co->ce, CPOOL_ECANCELED,
@@ -799,37 +814,31 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
             step = take_available_relock(&co);
         if (step == STEP_NONE)
             step = fail_fast_step_locked(&co);
-        if (step == STEP_NONE && (step = queue_relock(&co)) == STEP_NONE) {
-            int got;
-            while ((got = wait_unlock(&co)) == WAIT_FREE) {
-                cpool__lock(p);
-                if ((step = take_free_locked(&co)) != STEP_NONE)
-                    break;
+        if (step == STEP_NONE && (step = queue_relock(&co)) == STEP_NONE)
+            step = STEP_WAIT;
+        while (step == STEP_WAIT) {
+            int got = wait_unlock(&co);
+            const waiter *w = &co.w;
+            if (got == WAIT_SERVED && !w->establish && w->fail == 0 && !p->observed &&
+                co.tn == NULL && p->opts.hooks.before_lease == NULL && w->cancel == NULL) {
+                /* Handed a connection that was just checked in (and
+                 * reset): return without touching the pool lock at all.
+                 * Not with a token: its trigger posts too, so the post this
+                 * thread took may not be the server's, which may still be
+                 * inside cpool__serve_waiter -- taking mu waits it out. An
+                 * early wake-up's or a free connection's post (made under
+                 * mu) can be the one taken too: the server's own post is
+                 * waited for. */
+                while (!atomic_load_explicit(&w->posted, memory_order_acquire))
+                    sched_yield();
+                cpool__cancel_unregister(&co.w);
+                sem_destroy(&co.w.sem);
+                lease_begin(p, w->conn, co.t.start, true, NULL);
+                *out = w->conn;
+                return 0;
             }
-            if (got != WAIT_FREE) {
-                bool served = got == WAIT_SERVED;
-                const waiter *w = &co.w;
-                if (served && !w->establish && w->fail == 0 && !p->observed && co.tn == NULL &&
-                    p->opts.hooks.before_lease == NULL && w->cancel == NULL) {
-                    /* Handed a connection that was just checked in (and
-                     * reset): return without touching the pool lock at all.
-                     * Not with a token: its trigger posts too, so the post
-                     * this thread took may not be the server's, which may
-                     * still be inside cpool__serve_waiter -- taking mu
-                     * waits it out. An early wake-up's or a free
-                     * connection's post (made under mu) can be the one
-                     * taken too: the server's own post is waited for. */
-                    while (!atomic_load_explicit(&w->posted, memory_order_acquire))
-                        sched_yield();
-                    cpool__cancel_unregister(&co.w);
-                    sem_destroy(&co.w.sem);
-                    lease_begin(p, w->conn, co.t.start, true, NULL);
-                    *out = w->conn;
-                    return 0;
-                }
-                cpool__lock(p);
-                step = after_wait_locked(&co, served);
-            }
+            cpool__lock(p);
+            step = after_wait_locked(&co, got);
         }
         if (step == STEP_OK)
             step = prepare_step_relock(&co);
@@ -1022,7 +1031,7 @@ static bool async_finish(async_link *l)
         co->cause = &co->ce;
         step = step_fail(co, CPOOL_ECANCELED);
     } else {
-        step = after_wait_locked(co, true); /* served, or failed by the pool */
+        step = after_wait_locked(co, WAIT_SERVED); /* served, or failed by the pool */
     }
     return async_step_unlock(r, step, false);
 }
