@@ -53,8 +53,10 @@ void cpool_cancel_trigger(cpool_cancel *t)
     for (waiter *w = t->head; w != NULL; w = w->cnext) {
         if (w->async)
             cpool__async_kick(w->alink); /* its loop finishes it, under its pool's lock */
-        else
+        else {
+            w->cposts++; /* counted first: it takes every post (waiter.posts) */
             sem_post(&w->sem); /* a wake-up: the waiter sees the token and leaves */
+        }
     }
     pthread_mutex_unlock(&t->mu);
 }

@@ -140,16 +140,20 @@ static bool wait_served(const cpool *p, waiter *w, int64_t deadline)
     const int64_t slice = p->opts.clock != NULL ? 5000000 : 1000000000;
     for (;;) {
         if (deadline == NO_DEADLINE) {
-            if (sem_wait(&w->sem) == 0)
+            if (sem_wait(&w->sem) == 0) {
+                w->took++;
                 return true;
+            }
             continue; /* EINTR */
         }
         int64_t left = deadline - cpool__now(p);
         if (left <= 0)
             return false;
         struct timespec ts = abs_real(left < slice ? left : slice);
-        if (sem_clockwait(&w->sem, CLOCK_MONOTONIC, &ts) == 0)
+        if (sem_clockwait(&w->sem, CLOCK_MONOTONIC, &ts) == 0) {
+            w->took++;
             return true;
+        }
     }
 }
 
@@ -401,6 +405,7 @@ static int queue_relock(checkout *co)
         if (sem_init(&w->sem, 0, 0) != 0)
             return step_fail(co, CPOOL_ESYS);
         co->w_ready = true;
+        w->posts = w->cposts = w->took = 0;
     }
     if (!cpool__cancel_register(w)) {
         cpool__err(&co->ce, CPOOL_ECANCELED, "checkout from %s cancelled before it waited",
@@ -430,7 +435,6 @@ static int queue_relock(checkout *co)
     w->passed = 0;
     w->from_away = p->turns && came_from_away();
     atomic_store(&w->retry, 0);
-    atomic_store_explicit(&w->posted, 0, memory_order_relaxed);
     /* Not woken early yet: a waiter queued again (after a connection that
      * failed its check) may still carry the flag from its last wait. */
     atomic_store(&w->nudged, 0);
@@ -476,10 +480,11 @@ static bool spin_until_served(const cpool *p, waiter *w, int64_t wake)
     atomic_store(&w->nudged, 0);
     if (!waiter_done(w))
         return false;
-    /* Served: the post follows `done` under mu; take it, as a sleeping
-     * waiter would have. */
+    /* Served: the post follows `done`, once its server releases mu; take
+     * it, as a sleeping waiter would have. */
     while (sem_wait(&w->sem) != 0)
         ;
+    w->took++;
     return true;
 }
 
@@ -563,12 +568,8 @@ static int after_wait_locked(checkout *co, int got)
         co->cause = &co->ce;
         return step_fail(co, CPOOL_ETENANT);
     }
-    if (!served) {
-        /* Served while the deadline passed: the post was made under mu, so
-         * it is there to take. */
-        while (sem_trywait(&w->sem) != 0)
-            ;
-    }
+    /* Served while the deadline passed: its post is taken before the
+     * semaphore goes (waiter_release). */
     if (w->fail != 0)
         return step_fail(co, w->fail);
     co->c = w->conn;
@@ -708,14 +709,28 @@ static int prepare_step_relock(checkout *co)
     return before_lease_step_relock(co);
 }
 
+/* The checkout is over, mu released: its waiter leaves its token and
+ * takes every post counted for it, so that none is still on its way when
+ * the semaphore goes (the posts are made after mu is released, see
+ * cpool__post_locked). */
+static void waiter_release(checkout *co)
+{
+    waiter *w = &co->w;
+    cpool__cancel_unregister(w); /* cposts is final from here */
+    if (!co->w_ready)
+        return;
+    while (w->took != w->posts + w->cposts)
+        if (sem_wait(&w->sem) == 0)
+            w->took++;
+    sem_destroy(&w->sem);
+    co->w_ready = false;
+}
+
 /* The lease begins: counted, announced, mu released. */
 static int checkout_done_unlock(checkout *co, const char *label, cpool_conn **out)
 {
     cpool *p = co->p;
     cpool_conn *c = co->c;
-    cpool__cancel_unregister(&co->w);
-    if (co->w_ready)
-        sem_destroy(&co->w.sem);
     lease_begin(p, c, co->t.start, !co->fresh, label);
     if (c->tenant != NULL) {
         c->tenant->checkouts_ok++;
@@ -731,6 +746,7 @@ static int checkout_done_unlock(checkout *co, const char *label, cpool_conn **ou
     } else {
         cpool__unlock(p);
     }
+    waiter_release(co);
     *out = c;
     return 0;
 }
@@ -738,14 +754,13 @@ static int checkout_done_unlock(checkout *co, const char *label, cpool_conn **ou
 /* The checkout failed: counted, announced, mu released. */
 static int checkout_fail_unlock(checkout *co, cpool_error *err)
 {
-    cpool__cancel_unregister(&co->w);
-    if (co->w_ready)
-        sem_destroy(&co->w.sem);
     int rc = co->rc;
     int why = rc == CPOOL_ECLOSED || rc == CPOOL_ESHUTDOWN   ? CPOOL_CHECKOUT_POOL_CLOSED
               : rc == CPOOL_ETIMEDOUT || rc == CPOOL_ETENANT ? CPOOL_CHECKOUT_TIMEOUT
                                                              : CPOOL_CHECKOUT_CONN_ERROR;
-    return fail_checkout(co->p, rc, why, &co->t, co->cause, err);
+    rc = fail_checkout(co->p, rc, why, &co->t, co->cause, err);
+    waiter_release(co);
+    return rc;
 }
 
 /* A checkout, step by step: this thread's parked connection without the
@@ -820,19 +835,13 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
             int got = wait_unlock(&co);
             const waiter *w = &co.w;
             if (got == WAIT_SERVED && !w->establish && w->fail == 0 && !p->observed &&
-                co.tn == NULL && p->opts.hooks.before_lease == NULL && w->cancel == NULL) {
+                co.tn == NULL && p->opts.hooks.before_lease == NULL) {
                 /* Handed a connection that was just checked in (and
                  * reset): return without touching the pool lock at all.
-                 * Not with a token: its trigger posts too, so the post this
-                 * thread took may not be the server's, which may still be
-                 * inside cpool__serve_waiter -- taking mu waits it out. An
-                 * early wake-up's or a free connection's post (made under
-                 * mu) can be the one taken too: the server's own post is
-                 * waited for. */
-                while (!atomic_load_explicit(&w->posted, memory_order_acquire))
-                    sched_yield();
-                cpool__cancel_unregister(&co.w);
-                sem_destroy(&co.w.sem);
+                 * The post this thread took may have been another's (an
+                 * early wake-up's, a free connection's, a token's): then
+                 * it waits for its server's, counted before `done`. */
+                waiter_release(&co);
                 lease_begin(p, w->conn, co.t.start, true, NULL);
                 *out = w->conn;
                 return 0;

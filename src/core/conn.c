@@ -380,30 +380,70 @@ void cpool__wq_remove_locked(cpool *p, waiter *w)
     atomic_fetch_sub(&p->nwaiting, 1);
 }
 
-/* Wakes w once its conn or fail field is set (under mu). The flag carries
- * the fields to the waiter, which may read them without mu; the semaphore
- * only wakes it. */
-/* Called under mu, which the waiter takes before it may go whenever it was
- * woken by anything but this post (a cancellation's, a deadline): so w
- * stays valid to the end of this call. */
-/* Tests only (test_handoff): called between `done` and the post. */
+/* Queues a post counted already, to be made once mu is released
+ * (cpool__unlock); with the queue full, makes it now. */
+static void post_counted_locked(cpool *p, waiter *w)
+{
+    if (p->npost < CPOOL_POST_DEFER)
+        p->post_q[p->npost++] = w;
+    else
+        sem_post(&w->sem);
+}
+
+/* Posts w's semaphore once mu is released. Counted first, under mu, so
+ * that w takes it before its semaphore goes (waiter.posts). */
+void cpool__post_locked(cpool *p, waiter *w)
+{
+    CPOOL_ASSERT_HELD(p);
+    w->posts++;
+    post_counted_locked(p, w);
+}
+
+/* Tests only (test_handoff): called before each post held back. */
 _Atomic(cpool__hook_fn) cpool__serve_pause;
 
-void cpool__serve_waiter(waiter *w)
+static void post_all(waiter *const *q, unsigned n)
 {
-    bool async = w->async; /* read before the waiter can see `done` */
-    atomic_store_explicit(&w->done, 1, memory_order_release);
-    if (async) {
-        if (!atomic_exchange(&w->alink->claimed, true)) /* a cancel may have been first */
-            cpool__async_push(w->alink, ASYNC_SERVED); /* the loop finishes it */
-    } else {
+    for (unsigned i = 0; i < n; i++) {
         cpool__hook_fn pause = atomic_load_explicit(&cpool__serve_pause, memory_order_relaxed);
         if (pause != NULL)
             pause();
-        sem_post(&w->sem);
-        /* The last touch: the waiter may be gone once it sees this. */
-        atomic_store_explicit(&w->posted, 1, memory_order_release);
+        sem_post(&q[i]->sem);
     }
+}
+
+void cpool__unlock_posting(cpool *p)
+{
+    waiter *q[CPOOL_POST_DEFER];
+    unsigned n = p->npost;
+    memcpy(q, p->post_q, n * sizeof q[0]);
+    p->npost = 0;
+    pthread_mutex_unlock(&p->mu);
+    post_all(q, n);
+}
+
+void cpool__post_now_locked(cpool *p)
+{
+    CPOOL_ASSERT_HELD(p);
+    post_all(p->post_q, p->npost);
+    p->npost = 0;
+}
+
+/* Wakes w once its conn or fail field is set (under mu). The flag carries
+ * the fields to the waiter, which may read them without mu; the semaphore
+ * only wakes it, once mu is released. */
+void cpool__serve_waiter(cpool *p, waiter *w)
+{
+    CPOOL_ASSERT_HELD(p);
+    if (w->async) {
+        atomic_store_explicit(&w->done, 1, memory_order_release);
+        if (!atomic_exchange(&w->alink->claimed, true)) /* a cancel may have been first */
+            cpool__async_push(w->alink, ASYNC_SERVED); /* the loop finishes it */
+        return;
+    }
+    w->posts++; /* before `done`: a served waiter reads it without mu */
+    atomic_store_explicit(&w->done, 1, memory_order_release);
+    post_counted_locked(p, w);
 }
 
 void cpool__cleared_error(const cpool *p, cpool_error *e)
@@ -647,7 +687,7 @@ static void nudge_next_locked(cpool *p)
         return; /* it sleeps until it is served */
     p->st_early_wakeups++;
     atomic_store(&n->nudged, 1);
-    sem_post(&n->sem);
+    cpool__post_locked(p, n);
 }
 
 /* Turns: the waiter to serve instead of the head `w`: the one woken early,
@@ -680,7 +720,7 @@ static void hand_over_locked(cpool *p, cpool_conn *c, waiter *w)
     w->establish = false;
     cpool__set_state_locked(p, c, CONN_IN_USE);
     atomic_store_explicit(&c->leased, LEASE_HELD, memory_order_relaxed);
-    cpool__serve_waiter(w);
+    cpool__serve_waiter(p, w);
     nudge_next_locked(p);
 }
 
@@ -702,7 +742,7 @@ static void wake_for_free_locked(cpool *p)
         if (x->async || atomic_load_explicit(&x->retry, memory_order_relaxed))
             continue;
         atomic_store(&x->retry, 1);
-        sem_post(&x->sem);
+        cpool__post_locked(p, x);
         return;
     }
 }
@@ -798,13 +838,13 @@ void cpool__grant_capacity_relock(cpool *p)
         cpool_conn *c = cpool__conn_new_locked(p);
         if (c == NULL) {
             w->fail = CPOOL_ENOMEM;
-            cpool__serve_waiter(w);
+            cpool__serve_waiter(p, w);
             continue;
         }
         cpool__assign_locked(p, c, w->tenant);
         w->conn = c;
         w->establish = true;
-        cpool__serve_waiter(w);
+        cpool__serve_waiter(p, w);
         cpool__emit_created_relock(p, c);
     }
 }
@@ -816,7 +856,7 @@ void cpool__fail_waiters_locked(cpool *p, int code)
         waiter *w = p->wq_head;
         cpool__wq_remove_locked(p, w);
         w->fail = code;
-        cpool__serve_waiter(w);
+        cpool__serve_waiter(p, w);
     }
 }
 

@@ -161,7 +161,8 @@ static inline struct timespec abs_real(int64_t left_ns)
 bool cpool__is_stale_locked(const cpool *p, const cpool_conn *c);
 int64_t cpool__perish_now(const cpool *p);
 double cpool__random_unit_locked(cpool *p);
-void cpool__serve_waiter(waiter *w);
+void cpool__serve_waiter(cpool *p, waiter *w);
+void cpool__post_locked(cpool *p, waiter *w);
 int cpool__svc_attach_locked(cpool *p, cpool_conn *c, const char *id);
 void cpool__wq_remove_locked(cpool *p, waiter *w);
 int64_t cpool__backoff_wake_locked(const cpool *p, int64_t deadline);

@@ -94,7 +94,7 @@ static void note_connect_failure_locked(cpool *p, const cpool_error *ce, failure
         waiter *w = p->wq_head;
         cpool__wq_remove_locked(p, w);
         w->fail = CPOOL_EUNAVAILABLE;
-        cpool__serve_waiter(w);
+        cpool__serve_waiter(p, w);
     }
 }
 

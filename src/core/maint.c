@@ -380,7 +380,7 @@ static int64_t expire_async_waits_locked(cpool *p)
                     tn->limit_timeouts++;
                 cpool__wq_remove_locked(p, w);
                 w->fail = capped ? CPOOL_ETENANT : CPOOL_ETIMEDOUT;
-                cpool__serve_waiter(w);
+                cpool__serve_waiter(p, w);
             } else if (d != NO_DEADLINE && d < next) {
                 next = d;
             }

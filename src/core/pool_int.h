@@ -31,6 +31,9 @@
 #include <stdint.h>
 
 #define CONN_MAGIC 0x63706f6fu /* "cpoo": the struct belongs to some pool */
+/* Waiter posts held back until mu is released; beyond this many, a post is
+ * made at once, under mu (see cpool.post_q). */
+#define CPOOL_POST_DEFER 8
 
 /* Handoff turns shorter than this are not given at all: the pool hands off
  * as FIFO does, and the background thread stops watching for turns. */
@@ -246,9 +249,15 @@ typedef struct waiter {
                           connection left free ahead of it */
     atomic_int retry;  /* woken to take a connection left free (conn.c,
                           wake_for_free_locked); mu clears it */
-    atomic_int posted; /* 1 once cpool__serve_waiter has made its post: a
-                          waiter that leaves without mu waits for it, since
-                          the post it took may have been another's */
+    /* Posts to sem, counted from sem_init on and never reset. Every post
+     * is counted before it is made, and its waiter takes every post counted
+     * before it destroys sem (waiter_drain in checkout.c): so no post can
+     * still be on its way to a semaphore that is gone, wherever it was made
+     * from (after mu was released, see cpool__post_locked). */
+    unsigned posts;    /* its server's, an early wake-up's, a free
+                          connection's; mu */
+    unsigned cposts;   /* its cancellation token's; the token's mutex */
+    unsigned took;     /* taken by its own thread; that thread only */
 } waiter;
 
 /* An asynchronous checkout's place in its completion queue (async.c); the
@@ -344,6 +353,12 @@ struct cpool {
     uint64_t next_id;
     conn_list pending, available, in_use, orphans, free_list;
     waiter *wq_head, *wq_tail;
+    /* Posts to waiters' semaphores decided under mu and made once mu is
+     * released (cpool__post_locked, cpool__unlock): a thread woken under
+     * the lock would preempt the one holding it, and everybody needing the
+     * lock would wait for that thread to run again. */
+    waiter *post_q[CPOOL_POST_DEFER];
+    unsigned npost;
     waiter *wq_picked; /* turns: the waiter picked to be served next, woken
                           early when wake_early (conn.c, nudge_next_locked);
                           NULL once it left the queue */
@@ -519,9 +534,18 @@ static inline void cpool__lock(cpool *p)
     cpool__note_owner(p, true);
 }
 
+/* Releases mu, then makes the posts held back while it was held. */
+void cpool__unlock_posting(cpool *p);
+/* Makes the posts held back, mu held. */
+void cpool__post_now_locked(cpool *p);
+
 static inline void cpool__unlock(cpool *p)
 {
     cpool__note_owner(p, false);
+    if (p->npost != 0) {
+        cpool__unlock_posting(p);
+        return;
+    }
     pthread_mutex_unlock(&p->mu);
 }
 
@@ -529,6 +553,8 @@ static inline void cpool__unlock(cpool *p)
 static inline int cpool__cond_timedwait(cpool *p, pthread_cond_t *cv,
                                         const struct timespec *until)
 {
+    if (p->npost != 0)
+        cpool__post_now_locked(p);
     cpool__note_owner(p, false);
     int rc = pthread_cond_timedwait(cv, &p->mu, until);
     cpool__note_owner(p, true);

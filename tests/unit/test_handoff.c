@@ -980,8 +980,8 @@ TEST(waiter_woken_for_a_free_connection_that_leaves_passes_it_on)
     test_fixture_free(&f);
 }
 
-/* A server paused between a waiter's `done` and its post (the hook runs
- * there), until released. */
+/* A server paused after it served a waiter and released the pool lock,
+ * before its post (the hook runs there), until released. */
 static atomic_bool g_server_paused, g_server_release;
 
 static void pause_server(void)
@@ -1007,6 +1007,20 @@ static void *checkin_job_main(void *arg)
     return NULL;
 }
 
+/* A checkin_job whose server is paused after releasing the lock and before
+ * its post (set up by the caller; the pause is disarmed once it is there). */
+static void checkin_paused(checkin_job *h, test_fixture *f, cpool_conn *c)
+{
+    atomic_store(&g_server_paused, false);
+    atomic_store(&g_server_release, false);
+    atomic_store(&cpool__serve_pause, pause_server);
+    *h = (checkin_job){.pool = f->pool, .conn = c};
+    atomic_init(&h->done, false);
+    TEST_THREAD_START(&h->thread, checkin_job_main, h);
+    WAIT_UNTIL(atomic_load(&g_server_paused), 5000); /* served, not posted */
+    atomic_store(&cpool__serve_pause, NULL);
+}
+
 /* A waiter holding another post (here: the wake-up for a connection left
  * free) when it is served may see itself served before its server has
  * posted. It takes its connection without the pool lock, so it must not
@@ -1020,14 +1034,8 @@ TEST(waiter_served_with_another_post_waits_for_its_own)
     uint64_t id = cpool_conn_id(c);
     atomic_fetch_add(&f.clk.now_ns, 3000 * 1000); /* the head is not young now */
 
-    atomic_store(&g_server_paused, false);
-    atomic_store(&g_server_release, false);
-    atomic_store(&cpool__serve_pause, pause_server);
-    checkin_job h = {.pool = f.pool, .conn = c};
-    atomic_init(&h.done, false);
-    TEST_THREAD_START(&h.thread, checkin_job_main, &h);
-    WAIT_UNTIL(atomic_load(&g_server_paused), 5000); /* done set, no post yet */
-    atomic_store(&cpool__serve_pause, NULL);
+    checkin_job h;
+    checkin_paused(&h, &f, c);
     thaw(); /* takes the earlier post and sees itself served */
     test_sleep_ms(50);
     ASSERT_FALSE(atomic_load(&w.j.done));
@@ -1035,6 +1043,106 @@ TEST(waiter_served_with_another_post_waits_for_its_own)
     pthread_join(h.thread, NULL);
     waiter_served(&w.j, id);
     test_checkin(f.pool, w.j.conn, 0);
+    test_fixture_free(&f);
+}
+
+/* The hook, when it only looks: how many posts it saw, and at how many of
+ * them the pool's lock was held. */
+static cpool *g_look_pool;
+static atomic_int g_posts_seen, g_posts_locked;
+
+static void look_at_lock(void)
+{
+    atomic_fetch_add(&g_posts_seen, 1);
+    if (pthread_mutex_trylock(&g_look_pool->mu) == 0)
+        pthread_mutex_unlock(&g_look_pool->mu);
+    else
+        atomic_fetch_add(&g_posts_locked, 1);
+}
+
+/* A waiter woken under the pool lock would preempt the thread holding it,
+ * and every thread needing the lock would wait until that one ran again:
+ * the post comes once the lock is released. */
+TEST(waiter_posted_after_the_pool_lock_is_released)
+{
+    test_fixture f;
+    handoff_fixture(&f, CPOOL_HANDOFF_FIFO, 1000, 32, false);
+    test_job b;
+    cpool_conn *c = hold_with_waiter(&f, &b);
+    uint64_t id = cpool_conn_id(c);
+    g_look_pool = f.pool;
+    atomic_store(&g_posts_seen, 0);
+    atomic_store(&g_posts_locked, 0);
+    atomic_store(&cpool__serve_pause, look_at_lock);
+    test_checkin(f.pool, c, 0);
+    atomic_store(&cpool__serve_pause, NULL);
+    waiter_served(&b, id);
+    ASSERT_TRUE(atomic_load(&g_posts_seen) >= 1);
+    ASSERT_EQ(0, atomic_load(&g_posts_locked));
+    test_checkin(f.pool, b.conn, 0);
+    test_fixture_free(&f);
+}
+
+static uint64_t checkouts_ok(cpool *p)
+{
+    cpool_stats st = {.struct_size = sizeof st};
+    ASSERT_OK(cpool_get_stats(p, &st));
+    return st.checkouts_ok;
+}
+
+/* Served as its deadline passed, a waiter finds itself served under the
+ * lock, with its server's post still to come: its lease begins, but it
+ * does not leave -- and its semaphore, on its stack, with it -- before the
+ * post. */
+TEST(waiter_served_as_its_deadline_passes_waits_for_its_post)
+{
+    test_fixture f;
+    handoff_fixture(&f, CPOOL_HANDOFF_FIFO, 1000, 32, false);
+    cpool_conn *c = test_checkout(f.pool);
+    uint64_t id = cpool_conn_id(c);
+    test_job b;
+    test_job_start(&b, f.pool, 300);
+    WAIT_UNTIL(test_counts(f.pool).waiting == 1, 5000);
+    uint64_t before = checkouts_ok(f.pool);
+    checkin_job h;
+    checkin_paused(&h, &f, c);
+    /* The deadline passes; it takes the lock and begins its lease. */
+    WAIT_UNTIL(checkouts_ok(f.pool) == before + 1, 5000);
+    test_sleep_ms(50);
+    ASSERT_FALSE(atomic_load(&b.done));
+    atomic_store(&g_server_release, true);
+    pthread_join(h.thread, NULL);
+    waiter_served(&b, id);
+    test_checkin(f.pool, b.conn, 0);
+    test_fixture_free(&f);
+}
+
+/* A waiter with a token returns without the lock too. Woken by its
+ * token's post after it was served, it waits for its server's. */
+TEST(waiter_woken_by_its_token_once_served_waits_for_its_post)
+{
+    test_fixture f;
+    handoff_fixture(&f, CPOOL_HANDOFF_FIFO, 1000, 32, false);
+    cpool_conn *c = test_checkout(f.pool);
+    uint64_t id = cpool_conn_id(c);
+    cpool_cancel *token = NULL;
+    ASSERT_OK(cpool_cancel_new(&token));
+    away_job w;
+    test_job_init(&w.j, f.pool, 10000);
+    w.away = 0;
+    w.token = token;
+    TEST_THREAD_START(&w.j.thread, away_job_main, &w);
+    WAIT_UNTIL(test_counts(f.pool).waiting == 1, 5000);
+    checkin_job h;
+    checkin_paused(&h, &f, c);
+    cpool_cancel_trigger(token); /* its post arrives first */
+    test_sleep_ms(100);
+    ASSERT_FALSE(atomic_load(&w.j.done));
+    atomic_store(&g_server_release, true);
+    pthread_join(h.thread, NULL);
+    waiter_served(&w.j, id); /* served before the trigger: it keeps it */
+    test_checkin(f.pool, w.j.conn, 0);
+    cpool_cancel_free(token);
     test_fixture_free(&f);
 }
 
