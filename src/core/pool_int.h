@@ -353,12 +353,6 @@ struct cpool {
     uint64_t next_id;
     conn_list pending, available, in_use, orphans, free_list;
     waiter *wq_head, *wq_tail;
-    /* Posts to waiters' semaphores decided under mu and made once mu is
-     * released (cpool__post_locked, cpool__unlock): a thread woken under
-     * the lock would preempt the one holding it, and everybody needing the
-     * lock would wait for that thread to run again. */
-    waiter *post_q[CPOOL_POST_DEFER];
-    unsigned npost;
     waiter *wq_picked; /* turns: the waiter picked to be served next, woken
                           early when wake_early (conn.c, nudge_next_locked);
                           NULL once it left the queue */
@@ -448,6 +442,15 @@ struct cpool {
                             WATCH_SHIFT_MAX) */
     _Atomic int64_t tick_ns; /* pool clock at the last maintenance run: the
                                 lock-free path's clock for lifetimes */
+
+    /* Posts to waiters' semaphores decided under mu and made once mu is
+     * released (cpool__post_locked, cpool__unlock): a thread woken under
+     * the lock would preempt the one holding it, and everybody needing the
+     * lock would wait for that thread to run again. A line of their own:
+     * written under mu at every handover, away from what the lock-free
+     * path reads. */
+    _Alignas(CPOOL_CACHE_LINE) waiter *post_q[CPOOL_POST_DEFER];
+    unsigned npost; /* mu */
 };
 
 /* error.c */
