@@ -135,16 +135,21 @@ static int fail_checkout(cpool *p, int rc, int reason, checkout_clock *t,
 /* Waits, without mu, until w is served or failed (returns true) or its
  * deadline passes (false). Sleeps in slices so that a test clock that jumps
  * is noticed. */
+/* Takes one post of w's semaphore, waiting for it (EINTR: again). */
+static void take_post(waiter *w)
+{
+    while (sem_wait(&w->sem) != 0)
+        ;
+    w->took++;
+}
+
 static bool wait_served(const cpool *p, waiter *w, int64_t deadline)
 {
     const int64_t slice = p->opts.clock != NULL ? 5000000 : 1000000000;
     for (;;) {
         if (deadline == NO_DEADLINE) {
-            if (sem_wait(&w->sem) == 0) {
-                w->took++;
-                return true;
-            }
-            continue; /* EINTR */
+            take_post(w);
+            return true;
         }
         int64_t left = deadline - cpool__now(p);
         if (left <= 0)
@@ -482,9 +487,7 @@ static bool spin_until_served(const cpool *p, waiter *w, int64_t wake)
         return false;
     /* Served: the post follows `done`, once its server releases mu; take
      * it, as a sleeping waiter would have. */
-    while (sem_wait(&w->sem) != 0)
-        ;
-    w->took++;
+    take_post(w);
     return true;
 }
 
@@ -712,7 +715,7 @@ static int prepare_step_relock(checkout *co)
 /* The checkout is over, mu released: its waiter leaves its token and
  * takes every post counted for it, so that none is still on its way when
  * the semaphore goes (the posts are made after mu is released, see
- * cpool__post_locked). */
+ * post_locked in conn.c). */
 static void waiter_release(checkout *co)
 {
     waiter *w = &co->w;
@@ -720,8 +723,7 @@ static void waiter_release(checkout *co)
     if (!co->w_ready)
         return;
     while (w->took != w->posts + w->cposts)
-        if (sem_wait(&w->sem) == 0)
-            w->took++;
+        take_post(w);
     sem_destroy(&w->sem);
     co->w_ready = false;
 }

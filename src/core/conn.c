@@ -392,7 +392,7 @@ static void post_counted_locked(cpool *p, waiter *w)
 
 /* Posts w's semaphore once mu is released. Counted first, under mu, so
  * that w takes it before its semaphore goes (waiter.posts). */
-void cpool__post_locked(cpool *p, waiter *w)
+static void post_locked(cpool *p, waiter *w)
 {
     CPOOL_ASSERT_HELD(p);
     w->posts++;
@@ -400,12 +400,12 @@ void cpool__post_locked(cpool *p, waiter *w)
 }
 
 /* Tests only (test_handoff): called before each post held back. */
-_Atomic(cpool__hook_fn) cpool__serve_pause;
+_Atomic(cpool__hook_fn) cpool__post_pause;
 
 static void post_all(waiter *const *q, unsigned n)
 {
     for (unsigned i = 0; i < n; i++) {
-        cpool__hook_fn pause = atomic_load_explicit(&cpool__serve_pause, memory_order_relaxed);
+        cpool__hook_fn pause = atomic_load_explicit(&cpool__post_pause, memory_order_relaxed);
         if (pause != NULL)
             pause();
         sem_post(&q[i]->sem);
@@ -687,7 +687,7 @@ static void nudge_next_locked(cpool *p)
         return; /* it sleeps until it is served */
     p->st_early_wakeups++;
     atomic_store(&n->nudged, 1);
-    cpool__post_locked(p, n);
+    post_locked(p, n);
 }
 
 /* Turns: the waiter to serve instead of the head `w`: the one woken early,
@@ -742,7 +742,7 @@ static void wake_for_free_locked(cpool *p)
         if (x->async || atomic_load_explicit(&x->retry, memory_order_relaxed))
             continue;
         atomic_store(&x->retry, 1);
-        cpool__post_locked(p, x);
+        post_locked(p, x);
         return;
     }
 }

@@ -251,9 +251,9 @@ typedef struct waiter {
                           wake_for_free_locked); mu clears it */
     /* Posts to sem, counted from sem_init on and never reset. Every post
      * is counted before it is made, and its waiter takes every post counted
-     * before it destroys sem (waiter_drain in checkout.c): so no post can
+     * before it destroys sem (waiter_release in checkout.c): so no post can
      * still be on its way to a semaphore that is gone, wherever it was made
-     * from (after mu was released, see cpool__post_locked). */
+     * from (after mu was released, see post_locked in conn.c). */
     unsigned posts;    /* its server's, an early wake-up's, a free
                           connection's; mu */
     unsigned cposts;   /* its cancellation token's; the token's mutex */
@@ -444,7 +444,7 @@ struct cpool {
                                 lock-free path's clock for lifetimes */
 
     /* Posts to waiters' semaphores decided under mu and made once mu is
-     * released (cpool__post_locked, cpool__unlock): a thread woken under
+     * released (post_locked in conn.c, cpool__unlock): a thread woken under
      * the lock would preempt the one holding it, and everybody needing the
      * lock would wait for that thread to run again. A line of their own:
      * written under mu at every handover, away from what the lock-free
