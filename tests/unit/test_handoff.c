@@ -65,12 +65,17 @@ static cpool_conn *retake(cpool *p, uint64_t want_id)
 }
 
 /* Takes the pool's one connection and queues a checkout (b) behind it. */
-static cpool_conn *hold_with_waiter(test_fixture *f, test_job *b)
+static cpool_conn *hold_with_waiter_for(test_fixture *f, test_job *b, int64_t timeout_ms)
 {
     cpool_conn *c = test_checkout(f->pool);
-    test_job_start(b, f->pool, 10000);
+    test_job_start(b, f->pool, timeout_ms);
     WAIT_UNTIL(test_counts(f->pool).waiting == 1, 5000);
     return c;
+}
+
+static cpool_conn *hold_with_waiter(test_fixture *f, test_job *b)
+{
+    return hold_with_waiter_for(f, b, 10000);
 }
 
 /* The queued checkout b ends with connection `id`. */
@@ -1013,12 +1018,24 @@ static void checkin_paused(checkin_job *h, test_fixture *f, cpool_conn *c)
 {
     atomic_store(&g_server_paused, false);
     atomic_store(&g_server_release, false);
-    atomic_store(&cpool__serve_pause, pause_server);
+    atomic_store(&cpool__post_pause, pause_server);
     *h = (checkin_job){.pool = f->pool, .conn = c};
     atomic_init(&h->done, false);
     TEST_THREAD_START(&h->thread, checkin_job_main, h);
     WAIT_UNTIL(atomic_load(&g_server_paused), 5000); /* served, not posted */
-    atomic_store(&cpool__serve_pause, NULL);
+    atomic_store(&cpool__post_pause, NULL);
+}
+
+/* With the server paused by checkin_paused, the waiter j, which may see
+ * itself served by now, is still there after `ms`; released, the server
+ * posts and j ends with connection `id`. */
+static void waits_for_its_post(checkin_job *h, test_job *j, uint64_t id, int ms)
+{
+    test_sleep_ms(ms);
+    ASSERT_FALSE(atomic_load(&j->done));
+    atomic_store(&g_server_release, true);
+    pthread_join(h->thread, NULL);
+    waiter_served(j, id);
 }
 
 /* A waiter holding another post (here: the wake-up for a connection left
@@ -1037,11 +1054,7 @@ TEST(waiter_served_with_another_post_waits_for_its_own)
     checkin_job h;
     checkin_paused(&h, &f, c);
     thaw(); /* takes the earlier post and sees itself served */
-    test_sleep_ms(50);
-    ASSERT_FALSE(atomic_load(&w.j.done));
-    atomic_store(&g_server_release, true);
-    pthread_join(h.thread, NULL);
-    waiter_served(&w.j, id);
+    waits_for_its_post(&h, &w.j, id, 50);
     test_checkin(f.pool, w.j.conn, 0);
     test_fixture_free(&f);
 }
@@ -1079,9 +1092,9 @@ TEST(waiter_posted_after_the_pool_lock_is_released)
     g_look_pool = f.pool;
     atomic_store(&g_posts_seen, 0);
     atomic_store(&g_posts_locked, 0);
-    atomic_store(&cpool__serve_pause, look_at_lock);
+    atomic_store(&cpool__post_pause, look_at_lock);
     test_checkin(f.pool, c, 0);
-    atomic_store(&cpool__serve_pause, NULL);
+    atomic_store(&cpool__post_pause, NULL);
     waiter_served(&b, id);
     ASSERT_TRUE(atomic_load(&g_posts_seen) >= 1);
     ASSERT_EQ(0, atomic_load(&g_posts_locked));
@@ -1104,21 +1117,15 @@ TEST(waiter_served_as_its_deadline_passes_waits_for_its_post)
 {
     test_fixture f;
     handoff_fixture(&f, CPOOL_HANDOFF_FIFO, 1000, 32, false);
-    cpool_conn *c = test_checkout(f.pool);
-    uint64_t id = cpool_conn_id(c);
     test_job b;
-    test_job_start(&b, f.pool, 300);
-    WAIT_UNTIL(test_counts(f.pool).waiting == 1, 5000);
+    cpool_conn *c = hold_with_waiter_for(&f, &b, 300);
+    uint64_t id = cpool_conn_id(c);
     uint64_t before = checkouts_ok(f.pool);
     checkin_job h;
     checkin_paused(&h, &f, c);
     /* The deadline passes; it takes the lock and begins its lease. */
     WAIT_UNTIL(checkouts_ok(f.pool) == before + 1, 5000);
-    test_sleep_ms(50);
-    ASSERT_FALSE(atomic_load(&b.done));
-    atomic_store(&g_server_release, true);
-    pthread_join(h.thread, NULL);
-    waiter_served(&b, id);
+    waits_for_its_post(&h, &b, id, 50);
     test_checkin(f.pool, b.conn, 0);
     test_fixture_free(&f);
 }
@@ -1142,11 +1149,7 @@ TEST(waiter_woken_by_its_token_once_served_waits_for_its_post)
     checkin_job h;
     checkin_paused(&h, &f, c);
     cpool_cancel_trigger(token); /* its post arrives first */
-    test_sleep_ms(100);
-    ASSERT_FALSE(atomic_load(&w.j.done));
-    atomic_store(&g_server_release, true);
-    pthread_join(h.thread, NULL);
-    waiter_served(&w.j, id); /* served before the trigger: it keeps it */
+    waits_for_its_post(&h, &w.j, id, 100); /* served before the trigger: it keeps it */
     test_checkin(f.pool, w.j.conn, 0);
     cpool_cancel_free(token);
     test_fixture_free(&f);
