@@ -62,27 +62,30 @@ int cpool_conn_recycle(cpool_conn *c)
     return 0;
 }
 
-int cpool_checkin(cpool *p, cpool_conn *c, unsigned flags, cpool_error *err)
+/* The end of a check-in under the lock (c leased NONE): close it, or make
+ * it available (to the oldest waiter first). */
+static int checkin_locked(cpool *p, cpool_conn *c, bool broken, bool hook_failed,
+                          const cpool_error *ce)
 {
-    if (p == NULL || c == NULL)
-        return cpool__err(err, CPOOL_EINVAL, "checkin: pool and connection are required");
-    if (c->magic != CONN_MAGIC || c->pool != p)
-        return cpool__err(err, CPOOL_EFOREIGN,
-                          "checkin to %s: the connection belongs to another pool",
-                          p->address);
-    if (p->observed && cpool__in_callback(p))
-        return cpool__callback_err(p, err, "checkin");
-    if ((flags & ~CPOOL_CHECKIN_BROKEN) != 0)
-        return cpool__err(err, CPOOL_EINVAL,
-                          "checkin to %s: unknown flags 0x%x (allowed CPOOL_CHECKIN_BROKEN); "
-                          "the lease is still yours",
-                          p->address, flags & ~CPOOL_CHECKIN_BROKEN);
+    cpool__lock(p);
+    int reason = cpool__unfit_reason_locked(p, c, broken);
+    if (hook_failed && reason == CPOOL_CLOSE_ERROR)
+        reason = CPOOL_CLOSE_HOOK;
+    if (reason >= 0)
+        cpool__close_conn_relock(p, c, reason, ce);
+    else
+        cpool__make_available_locked(p, c);
+    cpool__unlock(p);
+    return 0;
+}
 
-    if (fork_pending(p)) {
-        cpool__lock(p);
-        cpool__check_fork_relock(p);
-        cpool__unlock(p);
-    }
+/* The check-in after the lock-free one (cpool_checkin): the lease flag,
+ * the reset and the hook, then a park or the locked path. Apart, so that
+ * the one-step park is a small function of its own. since: the lease's
+ * leased_ns, read already. */
+static __attribute__((noinline)) int checkin_lease(cpool *p, cpool_conn *c, unsigned flags,
+                                                   int64_t since, cpool_error *err)
+{
     /* The lease flag refuses a second check-in of the same lease without the
      * lock. The memory stays valid: closed connections go to the free list,
      * not back to malloc, while the pool lives. */
@@ -100,7 +103,6 @@ int cpool_checkin(cpool *p, cpool_conn *c, unsigned flags, cpool_error *err)
                           p->address, (unsigned long long)c->id);
     }
     /* Still ours until it is made available or parked below. */
-    int64_t since = atomic_load_explicit(&c->leased_ns, memory_order_relaxed);
     if (since != 0) /* 0: an untimed lock-free lease */
         cpool__hist_add(&c->cell.hold, cpool__now(p) - since);
 
@@ -131,15 +133,45 @@ int cpool_checkin(cpool *p, cpool_conn *c, unsigned flags, cpool_error *err)
     }
     if (p->can_park && !broken && try_park(p, c))
         return 0;
+    return checkin_locked(p, c, broken, hook_failed, ce.code != 0 ? &ce : NULL);
+}
 
-    cpool__lock(p);
-    int reason = cpool__unfit_reason_locked(p, c, broken);
-    if (hook_failed && reason == CPOOL_CLOSE_ERROR)
-        reason = CPOOL_CLOSE_HOOK;
-    if (reason >= 0)
-        cpool__close_conn_relock(p, c, reason, ce.code != 0 ? &ce : NULL);
-    else
-        cpool__make_available_locked(p, c);
-    cpool__unlock(p);
-    return 0;
+int cpool_checkin(cpool *p, cpool_conn *c, unsigned flags, cpool_error *err)
+{
+    if (p == NULL || c == NULL)
+        return cpool__err(err, CPOOL_EINVAL, "checkin: pool and connection are required");
+    if (c->magic != CONN_MAGIC || c->pool != p)
+        return cpool__err(err, CPOOL_EFOREIGN,
+                          "checkin to %s: the connection belongs to another pool",
+                          p->address);
+    if (p->observed && cpool__in_callback(p))
+        return cpool__callback_err(p, err, "checkin");
+    if ((flags & ~CPOOL_CHECKIN_BROKEN) != 0)
+        return cpool__err(err, CPOOL_EINVAL,
+                          "checkin to %s: unknown flags 0x%x (allowed CPOOL_CHECKIN_BROKEN); "
+                          "the lease is still yours",
+                          p->address, flags & ~CPOOL_CHECKIN_BROKEN);
+
+    if (fork_pending(p)) {
+        cpool__lock(p);
+        cpool__check_fork_relock(p);
+        cpool__unlock(p);
+    }
+    int64_t since = atomic_load_explicit(&c->leased_ns, memory_order_relaxed);
+    /* With nothing to run between the lease and the park (no reset, hook,
+     * event or timing sample), one compare-exchange HELD -> PARKED both
+     * ends the lease and parks: the check that c may stay parked comes
+     * before it, and the handshakes of park_settle() after it, as in
+     * try_park(). Read before the lease is known to be ours, c's fields
+     * are only compared: a check-in that is not the lease's fails the
+     * exchange and goes on below, which says why. */
+    if (p->park_direct && flags == 0 && since == 0 && fast_fit(p, c)) {
+        unsigned held = LEASE_HELD;
+        if (atomic_compare_exchange_strong(&c->leased, &held, LEASE_PARKED)) {
+            if (park_settle(p, c))
+                return 0;
+            return checkin_locked(p, c, false, false, NULL);
+        }
+    }
+    return checkin_lease(p, c, flags, since, err);
 }

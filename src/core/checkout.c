@@ -20,9 +20,9 @@ _Thread_local cpool__park_slot cpool__tl_park;
 _Thread_local uint64_t cpool__tl_tid;
 atomic_uint_fast64_t cpool__pool_serial;
 
-static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
-                         const char *tenant_name, cpool_cancel *cancel, cpool_conn **out,
-                         cpool_error *err);
+static inline __attribute__((always_inline)) int
+checkout_impl(cpool *p, int64_t timeout_ms, const char *label, const char *tenant_name,
+              cpool_cancel *cancel, cpool_conn **out, cpool_error *err);
 
 /* The start of a checkout and its deadlines, computed on first use. */
 typedef struct checkout_clock {
@@ -765,33 +765,16 @@ static int checkout_fail_unlock(checkout *co, cpool_error *err)
     return rc;
 }
 
-/* A checkout, step by step: this thread's parked connection without the
- * lock; else under the lock an available one or a new one; else a place in
- * the queue until a check-in or new capacity serves it; then establish or
- * validate it (and reset it between tenants) outside the lock. */
-static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
-                         const char *tenant_name, cpool_cancel *cancel, cpool_conn **out,
-                         cpool_error *err)
+/* The checkout's locked part, when the lock-free one did not serve it
+ * (checkout_impl). Apart, so that the lock-free checkout is a small
+ * function of its own: this one's frame and saved registers cost as much
+ * as the rest of a lock-free checkout. fast_start: see take_parked_fast. */
+static __attribute__((noinline)) int checkout_locked(cpool *p, int64_t timeout_ms,
+                                                     const char *label,
+                                                     const char *tenant_name,
+                                                     cpool_cancel *cancel, cpool_conn **out,
+                                                     cpool_error *err, int64_t fast_start)
 {
-    if (out != NULL)
-        *out = NULL;
-    if (p == NULL || out == NULL)
-        return cpool__err(err, CPOOL_EINVAL, "checkout: pool and out are required");
-    if (p->observed && cpool__in_callback(p))
-        return cpool__callback_err(p, err, "checkout");
-    int64_t fast_start = -1;
-    if (p->turns)
-        note_return(p);
-    /* A checkout with a token takes the locked path: a triggered token
-     * must fail it even when a connection is parked right here. */
-    if (p->can_park && cancel == NULL) {
-        cpool_conn *fast = take_parked_fast(p, timeout_ms, &fast_start);
-        if (fast != NULL) {
-            lease_begin(p, fast, FAST_LEASE, true, NULL);
-            *out = fast;
-            return 0;
-        }
-    }
     /* The clock is read only when something needs it: an event, a deadline.
      * The uncontended path (an available connection, no subscriber) does
      * without. One deadline for the whole checkout: when the lock-free path
@@ -862,6 +845,36 @@ static int checkout_impl(cpool *p, int64_t timeout_ms, const char *label,
         if (co.hook_failed && hook_deadline_passed(&co))
             return checkout_fail_unlock(&co, err);
     }
+}
+
+/* A checkout, step by step: this thread's parked connection without the
+ * lock; else under the lock an available one or a new one; else a place in
+ * the queue until a check-in or new capacity serves it; then establish or
+ * validate it (and reset it between tenants) outside the lock. */
+static inline __attribute__((always_inline)) int
+checkout_impl(cpool *p, int64_t timeout_ms, const char *label, const char *tenant_name,
+              cpool_cancel *cancel, cpool_conn **out, cpool_error *err)
+{
+    if (out != NULL)
+        *out = NULL;
+    if (p == NULL || out == NULL)
+        return cpool__err(err, CPOOL_EINVAL, "checkout: pool and out are required");
+    if (p->observed && cpool__in_callback(p))
+        return cpool__callback_err(p, err, "checkout");
+    int64_t fast_start = -1;
+    if (p->turns)
+        note_return(p);
+    /* A checkout with a token takes the locked path: a triggered token
+     * must fail it even when a connection is parked right here. */
+    if (p->can_park && cancel == NULL) {
+        cpool_conn *fast = take_parked_fast(p, timeout_ms, &fast_start);
+        if (fast != NULL) {
+            lease_begin(p, fast, FAST_LEASE, true, NULL);
+            *out = fast;
+            return 0;
+        }
+    }
+    return checkout_locked(p, timeout_ms, label, tenant_name, cancel, out, err, fast_start);
 }
 
 /* ------------------------------------------------------------ async checkout

@@ -318,8 +318,10 @@ void cpool__close_conn_relock(cpool *p, cpool_conn *c, int reason,
         p->st_closed[reason]++;
     cpool__unassign_locked(c);
     if (atomic_load_explicit(&p->shrinking, memory_order_relaxed) &&
-        (p->opts.max_pool_size == 0 || total_locked(p) <= p->opts.max_pool_size))
+        (p->opts.max_pool_size == 0 || total_locked(p) <= p->opts.max_pool_size)) {
         atomic_store(&p->shrinking, false); /* down to the new maximum */
+        cpool__gate_locked(p);
+    }
     if (p->draining)
         pthread_cond_broadcast(&p->drain_cv);
     cpool__svc_release_locked(p, c);
@@ -510,9 +512,23 @@ void cpool__interrupt_marked_relock(cpool *p)
     }
 }
 
+void cpool__gate_locked(cpool *p)
+{
+    CPOOL_ASSERT_HELD(p);
+    uint64_t g = gate_open(p->generation);
+    if (p->state != CPOOL_STATE_READY || atomic_load(&p->suspended) ||
+        atomic_load(&p->shrinking))
+        g |= GATE_SHUT;
+    atomic_store(&p->gate, g);
+}
+
 void cpool__set_parking(cpool *p, bool can_park)
 {
     p->can_park = can_park;
+    /* Nothing to run between the lease and its park: no reset, no hook, no
+     * idle stamp (see cpool_checkin). */
+    p->park_direct = can_park && p->cx->reset == NULL && p->opts.hooks.after_return == NULL &&
+                     !p->stamp_idle;
     /* Turns need the fast path (a turn is a lock-free re-take) and the
      * background thread, which hands a connection whose thread did not come
      * back for it to the waiters (maint.c). */
@@ -588,6 +604,24 @@ cpool_conn *cpool__steal_parked_locked(cpool *p, steal_which which, int *reason)
         return c;
     }
     return NULL;
+}
+
+void cpool__parked_unfit(cpool *p, cpool_conn *c, bool idle, bool hook_failed,
+                         const cpool_error *cause)
+{
+    cpool__lock(p);
+    cpool__check_fork_relock(p);
+    if (c->state == CONN_IN_USE) {
+        int reason = hook_failed ? CPOOL_CLOSE_HOOK
+                                 : cpool__unfit_reason_locked(p, c, cause != NULL);
+        if (reason < 0 && idle)
+            reason = CPOOL_CLOSE_IDLE;
+        if (reason >= 0)
+            cpool__close_conn_relock(p, c, reason, cause);
+        else
+            cpool__return_parked_locked(p, c);
+    }
+    cpool__unlock(p);
 }
 
 /* A parked connection taken under mu (not by its thread) is checked in as
@@ -903,6 +937,7 @@ void cpool__clear_relock(cpool *p, unsigned flags, const cpool_error *cause)
     uint64_t old = p->generation++;
     bool was_paused = p->state == CPOOL_STATE_PAUSED;
     p->state = CPOOL_STATE_PAUSED;
+    cpool__gate_locked(p);
     if (cause != NULL) {
         p->clear_cause = *cause;
         p->has_clear_cause = true;

@@ -62,6 +62,7 @@ int cpool_resize(cpool *p, uint32_t max, uint32_t min, cpool_error *err)
         /* Available connections beyond the maximum close now, oldest
          * first; leased ones as they come back (cpool__unfit_reason_locked). */
         atomic_store(&p->shrinking, true);
+        cpool__gate_locked(p);
         unpark_all_locked(p);
         cpool_conn *c;
         while (cpool__over_max_locked(p) && (c = p->available.tail) != NULL)
@@ -87,6 +88,7 @@ int cpool_suspend(cpool *p, cpool_error *err)
     /* The flag first, then the parked connections: a thread parking at the
      * same time re-reads the flag after its store (lease.h, try_park). */
     atomic_store(&p->suspended, true);
+    cpool__gate_locked(p);
     unpark_all_locked(p);
     cpool__unlock(p);
     return 0;
@@ -97,8 +99,10 @@ int cpool_resume(cpool *p, cpool_error *err)
     int rc = enter(p, "resume", err);
     if (rc != 0)
         return rc;
-    if (atomic_exchange(&p->suspended, false))
+    if (atomic_exchange(&p->suspended, false)) {
+        cpool__gate_locked(p);
         cpool__grant_capacity_relock(p); /* the queue, in its order */
+    }
     cpool__unlock(p);
     return 0;
 }

@@ -55,6 +55,12 @@ waiter *cpool__next_waiter_locked(const cpool *p);
 int cpool__perished_locked(const cpool *p, const cpool_conn *c, int64_t now);
 void cpool__put_back_locked(cpool *p, cpool_conn *c);
 void cpool__return_parked_locked(cpool *p, cpool_conn *c);
+/* This thread's parked connection, re-taken (leased HELD) but not to be
+ * handed out: closed with its reason (or `idle`'s, or the hook's when
+ * hook_failed, with `cause`), or given back as a check-in would when only
+ * the gate was shut. Takes and releases mu. */
+void cpool__parked_unfit(cpool *p, cpool_conn *c, bool idle, bool hook_failed,
+                         const cpool_error *cause);
 void cpool__set_state_locked(cpool *p, cpool_conn *c, conn_state s);
 /* Which parked connections cpool__steal_parked_locked may take. */
 typedef enum steal_which {
@@ -66,6 +72,10 @@ cpool_conn *cpool__steal_parked_locked(cpool *p, steal_which which, int *reason)
 /* Whether the lock-free path (and with it handoff turns) may be used; call
  * when what decides it changes. */
 void cpool__set_parking(cpool *p, bool can_park);
+/* Sets the gate from state, generation, suspended and shrinking: after
+ * every change of one of them, under mu, and before anything that relies on
+ * the lock-free path seeing it (taking the parked connections). */
+void cpool__gate_locked(cpool *p);
 /* cpuload.c: the early wake-ups' measure of other processes' CPU use. */
 int cpool__cpu_sample(cpu_sample *s);
 double cpool__cpu_others(const cpu_sample *before, const cpu_sample *after);
@@ -94,6 +104,13 @@ static inline bool fork_pending(const cpool *p)
 {
     return atomic_load_explicit(&cpool__fork_epoch, memory_order_relaxed) !=
            atomic_load_explicit(&p->fork_epoch, memory_order_relaxed);
+}
+
+/* The gate (struct cpool): bit 0 shut, the generation above it. */
+#define GATE_SHUT 1u
+static inline uint64_t gate_open(uint64_t generation)
+{
+    return generation << 1;
 }
 
 static inline void list_remove(conn_list *l, cpool_conn *c)

@@ -149,6 +149,7 @@ static void after_fork_relock(cpool *p)
         free(s);
     }
     p->generation++;
+    cpool__gate_locked(p);
     if (p->state != CPOOL_STATE_CLOSED)
         cpool__start_maintenance_locked(p);
     if (p->observed) {

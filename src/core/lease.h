@@ -52,7 +52,13 @@
  * parks for at most one lease in 65.
  *
  * The slot names the pool by a process-unique serial, not by pointer, so a
- * slot left behind by a destroyed pool never matches a new one. */
+ * slot left behind by a destroyed pool never matches a new one.
+ *
+ * Whether the pool lets a connection be parked or re-taken is one word,
+ * p->gate (cpool__gate_locked): a park checks it before its store and
+ * re-reads it after, as it does the waiter count. A check-in with nothing
+ * to run before the park parks with one compare-exchange HELD -> PARKED
+ * (cpool_checkin); docs/design.md, "Thread-affine fast path". */
 typedef struct cpool__park_slot {
     uint64_t serial;
     cpool_conn *conn;
@@ -73,7 +79,7 @@ extern _Thread_local uint64_t cpool__tl_tid __attribute__((visibility("hidden"))
  * expired parked connections); without one, the kernel's coarse clock. */
 static inline int64_t lifetime_now(const cpool *p)
 {
-    if (p->opts.clock == NULL && p->opts.maintenance_interval_ms > 0) {
+    if (p->tick_clock) {
         int64_t t = atomic_load_explicit(&p->tick_ns, memory_order_relaxed);
         if (t != 0)
             return t;
@@ -81,22 +87,29 @@ static inline int64_t lifetime_now(const cpool *p)
     return cpool__now_coarse(p);
 }
 
-static inline bool fast_usable(const cpool *p, const cpool_conn *c)
+/* Whether c may be used without the lock, as far as the pool goes: the
+ * gate is open for its generation (ready, not suspended nor shrinking, not
+ * cleared since c was made), no fork is pending, it is not marked for
+ * recycling and its lifetime has not passed. Idleness is fast_idle's. */
+static inline bool fast_fit(const cpool *p, const cpool_conn *c)
 {
-    if (atomic_load(&p->state) != CPOOL_STATE_READY ||
-        c->generation != atomic_load(&p->generation) || fork_pending(p) ||
+    if (atomic_load(&p->gate) != gate_open(c->generation) || fork_pending(p) ||
         atomic_load_explicit(&c->recycle, memory_order_relaxed))
         return false;
     if (p->opts.recycle_after_uses > 0 && cpool__conn_uses(c) >= p->opts.recycle_after_uses)
         return false;
-    if (c->expires_ns != INT64_MAX && lifetime_now(p) > c->expires_ns)
-        return false;
-    /* With a minimum to keep, idleness is judged under the lock, where the
-     * pool's size is known (cpool__perished_locked). */
-    return p->opts.max_idle_time_ms == 0 ||
-           atomic_load_explicit(&p->live_min, memory_order_relaxed) > 0 ||
+    return c->expires_ns == INT64_MAX || lifetime_now(p) <= c->expires_ns;
+}
+
+/* Whether c has been idle past max_idle_time_ms. With a minimum to keep,
+ * idleness is judged under the lock, where the pool's size is known
+ * (cpool__perished_locked). */
+static inline bool fast_idle(const cpool *p, const cpool_conn *c)
+{
+    return p->opts.max_idle_time_ms > 0 &&
+           atomic_load_explicit(&p->live_min, memory_order_relaxed) == 0 &&
            cpool__now(p) - atomic_load_explicit(&c->available_since_ns,
-                                                 memory_order_relaxed) <=
+                                                 memory_order_relaxed) >
                ms_to_ns(p->opts.max_idle_time_ms);
 }
 
@@ -139,33 +152,24 @@ static inline void note_return(const cpool *p)
     s->checkin_ns = 0;
 }
 
-/* Parks c (leased NONE, reset done) in this thread's slot. Returns false
- * when the caller must finish the check-in under the lock instead. */
-static inline bool try_park(cpool *p, cpool_conn *c)
+/* The rest of a park, once c's flag says PARKED: whether it stays parked
+ * (true; also when someone took it meanwhile), or was taken back because
+ * the pool changed or others wait (false: leased NONE, the caller finishes
+ * the check-in under the lock). */
+static inline __attribute__((always_inline)) bool park_settle(cpool *p, cpool_conn *c)
 {
-    if (p->stamp_idle)
-        atomic_store_explicit(&c->available_since_ns, cpool__now(p),
-                              memory_order_relaxed);
     bool mine = cpool__tl_park.serial == p->serial && cpool__tl_park.conn == c;
-    /* Suspended or shrinking: the locked path decides (keep it available,
-     * or close it). */
-    if (!fast_usable(p, c) || atomic_load_explicit(&p->suspended, memory_order_relaxed) ||
-        atomic_load_explicit(&p->shrinking, memory_order_relaxed)) {
-        cpool__tl_park.conn = NULL;
-        return false;
-    }
     int64_t now = 0;
     if (p->turns && !mine) { /* a turn begins (if c stays parked) */
         now = cpool__now(p);
         cpool__tl_park.turn_start = now;
         cpool__tl_park.turn_uses = 0;
     }
-    atomic_store(&c->leased, LEASE_PARKED);
-    /* The same handshake with cpool_close(), which stores CLOSED and then
-     * takes every parked connection: re-reading the state after the store
+    /* The same handshake with cpool_close(), which shuts the gate and then
+     * takes every parked connection: re-reading the gate after the store
      * means a connection is never left parked in a closed pool (nor in a
-     * suspended one: cpool_suspend() stores the flag, then takes them). */
-    if (atomic_load(&p->state) == CPOOL_STATE_READY && !atomic_load(&p->suspended)) {
+     * suspended one: cpool_suspend() shuts it too, then takes them). */
+    if ((atomic_load(&p->gate) & GATE_SHUT) == 0) {
         bool park = atomic_load(&p->nwaiting) == 0;
         if (!park && turn_goes_on(p, &now)) {
             atomic_store_explicit(&c->turn_parked_ns, now, memory_order_relaxed);
@@ -184,6 +188,23 @@ static inline bool try_park(cpool *p, cpool_conn *c)
     if (atomic_compare_exchange_strong(&c->leased, &parked, LEASE_NONE))
         return false; /* took it back: the locked path hands it over or closes it */
     return true;      /* someone took it already */
+}
+
+/* Parks c (leased NONE, reset done) in this thread's slot. Returns false
+ * when the caller must finish the check-in under the lock instead. */
+static inline bool try_park(cpool *p, cpool_conn *c)
+{
+    if (p->stamp_idle)
+        atomic_store_explicit(&c->available_since_ns, cpool__now(p),
+                              memory_order_relaxed);
+    /* Suspended or shrinking (the gate is shut): the locked path decides
+     * (keep it available, or close it). */
+    if (!fast_fit(p, c) || fast_idle(p, c)) {
+        cpool__tl_park.conn = NULL;
+        return false;
+    }
+    atomic_store(&c->leased, LEASE_PARKED);
+    return park_settle(p, c);
 }
 
 static inline void lease_begin(cpool *p, cpool_conn *c, int64_t start, bool reused,
@@ -295,7 +316,8 @@ static inline int64_t fast_deadline(const cpool *p, int64_t start, int64_t timeo
  * When it had to be pinged and was not handed out, *start is when the
  * checkout began (pool clock), so that the slow path goes on with the same
  * deadline instead of a new one; else it is left alone. */
-static inline cpool_conn *take_parked_fast(cpool *p, int64_t timeout_ms, int64_t *start)
+static inline __attribute__((always_inline)) cpool_conn *
+take_parked_fast(cpool *p, int64_t timeout_ms, int64_t *start)
 {
     cpool_conn *c = cpool__tl_park.conn;
     if (cpool__tl_park.serial != p->serial || c == NULL ||
@@ -313,7 +335,8 @@ static inline cpool_conn *take_parked_fast(cpool *p, int64_t timeout_ms, int64_t
      * died while it waited. */
     cpool_error ce;
     ce.code = 0;
-    bool usable = fast_usable(p, c);
+    bool idle = false;
+    bool usable = fast_fit(p, c) && !(idle = fast_idle(p, c));
     bool dead = false;
     if (usable) {
         bool ping = wants_ping(p, c);
@@ -327,7 +350,8 @@ static inline cpool_conn *take_parked_fast(cpool *p, int64_t timeout_ms, int64_t
                 return NULL;
             }
         }
-        dead = validate_conn(p, c, ping, deadline, &ce) != 0;
+        if (p->opts.validation != CPOOL_VALIDATE_NONE)
+            dead = validate_conn(p, c, ping, deadline, &ce) != 0;
     }
     bool hook_failed = false;
     if (usable && !dead && p->opts.hooks.before_lease != NULL) {
@@ -338,15 +362,7 @@ static inline cpool_conn *take_parked_fast(cpool *p, int64_t timeout_ms, int64_t
     }
     if (usable && !dead && !hook_failed)
         return c;
-    /* Ours now, but perished, dead or the pool changed: close it properly. */
-    cpool__lock(p);
-    cpool__check_fork_relock(p);
-    if (c->state == CONN_IN_USE) {
-        int reason = hook_failed ? CPOOL_CLOSE_HOOK : cpool__unfit_reason_locked(p, c, dead);
-        cpool__close_conn_relock(p, c, reason >= 0 ? reason : CPOOL_CLOSE_IDLE,
-                                 dead || hook_failed ? &ce : NULL);
-    }
-    cpool__unlock(p);
+    cpool__parked_unfit(p, c, idle, hook_failed, dead || hook_failed ? &ce : NULL);
     return NULL;
 }
 

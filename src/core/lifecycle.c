@@ -139,6 +139,7 @@ static void settle_locked_paths(cpool *p)
      * the locked paths, as observed pools' do. */
     p->observed = o->on_event != NULL || o->on_log != NULL || o->leak_threshold_ms > 0;
     p->stamp_idle = o->max_idle_time_ms > 0 || o->validation == CPOOL_VALIDATE_PING_IDLE;
+    p->tick_clock = o->clock == NULL && o->maintenance_interval_ms > 0;
     /* early_wake: auto is off until a measurement shows the CPUs are this
      * process's (maint.c, watch_cpu_relock). */
     p->wake_early = o->early_wake == CPOOL_EARLY_WAKE_ON;
@@ -152,6 +153,7 @@ static void settle_locked_paths(cpool *p)
     p->options_set = cpool__options_set(o);
     atomic_store_explicit(&p->live_min, o->min_pool_size, memory_order_relaxed);
     p->state = CPOOL_STATE_PAUSED;
+    atomic_store_explicit(&p->gate, gate_open(0) | GATE_SHUT, memory_order_relaxed);
     atomic_store_explicit(&p->fork_epoch,
                           atomic_load_explicit(&cpool__fork_epoch, memory_order_relaxed),
                           memory_order_relaxed);
@@ -254,6 +256,7 @@ int cpool_ready(cpool *p, cpool_error *err)
         return 0;
     }
     p->state = CPOOL_STATE_READY;
+    cpool__gate_locked(p);
     p->ever_ready = true;
     /* The background thread takes mu before it creates anything, and its
      * ConnectionCreated needs ev_mu, which we take before releasing mu: so
@@ -379,6 +382,7 @@ void cpool_close(cpool *p)
         return;
     }
     p->state = CPOOL_STATE_CLOSED;
+    cpool__gate_locked(p);
     cpool__fail_waiters_locked(p, CPOOL_ECLOSED);
     for (cpool_conn *c = p->pending.head; c != NULL; c = c->next)
         cpool__cancel_pending(c);
@@ -403,6 +407,7 @@ static void drain_begin_relock(cpool *p)
     p->draining = true;
     p->drain_t0 = cpool__mono_ns();
     p->state = CPOOL_STATE_PAUSED;
+    cpool__gate_locked(p);
     cpool__fail_waiters_locked(p, CPOOL_ESHUTDOWN);
     for (cpool_conn *c = p->pending.head; c != NULL; c = c->next)
         cpool__cancel_pending(c);

@@ -324,8 +324,11 @@ struct cpool {
     FILE *log_file;        /* CPOOL_LOG_PATH, opened for this pool */
     bool owns_cx_ctx;      /* made by connector->ctx_new(); freed at destroy */
     bool stamp_idle;       /* available_since_ns is needed (idle limits) */
+    bool tick_clock;       /* lifetimes on the lock-free path use tick_ns
+                              (lease.h, lifetime_now) */
     bool observed;         /* a subscriber or a log sink is set */
     bool can_park;         /* the lock-free fast path may be used */
+    bool park_direct;      /* a check-in may park in one step (cpool_checkin) */
     bool turns;            /* CPOOL_HANDOFF_TURNS in effect (cpool__set_parking) */
     /* Runtime control (control.c): written under mu, read by the lock-free
      * paths too. */
@@ -333,6 +336,14 @@ struct cpool {
     atomic_bool shrinking; /* a resize left more connections than the maximum:
                               check-ins take the locked path, which closes */
     _Atomic uint32_t live_min; /* opts.min_pool_size, for the lock-free path */
+    /* The lock-free path's gate, one word for what it must know of the pool
+     * (cpool__gate_locked): gate_open(generation) while the pool is ready,
+     * neither suspended nor shrinking; GATE_SHUT is set otherwise. A
+     * connection of the current generation may be parked or re-taken
+     * without the lock when the gate equals gate_open(its generation). On
+     * this read-mostly line, not beside state and generation, which share
+     * theirs with what mu guards. */
+    _Atomic uint64_t gate;
     int64_t turn_ns;       /* options.turn_us in ns */
     int64_t turn_prompt_ns; /* min(turn_ns, TURN_PROMPT_NS): a thread back for
                               its parked connection within this long came

@@ -3,6 +3,8 @@
  * wait-queue limit, and cancelling queued checkouts. */
 #include "test.h"
 
+#include "../src/core/lease.h"
+
 static cpool_stats stats_of(cpool *p)
 {
     cpool_stats s = {.struct_size = sizeof s};
@@ -465,6 +467,166 @@ static void cancel_race(bool observed)
     ASSERT_EQ(0, n.waiting);
     ASSERT_EQ(0, n.in_use);
     ASSERT_COUNTS_CONSISTENT(n);
+    test_fixture_free(&f);
+}
+
+/* ---- The lock-free path's gate
+ *
+ * Every change the lock-free path must see (suspend, a shrinking resize,
+ * clear, close) shuts the gate before the pool takes back its parked
+ * connections, and resume, ready and the end of a shrink open it again. A
+ * check-in while it is shut does not park. With a connector that has no
+ * reset(), an untimed lock-free lease is ended and parked with one
+ * compare-exchange (cpool_checkin), which relies on the gate alone; these
+ * cases check in that way. */
+
+static const cpool_connector *no_reset_connector(void)
+{
+    static cpool_connector table;
+    table = *cpool_mem_connector();
+    table.reset = NULL;
+    return &table;
+}
+
+/* Starts an unobserved pool whose check-ins may park in one step, and
+ * returns a lease taken without the lock (the first checkout of a
+ * connection takes the locked path and is timed). */
+static cpool_conn *direct_lease(test_fixture *f, uint32_t max)
+{
+    f->opts.on_event = NULL;
+    f->opts.connector = no_reset_connector();
+    f->opts.timing_sample = 0; /* no lock-free lease is timed */
+    f->opts.max_pool_size = max;
+    test_fixture_start(f);
+    cpool_conn *c = test_checkout(f->pool);
+    test_checkin(f->pool, c, 0);
+    ASSERT_EQ(LEASE_PARKED, atomic_load(&c->leased));
+    cpool_conn *again = test_checkout(f->pool);
+    ASSERT_TRUE(again == c);
+    ASSERT_EQ(0, atomic_load(&c->leased_ns)); /* untimed: the one-step park applies */
+    return c;
+}
+
+static bool parked(const cpool_conn *c)
+{
+    return atomic_load(&c->leased) == LEASE_PARKED;
+}
+
+TEST(one_step_park_refuses_a_second_checkin)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    cpool_conn *c = direct_lease(&f, 2);
+    test_checkin(f.pool, c, 0);
+    ASSERT_TRUE(parked(c));
+    cpool_error e;
+    ASSERT_RC(CPOOL_EDOUBLE, cpool_checkin(f.pool, c, 0, &e));
+    ASSERT_STR_CONTAINS(e.message, "is not checked out");
+    ASSERT_TRUE(parked(c)); /* the refused check-in changed nothing */
+    cpool_conn *d = test_checkout(f.pool);
+    ASSERT_TRUE(d == c);
+    test_checkin(f.pool, d, CPOOL_CHECKIN_BROKEN); /* the locked path closes it */
+    ASSERT_EQ(0, test_counts(f.pool).total);
+    test_fixture_free(&f);
+}
+
+TEST(one_step_park_serves_a_waiter)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    cpool_conn *c = direct_lease(&f, 1);
+    test_job j;
+    test_job_start(&j, f.pool, 10000);
+    WAIT_UNTIL(test_counts(f.pool).waiting == 1, 5000);
+    test_checkin(f.pool, c, 0); /* parked, seen the waiter, taken back, handed */
+    test_job_join(&j, 10000);
+    ASSERT_OK(j.rc);
+    ASSERT_TRUE(j.conn == c);
+    ASSERT_FALSE(parked(c));
+    test_checkin(f.pool, j.conn, 0);
+    test_fixture_free(&f);
+}
+
+TEST(gate_shut_by_suspend_opened_by_resume)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    cpool_conn *c = direct_lease(&f, 2);
+    ASSERT_OK(cpool_suspend(f.pool, NULL));
+    test_checkin(f.pool, c, 0);
+    ASSERT_EQ(LEASE_NONE, atomic_load(&c->leased)); /* on the available list */
+    ASSERT_EQ(1, test_counts(f.pool).available);
+    ASSERT_OK(cpool_resume(f.pool, NULL));
+    cpool_conn *d = test_checkout(f.pool);
+    ASSERT_TRUE(d == c);
+    test_checkin(f.pool, d, 0);
+    ASSERT_TRUE(parked(d));
+    test_fixture_free(&f);
+}
+
+TEST(gate_shut_while_shrinking)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    cpool_conn *c = direct_lease(&f, 2);
+    cpool_conn *b = test_checkout(f.pool); /* a second connection */
+    ASSERT_OK(cpool_resize(f.pool, 1, 0, NULL));
+    test_checkin(f.pool, c, 0); /* one too many: closed */
+    ASSERT_EQ(1, stats_of(f.pool).closed[CPOOL_CLOSE_RESIZED]);
+    ASSERT_EQ(1, test_counts(f.pool).total);
+    test_checkin(f.pool, b, 0); /* down to the maximum: parks again */
+    ASSERT_TRUE(parked(b));
+    test_fixture_free(&f);
+}
+
+TEST(gate_shut_by_clear_opened_by_ready)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    cpool_conn *c = direct_lease(&f, 2);
+    ASSERT_OK(cpool_clear(f.pool, 0, NULL, NULL));
+    test_checkin(f.pool, c, 0); /* stale: closed at once */
+    ASSERT_EQ(1, stats_of(f.pool).closed[CPOOL_CLOSE_STALE]);
+    ASSERT_EQ(0, test_counts(f.pool).total);
+    test_ready(f.pool);
+    cpool_conn *d = test_checkout(f.pool);
+    test_checkin(f.pool, d, 0);
+    ASSERT_TRUE(parked(d));
+    test_fixture_free(&f);
+}
+
+/* An open gate is not enough: the connection must be of its generation,
+ * not marked for recycling. */
+TEST(one_step_park_refuses_an_unfit_connection)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    cpool_conn *c = direct_lease(&f, 2);
+    ASSERT_OK(cpool_clear(f.pool, 0, NULL, NULL));
+    test_ready(f.pool); /* the gate is open again, for the next generation */
+    test_checkin(f.pool, c, 0);
+    ASSERT_EQ(1, stats_of(f.pool).closed[CPOOL_CLOSE_STALE]);
+    ASSERT_EQ(0, test_counts(f.pool).total);
+    cpool_conn *d = test_checkout(f.pool);
+    test_checkin(f.pool, d, 0);
+    cpool_conn *e = test_checkout(f.pool); /* lock-free, untimed */
+    ASSERT_TRUE(e == d);
+    ASSERT_OK(cpool_conn_recycle(e));
+    test_checkin(f.pool, e, 0);
+    ASSERT_EQ(1, stats_of(f.pool).closed[CPOOL_CLOSE_RECYCLED]);
+    ASSERT_EQ(0, test_counts(f.pool).total);
+    test_fixture_free(&f);
+}
+
+TEST(gate_shut_by_close)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    cpool_conn *c = direct_lease(&f, 2);
+    cpool_close(f.pool);
+    test_checkin(f.pool, c, 0);
+    ASSERT_EQ(1, stats_of(f.pool).closed[CPOOL_CLOSE_POOL_CLOSED]);
+    ASSERT_EQ(0, test_counts(f.pool).total);
     test_fixture_free(&f);
 }
 

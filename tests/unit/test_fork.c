@@ -6,6 +6,8 @@
  * what the child did, and the parent's what the parent did. */
 #include "test.h"
 
+#include "../src/core/lease.h"
+
 #include <dirent.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -215,6 +217,37 @@ TEST(child_discards_inherited_connections)
     f.pool = NULL;
     ASSERT_EQ(0, test_mem_stats(f.mem).open);
     ASSERT_EQ(3, test_mem_stats(f.mem).closes);
+    test_fixture_free(&f);
+}
+
+/* The child moves the generation on, and with it the lock-free path's
+ * gate: its own connections park again, the inherited one does not. */
+TEST(child_parks_its_own_connections)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.on_event = NULL; /* unobserved: check-ins park */
+    test_fixture_start(&f);
+    cpool_conn *c = test_checkout(f.pool);
+    test_checkin(f.pool, c, 0);
+    ASSERT_EQ(LEASE_PARKED, atomic_load(&c->leased));
+    wait_other_threads_asleep();
+    pid_t pid = fork_or_fail();
+    if (pid == 0) {
+        alarm(20);
+        cpool_conn *d = test_checkout(f.pool);
+        ASSERT_TRUE(d != c);
+        ASSERT_EQ(1, cpool_conn_generation(d));
+        test_checkin(f.pool, d, 0);
+        ASSERT_EQ(LEASE_PARKED, atomic_load(&d->leased));
+        cpool_conn *e = test_checkout(f.pool); /* taken back without the lock */
+        ASSERT_TRUE(e == d);
+        test_checkin(f.pool, e, 0);
+        test_fixture_free(&f);
+        exit(0);
+    }
+    expect_child_ok(pid);
+    ASSERT_EQ(LEASE_PARKED, atomic_load(&c->leased)); /* the parent's is untouched */
     test_fixture_free(&f);
 }
 

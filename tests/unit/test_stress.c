@@ -39,6 +39,7 @@ typedef struct shared {
     atomic_bool closing; /* ECLOSED becomes a legitimate answer */
     atomic_int owner[MAX_IDS];
     atomic_ullong leases, failures;
+    bool no_reset; /* the connector has no reset(): check-ins park in one step */
 } shared;
 
 typedef struct worker {
@@ -83,7 +84,7 @@ static void *worker_main(void *arg)
                  (unsigned long long)id,
                  (unsigned long long)cpool_mem_conn_id(native));
         unsigned r = (unsigned)rand_r(&w->seed);
-        if (r % 4 == 0)
+        if (r % 4 == 0 && !sh->no_reset)
             cpool_mem_conn_begin(native); /* reset() must clear it */
         test_sleep_us(r % 500);
         unsigned flags = r % 32 == 0 ? CPOOL_CHECKIN_BROKEN : 0;
@@ -187,12 +188,22 @@ static void *poller_main(void *arg)
     return NULL;
 }
 
+static const cpool_connector *no_reset_connector(void)
+{
+    static cpool_connector table;
+    table = *cpool_mem_connector();
+    table.reset = NULL;
+    return &table;
+}
+
 /* t == NULL: no event subscriber. A pool nobody observes may take faster
  * paths (no clock reads, no event ordering, handoff turns), which need the
  * same checks; `handoff` picks the mode those paths hand off in, and
  * `early_wake` whether turns wake waiters early (on: always, so that the
  * spinning waiters are in the mix; auto: as the background thread's
- * measurements decide, which it changes meanwhile). */
+ * measurements decide, which it changes meanwhile). sh->no_reset: a
+ * connector without reset(), no idle limit and no timed lock-free lease,
+ * so that check-ins take the one-step park (cpool_checkin). */
 static void setup(shared *sh, tally *t, cpool_options *o, cpool_handoff handoff,
                   cpool_early_wake early_wake)
 {
@@ -205,6 +216,11 @@ static void setup(shared *sh, tally *t, cpool_options *o, cpool_handoff handoff,
     o->min_pool_size = 2;
     o->maintenance_interval_ms = 5;
     o->max_idle_time_ms = 20;
+    if (sh->no_reset) {
+        o->connector = no_reset_connector();
+        o->max_idle_time_ms = 0;
+        o->timing_sample = 0;
+    }
     if (t != NULL) {
         o->on_event = on_event_tally;
         o->event_ctx = t;
@@ -278,12 +294,13 @@ static void *tracked_main(void *arg)
     return NULL;
 }
 
-static void churn(bool observed, cpool_handoff handoff)
+static void churn(bool observed, cpool_handoff handoff, bool no_reset)
 {
     static shared sh; /* 4 MiB of owner slots: not on the stack */
     tally t;
     cpool_options o;
     memset(&t, 0, sizeof t);
+    sh.no_reset = no_reset;
     setup(&sh, observed ? &t : NULL, &o, handoff, CPOOL_EARLY_WAKE_ON);
 
     worker w[WORKERS];
@@ -335,18 +352,21 @@ static void churn(bool observed, cpool_handoff handoff)
 
 /* An observed pool takes the locked paths, which hand off in FIFO order
  * whatever the option says; unobserved, both modes run. */
-TEST(clear_interrupt_churn) { churn(/* observed= */ true, CPOOL_HANDOFF_FIFO); }
-TEST(clear_interrupt_churn_unobserved) { churn(false, CPOOL_HANDOFF_TURNS); }
-TEST(clear_interrupt_churn_unobserved_fifo) { churn(false, CPOOL_HANDOFF_FIFO); }
+TEST(clear_interrupt_churn) { churn(/* observed= */ true, CPOOL_HANDOFF_FIFO, false); }
+TEST(clear_interrupt_churn_unobserved) { churn(false, CPOOL_HANDOFF_TURNS, false); }
+TEST(clear_interrupt_churn_unobserved_fifo) { churn(false, CPOOL_HANDOFF_FIFO, false); }
+TEST(clear_interrupt_churn_one_step_park) { churn(false, CPOOL_HANDOFF_TURNS, true); }
+TEST(clear_interrupt_churn_one_step_park_fifo) { churn(false, CPOOL_HANDOFF_FIFO, true); }
 
 /* t == NULL: no subscriber, so check-ins park connections in their threads
  * and close() races with that parking. */
-static void close_run(bool observed, cpool_handoff handoff)
+static void close_run(bool observed, cpool_handoff handoff, bool no_reset)
 {
     static shared sh;
     tally t;
     cpool_options o;
     memset(&t, 0, sizeof t);
+    sh.no_reset = no_reset;
     setup(&sh, observed ? &t : NULL, &o, handoff, CPOOL_EARLY_WAKE_AUTO);
     atomic_store(&sh.closing, true);
 
@@ -385,8 +405,9 @@ static void close_run(bool observed, cpool_handoff handoff)
     cpool_mem_destroy(sh.mem);
 }
 
-TEST(close_under_load) { close_run(/* observed= */ true, CPOOL_HANDOFF_FIFO); }
-TEST(close_under_load_unobserved) { close_run(false, CPOOL_HANDOFF_TURNS); }
-TEST(close_under_load_unobserved_fifo) { close_run(false, CPOOL_HANDOFF_FIFO); }
+TEST(close_under_load) { close_run(/* observed= */ true, CPOOL_HANDOFF_FIFO, false); }
+TEST(close_under_load_unobserved) { close_run(false, CPOOL_HANDOFF_TURNS, false); }
+TEST(close_under_load_unobserved_fifo) { close_run(false, CPOOL_HANDOFF_FIFO, false); }
+TEST(close_under_load_one_step_park) { close_run(false, CPOOL_HANDOFF_TURNS, true); }
 
 TEST_MAIN()
