@@ -156,8 +156,19 @@ static void cp_close(void *self)
 static uint32_t g_turn_wait_us; /* --turn-wait-us; 0 = the pool's default */
 static const char *g_early_wake; /* --early-wake; NULL = the pool's default */
 
-static int cp_open_mode(unsigned conns, cpool_handoff handoff, void **self, char *msg,
-                        size_t len)
+/* The in-memory connector without reset(), as a connector whose sessions
+ * keep no state between leases (and the peer harness's fake one) has: its
+ * check-ins park in one step (docs/design.md, "Thread-affine fast path"). */
+static const cpool_connector *mem_noreset_connector(void)
+{
+    static cpool_connector table;
+    table = *cpool_mem_connector();
+    table.reset = NULL;
+    return &table;
+}
+
+static int cp_open_mode(unsigned conns, cpool_handoff handoff, bool noreset, void **self,
+                        char *msg, size_t len)
 {
     bench_cpool *b = calloc(1, sizeof *b);
     cpool_error err = {0};
@@ -172,7 +183,7 @@ static int cp_open_mode(unsigned conns, cpool_handoff handoff, void **self, char
     }
     cpool_options o;
     cpool_options_init(&o, sizeof o);
-    o.connector = cpool_mem_connector();
+    o.connector = noreset ? mem_noreset_connector() : cpool_mem_connector();
     o.connector_ctx = b->mem;
     o.target = "mem://bench";
     o.max_pool_size = conns;
@@ -198,12 +209,17 @@ static int cp_open_mode(unsigned conns, cpool_handoff handoff, void **self, char
  * FIFO handoff. */
 static int cp_open(unsigned conns, void **self, char *msg, size_t len)
 {
-    return cp_open_mode(conns, CPOOL_HANDOFF_TURNS, self, msg, len);
+    return cp_open_mode(conns, CPOOL_HANDOFF_TURNS, false, self, msg, len);
 }
 
 static int cp_open_fifo(unsigned conns, void **self, char *msg, size_t len)
 {
-    return cp_open_mode(conns, CPOOL_HANDOFF_FIFO, self, msg, len);
+    return cp_open_mode(conns, CPOOL_HANDOFF_FIFO, false, self, msg, len);
+}
+
+static int cp_open_noreset(unsigned conns, void **self, char *msg, size_t len)
+{
+    return cp_open_mode(conns, CPOOL_HANDOFF_TURNS, true, self, msg, len);
 }
 
 static int cp_checkout(void *self, void **lease)
@@ -357,7 +373,7 @@ static int ar_checkin(void *self, void *lease)
 }
 #endif
 
-enum { POOL_CPOOL, POOL_FIFO, POOL_NAIVE, POOL_APR, POOL_COUNT };
+enum { POOL_CPOOL, POOL_FIFO, POOL_NAIVE, POOL_APR, POOL_NORESET, POOL_COUNT };
 
 static const pool_impl pool_impls[POOL_COUNT] = {
     {"cpool", cp_open, cp_checkout, cp_checkin, cp_close},
@@ -368,6 +384,7 @@ static const pool_impl pool_impls[POOL_COUNT] = {
 #else
     {"apr", NULL, NULL, NULL, NULL},
 #endif
+    {"cpool-noreset", cp_open_noreset, cp_checkout, cp_checkin, cp_close},
 };
 
 /* ------------------------------------------------------------------ runs */
@@ -779,14 +796,14 @@ static double ceiling_ops(const config *c)
 
 static void print_header(void)
 {
-    printf("%4s %4s %5s  %-10s %11s %9s %9s %9s %10s %6s %7s %7s %7s %8s %9s %8s\n", "T",
+    printf("%4s %4s %5s  %-13s %11s %9s %9s %9s %10s %6s %7s %7s %7s %8s %9s %8s\n", "T",
            "P", "W_us", "pool", "ops/s", "p50_ns", "p99_ns", "p99.9_ns", "max_ns", "jain",
            "min/max", "mm/1s", "ovt_avg", "ovt_max", "allocs/op", "%ceil");
 }
 
 static void print_row(const config *c, const char *name, const result *res)
 {
-    printf("%4u %4u %5u  %-10s ", c->threads, c->conns, c->hold_us, name);
+    printf("%4u %4u %5u  %-13s ", c->threads, c->conns, c->hold_us, name);
     if (res->skipped) {
         printf("skipped (built without apr-util)\n");
         return;
@@ -896,7 +913,8 @@ static void usage(FILE *f)
             "  --rounds N          measure each configuration N times (1-9, default 1),\n"
             "                      pools interleaved; report the median round by ops/s\n"
             "  --ops N             instead of a duration: each thread does exactly N ops\n"
-            "  --pools LIST        any of cpool,cpool-fifo,naive,apr (default all);\n"
+            "  --pools LIST        any of cpool,cpool-fifo,naive,apr,cpool-noreset\n"
+            "                      (default all but cpool-noreset);\n"
             "                      cpool is the default handoff (turns), cpool-fifo\n"
             "                      CMAP's strict FIFO handoff\n"
             "  --hold MODE         spin (default): busy-spin through the hold, as CPU\n"
@@ -947,7 +965,7 @@ int main(int argc, char **argv)
     ulist threads = {{1, 2, 8, 64}, 4};
     ulist conns = {{4, 16}, 2};
     ulist holds = {{0, 20}, 2};
-    bool use[POOL_COUNT] = {true, true, true, true};
+    bool use[POOL_COUNT] = {true, true, true, true, false};
     int64_t duration_ms = 1000;
     int64_t warmup_ms = 200;
     unsigned rounds = 1;
@@ -1064,6 +1082,8 @@ int main(int argc, char **argv)
     printf(")");
     if (use[POOL_FIFO])
         printf(", cpool-fifo (the same, handoff fifo)");
+    if (use[POOL_NORESET])
+        printf(", cpool-noreset (the same as cpool, connector without reset())");
     if (use[POOL_NAIVE])
         printf(", naive (mutex+condvar+stack)");
 #ifdef CPOOL_BENCH_HAVE_APR

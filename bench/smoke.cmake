@@ -21,6 +21,15 @@ function(smoke)
 endfunction()
 smoke()
 smoke(--hold sleep)
+# The pool over a connector without reset(), which only --pools names.
+execute_process(
+  COMMAND ${BENCH} --threads 2 --conns 2 --hold-us 0 --duration-ms 50 --pools cpool-noreset,naive
+  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 50)
+message("${out}${err}")
+if(NOT rc EQUAL 0 OR NOT out MATCHES "  cpool-noreset +[0-9]" OR NOT out MATCHES
+   "cpool-noreset \\(the same as cpool, connector without reset\\(\\)\\)")
+  message(FATAL_ERROR "cpool_bench --pools cpool-noreset: exit ${rc}, or no row or header for it")
+endif()
 smoke(--turn-wait-us 500)
 if(NOT last_out MATCHES "handoff turns, turn_wait_us=500\\)")
   message(FATAL_ERROR "cpool_bench --turn-wait-us 500: the header does not name it")
