@@ -27,6 +27,7 @@
 #include <cpool/cpool_mem.h>
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -145,8 +146,10 @@ int main(int argc, char **argv)
     long leases = argc > 3 ? atol(argv[3]) : 5000000;
     bool use[P_COUNT];
     bool any = false;
-    for (int k = 0; k < P_COUNT; k++)
-        any |= use[k] = !strcmp(which, "all") || !strcmp(which, names[k]);
+    for (int k = 0; k < P_COUNT; k++) {
+        use[k] = !strcmp(which, "all") || !strcmp(which, names[k]);
+        any |= use[k];
+    }
     if (!any || rounds < 1 || rounds > MAX_ROUNDS || leases < 1) {
         fprintf(stderr, "usage: lease_cost [noreset|mem|naive|all] [ROUNDS 1-%d] [LEASES]\n",
                 MAX_ROUNDS);
