@@ -901,6 +901,22 @@ void cpool__kick_maintenance_locked(cpool *p)
     pthread_cond_signal(&p->maint_cv);
 }
 
+/* A checkout establishes the connection it waits for itself, within its
+ * own deadline. Against a server slower to start a session than callers
+ * wait, every such attempt is cut short, and the pool would never reach
+ * it; after a probe found the server back, the waiters' attempts would run
+ * on what is left of their deadlines. So the background thread then makes one
+ * establishment of its own, bound by connect_timeout_ms alone, whose
+ * connection goes to the oldest waiter or the next checkout (HikariCP and
+ * pgxpool likewise finish an establishment whose caller gave up). Without
+ * a background thread, cpool_maintain() makes it. */
+void cpool__want_pool_establishment_locked(cpool *p)
+{
+    CPOOL_ASSERT_HELD(p);
+    p->pool_establish = true;
+    cpool__kick_maintenance_locked(p);
+}
+
 /* Untaken guaranteed minimums of the tenants other than t. */
 static uint32_t reserved_for_others_locked(const cpool *p, const tenant *t)
 {

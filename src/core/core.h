@@ -47,6 +47,7 @@ void cpool__fail_waiters_locked(cpool *p, int code);
 extern atomic_uint_fast64_t cpool__pool_serial;
 void cpool__grant_capacity_relock(cpool *p);
 void cpool__kick_maintenance_locked(cpool *p);
+void cpool__want_pool_establishment_locked(cpool *p);
 void cpool__make_available_locked(cpool *p, cpool_conn *c);
 typedef void (*cpool__hook_fn)(void);
 extern _Atomic(cpool__hook_fn) cpool__post_pause;

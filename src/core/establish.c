@@ -185,6 +185,8 @@ static int establish_failed_relock(cpool *p, cpool_conn *c, int rc, bool caller_
     else if (ce->kind != CPOOL_FAIL_INTERRUPTED && ce->code != CPOOL_ENOMEM &&
              !(caller_bound && ce->kind == CPOOL_FAIL_TIMEOUT))
         note_connect_failure_locked(p, ce, &news);
+    else if (caller_bound && ce->kind == CPOOL_FAIL_TIMEOUT)
+        cpool__want_pool_establishment_locked(p);
     cpool__close_conn_relock(p, c, CPOOL_CLOSE_ERROR, ce);
     emit_failure_news_relock(p, &news, ce);
     return ce->code;

@@ -246,8 +246,18 @@ void cpool__maintain_relock(cpool *p)
     if (p->opts.leak_threshold_ms > 0 || p->opts.leak_reclaim_ms > 0 || p->tenant_holds)
         scan_leaks_relock(p);
     keepalive_relock(p);
-    cpool__grant_capacity_relock(p); /* a backoff step may have ended */
     cpool_error ce;
+    /* Before the queue is granted its establishments, which its deadlines
+     * bound: see cpool__want_pool_establishment_locked. */
+    if (p->pool_establish && (p->available.head != NULL || p->state != CPOOL_STATE_READY ||
+                              (p->opts.max_pool_size > 0 &&
+                               total_locked(p) >= p->opts.max_pool_size)))
+        p->pool_establish = false; /* a connection to take, or none to make */
+    if (p->pool_establish && cpool__can_create_locked(p)) {
+        p->pool_establish = false;
+        (void)cpool__open_into_pool_relock(p, NO_DEADLINE, &ce);
+    }
+    cpool__grant_capacity_relock(p); /* a backoff step may have ended */
     while (p->state == CPOOL_STATE_READY && total_locked(p) < p->opts.min_pool_size &&
            cpool__can_create_locked(p)) {
         if (cpool__open_into_pool_relock(p, NO_DEADLINE, &ce) != 0)
@@ -294,6 +304,9 @@ static void probe_server_relock(cpool *p)
         return;
     p->st_probes_ok++;
     p->retry_at = cpool__now(p); /* the step ends: the next attempt may run */
+    /* The first establishment after it is the background thread's, whatever
+     * the waiters' deadlines (or with the circuit open, none waiting). */
+    cpool__want_pool_establishment_locked(p);
 }
 
 /* Handoff turns: a connection parked for its thread's turn, whose turn ran

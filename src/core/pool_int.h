@@ -446,6 +446,8 @@ struct cpool {
     pthread_cond_t maint_cv;
     bool maint_running;
     bool maint_kick; /* run again at once */
+    bool pool_establish; /* the next run makes one establishment bound by
+                            connect_timeout_ms alone (maint.c) */
     bool turn_watch; /* the thread wakes every turn_ns to hand waiters the
                         connections whose turn ended (maint.c) */
     uint8_t watch_shift; /* ... its interval doubled this many times: looks

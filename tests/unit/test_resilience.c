@@ -809,6 +809,86 @@ TEST(probe_ends_backoff_when_server_returns)
     }
 }
 
+/* A server that takes longer to start a session than callers wait: every
+ * checkout's own establishment is cut by its deadline (and rightly not
+ * counted against the server). The pool must still reach the server: the
+ * background thread then makes one establishment bound by
+ * connect_timeout_ms alone, and the connection serves the next checkout. */
+TEST(slow_server_reached_though_callers_give_up_first)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.on_event = NULL;
+    f.opts.maintenance_interval_ms = 1000; /* a background thread */
+    f.opts.connect_timeout_ms = 5000;
+    test_fixture_start(&f);
+    cpool_mem_failpoint fp;
+    memset(&fp, 0, sizeof fp);
+    fp.times = -1;
+    fp.block_ms = 300; /* every session takes 300 ms to start */
+    cpool_mem_set_failpoint(f.mem, &fp);
+    int64_t t0 = test_now_ms();
+    int cut = 0;
+    cpool_conn *c = NULL;
+    cpool_error e;
+    int rc;
+    while ((rc = cpool_checkout(f.pool, 100, &c, &e)) != CPOOL_OK) {
+        ASSERT_RC(CPOOL_ETIMEDOUT, rc);
+        cut++;
+        if (test_now_ms() - t0 > 5000)
+            FAIL("no connection 5 s into a server that starts a session in 300 ms (%d "
+                 "checkouts timed out): %s",
+                 cut, e.message);
+    }
+    ASSERT_GE(cut, 1);
+    test_checkin(f.pool, c, 0);
+    cpool_stats s = {.struct_size = sizeof s};
+    ASSERT_OK(cpool_get_stats(f.pool, &s));
+    ASSERT_EQ(0, s.breaker_opens);
+    test_fixture_free(&f);
+}
+
+/* When a probe finds the server back, the first establishment for the
+ * queue is the background thread's, bound by connect_timeout_ms alone, not
+ * a waiter's, which only has what is left of its deadline. With one
+ * establishment at a time, the waiter (200 ms) never gets to establish: it
+ * times out in the queue while the background thread's establishment
+ * (400 ms) goes on, and that connection serves the next checkout. Were the
+ * waiter granted the establishment, its deadline would cut it ("while
+ * connecting") and the session would have to start again. */
+TEST(probe_success_establishes_for_the_queue)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.on_event = NULL;
+    f.opts.maintenance_interval_ms = 1000;
+    f.opts.probe_interval_ms = 20;
+    f.opts.backoff_base_ms = 5000;
+    f.opts.backoff_max_ms = 5000;
+    f.opts.backoff_jitter = 0;
+    f.opts.max_connecting = 1;
+    f.opts.connect_timeout_ms = 5000;
+    test_fixture_start(&f);
+    refuse_all(f.mem);
+    cpool_conn *c = NULL;
+    cpool_error e;
+    ASSERT_RC(CPOOL_ECONNECT, cpool_checkout(f.pool, 1000, &c, &e)); /* a 5 s step */
+    cpool_mem_failpoint slow;
+    memset(&slow, 0, sizeof slow);
+    slow.times = -1;
+    slow.block_ms = 400; /* back, but a session takes 400 ms to start */
+    cpool_mem_set_failpoint(f.mem, &slow);
+    uint64_t connects = test_mem_stats(f.mem).connects;
+    ASSERT_RC(CPOOL_ETIMEDOUT, cpool_checkout(f.pool, 200, &c, &e));
+    if (strstr(e.message, "while connecting") != NULL)
+        FAIL("the waiter was given the establishment after the probe: %s", e.message);
+    ASSERT_OK_E(cpool_checkout(f.pool, 2000, &c, &e), &e);
+    ASSERT_EQ(connects + 1, test_mem_stats(f.mem).connects); /* one session started */
+    ASSERT_GE(test_mem_stats(f.mem).probes, 1);
+    test_checkin(f.pool, c, 0);
+    test_fixture_free(&f);
+}
+
 /* ------------------------------------------------------------ startup */
 
 TEST(wait_connected_fills_min_pool_size)
