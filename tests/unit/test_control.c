@@ -618,6 +618,18 @@ TEST(one_step_park_refuses_an_unfit_connection)
     test_fixture_free(&f);
 }
 
+TEST(gate_shut_by_drain)
+{
+    test_fixture f;
+    test_fixture_init(&f);
+    cpool_conn *c = direct_lease(&f, 2);
+    ASSERT_OK(cpool_drain(f.pool, NULL));
+    test_checkin(f.pool, c, 0); /* closed as it comes back, not kept */
+    ASSERT_EQ(1, stats_of(f.pool).closed[CPOOL_CLOSE_POOL_CLOSED]);
+    ASSERT_EQ(0, test_counts(f.pool).total);
+    test_fixture_free(&f);
+}
+
 TEST(gate_shut_by_close)
 {
     test_fixture f;
