@@ -132,9 +132,6 @@ static int fail_checkout(cpool *p, int rc, int reason, checkout_clock *t,
     return rc;
 }
 
-/* Waits, without mu, until w is served or failed (returns true) or its
- * deadline passes (false). Sleeps in slices so that a test clock that jumps
- * is noticed. */
 /* Takes one post of w's semaphore, waiting for it (EINTR: again). */
 static void take_post(waiter *w)
 {
@@ -143,6 +140,9 @@ static void take_post(waiter *w)
     w->took++;
 }
 
+/* Waits, without mu, until w is served or failed (returns true) or its
+ * deadline passes (false). Sleeps in slices so that a test clock that jumps
+ * is noticed. */
 static bool wait_served(const cpool *p, waiter *w, int64_t deadline)
 {
     const int64_t slice = p->opts.clock != NULL ? 5000000 : 1000000000;

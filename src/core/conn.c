@@ -512,6 +512,13 @@ void cpool__interrupt_marked_relock(cpool *p)
     }
 }
 
+void cpool__pool_state_locked(cpool *p, cpool_state s)
+{
+    CPOOL_ASSERT_HELD(p);
+    p->state = s;
+    cpool__gate_locked(p);
+}
+
 void cpool__gate_locked(cpool *p)
 {
     CPOOL_ASSERT_HELD(p);
@@ -952,8 +959,7 @@ void cpool__clear_relock(cpool *p, unsigned flags, const cpool_error *cause)
     CPOOL_ASSERT_HELD(p);
     uint64_t old = p->generation++;
     bool was_paused = p->state == CPOOL_STATE_PAUSED;
-    p->state = CPOOL_STATE_PAUSED;
-    cpool__gate_locked(p);
+    cpool__pool_state_locked(p, CPOOL_STATE_PAUSED);
     if (cause != NULL) {
         p->clear_cause = *cause;
         p->has_clear_cause = true;

@@ -77,6 +77,8 @@ void cpool__set_parking(cpool *p, bool can_park);
  * every change of one of them, under mu, and before anything that relies on
  * the lock-free path seeing it (taking the parked connections). */
 void cpool__gate_locked(cpool *p);
+/* The pool's state changes (under mu) only here, which rewrites the gate. */
+void cpool__pool_state_locked(cpool *p, cpool_state s);
 /* cpuload.c: the early wake-ups' measure of other processes' CPU use. */
 int cpool__cpu_sample(cpu_sample *s);
 double cpool__cpu_others(const cpu_sample *before, const cpu_sample *after);

@@ -178,15 +178,15 @@ static int establish_failed_relock(cpool *p, cpool_conn *c, int rc, bool caller_
     p->st_connect_failures++;
     /* A caller's own short deadline ending the attempt says nothing about
      * the backend (a checkout with timeout 0 would otherwise trip the
-     * breaker against a healthy server). */
+     * breaker against a healthy server); the background thread makes one
+     * establishment that no caller's deadline cuts instead. */
     failure_news news = {0, false};
     if (ce->kind == CPOOL_FAIL_CAPACITY)
         note_capacity_refusal_locked(p);
-    else if (ce->kind != CPOOL_FAIL_INTERRUPTED && ce->code != CPOOL_ENOMEM &&
-             !(caller_bound && ce->kind == CPOOL_FAIL_TIMEOUT))
-        note_connect_failure_locked(p, ce, &news);
     else if (caller_bound && ce->kind == CPOOL_FAIL_TIMEOUT)
         cpool__want_pool_establishment_locked(p);
+    else if (ce->kind != CPOOL_FAIL_INTERRUPTED && ce->code != CPOOL_ENOMEM)
+        note_connect_failure_locked(p, ce, &news);
     cpool__close_conn_relock(p, c, CPOOL_CLOSE_ERROR, ce);
     emit_failure_news_relock(p, &news, ce);
     return ce->code;

@@ -255,8 +255,7 @@ int cpool_ready(cpool *p, cpool_error *err)
         cpool__unlock(p);
         return 0;
     }
-    p->state = CPOOL_STATE_READY;
-    cpool__gate_locked(p);
+    cpool__pool_state_locked(p, CPOOL_STATE_READY);
     p->ever_ready = true;
     /* The background thread takes mu before it creates anything, and its
      * ConnectionCreated needs ev_mu, which we take before releasing mu: so
@@ -381,8 +380,7 @@ void cpool_close(cpool *p)
         cpool__unlock(p);
         return;
     }
-    p->state = CPOOL_STATE_CLOSED;
-    cpool__gate_locked(p);
+    cpool__pool_state_locked(p, CPOOL_STATE_CLOSED);
     cpool__fail_waiters_locked(p, CPOOL_ECLOSED);
     for (cpool_conn *c = p->pending.head; c != NULL; c = c->next)
         cpool__cancel_pending(c);
@@ -406,8 +404,7 @@ static void drain_begin_relock(cpool *p)
     CPOOL_ASSERT_HELD(p);
     p->draining = true;
     p->drain_t0 = cpool__mono_ns();
-    p->state = CPOOL_STATE_PAUSED;
-    cpool__gate_locked(p);
+    cpool__pool_state_locked(p, CPOOL_STATE_PAUSED);
     cpool__fail_waiters_locked(p, CPOOL_ESHUTDOWN);
     for (cpool_conn *c = p->pending.head; c != NULL; c = c->next)
         cpool__cancel_pending(c);
