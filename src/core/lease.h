@@ -270,8 +270,8 @@ static inline bool no_time_to_ping(const cpool *p, bool ping, int64_t deadline)
  * the connector's cheap check, then the ping when `ping` (see wants_ping),
  * bounded by `deadline` (pool clock; NO_DEADLINE = none). 0 = hand it out;
  * otherwise ce says why it must be closed. */
-static inline int validate_conn(cpool *p, cpool_conn *c, bool ping, int64_t deadline,
-                                cpool_error *ce)
+static inline __attribute__((always_inline)) int
+validate_conn(cpool *p, cpool_conn *c, bool ping, int64_t deadline, cpool_error *ce)
 {
     /* Only the code: zeroing all of *ce costs more than the rest of a
      * lock-free checkout; a failing check or ping fills the rest. */
@@ -350,8 +350,7 @@ take_parked_fast(cpool *p, int64_t timeout_ms, int64_t *start)
                 return NULL;
             }
         }
-        if (p->opts.validation != CPOOL_VALIDATE_NONE)
-            dead = validate_conn(p, c, ping, deadline, &ce) != 0;
+        dead = validate_conn(p, c, ping, deadline, &ce) != 0;
     }
     bool hook_failed = false;
     if (usable && !dead && p->opts.hooks.before_lease != NULL) {
