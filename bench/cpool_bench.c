@@ -26,6 +26,7 @@
  */
 #include "cpool/cpool.h"
 #include "cpool/cpool_mem.h"
+#include "mem_noreset.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -156,17 +157,6 @@ static void cp_close(void *self)
 static uint32_t g_turn_wait_us; /* --turn-wait-us; 0 = the pool's default */
 static const char *g_early_wake; /* --early-wake; NULL = the pool's default */
 
-/* The in-memory connector without reset(), as a connector whose sessions
- * keep no state between leases (and the peer harness's fake one) has: its
- * check-ins park in one step (docs/design.md, "Thread-affine fast path"). */
-static const cpool_connector *mem_noreset_connector(void)
-{
-    static cpool_connector table;
-    table = *cpool_mem_connector();
-    table.reset = NULL;
-    return &table;
-}
-
 static int cp_open_mode(unsigned conns, cpool_handoff handoff, bool noreset, void **self,
                         char *msg, size_t len)
 {
@@ -183,7 +173,7 @@ static int cp_open_mode(unsigned conns, cpool_handoff handoff, bool noreset, voi
     }
     cpool_options o;
     cpool_options_init(&o, sizeof o);
-    o.connector = noreset ? mem_noreset_connector() : cpool_mem_connector();
+    o.connector = noreset ? bench_mem_noreset_connector() : cpool_mem_connector();
     o.connector_ctx = b->mem;
     o.target = "mem://bench";
     o.max_pool_size = conns;

@@ -26,6 +26,8 @@
 #include <cpool/cpool_connector.h>
 #include <cpool/cpool_mem.h>
 
+#include "mem_noreset.h"
+
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -46,14 +48,6 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static const cpool_connector *noreset_connector(void)
-{
-    static cpool_connector table;
-    table = *cpool_mem_connector();
-    table.reset = NULL;
-    return &table;
-}
-
 static double run_cpool(bool noreset, long leases)
 {
     cpool_mem *mem = NULL;
@@ -66,7 +60,7 @@ static double run_cpool(bool noreset, long leases)
     }
     cpool_options o;
     cpool_options_init(&o, sizeof o);
-    o.connector = noreset ? noreset_connector() : cpool_mem_connector();
+    o.connector = noreset ? bench_mem_noreset_connector() : cpool_mem_connector();
     o.connector_ctx = mem;
     o.target = "mem://lease_cost";
     o.max_pool_size = CONNS;

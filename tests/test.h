@@ -261,6 +261,17 @@ static inline cpool_mem *test_mem_create(void)
     return mem;
 }
 
+/* The in-memory connector without reset(), as a connector whose sessions
+ * keep nothing between leases has: unobserved, its check-ins may park in
+ * one step (cpool_checkin). */
+static inline const cpool_connector *test_noreset_connector(void)
+{
+    static cpool_connector table;
+    table = *cpool_mem_connector();
+    table.reset = NULL;
+    return &table;
+}
+
 static inline cpool_mem_stats test_mem_stats(cpool_mem *mem)
 {
     cpool_mem_stats s;

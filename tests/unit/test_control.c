@@ -480,21 +480,13 @@ static void cancel_race(bool observed)
  * compare-exchange (cpool_checkin), which relies on the gate alone; these
  * cases check in that way. */
 
-static const cpool_connector *no_reset_connector(void)
-{
-    static cpool_connector table;
-    table = *cpool_mem_connector();
-    table.reset = NULL;
-    return &table;
-}
-
 /* Starts an unobserved pool whose check-ins may park in one step, and
  * returns a lease taken without the lock (the first checkout of a
  * connection takes the locked path and is timed). */
 static cpool_conn *direct_lease(test_fixture *f, uint32_t max)
 {
     f->opts.on_event = NULL;
-    f->opts.connector = no_reset_connector();
+    f->opts.connector = test_noreset_connector();
     f->opts.timing_sample = 0; /* no lock-free lease is timed */
     f->opts.max_pool_size = max;
     test_fixture_start(f);

@@ -188,14 +188,6 @@ static void *poller_main(void *arg)
     return NULL;
 }
 
-static const cpool_connector *no_reset_connector(void)
-{
-    static cpool_connector table;
-    table = *cpool_mem_connector();
-    table.reset = NULL;
-    return &table;
-}
-
 /* t == NULL: no event subscriber. A pool nobody observes may take faster
  * paths (no clock reads, no event ordering, handoff turns), which need the
  * same checks; `handoff` picks the mode those paths hand off in, and
@@ -217,7 +209,7 @@ static void setup(shared *sh, tally *t, cpool_options *o, cpool_handoff handoff,
     o->maintenance_interval_ms = 5;
     o->max_idle_time_ms = 20;
     if (sh->no_reset) {
-        o->connector = no_reset_connector();
+        o->connector = test_noreset_connector();
         o->max_idle_time_ms = 0;
         o->timing_sample = 0;
     }
