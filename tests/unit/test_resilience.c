@@ -822,10 +822,7 @@ TEST(slow_server_reached_though_callers_give_up_first)
     f.opts.maintenance_interval_ms = 1000; /* a background thread */
     f.opts.connect_timeout_ms = 5000;
     test_fixture_start(&f);
-    cpool_mem_failpoint fp;
-    memset(&fp, 0, sizeof fp);
-    fp.times = -1;
-    fp.block_ms = 300; /* every session takes 300 ms to start */
+    cpool_mem_failpoint fp = {.times = -1, .block_ms = 300}; /* every session: 300 ms */
     cpool_mem_set_failpoint(f.mem, &fp);
     int64_t t0 = test_now_ms();
     int cut = 0;
@@ -873,10 +870,8 @@ TEST(probe_success_establishes_for_the_queue)
     cpool_conn *c = NULL;
     cpool_error e;
     ASSERT_RC(CPOOL_ECONNECT, cpool_checkout(f.pool, 1000, &c, &e)); /* a 5 s step */
-    cpool_mem_failpoint slow;
-    memset(&slow, 0, sizeof slow);
-    slow.times = -1;
-    slow.block_ms = 400; /* back, but a session takes 400 ms to start */
+    /* Back, but a session takes 400 ms to start. */
+    cpool_mem_failpoint slow = {.times = -1, .block_ms = 400};
     cpool_mem_set_failpoint(f.mem, &slow);
     uint64_t connects = test_mem_stats(f.mem).connects;
     ASSERT_RC(CPOOL_ETIMEDOUT, cpool_checkout(f.pool, 200, &c, &e));
