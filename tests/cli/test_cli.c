@@ -1443,7 +1443,11 @@ TEST(metrics_on_a_host_list)
     ASSERT_STR_CONTAINS(h.body, "db_client_cluster_checkouts_total{cluster=\"cluster\",result=\"no_endpoint\"}");
     assert_no_secret("/metrics", h.raw);
     free(h.raw);
-    http_get(b.port, "/ready", &h);
+    /* Each endpoint is checked on its own: b may be up before a has been
+     * checked ("not checked yet"), so wait for a's check too. */
+    WAIT_UNTIL((http_get(b.port, "/ready", &h),
+                strstr(h.body, "mem:u:***@a unknown") != NULL || (free(h.raw), false)),
+               5000);
     ASSERT_EQ(503, h.status);
     ASSERT_STR_CONTAINS(h.body, "not ready: no endpoint for primary: mem:u:***@a unknown");
     assert_no_secret("/ready", h.raw);
