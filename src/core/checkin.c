@@ -164,14 +164,17 @@ int cpool_checkin(cpool *p, cpool_conn *c, unsigned flags, cpool_error *err)
      * before it, and the handshakes of park_settle() after it, as in
      * try_park(). Read before the lease is known to be ours, c's fields
      * are only compared: a check-in that is not the lease's fails the
-     * exchange and goes on below, which says why. */
+     * exchange and goes on below, which says why. (Its turn time, which
+     * must come before the exchange, is written: read only while c is
+     * parked for a turn, by then its own park's, unless c was parked for
+     * one when this wrong check-in came, whose turn then lasts longer, by
+     * the time between the two at most.) */
     if (p->park_direct && flags == 0 && since == 0 && fast_fit(p, c)) {
-        unsigned held = LEASE_HELD;
-        if (atomic_compare_exchange_strong(&c->leased, &held, LEASE_PARKED)) {
-            if (park_settle(p, c))
-                return 0;
+        int parked = park(p, c, true);
+        if (parked == PARK_KEPT)
+            return 0;
+        if (parked == PARK_BACK)
             return checkin_locked(p, c, false, false, NULL);
-        }
     }
     return checkin_lease(p, c, flags, since, err);
 }

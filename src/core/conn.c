@@ -576,13 +576,12 @@ void cpool__adapt_turn_locked(cpool *p, int64_t waited)
         cpool__watch_turns_locked(p); /* turns again, for waiters already queued */
 }
 
-/* Whether c is parked for its thread's handoff turn, which is still on: its
+/* Whether the turn c is parked for (leased TURN, read) is still on: its
  * thread may come back for it for as long as a turn lasts now. */
 static bool in_turn(const cpool *p, const cpool_conn *c, int64_t now)
 {
     int64_t since = atomic_load_explicit(&c->turn_parked_ns, memory_order_relaxed);
-    return since != 0 &&
-           now - since < atomic_load_explicit(&p->turn_eff_ns, memory_order_relaxed);
+    return now - since < atomic_load_explicit(&p->turn_eff_ns, memory_order_relaxed);
 }
 
 /* Takes a parked connection (any thread's) under mu; it is HELD by the
@@ -595,17 +594,18 @@ cpool_conn *cpool__steal_parked_locked(cpool *p, steal_which which, int *reason)
     int64_t now = cpool__perish_now(p);
     int64_t turn_now = which == STEAL_OUT_OF_TURN && p->turns ? cpool__now(p) : 0;
     for (cpool_conn *c = p->in_use.head; c != NULL; c = c->next) {
-        if (atomic_load(&c->leased) != LEASE_PARKED)
+        unsigned parked = atomic_load(&c->leased);
+        if (!lease_parked(parked))
             continue;
         int why = cpool__perished_locked(p, c, now);
         if (which == STEAL_PERISHED && why < 0)
             continue;
-        if (turn_now != 0 && why < 0 && in_turn(p, c, turn_now))
+        if (turn_now != 0 && why < 0 && parked == LEASE_TURN && in_turn(p, c, turn_now))
             continue;
-        unsigned parked = LEASE_PARKED;
+        /* From the flag as read: a connection parked again since, for a
+         * turn where it was not, or the other way round, stays. */
         if (!atomic_compare_exchange_strong(&c->leased, &parked, LEASE_HELD))
             continue;
-        atomic_store_explicit(&c->turn_parked_ns, 0, memory_order_relaxed);
         if (reason != NULL)
             *reason = why;
         return c;

@@ -31,11 +31,11 @@
  * the waiter, or the waiter takes the parked connection itself.
  *
  * Handoff turns (CPOOL_HANDOFF_TURNS) relax "nobody waiting" for the thread
- * whose turn it is: a check-in that finds waiters still parks, marking the
- * connection with the time (turn_parked_ns), when the thread's turn on it
- * began less than a turn's length ago (turn_us at most, less while
- * checkouts wait long: cpool__adapt_turn_locked) and has had fewer than
- * turn_uses re-takes;
+ * whose turn it is: a check-in that finds waiters still parks, with the
+ * flag TURN in place of PARKED and the time in turn_parked_ns (written
+ * before the flag: turn_mark), when the thread's turn on it began less than
+ * a turn's length ago (turn_us at most, less while checkouts wait long:
+ * cpool__adapt_turn_locked) and has had fewer than turn_uses re-takes;
  * that thread's next checkout takes it back without the lock, waiters or
  * not. A turn begins at the first check-in of a lease the thread did not
  * re-take from its slot. A newcomer to the queue leaves such a connection
@@ -114,9 +114,9 @@ static inline bool fast_idle(const cpool *p, const cpool_conn *c)
 }
 
 /* Whether the connection this thread just parked while others wait may
- * stay parked for its turn (which began at its first park, see try_park);
- * *now is read here when still 0. */
-static inline bool turn_goes_on(const cpool *p, int64_t *now)
+ * stay parked for its turn (which began at its first park, see try_park):
+ * only if it was parked as TURN (`marked`, at `now`; see turn_mark). */
+static inline bool turn_goes_on(const cpool *p, int64_t now, bool marked)
 {
     cpool__park_slot *s = &cpool__tl_park;
     if (!p->turns)
@@ -125,23 +125,23 @@ static inline bool turn_goes_on(const cpool *p, int64_t *now)
         s->skip--;
         return false;
     }
-    if (*now == 0)
-        *now = cpool__now(p);
     int64_t turn = atomic_load_explicit(&p->turn_eff_ns, memory_order_relaxed);
-    if (turn < TURN_FLOOR_NS || *now - s->turn_start >= turn || s->turn_uses >= p->turn_uses)
+    if (!marked || turn < TURN_FLOOR_NS || now - s->turn_start >= turn ||
+        s->turn_uses >= p->turn_uses)
         return false;
     s->turn_uses++;
-    s->checkin_ns = *now;
+    s->checkin_ns = now;
     return true;
 }
 
 /* At a checkout with turns: how long the thread stayed away since it last
- * parked for a turn (see the top of this file). */
-static inline void note_return(const cpool *p)
+ * parked for a turn (see the top of this file). Returns the flag its
+ * connection was likely parked with: TURN after a park for a turn. */
+static inline unsigned note_return(const cpool *p)
 {
     cpool__park_slot *s = &cpool__tl_park;
     if (s->checkin_ns == 0)
-        return;
+        return LEASE_PARKED;
     if (cpool__now(p) - s->checkin_ns < p->turn_prompt_ns) {
         s->away = 0;
     } else {
@@ -150,18 +150,37 @@ static inline void note_return(const cpool *p)
         s->skip = 1u << s->away;
     }
     s->checkin_ns = 0;
+    return LEASE_TURN;
 }
 
-/* The rest of a park, once c's flag says PARKED: whether it stays parked
- * (true; also when someone took it meanwhile), or was taken back because
- * the pool changed or others wait (false: leased NONE, the caller finishes
- * the check-in under the lock). */
-static inline __attribute__((always_inline)) bool park_settle(cpool *p, cpool_conn *c)
+/* Turns: the flag a park is to store. TURN when checkouts already wait and
+ * this thread may have a turn (turn_goes_on decides after the store), with
+ * c's time written first (and into *now), so that whoever sees the flag
+ * sees the time; else PARKED. A waiter that sees PARKED takes the
+ * connection, so checkouts that queue between this read and the store are
+ * served by it: a turn is given only to a connection parked as TURN. */
+static inline unsigned turn_mark(const cpool *p, cpool_conn *c, int64_t *now)
+{
+    if (atomic_load_explicit(&p->nwaiting, memory_order_relaxed) == 0 || !p->turns ||
+        cpool__tl_park.skip != 0 ||
+        atomic_load_explicit(&p->turn_eff_ns, memory_order_relaxed) < TURN_FLOOR_NS)
+        return LEASE_PARKED;
+    *now = cpool__now(p);
+    atomic_store_explicit(&c->turn_parked_ns, *now, memory_order_relaxed);
+    return LEASE_TURN;
+}
+
+/* The rest of a park, once c's flag says `as` (PARKED, or TURN at `now`,
+ * see turn_mark): whether it stays parked (true; also when someone took it
+ * meanwhile), or was taken back because the pool changed or others wait
+ * (false: leased NONE, the caller finishes the check-in under the lock). */
+static inline __attribute__((always_inline)) bool park_settle(cpool *p, cpool_conn *c,
+                                                              unsigned as, int64_t now)
 {
     bool mine = cpool__tl_park.serial == p->serial && cpool__tl_park.conn == c;
-    int64_t now = 0;
     if (p->turns && !mine) { /* a turn begins (if c stays parked) */
-        now = cpool__now(p);
+        if (as != LEASE_TURN)
+            now = cpool__now(p);
         cpool__tl_park.turn_start = now;
         cpool__tl_park.turn_uses = 0;
     }
@@ -171,9 +190,17 @@ static inline __attribute__((always_inline)) bool park_settle(cpool *p, cpool_co
      * suspended one: cpool_suspend() shuts it too, then takes them). */
     if ((atomic_load(&p->gate) & GATE_SHUT) == 0) {
         bool park = atomic_load(&p->nwaiting) == 0;
-        if (!park && turn_goes_on(p, &now)) {
-            atomic_store_explicit(&c->turn_parked_ns, now, memory_order_relaxed);
-            park = true;
+        if (!park) {
+            park = turn_goes_on(p, now, as == LEASE_TURN);
+        } else if (as == LEASE_TURN) {
+            /* Nobody waits any more: parked, not for a turn (a failed
+             * exchange: someone took it already). A checkout that queued
+             * meanwhile and left it for the turn is served by this
+             * thread's next check-in or by the background thread, which
+             * watches while anyone waits: within the turns' bound. */
+            unsigned turn = LEASE_TURN;
+            atomic_compare_exchange_strong(&c->leased, &turn, LEASE_PARKED);
+            as = LEASE_PARKED;
         }
         if (park) {
             if (!mine) {
@@ -184,10 +211,40 @@ static inline __attribute__((always_inline)) bool park_settle(cpool *p, cpool_co
         }
     }
     cpool__tl_park.conn = NULL; /* the turn, if any, ends here */
-    unsigned parked = LEASE_PARKED;
-    if (atomic_compare_exchange_strong(&c->leased, &parked, LEASE_NONE))
+    if (atomic_compare_exchange_strong(&c->leased, &as, LEASE_NONE))
         return false; /* took it back: the locked path hands it over or closes it */
     return true;      /* someone took it already */
+}
+
+/* Stores c's park flag `as`, plainly (c leased NONE) or, for the one-step
+ * park, by compare-exchange from HELD (false: c was not HELD). */
+static inline __attribute__((always_inline)) bool park_flag(cpool_conn *c, bool one_step,
+                                                            unsigned as)
+{
+    if (!one_step) {
+        atomic_store(&c->leased, as);
+        return true;
+    }
+    unsigned held = LEASE_HELD;
+    return atomic_compare_exchange_strong(&c->leased, &held, as);
+}
+
+/* Parks c: PARK_KEPT (parked, or someone took it already), PARK_BACK (taken
+ * back: the caller finishes the check-in under the lock) or, one-step only,
+ * PARK_NOT_HELD. Each flag has its own copy of park_settle, so that a park
+ * with nobody waiting does not test for a turn. */
+enum { PARK_BACK = 0, PARK_KEPT = 1, PARK_NOT_HELD = 2 };
+static inline __attribute__((always_inline)) int park(cpool *p, cpool_conn *c, bool one_step)
+{
+    int64_t now = 0;
+    if (turn_mark(p, c, &now) == LEASE_TURN) {
+        if (!park_flag(c, one_step, LEASE_TURN))
+            return PARK_NOT_HELD;
+        return park_settle(p, c, LEASE_TURN, now) ? PARK_KEPT : PARK_BACK;
+    }
+    if (!park_flag(c, one_step, LEASE_PARKED))
+        return PARK_NOT_HELD;
+    return park_settle(p, c, LEASE_PARKED, 0) ? PARK_KEPT : PARK_BACK;
 }
 
 /* Parks c (leased NONE, reset done) in this thread's slot. Returns false
@@ -203,8 +260,7 @@ static inline bool try_park(cpool *p, cpool_conn *c)
         cpool__tl_park.conn = NULL;
         return false;
     }
-    atomic_store(&c->leased, LEASE_PARKED);
-    return park_settle(p, c);
+    return park(p, c, false) == PARK_KEPT;
 }
 
 static inline void lease_begin(cpool *p, cpool_conn *c, int64_t start, bool reused,
@@ -317,20 +373,22 @@ static inline int64_t fast_deadline(const cpool *p, int64_t start, int64_t timeo
  * checkout began (pool clock), so that the slow path goes on with the same
  * deadline instead of a new one; else it is left alone. */
 static inline __attribute__((always_inline)) cpool_conn *
-take_parked_fast(cpool *p, int64_t timeout_ms, int64_t *start)
+take_parked_fast(cpool *p, int64_t timeout_ms, int64_t *start, unsigned parked)
 {
     cpool_conn *c = cpool__tl_park.conn;
     if (cpool__tl_park.serial != p->serial || c == NULL ||
         (!p->turns && atomic_load(&p->nwaiting) != 0) ||
         atomic_load_explicit(&p->suspended, memory_order_relaxed))
         return NULL;
-    unsigned parked = LEASE_PARKED;
-    if (!atomic_compare_exchange_strong(&c->leased, &parked, LEASE_HELD)) {
+    /* `parked`: the flag it was likely parked with (note_return); should
+     * it have been the other (a turn begun at time 0 of a test's clock), a
+     * second exchange takes it. */
+    if (!atomic_compare_exchange_strong(&c->leased, &parked, LEASE_HELD) &&
+        (!lease_parked(parked) ||
+         !atomic_compare_exchange_strong(&c->leased, &parked, LEASE_HELD))) {
         cpool__tl_park.conn = NULL; /* taken by someone else */
         return NULL;
     }
-    if (p->turns)
-        atomic_store_explicit(&c->turn_parked_ns, 0, memory_order_relaxed);
     /* The same validation as the slow path: a parked connection may have
      * died while it waited. */
     cpool_error ce;
@@ -345,7 +403,8 @@ take_parked_fast(cpool *p, int64_t timeout_ms, int64_t *start)
             *start = cpool__now(p);
             deadline = fast_deadline(p, *start, timeout_ms);
             if (no_time_to_ping(p, ping, deadline)) {
-                /* Left parked; the slow path fails the checkout. */
+                /* Left parked (its turn, if any, ends); the slow path
+                 * fails the checkout. */
                 atomic_store(&c->leased, LEASE_PARKED);
                 return NULL;
             }

@@ -336,8 +336,7 @@ static bool turn_parked_locked(const cpool *p)
 {
     CPOOL_ASSERT_HELD(p);
     for (const cpool_conn *c = p->in_use.head; c != NULL; c = c->next)
-        if (atomic_load(&c->leased) == LEASE_PARKED &&
-            atomic_load_explicit(&c->turn_parked_ns, memory_order_relaxed) != 0)
+        if (atomic_load(&c->leased) == LEASE_TURN)
             return true;
     return false;
 }

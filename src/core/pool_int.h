@@ -91,13 +91,23 @@ typedef enum conn_state {
 /* The lease flag of a connection. PARKED: checked in on the fast path and
  * kept in the returning thread's slot (see "thread-affine fast path" in
  * lease.h); the connection stays on the in-use list but is available to
- * anyone who wins a compare-exchange PARKED -> HELD. */
+ * anyone who wins a compare-exchange PARKED -> HELD. TURN: parked the same
+ * way while others wait, for its thread's handoff turn, which began at
+ * turn_parked_ns; a waiter leaves it alone until that turn runs out. One
+ * flag says both whether and how it is parked, so whoever reads it and
+ * then wins the exchange from the value read took it as it judged it. */
 enum {
     LEASE_NONE = 0,   /* the pool owns it */
     LEASE_HELD = 1,   /* a caller holds it */
     LEASE_ORPHAN = 2, /* held across fork() */
-    LEASE_PARKED = 3  /* available, parked in a thread's slot */
+    LEASE_PARKED = 3, /* available, parked in a thread's slot */
+    LEASE_TURN = 4    /* parked for its thread's handoff turn */
 };
+
+static inline bool lease_parked(unsigned flag)
+{
+    return flag == LEASE_PARKED || flag == LEASE_TURN;
+}
 
 typedef struct service service;
 typedef struct cpool_conn cpool_conn;
@@ -165,8 +175,9 @@ struct cpool_conn {
                                  the lease holder, read without mu */
     _Atomic int64_t turn_parked_ns; /* handoff turns: pool clock when it was
                                  parked although others waited, so that its
-                                 thread may take it again; 0 = not in a turn.
-                                 Cleared by whoever takes it */
+                                 thread may take it again. Written before
+                                 leased says LEASE_TURN, read only while it
+                                 does */
     _Atomic int64_t leased_ns; /* pool clock at checkout (0: untimed lock-free
                                  lease); written by the holder, read by the
                                  leak scan */

@@ -325,7 +325,7 @@ void cpool__counts_locked(const cpool *p, cpool_counts *out)
     uint32_t parked = 0;
     if (p->can_park)
         for (const cpool_conn *c = p->in_use.head; c != NULL; c = c->next)
-            parked += atomic_load(&c->leased) == LEASE_PARKED;
+            parked += lease_parked(atomic_load(&c->leased));
     out->pending = p->pending.n;
     out->available = p->available.n + parked;
     out->in_use = p->in_use.n - parked;

@@ -170,6 +170,35 @@ TEST(turn_ends_after_its_time)
     test_fixture_free(&f);
 }
 
+/* A connection parked for a turn is marked as such before anyone else can
+ * see it parked: the background thread, which looks every turn (20 us here)
+ * for turns that ran out, must never take one just parked for a turn that
+ * has not. The pool's clock stands still, so no turn ever runs out, and
+ * every re-take must find the connection; unmarked for an instant, it went
+ * to the waiter once in some thousands of check-ins. */
+TEST(turn_is_not_ended_as_it_is_marked)
+{
+    test_fixture f;
+    handoff_fixture(&f, CPOOL_HANDOFF_TURNS, 20, 1000000, true);
+    test_job b;
+    cpool_conn *c = hold_with_waiter(&f, &b);
+    uint64_t id = cpool_conn_id(c);
+
+    int64_t end = test_now_ns() + 1000 * 1000000LL;
+    int n = 0;
+    for (; n < 500000 && (n % 1024 != 0 || test_now_ns() < end); n++) {
+        test_checkin(f.pool, c, 0); /* parked for this thread's turn */
+        c = retake(f.pool, id);
+    }
+    ASSERT_GE(n, 1024);
+    ASSERT_FALSE(atomic_load(&b.done));
+    test_clock_advance_ms(&f.clk, NULL, 1); /* the turn runs out */
+    test_checkin(f.pool, c, 0);
+    waiter_served(&b, id);
+    test_checkin(f.pool, b.conn, 0);
+    test_fixture_free(&f);
+}
+
 /* A thread that checks in during a turn and never comes back does not keep
  * the waiter waiting past the turn: the background thread hands it over
  * once turn_us has passed since the check-in (and not before). */
