@@ -22,7 +22,7 @@ add_test(NAME package/install COMMAND bash ${pkg_script} install ${PROJECT_SOURC
 set_tests_properties(package/install PROPERTIES
   LABELS package TIMEOUT 600 FIXTURES_SETUP cpool_installed)
 
-set(pkg_steps exports pkgconfig-shared pkgconfig-static find-package cxx-g++ cxx-clang++)
+set(pkg_steps exports pkgconfig-shared pkgconfig-static dlopen find-package cxx-g++ cxx-clang++)
 foreach(step IN LISTS pkg_steps)
   add_test(NAME package/${step} COMMAND bash ${pkg_script} ${step} ${PROJECT_SOURCE_DIR} ${pkg_work})
   set_tests_properties(package/${step} PROPERTIES

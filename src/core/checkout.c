@@ -16,8 +16,8 @@
 #include <time.h>
 #include <unistd.h>
 
-_Thread_local cpool__park_slot cpool__tl_park;
-_Thread_local uint64_t cpool__tl_tid;
+_Thread_local cpool__park_slot cpool__tl_park CPOOL_TLS_FAST;
+_Thread_local uint64_t cpool__tl_tid CPOOL_TLS_FAST;
 atomic_uint_fast64_t cpool__pool_serial;
 
 static inline __attribute__((always_inline)) int

@@ -70,9 +70,20 @@ typedef struct cpool__park_slot {
     uint8_t away;       /* late returns in a row (skip = 2^away after one) */
 } cpool__park_slot;
 /* Defined in checkout.c: this thread's parked connection, and its kernel
- * thread id once read (lease_begin). */
-extern _Thread_local cpool__park_slot cpool__tl_park __attribute__((visibility("hidden")));
-extern _Thread_local uint64_t cpool__tl_tid __attribute__((visibility("hidden")));
+ * thread id once read (lease_begin).
+ *
+ * In the initial-exec model: in libcpool.so the default (general dynamic)
+ * model calls __tls_get_addr at each use, five or six times a lease, which
+ * made a lease 16 % more instructions than in libcpool.a (264 against
+ * 227). Initial-exec reads them at a fixed offset from the thread pointer,
+ * as the static library does. The price: these 56 bytes come out of the
+ * process's static TLS block. A libcpool.so loaded at startup has them
+ * there; one loaded by dlopen() takes them from the reserve glibc keeps for
+ * that (tests/package/package.sh, step dlopen). The other thread-local
+ * variables are not on the lock-free path and keep the default. */
+#define CPOOL_TLS_FAST __attribute__((visibility("hidden"), tls_model("initial-exec")))
+extern _Thread_local cpool__park_slot cpool__tl_park CPOOL_TLS_FAST;
+extern _Thread_local uint64_t cpool__tl_tid CPOOL_TLS_FAST;
 /* "Now" for lifetimes on the lock-free path. A clock read costs as much as
  * the rest of a lock-free checkout, and lifetimes are minutes long, so with
  * a maintenance thread this is the time of its last run (it also closes

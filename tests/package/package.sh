@@ -11,6 +11,10 @@
 #                     installed headers among them
 #   pkgconfig-shared  a C program through `pkg-config --cflags --libs cpool`
 #   pkgconfig-static  the same through `pkg-config --static` and libcpool.a
+#   dlopen            libcpool.so's checkout and check-in reach the lock-free
+#                     path's thread-local slot without calling
+#                     __tls_get_addr, and a program loading the library with
+#                     dlopen() leases on two threads (tests/package/dlopen.c)
 #   find-package      tests/package/find_package: find_package(cpool CONFIG
 #                     REQUIRED), cpool::cpool and cpool::cpool_static
 #   subproject        tests/package/subproject with add_subdirectory()
@@ -169,6 +173,28 @@ pkgconfig-static)
         fail "the static consumer still loads libcpool.so"
     fi
     run_consumer "$work/consumer-pc-static"
+    ;;
+
+dlopen)
+    use_prefix
+    so=$(readlink -f "$prefix/lib/libcpool.so.0")
+    # The slot is in the initial-exec model (src/core/lease.h): read at an
+    # offset from the thread pointer, not through a call per use.
+    for f in cpool_checkout cpool_checkin; do
+        dis=$(objdump -d --disassemble="$f" "$so")
+        [[ $dis == *"<$f>:"* ]] || fail "objdump found no $f in $so"
+        n=$(grep -c '__tls_get_addr' <<<"$dis" || true)
+        [[ $n == 0 ]] || fail "$f calls __tls_get_addr ($n calls)"
+    done
+    # shellcheck disable=SC2046  # pkg-config's output is meant to split
+    cc -Wall -Wextra -Werror -o "$work/dlopen" "$here/dlopen.c" $(pkg-config --cflags cpool) \
+        -ldl -lpthread
+    if output_has libcpool ldd "$work/dlopen"; then
+        fail "the dlopen program links libcpool itself"
+    fi
+    out=$("$work/dlopen" "$so") || fail "$work/dlopen failed: $out"
+    [[ $out == "dlopen ok: "* ]] || fail "$work/dlopen said: $out"
+    say "cpool_checkout and cpool_checkin call no __tls_get_addr; $out"
     ;;
 
 find-package)
