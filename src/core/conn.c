@@ -536,6 +536,8 @@ void cpool__set_parking(cpool *p, bool can_park)
      * idle stamp (see cpool_checkin). */
     p->park_direct = can_park && p->cx->reset == NULL && p->opts.hooks.after_return == NULL &&
                      !p->stamp_idle;
+    p->take_direct = p->opts.validation == CPOOL_VALIDATE_NONE &&
+                     p->opts.hooks.before_lease == NULL;
     /* Turns need the fast path (a turn is a lock-free re-take) and the
      * background thread, which hands a connection whose thread did not come
      * back for it to the waiters (maint.c). */

@@ -274,22 +274,28 @@ static inline bool try_park(cpool *p, cpool_conn *c)
     return park(p, c, false) == PARK_KEPT;
 }
 
+/* The lock-free lease timed for the histograms, one in timing_sample: out
+ * of line, so that the other leases do not make room for its calls. */
+static __attribute__((noinline, unused)) void lease_begin_timed(cpool *p, cpool_conn *c)
+{
+    c->sample_left = p->opts.timing_sample - 1;
+    atomic_store_explicit(&c->leased_ns, cpool__now(p), memory_order_relaxed);
+    cpool__bump(&c->cell.checkouts_ok); /* its use count */
+    cpool__hist_add(&c->cell.wait, 0);
+}
+
 static inline void lease_begin(cpool *p, cpool_conn *c, int64_t start, bool reused,
                                const char *label)
 {
     if (start == FAST_LEASE) {
         /* Lock-free: it never waited. Time the hold of one lease in
          * timing_sample only (leased_ns 0: not timed). */
-        bool timed = false;
         if (p->opts.timing_sample != 0 && c->sample_left-- == 0) {
-            c->sample_left = p->opts.timing_sample - 1;
-            timed = true;
+            lease_begin_timed(p, c);
+            return;
         }
-        atomic_store_explicit(&c->leased_ns, timed ? cpool__now(p) : 0,
-                              memory_order_relaxed);
+        atomic_store_explicit(&c->leased_ns, 0, memory_order_relaxed);
         cpool__bump(&c->cell.checkouts_ok); /* its use count */
-        if (timed)
-            cpool__hist_add(&c->cell.wait, 0);
         return;
     }
     /* A lease the thread did not re-take from its slot: its next check-in
@@ -379,27 +385,12 @@ static inline int64_t fast_deadline(const cpool *p, int64_t start, int64_t timeo
     return d;
 }
 
-/* Takes this thread's parked connection, if it is still parked and fit.
- * When it had to be pinged and was not handed out, *start is when the
- * checkout began (pool clock), so that the slow path goes on with the same
- * deadline instead of a new one; else it is left alone. */
+/* The rest of take_parked_fast once c is HELD, when the re-take has
+ * something to run (validation, the before_lease hook) or c is unfit: c,
+ * or NULL. */
 static inline __attribute__((always_inline)) cpool_conn *
-take_parked_fast(cpool *p, int64_t timeout_ms, int64_t *start, unsigned parked)
+take_parked_check(cpool *p, cpool_conn *c, int64_t timeout_ms, int64_t *start)
 {
-    cpool_conn *c = cpool__tl_park.conn;
-    if (cpool__tl_park.serial != p->serial || c == NULL ||
-        (!p->turns && atomic_load(&p->nwaiting) != 0) ||
-        atomic_load_explicit(&p->suspended, memory_order_relaxed))
-        return NULL;
-    /* `parked`: the flag it was likely parked with (note_return); should
-     * it have been the other (a turn begun at time 0 of a test's clock), a
-     * second exchange takes it. */
-    if (!atomic_compare_exchange_strong(&c->leased, &parked, LEASE_HELD) &&
-        (!lease_parked(parked) ||
-         !atomic_compare_exchange_strong(&c->leased, &parked, LEASE_HELD))) {
-        cpool__tl_park.conn = NULL; /* taken by someone else */
-        return NULL;
-    }
     /* The same validation as the slow path: a parked connection may have
      * died while it waited. */
     cpool_error ce;
@@ -435,5 +426,31 @@ take_parked_fast(cpool *p, int64_t timeout_ms, int64_t *start, unsigned parked)
     return NULL;
 }
 
+/* Takes this thread's parked connection, if it is still parked and fit.
+ * When it had to be pinged and was not handed out, *start is when the
+ * checkout began (pool clock), so that the slow path goes on with the same
+ * deadline instead of a new one; else it is left alone. */
+static inline __attribute__((always_inline)) cpool_conn *
+take_parked_fast(cpool *p, int64_t timeout_ms, int64_t *start, unsigned parked)
+{
+    cpool_conn *c = cpool__tl_park.conn;
+    if (cpool__tl_park.serial != p->serial || c == NULL ||
+        (!p->turns && atomic_load(&p->nwaiting) != 0) ||
+        atomic_load_explicit(&p->suspended, memory_order_relaxed))
+        return NULL;
+    /* `parked`: the flag it was likely parked with (note_return); should
+     * it have been the other (a turn begun at time 0 of a test's clock), a
+     * second exchange takes it. */
+    if (!atomic_compare_exchange_strong(&c->leased, &parked, LEASE_HELD) &&
+        (!lease_parked(parked) ||
+         !atomic_compare_exchange_strong(&c->leased, &parked, LEASE_HELD))) {
+        cpool__tl_park.conn = NULL; /* taken by someone else */
+        return NULL;
+    }
+    /* Nothing to run: the fit checks alone. */
+    if (p->take_direct && fast_fit(p, c) && !fast_idle(p, c))
+        return c;
+    return take_parked_check(p, c, timeout_ms, start);
+}
 
 #endif /* CPOOL_LEASE_H */

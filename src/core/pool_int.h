@@ -340,6 +340,8 @@ struct cpool {
     bool observed;         /* a subscriber or a log sink is set */
     bool can_park;         /* the lock-free fast path may be used */
     bool park_direct;      /* a check-in may park in one step (cpool_checkin) */
+    bool take_direct;      /* a re-take has nothing to run: no validation,
+                              no before_lease hook (take_parked_fast) */
     bool turns;            /* CPOOL_HANDOFF_TURNS in effect (cpool__set_parking) */
     /* Runtime control (control.c): written under mu, read by the lock-free
      * paths too. */
