@@ -862,13 +862,12 @@ checkout_impl(cpool *p, int64_t timeout_ms, const char *label, const char *tenan
     if (p->observed && cpool__in_callback(p))
         return cpool__callback_err(p, err, "checkout");
     int64_t fast_start = -1;
-    unsigned parked = LEASE_PARKED;
     if (p->turns)
-        parked = note_return(p);
+        note_return(p);
     /* A checkout with a token takes the locked path: a triggered token
      * must fail it even when a connection is parked right here. */
     if (p->can_park && cancel == NULL) {
-        cpool_conn *fast = take_parked_fast(p, timeout_ms, &fast_start, parked);
+        cpool_conn *fast = take_parked_fast(p, timeout_ms, &fast_start);
         if (fast != NULL) {
             lease_begin(p, fast, FAST_LEASE, true, NULL);
             *out = fast;

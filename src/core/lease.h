@@ -146,13 +146,12 @@ static inline bool turn_goes_on(const cpool *p, int64_t now, bool marked)
 }
 
 /* At a checkout with turns: how long the thread stayed away since it last
- * parked for a turn (see the top of this file). Returns the flag its
- * connection was likely parked with: TURN after a park for a turn. */
-static inline unsigned note_return(const cpool *p)
+ * parked for a turn (see the top of this file). */
+static inline void note_return(const cpool *p)
 {
     cpool__park_slot *s = &cpool__tl_park;
     if (s->checkin_ns == 0)
-        return LEASE_PARKED;
+        return;
     if (cpool__now(p) - s->checkin_ns < p->turn_prompt_ns) {
         s->away = 0;
     } else {
@@ -161,7 +160,6 @@ static inline unsigned note_return(const cpool *p)
         s->skip = 1u << s->away;
     }
     s->checkin_ns = 0;
-    return LEASE_TURN;
 }
 
 /* Turns: the flag a park is to store. TURN when checkouts already wait and
@@ -431,19 +429,17 @@ take_parked_check(cpool *p, cpool_conn *c, int64_t timeout_ms, int64_t *start)
  * checkout began (pool clock), so that the slow path goes on with the same
  * deadline instead of a new one; else it is left alone. */
 static inline __attribute__((always_inline)) cpool_conn *
-take_parked_fast(cpool *p, int64_t timeout_ms, int64_t *start, unsigned parked)
+take_parked_fast(cpool *p, int64_t timeout_ms, int64_t *start)
 {
     cpool_conn *c = cpool__tl_park.conn;
     if (cpool__tl_park.serial != p->serial || c == NULL ||
-        (!p->turns && atomic_load(&p->nwaiting) != 0) ||
-        atomic_load_explicit(&p->suspended, memory_order_relaxed))
+        (!p->turns && atomic_load(&p->nwaiting) != 0))
         return NULL;
-    /* `parked`: the flag it was likely parked with (note_return); should
-     * it have been the other (a turn begun at time 0 of a test's clock), a
-     * second exchange takes it. */
-    if (!atomic_compare_exchange_strong(&c->leased, &parked, LEASE_HELD) &&
-        (!lease_parked(parked) ||
-         !atomic_compare_exchange_strong(&c->leased, &parked, LEASE_HELD))) {
+    /* Parked, or parked for a turn: the exchange from the flag read. (A
+     * suspended pool shuts the gate, which fast_fit reads.) */
+    unsigned parked = atomic_load_explicit(&c->leased, memory_order_relaxed);
+    if (!lease_parked(parked) ||
+        !atomic_compare_exchange_strong(&c->leased, &parked, LEASE_HELD)) {
         cpool__tl_park.conn = NULL; /* taken by someone else */
         return NULL;
     }
