@@ -683,63 +683,76 @@ void cpool__assign_locked(cpool *p, cpool_conn *c, tenant *t)
     t->in_use++;
 }
 
-/* Turns: after a handoff, wakes a waiter near the head ahead of its turn,
- * so that it spins on a CPU instead of sleeping (wait_unlock in
- * checkout.c). When the next handoff comes, it is running: no connection
- * sits idle while the scheduler brings a sleeping thread back, and the
- * check-in does not pay for a wake-up. Only while turns are given: with
- * leases long enough to shrink them to nothing, the next handoff is far off
- * and spinning for it would waste a CPU. The post is a stale wake-up for a
- * waiter that is not spinning.
- *
- * Which one: the head, unless the queue is deep (NUDGE_PASS_MIN_TURNS) and
- * one of the first NUDGE_WINDOW waiters queued on this thread's CPU and may
- * pass those ahead of it (each is passed at most NUDGE_PASS_LIMIT times):
- * the kernel wakes a thread where it last ran, so that wake-up needs no
- * other CPU. The one picked is served next (picked_locked), whether it
- * still spins then or has gone back to sleep.
- *
- * Without wake_early (option early_wake: off, or auto while other processes
- * want the CPUs, maint.c) the pick is the same but nobody is woken: the
- * picked waiter sleeps until its handoff wakes it, on the CPU of the thread
- * that hands over. */
-static void nudge_next_locked(cpool *p)
+/* Turns: the waiter to serve instead of the head `n` at a handoff made on
+ * this thread's CPU. The kernel wakes a thread where it last ran, and on a
+ * virtual machine a wake-up that crosses CPUs costs some 20 times one that
+ * does not (docs/benchmarks.md, "What a wake-up costs here"). So while the
+ * queue is deep (NUDGE_PASS_MIN_TURNS), one of the first NUDGE_WINDOW
+ * waiters that queued on this CPU may pass those ahead of it, each of whom
+ * is passed so at most NUDGE_PASS_LIMIT times. Otherwise the head. */
+static waiter *pick_near_locked(const cpool *p, waiter *n)
 {
     CPOOL_ASSERT_HELD(p);
-    if (!p->turns || p->wq_picked != NULL ||
-        atomic_load_explicit(&p->turn_eff_ns, memory_order_relaxed) < TURN_FLOOR_NS)
-        return;
-    waiter *n = cpool__next_waiter_locked(p);
-    if (n == NULL || n->async)
-        return;
-    bool deep = atomic_load_explicit(&p->nwaiting, memory_order_relaxed) >=
-                (uint32_t)NUDGE_PASS_MIN_TURNS * p->opts.max_pool_size;
-    int me = deep ? sched_getcpu() : -1;
+    if (n == NULL || n->async ||
+        atomic_load_explicit(&p->nwaiting, memory_order_relaxed) <
+            (uint32_t)NUDGE_PASS_MIN_TURNS * p->opts.max_pool_size)
+        return n;
+    int me = sched_getcpu();
     int k = 0;
     for (waiter *x = n; me >= 0 && x != NULL && k < NUDGE_WINDOW && !x->async;
          x = x->next, k++) {
-        if (x->cpu == me) {
-            n = x;
-            break;
-        }
+        if (x->cpu == me)
+            return x;
         if (x->passed >= NUDGE_PASS_LIMIT)
             break; /* nobody may pass it again */
     }
+    return n;
+}
+
+/* Whether turns are given now (not shrunk to nothing, which is FIFO). */
+static bool turns_given(const cpool *p)
+{
+    return p->turns &&
+           atomic_load_explicit(&p->turn_eff_ns, memory_order_relaxed) >= TURN_FLOOR_NS;
+}
+
+/* Turns with wake_early (option early_wake: on, or auto while other
+ * processes leave the CPUs to this one, maint.c): after a handoff, wakes
+ * the waiter the next handoff will serve, picked as above on this CPU, so
+ * that it spins on a CPU instead of sleeping (wait_unlock in checkout.c).
+ * When the next handoff comes, it is running and the check-in does not pay
+ * for a wake-up. It is served then (picked_locked), whether it still spins
+ * or has gone back to sleep. Only while turns are given: with leases long
+ * enough to shrink them to nothing, the next handoff is far off and
+ * spinning for it would waste a CPU. The post is a stale wake-up for a
+ * waiter that is not spinning. */
+static void nudge_next_locked(cpool *p)
+{
+    CPOOL_ASSERT_HELD(p);
+    if (!p->wake_early || p->wq_picked != NULL || !turns_given(p))
+        return;
+    waiter *n = pick_near_locked(p, cpool__next_waiter_locked(p));
+    if (n == NULL || n->async)
+        return;
     p->wq_picked = n;
-    if (!p->wake_early)
-        return; /* it sleeps until it is served */
     p->st_early_wakeups++;
     atomic_store(&n->nudged, 1);
     post_locked(p, n);
 }
 
-/* Turns: the waiter to serve instead of the head `w`: the one woken early,
- * with each waiter ahead of it counted as passed; NULL to serve the head. */
+/* Turns: the waiter to serve instead of the head `w`, NULL to serve the
+ * head. With early wake-ups, the one woken early; without, the one picked
+ * now, on the CPU of the thread that hands over, so that the wake-up stays
+ * on it. Each waiter ahead of it is counted as passed. */
 static waiter *picked_locked(cpool *p, waiter *w)
 {
     CPOOL_ASSERT_HELD(p);
+    if (!p->turns) /* turns ended since: FIFO */
+        return NULL;
     waiter *n = p->wq_picked;
-    if (n == NULL || n == w || !p->turns) /* turns ended since: FIFO */
+    if (n == NULL && !p->wake_early && turns_given(p))
+        n = pick_near_locked(p, w);
+    if (n == NULL || n == w)
         return NULL;
     for (waiter *y = w; y != n; y = y->next)
         y->passed++;

@@ -575,17 +575,15 @@ static int newly_done(pinned_job *jobs, const int *order, int n)
     return -1;
 }
 
-/* With the queue at least NUDGE_PASS_MIN_TURNS (8) turns deep, the waiter
- * woken early is one of the first four that queued on the CPU of the
- * thread handing over, and it is served before those ahead of it; each
- * waiter is passed at most once. Eleven waiters on a pool of one: 1 and 2
- * on CPU x, 3 and 4 on CPU y (the main thread's), 5 on x, 6 on y, the rest
- * on x. Served: 1 (the head: nobody was woken early), 3 (picked from y,
- * passing 2), 2 (passed once already, so 4 may not pass it), 4 (picked
- * from y), then, with fewer than 8 waiting, the rest in order: 6 does not
- * pass 5. On a machine with a single CPU all share it and the order is the
- * queue's. */
-TEST(waiter_woken_early_on_this_cpu_passes_each_at_most_once)
+/* With the queue at least NUDGE_PASS_MIN_TURNS (8) turns deep, a handover
+ * serves one of the first four waiters that queued on the CPU of a thread
+ * handing over, before those ahead of it; each waiter is passed at most
+ * once. Eleven waiters on a pool of one: 1 and 2 on CPU x, 3 and 4 on CPU
+ * y (the main thread's, which hands over), 5 on x, 6 on y, the rest on x.
+ * `want` is when each is served; from the fifth handover, with fewer than
+ * 8 waiting, the rest go in order: 6 does not pass 5. On a machine with a
+ * single CPU all share it and the order is the queue's. */
+static void pick_on_this_cpu_case(cpool_early_wake mode, const int *want)
 {
     int x, y;
     two_cpus(&x, &y);
@@ -596,7 +594,9 @@ TEST(waiter_woken_early_on_this_cpu_passes_each_at_most_once)
     ASSERT_EQ(0, pthread_getaffinity_np(pthread_self(), sizeof saved, &saved));
     pin_to(y);
     test_fixture f;
-    handoff_fixture(&f, CPOOL_HANDOFF_TURNS, 1000000, 1, true);
+    test_fixture_init(&f);
+    f.opts.early_wake = mode;
+    handoff_fixture_opts(&f, CPOOL_HANDOFF_TURNS, 1000000, 1, true);
     cpool_conn *c = test_checkout(f.pool);
     uint64_t id = cpool_conn_id(c);
     enum { N = 11 };
@@ -624,14 +624,38 @@ TEST(waiter_woken_early_on_this_cpu_passes_each_at_most_once)
         ASSERT_EQ(id, cpool_conn_id(c));
     }
     test_checkin(f.pool, c, 0);
-    static const int want_two[N] = {1, 3, 2, 4, 5, 6, 7, 8, 9, 10, 11};
+    cpool_stats s = {.struct_size = sizeof s};
+    ASSERT_OK(cpool_get_stats(f.pool, &s));
+    if (mode == CPOOL_EARLY_WAKE_OFF)
+        ASSERT_EQ(0, s.early_wakeups);
+    else
+        ASSERT_GT(s.early_wakeups, 0);
     for (int i = 0; i < N; i++) {
         test_job_join(&jobs[i].job, 5000);
         ASSERT_OK(jobs[i].job.rc);
-        ASSERT_EQ(two ? want_two[i] : i + 1, order[i]);
+        ASSERT_EQ(two ? want[i] : i + 1, order[i]);
     }
     test_fixture_free(&f);
     ASSERT_EQ(0, pthread_setaffinity_np(pthread_self(), sizeof saved, &saved));
+}
+
+/* Woken early, the waiter is picked a handover ahead: the first handover
+ * serves the head (nobody was woken early yet) and wakes 3 (picked from y,
+ * passing 2); then 3, 2 (passed once already, so 4 may not pass it), 4. */
+TEST(waiter_woken_early_on_this_cpu_passes_each_at_most_once)
+{
+    static const int want[] = {1, 3, 2, 4, 5, 6, 7, 8, 9, 10, 11};
+    pick_on_this_cpu_case(CPOOL_EARLY_WAKE_ON, want);
+}
+
+/* Without early wake-ups the pick is made at the handover itself, on the
+ * handing-over thread's CPU, so that its wake-up stays there: 3 first
+ * (passing 1 and 2), then 1 and 2 (each passed once, so 4 may not pass
+ * them), then 4. */
+TEST(waiter_on_this_cpu_is_served_first_without_early_wakeups)
+{
+    static const int want[] = {2, 3, 1, 4, 5, 6, 7, 8, 9, 10, 11};
+    pick_on_this_cpu_case(CPOOL_EARLY_WAKE_OFF, want);
 }
 
 /* Threads that each loop: checkout, spin 30 us, check-in; on a pool of

@@ -286,14 +286,14 @@ static void *tracked_main(void *arg)
     return NULL;
 }
 
-static void churn(bool observed, cpool_handoff handoff, bool no_reset)
+static void churn(bool observed, cpool_handoff handoff, bool no_reset, cpool_early_wake early)
 {
     static shared sh; /* 4 MiB of owner slots: not on the stack */
     tally t;
     cpool_options o;
     memset(&t, 0, sizeof t);
     sh.no_reset = no_reset;
-    setup(&sh, observed ? &t : NULL, &o, handoff, CPOOL_EARLY_WAKE_ON);
+    setup(&sh, observed ? &t : NULL, &o, handoff, early);
 
     worker w[WORKERS];
     pthread_t th[WORKERS], chaos_th, poll_th;
@@ -344,11 +344,15 @@ static void churn(bool observed, cpool_handoff handoff, bool no_reset)
 
 /* An observed pool takes the locked paths, which hand off in FIFO order
  * whatever the option says; unobserved, both modes run. */
-TEST(clear_interrupt_churn) { churn(/* observed= */ true, CPOOL_HANDOFF_FIFO, false); }
-TEST(clear_interrupt_churn_unobserved) { churn(false, CPOOL_HANDOFF_TURNS, false); }
-TEST(clear_interrupt_churn_unobserved_fifo) { churn(false, CPOOL_HANDOFF_FIFO, false); }
-TEST(clear_interrupt_churn_one_step_park) { churn(false, CPOOL_HANDOFF_TURNS, true); }
-TEST(clear_interrupt_churn_one_step_park_fifo) { churn(false, CPOOL_HANDOFF_FIFO, true); }
+#define ON CPOOL_EARLY_WAKE_ON
+#define OFF CPOOL_EARLY_WAKE_OFF
+TEST(clear_interrupt_churn) { churn(/* observed= */ true, CPOOL_HANDOFF_FIFO, false, ON); }
+/* Turns with nobody woken early (the default), and with early wake-ups. */
+TEST(clear_interrupt_churn_unobserved) { churn(false, CPOOL_HANDOFF_TURNS, false, OFF); }
+TEST(clear_interrupt_churn_unobserved_early_wake) { churn(false, CPOOL_HANDOFF_TURNS, false, ON); }
+TEST(clear_interrupt_churn_unobserved_fifo) { churn(false, CPOOL_HANDOFF_FIFO, false, ON); }
+TEST(clear_interrupt_churn_one_step_park) { churn(false, CPOOL_HANDOFF_TURNS, true, ON); }
+TEST(clear_interrupt_churn_one_step_park_fifo) { churn(false, CPOOL_HANDOFF_FIFO, true, ON); }
 
 /* t == NULL: no subscriber, so check-ins park connections in their threads
  * and close() races with that parking. */
