@@ -247,8 +247,9 @@ typedef enum cpool_handoff {
 
 /* 0.2: with turns, whether the waiter next in line is woken ahead of its
  * handoff, to spin (yielding the CPU) until it is served (docs/design.md,
- * "The next waiter is woken early"). The order of service is the same in
- * all three. */
+ * "Early wake-ups"). Off by default: the pool posts its wake-ups after
+ * releasing its lock, and since then the spinning costs more CPU than the
+ * wake-up it saves. The bound on a wait is the same in all three. */
 typedef enum cpool_early_wake {
     /* Only while other processes leave the machine's CPUs to this one: the
      * background thread measures, every 100 ms while checkouts wait, how
@@ -529,7 +530,7 @@ struct cpool_options {
                                           since the pool was created */
     /* 0.2 */
     cpool_early_wake early_wake;       /* CPOOL_HANDOFF_TURNS: default
-                                          CPOOL_EARLY_WAKE_AUTO */
+                                          CPOOL_EARLY_WAKE_OFF */
 };
 
 /* Fills opts with the defaults; `size` is sizeof the caller's struct. */

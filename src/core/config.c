@@ -132,7 +132,7 @@ static const opt_def defs[] = {
      "auto|on|off",
      "turns: wake the next waiter ahead of its handoff (auto: while other processes leave "
      "the CPUs to this one)",
-     CPOOL_EARLY_WAKE_AUTO},
+     CPOOL_EARLY_WAKE_OFF},
     {"max_waiting", NULL, "CPOOL_MAX_WAITING", T_U32, OFF(max_waiting), 0, U32MAX, NULL,
      ">= 0 (0 = no limit)",
      "checkouts that may wait at once; one more fails at once (CPOOL_EQUEUEFULL)", 0},

@@ -790,6 +790,7 @@ TEST(early_wake_auto_stops_while_other_processes_take_the_cpus)
     int n = start_hogs(hogs, 16);
     test_fixture f;
     test_fixture_init(&f);
+    f.opts.early_wake = CPOOL_EARLY_WAKE_AUTO;
     handoff_fixture_opts(&f, CPOOL_HANDOFF_TURNS, 200, 32, false);
     atomic_bool stop = false;
     looper l[LOOPERS];
@@ -1226,9 +1227,9 @@ TEST(handoff_options_checked)
     ASSERT_RC(CPOOL_EINVAL, cpool_options_set(&o, "turn_wait_us", "0", &e));
     ASSERT_OK(cpool_options_set(&o, "turn_uses", "5", &e));
     ASSERT_EQ(5, o.turn_uses);
-    ASSERT_EQ(CPOOL_EARLY_WAKE_AUTO, o.early_wake);
-    ASSERT_OK(cpool_options_set(&o, "early_wake", "off", &e));
     ASSERT_EQ(CPOOL_EARLY_WAKE_OFF, o.early_wake);
+    ASSERT_OK(cpool_options_set(&o, "early_wake", "auto", &e));
+    ASSERT_EQ(CPOOL_EARLY_WAKE_AUTO, o.early_wake);
     ASSERT_RC(CPOOL_EINVAL, cpool_options_set(&o, "early_wake", "sometimes", &e));
     ASSERT_STR_CONTAINS(e.message, "auto|on|off");
 }
