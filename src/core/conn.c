@@ -709,13 +709,6 @@ static waiter *pick_near_locked(const cpool *p, waiter *n)
     return n;
 }
 
-/* Whether turns are given now (not shrunk to nothing, which is FIFO). */
-static bool turns_given(const cpool *p)
-{
-    return p->turns &&
-           atomic_load_explicit(&p->turn_eff_ns, memory_order_relaxed) >= TURN_FLOOR_NS;
-}
-
 /* Turns with wake_early (option early_wake: on, or auto while other
  * processes leave the CPUs to this one, maint.c): after a handoff, wakes
  * the waiter the next handoff will serve, picked as above on this CPU, so
@@ -729,7 +722,7 @@ static bool turns_given(const cpool *p)
 static void nudge_next_locked(cpool *p)
 {
     CPOOL_ASSERT_HELD(p);
-    if (!p->wake_early || p->wq_picked != NULL || !turns_given(p))
+    if (!p->wake_early || p->wq_picked != NULL || !cpool__turns_given(p))
         return;
     waiter *n = pick_near_locked(p, cpool__next_waiter_locked(p));
     if (n == NULL || n->async)
@@ -750,7 +743,7 @@ static waiter *picked_locked(cpool *p, waiter *w)
     if (!p->turns) /* turns ended since: FIFO */
         return NULL;
     waiter *n = p->wq_picked;
-    if (n == NULL && !p->wake_early && turns_given(p))
+    if (n == NULL && !p->wake_early && cpool__turns_given(p))
         n = pick_near_locked(p, w);
     if (n == NULL || n == w)
         return NULL;

@@ -170,9 +170,8 @@ static inline void note_return(const cpool *p)
  * served by it: a turn is given only to a connection parked as TURN. */
 static inline unsigned turn_mark(const cpool *p, cpool_conn *c, int64_t *now)
 {
-    if (atomic_load_explicit(&p->nwaiting, memory_order_relaxed) == 0 || !p->turns ||
-        cpool__tl_park.skip != 0 ||
-        atomic_load_explicit(&p->turn_eff_ns, memory_order_relaxed) < TURN_FLOOR_NS)
+    if (atomic_load_explicit(&p->nwaiting, memory_order_relaxed) == 0 ||
+        cpool__tl_park.skip != 0 || !cpool__turns_given(p))
         return LEASE_PARKED;
     *now = cpool__now(p);
     atomic_store_explicit(&c->turn_parked_ns, *now, memory_order_relaxed);

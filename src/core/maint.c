@@ -349,8 +349,7 @@ static bool turns_to_watch_locked(const cpool *p)
     CPOOL_ASSERT_HELD(p);
     if (!p->turns || atomic_load(&p->nwaiting) == 0)
         return false;
-    return atomic_load_explicit(&p->turn_eff_ns, memory_order_relaxed) >= TURN_FLOOR_NS ||
-           turn_parked_locked(p);
+    return cpool__turns_given(p) || turn_parked_locked(p);
 }
 
 /* Wakes the background thread when the turns need watching and it is not

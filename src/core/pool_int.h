@@ -506,6 +506,14 @@ static inline void cpool__bump(_Atomic uint64_t *x)
                           memory_order_relaxed);
 }
 
+/* Whether handoff turns are given now: in turns mode, and not shrunk below
+ * TURN_FLOOR_NS by long waits (then the pool hands off as FIFO does). */
+static inline bool cpool__turns_given(const cpool *p)
+{
+    return p->turns &&
+           atomic_load_explicit(&p->turn_eff_ns, memory_order_relaxed) >= TURN_FLOOR_NS;
+}
+
 /* tenants.c: a copy of every tenant's statistics, in declaration order
  * (the unnamed one first); *out is malloc'd (NULL with 0 tenants). */
 typedef struct tenant_row {
