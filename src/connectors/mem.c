@@ -43,7 +43,11 @@ struct cpool_mem {
 /* check() and reset() run on every checkout and check-in. They count on the
  * connection itself, which only its user touches, so the connector adds no
  * shared lock or contended cache line to the pool's hot path; the counts
- * are summed when asked for and folded into the totals at close. */
+ * are summed when asked for and folded into the totals at close. Each
+ * connection has cache lines of its own (mem_conn_alloc): two made one
+ * after the other would otherwise share one, and threads counting on
+ * their own connections would take it from each other at every lease. */
+#define MEM_LINE 64
 typedef struct mem_conn {
     cpool_mem *mem;        /* back pointer for the counters */
     struct mem_conn *prev, *next; /* mem->live; guarded by mem->mu */
@@ -57,6 +61,15 @@ typedef struct mem_conn {
     _Atomic uint64_t session; /* see cpool_mem_conn_set_session */
     bool answered;         /* server_info() ran on it (cpool_mem_server) */
 } mem_conn;
+
+static mem_conn *mem_conn_alloc(void)
+{
+    size_t size = (sizeof(mem_conn) + MEM_LINE - 1) / MEM_LINE * MEM_LINE;
+    mem_conn *c = aligned_alloc(MEM_LINE, size);
+    if (c != NULL)
+        memset(c, 0, size);
+    return c;
+}
 
 static char *dup_str(const char *s)
 {
@@ -391,7 +404,7 @@ static int mem_connect(void *ctx, cpool_connect_args *args, void **native,
         }
     }
 
-    mem_conn *c = calloc(1, sizeof *c);
+    mem_conn *c = mem_conn_alloc();
     if (c == NULL) {
         count_failure(mem);
         return cpool_error_set(err, CPOOL_ENOMEM, CPOOL_PHASE_HANDSHAKE,

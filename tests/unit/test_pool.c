@@ -195,6 +195,30 @@ TEST(checkin_resets_session)
     test_fixture_free(&f);
 }
 
+/* The in-memory connector counts checks and resets on each connection at
+ * every lease, so two connections must not share a cache line: threads on
+ * their own connections would take the line from each other. */
+TEST(mem_connections_have_cache_lines_of_their_own)
+{
+    enum { N = 8 };
+    test_fixture f;
+    test_fixture_init(&f);
+    f.opts.max_pool_size = N;
+    test_fixture_start(&f);
+    cpool_conn *c[N];
+    uintptr_t at[N];
+    for (int i = 0; i < N; i++) {
+        c[i] = test_checkout(f.pool);
+        at[i] = (uintptr_t)cpool_conn_native(c[i]);
+        ASSERT_EQ(0, at[i] % 64);
+        for (int j = 0; j < i; j++)
+            ASSERT_GE(at[i] > at[j] ? at[i] - at[j] : at[j] - at[i], 64);
+    }
+    for (int i = 0; i < N; i++)
+        test_checkin(f.pool, c[i], 0);
+    test_fixture_free(&f);
+}
+
 TEST(checkin_failed_reset_closes)
 {
     test_fixture f;
