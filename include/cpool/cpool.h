@@ -465,10 +465,13 @@ struct cpool_options {
                                           for the first (or minPoolSize)
                                           connections; default 0 = do not wait */
     uint32_t timing_sample;            /* on the lock-free path, time one lease
-                                          in this many for the wait and hold
-                                          histograms (counts stay exact; the
-                                          locked path times every lease);
-                                          default 16; 1 = every lease; 0 = none */
+                                          in this many at least for the wait
+                                          and hold histograms, and every one
+                                          when a connection's leases come
+                                          10 us apart or more (counts stay
+                                          exact; the locked path times every
+                                          lease); default 64; 1 = every
+                                          lease; 0 = none */
     int64_t backoff_base_ms;           /* after an establishment failure, the
                                           next attempt waits base * 2^(n-1) for
                                           the nth failure in a row, up to

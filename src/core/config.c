@@ -118,7 +118,7 @@ static const opt_def defs[] = {
      "cpool_open waits this long for the first (or minPoolSize) connections", 0},
     {"timing_sample", NULL, "CPOOL_TIMING_SAMPLE", T_U32, OFF(timing_sample), 0, U32MAX, NULL,
      ">= 0 (1 = every lease, 0 = none)",
-     "lock-free path: time one lease in this many for the histograms", 16},
+     "lock-free path: time one lease in this many at least, all when 10 us apart", 64},
     {"handoff", NULL, "CPOOL_HANDOFF", T_ENUM, OFF(handoff), 0, 0, handoff_names,
      "fifo|turns", "how a connection returned while others wait reaches them",
      CPOOL_HANDOFF_TURNS},

@@ -166,6 +166,7 @@ struct cpool_conn {
     uint64_t generation;      /* mu */
     int64_t expires_ns;       /* created + jittered max lifetime; INT64_MAX = never */
     uint32_t sample_left;     /* lock-free leases until the next timed one */
+    uint32_t sample_skip;     /* ... counted from the latest timed one (lease.h) */
     bool interrupt_requested; /* clear(interrupt) reached it; mu */
     bool interrupted;         /* interrupt() was called; mu */
     bool close_deferred;      /* closed while pinned: last unpin frees; mu */
@@ -190,6 +191,8 @@ struct cpool_conn {
     uint64_t id;              /* mu (set at creation) */
     service *svc;             /* load-balanced mode; mu */
     int64_t created_ns;       /* pool clock */
+    int64_t sample_at_ns;     /* pool clock: the latest timed lock-free lease
+                                 began; 0 = none yet (holder only) */
     int64_t kept_alive_ns;    /* last background check (pool clock); mu */
     int cancel_fd;            /* pending: eventfd the connector polls; mu */
     int pins;                 /* interrupt() calls in flight; mu */

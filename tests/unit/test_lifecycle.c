@@ -283,22 +283,56 @@ TEST(stats_fast_path_counted)
     ASSERT_EQ(2, s.connections_created);
     ASSERT_EQ(1, s.closed[CPOOL_CLOSE_ERROR]);
     cpool_destroy(p);
+    cpool_mem_destroy(mem);
+}
 
-    /* By default one lock-free lease in 16 is timed; counts stay exact. */
-    o.timing_sample = 16;
-    p = test_pool_create(&o);
+/* n leases on the lock-free path, the pool clock moving step_ns per lease:
+ * how many were timed (hold.count). The counts stay exact. */
+static uint64_t timed_leases(uint32_t timing_sample, int64_t step_ns, int n)
+{
+    cpool_mem *mem = test_mem_create();
+    test_clock clk;
+    test_clock_init(&clk);
+    cpool_options o;
+    test_options(&o, mem, NULL);
+    o.clock = &clk.clock;
+    o.timing_sample = timing_sample;
+    cpool *p = test_pool_create(&o);
     test_ready(p);
-    for (int i = 0; i < 1600; i++) {
+    for (int i = 0; i < n; i++) {
         cpool_conn *c = test_checkout(p);
+        atomic_fetch_add(&clk.now_ns, step_ns);
         test_checkin(p, c, 0);
     }
+    cpool_stats s = {.struct_size = sizeof s};
     ASSERT_OK(cpool_get_stats(p, &s));
-    ASSERT_EQ(1600, s.checkouts_ok);
-    ASSERT_EQ(1600, s.checkins);
-    ASSERT_GE(s.hold.count, 99);
-    ASSERT_LE(s.hold.count, 102);
+    ASSERT_EQ((uint64_t)n, s.checkouts_ok);
+    ASSERT_EQ((uint64_t)n, s.checkins);
+    ASSERT_EQ(s.hold.count, s.wait.count);
     cpool_destroy(p);
     cpool_mem_destroy(mem);
+    return s.hold.count;
+}
+
+/* Leases that come fast are sampled, one in timing_sample at the most; leases
+ * 10 us apart or more are all timed, and in between about one per 10 us. */
+TEST(stats_fast_path_sampled_by_time)
+{
+    /* The first lease (locked path) and the first lock-free one are timed,
+     * then the spacing is known. */
+    uint64_t n = timed_leases(16, 0, 1600);
+    ASSERT_GE(n, 1600 / 16);
+    ASSERT_LE(n, 1600 / 16 + 3);
+    n = timed_leases(64, 0, 6400); /* the default */
+    ASSERT_GE(n, 6400 / 64);
+    ASSERT_LE(n, 6400 / 64 + 3);
+    ASSERT_EQ(1600, timed_leases(64, 20000, 1600));
+    ASSERT_EQ(1600, timed_leases(64, 10000, 1600));
+    n = timed_leases(64, 2000, 1600); /* one in five */
+    ASSERT_GE(n, 1600 / 5);
+    ASSERT_LE(n, 1600 / 5 + 6);
+    ASSERT_EQ(1600, timed_leases(1, 0, 1600));
+    ASSERT_EQ(1, timed_leases(0, 0, 1600)); /* the locked first lease only */
 }
 
 /* Derived figures: ratios and times over the last complete interval, the

@@ -14,7 +14,7 @@
  * A log-linear histogram: exact below 16 ns, then 16 buckets per power of
  * two up to 2^41 ns (36 minutes), so a quantile is within 1/32 of the true
  * value. The tool keeps its own instead of reading the pool's: it times
- * every operation (the pool samples one lease in timing_sample on its
+ * every operation (the pool samples leases, timing_sample, on its
  * lock-free path) and at a finer resolution. */
 #define LAT_BUCKETS 608
 

@@ -400,7 +400,7 @@ static void json_latency(json_w *j, const char *key, const lat_sum *s)
 }
 
 /* The pool's own histogram (sqrt(2) buckets; on the lock-free path it
- * times one lease in timing_sample). */
+ * samples its leases, see timing_sample). */
 static void json_pool_hist(json_w *j, const char *key, const cpool_histogram *h)
 {
     json_obj(j, key);
