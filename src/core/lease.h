@@ -275,25 +275,23 @@ static inline bool try_park(cpool *p, cpool_conn *c)
  * in count. Timing a lease costs two clock reads, as much as the rest of a
  * lock-free lease, so on a connection whose leases come less than
  * SAMPLE_SPACING_NS apart only one in about SAMPLE_SPACING_NS / (time per
- * lease) is timed, one in timing_sample at the most; leases further apart
- * are all timed, where two clock reads cost under 1 %. The time per lease
- * is measured between the connection's timed leases. */
+ * lease) is timed, and never fewer than one in timing_sample; leases
+ * further apart are all timed, where two clock reads cost under 1 %. The
+ * time per lease is measured between the connection's timed leases
+ * (sample_at_ns, set with sample_skip, which is then at least 1). */
 #define SAMPLE_SPACING_NS 10000
 static inline uint32_t sample_skip_next(const cpool *p, cpool_conn *c, int64_t now)
 {
-    uint32_t most = p->opts.timing_sample;
-    uint32_t skip = c->sample_skip != 0 ? c->sample_skip : 1;
-    int64_t per_lease = c->sample_at_ns != 0 && now > c->sample_at_ns
-                            ? (now - c->sample_at_ns) / skip
-                            : (c->sample_at_ns == 0 ? SAMPLE_SPACING_NS : 0);
-    c->sample_at_ns = now;
-    uint32_t next = per_lease >= SAMPLE_SPACING_NS ? 1
-                    : per_lease > 0 ? (uint32_t)(SAMPLE_SPACING_NS / per_lease)
-                                    : most;
+    uint32_t most = p->opts.timing_sample; /* >= 1 here */
+    uint32_t next = 1; /* the first timed lease: the spacing is measured from it */
+    if (c->sample_at_ns != 0) {
+        int64_t per_lease = (now - c->sample_at_ns) / c->sample_skip;
+        if (per_lease < SAMPLE_SPACING_NS)
+            next = per_lease > 0 ? (uint32_t)(SAMPLE_SPACING_NS / per_lease) : most;
+    }
     if (next > most)
         next = most;
-    if (next == 0)
-        next = 1;
+    c->sample_at_ns = now;
     c->sample_skip = next;
     return next;
 }
