@@ -49,7 +49,7 @@ struct cpool_mem {
  * their own connections would take it from each other at every lease. */
 #define MEM_LINE 64
 typedef struct mem_conn {
-    cpool_mem *mem;        /* back pointer for the counters */
+    _Alignas(MEM_LINE) cpool_mem *mem; /* back pointer for the counters */
     struct mem_conn *prev, *next; /* mem->live; guarded by mem->mu */
     atomic_ulong checks, resets, pings;
     atomic_bool hung;      /* check() passes, ping() fails */
@@ -62,12 +62,12 @@ typedef struct mem_conn {
     bool answered;         /* server_info() ran on it (cpool_mem_server) */
 } mem_conn;
 
+/* Aligned as its first member is, and so a whole number of lines long. */
 static mem_conn *mem_conn_alloc(void)
 {
-    size_t size = (sizeof(mem_conn) + MEM_LINE - 1) / MEM_LINE * MEM_LINE;
-    mem_conn *c = aligned_alloc(MEM_LINE, size);
+    mem_conn *c = aligned_alloc(_Alignof(mem_conn), sizeof *c);
     if (c != NULL)
-        memset(c, 0, size);
+        memset(c, 0, sizeof *c);
     return c;
 }
 
