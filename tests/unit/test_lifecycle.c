@@ -12,6 +12,15 @@ static void start_lifetime(test_fixture *f, int64_t lifetime_ms, double jitter)
     test_fixture_start(f);
 }
 
+/* Options for a pool nobody observes, so that its leases take the
+ * lock-free path, on the fake clock `clk`. */
+static void unobserved_on_clock(cpool_options *o, cpool_mem *mem, test_clock *clk)
+{
+    test_clock_init(clk);
+    test_options(o, mem, NULL);
+    o->clock = &clk->clock;
+}
+
 /* A connection is closed once it is *older* than its lifetime: at exactly
  * the lifetime it is still kept. */
 TEST(lifetime_closes_returned_connection)
@@ -58,10 +67,8 @@ TEST(lifetime_unobserved_fast_path)
 {
     cpool_mem *mem = test_mem_create();
     test_clock clk;
-    test_clock_init(&clk);
     cpool_options o;
-    test_options(&o, mem, NULL);
-    o.clock = &clk.clock;
+    unobserved_on_clock(&o, mem, &clk);
     o.max_lifetime_ms = 1000;
     o.lifetime_jitter = 0;
     cpool *p = test_pool_create(&o);
@@ -292,10 +299,8 @@ static uint64_t timed_leases(uint32_t timing_sample, int64_t step_ns, int n)
 {
     cpool_mem *mem = test_mem_create();
     test_clock clk;
-    test_clock_init(&clk);
     cpool_options o;
-    test_options(&o, mem, NULL);
-    o.clock = &clk.clock;
+    unobserved_on_clock(&o, mem, &clk);
     o.timing_sample = timing_sample;
     cpool *p = test_pool_create(&o);
     test_ready(p);
