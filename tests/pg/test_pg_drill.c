@@ -77,12 +77,13 @@ static const int down_outcomes[] = {CPOOL_ECONNECT, CPOOL_ETIMEDOUT, CPOOL_EUNAV
 #define NDOWN (sizeof down_outcomes / sizeof down_outcomes[0])
 
 /* Spawns `verb` (start, restart-fast), waits for a new postmaster to accept
- * connections and for the script to finish; returns when the server was
- * first seen accepting (ns). */
+ * connections, arms the load's recovery mark then, and waits for the script
+ * to finish; returns when the server was first seen accepting (ns). */
 static int64_t bring_back(drill_run *r, const char *verb)
 {
     pid_t pid = drill_script_spawn(&r->env, verb, strcmp(verb, "start") == 0);
     int64_t up = drill_wait_up(r->env.port, r->start_time, 30000);
+    drill_arm_recovery(&r->load, up);
     drill_script_wait(pid, verb, 30000);
     return up;
 }
@@ -592,6 +593,7 @@ TEST_TAGGED(outages_recover_within_a_second, "server long")
         test_sleep_ms(outages_ms[i]);
         pid_t pid = drill_script_spawn(&r.env, "start", true);
         int64_t up = drill_wait_up(r.env.port, r.start_time, 30000);
+        drill_arm_recovery(&r.load, up);
         cpool_stats at_up = drill_stats(r.pool);
         drill_script_wait(pid, "start", 30000);
         recovery[i] = drill_measure_recovery(&r.load, up);
